@@ -1,0 +1,122 @@
+//! The one error type of the crate: every fallible call returns [`HotrowError`].
+
+use thiserror::Error;
+
+/// Everything that can go wrong in hotrow, as a typed value.
+///
+/// Input errors (ids out of range, bad offsets, mismatched lengths, NaN weights) are found
+/// before any GPU work or state change: the cache, its counters and the GPU buffers stay as
+/// they were when one of them is returned.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum HotrowError {
+    /// No adapter that can run compute shaders was found.
+    #[error("no GPU adapter with compute shaders found (backends tried: {backends}){hint}")]
+    NoAdapter {
+        /// The backends that were searched.
+        backends: String,
+        /// Extra advice (e.g. which package provides a software adapter).
+        hint: String,
+    },
+    /// `WGPU_ADAPTER_NAME` (or [`crate::GpuOptions::adapter_name`]) matched no adapter.
+    #[error("no adapter name contains {wanted:?}; adapters seen: {seen}")]
+    AdapterNotFound {
+        /// The requested name fragment.
+        wanted: String,
+        /// Names of the adapters that were enumerated.
+        seen: String,
+    },
+    /// The adapter refused the device request.
+    #[error("device request failed: {0}")]
+    RequestDevice(#[from] wgpu::RequestDeviceError),
+    /// An id is not a row of the table.
+    #[error("id {id} at position {position} is out of range for a table of {rows} rows")]
+    IdOutOfRange {
+        /// The offending id.
+        id: u64,
+        /// Its position in the caller's batch.
+        position: usize,
+        /// Number of rows of the table.
+        rows: usize,
+    },
+    /// Two inputs that must agree in length do not.
+    #[error("length mismatch for {what}: expected {expected}, got {got}")]
+    LengthMismatch {
+        /// Which input.
+        what: &'static str,
+        /// Expected length.
+        expected: usize,
+        /// Length given.
+        got: usize,
+    },
+    /// A dimension that must match the table's does not.
+    #[error("dimension mismatch for {what}: table dim is {expected}, got {got}")]
+    DimMismatch {
+        /// Which input.
+        what: &'static str,
+        /// The table's dim.
+        expected: usize,
+        /// The dim given.
+        got: usize,
+    },
+    /// A size or shape argument is invalid (zero dim, zero capacity, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A buffer would exceed an adapter limit that cannot be worked around by splitting.
+    #[error("{what} needs {bytes} bytes, over the adapter limit {limit_name} = {limit}")]
+    ExceedsLimit {
+        /// What was being allocated.
+        what: &'static str,
+        /// Bytes needed.
+        bytes: u64,
+        /// Name of the `wgpu::Limits` field (or hotrow budget) that was exceeded.
+        limit_name: &'static str,
+        /// Value of that limit.
+        limit: u64,
+    },
+    /// The device could not allocate a buffer.
+    #[error("GPU out of memory while allocating {what} ({bytes} bytes)")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// Bytes requested.
+        bytes: u64,
+    },
+    /// Bag offsets are malformed.
+    #[error("bad bag offsets at position {position}: {reason}")]
+    BadOffsets {
+        /// Index into the offsets slice.
+        position: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A per-sample weight is NaN or infinite.
+    #[error("weight at position {position} is not finite ({value})")]
+    NonFiniteWeight {
+        /// Position in the weights slice.
+        position: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A pooling mode was given per-sample weights it does not support.
+    #[error("pooling mode {mode} does not support per-sample weights")]
+    WeightsUnsupported {
+        /// The pooling mode.
+        mode: &'static str,
+    },
+    /// The GPU device was lost (driver reset, device removed, or destroyed).
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    /// A buffer could not be mapped for reading or writing.
+    #[error("buffer mapping failed: {0}")]
+    Map(String),
+    /// wgpu reported an error (validation or internal).
+    #[error("GPU error: {0}")]
+    Gpu(String),
+    /// A row source failed to provide rows.
+    #[error("row source failed: {0}")]
+    RowSource(String),
+}
+
+/// Shorthand for `Result<T, HotrowError>`.
+pub type Result<T, E = HotrowError> = std::result::Result<T, E>;

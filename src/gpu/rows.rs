@@ -1,0 +1,397 @@
+//! Device-resident rows: [`RowBuffer`] (a table or a cache's slots) and [`Embeddings`]
+//! (an op's output, left on the GPU).
+
+use std::sync::Mutex;
+
+use crate::error::{HotrowError, Result};
+use crate::gpu::{readback, GpuContext, TrackedBuffer};
+
+/// Options for [`RowBuffer::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct RowBufferOptions {
+    /// Cap on the bytes of one shard, below the adapter's `max_storage_buffer_binding_size`
+    /// (useful to bound single allocations, and to exercise sharding in tests).
+    pub max_shard_bytes: Option<u64>,
+}
+
+/// `rows x dim` f32 values in GPU memory.
+///
+/// **Splitting:** when the rows exceed the adapter's largest storage binding
+/// (`max_storage_buffer_binding_size`) or largest buffer, they are split transparently into
+/// several buffers ("shards") of whole rows; every op dispatches once per shard. Construction
+/// fails with [`HotrowError::ExceedsLimit`] only when a single row exceeds that limit, when
+/// there are more than `u32::MAX` rows, or when the context's memory budget would be passed;
+/// a driver out-of-memory is [`HotrowError::OutOfMemory`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), hotrow::HotrowError> {
+/// let ctx = hotrow::GpuContext::new()?;
+/// let data: Vec<f32> = (0..4 * 8).map(|i| i as f32 * 0.5).collect();
+/// let table = hotrow::RowBuffer::from_host(&ctx, &data, 8)?; // 4 rows of dim 8
+/// let out = table.gather(&[3, 1, 3])?;                        // stays on the GPU
+/// assert_eq!(out.to_host()?[..8], data[24..32]);
+/// # Ok(()) }
+/// ```
+pub struct RowBuffer {
+    ctx: GpuContext,
+    shards: Vec<TrackedBuffer>,
+    shard_rows: usize,
+    rows: usize,
+    dim: usize,
+    /// Reused index upload buffer for [`RowBuffer::gather_into`] (queue writes are ordered
+    /// with submissions, so reuse across calls is safe).
+    index: Mutex<Option<TrackedBuffer>>,
+}
+
+impl std::fmt::Debug for RowBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowBuffer")
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl RowBuffer {
+    /// Allocates `rows x dim` zeroed f32 on the GPU, split into shards as needed.
+    pub fn new(ctx: &GpuContext, rows: usize, dim: usize) -> Result<Self> {
+        Self::with_options(ctx, rows, dim, RowBufferOptions::default())
+    }
+
+    /// Like [`RowBuffer::new`], with options.
+    pub fn with_options(
+        ctx: &GpuContext,
+        rows: usize,
+        dim: usize,
+        options: RowBufferOptions,
+    ) -> Result<Self> {
+        if dim == 0 {
+            return Err(HotrowError::InvalidArgument("dim must be at least 1".into()));
+        }
+        if rows == 0 {
+            return Err(HotrowError::InvalidArgument("a row buffer needs at least 1 row".into()));
+        }
+        let row_bytes = dim as u64 * 4;
+        let binding = ctx.max_binding();
+        let mut limit = binding.min(ctx.limits().max_buffer_size);
+        let mut limit_name = if binding <= ctx.limits().max_buffer_size {
+            "max_storage_buffer_binding_size"
+        } else {
+            "max_buffer_size"
+        };
+        if let Some(cap) = options.max_shard_bytes {
+            if cap < limit {
+                limit = cap;
+                limit_name = "RowBufferOptions::max_shard_bytes";
+            }
+        }
+        // Keep shard sizes multiples of 16 bytes so vec4 views stay whole.
+        let limit = limit & !15;
+        let shard_rows = (limit / row_bytes) as usize;
+        if shard_rows == 0 {
+            return Err(HotrowError::ExceedsLimit {
+                what: "one row",
+                bytes: row_bytes,
+                limit_name,
+                limit,
+            });
+        }
+        if rows as u64 > u32::MAX as u64 {
+            return Err(HotrowError::ExceedsLimit {
+                what: "row count (slots are u32)",
+                bytes: rows as u64 * row_bytes,
+                limit_name: "u32::MAX rows",
+                limit: u32::MAX as u64,
+            });
+        }
+        let total = rows as u64 * row_bytes;
+        let mut shards = Vec::new();
+        let mut left = rows;
+        while left > 0 {
+            let n = left.min(shard_rows);
+            let usage = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC;
+            let b = ctx
+                .create_buffer("hotrow rows", n as u64 * row_bytes, usage, false)
+                .map_err(|e| match e {
+                    HotrowError::ExceedsLimit { limit_name, limit, .. } => {
+                        HotrowError::ExceedsLimit {
+                            what: "row buffer",
+                            bytes: total,
+                            limit_name,
+                            limit,
+                        }
+                    }
+                    other => other,
+                })?;
+            shards.push(b);
+            left -= n;
+        }
+        Ok(Self {
+            ctx: ctx.clone(),
+            shards,
+            shard_rows,
+            rows,
+            dim,
+            index: Mutex::new(None),
+        })
+    }
+
+    /// Allocates rows for `data.len() / dim` rows and uploads `data` (row-major).
+    pub fn from_host(ctx: &GpuContext, data: &[f32], dim: usize) -> Result<Self> {
+        if dim == 0 {
+            return Err(HotrowError::InvalidArgument("dim must be at least 1".into()));
+        }
+        if data.len() % dim != 0 {
+            return Err(HotrowError::LengthMismatch {
+                what: "table data (a multiple of dim)",
+                expected: data.len() / dim * dim + dim,
+                got: data.len(),
+            });
+        }
+        let t = Self::new(ctx, data.len() / dim, dim)?;
+        t.write_rows(0, data)?;
+        Ok(t)
+    }
+
+    /// Uploads whole rows starting at row `first`, in large writes (at most 64 MiB each,
+    /// split at shard boundaries), never one write per row.
+    pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
+        if data.len() % self.dim != 0 {
+            return Err(HotrowError::LengthMismatch {
+                what: "row data (a multiple of dim)",
+                expected: data.len() / self.dim * self.dim + self.dim,
+                got: data.len(),
+            });
+        }
+        let n = data.len() / self.dim;
+        if first.checked_add(n).is_none_or(|end| end > self.rows) {
+            return Err(HotrowError::IdOutOfRange {
+                id: (first + n).saturating_sub(1) as u64,
+                position: n.saturating_sub(1),
+                rows: self.rows,
+            });
+        }
+        self.ctx.check()?;
+        const CHUNK_ROWS_BYTES: usize = 64 << 20;
+        let chunk_rows = (CHUNK_ROWS_BYTES / (self.dim * 4)).max(1);
+        let mut row = first;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let shard = row / self.shard_rows;
+            let local = row % self.shard_rows;
+            let take = (self.shard_rows - local).min(chunk_rows).min(rest.len() / self.dim);
+            let (now, later) = rest.split_at(take * self.dim);
+            self.ctx.queue().write_buffer(
+                &self.shards[shard],
+                (local * self.dim * 4) as u64,
+                bytemuck::cast_slice(now),
+            );
+            row += take;
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// Copies rows `first..first + count` back to the host (blocking).
+    pub fn read_rows(&self, first: usize, count: usize) -> Result<Vec<f32>> {
+        if first.checked_add(count).is_none_or(|end| end > self.rows) {
+            return Err(HotrowError::IdOutOfRange {
+                id: (first + count).saturating_sub(1) as u64,
+                position: 0,
+                rows: self.rows,
+            });
+        }
+        let mut out = Vec::with_capacity(count * self.dim);
+        let mut row = first;
+        while row < first + count {
+            let shard = row / self.shard_rows;
+            let local = row % self.shard_rows;
+            let take = (self.shard_rows - local).min(first + count - row);
+            out.extend(readback::read_f32(
+                &self.ctx,
+                &self.shards[shard],
+                (local * self.dim * 4) as u64,
+                take * self.dim,
+            )?);
+            row += take;
+        }
+        Ok(out)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// f32 values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The GPU buffers holding the rows, in order; shard `k` holds rows
+    /// `k * shard_rows() ..` (the last one may hold fewer).
+    pub fn shards(&self) -> impl ExactSizeIterator<Item = &wgpu::Buffer> {
+        self.shards.iter().map(|b| &b.buffer)
+    }
+
+    /// Rows per shard (all shards but the last hold exactly this many).
+    pub fn shard_rows(&self) -> usize {
+        self.shard_rows
+    }
+
+    /// The context the rows live on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Gathers `out[i] = self[ids[i]]` into a new [`Embeddings`] left on the GPU.
+    ///
+    /// An id `>= rows()` is [`HotrowError::IdOutOfRange`] (naming the id and its position),
+    /// found before any GPU work. An empty `ids` gives an empty result.
+    pub fn gather(&self, ids: &[u32]) -> Result<Embeddings> {
+        let mut out = Embeddings::new(&self.ctx, ids.len(), self.dim)?;
+        self.gather_into(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`RowBuffer::gather`], reusing `out` (grown when too small): no allocation per
+    /// call once sizes settle.
+    pub fn gather_into(&self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
+        crate::batch::check_ids(ids, self.rows)?;
+        out.reset(ids.len(), self.dim)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = ids.len() as u64 * 4;
+        if guard.as_ref().is_none_or(|b| b.size() < bytes) {
+            *guard = Some(self.ctx.create_buffer(
+                "hotrow gather ids",
+                bytes.next_power_of_two(),
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                false,
+            )?);
+        }
+        let index = guard.as_ref().expect("index buffer just made");
+        self.ctx
+            .queue()
+            .write_buffer(index, 0, bytemuck::cast_slice(ids));
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("hotrow gather"),
+            });
+        crate::ops::gather::encode(&self.ctx, &mut enc, self, index, ids.len(), out.buffer(), 0)?;
+        self.ctx.queue().submit([enc.finish()]);
+        self.ctx.check()
+    }
+}
+
+/// Rows produced by an op (gather, lookup, bags, scores), left in a GPU buffer that later
+/// ops and the caller's own pipelines can bind (`STORAGE | COPY_SRC | COPY_DST`).
+/// Row-major, `rows() x dim()` f32.
+pub struct Embeddings {
+    ctx: GpuContext,
+    buffer: TrackedBuffer,
+    rows: usize,
+    dim: usize,
+}
+
+impl std::fmt::Debug for Embeddings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embeddings")
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl Embeddings {
+    /// Allocates room for `rows x dim` f32 (contents unspecified until an op writes them).
+    pub fn new(ctx: &GpuContext, rows: usize, dim: usize) -> Result<Self> {
+        let bytes = Self::check_size(ctx, rows, dim)?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            buffer: Self::alloc(ctx, bytes)?,
+            rows,
+            dim,
+        })
+    }
+
+    fn alloc(ctx: &GpuContext, bytes: u64) -> Result<TrackedBuffer> {
+        ctx.create_buffer(
+            "hotrow output",
+            bytes,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            false,
+        )
+    }
+
+    fn check_size(ctx: &GpuContext, rows: usize, dim: usize) -> Result<u64> {
+        let bytes = (rows as u64)
+            .checked_mul(dim as u64 * 4)
+            .unwrap_or(u64::MAX);
+        if bytes > ctx.max_binding() {
+            return Err(HotrowError::ExceedsLimit {
+                what: "output rows (split the batch)",
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: ctx.max_binding(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Sets the shape for the next op, growing the buffer if it is too small.
+    pub(crate) fn reset(&mut self, rows: usize, dim: usize) -> Result<()> {
+        let bytes = Self::check_size(&self.ctx, rows, dim)?;
+        if self.buffer.size() < bytes {
+            self.buffer = Self::alloc(&self.ctx, bytes)?;
+        }
+        self.rows = rows;
+        self.dim = dim;
+        Ok(())
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// f32 values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The GPU buffer (its first `rows() * dim() * 4` bytes are the rows; it may be larger).
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Fills the rows with a value (used by tests to poison outputs, e.g. with NaN).
+    pub fn fill(&self, value: f32) -> Result<()> {
+        if self.rows * self.dim == 0 {
+            return Ok(());
+        }
+        let data = vec![value; self.rows * self.dim];
+        self.ctx
+            .queue()
+            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data));
+        Ok(())
+    }
+
+    /// Copies the rows to host memory, waiting for the op that produced them.
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        readback::read_f32(&self.ctx, &self.buffer, 0, self.rows * self.dim)
+    }
+
+    /// Async form of [`Embeddings::to_host`]: the copy is submitted at once, and the future
+    /// completes when it is done, without the caller driving wgpu.
+    pub fn to_host_async(&self) -> impl std::future::Future<Output = Result<Vec<f32>>> + Send + 'static {
+        readback::read_f32_async(&self.ctx, &self.buffer, 0, self.rows * self.dim)
+    }
+}

@@ -1,0 +1,134 @@
+//! GPU pass timings from timestamp queries, where the adapter has them.
+//!
+//! Enable with [`GpuContext::enable_timing`]; every compute pass hotrow encodes afterwards
+//! writes a begin/end timestamp pair under its label; [`GpuContext::take_timings`] resolves
+//! them after the work finished.
+
+use crate::error::{HotrowError, Result};
+use crate::gpu::GpuContext;
+
+/// One timed compute pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassTiming {
+    /// The op that encoded the pass (e.g. "gather", "scatter_rows").
+    pub label: &'static str,
+    /// GPU time between the pass's begin and end timestamps, in nanoseconds.
+    pub nanos: f64,
+}
+
+pub(crate) struct PassTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    capacity: u32,
+    labels: Vec<&'static str>,
+    dropped: usize,
+}
+
+impl GpuContext {
+    /// Starts recording GPU timestamps around each hotrow compute pass, for up to
+    /// `max_passes` passes between calls of [`GpuContext::take_timings`]. Returns `false`
+    /// (and records nothing) where the adapter has no timestamp queries.
+    pub fn enable_timing(&self, max_passes: u32) -> bool {
+        if !self.adapter().timestamps || max_passes == 0 {
+            return false;
+        }
+        let d = self.device();
+        let n = (max_passes * 2).min(wgpu::QUERY_SET_MAX_QUERIES);
+        let set = d.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("hotrow timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: n,
+        });
+        let bytes = n as u64 * 8;
+        let resolve = d.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hotrow timestamp resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = d.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hotrow timestamp read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        *self.inner.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(PassTimer {
+            set,
+            resolve,
+            read,
+            capacity: n / 2,
+            labels: Vec::new(),
+            dropped: 0,
+        });
+        true
+    }
+
+    /// Stops recording timestamps.
+    pub fn disable_timing(&self) {
+        *self.inner.timer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The query set and indices for the next timed pass, if timing is on and room is left.
+    pub(crate) fn next_timestamps(
+        &self,
+        label: &'static str,
+    ) -> Option<(wgpu::QuerySet, u32, u32)> {
+        let mut guard = self.inner.timer.lock().unwrap_or_else(|e| e.into_inner());
+        let t = guard.as_mut()?;
+        let k = t.labels.len() as u32;
+        if k >= t.capacity {
+            t.dropped += 1;
+            return None;
+        }
+        t.labels.push(label);
+        Some((t.set.clone(), 2 * k, 2 * k + 1))
+    }
+
+    /// Waits for the submitted work, then returns the timings recorded since the last call
+    /// (oldest first) and how many passes were not recorded because the buffer was full.
+    pub fn take_timings(&self) -> Result<(Vec<PassTiming>, usize)> {
+        let mut guard = self.inner.timer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = guard.as_mut() else {
+            return Ok((Vec::new(), 0));
+        };
+        let n = t.labels.len() as u32;
+        let dropped = std::mem::take(&mut t.dropped);
+        if n == 0 {
+            return Ok((Vec::new(), dropped));
+        }
+        let mut enc = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.resolve_query_set(&t.set, 0..2 * n, &t.resolve, 0);
+        enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 2 * n as u64 * 8);
+        self.queue().submit([enc.finish()]);
+        let raw: Vec<u64> = crate::gpu::readback::map_read_blocking(self, &t.read, 0, 2 * n as u64 * 8)
+            .map(|bytes| bytemuck::pod_collect_to_vec(&bytes))?;
+        let period = self.queue().get_timestamp_period() as f64;
+        let out = t
+            .labels
+            .drain(..)
+            .enumerate()
+            .map(|(i, label)| PassTiming {
+                label,
+                nanos: raw[2 * i + 1].saturating_sub(raw[2 * i]) as f64 * period,
+            })
+            .collect();
+        Ok((out, dropped))
+    }
+}
+
+pub(crate) fn pass_writes(ts: &Option<(wgpu::QuerySet, u32, u32)>) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+    ts.as_ref().map(|(set, b, e)| wgpu::ComputePassTimestampWrites {
+        query_set: set,
+        beginning_of_pass_write_index: Some(*b),
+        end_of_pass_write_index: Some(*e),
+    })
+}
+
+impl From<wgpu::BufferAsyncError> for HotrowError {
+    fn from(e: wgpu::BufferAsyncError) -> Self {
+        HotrowError::Map(e.to_string())
+    }
+}

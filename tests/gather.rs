@@ -1,0 +1,187 @@
+//! Gather on the adapter of this machine vs the CPU reference, on fresh random data.
+
+mod common;
+
+use common::{assert_rows_eq, ctx, seed};
+use hotrow::workload::{random_values, Rng};
+use hotrow::{reference, Embeddings, GpuContext, GpuOptions, HotrowError, RowBuffer, RowBufferOptions};
+
+fn random_ids(rng: &mut Rng, n: usize, rows: usize) -> Vec<u32> {
+    // Half the ids from a small hot set, so repeats are certain.
+    let hot: Vec<u32> = (0..8).map(|_| rng.below(rows as u64) as u32).collect();
+    (0..n)
+        .map(|_| {
+            if rng.below(2) == 0 {
+                hot[rng.below(8) as usize]
+            } else {
+                rng.below(rows as u64) as u32
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn gather_matches_reference_across_dims() {
+    let s = seed("gather_dims");
+    let mut rng = Rng::new(s);
+    for &dim in &[1usize, 3, 4, 64, 128, 257] {
+        let rows = 50 + rng.below(400) as usize;
+        let table = random_values(rows * dim, rng.next_u64());
+        let gpu = RowBuffer::from_host(ctx(), &table, dim).unwrap();
+        let n = 1 + rng.below(1500) as usize;
+        let ids = random_ids(&mut rng, n, rows);
+        let mut out = Embeddings::new(ctx(), n, dim).unwrap();
+        out.fill(f32::NAN).unwrap();
+        gpu.gather_into(&ids, &mut out).unwrap();
+        assert_eq!((out.rows(), out.dim()), (n, dim));
+        let want = reference::gather(&table, dim, &ids);
+        assert_rows_eq(&out.to_host().unwrap(), &want, dim, &format!("dim {dim}"));
+    }
+}
+
+#[test]
+fn gather_across_shards() {
+    let s = seed("gather_shards");
+    let mut rng = Rng::new(s);
+    for &dim in &[3usize, 8] {
+        let rows = 1000;
+        let table = random_values(rows * dim, rng.next_u64());
+        // ~97 rows per shard: 11 shards.
+        let gpu = RowBuffer::with_options(
+            ctx(),
+            rows,
+            dim,
+            RowBufferOptions {
+                max_shard_bytes: Some(97 * dim as u64 * 4 + 5),
+            },
+        )
+        .unwrap();
+        assert!(gpu.shards().len() > 5, "expected many shards, got {}", gpu.shards().len());
+        gpu.write_rows(0, &table).unwrap();
+        assert_rows_eq(&gpu.read_rows(0, rows).unwrap(), &table, dim, "read back");
+        let ids = random_ids(&mut rng, 3000, rows);
+        let mut out = Embeddings::new(ctx(), ids.len(), dim).unwrap();
+        out.fill(f32::NAN).unwrap();
+        gpu.gather_into(&ids, &mut out).unwrap();
+        assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, dim, &ids), dim, "sharded");
+    }
+}
+
+#[test]
+fn gather_past_65535_workgroups_uses_2d_grid() {
+    // dim 1: one thread per id; 65,535 x 256 + 4,321 ids needs a second grid row.
+    let s = seed("gather_2d");
+    let mut rng = Rng::new(s);
+    let rows = 5000;
+    let table = random_values(rows, rng.next_u64());
+    let gpu = RowBuffer::from_host(ctx(), &table, 1).unwrap();
+    let n = 65_535 * 256 + 4_321;
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+    let mut out = Embeddings::new(ctx(), n, 1).unwrap();
+    out.fill(f32::NAN).unwrap();
+    gpu.gather_into(&ids, &mut out).unwrap();
+    assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, 1, &ids), 1, "2d");
+}
+
+#[test]
+fn empty_batch_and_async_readback() {
+    let s = seed("gather_async");
+    let mut rng = Rng::new(s);
+    let dim = 16;
+    let table = random_values(40 * dim, rng.next_u64());
+    let gpu = RowBuffer::from_host(ctx(), &table, dim).unwrap();
+    let empty = gpu.gather(&[]).unwrap();
+    assert_eq!(empty.rows(), 0);
+    assert!(empty.to_host().unwrap().is_empty());
+    assert!(pollster::block_on(empty.to_host_async()).unwrap().is_empty());
+    let ids = random_ids(&mut rng, 77, 40);
+    let out = gpu.gather(&ids).unwrap();
+    let got = pollster::block_on(out.to_host_async()).unwrap();
+    assert_rows_eq(&got, &reference::gather(&table, dim, &ids), dim, "async");
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_writes_nothing() {
+    let s = seed("gather_bad");
+    let mut rng = Rng::new(s);
+    let dim = 5;
+    let table = random_values(30 * dim, rng.next_u64());
+    let gpu = RowBuffer::from_host(ctx(), &table, dim).unwrap();
+    let mut out = Embeddings::new(ctx(), 4, dim).unwrap();
+    out.fill(f32::NAN).unwrap();
+    match gpu.gather_into(&[1, 2, 30, 4], &mut out) {
+        Err(HotrowError::IdOutOfRange { id, position, rows }) => {
+            assert_eq!((id, position, rows), (30, 2, 30));
+        }
+        other => panic!("expected IdOutOfRange, got {other:?}"),
+    }
+    assert!(out.to_host().unwrap().iter().all(|v| v.is_nan()), "nothing may be written");
+
+    assert!(matches!(
+        RowBuffer::from_host(ctx(), &table[..7], dim),
+        Err(HotrowError::LengthMismatch { .. })
+    ));
+    assert!(matches!(gpu.write_rows(0, &table[..dim + 1]), Err(HotrowError::LengthMismatch { .. })));
+    assert!(matches!(gpu.write_rows(29, &table[..2 * dim]), Err(HotrowError::IdOutOfRange { .. })));
+    assert!(matches!(RowBuffer::new(ctx(), 10, 0), Err(HotrowError::InvalidArgument(_))));
+    assert!(matches!(RowBuffer::new(ctx(), 0, 4), Err(HotrowError::InvalidArgument(_))));
+}
+
+#[test]
+fn tables_beyond_the_adapter_limits_are_refused_by_name() {
+    // One row wider than the largest storage binding: cannot be split, must name the limit.
+    let max = ctx().adapter().max_storage_buffer_binding_size.min(ctx().adapter().max_buffer_size);
+    let dim = (max / 4 + 1) as usize;
+    match RowBuffer::new(ctx(), 1, dim) {
+        Err(HotrowError::ExceedsLimit { limit_name, limit, .. }) => {
+            assert!(limit_name.starts_with("max_"), "{limit_name}");
+            assert!(limit <= max);
+        }
+        other => panic!("expected ExceedsLimit, got {other:?}"),
+    }
+    // More rows than u32 slots can address.
+    assert!(matches!(
+        RowBuffer::new(ctx(), u32::MAX as usize + 1, 1),
+        Err(HotrowError::ExceedsLimit { .. })
+    ));
+    // A table over the context's memory budget fails before allocating.
+    let small = GpuContext::with_options(GpuOptions {
+        memory_budget: Some(1 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    match RowBuffer::new(&small, 1 << 20, 4) {
+        Err(HotrowError::ExceedsLimit { limit_name, .. }) => assert_eq!(limit_name, "GpuOptions::memory_budget"),
+        other => panic!("expected budget error, got {other:?}"),
+    }
+    assert_eq!(small.allocated_bytes(), 0);
+    // Within budget works, and is counted.
+    let t = RowBuffer::new(&small, 1000, 4).unwrap();
+    assert_eq!(small.allocated_bytes(), 16_000);
+    drop(t);
+    assert_eq!(small.allocated_bytes(), 0);
+}
+
+#[test]
+fn shares_an_application_device() {
+    let s = seed("gather_shared");
+    let mut rng = Rng::new(s);
+    // The application's own device, on the adapter hotrow picked.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let name = &ctx().adapter().name;
+    let adapter = adapters
+        .into_iter()
+        .find(|a| &a.get_info().name == name && a.get_info().backend == ctx().adapter().backend)
+        .expect("same adapter visible");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let shared = GpuContext::from_device(&adapter, device.clone(), queue);
+    assert_eq!(&shared.adapter().name, name);
+    assert!(shared.device() == &device);
+    let dim = 12;
+    let table = random_values(64 * dim, rng.next_u64());
+    let gpu = RowBuffer::from_host(&shared, &table, dim).unwrap();
+    let ids = random_ids(&mut rng, 100, 64);
+    let out = gpu.gather(&ids).unwrap();
+    assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, dim, &ids), dim, "shared device");
+}
