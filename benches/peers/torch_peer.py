@@ -1,0 +1,97 @@
+"""PyTorch peer figures for hotrow's workloads (see WORKLOADS.md of the project's shared
+definitions; W1-W5). Run on the same CUDA GPU, in the same command as `examples/bench`.
+
+    python3 benches/peers/torch_peer.py --workloads limits,w1,w2,w3,w4 [--json out.json]
+
+Same id generator as hotrow's bench: bounded Zipf (s = 1.05) over ranks, mapped to ids
+through a fixed random permutation. Times: CUDA-event medians (GPU) or wall medians with a
+synchronize (host paths), after warm-up.
+"""
+import argparse, json, os, time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+dev = "cuda"
+D, B, S = 128, 65536, 1.05
+N1, N2 = 1 << 20, 8 << 20
+L, BAGS = 32, 4096
+M, C = 256, 16384
+
+
+def zipf_ids(n, count, s, rng, perm):
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks ** -s); cdf /= cdf[-1]
+    r = np.searchsorted(cdf, rng.random(count))
+    return perm[np.minimum(r, n - 1)]
+
+
+def cuda_time(fn, iters=50, warm=5):
+    for _ in range(warm): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
+    return float(np.median(ts))
+
+
+def wall_time(fn, iters=20, warm=3):
+    for _ in range(warm): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts))
+
+
+def limits(out, rng):
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=dev); y = torch.empty_like(x)
+    out["d2d_GBps_rw"] = 2 * x.numel() / cuda_time(lambda: y.copy_(x), iters=20) / 1e6
+    del x, y
+    h = torch.empty(1 << 28, dtype=torch.uint8).pin_memory(); g = torch.empty(1 << 28, dtype=torch.uint8, device=dev)
+    out["h2d_pinned_GBps"] = h.numel() / cuda_time(lambda: g.copy_(h, non_blocking=True), iters=10) / 1e6
+    hp = torch.empty(1 << 28, dtype=torch.uint8)
+    out["h2d_pageable_GBps"] = hp.numel() / wall_time(lambda: g.copy_(hp), iters=10) / 1e6
+
+
+def w1(out, rng):
+    perm1 = rng.permutation(N1)
+    W = torch.randn(N1, D, device=dev)
+    idsets = [torch.from_numpy(zipf_ids(N1, B, S, rng, perm1)).to(dev) for _ in range(16)]
+    k = [0]
+    def f():
+        k[0] = (k[0] + 1) % len(idsets); return F.embedding(idsets[k[0]], W)
+    ms = cuda_time(f)
+    out["W1_torch_ms"] = ms
+    out["W1_torch_GBps_rw"] = 2 * B * D * 4 / ms / 1e6
+    # stream wall time, like hotrow's: launch 200 batches, synchronize once
+    for _ in range(10): f()
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(200): f()
+    torch.cuda.synchronize()
+    out["W1_torch_stream_wall_ms"] = (time.perf_counter() - t) * 1e3 / 200
+    out["W1_unique_frac"] = float(np.mean([len(torch.unique(t)) for t in idsets]) / B)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", default="limits,w1")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rng = np.random.default_rng(1)
+    out = OrderedDict()
+    out["device"] = torch.cuda.get_device_name(); out["torch"] = torch.__version__
+    for w in a.workloads.split(","):
+        t = time.perf_counter()
+        globals()[w.strip().lower()](out, rng)
+        print(f"peer {w}: {time.perf_counter() - t:.1f} s", flush=True)
+    print(json.dumps(out, indent=1))
+    if a.json:
+        json.dump(out, open(a.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs hotrow's bench and the PyTorch peer in one command on the lent H200 machine.
+# Expects (carried, git-ignored): .gl/*.deb (Vulkan/EGL loaders), .dev/bin/bench (release build
+# of examples/bench.rs). Usage: bash benches/run_h200.sh <workloads> [peer workloads]
+set -u
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=${1:-w1}; P=${2:-limits,$W}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+nproc; free -g | head -2
+echo "== hotrow bench ($W)"
+./.dev/bin/bench --workloads "$W" --json "$OUT/hotrow.json" 2>&1 | tee "$OUT/hotrow.log"
+echo "== torch peer ($P)"
+PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer.py --workloads "$P" --json "$OUT/torch.json" 2>&1 | tail -40 | tee "$OUT/torch.log"
