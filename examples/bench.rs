@@ -32,7 +32,14 @@ fn args() -> Args {
     while let Some(x) = it.next() {
         match x.as_str() {
             "--small" => a.small = true,
-            "--workloads" => a.workloads = it.next().unwrap_or_default().split(',').map(str::to_lowercase).collect(),
+            "--workloads" => {
+                a.workloads = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_lowercase)
+                    .collect()
+            }
             "--batches" => a.batches = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             "--json" => a.json = it.next(),
             other => {
@@ -59,7 +66,11 @@ type Report = BTreeMap<String, f64>;
 
 /// W1: gather from a table resident on the GPU.
 fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::HotrowError> {
-    let (n, b, d) = if a.small { (1 << 14, 4096, 128) } else { (1 << 20, 65_536, 128) };
+    let (n, b, d) = if a.small {
+        (1 << 14, 4096, 128)
+    } else {
+        (1 << 20, 65_536, 128)
+    };
     let t0 = Instant::now();
     let table = random_values(n * d, 11);
     let gpu = RowBuffer::from_host(ctx, &table, d)?;
@@ -81,7 +92,11 @@ fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::Hotrow
         gpu.gather_into(s, &mut out)?;
         let got = out.to_host()?;
         let want = reference::gather(&table, d, s);
-        if got.iter().zip(&want).any(|(x, y)| x.to_bits() != y.to_bits()) {
+        if got
+            .iter()
+            .zip(&want)
+            .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
             eprintln!("w1: WRONG RESULT");
             std::process::exit(1);
         }
@@ -101,8 +116,16 @@ fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::Hotrow
     ctx.wait_idle()?;
     let wall_ms = t.elapsed().as_secs_f64() * 1e3 / a.batches as f64;
     let (times, _) = ctx.take_timings()?;
-    let mut gpu_ms: Vec<f64> = times.iter().filter(|t| t.label == "gather").map(|t| t.nanos / 1e6).collect();
-    let gpu_ms = if timing { median(&mut gpu_ms) } else { f64::NAN };
+    let mut gpu_ms: Vec<f64> = times
+        .iter()
+        .filter(|t| t.label == "gather")
+        .map(|t| t.nanos / 1e6)
+        .collect();
+    let gpu_ms = if timing {
+        median(&mut gpu_ms)
+    } else {
+        f64::NAN
+    };
     let bytes = 2.0 * b as f64 * d as f64 * 4.0;
     rep.insert("W1_hotrow_gpu_ms".into(), gpu_ms);
     rep.insert("W1_hotrow_wall_ms".into(), wall_ms);
@@ -124,7 +147,10 @@ fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::Hotrow
     let (times, _) = ctx.take_timings()?;
     let mut copy_ms: Vec<f64> = times.iter().map(|t| t.nanos / 1e6).collect();
     let copy_ms = median(&mut copy_ms);
-    rep.insert("wgpu_sequential_gather_GBps_rw".into(), 2.0 * n as f64 * d as f64 * 4.0 / copy_ms / 1e6);
+    rep.insert(
+        "wgpu_sequential_gather_GBps_rw".into(),
+        2.0 * n as f64 * d as f64 * 4.0 / copy_ms / 1e6,
+    );
     ctx.disable_timing();
     Ok(())
 }
@@ -148,9 +174,24 @@ fn main() -> Result<(), hotrow::HotrowError> {
         println!("{k:40} {v:>12.4}");
     }
     if let Some(path) = &a.json {
-        let body: Vec<String> = rep.iter().map(|(k, v)| format!("  \"{k}\": {}", if v.is_finite() { v.to_string() } else { "null".into() })).collect();
+        let body: Vec<String> = rep
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "  \"{k}\": {}",
+                    if v.is_finite() {
+                        v.to_string()
+                    } else {
+                        "null".into()
+                    }
+                )
+            })
+            .collect();
         let adapter = ctx.adapter().to_string().replace('"', "'");
-        let text = format!("{{\n  \"adapter\": \"{adapter}\",\n{}\n}}\n", body.join(",\n"));
+        let text = format!(
+            "{{\n  \"adapter\": \"{adapter}\",\n{}\n}}\n",
+            body.join(",\n")
+        );
         std::fs::write(path, text).expect("write json");
     }
     Ok(())

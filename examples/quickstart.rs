@@ -39,7 +39,11 @@ fn main() -> Result<(), hotrow::HotrowError> {
 
     let got = out.to_host()?;
     let want = reference::gather(&table, dim, &ids);
-    let wrong = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    let wrong = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
     let checksum: f64 = got.iter().map(|&v| v as f64).sum();
     println!(
         "table {rows} x {dim} f32, batch {batch} ids ({distinct} distinct): {:.3} ms per batch, {:.2} M rows/s",

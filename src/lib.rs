@@ -26,15 +26,21 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod cache;
 mod error;
 mod gpu;
 mod ops;
 pub mod reference;
+mod table;
 pub mod workload;
 
 pub use batch::CompactBatch;
+pub use cache::{
+    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, PassPlan, SlotMap,
+};
 pub use error::{HotrowError, Result};
 pub use gpu::{
     AdapterSummary, Embeddings, GpuContext, GpuOptions, PassTiming, RowBuffer, RowBufferOptions,
     SHADERS,
 };
+pub use table::{HostTable, RowSource};

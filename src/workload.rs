@@ -42,12 +42,14 @@ impl Rng {
 pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
     use rayon::prelude::*;
     let mut v = vec![0f32; n];
-    v.par_chunks_mut(1 << 16).enumerate().for_each(|(k, chunk)| {
-        let mut rng = Rng::new(seed.wrapping_mul(0x1000_0000_01B3) ^ k as u64);
-        for x in chunk {
-            *x = rng.value();
-        }
-    });
+    v.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            let mut rng = Rng::new(seed.wrapping_mul(0x1000_0000_01B3) ^ k as u64);
+            for x in chunk {
+                *x = rng.value();
+            }
+        });
     v
 }
 
@@ -102,7 +104,10 @@ impl ZipfIds {
     /// One id.
     pub fn sample(&self, rng: &mut Rng) -> u32 {
         let u = rng.unit();
-        let r = self.cdf.partition_point(|&c| c < u).min(self.perm.len() - 1);
+        let r = self
+            .cdf
+            .partition_point(|&c| c < u)
+            .min(self.perm.len() - 1);
         self.perm[r]
     }
 

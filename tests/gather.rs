@@ -4,7 +4,9 @@ mod common;
 
 use common::{assert_rows_eq, ctx, seed};
 use hotrow::workload::{random_values, Rng};
-use hotrow::{reference, Embeddings, GpuContext, GpuOptions, HotrowError, RowBuffer, RowBufferOptions};
+use hotrow::{
+    reference, Embeddings, GpuContext, GpuOptions, HotrowError, RowBuffer, RowBufferOptions,
+};
 
 fn random_ids(rng: &mut Rng, n: usize, rows: usize) -> Vec<u32> {
     // Half the ids from a small hot set, so repeats are certain.
@@ -56,14 +58,23 @@ fn gather_across_shards() {
             },
         )
         .unwrap();
-        assert!(gpu.shards().len() > 5, "expected many shards, got {}", gpu.shards().len());
+        assert!(
+            gpu.shards().len() > 5,
+            "expected many shards, got {}",
+            gpu.shards().len()
+        );
         gpu.write_rows(0, &table).unwrap();
         assert_rows_eq(&gpu.read_rows(0, rows).unwrap(), &table, dim, "read back");
         let ids = random_ids(&mut rng, 3000, rows);
         let mut out = Embeddings::new(ctx(), ids.len(), dim).unwrap();
         out.fill(f32::NAN).unwrap();
         gpu.gather_into(&ids, &mut out).unwrap();
-        assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, dim, &ids), dim, "sharded");
+        assert_rows_eq(
+            &out.to_host().unwrap(),
+            &reference::gather(&table, dim, &ids),
+            dim,
+            "sharded",
+        );
     }
 }
 
@@ -80,7 +91,12 @@ fn gather_past_65535_workgroups_uses_2d_grid() {
     let mut out = Embeddings::new(ctx(), n, 1).unwrap();
     out.fill(f32::NAN).unwrap();
     gpu.gather_into(&ids, &mut out).unwrap();
-    assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, 1, &ids), 1, "2d");
+    assert_rows_eq(
+        &out.to_host().unwrap(),
+        &reference::gather(&table, 1, &ids),
+        1,
+        "2d",
+    );
 }
 
 #[test]
@@ -93,7 +109,9 @@ fn empty_batch_and_async_readback() {
     let empty = gpu.gather(&[]).unwrap();
     assert_eq!(empty.rows(), 0);
     assert!(empty.to_host().unwrap().is_empty());
-    assert!(pollster::block_on(empty.to_host_async()).unwrap().is_empty());
+    assert!(pollster::block_on(empty.to_host_async())
+        .unwrap()
+        .is_empty());
     let ids = random_ids(&mut rng, 77, 40);
     let out = gpu.gather(&ids).unwrap();
     let got = pollster::block_on(out.to_host_async()).unwrap();
@@ -115,25 +133,45 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
         }
         other => panic!("expected IdOutOfRange, got {other:?}"),
     }
-    assert!(out.to_host().unwrap().iter().all(|v| v.is_nan()), "nothing may be written");
+    assert!(
+        out.to_host().unwrap().iter().all(|v| v.is_nan()),
+        "nothing may be written"
+    );
 
     assert!(matches!(
         RowBuffer::from_host(ctx(), &table[..7], dim),
         Err(HotrowError::LengthMismatch { .. })
     ));
-    assert!(matches!(gpu.write_rows(0, &table[..dim + 1]), Err(HotrowError::LengthMismatch { .. })));
-    assert!(matches!(gpu.write_rows(29, &table[..2 * dim]), Err(HotrowError::IdOutOfRange { .. })));
-    assert!(matches!(RowBuffer::new(ctx(), 10, 0), Err(HotrowError::InvalidArgument(_))));
-    assert!(matches!(RowBuffer::new(ctx(), 0, 4), Err(HotrowError::InvalidArgument(_))));
+    assert!(matches!(
+        gpu.write_rows(0, &table[..dim + 1]),
+        Err(HotrowError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        gpu.write_rows(29, &table[..2 * dim]),
+        Err(HotrowError::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        RowBuffer::new(ctx(), 10, 0),
+        Err(HotrowError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        RowBuffer::new(ctx(), 0, 4),
+        Err(HotrowError::InvalidArgument(_))
+    ));
 }
 
 #[test]
 fn tables_beyond_the_adapter_limits_are_refused_by_name() {
     // One row wider than the largest storage binding: cannot be split, must name the limit.
-    let max = ctx().adapter().max_storage_buffer_binding_size.min(ctx().adapter().max_buffer_size);
+    let max = ctx()
+        .adapter()
+        .max_storage_buffer_binding_size
+        .min(ctx().adapter().max_buffer_size);
     let dim = (max / 4 + 1) as usize;
     match RowBuffer::new(ctx(), 1, dim) {
-        Err(HotrowError::ExceedsLimit { limit_name, limit, .. }) => {
+        Err(HotrowError::ExceedsLimit {
+            limit_name, limit, ..
+        }) => {
             assert!(limit_name.starts_with("max_"), "{limit_name}");
             assert!(limit <= max);
         }
@@ -151,7 +189,9 @@ fn tables_beyond_the_adapter_limits_are_refused_by_name() {
     })
     .unwrap();
     match RowBuffer::new(&small, 1 << 20, 4) {
-        Err(HotrowError::ExceedsLimit { limit_name, .. }) => assert_eq!(limit_name, "GpuOptions::memory_budget"),
+        Err(HotrowError::ExceedsLimit { limit_name, .. }) => {
+            assert_eq!(limit_name, "GpuOptions::memory_budget")
+        }
         other => panic!("expected budget error, got {other:?}"),
     }
     assert_eq!(small.allocated_bytes(), 0);
@@ -174,7 +214,8 @@ fn shares_an_application_device() {
         .into_iter()
         .find(|a| &a.get_info().name == name && a.get_info().backend == ctx().adapter().backend)
         .expect("same adapter visible");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
     let shared = GpuContext::from_device(&adapter, device.clone(), queue);
     assert_eq!(&shared.adapter().name, name);
     assert!(shared.device() == &device);
@@ -183,5 +224,10 @@ fn shares_an_application_device() {
     let gpu = RowBuffer::from_host(&shared, &table, dim).unwrap();
     let ids = random_ids(&mut rng, 100, 64);
     let out = gpu.gather(&ids).unwrap();
-    assert_rows_eq(&out.to_host().unwrap(), &reference::gather(&table, dim, &ids), dim, "shared device");
+    assert_rows_eq(
+        &out.to_host().unwrap(),
+        &reference::gather(&table, dim, &ids),
+        dim,
+        "shared device",
+    );
 }

@@ -15,14 +15,21 @@ fn every_shader_validates_with_naga() {
         let name = path.file_name().unwrap().to_str().unwrap();
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{name}: parse error:\n{}", e.emit_to_string(&src)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: validation error: {e:?}"));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: validation error: {e:?}"));
         assert!(
             hotrow::SHADERS.iter().any(|(n, s)| *n == name && *s == src),
             "{name} is not embedded in hotrow::SHADERS"
         );
         eprintln!("{name}: ok ({} entry points)", module.entry_points.len());
     }
-    assert_eq!(files.len(), hotrow::SHADERS.len(), "SHADERS lists a file that is not in shaders/");
+    assert_eq!(
+        files.len(),
+        hotrow::SHADERS.len(),
+        "SHADERS lists a file that is not in shaders/"
+    );
 }

@@ -74,7 +74,11 @@ impl fmt::Display for AdapterSummary {
             self.backend,
             self.device_type,
             if self.software { ", software" } else { "" },
-            if self.driver.is_empty() { "?" } else { &self.driver },
+            if self.driver.is_empty() {
+                "?"
+            } else {
+                &self.driver
+            },
             self.max_storage_buffer_binding_size >> 20,
             self.max_buffer_size >> 20,
             if self.timestamps { "yes" } else { "no" },
@@ -124,9 +128,15 @@ fn is_software(info: &wgpu::AdapterInfo) -> bool {
         return true;
     }
     let n = info.name.to_lowercase();
-    ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "basic render driver"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "llvmpipe",
+        "lavapipe",
+        "softpipe",
+        "swiftshader",
+        "basic render driver",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 /// Lower is better: real GPUs before software ones, native APIs before GL,
@@ -212,7 +222,10 @@ impl GpuContext {
                 hint: if seen.is_empty() {
                     "; on Linux without a GPU install a software adapter, e.g. `apt-get install mesa-vulkan-drivers`".into()
                 } else {
-                    format!("; adapters without compute or filtered out: {}", seen.join(", "))
+                    format!(
+                        "; adapters without compute or filtered out: {}",
+                        seen.join(", ")
+                    )
                 },
             });
         };
@@ -281,7 +294,7 @@ impl GpuContext {
             driver: format!("{} {}", info.driver, info.driver_info)
                 .trim()
                 .to_string(),
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -358,6 +371,42 @@ impl GpuContext {
         self.check()
     }
 
+    /// Polls the device until `done()` holds. Map callbacks run on whichever thread polls,
+    /// so with several threads on one device a callback may land just after this thread's
+    /// poll returned: hence the loop. Gives up (as a lost device) after `timeout`.
+    pub(crate) fn poll_until(
+        &self,
+        submission: Option<wgpu::SubmissionIndex>,
+        timeout: std::time::Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let start = std::time::Instant::now();
+        let mut first = true;
+        while !done() {
+            self.check()?;
+            if start.elapsed() > timeout {
+                return Err(HotrowError::DeviceLost(format!(
+                    "GPU work did not finish within {timeout:?}"
+                )));
+            }
+            let poll = if first {
+                wgpu::PollType::Wait {
+                    submission_index: submission.clone(),
+                    timeout: Some(timeout),
+                }
+            } else {
+                std::thread::yield_now();
+                wgpu::PollType::Poll
+            };
+            first = false;
+            self.inner
+                .device
+                .poll(poll)
+                .map_err(|e| HotrowError::DeviceLost(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Creates a buffer, checking the budget and the adapter's `max_buffer_size` first and
     /// turning a driver out-of-memory into [`HotrowError::OutOfMemory`].
     pub(crate) fn create_buffer(
@@ -412,7 +461,7 @@ impl GpuContext {
 
     /// Largest bytes one storage binding may cover on this device.
     pub(crate) fn max_binding(&self) -> u64 {
-        self.inner.limits.max_storage_buffer_binding_size as u64
+        self.inner.limits.max_storage_buffer_binding_size
     }
 }
 

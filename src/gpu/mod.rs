@@ -5,16 +5,18 @@ mod context;
 pub(crate) mod kernels;
 pub(crate) mod readback;
 mod rows;
+mod staging;
 
 mod timing;
 
-pub use context::{AdapterSummary, GpuContext, GpuOptions};
 pub(crate) use context::TrackedBuffer;
+pub use context::{AdapterSummary, GpuContext, GpuOptions};
 pub use kernels::SHADERS;
 pub use rows::{Embeddings, RowBuffer, RowBufferOptions};
 
-pub use timing::PassTiming;
+pub(crate) use staging::StagingRing;
 pub(crate) use timing::pass_writes;
+pub use timing::PassTiming;
 
 /// Threads per workgroup of every 1-D kernel in `shaders/` (must match `@workgroup_size`).
 pub(crate) const WORKGROUP: u32 = 256;
@@ -36,7 +38,15 @@ mod tests {
 
     #[test]
     fn grid_covers_and_respects_limit() {
-        for &(g, m) in &[(1u32, 65535u32), (65535, 65535), (65536, 65535), (1 << 24, 65535), (40, 7), (49, 7), (0, 10)] {
+        for &(g, m) in &[
+            (1u32, 65535u32),
+            (65535, 65535),
+            (65536, 65535),
+            (1 << 24, 65535),
+            (40, 7),
+            (49, 7),
+            (0, 10),
+        ] {
             let (x, y) = grid(g, m);
             assert!(x <= m && y <= m, "{g} {m} -> {x} {y}");
             assert!(x as u64 * y as u64 >= g as u64);

@@ -5,6 +5,9 @@ use futures::channel::oneshot;
 use crate::error::{HotrowError, Result};
 use crate::gpu::GpuContext;
 
+/// Longest wait for a mapping before the device is reported lost.
+pub(crate) const MAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Maps `buffer` (which must have `MAP_READ`) for reading, waits, and copies the bytes out.
 pub(crate) fn map_read_blocking(
     ctx: &GpuContext,
@@ -16,12 +19,14 @@ pub(crate) fn map_read_blocking(
     buffer.map_async(wgpu::MapMode::Read, offset..offset + size, move |r| {
         let _ = tx.send(r);
     });
-    ctx.wait_idle()?;
-    let mapped = rx
-        .try_recv()
-        .map_err(|_| HotrowError::Map("map callback dropped".into()))?
-        .ok_or_else(|| HotrowError::Map("buffer not mapped after the device went idle".into()))?;
-    mapped?;
+    let mut result = None;
+    ctx.poll_until(None, MAP_TIMEOUT, || {
+        if result.is_none() {
+            result = rx.try_recv().ok().flatten();
+        }
+        result.is_some()
+    })?;
+    result.ok_or_else(|| HotrowError::Map("map callback dropped".into()))??;
     let bytes = buffer
         .get_mapped_range(offset..offset + size)
         .map_err(|e| HotrowError::Map(e.to_string()))?
@@ -53,7 +58,12 @@ fn staging_copy(
 }
 
 /// Reads `len` f32 values from `src` at byte `offset` (after all work submitted so far).
-pub(crate) fn read_f32(ctx: &GpuContext, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+pub(crate) fn read_f32(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<f32>> {
     if len == 0 {
         return Ok(Vec::new());
     }

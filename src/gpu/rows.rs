@@ -67,10 +67,14 @@ impl RowBuffer {
         options: RowBufferOptions,
     ) -> Result<Self> {
         if dim == 0 {
-            return Err(HotrowError::InvalidArgument("dim must be at least 1".into()));
+            return Err(HotrowError::InvalidArgument(
+                "dim must be at least 1".into(),
+            ));
         }
         if rows == 0 {
-            return Err(HotrowError::InvalidArgument("a row buffer needs at least 1 row".into()));
+            return Err(HotrowError::InvalidArgument(
+                "a row buffer needs at least 1 row".into(),
+            ));
         }
         let row_bytes = dim as u64 * 4;
         let binding = ctx.max_binding();
@@ -116,14 +120,14 @@ impl RowBuffer {
             let b = ctx
                 .create_buffer("hotrow rows", n as u64 * row_bytes, usage, false)
                 .map_err(|e| match e {
-                    HotrowError::ExceedsLimit { limit_name, limit, .. } => {
-                        HotrowError::ExceedsLimit {
-                            what: "row buffer",
-                            bytes: total,
-                            limit_name,
-                            limit,
-                        }
-                    }
+                    HotrowError::ExceedsLimit {
+                        limit_name, limit, ..
+                    } => HotrowError::ExceedsLimit {
+                        what: "row buffer",
+                        bytes: total,
+                        limit_name,
+                        limit,
+                    },
                     other => other,
                 })?;
             shards.push(b);
@@ -142,9 +146,11 @@ impl RowBuffer {
     /// Allocates rows for `data.len() / dim` rows and uploads `data` (row-major).
     pub fn from_host(ctx: &GpuContext, data: &[f32], dim: usize) -> Result<Self> {
         if dim == 0 {
-            return Err(HotrowError::InvalidArgument("dim must be at least 1".into()));
+            return Err(HotrowError::InvalidArgument(
+                "dim must be at least 1".into(),
+            ));
         }
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(HotrowError::LengthMismatch {
                 what: "table data (a multiple of dim)",
                 expected: data.len() / dim * dim + dim,
@@ -159,7 +165,7 @@ impl RowBuffer {
     /// Uploads whole rows starting at row `first`, in large writes (at most 64 MiB each,
     /// split at shard boundaries), never one write per row.
     pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
-        if data.len() % self.dim != 0 {
+        if !data.len().is_multiple_of(self.dim) {
             return Err(HotrowError::LengthMismatch {
                 what: "row data (a multiple of dim)",
                 expected: data.len() / self.dim * self.dim + self.dim,
@@ -182,7 +188,9 @@ impl RowBuffer {
         while !rest.is_empty() {
             let shard = row / self.shard_rows;
             let local = row % self.shard_rows;
-            let take = (self.shard_rows - local).min(chunk_rows).min(rest.len() / self.dim);
+            let take = (self.shard_rows - local)
+                .min(chunk_rows)
+                .min(rest.len() / self.dim);
             let (now, later) = rest.split_at(take * self.dim);
             self.ctx.queue().write_buffer(
                 &self.shards[shard],
@@ -326,15 +334,15 @@ impl Embeddings {
         ctx.create_buffer(
             "hotrow output",
             bytes,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             false,
         )
     }
 
     fn check_size(ctx: &GpuContext, rows: usize, dim: usize) -> Result<u64> {
-        let bytes = (rows as u64)
-            .checked_mul(dim as u64 * 4)
-            .unwrap_or(u64::MAX);
+        let bytes = (rows as u64).saturating_mul(dim as u64 * 4);
         if bytes > ctx.max_binding() {
             return Err(HotrowError::ExceedsLimit {
                 what: "output rows (split the batch)",
@@ -391,7 +399,9 @@ impl Embeddings {
 
     /// Async form of [`Embeddings::to_host`]: the copy is submitted at once, and the future
     /// completes when it is done, without the caller driving wgpu.
-    pub fn to_host_async(&self) -> impl std::future::Future<Output = Result<Vec<f32>>> + Send + 'static {
+    pub fn to_host_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<f32>>> + Send + 'static {
         readback::read_f32_async(&self.ctx, &self.buffer, 0, self.rows * self.dim)
     }
 }

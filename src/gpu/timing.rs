@@ -103,8 +103,9 @@ impl GpuContext {
         enc.resolve_query_set(&t.set, 0..2 * n, &t.resolve, 0);
         enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 2 * n as u64 * 8);
         self.queue().submit([enc.finish()]);
-        let raw: Vec<u64> = crate::gpu::readback::map_read_blocking(self, &t.read, 0, 2 * n as u64 * 8)
-            .map(|bytes| bytemuck::pod_collect_to_vec(&bytes))?;
+        let raw: Vec<u64> =
+            crate::gpu::readback::map_read_blocking(self, &t.read, 0, 2 * n as u64 * 8)
+                .map(|bytes| bytemuck::pod_collect_to_vec(&bytes))?;
         let period = self.queue().get_timestamp_period() as f64;
         let out = t
             .labels
@@ -119,12 +120,15 @@ impl GpuContext {
     }
 }
 
-pub(crate) fn pass_writes(ts: &Option<(wgpu::QuerySet, u32, u32)>) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
-    ts.as_ref().map(|(set, b, e)| wgpu::ComputePassTimestampWrites {
-        query_set: set,
-        beginning_of_pass_write_index: Some(*b),
-        end_of_pass_write_index: Some(*e),
-    })
+pub(crate) fn pass_writes(
+    ts: &Option<(wgpu::QuerySet, u32, u32)>,
+) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+    ts.as_ref()
+        .map(|(set, b, e)| wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(*b),
+            end_of_pass_write_index: Some(*e),
+        })
 }
 
 impl From<wgpu::BufferAsyncError> for HotrowError {

@@ -20,5 +20,14 @@ pub(crate) fn encode(
     out: &wgpu::Buffer,
     out_offset: usize,
 ) -> Result<()> {
-    encode_row_copy(ctx, enc, Direction::Gather, table, slots, n, out, out_offset)
+    encode_row_copy(
+        ctx,
+        enc,
+        Direction::Gather,
+        table,
+        slots,
+        n,
+        out,
+        out_offset,
+    )
 }

@@ -59,7 +59,7 @@ pub(crate) fn encode_row_copy(
         return Ok(());
     }
     let dim = table.dim();
-    let vec4 = dim % 4 == 0;
+    let vec4 = dim.is_multiple_of(4);
     let width = if vec4 { dim / 4 } else { dim } as u32;
     let (kernel, label) = match (dir, vec4) {
         (Direction::Gather, false) => (Kernel::GatherScalar, "gather"),

@@ -17,5 +17,14 @@ pub(crate) fn encode(
     src: &wgpu::Buffer,
     src_offset: usize,
 ) -> Result<()> {
-    encode_row_copy(ctx, enc, Direction::Scatter, table, slots, n, src, src_offset)
+    encode_row_copy(
+        ctx,
+        enc,
+        Direction::Scatter,
+        table,
+        slots,
+        n,
+        src,
+        src_offset,
+    )
 }

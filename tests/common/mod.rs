@@ -29,7 +29,9 @@ pub fn seed(tag: &str) -> u64 {
             t ^ ((std::process::id() as u64) << 32)
         });
     eprintln!("{tag}: seed {s} (replay with HOTROW_SEED={s})");
-    s ^ tag.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+    s ^ tag
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 /// Bitwise comparison that names the first differing element (NaN poison counts as a miss).

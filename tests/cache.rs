@@ -1,0 +1,333 @@
+//! EmbeddingCache end to end on this machine's adapter: streams through a cache much smaller
+//! than the table, compared with the CPU reference gather on the full table.
+
+mod common;
+
+use common::{assert_rows_eq, ctx, seed};
+use hotrow::workload::{random_values, Rng, ZipfIds};
+use hotrow::{
+    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, GpuOptions,
+    HostTable, HotrowError, RowBufferOptions, RowSource,
+};
+
+fn check_counters(c: &EmbeddingCache<impl RowSource>) {
+    let s = c.stats();
+    assert_eq!(
+        s.hits + s.misses,
+        s.distinct,
+        "hits + misses = distinct: {s:?}"
+    );
+    assert_eq!(
+        s.bytes_uploaded,
+        s.misses * c.dim() as u64 * 4,
+        "bytes uploaded: {s:?}"
+    );
+    assert!(s.distinct <= s.requests);
+    c.slot_map().check_invariants().unwrap();
+}
+
+fn lookup_checked(cache: &mut EmbeddingCache<HostTable<'_>>, ids: &[u32], what: &str) {
+    let dim = cache.dim();
+    let mut out = Embeddings::new(ctx(), ids.len(), dim).unwrap();
+    out.fill(f32::NAN).unwrap();
+    cache.lookup_into(ids, &mut out).unwrap();
+    let want = reference::gather(cache.source().data(), dim, ids);
+    assert_rows_eq(&out.to_host().unwrap(), &want, dim, what);
+    check_counters(cache);
+}
+
+#[test]
+fn zipf_stream_through_a_small_cache() {
+    let s = seed("cache_stream");
+    let mut rng = Rng::new(s);
+    for &dim in &[3usize, 16] {
+        let rows = 4000;
+        let data = random_values(rows * dim, rng.next_u64());
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let config = CacheConfig {
+            capacity: Capacity::Rows(400),
+            ..Default::default()
+        };
+        let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
+        let mut zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        let mut outs = Vec::new();
+        for b in 0..30 {
+            if b == 15 {
+                zipf.reshuffle(rng.next_u64()); // the hot set moves: reloads happen
+            }
+            let ids = zipf.batch(300 + rng.below(300) as usize, &mut rng);
+            let out = cache.lookup(&ids).unwrap();
+            outs.push((ids, out)); // read back later: outputs must survive later batches
+        }
+        for (k, (ids, out)) in outs.iter().enumerate() {
+            let want = reference::gather(&data, dim, ids);
+            assert_rows_eq(
+                &out.to_host().unwrap(),
+                &want,
+                dim,
+                &format!("dim {dim} batch {k}"),
+            );
+        }
+        check_counters(&cache);
+        let st = cache.stats().clone();
+        assert!(st.evictions > 0, "stream must evict: {st:?}");
+        assert!(st.hits > 0 && st.misses > 0);
+        assert_eq!(st.batches, 30);
+        assert!(cache.slot_map().len() <= 400);
+    }
+}
+
+#[test]
+fn repeats_all_distinct_and_bigger_than_capacity() {
+    let s = seed("cache_shapes");
+    let mut rng = Rng::new(s);
+    let (rows, dim) = (2000, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(
+        ctx(),
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // one id a thousand times
+    let id = rng.below(rows as u64) as u32;
+    lookup_checked(&mut cache, &vec![id; 1000], "one id repeated");
+    assert_eq!(cache.stats().distinct, 1);
+    // all distinct, within capacity
+    let mut perm: Vec<u32> = (0..rows as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    lookup_checked(&mut cache, &perm[..64], "all distinct");
+    // far bigger than the cache: 1,500 distinct ids with repeats, served in passes
+    let passes_before = cache.stats().passes;
+    let mut big: Vec<u32> = perm[..1500].to_vec();
+    big.extend((0..500).map(|_| perm[rng.below(1500) as usize]));
+    for i in (1..big.len()).rev() {
+        big.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    lookup_checked(&mut cache, &big, "bigger than capacity");
+    assert!(
+        cache.stats().passes - passes_before >= 1500 / 64,
+        "served in passes"
+    );
+    // and a small upload cap forces passes too
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut capped = EmbeddingCache::new(
+        ctx(),
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(1000),
+            max_upload_bytes_per_pass: 10 * dim as u64 * 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    lookup_checked(&mut capped, &big, "upload cap");
+    assert!(capped.stats().passes >= 150);
+}
+
+#[test]
+fn sharded_slots_and_preload() {
+    let s = seed("cache_sharded");
+    let mut rng = Rng::new(s);
+    let (rows, dim) = (3000, 12);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(
+        ctx(),
+        table,
+        CacheConfig {
+            capacity: Capacity::Bytes(500 * dim as u64 * 4),
+            slot_buffer: RowBufferOptions {
+                max_shard_bytes: Some(90 * dim as u64 * 4),
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(cache.capacity(), 500);
+    assert!(cache.slots().shards().len() >= 5);
+    let hot: Vec<u32> = (0..200).map(|_| rng.below(rows as u64) as u32).collect();
+    cache.preload(&hot).unwrap();
+    check_counters(&cache);
+    let misses = cache.stats().misses;
+    lookup_checked(&mut cache, &hot, "after preload");
+    assert_eq!(cache.stats().misses, misses, "preloaded rows must hit");
+    let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+    for k in 0..10 {
+        let ids = zipf.batch(700, &mut rng);
+        lookup_checked(&mut cache, &ids, &format!("sharded batch {k}"));
+    }
+    // the slots themselves hold the right rows
+    let slots = cache.slots().read_rows(0, cache.capacity()).unwrap();
+    for id in cache.slot_map().lru_order() {
+        let s = cache.slot_map().slot_of(id).unwrap() as usize;
+        assert_rows_eq(
+            &slots[s * dim..(s + 1) * dim],
+            &data[id as usize * dim..(id as usize + 1) * dim],
+            dim,
+            "slot",
+        );
+    }
+}
+
+#[test]
+fn bad_ids_change_nothing() {
+    let s = seed("cache_bad");
+    let mut rng = Rng::new(s);
+    let (rows, dim) = (500, 4);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(ctx(), table, CacheConfig::default()).unwrap();
+    assert_eq!(cache.capacity(), 50); // default: 10% of rows
+    lookup_checked(&mut cache, &[1, 2, 3, 2], "warm");
+    let before_stats = cache.stats().clone();
+    let before_order = cache.slot_map().lru_order();
+    let mut out = Embeddings::new(ctx(), 4, dim).unwrap();
+    out.fill(f32::NAN).unwrap();
+    match cache.lookup_into(&[7, 8, 500, 9], &mut out) {
+        Err(HotrowError::IdOutOfRange { id, position, rows }) => {
+            assert_eq!((id, position, rows), (500, 2, 500))
+        }
+        other => panic!("expected IdOutOfRange, got {other:?}"),
+    }
+    assert!(matches!(
+        cache.preload(&[u32::MAX]),
+        Err(HotrowError::IdOutOfRange { position: 0, .. })
+    ));
+    assert!(matches!(
+        cache.lookup(&[0, 1_000_000]),
+        Err(HotrowError::IdOutOfRange { position: 1, .. })
+    ));
+    assert_eq!(cache.stats(), &before_stats, "counters unchanged");
+    assert_eq!(
+        cache.slot_map().lru_order(),
+        before_order,
+        "residency unchanged"
+    );
+    assert!(
+        out.to_host().unwrap().iter().all(|v| v.is_nan()),
+        "nothing written"
+    );
+    // empty batch: empty result, nothing counted
+    let empty = cache.lookup(&[]).unwrap();
+    assert_eq!(empty.rows(), 0);
+    assert!(empty.to_host().unwrap().is_empty());
+    assert_eq!(cache.stats(), &before_stats);
+}
+
+/// A row source that fails: the cache must report it and keep its map consistent.
+struct Flaky<'a> {
+    inner: HostTable<'a>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl RowSource for Flaky<'_> {
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(HotrowError::RowSource("disk on fire".into()));
+        }
+        self.inner.read_rows(ids, out)
+    }
+}
+
+#[test]
+fn failing_row_source_leaves_no_phantom_rows() {
+    let s = seed("cache_flaky");
+    let mut rng = Rng::new(s);
+    let (rows, dim) = (300, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let src = Flaky {
+        inner: HostTable::borrowed(&data, dim).unwrap(),
+        fail: true.into(),
+    };
+    let mut cache = EmbeddingCache::new(
+        ctx(),
+        src,
+        CacheConfig {
+            capacity: Capacity::Rows(40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        cache.lookup(&[5, 6, 7]),
+        Err(HotrowError::RowSource(_))
+    ));
+    assert_eq!(cache.slot_map().len(), 0);
+    cache.slot_map().check_invariants().unwrap();
+    cache
+        .source()
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let out = cache.lookup(&[5, 6, 7, 5]).unwrap();
+    assert_rows_eq(
+        &out.to_host().unwrap(),
+        &reference::gather(&data, dim, &[5, 6, 7, 5]),
+        dim,
+        "after failure",
+    );
+}
+
+#[test]
+fn bad_capacities_are_clear_errors() {
+    let data = random_values(100 * 4, 3);
+    let t = || HostTable::borrowed(&data, 4).unwrap();
+    for cap in [
+        Capacity::Rows(0),
+        Capacity::Bytes(15),
+        Capacity::Fraction(0.0),
+        Capacity::Fraction(f64::NAN),
+    ] {
+        let r = EmbeddingCache::new(
+            ctx(),
+            t(),
+            CacheConfig {
+                capacity: cap,
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(r, Err(HotrowError::InvalidArgument(_))),
+            "{cap:?}: {r:?}"
+        );
+    }
+    // Larger than the adapter may allocate (here: a context with a 64 KiB budget).
+    let small = GpuContext::with_options(GpuOptions {
+        memory_budget: Some(64 << 10),
+        ..Default::default()
+    })
+    .unwrap();
+    let big = random_values(100_000 * 4, 4);
+    let r = EmbeddingCache::new(
+        &small,
+        HostTable::borrowed(&big, 4).unwrap(),
+        CacheConfig {
+            capacity: Capacity::Rows(50_000),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(r, Err(HotrowError::ExceedsLimit { .. })), "{r:?}");
+    // Bigger than the table: clamped to the table.
+    let c = EmbeddingCache::new(
+        ctx(),
+        t(),
+        CacheConfig {
+            capacity: Capacity::Rows(1 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.capacity(), 100);
+}
