@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hotrow::workload::{random_values, Rng, ZipfIds};
-use hotrow::{reference, Embeddings, GpuContext, RowBuffer};
+use hotrow::{reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext, HostTable, RowBuffer};
 
 const S: f64 = 1.05;
 
@@ -155,20 +155,170 @@ fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::Hotrow
     Ok(())
 }
 
+/// Shapes of the cached workloads (W2, W5): full, or the CI "small" scale (N / 64, B / 16).
+fn cached_shapes(a: &Args) -> (usize, usize, usize) {
+    if a.small {
+        ((8 << 20) / 64, 65_536 / 16, 128)
+    } else {
+        (8 << 20, 65_536, 128)
+    }
+}
+
+fn host_table(n: usize, d: usize) -> HostTable<'static> {
+    let t = Instant::now();
+    let table = HostTable::owned(random_values(n * d, 21), d).expect("table");
+    eprintln!("host table {n} x {d}: {:.1} s", t.elapsed().as_secs_f64());
+    table
+}
+
+/// W2: cached stream, table in host memory, 10% of rows cached on the GPU.
+fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<HostTable<'static>, hotrow::HotrowError> {
+    let (n, b, d) = cached_shapes(a);
+    let cap = n / 10;
+    let zipf = ZipfIds::new(n, S, 22);
+    let mut rng = Rng::new(23);
+    let batches = a.batches.max(40);
+    let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
+    let mut cache = EmbeddingCache::new(ctx, table, CacheConfig { capacity: Capacity::Rows(cap), ..Default::default() })?;
+    let mut out = Embeddings::new(ctx, b, d)?;
+    // Correctness: the first batches and the last one are checked against the reference.
+    let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| -> Result<(), hotrow::HotrowError> {
+        let got = out.to_host()?;
+        let want = reference::gather(cache.source().data(), d, ids);
+        if got.iter().zip(&want).any(|(x, y)| x.to_bits() != y.to_bits()) {
+            eprintln!("w2: WRONG RESULT");
+            std::process::exit(1);
+        }
+        Ok(())
+    };
+    let timing = ctx.enable_timing(8 * batches as u32 + 64);
+    // Cold start: batch by batch, each waited for.
+    let warm = 20.min(batches / 2);
+    let mut cold_ms = Vec::new();
+    for ids in &stream[..warm] {
+        let t = Instant::now();
+        cache.lookup_into(ids, &mut out)?;
+        ctx.wait_idle()?;
+        cold_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if cold_ms.len() <= 3 {
+            check(&cache, ids, &out)?;
+        }
+    }
+    let _ = ctx.take_timings()?;
+    cache.reset_stats();
+    // Steady state, pipelined: submit every batch, wait at the end (the host works on batch
+    // k + 1 while the GPU runs batch k).
+    let mut gaps = Vec::new();
+    let t0 = Instant::now();
+    let mut last = t0;
+    for ids in &stream[warm..] {
+        cache.lookup_into(ids, &mut out)?;
+        let now = Instant::now();
+        gaps.push((now - last).as_secs_f64() * 1e3);
+        last = now;
+    }
+    ctx.wait_idle()?;
+    let steady = (batches - warm) as f64;
+    let stream_ms = t0.elapsed().as_secs_f64() * 1e3 / steady;
+    check(&cache, &stream[batches - 1], &out)?;
+    let st = cache.stats().clone();
+    let (times, _) = ctx.take_timings()?;
+    let gpu_sum = |label: &str| times.iter().filter(|t| t.label == label).map(|t| t.nanos).sum::<f64>() / 1e6 / steady;
+    // Synchronous: each batch waited for (latency of one batch end to end).
+    let mut sync_ms = Vec::new();
+    for ids in stream[warm..].iter().take(30) {
+        let t = Instant::now();
+        cache.lookup_into(ids, &mut out)?;
+        ctx.wait_idle()?;
+        sync_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / steady;
+    rep.insert("W2_hotrow_stream_ms_per_batch".into(), stream_ms);
+    rep.insert("W2_hotrow_median_gap_ms".into(), median(&mut gaps));
+    rep.insert("W2_hotrow_sync_median_ms".into(), median(&mut sync_ms));
+    rep.insert("W2_hotrow_cold_first_batch_ms".into(), cold_ms[0]);
+    rep.insert("W2_hotrow_cold_mean_first20_ms".into(), cold_ms.iter().sum::<f64>() / cold_ms.len() as f64);
+    rep.insert("W2_unique_row_hit_rate".into(), st.hit_rate());
+    rep.insert("W2_unique_frac".into(), st.distinct as f64 / st.requests as f64);
+    rep.insert("W2_bytes_uploaded_per_batch".into(), st.bytes_uploaded as f64 / steady);
+    rep.insert("W2_misses_per_batch".into(), st.misses as f64 / steady);
+    rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
+    rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
+    rep.insert("W2_host_staging_wait_ms".into(), ms(st.staging_wait_time));
+    rep.insert("W2_host_submit_ms".into(), ms(st.submit_time));
+    if timing {
+        rep.insert("W2_gpu_scatter_ms".into(), gpu_sum("scatter_rows"));
+        rep.insert("W2_gpu_gather_ms".into(), gpu_sum("gather"));
+    }
+    let mem = cache.memory();
+    rep.insert("W2_gpu_bytes_cache_total".into(), mem.total() as f64);
+    rep.insert("W2_gpu_bytes_slots".into(), mem.slots as f64);
+    rep.insert("W2_gpu_bytes_frac_of_table".into(), mem.total() as f64 / (n * d * 4) as f64);
+    rep.insert("W2_gpu_bytes_output".into(), (b * d * 4) as f64);
+    ctx.disable_timing();
+    Ok(cache.into_source())
+}
+
+/// W5: as W2, but the rank-to-id permutation is redrawn every 50 batches; hit rate per
+/// eviction policy.
+fn w5(ctx: &GpuContext, a: &Args, rep: &mut Report, mut table: HostTable<'static>) -> Result<HostTable<'static>, hotrow::HotrowError> {
+    let (n, b, _) = cached_shapes(a);
+    let batches = a.batches.max(100);
+    for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
+        let mut zipf = ZipfIds::new(n, S, 52);
+        let mut rng = Rng::new(53);
+        let config = CacheConfig { capacity: Capacity::Rows(n / 10), policy, ..Default::default() };
+        let mut cache = EmbeddingCache::new(ctx, table, config)?;
+        let mut out = Embeddings::new(ctx, b, cache.dim())?;
+        let mut first_after_shift = Vec::new();
+        for k in 0..batches {
+            if k > 0 && k % 50 == 0 {
+                zipf.reshuffle(54 + k as u64);
+            }
+            let ids = zipf.batch(b, &mut rng);
+            let before = cache.stats().clone();
+            cache.lookup_into(&ids, &mut out)?;
+            let s = cache.stats();
+            if k >= 50 && k % 50 == 0 {
+                first_after_shift.push((s.hits - before.hits) as f64 / (s.distinct - before.distinct) as f64);
+            }
+        }
+        ctx.wait_idle()?;
+        let p = format!("{policy:?}").to_lowercase();
+        rep.insert(format!("W5_{p}_unique_row_hit_rate"), cache.stats().hit_rate());
+        rep.insert(
+            format!("W5_{p}_hit_rate_first_batch_after_shift"),
+            first_after_shift.iter().sum::<f64>() / first_after_shift.len().max(1) as f64,
+        );
+        table = cache.into_source();
+    }
+    Ok(table)
+}
+
 fn main() -> Result<(), hotrow::HotrowError> {
     env_logger::init();
     let a = args();
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.adapter());
     let mut rep = Report::new();
+    let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {
+        let needs_table = matches!(w.as_str(), "w2" | "w5");
+        if needs_table && table.is_none() {
+            let (n, _, d) = cached_shapes(&a);
+            table = Some(host_table(n, d));
+        }
+        let t = Instant::now();
         match w.as_str() {
             "w1" => w1(&ctx, &a, &mut rep)?,
+            "w2" => table = Some(w2(&ctx, &a, &mut rep, table.take().expect("table"))?),
+            "w5" => table = Some(w5(&ctx, &a, &mut rep, table.take().expect("table"))?),
             other => {
                 eprintln!("unknown workload {other}");
                 std::process::exit(2);
             }
         }
+        eprintln!("{w}: {:.1} s", t.elapsed().as_secs_f64());
     }
     for (k, v) in &rep {
         println!("{k:40} {v:>12.4}");

@@ -165,7 +165,7 @@ fn sharded_slots_and_preload() {
     }
     // the slots themselves hold the right rows
     let slots = cache.slots().read_rows(0, cache.capacity()).unwrap();
-    for id in cache.slot_map().lru_order() {
+    for id in cache.slot_map().resident() {
         let s = cache.slot_map().slot_of(id).unwrap() as usize;
         assert_rows_eq(
             &slots[s * dim..(s + 1) * dim],
@@ -187,7 +187,7 @@ fn bad_ids_change_nothing() {
     assert_eq!(cache.capacity(), 50); // default: 10% of rows
     lookup_checked(&mut cache, &[1, 2, 3, 2], "warm");
     let before_stats = cache.stats().clone();
-    let before_order = cache.slot_map().lru_order();
+    let before_order = cache.slot_map().resident();
     let mut out = Embeddings::new(ctx(), 4, dim).unwrap();
     out.fill(f32::NAN).unwrap();
     match cache.lookup_into(&[7, 8, 500, 9], &mut out) {
@@ -206,7 +206,7 @@ fn bad_ids_change_nothing() {
     ));
     assert_eq!(cache.stats(), &before_stats, "counters unchanged");
     assert_eq!(
-        cache.slot_map().lru_order(),
+        cache.slot_map().resident(),
         before_order,
         "residency unchanged"
     );

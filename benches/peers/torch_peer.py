@@ -76,6 +76,57 @@ def w1(out, rng):
     out["W1_unique_frac"] = float(np.mean([len(torch.unique(t)) for t in idsets]) / B)
 
 
+def _lru_hit_rate(stream, cap):
+    lru = OrderedDict(); hits = tot = 0
+    for s in stream:
+        for r in np.unique(s):
+            tot += 1
+            if r in lru: hits += 1; lru.move_to_end(r)
+            else:
+                lru[r] = 1
+                if len(lru) > cap: lru.popitem(last=False)
+    return hits / tot
+
+
+def w2(out, rng):
+    perm2 = rng.permutation(N2)
+    stream = [zipf_ids(N2, B, S, rng, perm2) for _ in range(40)]
+    k = [0]
+    W2g = torch.randn(N2, D, device=dev)
+    gstream = [torch.from_numpy(s).to(dev) for s in stream]
+    def w2_gpu():
+        k[0] = (k[0] + 1) % 40; return F.embedding(gstream[k[0]], W2g)
+    out["W2_torch_fulltable_gpu_ms"] = cuda_time(w2_gpu)
+    out["W2_fulltable_gpu_bytes"] = N2 * D * 4
+    del W2g, gstream
+    Wh = torch.randn(N2, D)
+    pin = torch.empty(B, D).pin_memory()
+    def w2_naive():
+        k[0] = (k[0] + 1) % 40
+        torch.index_select(Wh, 0, torch.from_numpy(stream[k[0]]), out=pin)
+        return pin.to(dev, non_blocking=True)
+    out["W2_torch_naive_host_ms"] = wall_time(w2_naive, iters=40)
+    def w2_dedup():
+        k[0] = (k[0] + 1) % 40
+        u, inv = torch.unique(torch.from_numpy(stream[k[0]]), return_inverse=True)
+        rows = Wh.index_select(0, u).pin_memory().to(dev, non_blocking=True)
+        return rows.index_select(0, inv.to(dev, non_blocking=True))
+    out["W2_torch_dedup_host_ms"] = wall_time(w2_dedup, iters=40)
+    out["W2_unique_frac"] = float(np.mean([len(np.unique(s)) for s in stream[:10]]) / B)
+    out["W2_lru10pct_unique_row_hit_rate"] = _lru_hit_rate(stream, N2 // 10)
+    out["torch_threads"] = torch.get_num_threads()
+
+
+def w5(out, rng):
+    # plain LRU (10% of rows) on a stream whose permutation is redrawn every 50 batches
+    stream = []
+    for b in range(100):
+        if b % 50 == 0:
+            perm = rng.permutation(N2)
+        stream.append(zipf_ids(N2, B, S, rng, perm))
+    out["W5_torch_lru10pct_unique_row_hit_rate"] = _lru_hit_rate(stream, N2 // 10)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", default="limits,w1")

@@ -7,7 +7,7 @@ mod stats;
 
 use std::time::Instant;
 
-pub use slot_map::{PassPlan, SlotMap};
+pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};
 pub use stats::CacheStats;
 
 use crate::batch::check_ids;
@@ -39,6 +39,8 @@ pub struct CacheConfig {
     pub max_upload_bytes_per_pass: u64,
     /// Options of the slot buffer (e.g. a cap on shard size).
     pub slot_buffer: RowBufferOptions,
+    /// Which resident row makes room for a miss. Default: CLOCK.
+    pub policy: EvictionPolicy,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +50,7 @@ impl Default for CacheConfig {
             staging_buffers: 3,
             max_upload_bytes_per_pass: 256 << 20,
             slot_buffer: RowBufferOptions::default(),
+            policy: EvictionPolicy::default(),
         }
     }
 }
@@ -89,7 +92,8 @@ impl Scratch {
     fn get(&mut self, ctx: &GpuContext, bytes: u64) -> Result<&wgpu::Buffer> {
         if self.buf.as_ref().is_none_or(|b| b.size() < bytes) {
             self.buf = None;
-            let mut size = bytes.next_power_of_two();
+            // 25% headroom so slowly growing batches do not reallocate every time.
+            let mut size = (bytes + bytes / 4).next_multiple_of(1 << 16);
             if size > ctx.max_binding() {
                 size = bytes;
             }
@@ -213,7 +217,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         Ok(Self {
             ctx: ctx.clone(),
-            map: SlotMap::new(rows, capacity),
+            map: SlotMap::new(rows, capacity, config.policy),
             source,
             slots,
             ring: StagingRing::new(config.staging_buffers),
@@ -424,6 +428,11 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// The row source.
     pub fn source(&self) -> &S {
         &self.source
+    }
+
+    /// Gives the row source back, dropping the cache.
+    pub fn into_source(self) -> S {
+        self.source
     }
 
     /// The slot map (which id is in which slot).

@@ -67,7 +67,8 @@ impl StagingRing {
         }
         if e.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
             e.buffer = None;
-            let size = bytes.next_power_of_two().max(1 << 20);
+            // 25% headroom so slowly growing batches do not reallocate every time.
+            let size = (bytes + bytes / 4).next_multiple_of(1 << 20);
             e.buffer = Some(ctx.create_buffer(
                 "hotrow staging",
                 size,
