@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hotrow::workload::{random_values, Rng, ZipfIds};
-use hotrow::{reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext, HostTable, RowBuffer};
+use hotrow::{
+    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
+    HostTable, RowBuffer,
+};
 
 const S: f64 = 1.05;
 
@@ -172,20 +175,39 @@ fn host_table(n: usize, d: usize) -> HostTable<'static> {
 }
 
 /// W2: cached stream, table in host memory, 10% of rows cached on the GPU.
-fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<HostTable<'static>, hotrow::HotrowError> {
+fn w2(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>, hotrow::HotrowError> {
     let (n, b, d) = cached_shapes(a);
     let cap = n / 10;
     let zipf = ZipfIds::new(n, S, 22);
     let mut rng = Rng::new(23);
     let batches = a.batches.max(40);
     let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
-    let mut cache = EmbeddingCache::new(ctx, table, CacheConfig { capacity: Capacity::Rows(cap), ..Default::default() })?;
+    let mut cache = EmbeddingCache::new(
+        ctx,
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(cap),
+            ..Default::default()
+        },
+    )?;
     let mut out = Embeddings::new(ctx, b, d)?;
     // Correctness: the first batches and the last one are checked against the reference.
-    let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| -> Result<(), hotrow::HotrowError> {
+    let check = |cache: &EmbeddingCache<HostTable<'static>>,
+                 ids: &[u32],
+                 out: &Embeddings|
+     -> Result<(), hotrow::HotrowError> {
         let got = out.to_host()?;
         let want = reference::gather(cache.source().data(), d, ids);
-        if got.iter().zip(&want).any(|(x, y)| x.to_bits() != y.to_bits()) {
+        if got
+            .iter()
+            .zip(&want)
+            .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
             eprintln!("w2: WRONG RESULT");
             std::process::exit(1);
         }
@@ -223,7 +245,15 @@ fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -
     check(&cache, &stream[batches - 1], &out)?;
     let st = cache.stats().clone();
     let (times, _) = ctx.take_timings()?;
-    let gpu_sum = |label: &str| times.iter().filter(|t| t.label == label).map(|t| t.nanos).sum::<f64>() / 1e6 / steady;
+    let gpu_sum = |label: &str| {
+        times
+            .iter()
+            .filter(|t| t.label == label)
+            .map(|t| t.nanos)
+            .sum::<f64>()
+            / 1e6
+            / steady
+    };
     // Synchronous: each batch waited for (latency of one batch end to end).
     let mut sync_ms = Vec::new();
     for ids in stream[warm..].iter().take(30) {
@@ -237,10 +267,19 @@ fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -
     rep.insert("W2_hotrow_median_gap_ms".into(), median(&mut gaps));
     rep.insert("W2_hotrow_sync_median_ms".into(), median(&mut sync_ms));
     rep.insert("W2_hotrow_cold_first_batch_ms".into(), cold_ms[0]);
-    rep.insert("W2_hotrow_cold_mean_first20_ms".into(), cold_ms.iter().sum::<f64>() / cold_ms.len() as f64);
+    rep.insert(
+        "W2_hotrow_cold_mean_first20_ms".into(),
+        cold_ms.iter().sum::<f64>() / cold_ms.len() as f64,
+    );
     rep.insert("W2_unique_row_hit_rate".into(), st.hit_rate());
-    rep.insert("W2_unique_frac".into(), st.distinct as f64 / st.requests as f64);
-    rep.insert("W2_bytes_uploaded_per_batch".into(), st.bytes_uploaded as f64 / steady);
+    rep.insert(
+        "W2_unique_frac".into(),
+        st.distinct as f64 / st.requests as f64,
+    );
+    rep.insert(
+        "W2_bytes_uploaded_per_batch".into(),
+        st.bytes_uploaded as f64 / steady,
+    );
     rep.insert("W2_misses_per_batch".into(), st.misses as f64 / steady);
     rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
     rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
@@ -253,7 +292,10 @@ fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -
     let mem = cache.memory();
     rep.insert("W2_gpu_bytes_cache_total".into(), mem.total() as f64);
     rep.insert("W2_gpu_bytes_slots".into(), mem.slots as f64);
-    rep.insert("W2_gpu_bytes_frac_of_table".into(), mem.total() as f64 / (n * d * 4) as f64);
+    rep.insert(
+        "W2_gpu_bytes_frac_of_table".into(),
+        mem.total() as f64 / (n * d * 4) as f64,
+    );
     rep.insert("W2_gpu_bytes_output".into(), (b * d * 4) as f64);
     ctx.disable_timing();
     Ok(cache.into_source())
@@ -261,13 +303,22 @@ fn w2(ctx: &GpuContext, a: &Args, rep: &mut Report, table: HostTable<'static>) -
 
 /// W5: as W2, but the rank-to-id permutation is redrawn every 50 batches; hit rate per
 /// eviction policy.
-fn w5(ctx: &GpuContext, a: &Args, rep: &mut Report, mut table: HostTable<'static>) -> Result<HostTable<'static>, hotrow::HotrowError> {
+fn w5(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    mut table: HostTable<'static>,
+) -> Result<HostTable<'static>, hotrow::HotrowError> {
     let (n, b, _) = cached_shapes(a);
     let batches = a.batches.max(100);
     for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
         let mut zipf = ZipfIds::new(n, S, 52);
         let mut rng = Rng::new(53);
-        let config = CacheConfig { capacity: Capacity::Rows(n / 10), policy, ..Default::default() };
+        let config = CacheConfig {
+            capacity: Capacity::Rows(n / 10),
+            policy,
+            ..Default::default()
+        };
         let mut cache = EmbeddingCache::new(ctx, table, config)?;
         let mut out = Embeddings::new(ctx, b, cache.dim())?;
         let mut first_after_shift = Vec::new();
@@ -280,12 +331,16 @@ fn w5(ctx: &GpuContext, a: &Args, rep: &mut Report, mut table: HostTable<'static
             cache.lookup_into(&ids, &mut out)?;
             let s = cache.stats();
             if k >= 50 && k % 50 == 0 {
-                first_after_shift.push((s.hits - before.hits) as f64 / (s.distinct - before.distinct) as f64);
+                first_after_shift
+                    .push((s.hits - before.hits) as f64 / (s.distinct - before.distinct) as f64);
             }
         }
         ctx.wait_idle()?;
         let p = format!("{policy:?}").to_lowercase();
-        rep.insert(format!("W5_{p}_unique_row_hit_rate"), cache.stats().hit_rate());
+        rep.insert(
+            format!("W5_{p}_unique_row_hit_rate"),
+            cache.stats().hit_rate(),
+        );
         rep.insert(
             format!("W5_{p}_hit_rate_first_batch_after_shift"),
             first_after_shift.iter().sum::<f64>() / first_after_shift.len().max(1) as f64,

@@ -90,14 +90,20 @@ pub enum HotrowError {
         /// What is wrong.
         reason: String,
     },
-    /// A per-sample weight is NaN or infinite.
-    #[error("weight at position {position} is not finite ({value})")]
-    NonFiniteWeight {
-        /// Position in the weights slice.
+    /// An input value (a per-sample weight, a combination weight, a query) is NaN or
+    /// infinite.
+    #[error("{what} at position {position} is not finite ({value})")]
+    NonFinite {
+        /// Which input ("weights", "x", "queries").
+        what: &'static str,
+        /// Position in that input's slice.
         position: usize,
         /// The value.
         value: f32,
     },
+    /// A candidate set was empty (scores over no candidates are undefined).
+    #[error("the candidate set is empty")]
+    EmptyCandidates,
     /// A pooling mode was given per-sample weights it does not support.
     #[error("pooling mode {mode} does not support per-sample weights")]
     WeightsUnsupported {

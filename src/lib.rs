@@ -44,4 +44,6 @@ pub use gpu::{
     AdapterSummary, Embeddings, GpuContext, GpuOptions, PassTiming, RowBuffer, RowBufferOptions,
     SHADERS,
 };
+pub use ops::bag::Pooling;
+pub use ops::matmul::Queries;
 pub use table::{HostTable, RowSource};

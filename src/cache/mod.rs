@@ -166,6 +166,25 @@ impl<S: RowSource> std::fmt::Debug for EmbeddingCache<S> {
     }
 }
 
+/// Where a pass's rows go.
+#[derive(Clone, Copy)]
+enum PassTarget<'a> {
+    /// Only make the rows resident (preload).
+    Resident,
+    /// Also upload the per-position slot list (for an op that reads through slots).
+    SlotsOnly,
+    /// Gather the rows into this buffer from this row on.
+    Gather(&'a wgpu::Buffer, usize),
+}
+
+/// How an op reads the rows of its batch (see `EmbeddingCache::resolve_for_op`).
+pub(crate) enum OpRows {
+    /// Through the cache's slots and the pass's slot list.
+    Slots,
+    /// From this buffer, position `i` at row `i`.
+    Gathered(Embeddings),
+}
+
 /// 16-byte alignment of regions inside a staging buffer (vec4 rows, copy alignment).
 fn align16(x: u64) -> u64 {
     x.next_multiple_of(16)
@@ -260,20 +279,59 @@ impl<S: RowSource> EmbeddingCache<S> {
         }
         let mut start = 0;
         while start < ids.len() {
-            start += self.run_pass(&ids[start..], out, start)?;
+            let target = match out {
+                Some(out) => PassTarget::Gather(out, start),
+                None => PassTarget::Resident,
+            };
+            start += self.run_pass(&ids[start..], target)?;
         }
         self.stats.batches += 1;
         self.stats.requests += ids.len() as u64;
         Ok(())
     }
 
+    /// Resolves checked, non-empty `ids` for an op that reads rows through slots.
+    ///
+    /// Common case: one pass covers the batch and the slots live in one buffer; the op then
+    /// binds [`EmbeddingCache::slots`] and the per-position slot list, touching only the
+    /// rows the batch needs. Otherwise (more distinct ids than slots, or a sharded slot
+    /// buffer) the rows are gathered, pass by pass, into a temporary buffer the op reads
+    /// with identity slots; GPU submission order keeps each pass's rows valid until read.
+    pub(crate) fn resolve_for_op(&mut self, ids: &[u32]) -> Result<OpRows> {
+        self.ctx.check()?;
+        let n = self.run_pass(ids, PassTarget::SlotsOnly)?;
+        let rows = if n == ids.len() && self.slots.shards().len() == 1 {
+            OpRows::Slots
+        } else {
+            let tmp = Embeddings::new(&self.ctx, ids.len(), self.source.dim())?;
+            let pos = self.pos_slots.get(&self.ctx, n as u64 * 4)?.clone();
+            let mut enc =
+                self.ctx
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("hotrow op fallback gather"),
+                    });
+            crate::ops::gather::encode(&self.ctx, &mut enc, &self.slots, &pos, n, tmp.buffer(), 0)?;
+            self.ctx.queue().submit([enc.finish()]);
+            let mut start = n;
+            while start < ids.len() {
+                start += self.run_pass(&ids[start..], PassTarget::Gather(tmp.buffer(), start))?;
+            }
+            OpRows::Gathered(tmp)
+        };
+        self.stats.batches += 1;
+        self.stats.requests += ids.len() as u64;
+        Ok(rows)
+    }
+
+    /// The per-position slot list left by the last [`EmbeddingCache::resolve_for_op`] that
+    /// returned [`OpRows::Slots`] (valid until the next pass is submitted).
+    pub(crate) fn pass_slots(&self) -> Option<&wgpu::Buffer> {
+        self.pos_slots.buf.as_ref().map(|b| &b.buffer)
+    }
+
     /// One pass over a prefix of `ids`; returns how many positions it served.
-    fn run_pass(
-        &mut self,
-        ids: &[u32],
-        out: Option<&wgpu::Buffer>,
-        out_offset: usize,
-    ) -> Result<usize> {
+    fn run_pass(&mut self, ids: &[u32], target: PassTarget<'_>) -> Result<usize> {
         let dim = self.source.dim();
         let t0 = Instant::now();
         let limit = ids.len().min(self.max_misses.max(1));
@@ -287,12 +345,15 @@ impl<S: RowSource> EmbeddingCache<S> {
         let n = self.map.resolve(window, &mut self.plan);
         let t1 = Instant::now();
         let m = self.plan.misses.len();
-        let pos_bytes = if out.is_some() { n as u64 * 4 } else { 0 };
+        let pos_bytes = match target {
+            PassTarget::Resident => 0,
+            _ => n as u64 * 4,
+        };
         let miss_off = pos_bytes;
         let rows_off = align16(miss_off + m as u64 * 4);
         let total = rows_off + (m * dim) as u64 * 4;
 
-        if m == 0 && out.is_none() {
+        if m == 0 && matches!(target, PassTarget::Resident) {
             self.account(
                 t1 - t0,
                 Default::default(),
@@ -301,7 +362,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             );
             return Ok(n);
         }
-        let result = self.upload_and_dispatch(n, out, out_offset, pos_bytes, rows_off, total);
+        let result = self.upload_and_dispatch(n, target, pos_bytes, rows_off, total);
         match result {
             Ok((wait, copy, submit)) => {
                 self.account(t1 - t0, wait, copy, submit);
@@ -341,8 +402,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     fn upload_and_dispatch(
         &mut self,
         n: usize,
-        out: Option<&wgpu::Buffer>,
-        out_offset: usize,
+        target: PassTarget<'_>,
         pos_bytes: u64,
         rows_off: u64,
         total: u64,
@@ -389,10 +449,20 @@ impl<S: RowSource> EmbeddingCache<S> {
             enc.copy_buffer_to_buffer(&staging, rows_off, &rows_buf, 0, (m * dim) as u64 * 4);
             crate::ops::scatter::encode(&ctx, &mut enc, &self.slots, &miss_buf, m, &rows_buf, 0)?;
         }
-        if let Some(out) = out {
+        if pos_bytes > 0 {
             let pos_buf = self.pos_slots.get(&ctx, pos_bytes)?.clone();
             enc.copy_buffer_to_buffer(&staging, 0, &pos_buf, 0, pos_bytes);
-            crate::ops::gather::encode(&ctx, &mut enc, &self.slots, &pos_buf, n, out, out_offset)?;
+            if let PassTarget::Gather(out, out_offset) = target {
+                crate::ops::gather::encode(
+                    &ctx,
+                    &mut enc,
+                    &self.slots,
+                    &pos_buf,
+                    n,
+                    out,
+                    out_offset,
+                )?;
+            }
         }
         let sub = ctx.queue().submit([enc.finish()]);
         self.ring.submitted(entry, sub);

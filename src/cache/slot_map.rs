@@ -157,7 +157,10 @@ impl SlotMap {
 
     /// The id held by `slot`, if any.
     pub fn id_in(&self, slot: u32) -> Option<u32> {
-        self.id_of.get(slot as usize).copied().filter(|&i| i != NONE)
+        self.id_of
+            .get(slot as usize)
+            .copied()
+            .filter(|&i| i != NONE)
     }
 
     /// Resident ids: from least to most recently used under LRU; in slot order under CLOCK.
@@ -449,7 +452,11 @@ mod tests {
         eprintln!("seed {s}");
         let mut rng = Rng::new(s);
         for round in 0..60 {
-            let policy = if round % 2 == 0 { EvictionPolicy::Clock } else { EvictionPolicy::Lru };
+            let policy = if round % 2 == 0 {
+                EvictionPolicy::Clock
+            } else {
+                EvictionPolicy::Lru
+            };
             let rows = 20 + rng.below(500) as u32;
             let cap = 1 + rng.below(40) as usize;
             let hot: Vec<u32> = (0..1 + rng.below(60))

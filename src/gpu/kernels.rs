@@ -10,6 +10,11 @@ pub const SHADERS: &[(&str, &str)] = &[
         "scatter_rows.wgsl",
         include_str!("../../shaders/scatter_rows.wgsl"),
     ),
+    ("bag.wgsl", include_str!("../../shaders/bag.wgsl")),
+    (
+        "block_matmul.wgsl",
+        include_str!("../../shaders/block_matmul.wgsl"),
+    ),
 ];
 
 /// Pipelines by kernel.
@@ -19,20 +24,28 @@ pub(crate) enum Kernel {
     GatherVec4,
     ScatterScalar,
     ScatterVec4,
+    BagScalar,
+    BagVec4,
+    BlockMatmul,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 4] = [
+    const ALL: [Kernel; 7] = [
         Kernel::GatherScalar,
         Kernel::GatherVec4,
         Kernel::ScatterScalar,
         Kernel::ScatterVec4,
+        Kernel::BagScalar,
+        Kernel::BagVec4,
+        Kernel::BlockMatmul,
     ];
 
     fn source(self) -> (&'static str, &'static str) {
         let file = match self {
             Kernel::GatherScalar | Kernel::GatherVec4 => "gather.wgsl",
             Kernel::ScatterScalar | Kernel::ScatterVec4 => "scatter_rows.wgsl",
+            Kernel::BagScalar | Kernel::BagVec4 => "bag.wgsl",
+            Kernel::BlockMatmul => "block_matmul.wgsl",
         };
         let src = SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s);
         (file, src.expect("shader listed in SHADERS"))
@@ -44,6 +57,9 @@ impl Kernel {
             Kernel::GatherVec4 => "gather_vec4",
             Kernel::ScatterScalar => "scatter_scalar",
             Kernel::ScatterVec4 => "scatter_vec4",
+            Kernel::BagScalar => "bag_scalar",
+            Kernel::BagVec4 => "bag_vec4",
+            Kernel::BlockMatmul => "block_matmul",
         }
     }
 

@@ -1,7 +1,9 @@
 //! Host launch code of the GPU ops, one file per kernel family; dispatch sizing sits next
 //! to each launch.
 
+pub(crate) mod bag;
 pub(crate) mod gather;
+pub(crate) mod matmul;
 pub(crate) mod scatter;
 
 use std::num::NonZeroU64;
