@@ -12,7 +12,7 @@ use std::time::Instant;
 use hotrow::workload::{random_values, Rng, ZipfIds};
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
-    HostTable, RowBuffer,
+    HostTable, Pooling, Queries, RowBuffer,
 };
 
 const S: f64 = 1.05;
@@ -350,6 +350,160 @@ fn w5(
     Ok(table)
 }
 
+fn gpu_median(times: &[hotrow::PassTiming], label: &str) -> f64 {
+    let mut v: Vec<f64> = times
+        .iter()
+        .filter(|t| t.label == label)
+        .map(|t| t.nanos / 1e6)
+        .collect();
+    median(&mut v)
+}
+
+/// Relative error of a GPU result against an f64 reference; exits on failure.
+fn verify(what: &str, got: &Embeddings, want: &[f64]) -> Result<(), hotrow::HotrowError> {
+    let err = reference::relative_error(&got.to_host()?, want);
+    if !(err < 1e-5) {
+        eprintln!("{what}: WRONG RESULT (relative error {err:e})");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// W3: pooled bags (4,096 bags x 32 ids, per-sample weights) over a 10% cache.
+fn w3(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>, hotrow::HotrowError> {
+    let (n, _, d) = cached_shapes(a);
+    let (bags, l) = if a.small { (256, 32) } else { (4096, 32) };
+    let zipf = ZipfIds::new(n, S, 32);
+    let mut rng = Rng::new(33);
+    let sets: Vec<Vec<u32>> = (0..8).map(|_| zipf.batch(bags * l, &mut rng)).collect();
+    let offsets: Vec<u32> = (0..bags as u32).map(|b| b * l as u32).collect();
+    let w: Vec<f32> = (0..bags * l).map(|_| rng.unit() as f32).collect();
+    let mut cache = EmbeddingCache::new(
+        ctx,
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(n / 10),
+            ..Default::default()
+        },
+    )?;
+    let mut out = Embeddings::new(ctx, bags, d)?;
+    for (mode, pooling) in [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)] {
+        let weights = (mode != 2).then_some(&w[..]);
+        cache.lookup_bags_into(&sets[0], &offsets, pooling, weights, &mut out)?;
+        let want = reference::bags(cache.source().data(), d, &sets[0], &offsets, mode, weights);
+        verify(&format!("w3 {pooling:?}"), &out, &want)?;
+    }
+    let timing = ctx.enable_timing(16 * a.batches as u32 + 64);
+    for (mode, pooling) in [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)] {
+        let weights = (mode != 2).then_some(&w[..]);
+        for s in sets.iter().cycle().take(8) {
+            cache.lookup_bags_into(s, &offsets, pooling, weights, &mut out)?;
+        }
+        ctx.wait_idle()?;
+        let _ = ctx.take_timings()?;
+        let reps = a.batches.min(100);
+        let t = Instant::now();
+        for s in sets.iter().cycle().take(reps) {
+            cache.lookup_bags_into(s, &offsets, pooling, weights, &mut out)?;
+        }
+        ctx.wait_idle()?;
+        let wall = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let (times, _) = ctx.take_timings()?;
+        let name = format!("{pooling:?}").to_lowercase();
+        if timing {
+            let g = gpu_median(&times, "bag");
+            rep.insert(format!("W3_hotrow_{name}_gpu_bag_ms"), g);
+            // bytes the kernel must move: every id's row read once (no L2 reuse assumed) + output
+            rep.insert(
+                format!("W3_hotrow_{name}_GBps_nominal"),
+                ((bags * l * d * 4) + bags * d * 4) as f64 / g / 1e6,
+            );
+        }
+        rep.insert(format!("W3_hotrow_{name}_wall_ms"), wall);
+    }
+    let st = cache.stats();
+    rep.insert("W3_unique_row_hit_rate".into(), st.hit_rate());
+    ctx.disable_timing();
+    Ok(cache.into_source())
+}
+
+/// W4: scores of 256 queries against 16,384 distinct candidates, through a 10% cache.
+fn w4(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>, hotrow::HotrowError> {
+    let (n, _, d) = cached_shapes(a);
+    let (m, c) = if a.small { (64, 1024) } else { (256, 16_384) };
+    let mut rng = Rng::new(43);
+    let q = random_values(m * d, 44);
+    // distinct candidates: a partial shuffle
+    let cands: Vec<Vec<u32>> = (0..4)
+        .map(|_| {
+            let mut seen = std::collections::HashSet::new();
+            let mut v = Vec::with_capacity(c);
+            while v.len() < c {
+                let id = rng.below(n as u64) as u32;
+                if seen.insert(id) {
+                    v.push(id);
+                }
+            }
+            v
+        })
+        .collect();
+    let mut cache = EmbeddingCache::new(
+        ctx,
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(n / 10),
+            ..Default::default()
+        },
+    )?;
+    let mut out = Embeddings::new(ctx, m, c)?;
+    cache.scores_into(Queries::Host { data: &q, dim: d }, &cands[0], &mut out)?;
+    verify(
+        "w4 scores",
+        &out,
+        &reference::scores(cache.source().data(), d, &q, &cands[0]),
+    )?;
+    let qg = RowBuffer::from_host(ctx, &q, d)?.gather(&(0..m as u32).collect::<Vec<_>>())?;
+    let timing = ctx.enable_timing(4 * a.batches as u32 + 64);
+    for s in cands.iter().cycle().take(8) {
+        cache.scores_into(Queries::Gpu(&qg), s, &mut out)?;
+    }
+    ctx.wait_idle()?;
+    let _ = ctx.take_timings()?;
+    let reps = a.batches.min(100);
+    let t = Instant::now();
+    for s in cands.iter().cycle().take(reps) {
+        cache.scores_into(Queries::Gpu(&qg), s, &mut out)?;
+    }
+    ctx.wait_idle()?;
+    let wall = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let (times, _) = ctx.take_timings()?;
+    if timing {
+        let g = gpu_median(&times, "block_matmul");
+        rep.insert("W4_hotrow_gpu_matmul_ms".into(), g);
+        rep.insert(
+            "W4_hotrow_GFLOPs".into(),
+            2.0 * (m * c * d) as f64 / g / 1e6,
+        );
+        rep.insert(
+            "W4_hotrow_GBps_min_bytes".into(),
+            ((c * d + m * d + m * c) * 4) as f64 / g / 1e6,
+        );
+    }
+    rep.insert("W4_hotrow_wall_ms".into(), wall);
+    ctx.disable_timing();
+    Ok(cache.into_source())
+}
+
 fn main() -> Result<(), hotrow::HotrowError> {
     env_logger::init();
     let a = args();
@@ -358,7 +512,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     let mut rep = Report::new();
     let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {
-        let needs_table = matches!(w.as_str(), "w2" | "w5");
+        let needs_table = matches!(w.as_str(), "w2" | "w3" | "w4" | "w5");
         if needs_table && table.is_none() {
             let (n, _, d) = cached_shapes(&a);
             table = Some(host_table(n, d));
@@ -367,6 +521,8 @@ fn main() -> Result<(), hotrow::HotrowError> {
         match w.as_str() {
             "w1" => w1(&ctx, &a, &mut rep)?,
             "w2" => table = Some(w2(&ctx, &a, &mut rep, table.take().expect("table"))?),
+            "w3" => table = Some(w3(&ctx, &a, &mut rep, table.take().expect("table"))?),
+            "w4" => table = Some(w4(&ctx, &a, &mut rep, table.take().expect("table"))?),
             "w5" => table = Some(w5(&ctx, &a, &mut rep, table.take().expect("table"))?),
             other => {
                 eprintln!("unknown workload {other}");

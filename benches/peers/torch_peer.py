@@ -127,6 +127,34 @@ def w5(out, rng):
     out["W5_torch_lru10pct_unique_row_hit_rate"] = _lru_hit_rate(stream, N2 // 10)
 
 
+def w3(out, rng):
+    perm2 = rng.permutation(N2)
+    W2g = torch.randn(N2, D, device=dev)
+    bag_ids = [torch.from_numpy(zipf_ids(N2, BAGS * L, S, rng, perm2)).to(dev).view(BAGS, L) for _ in range(8)]
+    psw = torch.rand(BAGS, L, device=dev)
+    k = [0]
+    def f():
+        k[0] = (k[0] + 1) % 8; return F.embedding_bag(bag_ids[k[0]], W2g, mode="sum", per_sample_weights=psw)
+    out["W3_torch_sum_ms"] = cuda_time(f)
+    for mode in ("mean", "max"):
+        def g():
+            k[0] = (k[0] + 1) % 8; return F.embedding_bag(bag_ids[k[0]], W2g, mode=mode)
+        out[f"W3_torch_{mode}_ms"] = cuda_time(g)
+
+
+def w4(out, rng):
+    W2g = torch.randn(N2, D, device=dev)
+    Q = torch.randn(M, D, device=dev)
+    cands = [torch.from_numpy(rng.choice(N2, C, replace=False)).to(dev) for _ in range(4)]
+    k = [0]
+    def sub():
+        k[0] = (k[0] + 1) % 4; return Q @ W2g.index_select(0, cands[k[0]]).T
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out["W4_torch_subset_ms"] = cuda_time(sub)
+    out["W4_torch_dense_full_ms"] = cuda_time(lambda: Q @ W2g.T, iters=10)
+    out["W4_torch_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", default="limits,w1")
