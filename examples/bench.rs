@@ -362,7 +362,7 @@ fn gpu_median(times: &[hotrow::PassTiming], label: &str) -> f64 {
 /// Relative error of a GPU result against an f64 reference; exits on failure.
 fn verify(what: &str, got: &Embeddings, want: &[f64]) -> Result<(), hotrow::HotrowError> {
     let err = reference::relative_error(&got.to_host()?, want);
-    if !(err < 1e-5) {
+    if err.is_nan() || err >= 1e-5 {
         eprintln!("{what}: WRONG RESULT (relative error {err:e})");
         std::process::exit(1);
     }
