@@ -66,10 +66,12 @@ fn block_matmul(
     }
     let row0 = (tile / p.tiles_n) * TILE;
     let col0 = (tile % p.tiles_n) * TILE;
-    var acc: array<f32, 16>;
-    for (var q = 0u; q < 16u; q = q + 1u) {
-        acc[q] = 0.0;
-    }
+    // The 4 x 4 accumulator block as four vec4 rows: plain registers (an array indexed in
+    // loops may be placed in slow local memory by the driver).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
         for (var e = 0u; e < 4u; e = e + 1u) {
             let idx = li + e * 256u;
@@ -102,27 +104,31 @@ fn block_matmul(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            var af: array<f32, 4>;
-            var bf: array<f32, 4>;
-            for (var r = 0u; r < 4u; r = r + 1u) {
-                af[r] = a_tile[kk * TILE + lid.y * 4u + r];
-                bf[r] = b_tile[kk * TILE + lid.x * 4u + r];
-            }
-            for (var r = 0u; r < 4u; r = r + 1u) {
-                for (var c = 0u; c < 4u; c = c + 1u) {
-                    acc[r * 4u + c] = acc[r * 4u + c] + af[r] * bf[c];
-                }
-            }
+            let ab = kk * TILE + lid.y * 4u;
+            let bb = kk * TILE + lid.x * 4u;
+            let af = vec4<f32>(a_tile[ab], a_tile[ab + 1u], a_tile[ab + 2u], a_tile[ab + 3u]);
+            let bf = vec4<f32>(b_tile[bb], b_tile[bb + 1u], b_tile[bb + 2u], b_tile[bb + 3u]);
+            acc0 = acc0 + af.x * bf;
+            acc1 = acc1 + af.y * bf;
+            acc2 = acc2 + af.z * bf;
+            acc3 = acc3 + af.w * bf;
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r = r + 1u) {
-        let i = row0 + lid.y * 4u + r;
-        for (var c = 0u; c < 4u; c = c + 1u) {
-            let j = col0 + lid.x * 4u + c;
-            if (i < p.m && j < p.n) {
-                out[i * p.n + j] = acc[r * 4u + c];
-            }
+    store_row(row0 + lid.y * 4u, col0 + lid.x * 4u, acc0);
+    store_row(row0 + lid.y * 4u + 1u, col0 + lid.x * 4u, acc1);
+    store_row(row0 + lid.y * 4u + 2u, col0 + lid.x * 4u, acc2);
+    store_row(row0 + lid.y * 4u + 3u, col0 + lid.x * 4u, acc3);
+}
+
+// Stores 4 consecutive outputs of row i from column j on, masked at the edges.
+fn store_row(i: u32, j: u32, v: vec4<f32>) {
+    if (i >= p.m) {
+        return;
+    }
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        if (j + c < p.n) {
+            out[i * p.n + j + c] = v[c];
         }
     }
 }
