@@ -47,3 +47,8 @@ pub use gpu::{
 pub use ops::bag::Pooling;
 pub use ops::matmul::Queries;
 pub use table::{HostTable, RowSource};
+
+/// The README's example, compiled as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
