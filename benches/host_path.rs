@@ -6,7 +6,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hotrow::workload::{random_values, Rng, ZipfIds};
-use hotrow::{CompactBatch, EvictionPolicy, HostTable, PassPlan, RowSource, SlotMap};
+use hotrow::{
+    CompactBatch, EvictionPolicy, HostTable, PartitionedSlotMap, PassPlan, RowSource, SlotMap,
+};
 
 const N: usize = 8 << 20;
 const B: usize = 65_536;
@@ -36,6 +38,23 @@ fn bench(c: &mut Criterion) {
                 map.resolve(&batches[k], &mut plan)
             })
         });
+    }
+
+    for parts in [2usize, 16] {
+        let mut map = PartitionedSlotMap::new(N, N / 10, EvictionPolicy::Clock, parts);
+        let mut plan = PassPlan::default();
+        for ids in &batches {
+            map.resolve(ids, &mut plan);
+        }
+        g.bench_function(
+            format!("partitioned_resolve_batch_{}_parts", map.partitions()),
+            |b| {
+                b.iter(|| {
+                    k = (k + 1) % batches.len();
+                    map.resolve(&batches[k], &mut plan)
+                })
+            },
+        );
     }
 
     let mut cb = CompactBatch::default();

@@ -4,10 +4,14 @@
 //   b_mode 1 (combine): B(p, j) = rows[slot(p) * dim + j]   C = X x E[ids],    n = dim
 // slot(x) = slots[x], or x itself when `identity` is set (rows already gathered in order).
 //
-// Tiling: each workgroup computes one 64 x 64 tile of C; per step of 16 along k it loads a
-// 64 x 16 block of A and a 16 x 64 block of B into workgroup memory once, then each of its
-// 16 x 16 threads accumulates a 4 x 4 block of C in registers. Edge tiles are zero-padded
-// on load and masked on store, so any m, n, k >= 1 works.
+// Tiling: each workgroup computes one 128 x 128 tile of C. Per step of 16 along k it loads a
+// 128 x 16 block of A and a 16 x 128 block of B into workgroup memory once (each element of
+// B, i.e. each embedding row segment, is read from memory once per tile), then each of its
+// 16 x 16 threads accumulates an 8 x 8 block of C in registers: rows {y*4..y*4+3,
+// 64+y*4..64+y*4+3} x columns {x*4..x*4+3, 64+x*4..64+x*4+3}, so that neighbouring threads
+// read neighbouring vec4s of workgroup memory. The accumulators are 16 named vec4 values
+// (an array indexed in loops may be placed in slow local memory by the driver). Edge tiles
+// are zero-padded on load and masked on store: any m, n, k >= 1 works.
 //
 // Bindings (group 0):
 //   0  params  uniform              MatmulParams
@@ -16,8 +20,8 @@
 //   3  rows    storage, read        array<f32>, the cache slots (or gathered rows), dim wide
 //   4  out     storage, read_write  array<f32>, m x n, row-major
 //
-// Dispatch: tiles_m * tiles_n workgroups of 16 x 16 threads, laid out as a (groups_x, y)
-// grid so no dimension passes the adapter limit; tile = wid.y * groups_x + wid.x.
+// Dispatch: tiles_m * tiles_n workgroups of 16 x 16 threads (tiles of 128), laid out as a
+// (groups_x, y) grid so no dimension passes the adapter limit; tile = wid.y * groups_x + wid.x.
 
 struct MatmulParams {
     m: u32,
@@ -40,17 +44,47 @@ struct MatmulParams {
 @group(0) @binding(3) var<storage, read> rows: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-const TILE: u32 = 64u;
+const TILE: u32 = 128u;
 const TK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [kk][i]: a_tile[kk * 64 + i]
-var<workgroup> b_tile: array<f32, 1024>; // [kk][j]: b_tile[kk * 64 + j]
+// [kk][i / 4] as vec4 over 4 consecutive rows i (A) or columns j (B).
+var<workgroup> a_tile: array<vec4<f32>, 512>;
+var<workgroup> b_tile: array<vec4<f32>, 512>;
 
 fn slot_of(x: u32) -> u32 {
     if (p.identity != 0u) {
         return x;
     }
     return slots[x];
+}
+
+fn load_a(row: u32, kk: u32) -> f32 {
+    if (row < p.m && kk < p.k) {
+        return a[row * p.lda + kk];
+    }
+    return 0.0;
+}
+
+fn load_b(kk: u32, j: u32) -> f32 {
+    if (j >= p.n || kk >= p.k) {
+        return 0.0;
+    }
+    if (p.b_mode == 0u) {
+        return rows[slot_of(j) * p.dim + kk];
+    }
+    return rows[slot_of(kk) * p.dim + j];
+}
+
+// Stores up to 4 consecutive outputs of row i from column j on, masked at the edges.
+fn store4(i: u32, j: u32, v: vec4<f32>) {
+    if (i >= p.m) {
+        return;
+    }
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        if (j + c < p.n) {
+            out[i * p.n + j + c] = v[c];
+        }
+    }
 }
 
 @compute @workgroup_size(16, 16)
@@ -66,69 +100,80 @@ fn block_matmul(
     }
     let row0 = (tile / p.tiles_n) * TILE;
     let col0 = (tile % p.tiles_n) * TILE;
-    // The 4 x 4 accumulator block as four vec4 rows: plain registers (an array indexed in
-    // loops may be placed in slow local memory by the driver).
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var c0a = vec4<f32>(0.0);
+    var c0b = vec4<f32>(0.0);
+    var c1a = vec4<f32>(0.0);
+    var c1b = vec4<f32>(0.0);
+    var c2a = vec4<f32>(0.0);
+    var c2b = vec4<f32>(0.0);
+    var c3a = vec4<f32>(0.0);
+    var c3b = vec4<f32>(0.0);
+    var c4a = vec4<f32>(0.0);
+    var c4b = vec4<f32>(0.0);
+    var c5a = vec4<f32>(0.0);
+    var c5b = vec4<f32>(0.0);
+    var c6a = vec4<f32>(0.0);
+    var c6b = vec4<f32>(0.0);
+    var c7a = vec4<f32>(0.0);
+    var c7b = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
-        for (var e = 0u; e < 4u; e = e + 1u) {
+        // 2,048 elements of each block, 8 per thread. A: consecutive threads read
+        // consecutive k of one row. B: along the contiguous direction of the embedding rows.
+        for (var e = 0u; e < 8u; e = e + 1u) {
             let idx = li + e * 256u;
-            // A block: consecutive threads read consecutive k of one row.
-            let i = idx / TK;
-            let kk = idx % TK;
-            var va = 0.0;
-            if (row0 + i < p.m && k0 + kk < p.k) {
-                va = a[(row0 + i) * p.lda + k0 + kk];
-            }
-            a_tile[kk * TILE + i] = va;
-            // B block: read along the contiguous direction of the embedding rows.
-            var vb = 0.0;
-            var j = 0u;
-            var kb = 0u;
+            let ai = idx / TK;
+            let ak = idx % TK;
+            a_tile[ak * 32u + ai / 4u][ai % 4u] = load_a(row0 + ai, k0 + ak);
+            var bj = 0u;
+            var bk = 0u;
             if (p.b_mode == 0u) {
-                j = idx / TK;
-                kb = idx % TK;
-                if (col0 + j < p.n && k0 + kb < p.k) {
-                    vb = rows[slot_of(col0 + j) * p.dim + k0 + kb];
-                }
+                bj = idx / TK;
+                bk = idx % TK;
             } else {
-                kb = idx / TILE;
-                j = idx % TILE;
-                if (col0 + j < p.n && k0 + kb < p.k) {
-                    vb = rows[slot_of(k0 + kb) * p.dim + col0 + j];
-                }
+                bk = idx / TILE;
+                bj = idx % TILE;
             }
-            b_tile[kb * TILE + j] = vb;
+            b_tile[bk * 32u + bj / 4u][bj % 4u] = load_b(k0 + bk, col0 + bj);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let ab = kk * TILE + lid.y * 4u;
-            let bb = kk * TILE + lid.x * 4u;
-            let af = vec4<f32>(a_tile[ab], a_tile[ab + 1u], a_tile[ab + 2u], a_tile[ab + 3u]);
-            let bf = vec4<f32>(b_tile[bb], b_tile[bb + 1u], b_tile[bb + 2u], b_tile[bb + 3u]);
-            acc0 = acc0 + af.x * bf;
-            acc1 = acc1 + af.y * bf;
-            acc2 = acc2 + af.z * bf;
-            acc3 = acc3 + af.w * bf;
+            let a0 = a_tile[kk * 32u + lid.y];
+            let a1 = a_tile[kk * 32u + 16u + lid.y];
+            let b0 = b_tile[kk * 32u + lid.x];
+            let b1 = b_tile[kk * 32u + 16u + lid.x];
+            c0a = c0a + a0.x * b0;
+            c0b = c0b + a0.x * b1;
+            c1a = c1a + a0.y * b0;
+            c1b = c1b + a0.y * b1;
+            c2a = c2a + a0.z * b0;
+            c2b = c2b + a0.z * b1;
+            c3a = c3a + a0.w * b0;
+            c3b = c3b + a0.w * b1;
+            c4a = c4a + a1.x * b0;
+            c4b = c4b + a1.x * b1;
+            c5a = c5a + a1.y * b0;
+            c5b = c5b + a1.y * b1;
+            c6a = c6a + a1.z * b0;
+            c6b = c6b + a1.z * b1;
+            c7a = c7a + a1.w * b0;
+            c7b = c7b + a1.w * b1;
         }
         workgroupBarrier();
     }
-    store_row(row0 + lid.y * 4u, col0 + lid.x * 4u, acc0);
-    store_row(row0 + lid.y * 4u + 1u, col0 + lid.x * 4u, acc1);
-    store_row(row0 + lid.y * 4u + 2u, col0 + lid.x * 4u, acc2);
-    store_row(row0 + lid.y * 4u + 3u, col0 + lid.x * 4u, acc3);
-}
-
-// Stores 4 consecutive outputs of row i from column j on, masked at the edges.
-fn store_row(i: u32, j: u32, v: vec4<f32>) {
-    if (i >= p.m) {
-        return;
-    }
-    for (var c = 0u; c < 4u; c = c + 1u) {
-        if (j + c < p.n) {
-            out[i * p.n + j + c] = v[c];
-        }
-    }
+    store4(row0 + lid.y * 4u + 0u, col0 + lid.x * 4u, c0a);
+    store4(row0 + lid.y * 4u + 0u, col0 + 64u + lid.x * 4u, c0b);
+    store4(row0 + lid.y * 4u + 1u, col0 + lid.x * 4u, c1a);
+    store4(row0 + lid.y * 4u + 1u, col0 + 64u + lid.x * 4u, c1b);
+    store4(row0 + lid.y * 4u + 2u, col0 + lid.x * 4u, c2a);
+    store4(row0 + lid.y * 4u + 2u, col0 + 64u + lid.x * 4u, c2b);
+    store4(row0 + lid.y * 4u + 3u, col0 + lid.x * 4u, c3a);
+    store4(row0 + lid.y * 4u + 3u, col0 + 64u + lid.x * 4u, c3b);
+    store4(row0 + 64u + lid.y * 4u + 0u, col0 + lid.x * 4u, c4a);
+    store4(row0 + 64u + lid.y * 4u + 0u, col0 + 64u + lid.x * 4u, c4b);
+    store4(row0 + 64u + lid.y * 4u + 1u, col0 + lid.x * 4u, c5a);
+    store4(row0 + 64u + lid.y * 4u + 1u, col0 + 64u + lid.x * 4u, c5b);
+    store4(row0 + 64u + lid.y * 4u + 2u, col0 + lid.x * 4u, c6a);
+    store4(row0 + 64u + lid.y * 4u + 2u, col0 + 64u + lid.x * 4u, c6b);
+    store4(row0 + 64u + lid.y * 4u + 3u, col0 + lid.x * 4u, c7a);
+    store4(row0 + 64u + lid.y * 4u + 3u, col0 + 64u + lid.x * 4u, c7b);
 }

@@ -36,8 +36,8 @@ pub mod workload;
 
 pub use batch::CompactBatch;
 pub use cache::{
-    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy, PassPlan,
-    SlotMap,
+    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
+    PartitionedSlotMap, PassPlan, SlotMap,
 };
 pub use error::{HotrowError, Result};
 pub use gpu::{

@@ -38,6 +38,7 @@ fn lookup_checked(cache: &mut EmbeddingCache<HostTable<'_>>, ids: &[u32], what: 
 
 #[test]
 fn zipf_stream_through_a_small_cache() {
+    let _serial = common::serial();
     let s = seed("cache_stream");
     let mut rng = Rng::new(s);
     for &dim in &[3usize, 16] {
@@ -79,6 +80,7 @@ fn zipf_stream_through_a_small_cache() {
 
 #[test]
 fn repeats_all_distinct_and_bigger_than_capacity() {
+    let _serial = common::serial();
     let s = seed("cache_shapes");
     let mut rng = Rng::new(s);
     let (rows, dim) = (2000, 8);
@@ -133,6 +135,7 @@ fn repeats_all_distinct_and_bigger_than_capacity() {
 
 #[test]
 fn sharded_slots_and_preload() {
+    let _serial = common::serial();
     let s = seed("cache_sharded");
     let mut rng = Rng::new(s);
     let (rows, dim) = (3000, 12);
@@ -178,6 +181,7 @@ fn sharded_slots_and_preload() {
 
 #[test]
 fn bad_ids_change_nothing() {
+    let _serial = common::serial();
     let s = seed("cache_bad");
     let mut rng = Rng::new(s);
     let (rows, dim) = (500, 4);
@@ -244,6 +248,7 @@ impl RowSource for Flaky<'_> {
 
 #[test]
 fn failing_row_source_leaves_no_phantom_rows() {
+    let _serial = common::serial();
     let s = seed("cache_flaky");
     let mut rng = Rng::new(s);
     let (rows, dim) = (300, 8);
@@ -282,6 +287,7 @@ fn failing_row_source_leaves_no_phantom_rows() {
 
 #[test]
 fn bad_capacities_are_clear_errors() {
+    let _serial = common::serial();
     let data = random_values(100 * 4, 3);
     let t = || HostTable::borrowed(&data, 4).unwrap();
     for cap in [
@@ -330,4 +336,33 @@ fn bad_capacities_are_clear_errors() {
     )
     .unwrap();
     assert_eq!(c.capacity(), 100);
+}
+
+#[test]
+fn partitioned_slot_map_end_to_end() {
+    let _serial = common::serial();
+    let s = seed("cache_partitioned");
+    let mut rng = Rng::new(s);
+    let (rows, dim) = (60_000, 4);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(
+        ctx(),
+        table,
+        CacheConfig {
+            capacity: Capacity::Rows(6_000),
+            partitions: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(cache.slot_map().partitions(), 4);
+    let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+    for k in 0..8 {
+        // 5,000-25,000 ids: the parallel path, and batches past the capacity
+        let ids = zipf.batch(5_000 + rng.below(20_000) as usize, &mut rng);
+        lookup_checked(&mut cache, &ids, &format!("partitioned batch {k}"));
+    }
+    let st = cache.stats();
+    assert!(st.evictions > 0 && st.hits > 0);
 }

@@ -24,6 +24,7 @@ fn random_ids(rng: &mut Rng, n: usize, rows: usize) -> Vec<u32> {
 
 #[test]
 fn gather_matches_reference_across_dims() {
+    let _serial = common::serial();
     let s = seed("gather_dims");
     let mut rng = Rng::new(s);
     for &dim in &[1usize, 3, 4, 64, 128, 257] {
@@ -43,6 +44,7 @@ fn gather_matches_reference_across_dims() {
 
 #[test]
 fn gather_across_shards() {
+    let _serial = common::serial();
     let s = seed("gather_shards");
     let mut rng = Rng::new(s);
     for &dim in &[3usize, 8] {
@@ -80,6 +82,7 @@ fn gather_across_shards() {
 
 #[test]
 fn gather_past_65535_workgroups_uses_2d_grid() {
+    let _serial = common::serial();
     // dim 1: one thread per id; 65,535 x 256 + 4,321 ids needs a second grid row.
     let s = seed("gather_2d");
     let mut rng = Rng::new(s);
@@ -101,6 +104,7 @@ fn gather_past_65535_workgroups_uses_2d_grid() {
 
 #[test]
 fn empty_batch_and_async_readback() {
+    let _serial = common::serial();
     let s = seed("gather_async");
     let mut rng = Rng::new(s);
     let dim = 16;
@@ -120,6 +124,7 @@ fn empty_batch_and_async_readback() {
 
 #[test]
 fn bad_input_is_a_typed_error_and_writes_nothing() {
+    let _serial = common::serial();
     let s = seed("gather_bad");
     let mut rng = Rng::new(s);
     let dim = 5;
@@ -162,6 +167,7 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
 
 #[test]
 fn tables_beyond_the_adapter_limits_are_refused_by_name() {
+    let _serial = common::serial();
     // One row wider than the largest storage binding: cannot be split, must name the limit.
     let max = ctx()
         .adapter()
@@ -204,6 +210,7 @@ fn tables_beyond_the_adapter_limits_are_refused_by_name() {
 
 #[test]
 fn shares_an_application_device() {
+    let _serial = common::serial();
     let s = seed("gather_shared");
     let mut rng = Rng::new(s);
     // The application's own device, on the adapter hotrow picked.

@@ -65,6 +65,7 @@ fn random_bags(rng: &mut Rng, n_bags: usize, rows: usize, hot: &[u32]) -> (Vec<u
 
 #[test]
 fn bags_match_reference() {
+    let _serial = common::serial();
     let s = seed("bags");
     let mut rng = Rng::new(s);
     for &dim in &[1usize, 3, 128, 257] {
@@ -99,6 +100,7 @@ fn bags_match_reference() {
 
 #[test]
 fn bags_through_passes_and_shards() {
+    let _serial = common::serial();
     let s = seed("bags_passes");
     let mut rng = Rng::new(s);
     let (rows, dim) = (2000, 8);
@@ -152,6 +154,7 @@ fn bags_through_passes_and_shards() {
 
 #[test]
 fn scores_and_combine_match_reference() {
+    let _serial = common::serial();
     let s = seed("matmul");
     let mut rng = Rng::new(s);
     for &dim in &[1usize, 3, 128, 257] {
@@ -215,6 +218,7 @@ fn scores_and_combine_match_reference() {
 
 #[test]
 fn bad_op_input_is_refused_before_work() {
+    let _serial = common::serial();
     let s = seed("ops_bad");
     let mut rng = Rng::new(s);
     let (rows, dim) = (100, 4);

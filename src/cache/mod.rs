@@ -2,11 +2,13 @@
 //! lives in host memory (or any [`RowSource`]); each batch uploads only the rows the GPU
 //! does not hold yet.
 
+mod partitioned;
 mod slot_map;
 mod stats;
 
 use std::time::Instant;
 
+pub use partitioned::PartitionedSlotMap;
 pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};
 pub use stats::CacheStats;
 
@@ -41,6 +43,10 @@ pub struct CacheConfig {
     pub slot_buffer: RowBufferOptions,
     /// Which resident row makes room for a miss. Default: CLOCK.
     pub policy: EvictionPolicy,
+    /// Partitions of the slot map, resolved in parallel (ids split by their low bits, each
+    /// partition evicting among its own slots). Rounded down to a power of two and to one
+    /// per 1,024 slots. Default: the rayon thread count.
+    pub partitions: usize,
 }
 
 impl Default for CacheConfig {
@@ -51,6 +57,7 @@ impl Default for CacheConfig {
             max_upload_bytes_per_pass: 256 << 20,
             slot_buffer: RowBufferOptions::default(),
             policy: EvictionPolicy::default(),
+            partitions: rayon::current_num_threads(),
         }
     }
 }
@@ -144,7 +151,7 @@ pub struct EmbeddingCache<S: RowSource> {
     ctx: GpuContext,
     source: S,
     slots: RowBuffer,
-    map: SlotMap,
+    map: PartitionedSlotMap,
     ring: StagingRing,
     plan: PassPlan,
     miss_ids: Vec<u32>,
@@ -236,7 +243,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         Ok(Self {
             ctx: ctx.clone(),
-            map: SlotMap::new(rows, capacity, config.policy),
+            map: PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions),
             source,
             slots,
             ring: StagingRing::new(config.staging_buffers),
@@ -506,7 +513,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     /// The slot map (which id is in which slot).
-    pub fn slot_map(&self) -> &SlotMap {
+    pub fn slot_map(&self) -> &PartitionedSlotMap {
         &self.map
     }
 

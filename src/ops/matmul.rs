@@ -1,7 +1,7 @@
 //! Block-wise multiplication over the cache (shaders/block_matmul.wgsl):
 //! `EmbeddingCache::scores` (Q x E[cand]^T) and `EmbeddingCache::combine` (X x E[ids]).
 //!
-//! Dispatch sizing: one 16 x 16-thread workgroup per 64 x 64 tile of the output, the tiles
+//! Dispatch sizing: one 16 x 16-thread workgroup per 128 x 128 tile of the output, the tiles
 //! laid out in a 2-D grid past `max_compute_workgroups_per_dimension`. Only the rows named
 //! by the candidates / ids are read, each once per tile that needs it.
 
@@ -16,7 +16,8 @@ use crate::ops::bag::check_finite;
 use crate::ops::binding;
 use crate::table::RowSource;
 
-const TILE: usize = 64;
+/// Output tile edge of block_matmul.wgsl (must match its `TILE`).
+const TILE: usize = 128;
 
 /// Queries for [`EmbeddingCache::scores`]: rows of the table's width, on the host or
 /// already on the GPU (e.g. the output of an earlier op or of the caller's own pipeline).

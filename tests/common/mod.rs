@@ -46,3 +46,12 @@ pub fn assert_rows_eq(got: &[f32], want: &[f32], dim: usize, what: &str) {
         );
     }
 }
+
+/// Serialises the GPU tests of one binary. wgpu's GL backend funnels every call through one
+/// context lock and panics when a call waits more than 6 s for it, which parallel tests on a
+/// slow software adapter can cause; the adapter is the bottleneck anyway, so running the
+/// tests one at a time costs little.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,280 @@
+//! [`PartitionedSlotMap`]: the slot map split by id into independent partitions that
+//! resolve a batch in parallel. Slot resolution is the host's bottleneck (a serial walk
+//! with dependent random reads per id); partitions turn it into `P` shorter walks.
+
+use rayon::prelude::*;
+
+use super::slot_map::{EvictionPolicy, PassPlan, SlotMap};
+
+/// Ids with the same low bits share a partition; each partition owns its own range of
+/// slots, its own eviction state and its own [`SlotMap`] over the ids `id >> bits`.
+///
+/// Behaviour matches a single [`SlotMap`] except that each partition evicts among its own
+/// slots (capacity / P each), and a pass ends when any one partition is full; rows that a
+/// partition resolved past that point stay resident (they were uploaded with the pass) and
+/// are hits in the next pass. With one partition it *is* a single `SlotMap`.
+#[derive(Debug)]
+pub struct PartitionedSlotMap {
+    parts: Vec<SlotMap>,
+    /// First global slot of each partition.
+    base: Vec<u32>,
+    bits: u32,
+    capacity: usize,
+    /// Per-partition scratch: (position, local id) of its ids in the batch, and its plan.
+    work: Vec<(Vec<(u32, u32)>, PassPlan, Vec<u32>)>,
+}
+
+/// Batches shorter than this are resolved partition by partition on the calling thread.
+const PARALLEL_MIN_IDS: usize = 4096;
+
+impl PartitionedSlotMap {
+    /// `parts` is rounded down to a power of two and to at most one partition per 1,024
+    /// slots (so small caches stay exact).
+    pub fn new(rows: usize, capacity: usize, policy: EvictionPolicy, parts: usize) -> Self {
+        let max_parts = (capacity / 1024).max(1);
+        let p = parts.clamp(1, max_parts);
+        let p = 1usize << (usize::BITS - 1 - p.leading_zeros()); // round down to 2^k
+        let bits = p.trailing_zeros();
+        let mut base = Vec::with_capacity(p);
+        let mut maps = Vec::with_capacity(p);
+        let mut next = 0u32;
+        for k in 0..p {
+            let cap = capacity / p + usize::from(k < capacity % p);
+            let local_rows = (rows >> bits) + usize::from(k < rows & (p - 1));
+            base.push(next);
+            next += cap as u32;
+            maps.push(SlotMap::new(local_rows.max(1), cap, policy));
+        }
+        Self {
+            parts: maps,
+            base,
+            bits,
+            capacity,
+            work: (0..p).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of resident ids.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(SlotMap::len).sum()
+    }
+
+    /// Whether nothing is resident.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn split(&self, id: u32) -> (usize, u32) {
+        ((id & ((1 << self.bits) - 1)) as usize, id >> self.bits)
+    }
+
+    /// The slot holding `id`, if resident.
+    pub fn slot_of(&self, id: u32) -> Option<u32> {
+        let (p, local) = self.split(id);
+        self.parts[p].slot_of(local).map(|s| self.base[p] + s)
+    }
+
+    /// Resident ids (partition by partition; within one, as [`SlotMap::resident`]).
+    pub fn resident(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(self.len());
+        for (p, m) in self.parts.iter().enumerate() {
+            v.extend(
+                m.resident()
+                    .into_iter()
+                    .map(|l| (l << self.bits) | p as u32),
+            );
+        }
+        v
+    }
+
+    /// Checks every partition's invariants.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.parts.iter().try_for_each(SlotMap::check_invariants)
+    }
+
+    /// Resolves a prefix of `ids` as one pass (see [`SlotMap::resolve`]); `plan` gets global
+    /// slots and ids. Returns the number of positions handled.
+    pub fn resolve(&mut self, ids: &[u32], plan: &mut PassPlan) -> usize {
+        if self.parts.len() == 1 {
+            return self.parts[0].resolve(ids, plan);
+        }
+        let bits = self.bits;
+        let mask = (1u32 << bits) - 1;
+        let run = |(k, (map, (mine, sub, local))): (
+            usize,
+            (&mut SlotMap, &mut (Vec<(u32, u32)>, PassPlan, Vec<u32>)),
+        )| {
+            mine.clear();
+            local.clear();
+            for (i, &id) in ids.iter().enumerate() {
+                if id & mask == k as u32 {
+                    mine.push((i as u32, id >> bits));
+                    local.push(id >> bits);
+                }
+            }
+            let done = map.resolve(local, sub);
+            // First position this partition could not serve (ids.len() if none).
+            mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
+        };
+        let stops: Vec<usize> = if ids.len() >= PARALLEL_MIN_IDS {
+            self.parts
+                .par_iter_mut()
+                .zip(self.work.par_iter_mut())
+                .enumerate()
+                .map(run)
+                .collect()
+        } else {
+            self.parts
+                .iter_mut()
+                .zip(self.work.iter_mut())
+                .enumerate()
+                .map(run)
+                .collect()
+        };
+        let n = stops.into_iter().min().unwrap_or(ids.len());
+        plan.slots.clear();
+        plan.slots.resize(n, 0);
+        plan.misses.clear();
+        plan.hits = 0;
+        plan.evictions = 0;
+        for (k, (mine, sub, _)) in self.work.iter().enumerate() {
+            let base = self.base[k];
+            for (&(pos, _), &s) in mine.iter().zip(&sub.slots) {
+                if (pos as usize) < n {
+                    plan.slots[pos as usize] = base + s;
+                }
+            }
+            // Every miss is uploaded, also those past `n`: the partition holds them now.
+            plan.misses.extend(
+                sub.misses
+                    .iter()
+                    .map(|&(l, s)| ((l << bits) | k as u32, base + s)),
+            );
+            plan.hits += sub.hits;
+            plan.evictions += sub.evictions;
+        }
+        n
+    }
+
+    /// Forgets misses (global ids and slots) whose rows could not be uploaded.
+    pub fn forget(&mut self, misses: &[(u32, u32)]) {
+        let mask = (1u32 << self.bits) - 1;
+        for &(id, s) in misses {
+            let p = (id & mask) as usize;
+            self.parts[p].forget(&[(id >> self.bits, s - self.base[p])]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Rng;
+
+    /// Random streams, batches both under and over the capacity, through 1-8 partitions on
+    /// the parallel path: every pass serves a non-empty prefix, each served position's id
+    /// sits in the slot reported, slots are in range and never shared, misses are distinct.
+    #[test]
+    fn partitions_serve_passes_consistently() {
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(3);
+        eprintln!("seed {s}");
+        let mut rng = Rng::new(s);
+        for round in 0..8 {
+            let rows = 20_000 + rng.below(30_000) as usize;
+            let cap = 4096 + rng.below(8192) as usize;
+            let policy = if round % 2 == 0 {
+                EvictionPolicy::Clock
+            } else {
+                EvictionPolicy::Lru
+            };
+            let mut map = PartitionedSlotMap::new(rows, cap, policy, 1 << (round % 4));
+            let want = (1usize << (round % 4)).min(cap / 1024);
+            assert_eq!(
+                map.partitions(),
+                1 << (usize::BITS - 1 - want.leading_zeros())
+            );
+            let mut plan = PassPlan::default();
+            let hot: Vec<u32> = (0..3000).map(|_| rng.below(rows as u64) as u32).collect();
+            for _ in 0..12 {
+                let n = 4096 + rng.below(3 * cap as u64) as usize;
+                let ids: Vec<u32> = (0..n)
+                    .map(|_| {
+                        if rng.below(2) == 0 {
+                            hot[rng.below(3000) as usize]
+                        } else {
+                            rng.below(rows as u64) as u32
+                        }
+                    })
+                    .collect();
+                let mut start = 0;
+                while start < ids.len() {
+                    let done = map.resolve(&ids[start..], &mut plan);
+                    assert!(done >= 1);
+                    assert_eq!(plan.slots.len(), done);
+                    for (k, &id) in ids[start..start + done].iter().enumerate() {
+                        let slot = plan.slots[k];
+                        assert!((slot as usize) < cap);
+                        assert_eq!(
+                            map.slot_of(id),
+                            Some(slot),
+                            "id {id} not in its slot (seed {s})"
+                        );
+                    }
+                    let mut ms: Vec<u32> = plan.misses.iter().map(|m| m.1).collect();
+                    ms.sort_unstable();
+                    ms.dedup();
+                    assert_eq!(
+                        ms.len(),
+                        plan.misses.len(),
+                        "a slot filled twice in one pass"
+                    );
+                    for &(id, slot) in &plan.misses {
+                        assert_eq!(map.slot_of(id), Some(slot));
+                    }
+                    map.check_invariants().unwrap();
+                    start += done;
+                }
+                assert!(map.len() <= cap);
+            }
+            let resident = map.resident();
+            assert_eq!(resident.len(), map.len());
+            let mut slots: Vec<u32> = resident
+                .iter()
+                .map(|&id| map.slot_of(id).unwrap())
+                .collect();
+            slots.sort_unstable();
+            slots.dedup();
+            assert_eq!(slots.len(), resident.len(), "two ids share a slot");
+        }
+    }
+
+    /// One partition is exactly a single SlotMap.
+    #[test]
+    fn one_partition_is_a_slot_map() {
+        let mut rng = Rng::new(11);
+        let mut a = PartitionedSlotMap::new(5000, 700, EvictionPolicy::Lru, 8); // 700 < 2048: 1 part
+        let mut b = SlotMap::new(5000, 700, EvictionPolicy::Lru);
+        assert_eq!(a.partitions(), 1);
+        let (mut pa, mut pb) = (PassPlan::default(), PassPlan::default());
+        for _ in 0..30 {
+            let ids: Vec<u32> = (0..600).map(|_| rng.below(5000) as u32).collect();
+            assert_eq!(a.resolve(&ids, &mut pa), b.resolve(&ids, &mut pb));
+            assert_eq!(pa.slots, pb.slots);
+            assert_eq!(pa.misses, pb.misses);
+        }
+        assert_eq!(a.resident(), b.resident());
+    }
+}
