@@ -20,8 +20,19 @@ pub struct PartitionedSlotMap {
     base: Vec<u32>,
     bits: u32,
     capacity: usize,
-    /// Per-partition scratch: (position, local id) of its ids in the batch, and its plan.
-    work: Vec<(Vec<(u32, u32)>, PassPlan, Vec<u32>)>,
+    /// Per-partition scratch, reused across batches.
+    work: Vec<PartWork>,
+}
+
+/// One partition's share of a batch.
+#[derive(Debug, Default)]
+struct PartWork {
+    /// (position in the batch, local id) of the partition's ids, in batch order.
+    mine: Vec<(u32, u32)>,
+    /// The local ids alone (what the partition's map resolves).
+    local: Vec<u32>,
+    /// The partition's plan (local slots and ids).
+    plan: PassPlan,
 }
 
 /// Batches shorter than this are resolved partition by partition on the calling thread.
@@ -110,21 +121,18 @@ impl PartitionedSlotMap {
         }
         let bits = self.bits;
         let mask = (1u32 << bits) - 1;
-        let run = |(k, (map, (mine, sub, local))): (
-            usize,
-            (&mut SlotMap, &mut (Vec<(u32, u32)>, PassPlan, Vec<u32>)),
-        )| {
-            mine.clear();
-            local.clear();
+        let run = |(k, (map, w)): (usize, (&mut SlotMap, &mut PartWork))| {
+            w.mine.clear();
+            w.local.clear();
             for (i, &id) in ids.iter().enumerate() {
                 if id & mask == k as u32 {
-                    mine.push((i as u32, id >> bits));
-                    local.push(id >> bits);
+                    w.mine.push((i as u32, id >> bits));
+                    w.local.push(id >> bits);
                 }
             }
-            let done = map.resolve(local, sub);
+            let done = map.resolve(&w.local, &mut w.plan);
             // First position this partition could not serve (ids.len() if none).
-            mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
+            w.mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
         };
         let stops: Vec<usize> = if ids.len() >= PARALLEL_MIN_IDS {
             self.parts
@@ -147,9 +155,9 @@ impl PartitionedSlotMap {
         plan.misses.clear();
         plan.hits = 0;
         plan.evictions = 0;
-        for (k, (mine, sub, _)) in self.work.iter().enumerate() {
-            let base = self.base[k];
-            for (&(pos, _), &s) in mine.iter().zip(&sub.slots) {
+        for (k, w) in self.work.iter().enumerate() {
+            let (base, sub) = (self.base[k], &w.plan);
+            for (&(pos, _), &s) in w.mine.iter().zip(&sub.slots) {
                 if (pos as usize) < n {
                     plan.slots[pos as usize] = base + s;
                 }
