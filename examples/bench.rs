@@ -272,7 +272,10 @@ fn w2(
         cold_ms.iter().sum::<f64>() / cold_ms.len() as f64,
     );
     rep.insert("W2_unique_row_hit_rate".into(), st.hit_rate());
-    rep.insert("W2_slot_map_partitions".into(), cache.slot_map().partitions() as f64);
+    rep.insert(
+        "W2_slot_map_partitions".into(),
+        cache.slot_map().partitions() as f64,
+    );
     rep.insert(
         "W2_unique_frac".into(),
         st.distinct as f64 / st.requests as f64,

@@ -15,6 +15,7 @@ pub use stats::CacheStats;
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext, RowBuffer, RowBufferOptions, StagingRing, TrackedBuffer};
+use crate::ops::RowCopyBindings;
 use crate::table::RowSource;
 
 /// How many slots the cache holds.
@@ -159,6 +160,8 @@ pub struct EmbeddingCache<S: RowSource> {
     miss_slots: Scratch,
     upload: Scratch,
     max_misses: usize,
+    scatter_bindings: RowCopyBindings,
+    gather_bindings: RowCopyBindings,
     stats: CacheStats,
 }
 
@@ -253,6 +256,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             miss_slots: Scratch::new("hotrow miss slots", storage),
             upload: Scratch::new("hotrow uploaded rows", storage),
             max_misses,
+            scatter_bindings: RowCopyBindings::default(),
+            gather_bindings: RowCopyBindings::default(),
             stats: CacheStats::default(),
         })
     }
@@ -318,7 +323,16 @@ impl<S: RowSource> EmbeddingCache<S> {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("hotrow op fallback gather"),
                     });
-            crate::ops::gather::encode(&self.ctx, &mut enc, &self.slots, &pos, n, tmp.buffer(), 0)?;
+            crate::ops::gather::encode(
+                &self.ctx,
+                &mut enc,
+                &self.slots,
+                &pos,
+                n,
+                tmp.buffer(),
+                0,
+                &mut self.gather_bindings,
+            )?;
             self.ctx.queue().submit([enc.finish()]);
             let mut start = n;
             while start < ids.len() {
@@ -454,7 +468,16 @@ impl<S: RowSource> EmbeddingCache<S> {
             let rows_buf = self.upload.get(&ctx, (m * dim) as u64 * 4)?.clone();
             enc.copy_buffer_to_buffer(&staging, pos_bytes, &miss_buf, 0, m as u64 * 4);
             enc.copy_buffer_to_buffer(&staging, rows_off, &rows_buf, 0, (m * dim) as u64 * 4);
-            crate::ops::scatter::encode(&ctx, &mut enc, &self.slots, &miss_buf, m, &rows_buf, 0)?;
+            crate::ops::scatter::encode(
+                &ctx,
+                &mut enc,
+                &self.slots,
+                &miss_buf,
+                m,
+                &rows_buf,
+                0,
+                &mut self.scatter_bindings,
+            )?;
         }
         if pos_bytes > 0 {
             let pos_buf = self.pos_slots.get(&ctx, pos_bytes)?.clone();
@@ -468,6 +491,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                     n,
                     out,
                     out_offset,
+                    &mut self.gather_bindings,
                 )?;
             }
         }

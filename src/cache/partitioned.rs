@@ -35,6 +35,22 @@ struct PartWork {
     plan: PassPlan,
 }
 
+/// The plan's slot array, written by the partitions' tasks at disjoint positions.
+#[derive(Clone, Copy)]
+struct SlotsOut(*mut u32);
+
+// SAFETY: tasks write disjoint positions of a buffer that outlives them (see `resolve`).
+unsafe impl Send for SlotsOut {}
+unsafe impl Sync for SlotsOut {}
+
+impl SlotsOut {
+    /// # Safety
+    /// `i` is in bounds and no other thread accesses position `i` concurrently.
+    unsafe fn write(self, i: usize, v: u32) {
+        unsafe { *self.0.add(i) = v };
+    }
+}
+
 /// Batches shorter than this are resolved partition by partition on the calling thread.
 const PARALLEL_MIN_IDS: usize = 4096;
 
@@ -121,6 +137,13 @@ impl PartitionedSlotMap {
         }
         let bits = self.bits;
         let mask = (1u32 << bits) - 1;
+        // Every position belongs to exactly one partition, so the partitions write the
+        // slots of their own positions straight into the plan, in parallel; positions past
+        // the pass's end are cut off afterwards.
+        plan.slots.clear();
+        plan.slots.resize(ids.len(), 0);
+        let out = SlotsOut(plan.slots.as_mut_ptr());
+        let base = &self.base;
         let run = |(k, (map, w)): (usize, (&mut SlotMap, &mut PartWork))| {
             w.mine.clear();
             w.local.clear();
@@ -131,6 +154,11 @@ impl PartitionedSlotMap {
                 }
             }
             let done = map.resolve(&w.local, &mut w.plan);
+            for (&(pos, _), &s) in w.mine[..done].iter().zip(&w.plan.slots) {
+                // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
+                // writes this position; the plan is not read until every task is done.
+                unsafe { out.write(pos as usize, base[k] + s) };
+            }
             // First position this partition could not serve (ids.len() if none).
             w.mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
         };
@@ -150,26 +178,21 @@ impl PartitionedSlotMap {
                 .collect()
         };
         let n = stops.into_iter().min().unwrap_or(ids.len());
-        plan.slots.clear();
-        plan.slots.resize(n, 0);
+        plan.slots.truncate(n);
         plan.misses.clear();
         plan.hits = 0;
         plan.evictions = 0;
         for (k, w) in self.work.iter().enumerate() {
-            let (base, sub) = (self.base[k], &w.plan);
-            for (&(pos, _), &s) in w.mine.iter().zip(&sub.slots) {
-                if (pos as usize) < n {
-                    plan.slots[pos as usize] = base + s;
-                }
-            }
             // Every miss is uploaded, also those past `n`: the partition holds them now.
+            let b = self.base[k];
             plan.misses.extend(
-                sub.misses
+                w.plan
+                    .misses
                     .iter()
-                    .map(|&(l, s)| ((l << bits) | k as u32, base + s)),
+                    .map(|&(l, s)| ((l << bits) | k as u32, b + s)),
             );
-            plan.hits += sub.hits;
-            plan.evictions += sub.evictions;
+            plan.hits += w.plan.hits;
+            plan.evictions += w.plan.evictions;
         }
         n
     }

@@ -416,7 +416,8 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
         mapped_at_creation: bool,
     ) -> Result<TrackedBuffer> {
-        let size = size.max(16).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        // Whole multiples of 16 bytes, so any buffer can be bound whole as an array of vec4.
+        let size = size.max(16).next_multiple_of(16);
         if size > self.inner.limits.max_buffer_size {
             return Err(HotrowError::ExceedsLimit {
                 what,

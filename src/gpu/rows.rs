@@ -38,9 +38,9 @@ pub struct RowBuffer {
     shard_rows: usize,
     rows: usize,
     dim: usize,
-    /// Reused index upload buffer for [`RowBuffer::gather_into`] (queue writes are ordered
-    /// with submissions, so reuse across calls is safe).
-    index: Mutex<Option<TrackedBuffer>>,
+    /// Reused index upload buffer and bindings of [`RowBuffer::gather_into`] (queue writes
+    /// are ordered with submissions, so reuse across calls is safe).
+    gather_state: Mutex<(Option<TrackedBuffer>, crate::ops::RowCopyBindings)>,
 }
 
 impl std::fmt::Debug for RowBuffer {
@@ -139,7 +139,7 @@ impl RowBuffer {
             shard_rows,
             rows,
             dim,
-            index: Mutex::new(None),
+            gather_state: Mutex::new((None, Default::default())),
         })
     }
 
@@ -273,17 +273,24 @@ impl RowBuffer {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.gather_state.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, bindings) = &mut *guard;
         let bytes = ids.len() as u64 * 4;
-        if guard.as_ref().is_none_or(|b| b.size() < bytes) {
-            *guard = Some(self.ctx.create_buffer(
-                "hotrow gather ids",
-                bytes.next_power_of_two(),
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                false,
-            )?);
+        if index.as_ref().is_none_or(|b| b.size() < bytes) {
+            *index = None;
+            *index = Some(
+                self.ctx.create_buffer(
+                    "hotrow gather ids",
+                    bytes
+                        .next_power_of_two()
+                        .min(self.ctx.max_binding())
+                        .max(bytes),
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    false,
+                )?,
+            );
         }
-        let index = guard.as_ref().expect("index buffer just made");
+        let index = index.as_ref().expect("index buffer just made");
         self.ctx
             .queue()
             .write_buffer(index, 0, bytemuck::cast_slice(ids));
@@ -293,7 +300,16 @@ impl RowBuffer {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("hotrow gather"),
             });
-        crate::ops::gather::encode(&self.ctx, &mut enc, self, index, ids.len(), out.buffer(), 0)?;
+        crate::ops::gather::encode(
+            &self.ctx,
+            &mut enc,
+            self,
+            index,
+            ids.len(),
+            out.buffer(),
+            0,
+            bindings,
+        )?;
         self.ctx.queue().submit([enc.finish()]);
         self.ctx.check()
     }

@@ -6,11 +6,12 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, RowBuffer};
-use crate::ops::{encode_row_copy, Direction};
+use crate::ops::{encode_row_copy, Direction, RowCopyBindings};
 
 /// Encodes the gather of `n` rows whose table rows are in `slots` (u32, on the GPU) into
 /// rows `out_offset..out_offset + n` of `out`. Slots must be `< table.rows()` (the caller
 /// checked them on the host).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -19,6 +20,7 @@ pub(crate) fn encode(
     n: usize,
     out: &wgpu::Buffer,
     out_offset: usize,
+    bindings: &mut RowCopyBindings,
 ) -> Result<()> {
     encode_row_copy(
         ctx,
@@ -29,5 +31,6 @@ pub(crate) fn encode(
         n,
         out,
         out_offset,
+        bindings,
     )
 }

@@ -8,8 +8,6 @@ pub(crate) mod scatter;
 
 use std::num::NonZeroU64;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::{grid, pass_writes, GpuContext, RowBuffer, WORKGROUP};
@@ -44,8 +42,24 @@ pub(crate) fn binding(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResourc
     })
 }
 
+/// Reusable uniform buffers and bind groups of one row-copy call site (one entry per shard
+/// of its table). Bind groups bind whole buffers, so they stay valid while the same buffers
+/// are used; the per-call shape goes through a queue write of the uniform block, which the
+/// queue orders before the submission that reads it.
+#[derive(Default)]
+pub(crate) struct RowCopyBindings {
+    entries: Vec<BindingEntry>,
+}
+
+struct BindingEntry {
+    params: wgpu::Buffer,
+    /// (slots, plain, vec4) the bind group was made for.
+    bound: Option<(wgpu::Buffer, wgpu::Buffer, bool, wgpu::BindGroup)>,
+}
+
 /// Encodes one compute pass moving `n` rows between `table` (through `slots`) and `plain`
-/// (rows `offset..offset + n`), one dispatch per shard of `table`.
+/// (rows `offset..offset + n`), one dispatch per shard of `table`. All buffers are bound
+/// whole (each at most one storage binding in size).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_row_copy(
     ctx: &GpuContext,
@@ -56,6 +70,7 @@ pub(crate) fn encode_row_copy(
     n: usize,
     plain: &wgpu::Buffer,
     offset: usize,
+    cache: &mut RowCopyBindings,
 ) -> Result<()> {
     if n == 0 {
         return Ok(());
@@ -74,66 +89,73 @@ pub(crate) fn encode_row_copy(
     let groups = threads.div_ceil(WORKGROUP as u64) as u32;
     let (gx, gy) = grid(groups, ctx.limits().max_compute_workgroups_per_dimension);
     let pipeline = ctx.inner.kernels.get(kernel);
-    let layout = pipeline.get_bind_group_layout(0);
-    let plain_bytes = ((offset + n) * dim * 4) as u64;
-    let bind_groups: Vec<wgpu::BindGroup> = table
-        .shards()
-        .enumerate()
-        .map(|(k, shard)| {
-            let base = k * table.shard_rows();
-            let shard_rows = table.shard_rows().min(table.rows() - base);
-            let params = RowCopyParams {
-                n: n as u32,
-                width,
-                groups_x: gx,
-                offset: offset as u32,
-                shard_base: base as u32,
-                shard_rows: shard_rows as u32,
-                _pad: [0; 2],
+    while cache.entries.len() < table.shards().len() {
+        cache.entries.push(BindingEntry {
+            params: ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("hotrow row-copy params"),
+                size: std::mem::size_of::<RowCopyParams>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            bound: None,
+        });
+    }
+    for (k, shard) in table.shards().enumerate() {
+        let base = k * table.shard_rows();
+        let params = RowCopyParams {
+            n: n as u32,
+            width,
+            groups_x: gx,
+            offset: offset as u32,
+            shard_base: base as u32,
+            shard_rows: table.shard_rows().min(table.rows() - base) as u32,
+            _pad: [0; 2],
+        };
+        let e = &mut cache.entries[k];
+        ctx.queue()
+            .write_buffer(&e.params, 0, bytemuck::bytes_of(&params));
+        let fresh = match &e.bound {
+            Some((s, p, v, _)) => s != slots || p != plain || *v != vec4,
+            None => true,
+        };
+        if fresh {
+            let (read, write) = match dir {
+                Direction::Gather => (shard, plain),
+                Direction::Scatter => (plain, shard),
             };
-            let ubuf = ctx
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("hotrow row-copy params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-            let shard_bytes = (shard_rows * dim * 4) as u64;
-            let (read, read_bytes, write, write_bytes) = match dir {
-                Direction::Gather => (shard, shard_bytes, plain, plain_bytes),
-                Direction::Scatter => (plain, plain_bytes, shard, shard_bytes),
-            };
-            ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            let bg = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(label),
-                layout: &layout,
+                layout: &pipeline.get_bind_group_layout(0),
                 entries: &[
                     wgpu::BindGroupEntry {
                         binding: 0,
-                        resource: ubuf.as_entire_binding(),
+                        resource: e.params.as_entire_binding(),
                     },
                     wgpu::BindGroupEntry {
                         binding: 1,
-                        resource: binding(slots, n as u64 * 4),
+                        resource: slots.as_entire_binding(),
                     },
                     wgpu::BindGroupEntry {
                         binding: read_b,
-                        resource: binding(read, read_bytes),
+                        resource: read.as_entire_binding(),
                     },
                     wgpu::BindGroupEntry {
                         binding: write_b,
-                        resource: binding(write, write_bytes),
+                        resource: write.as_entire_binding(),
                     },
                 ],
-            })
-        })
-        .collect();
+            });
+            e.bound = Some((slots.clone(), plain.clone(), vec4, bg));
+        }
+    }
     let ts = ctx.next_timestamps(label);
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some(label),
         timestamp_writes: pass_writes(&ts),
     });
     pass.set_pipeline(pipeline);
-    for bg in &bind_groups {
+    for e in &cache.entries[..table.shards().len()] {
+        let (_, _, _, bg) = e.bound.as_ref().expect("bind group made above");
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
     }

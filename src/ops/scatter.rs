@@ -5,9 +5,10 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, RowBuffer};
-use crate::ops::{encode_row_copy, Direction};
+use crate::ops::{encode_row_copy, Direction, RowCopyBindings};
 
 /// Encodes the scatter of `n` rows of `src` (from row `src_offset`) into `table` at `slots`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -16,6 +17,7 @@ pub(crate) fn encode(
     n: usize,
     src: &wgpu::Buffer,
     src_offset: usize,
+    bindings: &mut RowCopyBindings,
 ) -> Result<()> {
     encode_row_copy(
         ctx,
@@ -26,5 +28,6 @@ pub(crate) fn encode(
         n,
         src,
         src_offset,
+        bindings,
     )
 }
