@@ -32,6 +32,7 @@ mod gpu;
 mod ops;
 pub mod reference;
 mod table;
+mod util;
 pub mod workload;
 
 pub use batch::CompactBatch;

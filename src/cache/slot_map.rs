@@ -1,6 +1,8 @@
 //! [`SlotMap`]: which table row sits in which GPU slot, with eviction at batch (pass)
 //! granularity, built from flat arrays (no hashing, no allocation per id).
 
+use crate::util::prefetch;
+
 /// Marks "no slot" in `slot_of` and "no id" in `id_of`.
 const NONE: u32 = u32::MAX;
 /// Reference bit of CLOCK, kept in the top bit of a slot's stamp.
@@ -10,18 +12,6 @@ const PASS_MASK: u32 = REF - 1;
 
 /// How many ids ahead [`SlotMap::resolve`] prefetches.
 const PREFETCH_AHEAD: usize = 64;
-
-/// A hint to bring the cache line holding `p` closer; a no-op where unsupported.
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// Which resident row makes room for a miss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
