@@ -68,7 +68,21 @@ fn bag_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if (p.mode == 2u) {
         acc = -3.402823e38;
     }
-    for (var j = start; j < end; j = j + 1u) {
+    // Four ids per step: their slot and row loads are independent, so four row reads are
+    // in flight at once (a bag walk is bound by memory latency, not bandwidth).
+    var j = start;
+    for (; j + 4u <= end; j = j + 4u) {
+        let v0 = rows[slot_of(j) * p.width + c];
+        let v1 = rows[slot_of(j + 1u) * p.width + c];
+        let v2 = rows[slot_of(j + 2u) * p.width + c];
+        let v3 = rows[slot_of(j + 3u) * p.width + c];
+        if (p.mode == 2u) {
+            acc = max(max(acc, max(v0, v1)), max(v2, v3));
+        } else {
+            acc = acc + (weight_of(j) * v0 + weight_of(j + 1u) * v1) + (weight_of(j + 2u) * v2 + weight_of(j + 3u) * v3);
+        }
+    }
+    for (; j < end; j = j + 1u) {
         let v = rows[slot_of(j) * p.width + c];
         if (p.mode == 2u) {
             acc = max(acc, v);
@@ -98,7 +112,20 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if (p.mode == 2u) {
         acc = vec4<f32>(-3.402823e38);
     }
-    for (var j = start; j < end; j = j + 1u) {
+    // Four ids per step, as in bag_scalar.
+    var j = start;
+    for (; j + 4u <= end; j = j + 4u) {
+        let v0 = rows4[slot_of(j) * p.width + c];
+        let v1 = rows4[slot_of(j + 1u) * p.width + c];
+        let v2 = rows4[slot_of(j + 2u) * p.width + c];
+        let v3 = rows4[slot_of(j + 3u) * p.width + c];
+        if (p.mode == 2u) {
+            acc = max(max(acc, max(v0, v1)), max(v2, v3));
+        } else {
+            acc = acc + (weight_of(j) * v0 + weight_of(j + 1u) * v1) + (weight_of(j + 2u) * v2 + weight_of(j + 3u) * v3);
+        }
+    }
+    for (; j < end; j = j + 1u) {
         let v = rows4[slot_of(j) * p.width + c];
         if (p.mode == 2u) {
             acc = max(acc, v);
