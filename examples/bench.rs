@@ -132,6 +132,14 @@ fn w1(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<(), hotrow::Hotrow
     let bytes = 2.0 * b as f64 * d as f64 * 4.0;
     rep.insert("W1_hotrow_gpu_ms".into(), gpu_ms);
     rep.insert("W1_hotrow_wall_ms".into(), wall_ms);
+    if timing {
+        let mut k = 0;
+        let iso = isolated_gpu_ms(ctx, "gather", 30, || {
+            k += 1;
+            gpu.gather_into(&sets[k % sets.len()], &mut out)
+        })?;
+        rep.insert("W1_hotrow_gpu_isolated_ms".into(), iso);
+    }
     rep.insert("W1_hotrow_GBps_rw".into(), bytes / gpu_ms / 1e6);
     rep.insert("W1_unique_frac".into(), uniq);
 
@@ -363,6 +371,29 @@ fn gpu_median(times: &[hotrow::PassTiming], label: &str) -> f64 {
     median(&mut v)
 }
 
+/// GPU time of one op run alone: each call is waited for before the next, so the pass's
+/// timestamps cannot include time spent queued behind earlier work. Median over `reps`.
+fn isolated_gpu_ms(
+    ctx: &GpuContext,
+    label: &str,
+    reps: usize,
+    mut op: impl FnMut() -> Result<(), hotrow::HotrowError>,
+) -> Result<f64, hotrow::HotrowError> {
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        op()?;
+        ctx.wait_idle()?;
+        let (times, _) = ctx.take_timings()?;
+        v.extend(
+            times
+                .iter()
+                .filter(|t| t.label == label)
+                .map(|t| t.nanos / 1e6),
+        );
+    }
+    Ok(median(&mut v))
+}
+
 /// Relative error of a GPU result against an f64 reference; exits on failure.
 fn verify(what: &str, got: &Embeddings, want: &[f64]) -> Result<(), hotrow::HotrowError> {
     let err = reference::relative_error(&got.to_host()?, want);
@@ -429,6 +460,12 @@ fn w3(
             );
         }
         rep.insert(format!("W3_hotrow_{name}_wall_ms"), wall);
+        if timing {
+            let iso = isolated_gpu_ms(ctx, "bag", 30, || {
+                cache.lookup_bags_into(&sets[1], &offsets, pooling, weights, &mut out)
+            })?;
+            rep.insert(format!("W3_hotrow_{name}_gpu_bag_isolated_ms"), iso);
+        }
     }
     let st = cache.stats();
     rep.insert("W3_unique_row_hit_rate".into(), st.hit_rate());
@@ -504,6 +541,12 @@ fn w4(
         );
     }
     rep.insert("W4_hotrow_wall_ms".into(), wall);
+    if timing {
+        let iso = isolated_gpu_ms(ctx, "block_matmul", 30, || {
+            cache.scores_into(Queries::Gpu(&qg), &cands[1], &mut out)
+        })?;
+        rep.insert("W4_hotrow_gpu_matmul_isolated_ms".into(), iso);
+    }
     ctx.disable_timing();
     Ok(cache.into_source())
 }
