@@ -47,9 +47,10 @@ struct MatmulParams {
 const TILE: u32 = 128u;
 const TK: u32 = 16u;
 
-// [kk][i / 4] as vec4 over 4 consecutive rows i (A) or columns j (B).
-var<workgroup> a_tile: array<vec4<f32>, 512>;
-var<workgroup> b_tile: array<vec4<f32>, 512>;
+// [kk][i / 4] as vec4 over 4 consecutive rows i (A) or columns j (B); rows of 33 vec4 (one
+// of padding) so the 16 threads storing one column of a block hit different banks.
+var<workgroup> a_tile: array<vec4<f32>, 528>;
+var<workgroup> b_tile: array<vec4<f32>, 528>;
 
 fn slot_of(x: u32) -> u32 {
     if (p.identity != 0u) {
@@ -73,6 +74,22 @@ fn load_b(kk: u32, j: u32) -> f32 {
         return rows[slot_of(j) * p.dim + kk];
     }
     return rows[slot_of(kk) * p.dim + j];
+}
+
+// Position of block element `idx` of B (0..2047) along k and along n: k varies fastest in
+// scores mode (embedding rows are contiguous along k), n in combine mode.
+fn bk(idx: u32) -> u32 {
+    if (p.b_mode == 0u) {
+        return idx % TK;
+    }
+    return idx / TILE;
+}
+
+fn bj(idx: u32) -> u32 {
+    if (p.b_mode == 0u) {
+        return idx / TK;
+    }
+    return idx % TILE;
 }
 
 // Stores up to 4 consecutive outputs of row i from column j on, masked at the edges.
@@ -117,30 +134,56 @@ fn block_matmul(
     var c7a = vec4<f32>(0.0);
     var c7b = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
-        // 2,048 elements of each block, 8 per thread. A: consecutive threads read
-        // consecutive k of one row. B: along the contiguous direction of the embedding rows.
-        for (var e = 0u; e < 8u; e = e + 1u) {
-            let idx = li + e * 256u;
-            let ai = idx / TK;
-            let ak = idx % TK;
-            a_tile[ak * 32u + ai / 4u][ai % 4u] = load_a(row0 + ai, k0 + ak);
-            var bj = 0u;
-            var bk = 0u;
-            if (p.b_mode == 0u) {
-                bj = idx / TK;
-                bk = idx % TK;
-            } else {
-                bk = idx / TILE;
-                bj = idx % TILE;
-            }
-            b_tile[bk * 32u + bj / 4u][bj % 4u] = load_b(k0 + bk, col0 + bj);
-        }
+        // 2,048 elements of each block, 8 per thread. All 16 loads are issued before any
+        // store, so they are in flight together (one at a time, the step is bound by memory
+        // latency). A: consecutive threads read consecutive k of one row. B: along the
+        // contiguous direction of the embedding rows.
+        let i0 = li + 0u;
+        let i1 = li + 256u;
+        let i2 = li + 512u;
+        let i3 = li + 768u;
+        let i4 = li + 1024u;
+        let i5 = li + 1280u;
+        let i6 = li + 1536u;
+        let i7 = li + 1792u;
+        let va0 = load_a(row0 + i0 / TK, k0 + i0 % TK);
+        let va1 = load_a(row0 + i1 / TK, k0 + i1 % TK);
+        let va2 = load_a(row0 + i2 / TK, k0 + i2 % TK);
+        let va3 = load_a(row0 + i3 / TK, k0 + i3 % TK);
+        let va4 = load_a(row0 + i4 / TK, k0 + i4 % TK);
+        let va5 = load_a(row0 + i5 / TK, k0 + i5 % TK);
+        let va6 = load_a(row0 + i6 / TK, k0 + i6 % TK);
+        let va7 = load_a(row0 + i7 / TK, k0 + i7 % TK);
+        let vb0 = load_b(k0 + bk(i0), col0 + bj(i0));
+        let vb1 = load_b(k0 + bk(i1), col0 + bj(i1));
+        let vb2 = load_b(k0 + bk(i2), col0 + bj(i2));
+        let vb3 = load_b(k0 + bk(i3), col0 + bj(i3));
+        let vb4 = load_b(k0 + bk(i4), col0 + bj(i4));
+        let vb5 = load_b(k0 + bk(i5), col0 + bj(i5));
+        let vb6 = load_b(k0 + bk(i6), col0 + bj(i6));
+        let vb7 = load_b(k0 + bk(i7), col0 + bj(i7));
+        a_tile[(i0 % TK) * 33u + (i0 / TK) / 4u][(i0 / TK) % 4u] = va0;
+        a_tile[(i1 % TK) * 33u + (i1 / TK) / 4u][(i1 / TK) % 4u] = va1;
+        a_tile[(i2 % TK) * 33u + (i2 / TK) / 4u][(i2 / TK) % 4u] = va2;
+        a_tile[(i3 % TK) * 33u + (i3 / TK) / 4u][(i3 / TK) % 4u] = va3;
+        a_tile[(i4 % TK) * 33u + (i4 / TK) / 4u][(i4 / TK) % 4u] = va4;
+        a_tile[(i5 % TK) * 33u + (i5 / TK) / 4u][(i5 / TK) % 4u] = va5;
+        a_tile[(i6 % TK) * 33u + (i6 / TK) / 4u][(i6 / TK) % 4u] = va6;
+        a_tile[(i7 % TK) * 33u + (i7 / TK) / 4u][(i7 / TK) % 4u] = va7;
+        b_tile[bk(i0) * 33u + bj(i0) / 4u][bj(i0) % 4u] = vb0;
+        b_tile[bk(i1) * 33u + bj(i1) / 4u][bj(i1) % 4u] = vb1;
+        b_tile[bk(i2) * 33u + bj(i2) / 4u][bj(i2) % 4u] = vb2;
+        b_tile[bk(i3) * 33u + bj(i3) / 4u][bj(i3) % 4u] = vb3;
+        b_tile[bk(i4) * 33u + bj(i4) / 4u][bj(i4) % 4u] = vb4;
+        b_tile[bk(i5) * 33u + bj(i5) / 4u][bj(i5) % 4u] = vb5;
+        b_tile[bk(i6) * 33u + bj(i6) / 4u][bj(i6) % 4u] = vb6;
+        b_tile[bk(i7) * 33u + bj(i7) / 4u][bj(i7) % 4u] = vb7;
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let a0 = a_tile[kk * 32u + lid.y];
-            let a1 = a_tile[kk * 32u + 16u + lid.y];
-            let b0 = b_tile[kk * 32u + lid.x];
-            let b1 = b_tile[kk * 32u + 16u + lid.x];
+            let a0 = a_tile[kk * 33u + lid.y];
+            let a1 = a_tile[kk * 33u + 16u + lid.y];
+            let b0 = b_tile[kk * 33u + lid.x];
+            let b1 = b_tile[kk * 33u + 16u + lid.x];
             c0a = c0a + a0.x * b0;
             c0b = c0b + a0.x * b1;
             c1a = c1a + a0.y * b0;
