@@ -33,15 +33,23 @@ struct PartWork {
     local: Vec<u32>,
     /// The partition's plan (local slots and ids).
     plan: PassPlan,
-    /// Its positions per merge chunk, then (after the pass) its first index per chunk.
-    chunk_start: Vec<u32>,
 }
 
-/// Positions per chunk when the partitions' slots are merged back into batch order.
-const MERGE_CHUNK: usize = 4096;
+/// The plan's slot array, written by the partitions' tasks at disjoint positions.
+#[derive(Clone, Copy)]
+struct SlotsOut(*mut u32);
 
-/// Most partitions (the merge keeps one cursor per partition on the stack).
-const MAX_PARTS: usize = 64;
+// SAFETY: tasks write disjoint positions of a buffer that outlives them (see `resolve`).
+unsafe impl Send for SlotsOut {}
+unsafe impl Sync for SlotsOut {}
+
+impl SlotsOut {
+    /// # Safety
+    /// `i` is in bounds and no other thread accesses position `i` concurrently.
+    unsafe fn write(self, i: usize, v: u32) {
+        unsafe { *self.0.add(i) = v };
+    }
+}
 
 /// Batches shorter than this are resolved partition by partition on the calling thread.
 const PARALLEL_MIN_IDS: usize = 4096;
@@ -50,7 +58,7 @@ impl PartitionedSlotMap {
     /// `parts` is rounded down to a power of two and to at most one partition per 1,024
     /// slots (so small caches stay exact).
     pub fn new(rows: usize, capacity: usize, policy: EvictionPolicy, parts: usize) -> Self {
-        let max_parts = (capacity / 1024).clamp(1, MAX_PARTS);
+        let max_parts = (capacity / 1024).max(1);
         let p = parts.clamp(1, max_parts);
         let p = 1usize << (usize::BITS - 1 - p.leading_zeros()); // round down to 2^k
         let bits = p.trailing_zeros();
@@ -129,26 +137,27 @@ impl PartitionedSlotMap {
         }
         let bits = self.bits;
         let mask = (1u32 << bits) - 1;
-        let chunks = ids.len().div_ceil(MERGE_CHUNK);
+        // Every position belongs to exactly one partition, so the partitions write the
+        // slots of their own positions straight into the plan, in parallel; positions past
+        // the pass's end are cut off afterwards.
+        plan.slots.clear();
+        plan.slots.resize(ids.len(), 0);
+        let out = SlotsOut(plan.slots.as_mut_ptr());
+        let base = &self.base;
         let run = |(k, (map, w)): (usize, (&mut SlotMap, &mut PartWork))| {
             w.mine.clear();
             w.local.clear();
-            w.chunk_start.clear();
-            w.chunk_start.resize(chunks, 0);
             for (i, &id) in ids.iter().enumerate() {
                 if id & mask == k as u32 {
                     w.mine.push((i as u32, id >> bits));
                     w.local.push(id >> bits);
-                    w.chunk_start[i / MERGE_CHUNK] += 1;
                 }
             }
             let done = map.resolve(&w.local, &mut w.plan);
-            // Counts per chunk -> index of the partition's first position in each chunk.
-            let mut acc = 0;
-            for c in w.chunk_start.iter_mut() {
-                let here = *c;
-                *c = acc;
-                acc += here;
+            for (&(pos, _), &s) in w.mine[..done].iter().zip(&w.plan.slots) {
+                // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
+                // writes this position; the plan is not read until every task is done.
+                unsafe { out.write(pos as usize, base[k] + s) };
             }
             // First position this partition could not serve (ids.len() if none).
             w.mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
@@ -169,34 +178,7 @@ impl PartitionedSlotMap {
                 .collect()
         };
         let n = stops.into_iter().min().unwrap_or(ids.len());
-        // Merge the partitions' slots back into batch order, chunk by chunk in parallel:
-        // each chunk of the plan is written by one task (no cache line is shared by two
-        // writers), walking every partition's slots from that chunk's cursor.
-        plan.slots.clear();
-        plan.slots.resize(n, 0);
-        let (work, base) = (&self.work, &self.base);
-        let merge = |(c, out): (usize, &mut [u32])| {
-            let mut cursor = [0u32; MAX_PARTS];
-            for (k, w) in work.iter().enumerate() {
-                cursor[k] = w.chunk_start[c];
-            }
-            for (o, &id) in out.iter_mut().zip(&ids[c * MERGE_CHUNK..]) {
-                let k = (id & mask) as usize;
-                *o = base[k] + work[k].plan.slots[cursor[k] as usize];
-                cursor[k] += 1;
-            }
-        };
-        if n >= PARALLEL_MIN_IDS {
-            plan.slots
-                .par_chunks_mut(MERGE_CHUNK)
-                .enumerate()
-                .for_each(merge);
-        } else {
-            plan.slots
-                .chunks_mut(MERGE_CHUNK)
-                .enumerate()
-                .for_each(merge);
-        }
+        plan.slots.truncate(n);
         plan.misses.clear();
         plan.hits = 0;
         plan.evictions = 0;
