@@ -195,6 +195,16 @@ pub(crate) enum OpRows {
     Gathered(Embeddings),
 }
 
+/// Buffers an op binds to read the rows of its batch (see `EmbeddingCache::op_bindings`).
+pub(crate) struct OpBindings {
+    pub(crate) rows: wgpu::Buffer,
+    pub(crate) rows_bytes: u64,
+    /// 1 when position `i` reads row `i` of `rows` (gathered), 0 when it reads `slots[i]`.
+    pub(crate) identity: u32,
+    pub(crate) slots: wgpu::Buffer,
+    pub(crate) slots_bytes: u64,
+}
+
 /// 16-byte alignment of regions inside a staging buffer (vec4 rows, copy alignment).
 fn align16(x: u64) -> u64 {
     x.next_multiple_of(16)
@@ -345,10 +355,30 @@ impl<S: RowSource> EmbeddingCache<S> {
         Ok(rows)
     }
 
-    /// The per-position slot list left by the last [`EmbeddingCache::resolve_for_op`] that
-    /// returned [`OpRows::Slots`] (valid until the next pass is submitted).
-    pub(crate) fn pass_slots(&self) -> Option<&wgpu::Buffer> {
-        self.pos_slots.buf.as_ref().map(|b| &b.buffer)
+    /// What an op binds after [`EmbeddingCache::resolve_for_op`] over `n` ids: the rows
+    /// buffer, its bytes, whether slots are identity (rows gathered in order), and the
+    /// per-position slot list of the pass (valid until the next pass is submitted).
+    pub(crate) fn op_bindings(&self, rows: &OpRows, n: usize) -> OpBindings {
+        let (rows, rows_bytes, identity) = match rows {
+            OpRows::Slots => {
+                let b = self.slots.shards().next().expect("one shard").clone();
+                let bytes = b.size();
+                (b, bytes, 0)
+            }
+            OpRows::Gathered(tmp) => (tmp.buffer().clone(), (n * self.dim() * 4) as u64, 1),
+        };
+        let slots = self
+            .pos_slots
+            .buf
+            .as_ref()
+            .expect("slots uploaded by the pass");
+        OpBindings {
+            rows,
+            rows_bytes,
+            identity,
+            slots_bytes: slots.size().min(n as u64 * 4),
+            slots: slots.buffer.clone(),
+        }
     }
 
     /// One pass over a prefix of `ids`; returns how many positions it served.

@@ -7,11 +7,11 @@
 use wgpu::util::DeviceExt;
 
 use crate::batch::check_ids;
-use crate::cache::{EmbeddingCache, OpRows};
+use crate::cache::EmbeddingCache;
 use crate::error::{HotrowError, Result};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::{grid, pass_writes, Embeddings, WORKGROUP};
-use crate::ops::binding;
+use crate::gpu::{grid, Embeddings, WORKGROUP};
+use crate::ops::{binding, submit_dispatch};
 use crate::table::RowSource;
 
 /// How the rows of a bag are combined.
@@ -184,18 +184,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             return out.fill(0.0); // every bag is empty
         }
         let op_rows = self.resolve_for_op(ids)?;
-        let (rows_buf, rows_bytes, identity) = match &op_rows {
-            OpRows::Slots => {
-                let b = self.slots().shards().next().expect("one shard").clone();
-                let bytes = b.size();
-                (b, bytes, 0)
-            }
-            OpRows::Gathered(tmp) => (tmp.buffer().clone(), (ids.len() * dim * 4) as u64, 1),
-        };
-        let slots_buf = self
-            .pass_slots()
-            .expect("slots uploaded by the pass")
-            .clone();
+        let bind = self.op_bindings(&op_rows, ids.len());
         let device = ctx.device();
         let mut ends: Vec<u32> = Vec::with_capacity(n_bags + 1);
         ends.extend_from_slice(offsets);
@@ -221,7 +210,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             groups_x: gx,
             mode: pooling.code(),
             has_weights: u32::from(weights.is_some()),
-            identity,
+            identity: bind.identity,
             _pad: [0; 2],
         };
         let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -245,7 +234,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 },
                 wgpu::BindGroupEntry {
                     binding: 1,
-                    resource: binding(&slots_buf, slots_buf.size().min(ids.len() as u64 * 4)),
+                    resource: binding(&bind.slots, bind.slots_bytes),
                 },
                 wgpu::BindGroupEntry {
                     binding: 2,
@@ -257,7 +246,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 },
                 wgpu::BindGroupEntry {
                     binding: rb,
-                    resource: binding(&rows_buf, rows_bytes),
+                    resource: binding(&bind.rows, bind.rows_bytes),
                 },
                 wgpu::BindGroupEntry {
                     binding: ob,
@@ -265,21 +254,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                 },
             ],
         });
-        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("hotrow bags"),
-        });
-        {
-            let ts = ctx.next_timestamps("bag");
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bag"),
-                timestamp_writes: pass_writes(&ts),
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
-        ctx.queue().submit([enc.finish()]);
+        let done = submit_dispatch(&ctx, "bag", pipeline, &bg, (gx, gy));
         drop(op_rows); // a gathered buffer may go: wgpu keeps it alive until the pass ran
-        ctx.check()
+        done
     }
 }

@@ -8,12 +8,12 @@
 use wgpu::util::DeviceExt;
 
 use crate::batch::check_ids;
-use crate::cache::{EmbeddingCache, OpRows};
+use crate::cache::EmbeddingCache;
 use crate::error::{HotrowError, Result};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::{grid, pass_writes, Embeddings};
+use crate::gpu::{grid, Embeddings};
 use crate::ops::bag::check_finite;
-use crate::ops::binding;
+use crate::ops::{binding, submit_dispatch};
 use crate::table::RowSource;
 
 /// Output tile edge of block_matmul.wgsl (must match its `TILE`).
@@ -200,18 +200,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         let dim = self.dim();
         let op_rows = self.resolve_for_op(ids)?;
         let ctx = self.context().clone();
-        let (rows_buf, rows_bytes, identity) = match &op_rows {
-            OpRows::Slots => {
-                let b = self.slots().shards().next().expect("one shard").clone();
-                let bytes = b.size();
-                (b, bytes, 0)
-            }
-            OpRows::Gathered(tmp) => (tmp.buffer().clone(), (ids.len() * dim * 4) as u64, 1),
-        };
-        let slots_buf = self
-            .pass_slots()
-            .expect("slots uploaded by the pass")
-            .clone();
+        let bind = self.op_bindings(&op_rows, ids.len());
         let tiles_n = n.div_ceil(TILE);
         let tiles_total = m.div_ceil(TILE) * tiles_n;
         let (gx, gy) = grid(
@@ -225,7 +214,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             lda: lda as u32,
             dim: dim as u32,
             b_mode: mode as u32,
-            identity,
+            identity: bind.identity,
             tiles_n: tiles_n as u32,
             tiles_total: tiles_total as u32,
             groups_x: gx,
@@ -252,11 +241,11 @@ impl<S: RowSource> EmbeddingCache<S> {
                 },
                 wgpu::BindGroupEntry {
                     binding: 2,
-                    resource: binding(&slots_buf, slots_buf.size().min(ids.len() as u64 * 4)),
+                    resource: binding(&bind.slots, bind.slots_bytes),
                 },
                 wgpu::BindGroupEntry {
                     binding: 3,
-                    resource: binding(&rows_buf, rows_bytes),
+                    resource: binding(&bind.rows, bind.rows_bytes),
                 },
                 wgpu::BindGroupEntry {
                     binding: 4,
@@ -264,20 +253,6 @@ impl<S: RowSource> EmbeddingCache<S> {
                 },
             ],
         });
-        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("hotrow matmul"),
-        });
-        {
-            let ts = ctx.next_timestamps("block_matmul");
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("block_matmul"),
-                timestamp_writes: pass_writes(&ts),
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
-        ctx.queue().submit([enc.finish()]);
-        ctx.check()
+        submit_dispatch(&ctx, "block_matmul", pipeline, &bg, (gx, gy))
     }
 }

@@ -161,3 +161,29 @@ pub(crate) fn encode_row_copy(
     }
     Ok(())
 }
+
+/// Encodes one compute pass of one dispatch (timed under `label` when timing is on) and
+/// submits it.
+pub(crate) fn submit_dispatch(
+    ctx: &GpuContext,
+    label: &'static str,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    (gx, gy): (u32, u32),
+) -> Result<()> {
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    {
+        let ts = ctx.next_timestamps(label);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: pass_writes(&ts),
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+    ctx.queue().submit([enc.finish()]);
+    ctx.check()
+}
