@@ -238,3 +238,31 @@ fn shares_an_application_device() {
         "shared device",
     );
 }
+
+#[test]
+fn a_lost_device_is_a_typed_error() {
+    let _serial = common::serial();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapter = adapters
+        .into_iter()
+        .find(|a| {
+            a.get_info().name == ctx().adapter().name
+                && a.get_info().backend == ctx().adapter().backend
+        })
+        .expect("same adapter visible");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let lost = GpuContext::from_device(&adapter, device.clone(), queue);
+    let table = RowBuffer::from_host(&lost, &[1.0, 2.0, 3.0, 4.0], 2).unwrap();
+    device.destroy();
+    let _ = device.poll(wgpu::PollType::Poll);
+    match table.gather(&[0, 1]) {
+        Err(HotrowError::DeviceLost(_)) => {}
+        other => panic!("expected DeviceLost, got {other:?}"),
+    }
+    assert!(matches!(
+        RowBuffer::new(&lost, 4, 4),
+        Err(HotrowError::DeviceLost(_))
+    ));
+}
