@@ -12,7 +12,19 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=${1:-w1}; P=${2:-limits,$W}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 nproc; free -g | head -2
-echo "== hotrow bench ($W)"
-./.dev/bin/bench --workloads "$W" --json "$OUT/hotrow.json" 2>&1 | tee "$OUT/hotrow.log"
+# Each workload in a fresh process: GPU times of later workloads in one process were seen to
+# depend on what ran before them (BENCHMARKS.md, "order effect").
+: > "$OUT/hotrow.log"
+for w in ${W//,/ }; do
+  echo "== hotrow bench ($w, own process)" | tee -a "$OUT/hotrow.log"
+  ./.dev/bin/bench --workloads "$w" --json "/tmp/hotrow-$w.json" 2>&1 | tee -a "$OUT/hotrow.log"
+done
+python3 - "$OUT/hotrow.json" /tmp/hotrow-*.json <<'PY'
+import json, sys
+merged = {}
+for f in sys.argv[2:]:
+    merged.update(json.load(open(f)))
+json.dump(merged, open(sys.argv[1], "w"), indent=1, sort_keys=True)
+PY
 echo "== torch peer ($P)"
 PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer.py --workloads "$P" --json "$OUT/torch.json" 2>&1 | tail -40 | tee "$OUT/torch.log"
