@@ -19,6 +19,8 @@
 //   2  slots   storage, read        array<u32>, slot of each candidate / id position
 //   3  rows    storage, read        array<f32>, the cache slots (or gathered rows), dim wide
 //   4  out     storage, read_write  array<f32>, m x n, row-major
+//   5  a4      storage, read        array<vec4<f32>>, the same buffer as `a` (vec4 loads)
+//   6  rows4   storage, read        array<vec4<f32>>, the same buffer as `rows` (vec4 loads)
 //
 // Dispatch: tiles_m * tiles_n workgroups of 16 x 16 threads (tiles of 128), laid out as a
 // (groups_x, y) grid so no dimension passes the adapter limit; tile = wid.y * groups_x + wid.x.
@@ -34,7 +36,7 @@ struct MatmulParams {
     tiles_n: u32,
     tiles_total: u32,
     groups_x: u32,
-    _pad0: u32,
+    vec4_loads: u32, // scores mode with dim % 4 == 0: tiles loaded as vec4 (a4, rows4)
     _pad1: u32,
 }
 
@@ -43,6 +45,8 @@ struct MatmulParams {
 @group(0) @binding(2) var<storage, read> slots: array<u32>;
 @group(0) @binding(3) var<storage, read> rows: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> rows4: array<vec4<f32>>;
 
 const TILE: u32 = 128u;
 const TK: u32 = 16u;
@@ -104,6 +108,103 @@ fn store4(i: u32, j: u32, v: vec4<f32>) {
     }
 }
 
+fn load_tiles(k0: u32, row0: u32, col0: u32, li: u32) {
+    // 2,048 elements of each block, 8 per thread. All 16 loads are issued before any
+    // store, so they are in flight together (one at a time, the step is bound by memory
+    // latency). A: consecutive threads read consecutive k of one row. B: along the
+    // contiguous direction of the embedding rows.
+    let i0 = li + 0u;
+    let i1 = li + 256u;
+    let i2 = li + 512u;
+    let i3 = li + 768u;
+    let i4 = li + 1024u;
+    let i5 = li + 1280u;
+    let i6 = li + 1536u;
+    let i7 = li + 1792u;
+    let va0 = load_a(row0 + i0 / TK, k0 + i0 % TK);
+    let va1 = load_a(row0 + i1 / TK, k0 + i1 % TK);
+    let va2 = load_a(row0 + i2 / TK, k0 + i2 % TK);
+    let va3 = load_a(row0 + i3 / TK, k0 + i3 % TK);
+    let va4 = load_a(row0 + i4 / TK, k0 + i4 % TK);
+    let va5 = load_a(row0 + i5 / TK, k0 + i5 % TK);
+    let va6 = load_a(row0 + i6 / TK, k0 + i6 % TK);
+    let va7 = load_a(row0 + i7 / TK, k0 + i7 % TK);
+    let vb0 = load_b(k0 + bk(i0), col0 + bj(i0));
+    let vb1 = load_b(k0 + bk(i1), col0 + bj(i1));
+    let vb2 = load_b(k0 + bk(i2), col0 + bj(i2));
+    let vb3 = load_b(k0 + bk(i3), col0 + bj(i3));
+    let vb4 = load_b(k0 + bk(i4), col0 + bj(i4));
+    let vb5 = load_b(k0 + bk(i5), col0 + bj(i5));
+    let vb6 = load_b(k0 + bk(i6), col0 + bj(i6));
+    let vb7 = load_b(k0 + bk(i7), col0 + bj(i7));
+    a_tile[(i0 % TK) * 33u + (i0 / TK) / 4u][(i0 / TK) % 4u] = va0;
+    a_tile[(i1 % TK) * 33u + (i1 / TK) / 4u][(i1 / TK) % 4u] = va1;
+    a_tile[(i2 % TK) * 33u + (i2 / TK) / 4u][(i2 / TK) % 4u] = va2;
+    a_tile[(i3 % TK) * 33u + (i3 / TK) / 4u][(i3 / TK) % 4u] = va3;
+    a_tile[(i4 % TK) * 33u + (i4 / TK) / 4u][(i4 / TK) % 4u] = va4;
+    a_tile[(i5 % TK) * 33u + (i5 / TK) / 4u][(i5 / TK) % 4u] = va5;
+    a_tile[(i6 % TK) * 33u + (i6 / TK) / 4u][(i6 / TK) % 4u] = va6;
+    a_tile[(i7 % TK) * 33u + (i7 / TK) / 4u][(i7 / TK) % 4u] = va7;
+    b_tile[bk(i0) * 33u + bj(i0) / 4u][bj(i0) % 4u] = vb0;
+    b_tile[bk(i1) * 33u + bj(i1) / 4u][bj(i1) % 4u] = vb1;
+    b_tile[bk(i2) * 33u + bj(i2) / 4u][bj(i2) % 4u] = vb2;
+    b_tile[bk(i3) * 33u + bj(i3) / 4u][bj(i3) % 4u] = vb3;
+    b_tile[bk(i4) * 33u + bj(i4) / 4u][bj(i4) % 4u] = vb4;
+    b_tile[bk(i5) * 33u + bj(i5) / 4u][bj(i5) % 4u] = vb5;
+    b_tile[bk(i6) * 33u + bj(i6) / 4u][bj(i6) % 4u] = vb6;
+    b_tile[bk(i7) * 33u + bj(i7) / 4u][bj(i7) % 4u] = vb7;
+}
+
+fn load_a4(row: u32, kk: u32) -> vec4<f32> {
+    if (row < p.m && kk < p.k) {
+        return a4[(row * p.lda + kk) / 4u];
+    }
+    return vec4<f32>(0.0);
+}
+
+fn load_b4(j: u32, kk: u32) -> vec4<f32> {
+    if (j < p.n && kk < p.k) {
+        return rows4[(slot_of(j) * p.dim + kk) / 4u];
+    }
+    return vec4<f32>(0.0);
+}
+
+// Vec4 form of load_tiles for scores with dim % 4 == 0 (so lda, k and every row start are
+// multiples of 4): 4 consecutive threads read the 16 k of one row, 2 vec4 of A and 2 of B
+// per thread, all issued before the stores.
+fn load_tiles_vec4(k0: u32, row0: u32, col0: u32, li: u32) {
+    let i0 = li;
+    let i1 = li + 256u;
+    let va0 = load_a4(row0 + i0 / 4u, k0 + (i0 % 4u) * 4u);
+    let va1 = load_a4(row0 + i1 / 4u, k0 + (i1 % 4u) * 4u);
+    let vb0 = load_b4(col0 + i0 / 4u, k0 + (i0 % 4u) * 4u);
+    let vb1 = load_b4(col0 + i1 / 4u, k0 + (i1 % 4u) * 4u);
+    put4_a(i0, va0);
+    put4_a(i1, va1);
+    put4_b(i0, vb0);
+    put4_b(i1, vb1);
+}
+
+// Store 4 consecutive k of row (A) or column (B) idx / 4 into its [kk][i / 4] tile.
+// (WGSL cannot pass workgroup pointers to functions, hence one function per tile.)
+fn put4_a(idx: u32, v: vec4<f32>) {
+    let i = idx / 4u;
+    let kq = (idx % 4u) * 4u;
+    a_tile[kq * 33u + i / 4u][i % 4u] = v.x;
+    a_tile[(kq + 1u) * 33u + i / 4u][i % 4u] = v.y;
+    a_tile[(kq + 2u) * 33u + i / 4u][i % 4u] = v.z;
+    a_tile[(kq + 3u) * 33u + i / 4u][i % 4u] = v.w;
+}
+
+fn put4_b(idx: u32, v: vec4<f32>) {
+    let j = idx / 4u;
+    let kq = (idx % 4u) * 4u;
+    b_tile[kq * 33u + j / 4u][j % 4u] = v.x;
+    b_tile[(kq + 1u) * 33u + j / 4u][j % 4u] = v.y;
+    b_tile[(kq + 2u) * 33u + j / 4u][j % 4u] = v.z;
+    b_tile[(kq + 3u) * 33u + j / 4u][j % 4u] = v.w;
+}
+
 @compute @workgroup_size(16, 16)
 fn block_matmul(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -134,50 +235,11 @@ fn block_matmul(
     var c7a = vec4<f32>(0.0);
     var c7b = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
-        // 2,048 elements of each block, 8 per thread. All 16 loads are issued before any
-        // store, so they are in flight together (one at a time, the step is bound by memory
-        // latency). A: consecutive threads read consecutive k of one row. B: along the
-        // contiguous direction of the embedding rows.
-        let i0 = li + 0u;
-        let i1 = li + 256u;
-        let i2 = li + 512u;
-        let i3 = li + 768u;
-        let i4 = li + 1024u;
-        let i5 = li + 1280u;
-        let i6 = li + 1536u;
-        let i7 = li + 1792u;
-        let va0 = load_a(row0 + i0 / TK, k0 + i0 % TK);
-        let va1 = load_a(row0 + i1 / TK, k0 + i1 % TK);
-        let va2 = load_a(row0 + i2 / TK, k0 + i2 % TK);
-        let va3 = load_a(row0 + i3 / TK, k0 + i3 % TK);
-        let va4 = load_a(row0 + i4 / TK, k0 + i4 % TK);
-        let va5 = load_a(row0 + i5 / TK, k0 + i5 % TK);
-        let va6 = load_a(row0 + i6 / TK, k0 + i6 % TK);
-        let va7 = load_a(row0 + i7 / TK, k0 + i7 % TK);
-        let vb0 = load_b(k0 + bk(i0), col0 + bj(i0));
-        let vb1 = load_b(k0 + bk(i1), col0 + bj(i1));
-        let vb2 = load_b(k0 + bk(i2), col0 + bj(i2));
-        let vb3 = load_b(k0 + bk(i3), col0 + bj(i3));
-        let vb4 = load_b(k0 + bk(i4), col0 + bj(i4));
-        let vb5 = load_b(k0 + bk(i5), col0 + bj(i5));
-        let vb6 = load_b(k0 + bk(i6), col0 + bj(i6));
-        let vb7 = load_b(k0 + bk(i7), col0 + bj(i7));
-        a_tile[(i0 % TK) * 33u + (i0 / TK) / 4u][(i0 / TK) % 4u] = va0;
-        a_tile[(i1 % TK) * 33u + (i1 / TK) / 4u][(i1 / TK) % 4u] = va1;
-        a_tile[(i2 % TK) * 33u + (i2 / TK) / 4u][(i2 / TK) % 4u] = va2;
-        a_tile[(i3 % TK) * 33u + (i3 / TK) / 4u][(i3 / TK) % 4u] = va3;
-        a_tile[(i4 % TK) * 33u + (i4 / TK) / 4u][(i4 / TK) % 4u] = va4;
-        a_tile[(i5 % TK) * 33u + (i5 / TK) / 4u][(i5 / TK) % 4u] = va5;
-        a_tile[(i6 % TK) * 33u + (i6 / TK) / 4u][(i6 / TK) % 4u] = va6;
-        a_tile[(i7 % TK) * 33u + (i7 / TK) / 4u][(i7 / TK) % 4u] = va7;
-        b_tile[bk(i0) * 33u + bj(i0) / 4u][bj(i0) % 4u] = vb0;
-        b_tile[bk(i1) * 33u + bj(i1) / 4u][bj(i1) % 4u] = vb1;
-        b_tile[bk(i2) * 33u + bj(i2) / 4u][bj(i2) % 4u] = vb2;
-        b_tile[bk(i3) * 33u + bj(i3) / 4u][bj(i3) % 4u] = vb3;
-        b_tile[bk(i4) * 33u + bj(i4) / 4u][bj(i4) % 4u] = vb4;
-        b_tile[bk(i5) * 33u + bj(i5) / 4u][bj(i5) % 4u] = vb5;
-        b_tile[bk(i6) * 33u + bj(i6) / 4u][bj(i6) % 4u] = vb6;
-        b_tile[bk(i7) * 33u + bj(i7) / 4u][bj(i7) % 4u] = vb7;
+        if (p.vec4_loads != 0u) {
+            load_tiles_vec4(k0, row0, col0, li);
+        } else {
+            load_tiles(k0, row0, col0, li);
+        }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
             let a0 = a_tile[kk * 33u + lid.y];

@@ -47,7 +47,8 @@ struct MatmulParams {
     tiles_n: u32,
     tiles_total: u32,
     groups_x: u32,
-    _pad: [u32; 2],
+    vec4_loads: u32,
+    _pad: u32,
 }
 
 /// Which operand the slot list indexes.
@@ -174,12 +175,16 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.launch(&a, m, dim, k, k, BMode::Rows, ids, out)
     }
 
+    /// Uploads an operand, padded with zeros to whole 16-byte units (it is also bound as an
+    /// array of vec4).
     fn upload_operand(&self, label: &'static str, data: &[f32]) -> wgpu::Buffer {
+        let mut padded = data.to_vec();
+        padded.resize(data.len().next_multiple_of(4).max(4), 0.0);
         self.context()
             .device()
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
-                contents: bytemuck::cast_slice(data),
+                contents: bytemuck::cast_slice(&padded),
                 usage: wgpu::BufferUsages::STORAGE,
             })
     }
@@ -201,6 +206,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         let op_rows = self.resolve_for_op(ids)?;
         let ctx = self.context().clone();
         let bind = self.op_bindings(&op_rows, ids.len());
+        // Scores over rows of a width divisible by 4 load whole vec4s (queries too: lda = dim).
+        let vec4_loads = u32::from(matches!(mode, BMode::Candidates) && dim.is_multiple_of(4));
         let tiles_n = n.div_ceil(TILE);
         let tiles_total = m.div_ceil(TILE) * tiles_n;
         let (gx, gy) = grid(
@@ -218,7 +225,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             tiles_n: tiles_n as u32,
             tiles_total: tiles_total as u32,
             groups_x: gx,
-            _pad: [0; 2],
+            vec4_loads,
+            _pad: 0,
         };
         let device = ctx.device();
         let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -250,6 +258,18 @@ impl<S: RowSource> EmbeddingCache<S> {
                 wgpu::BindGroupEntry {
                     binding: 4,
                     resource: binding(out.buffer(), (m * n * 4) as u64),
+                },
+                // The same buffers again as arrays of vec4 (whole 16-byte units).
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: binding(a, ((m * lda * 4) as u64).next_multiple_of(16).min(a.size())),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 6,
+                    resource: binding(
+                        &bind.rows,
+                        bind.rows_bytes.next_multiple_of(16).min(bind.rows.size()),
+                    ),
                 },
             ],
         });
