@@ -385,14 +385,9 @@ impl<S: RowSource> EmbeddingCache<S> {
     fn run_pass(&mut self, ids: &[u32], target: PassTarget<'_>) -> Result<usize> {
         let dim = self.source.dim();
         let t0 = Instant::now();
-        let limit = ids.len().min(self.max_misses.max(1));
-        // Bound the misses of the pass by bounding the positions looked at, then let the slot
-        // map stop early when every slot is pinned.
-        let window = if self.max_misses >= ids.len() {
-            ids
-        } else {
-            &ids[..limit]
-        };
+        // Bound the misses of the pass by bounding the positions looked at (max_misses >= 1),
+        // then let the slot map stop early when every slot is pinned.
+        let window = &ids[..ids.len().min(self.max_misses)];
         let n = self.map.resolve(window, &mut self.plan);
         let t1 = Instant::now();
         let m = self.plan.misses.len();

@@ -11,7 +11,7 @@ use crate::cache::EmbeddingCache;
 use crate::error::{HotrowError, Result};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::{grid, Embeddings, WORKGROUP};
-use crate::ops::{binding, submit_dispatch};
+use crate::ops::{binding, params_bind_group, submit_dispatch};
 use crate::table::RowSource;
 
 /// How the rows of a bag are combined.
@@ -213,47 +213,25 @@ impl<S: RowSource> EmbeddingCache<S> {
             identity: bind.identity,
             _pad: [0; 2],
         };
-        let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("hotrow bag params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
         let pipeline = ctx.inner.kernels.get(if vec4 {
             Kernel::BagVec4
         } else {
             Kernel::BagScalar
         });
         let (rb, ob) = if vec4 { (6, 7) } else { (4, 5) };
-        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bag"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: ubuf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: binding(&bind.slots, bind.slots_bytes),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: offsets_buf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: weights_buf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: rb,
-                    resource: binding(&bind.rows, bind.rows_bytes),
-                },
-                wgpu::BindGroupEntry {
-                    binding: ob,
-                    resource: binding(out.buffer(), (n_bags * dim * 4) as u64),
-                },
+        let bg = params_bind_group(
+            &ctx,
+            "bag",
+            pipeline,
+            &params,
+            &[
+                (1, binding(&bind.slots, bind.slots_bytes)),
+                (2, offsets_buf.as_entire_binding()),
+                (3, weights_buf.as_entire_binding()),
+                (rb, binding(&bind.rows, bind.rows_bytes)),
+                (ob, binding(out.buffer(), (n_bags * dim * 4) as u64)),
             ],
-        });
+        );
         let done = submit_dispatch(&ctx, "bag", pipeline, &bg, (gx, gy));
         drop(op_rows); // a gathered buffer may go: wgpu keeps it alive until the pass ran
         done

@@ -13,7 +13,7 @@ use crate::error::{HotrowError, Result};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::{grid, Embeddings};
 use crate::ops::bag::check_finite;
-use crate::ops::{binding, submit_dispatch};
+use crate::ops::{binding, params_bind_group, submit_dispatch};
 use crate::table::RowSource;
 
 /// Output tile edge of block_matmul.wgsl (must match its `TILE`).
@@ -228,51 +228,29 @@ impl<S: RowSource> EmbeddingCache<S> {
             vec4_loads,
             _pad: 0,
         };
-        let device = ctx.device();
-        let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("hotrow matmul params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
         let pipeline = ctx.inner.kernels.get(Kernel::BlockMatmul);
-        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("block_matmul"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: ubuf.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: binding(a, (m * lda * 4) as u64),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: binding(&bind.slots, bind.slots_bytes),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: binding(&bind.rows, bind.rows_bytes),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: binding(out.buffer(), (m * n * 4) as u64),
-                },
+        let a_bytes = (m * lda * 4) as u64;
+        let bg = params_bind_group(
+            &ctx,
+            "block_matmul",
+            pipeline,
+            &params,
+            &[
+                (1, binding(a, a_bytes)),
+                (2, binding(&bind.slots, bind.slots_bytes)),
+                (3, binding(&bind.rows, bind.rows_bytes)),
+                (4, binding(out.buffer(), (m * n * 4) as u64)),
                 // The same buffers again as arrays of vec4 (whole 16-byte units).
-                wgpu::BindGroupEntry {
-                    binding: 5,
-                    resource: binding(a, ((m * lda * 4) as u64).next_multiple_of(16).min(a.size())),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 6,
-                    resource: binding(
+                (5, binding(a, a_bytes.next_multiple_of(16).min(a.size()))),
+                (
+                    6,
+                    binding(
                         &bind.rows,
                         bind.rows_bytes.next_multiple_of(16).min(bind.rows.size()),
                     ),
-                },
+                ),
             ],
-        });
+        );
         submit_dispatch(&ctx, "block_matmul", pipeline, &bg, (gx, gy))
     }
 }

@@ -187,3 +187,39 @@ pub(crate) fn submit_dispatch(
     ctx.queue().submit([enc.finish()]);
     ctx.check()
 }
+
+/// A bind group for group 0 of `pipeline`: a fresh uniform buffer holding `params` at
+/// binding 0, then `entries` (binding number, resource).
+pub(crate) fn params_bind_group<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    label: &'static str,
+    pipeline: &wgpu::ComputePipeline,
+    params: &P,
+    entries: &[(u32, wgpu::BindingResource<'_>)],
+) -> wgpu::BindGroup {
+    use wgpu::util::DeviceExt;
+    let ubuf = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    let mut all = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: ubuf.as_entire_binding(),
+    }];
+    all.extend(
+        entries
+            .iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: resource.clone(),
+            }),
+    );
+    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &all,
+    })
+}
