@@ -182,6 +182,21 @@ fn host_table(n: usize, d: usize) -> HostTable<'static> {
     table
 }
 
+/// The workloads' cache: 10% of the `n` rows on the GPU, default settings otherwise.
+fn tenth_cache(
+    ctx: &GpuContext,
+    table: HostTable<'static>,
+    n: usize,
+    policy: EvictionPolicy,
+) -> Result<EmbeddingCache<HostTable<'static>>, hotrow::HotrowError> {
+    let config = CacheConfig {
+        capacity: Capacity::Rows(n / 10),
+        policy,
+        ..Default::default()
+    };
+    EmbeddingCache::new(ctx, table, config)
+}
+
 /// W2: cached stream, table in host memory, 10% of rows cached on the GPU.
 fn w2(
     ctx: &GpuContext,
@@ -190,19 +205,11 @@ fn w2(
     table: HostTable<'static>,
 ) -> Result<HostTable<'static>, hotrow::HotrowError> {
     let (n, b, d) = cached_shapes(a);
-    let cap = n / 10;
     let zipf = ZipfIds::new(n, S, 22);
     let mut rng = Rng::new(23);
     let batches = a.batches.max(40);
     let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
-    let mut cache = EmbeddingCache::new(
-        ctx,
-        table,
-        CacheConfig {
-            capacity: Capacity::Rows(cap),
-            ..Default::default()
-        },
-    )?;
+    let mut cache = tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, b, d)?;
     // Correctness: the first batches and the last one are checked against the reference.
     let check = |cache: &EmbeddingCache<HostTable<'static>>,
@@ -326,12 +333,7 @@ fn w5(
     for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
         let mut zipf = ZipfIds::new(n, S, 52);
         let mut rng = Rng::new(53);
-        let config = CacheConfig {
-            capacity: Capacity::Rows(n / 10),
-            policy,
-            ..Default::default()
-        };
-        let mut cache = EmbeddingCache::new(ctx, table, config)?;
+        let mut cache = tenth_cache(ctx, table, n, policy)?;
         let mut out = Embeddings::new(ctx, b, cache.dim())?;
         let mut first_after_shift = Vec::new();
         for k in 0..batches {
@@ -418,14 +420,7 @@ fn w3(
     let sets: Vec<Vec<u32>> = (0..8).map(|_| zipf.batch(bags * l, &mut rng)).collect();
     let offsets: Vec<u32> = (0..bags as u32).map(|b| b * l as u32).collect();
     let w: Vec<f32> = (0..bags * l).map(|_| rng.unit() as f32).collect();
-    let mut cache = EmbeddingCache::new(
-        ctx,
-        table,
-        CacheConfig {
-            capacity: Capacity::Rows(n / 10),
-            ..Default::default()
-        },
-    )?;
+    let mut cache = tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, bags, d)?;
     for (mode, pooling) in [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)] {
         let weights = (mode != 2).then_some(&w[..]);
@@ -498,14 +493,7 @@ fn w4(
             v
         })
         .collect();
-    let mut cache = EmbeddingCache::new(
-        ctx,
-        table,
-        CacheConfig {
-            capacity: Capacity::Rows(n / 10),
-            ..Default::default()
-        },
-    )?;
+    let mut cache = tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, m, c)?;
     cache.scores_into(Queries::Host { data: &q, dim: d }, &cands[0], &mut out)?;
     verify(
