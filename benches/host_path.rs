@@ -4,11 +4,15 @@
 //!
 //!     cargo bench --bench host_path
 
+#[path = "common/workload.rs"]
+#[allow(dead_code)]
+mod workload;
+
 use criterion::{criterion_group, criterion_main, Criterion};
-use hotrow::workload::{random_values, Rng, ZipfIds};
 use hotrow::{
     CompactBatch, EvictionPolicy, HostTable, PartitionedSlotMap, PassPlan, RowSource, SlotMap,
 };
+use workload::{random_values, Rng, ZipfIds};
 
 const N: usize = 8 << 20;
 const B: usize = 65_536;

@@ -14,10 +14,22 @@ pub(crate) fn check_ids(ids: &[u32], rows: usize) -> Result<()> {
         .position(|&id| id as usize >= rows)
         .unwrap_or_default();
     Err(HotrowError::IdOutOfRange {
-        id: ids[position] as u64,
+        id: ids[position],
         position,
         rows,
     })
+}
+
+/// The first NaN or infinite value of `v`, as an error.
+pub(crate) fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(position) => Err(HotrowError::NonFinite {
+            what,
+            position,
+            value: v[position],
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A batch of ids reduced to its distinct ids (in order of first occurrence) and, for each
@@ -118,7 +130,7 @@ impl CompactBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Rng;
+    use crate::test_workload::Rng;
 
     #[test]
     fn compaction_matches_naive_dedup() {

@@ -33,11 +33,28 @@ pub enum HotrowError {
     #[error("id {id} at position {position} is out of range for a table of {rows} rows")]
     IdOutOfRange {
         /// The offending id.
-        id: u64,
+        id: u32,
         /// Its position in the caller's batch.
         position: usize,
         /// Number of rows of the table.
         rows: usize,
+    },
+    /// A range of rows (`first..first + count`) is not inside the buffer.
+    #[error("rows {first}..{first}+{count} are out of range for a buffer of {rows} rows")]
+    RowRange {
+        /// First row of the range.
+        first: usize,
+        /// Rows in the range.
+        count: usize,
+        /// Rows of the buffer.
+        rows: usize,
+    },
+    /// A buffer made on another [`crate::GpuContext`] was passed to this one's op (each
+    /// context has its own device; its buffers mean nothing to another).
+    #[error("{what} belongs to another GpuContext than the one it was used with")]
+    ForeignContext {
+        /// Which argument.
+        what: &'static str,
     },
     /// Two inputs that must agree in length do not.
     #[error("length mismatch for {what}: expected {expected}, got {got}")]
@@ -113,6 +130,10 @@ pub enum HotrowError {
     /// The GPU device was lost (driver reset, device removed, or destroyed).
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
+    /// GPU work did not finish in time (the device may be hung or very slow); the device is
+    /// not known to be lost.
+    #[error("GPU timeout: {0}")]
+    Timeout(String),
     /// A buffer could not be mapped for reading or writing.
     #[error("buffer mapping failed: {0}")]
     Map(String),
@@ -122,6 +143,10 @@ pub enum HotrowError {
     /// A row source failed to provide rows.
     #[error("row source failed: {0}")]
     RowSource(String),
+    /// A row source panicked while providing rows; the panic was caught, the batch failed
+    /// cleanly and the cache holds none of its missed rows.
+    #[error("row source panicked: {0}")]
+    RowSourcePanicked(String),
 }
 
 /// Shorthand for `Result<T, HotrowError>`.

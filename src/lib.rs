@@ -3,6 +3,10 @@
 //! Fast embedding lookups on any GPU that wgpu reaches (Vulkan, Metal, DX12, GL), with a
 //! software fallback so the same code runs where there is no GPU at all.
 //!
+//! * [`EmbeddingCache`]: the hot rows of a table that lives in host memory (or any
+//!   [`RowSource`]) cached in GPU slots; each batch is compacted, only missed rows are
+//!   uploaded, and [`EmbeddingCache::lookup`], [`EmbeddingCache::lookup_bags`],
+//!   [`EmbeddingCache::scores`] and [`EmbeddingCache::combine`] compute on the cache.
 //! * [`GpuContext`]: adapter and device, built once (real GPU first, software adapter
 //!   otherwise; `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` honoured; or wrap your own device).
 //! * [`RowBuffer`]: rows resident on the GPU, split over binding limits transparently;
@@ -12,16 +16,21 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hotrow::HotrowError> {
-//! use hotrow::{GpuContext, RowBuffer};
+//! use hotrow::{CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
 //! let ctx = GpuContext::new()?;
 //! let dim = 4;
 //! let table: Vec<f32> = (0..100 * dim).map(|i| (i as f32).sin()).collect();
-//! let rows = RowBuffer::from_host(&ctx, &table, dim)?;
-//! let out = rows.gather(&[42, 7, 42])?;          // GPU buffer, bindable by later passes
+//! let config = CacheConfig::default().capacity(Capacity::Rows(10));
+//! let mut cache = EmbeddingCache::new(&ctx, HostTable::borrowed(&table, dim)?, config)?;
+//! let out = cache.lookup(&[42, 7, 42])?;          // GPU buffer, bindable by later passes
 //! let host = out.to_host()?;                      // or out.to_host_async().await
 //! assert_eq!(&host[..dim], &table[42 * dim..43 * dim]);
 //! # Ok(()) }
 //! ```
+//!
+//! Layers point one way: `gpu` (device, memory, pipelines, launches, readback, timing) <-
+//! `ops` (each kernel's params and launch over plain buffer views) <- `cache` (policy, the
+//! pass engine and the public API); `table` holds row sources.
 
 #![warn(missing_docs)]
 
@@ -33,23 +42,27 @@ mod ops;
 pub mod reference;
 mod table;
 mod util;
-pub mod workload;
+
+#[cfg(test)]
+#[path = "../benches/common/workload.rs"]
+#[allow(dead_code)]
+mod test_workload;
 
 pub use batch::CompactBatch;
 pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
-    PartitionedSlotMap, PassPlan, SlotMap,
+    PartitionedSlotMap, PassPlan, Queries, SlotMap,
 };
 pub use error::{HotrowError, Result};
 pub use gpu::{
-    AdapterSummary, Embeddings, GpuContext, GpuOptions, PassTiming, RowBuffer, RowBufferOptions,
-    SHADERS,
+    AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, RowBuffer,
+    RowBufferOptions, RowLayout,
 };
 pub use ops::bag::Pooling;
-pub use ops::matmul::Queries;
+pub use ops::{params_layouts, shader_files, shader_modules};
 pub use table::{HostTable, RowSource};
 
-/// The README's example, compiled as a doc test so it stays true.
+/// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

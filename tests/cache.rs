@@ -3,8 +3,8 @@
 
 mod common;
 
+use common::workload::{random_values, Rng, ZipfIds};
 use common::{assert_rows_eq, ctx, seed};
-use hotrow::workload::{random_values, Rng, ZipfIds};
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, GpuOptions,
     HostTable, HotrowError, RowBufferOptions, RowSource,
@@ -19,8 +19,14 @@ fn check_counters(c: &EmbeddingCache<impl RowSource>) {
     );
     assert_eq!(
         s.bytes_uploaded,
-        s.misses * c.dim() as u64 * 4,
+        s.rows_uploaded * c.dim() as u64 * 4,
         "bytes uploaded: {s:?}"
+    );
+    assert!(s.rows_uploaded >= s.misses, "{s:?}");
+    assert_eq!(
+        s.rows_uploaded - s.evictions,
+        c.slot_map().len() as u64,
+        "uploads - evictions = resident rows: {s:?}"
     );
     assert!(s.distinct <= s.requests);
     c.slot_map().check_invariants().unwrap();
@@ -45,10 +51,7 @@ fn zipf_stream_through_a_small_cache() {
         let rows = 4000;
         let data = random_values(rows * dim, rng.next_u64());
         let table = HostTable::borrowed(&data, dim).unwrap();
-        let config = CacheConfig {
-            capacity: Capacity::Rows(400),
-            ..Default::default()
-        };
+        let config = CacheConfig::default().capacity(Capacity::Rows(400));
         let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
         let mut zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
         let mut outs = Vec::new();
@@ -89,10 +92,7 @@ fn repeats_all_distinct_and_bigger_than_capacity() {
     let mut cache = EmbeddingCache::new(
         ctx(),
         table,
-        CacheConfig {
-            capacity: Capacity::Rows(64),
-            ..Default::default()
-        },
+        CacheConfig::default().capacity(Capacity::Rows(64)),
     )
     .unwrap();
     // one id a thousand times
@@ -122,11 +122,9 @@ fn repeats_all_distinct_and_bigger_than_capacity() {
     let mut capped = EmbeddingCache::new(
         ctx(),
         table,
-        CacheConfig {
-            capacity: Capacity::Rows(1000),
-            max_upload_bytes_per_pass: 10 * dim as u64 * 4,
-            ..Default::default()
-        },
+        CacheConfig::default()
+            .capacity(Capacity::Rows(1000))
+            .max_upload_bytes_per_pass(10 * dim as u64 * 4),
     )
     .unwrap();
     lookup_checked(&mut capped, &big, "upload cap");
@@ -144,13 +142,11 @@ fn sharded_slots_and_preload() {
     let mut cache = EmbeddingCache::new(
         ctx(),
         table,
-        CacheConfig {
-            capacity: Capacity::Bytes(500 * dim as u64 * 4),
-            slot_buffer: RowBufferOptions {
+        CacheConfig::default()
+            .capacity(Capacity::Bytes(500 * dim as u64 * 4))
+            .slot_buffer(RowBufferOptions {
                 max_shard_bytes: Some(90 * dim as u64 * 4),
-            },
-            ..Default::default()
-        },
+            }),
     )
     .unwrap();
     assert_eq!(cache.capacity(), 500);
@@ -260,10 +256,7 @@ fn failing_row_source_leaves_no_phantom_rows() {
     let mut cache = EmbeddingCache::new(
         ctx(),
         src,
-        CacheConfig {
-            capacity: Capacity::Rows(40),
-            ..Default::default()
-        },
+        CacheConfig::default().capacity(Capacity::Rows(40)),
     )
     .unwrap();
     assert!(matches!(
@@ -296,14 +289,7 @@ fn bad_capacities_are_clear_errors() {
         Capacity::Fraction(0.0),
         Capacity::Fraction(f64::NAN),
     ] {
-        let r = EmbeddingCache::new(
-            ctx(),
-            t(),
-            CacheConfig {
-                capacity: cap,
-                ..Default::default()
-            },
-        );
+        let r = EmbeddingCache::new(ctx(), t(), CacheConfig::default().capacity(cap));
         assert!(
             matches!(r, Err(HotrowError::InvalidArgument(_))),
             "{cap:?}: {r:?}"
@@ -319,20 +305,14 @@ fn bad_capacities_are_clear_errors() {
     let r = EmbeddingCache::new(
         &small,
         HostTable::borrowed(&big, 4).unwrap(),
-        CacheConfig {
-            capacity: Capacity::Rows(50_000),
-            ..Default::default()
-        },
+        CacheConfig::default().capacity(Capacity::Rows(50_000)),
     );
     assert!(matches!(r, Err(HotrowError::ExceedsLimit { .. })), "{r:?}");
     // Bigger than the table: clamped to the table.
     let c = EmbeddingCache::new(
         ctx(),
         t(),
-        CacheConfig {
-            capacity: Capacity::Rows(1 << 20),
-            ..Default::default()
-        },
+        CacheConfig::default().capacity(Capacity::Rows(1 << 20)),
     )
     .unwrap();
     assert_eq!(c.capacity(), 100);
@@ -349,11 +329,9 @@ fn partitioned_slot_map_end_to_end() {
     let mut cache = EmbeddingCache::new(
         ctx(),
         table,
-        CacheConfig {
-            capacity: Capacity::Rows(6_000),
-            partitions: 4,
-            ..Default::default()
-        },
+        CacheConfig::default()
+            .capacity(Capacity::Rows(6_000))
+            .partitions(4),
     )
     .unwrap();
     assert_eq!(cache.slot_map().partitions(), 4);

@@ -2,8 +2,8 @@
 
 mod common;
 
+use common::workload::{random_values, Rng};
 use common::{assert_rows_eq, ctx, seed};
-use hotrow::workload::{random_values, Rng};
 use hotrow::{
     reference, Embeddings, GpuContext, GpuOptions, HotrowError, RowBuffer, RowBufferOptions,
 };
@@ -153,7 +153,15 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
     ));
     assert!(matches!(
         gpu.write_rows(29, &table[..2 * dim]),
-        Err(HotrowError::IdOutOfRange { .. })
+        Err(HotrowError::RowRange {
+            first: 29,
+            count: 2,
+            rows: 30
+        })
+    ));
+    assert!(matches!(
+        gpu.read_rows(usize::MAX, 2),
+        Err(HotrowError::RowRange { .. })
     ));
     assert!(matches!(
         RowBuffer::new(ctx(), 10, 0),
@@ -239,9 +247,8 @@ fn shares_an_application_device() {
     );
 }
 
-#[test]
-fn a_lost_device_is_a_typed_error() {
-    let _serial = common::serial();
+/// The application's own device on the adapter hotrow's shared context picked.
+fn app_device() -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let adapter = adapters
@@ -253,16 +260,105 @@ fn a_lost_device_is_a_typed_error() {
         .expect("same adapter visible");
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let lost = GpuContext::from_device(&adapter, device.clone(), queue);
-    let table = RowBuffer::from_host(&lost, &[1.0, 2.0, 3.0, 4.0], 2).unwrap();
+    (adapter, device, queue)
+}
+
+#[test]
+fn from_device_leaves_the_apps_callback_and_takes_forwarded_loss() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _serial = common::serial();
+    let s = seed("gather_app_callbacks");
+    let mut rng = Rng::new(s);
+    let (adapter, device, queue) = app_device();
+    // The application's callback, set before hotrow sees the device.
+    let first = Arc::new(AtomicUsize::new(0));
+    let f = first.clone();
+    device.set_device_lost_callback(move |_, _| {
+        f.fetch_add(1, Ordering::SeqCst);
+    });
+    let shared = GpuContext::from_device(&adapter, device.clone(), queue);
+    let dim = 6;
+    let table = random_values(40 * dim, rng.next_u64());
+    let rows = RowBuffer::from_host(&shared, &table, dim).unwrap();
+    // The application replaces its callback (forwarding loss to hotrow, as documented):
+    // hotrow keeps working, and its results stay right.
+    let second = Arc::new(AtomicUsize::new(0));
+    let (g, forward) = (second.clone(), shared.clone());
+    device.set_device_lost_callback(move |reason, msg| {
+        g.fetch_add(1, Ordering::SeqCst);
+        forward.device_lost(format!("{reason:?}: {msg}"));
+    });
+    for _ in 0..3 {
+        let ids = random_ids(&mut rng, 50, 40);
+        let out = rows.gather(&ids).unwrap();
+        assert_rows_eq(
+            &out.to_host().unwrap(),
+            &reference::gather(&table, dim, &ids),
+            dim,
+            "after the app replaced its callback",
+        );
+    }
+    shared.check().unwrap();
     device.destroy();
     let _ = device.poll(wgpu::PollType::Poll);
+    assert_eq!(second.load(Ordering::SeqCst), 1, "the app's callback ran");
+    assert_eq!(
+        first.load(Ordering::SeqCst),
+        0,
+        "replaced by the app, not by hotrow"
+    );
+    match rows.gather(&[0, 1]) {
+        Err(HotrowError::DeviceLost(_)) => {}
+        other => panic!("expected DeviceLost, got {other:?}"),
+    }
+    assert!(matches!(
+        RowBuffer::new(&shared, 4, 4),
+        Err(HotrowError::DeviceLost(_))
+    ));
+}
+
+#[test]
+fn from_device_does_not_replace_the_apps_callback() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _serial = common::serial();
+    let (adapter, device, queue) = app_device();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    device.set_device_lost_callback(move |_, _| {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    let shared = GpuContext::from_device(&adapter, device.clone(), queue);
+    let t = RowBuffer::from_host(&shared, &[1.0, 2.0, 3.0, 4.0], 2).unwrap();
+    assert_eq!(
+        t.gather(&[1, 0]).unwrap().to_host().unwrap(),
+        [3.0, 4.0, 1.0, 2.0]
+    );
+    device.destroy();
+    let _ = device.poll(wgpu::PollType::Poll);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the app's own callback still runs"
+    );
+}
+
+#[test]
+fn a_lost_device_is_a_typed_error() {
+    let _serial = common::serial();
+    // A context that owns its device takes its loss itself.
+    let own = GpuContext::new().unwrap();
+    let table = RowBuffer::from_host(&own, &[1.0, 2.0, 3.0, 4.0], 2).unwrap();
+    own.device().destroy();
+    let _ = own.device().poll(wgpu::PollType::Poll);
     match table.gather(&[0, 1]) {
         Err(HotrowError::DeviceLost(_)) => {}
         other => panic!("expected DeviceLost, got {other:?}"),
     }
     assert!(matches!(
-        RowBuffer::new(&lost, 4, 4),
+        RowBuffer::new(&own, 4, 4),
         Err(HotrowError::DeviceLost(_))
     ));
+    assert!(matches!(own.wait_idle(), Err(HotrowError::DeviceLost(_))));
 }

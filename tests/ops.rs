@@ -3,8 +3,8 @@
 
 mod common;
 
+use common::workload::{random_values, Rng};
 use common::{ctx, seed};
-use hotrow::workload::{random_values, Rng};
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, HostTable, HotrowError, Pooling,
     Queries, RowBufferOptions,
@@ -16,10 +16,7 @@ fn cache<'a>(data: &'a [f32], dim: usize, cap: usize) -> EmbeddingCache<HostTabl
     EmbeddingCache::new(
         ctx(),
         HostTable::borrowed(data, dim).unwrap(),
-        CacheConfig {
-            capacity: Capacity::Rows(cap),
-            ..Default::default()
-        },
+        CacheConfig::default().capacity(Capacity::Rows(cap)),
     )
     .unwrap()
 }
@@ -121,13 +118,11 @@ fn bags_through_passes_and_shards() {
     let mut sharded = EmbeddingCache::new(
         ctx(),
         HostTable::borrowed(&data, dim).unwrap(),
-        CacheConfig {
-            capacity: Capacity::Rows(1500),
-            slot_buffer: RowBufferOptions {
+        CacheConfig::default()
+            .capacity(Capacity::Rows(1500))
+            .slot_buffer(RowBufferOptions {
                 max_shard_bytes: Some(200 * dim as u64 * 4),
-            },
-            ..Default::default()
-        },
+            }),
     )
     .unwrap();
     check(

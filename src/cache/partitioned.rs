@@ -210,7 +210,7 @@ impl PartitionedSlotMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Rng;
+    use crate::test_workload::Rng;
 
     /// Random streams, batches both under and over the capacity, through 1-8 partitions on
     /// the parallel path: every pass serves a non-empty prefix, each served position's id

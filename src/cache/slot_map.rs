@@ -366,7 +366,7 @@ impl SlotMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Rng;
+    use crate::test_workload::Rng;
 
     fn seed() -> u64 {
         std::time::SystemTime::now()
@@ -504,7 +504,7 @@ mod tests {
         eprintln!("seed {s}");
         let mut rng = Rng::new(s);
         let rows = 20_000;
-        let mut zipf = crate::workload::ZipfIds::new(rows, 1.05, rng.next_u64());
+        let mut zipf = crate::test_workload::ZipfIds::new(rows, 1.05, rng.next_u64());
         let stream: Vec<Vec<u32>> = (0..120)
             .map(|k| {
                 if k == 60 {

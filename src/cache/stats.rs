@@ -4,21 +4,27 @@ use std::time::Duration;
 
 /// Cumulative counters since the cache was made (or [`crate::EmbeddingCache::reset_stats`]).
 ///
-/// Invariants: `hits + misses == distinct`, `bytes_uploaded == misses * dim * 4`.
+/// Invariants: `hits + misses == distinct`; `bytes_uploaded == rows_uploaded * dim * 4`;
+/// `rows_uploaded - evictions` is the number of resident rows (when counted from an empty
+/// cache; a failed batch counts the evictions it made and none of its uploads).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheStats {
-    /// Batches served (`lookup` and `preload` calls with at least one id).
+    /// Batches served (`lookup`, `preload` and op calls with at least one id).
     pub batches: u64,
     /// Passes run (a batch with more distinct ids than slots takes several).
     pub passes: u64,
     /// Ids requested (positions, repeats included).
     pub requests: u64,
-    /// Distinct ids per pass, summed.
+    /// Distinct ids per batch, summed over batches.
     pub distinct: u64,
-    /// Distinct ids already resident.
+    /// Distinct ids of a batch served without uploading their row (resident when the
+    /// batch arrived, and never evicted by the batch's own passes), summed over batches.
     pub hits: u64,
-    /// Distinct ids whose row was uploaded.
+    /// Distinct ids of a batch whose row had to be uploaded, summed over batches.
     pub misses: u64,
+    /// Rows uploaded. Equals `misses` unless a batch bigger than the cache evicted rows of
+    /// its own earlier passes and uploaded them again.
+    pub rows_uploaded: u64,
     /// Resident rows dropped to make room.
     pub evictions: u64,
     /// Row bytes copied from the row source to the GPU.
@@ -34,7 +40,8 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
-    /// Fraction of distinct ids that were resident (0 when nothing was looked up).
+    /// Fraction of the distinct ids of the batches that were served from resident rows
+    /// (0 when nothing was looked up).
     pub fn hit_rate(&self) -> f64 {
         if self.distinct == 0 {
             0.0

@@ -1,57 +1,30 @@
-//! Everything that talks to wgpu: adapter/device selection, compiled pipelines,
-//! device-resident row buffers, staging uploads, readback and pass timing.
+//! Everything that talks to wgpu: adapter choice, the device and its state, memory,
+//! pipelines, kernel launches, device-resident rows, staging uploads, readback and timing.
+//! This layer knows nothing of ops or caches.
 
+mod adapter;
 mod context;
-pub(crate) mod kernels;
-pub(crate) mod readback;
+mod launch;
+mod layout;
+mod memory;
+mod pipelines;
+mod readback;
 mod rows;
 mod staging;
-
 mod timing;
 
-pub(crate) use context::TrackedBuffer;
-pub use context::{AdapterSummary, GpuContext, GpuOptions};
-pub use kernels::SHADERS;
+pub use adapter::{AdapterSummary, GpuOptions};
+pub use context::GpuContext;
+pub(crate) use launch::{
+    encode, encoder, first_launches, grid, grid_for_threads, submit, Launch, LaunchState,
+};
+pub use layout::RowLayout;
+pub(crate) use layout::{wgsl_f32_elem, wgsl_vec4_elem, ELEM_PREFIXES};
+pub use memory::MemoryStats;
+pub(crate) use memory::{GrowBuffer, TrackedBuffer};
+pub use pipelines::Shader;
+pub(crate) use readback::MAP_TIMEOUT;
 pub use rows::{Embeddings, RowBuffer, RowBufferOptions};
-
 pub(crate) use staging::StagingRing;
 pub(crate) use timing::pass_writes;
 pub use timing::PassTiming;
-
-/// Threads per workgroup of every 1-D kernel in `shaders/` (must match `@workgroup_size`).
-pub(crate) const WORKGROUP: u32 = 256;
-
-/// Splits `groups` workgroups into an (x, y) grid with x <= `max_per_dim`, so dispatches
-/// past 65,535 workgroups stay legal. Kernels rebuild the linear id as `y * x_count + x`
-/// and skip ids past the end.
-pub(crate) fn grid(groups: u32, max_per_dim: u32) -> (u32, u32) {
-    if groups <= max_per_dim {
-        return (groups.max(1), 1);
-    }
-    let y = groups.div_ceil(max_per_dim);
-    (groups.div_ceil(y), y)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grid;
-
-    #[test]
-    fn grid_covers_and_respects_limit() {
-        for &(g, m) in &[
-            (1u32, 65535u32),
-            (65535, 65535),
-            (65536, 65535),
-            (1 << 24, 65535),
-            (40, 7),
-            (49, 7),
-            (0, 10),
-        ] {
-            let (x, y) = grid(g, m);
-            assert!(x <= m && y <= m, "{g} {m} -> {x} {y}");
-            assert!(x as u64 * y as u64 >= g as u64);
-            // little waste: at most one partial row of x
-            assert!((x as u64 * y as u64) < g as u64 + x as u64 + 1);
-        }
-    }
-}

@@ -1,10 +1,8 @@
 //! Device-resident rows: [`RowBuffer`] (a table or a cache's slots) and [`Embeddings`]
-//! (an op's output, left on the GPU).
-
-use std::sync::Mutex;
+//! (an op's output, left on the GPU). Ops over them live in `crate::ops`.
 
 use crate::error::{HotrowError, Result};
-use crate::gpu::{readback, GpuContext, TrackedBuffer};
+use crate::gpu::{readback, GpuContext, LaunchState, RowLayout, TrackedBuffer};
 
 /// Options for [`RowBuffer::with_options`].
 #[derive(Clone, Debug, Default)]
@@ -37,17 +35,17 @@ pub struct RowBuffer {
     shards: Vec<TrackedBuffer>,
     shard_rows: usize,
     rows: usize,
-    dim: usize,
-    /// Reused index upload buffer and bindings of [`RowBuffer::gather_into`] (queue writes
-    /// are ordered with submissions, so reuse across calls is safe).
-    gather_state: Mutex<(Option<TrackedBuffer>, crate::ops::RowCopyBindings)>,
+    layout: RowLayout,
+    /// Launch state of [`RowBuffer::gather_into`] (ids buffer, uniforms, bind groups),
+    /// reused across calls.
+    pub(crate) gather: std::sync::Mutex<LaunchState>,
 }
 
 impl std::fmt::Debug for RowBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RowBuffer")
             .field("rows", &self.rows)
-            .field("dim", &self.dim)
+            .field("dim", &self.layout.dim())
             .field("shards", &self.shards.len())
             .finish()
     }
@@ -66,17 +64,13 @@ impl RowBuffer {
         dim: usize,
         options: RowBufferOptions,
     ) -> Result<Self> {
-        if dim == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "dim must be at least 1".into(),
-            ));
-        }
+        let layout = RowLayout::f32(dim)?;
         if rows == 0 {
             return Err(HotrowError::InvalidArgument(
                 "a row buffer needs at least 1 row".into(),
             ));
         }
-        let row_bytes = dim as u64 * 4;
+        let row_bytes = layout.row_bytes();
         let binding = ctx.max_binding();
         let mut limit = binding.min(ctx.limits().max_buffer_size);
         let mut limit_name = if binding <= ctx.limits().max_buffer_size {
@@ -104,12 +98,12 @@ impl RowBuffer {
         if rows as u64 > u32::MAX as u64 {
             return Err(HotrowError::ExceedsLimit {
                 what: "row count (slots are u32)",
-                bytes: rows as u64 * row_bytes,
+                bytes: layout.bytes(rows),
                 limit_name: "u32::MAX rows",
                 limit: u32::MAX as u64,
             });
         }
-        let total = rows as u64 * row_bytes;
+        let total = layout.bytes(rows);
         let mut shards = Vec::new();
         let mut left = rows;
         while left > 0 {
@@ -118,7 +112,7 @@ impl RowBuffer {
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC;
             let b = ctx
-                .create_buffer("hotrow rows", n as u64 * row_bytes, usage, false)
+                .create_buffer("hotrow rows", layout.bytes(n), usage, false)
                 .map_err(|e| match e {
                     HotrowError::ExceedsLimit {
                         limit_name, limit, ..
@@ -138,22 +132,18 @@ impl RowBuffer {
             shards,
             shard_rows,
             rows,
-            dim,
-            gather_state: Mutex::new((None, Default::default())),
+            layout,
+            gather: Default::default(),
         })
     }
 
     /// Allocates rows for `data.len() / dim` rows and uploads `data` (row-major).
     pub fn from_host(ctx: &GpuContext, data: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "dim must be at least 1".into(),
-            ));
-        }
-        if !data.len().is_multiple_of(dim) {
+        RowLayout::f32(dim)?;
+        if data.is_empty() || !data.len().is_multiple_of(dim) {
             return Err(HotrowError::LengthMismatch {
-                what: "table data (a multiple of dim)",
-                expected: data.len() / dim * dim + dim,
+                what: "table data (a non-zero multiple of dim)",
+                expected: (data.len() / dim).max(1) * dim,
                 got: data.len(),
             });
         }
@@ -162,27 +152,33 @@ impl RowBuffer {
         Ok(t)
     }
 
-    /// Uploads whole rows starting at row `first`, in large writes (at most 64 MiB each,
-    /// split at shard boundaries), never one write per row.
-    pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
-        if !data.len().is_multiple_of(self.dim) {
-            return Err(HotrowError::LengthMismatch {
-                what: "row data (a multiple of dim)",
-                expected: data.len() / self.dim * self.dim + self.dim,
-                got: data.len(),
-            });
-        }
-        let n = data.len() / self.dim;
-        if first.checked_add(n).is_none_or(|end| end > self.rows) {
-            return Err(HotrowError::IdOutOfRange {
-                id: (first + n).saturating_sub(1) as u64,
-                position: n.saturating_sub(1),
+    /// Checks that rows `first..first + count` exist.
+    fn check_range(&self, first: usize, count: usize) -> Result<()> {
+        if first.checked_add(count).is_none_or(|end| end > self.rows) {
+            return Err(HotrowError::RowRange {
+                first,
+                count,
                 rows: self.rows,
             });
         }
+        Ok(())
+    }
+
+    /// Uploads whole rows starting at row `first`, in large writes (at most 64 MiB each,
+    /// split at shard boundaries), never one write per row.
+    pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
+        let dim = self.layout.dim();
+        if !data.len().is_multiple_of(dim) {
+            return Err(HotrowError::LengthMismatch {
+                what: "row data (a multiple of dim)",
+                expected: data.len() / dim * dim + dim,
+                got: data.len(),
+            });
+        }
+        self.check_range(first, data.len() / dim)?;
         self.ctx.check()?;
-        const CHUNK_ROWS_BYTES: usize = 64 << 20;
-        let chunk_rows = (CHUNK_ROWS_BYTES / (self.dim * 4)).max(1);
+        const CHUNK_BYTES: u64 = 64 << 20;
+        let chunk_rows = (CHUNK_BYTES / self.layout.row_bytes()).max(1) as usize;
         let mut row = first;
         let mut rest = data;
         while !rest.is_empty() {
@@ -190,11 +186,11 @@ impl RowBuffer {
             let local = row % self.shard_rows;
             let take = (self.shard_rows - local)
                 .min(chunk_rows)
-                .min(rest.len() / self.dim);
-            let (now, later) = rest.split_at(take * self.dim);
+                .min(rest.len() / dim);
+            let (now, later) = rest.split_at(take * dim);
             self.ctx.queue().write_buffer(
                 &self.shards[shard],
-                (local * self.dim * 4) as u64,
+                self.layout.bytes(local),
                 bytemuck::cast_slice(now),
             );
             row += take;
@@ -205,14 +201,9 @@ impl RowBuffer {
 
     /// Copies rows `first..first + count` back to the host (blocking).
     pub fn read_rows(&self, first: usize, count: usize) -> Result<Vec<f32>> {
-        if first.checked_add(count).is_none_or(|end| end > self.rows) {
-            return Err(HotrowError::IdOutOfRange {
-                id: (first + count).saturating_sub(1) as u64,
-                position: 0,
-                rows: self.rows,
-            });
-        }
-        let mut out = Vec::with_capacity(count * self.dim);
+        self.check_range(first, count)?;
+        let dim = self.layout.dim();
+        let mut out = Vec::with_capacity(count * dim);
         let mut row = first;
         while row < first + count {
             let shard = row / self.shard_rows;
@@ -221,8 +212,8 @@ impl RowBuffer {
             out.extend(readback::read_f32(
                 &self.ctx,
                 &self.shards[shard],
-                (local * self.dim * 4) as u64,
-                take * self.dim,
+                self.layout.bytes(local),
+                take * dim,
             )?);
             row += take;
         }
@@ -236,7 +227,12 @@ impl RowBuffer {
 
     /// f32 values per row.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.layout.dim()
+    }
+
+    /// How a row is stored.
+    pub fn layout(&self) -> RowLayout {
+        self.layout
     }
 
     /// The GPU buffers holding the rows, in order; shard `k` holds rows
@@ -250,68 +246,14 @@ impl RowBuffer {
         self.shard_rows
     }
 
+    /// Bytes of GPU memory the rows take.
+    pub fn bytes(&self) -> u64 {
+        self.shards.iter().map(|b| b.size()).sum()
+    }
+
     /// The context the rows live on.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
-    }
-
-    /// Gathers `out[i] = self[ids[i]]` into a new [`Embeddings`] left on the GPU.
-    ///
-    /// An id `>= rows()` is [`HotrowError::IdOutOfRange`] (naming the id and its position),
-    /// found before any GPU work. An empty `ids` gives an empty result.
-    pub fn gather(&self, ids: &[u32]) -> Result<Embeddings> {
-        let mut out = Embeddings::new(&self.ctx, ids.len(), self.dim)?;
-        self.gather_into(ids, &mut out)?;
-        Ok(out)
-    }
-
-    /// Like [`RowBuffer::gather`], reusing `out` (grown when too small): no allocation per
-    /// call once sizes settle.
-    pub fn gather_into(&self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
-        crate::batch::check_ids(ids, self.rows)?;
-        out.reset(ids.len(), self.dim)?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut guard = self.gather_state.lock().unwrap_or_else(|e| e.into_inner());
-        let (index, bindings) = &mut *guard;
-        let bytes = ids.len() as u64 * 4;
-        if index.as_ref().is_none_or(|b| b.size() < bytes) {
-            *index = None;
-            *index = Some(
-                self.ctx.create_buffer(
-                    "hotrow gather ids",
-                    bytes
-                        .next_power_of_two()
-                        .min(self.ctx.max_binding())
-                        .max(bytes),
-                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    false,
-                )?,
-            );
-        }
-        let index = index.as_ref().expect("index buffer just made");
-        self.ctx
-            .queue()
-            .write_buffer(index, 0, bytemuck::cast_slice(ids));
-        let mut enc = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("hotrow gather"),
-            });
-        crate::ops::gather::encode(
-            &self.ctx,
-            &mut enc,
-            self,
-            index,
-            ids.len(),
-            out.buffer(),
-            0,
-            bindings,
-        )?;
-        self.ctx.queue().submit([enc.finish()]);
-        self.ctx.check()
     }
 }
 
@@ -370,8 +312,11 @@ impl Embeddings {
         Ok(bytes)
     }
 
-    /// Sets the shape for the next op, growing the buffer if it is too small.
-    pub(crate) fn reset(&mut self, rows: usize, dim: usize) -> Result<()> {
+    /// Prepares this output for an op of `ctx` writing `rows x dim`: refuses an output of
+    /// another context ([`HotrowError::ForeignContext`]) and grows the buffer when it is
+    /// too small.
+    pub(crate) fn reset_for(&mut self, ctx: &GpuContext, rows: usize, dim: usize) -> Result<()> {
+        ctx.check_same(&self.ctx, "output Embeddings")?;
         let bytes = Self::check_size(&self.ctx, rows, dim)?;
         if self.buffer.size() < bytes {
             self.buffer = Self::alloc(&self.ctx, bytes)?;
@@ -391,9 +336,19 @@ impl Embeddings {
         self.dim
     }
 
+    /// Bytes the rows take (`rows() * dim() * 4`; the buffer may be larger).
+    pub fn bytes(&self) -> u64 {
+        (self.rows * self.dim * 4) as u64
+    }
+
     /// The GPU buffer (its first `rows() * dim() * 4` bytes are the rows; it may be larger).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    /// The context the buffer lives on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
     }
 
     /// Fills the rows with a value (used by tests to poison outputs, e.g. with NaN).
@@ -414,7 +369,8 @@ impl Embeddings {
     }
 
     /// Async form of [`Embeddings::to_host`]: the copy is submitted at once, and the future
-    /// completes when it is done, without the caller driving wgpu.
+    /// completes when it is done, without the caller driving wgpu (the context's one poll
+    /// thread does).
     pub fn to_host_async(
         &self,
     ) -> impl std::future::Future<Output = Result<Vec<f32>>> + Send + 'static {

@@ -56,28 +56,38 @@ impl StagingRing {
         let e = &mut self.entries[i];
         if let Some(sub) = e.submission.take() {
             let state = e.state.clone();
-            ctx.poll_until(Some(sub), crate::gpu::readback::MAP_TIMEOUT, || {
+            ctx.poll_until(Some(sub), crate::gpu::MAP_TIMEOUT, || {
                 state.load(Ordering::Acquire) != PENDING
             })?;
-            if e.state.load(Ordering::Acquire) != MAPPED {
-                // Mapping failed or never completed: drop the buffer, make a new one.
-                ctx.check()?;
-                e.buffer = None;
-            }
+        }
+        if e.state.load(Ordering::Acquire) != MAPPED {
+            // Mapping failed, or a pass failed between unmapping and submitting: make a
+            // new buffer rather than write one that is not mapped.
+            ctx.check()?;
+            e.buffer = None;
         }
         if e.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
             e.buffer = None;
             // 25% headroom so slowly growing batches do not reallocate every time.
             let size = (bytes + bytes / 4).next_multiple_of(1 << 20);
-            e.buffer = Some(ctx.create_buffer(
-                "hotrow staging",
-                size,
-                wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                true,
-            )?);
+            e.buffer = Some(Self::mapped_buffer(ctx, size)?);
             e.state.store(MAPPED, Ordering::Release);
+            // The first use sizes the whole ring, so a steady stream allocates only once.
+            for other in self.entries.iter_mut().filter(|o| o.buffer.is_none()) {
+                other.buffer = Some(Self::mapped_buffer(ctx, size)?);
+                other.state.store(MAPPED, Ordering::Release);
+            }
         }
         Ok(i)
+    }
+
+    fn mapped_buffer(ctx: &GpuContext, size: u64) -> Result<TrackedBuffer> {
+        ctx.create_buffer(
+            "hotrow staging",
+            size,
+            wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            true,
+        )
     }
 
     pub(crate) fn buffer(&self, i: usize) -> &wgpu::Buffer {

@@ -1,18 +1,19 @@
-//! Pooled bags over the cache (shaders/bag.wgsl): `EmbeddingCache::lookup_bags`.
+//! Pooled bags (shaders/bag.wgsl): `out[b]` pools the rows of bag `b`, read through slots.
 //!
 //! Dispatch sizing: one thread per output element (per vec4 when dim % 4 == 0), 256-thread
 //! workgroups in a 2-D grid past `max_compute_workgroups_per_dimension`. Each thread walks
 //! its bag's ids; the threads of a bag read each row at consecutive addresses.
 
-use wgpu::util::DeviceExt;
-
-use crate::batch::check_ids;
-use crate::cache::EmbeddingCache;
 use crate::error::{HotrowError, Result};
-use crate::gpu::kernels::Kernel;
-use crate::gpu::{grid, Embeddings, WORKGROUP};
-use crate::ops::{binding, params_bind_group, submit_dispatch};
-use crate::table::RowSource;
+use crate::gpu::{encode as encode_pass, grid_for_threads, GpuContext, LaunchState, Shader};
+use crate::gpu::{first_launches, ELEM_PREFIXES};
+use crate::ops::{elem_bytes, params_layout, RowsView};
+
+pub(crate) const SHADER: Shader = Shader {
+    file: "bag.wgsl",
+    source: include_str!("../../shaders/bag.wgsl"),
+    prefixes: ELEM_PREFIXES,
+};
 
 /// How the rows of a bag are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,17 +44,31 @@ impl Pooling {
     }
 }
 
+/// Mirror of `BagParams` in bag.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct BagParams {
+pub(crate) struct BagParams {
     n_bags: u32,
     width: u32,
     groups_x: u32,
     mode: u32,
     has_weights: u32,
     identity: u32,
-    _pad: [u32; 2],
+    weights_at: u32,
+    _pad: u32,
 }
+params_layout!(
+    BagParams,
+    "BagParams",
+    n_bags,
+    width,
+    groups_x,
+    mode,
+    has_weights,
+    identity,
+    weights_at,
+    _pad
+);
 
 /// Checks offsets (PyTorch's `embedding_bag` convention: one start per bag, bag `b` is
 /// `ids[offsets[b]..offsets[b + 1]]`, the last bag ending at `ids.len()`) and weights.
@@ -109,131 +124,62 @@ pub(crate) fn check_bags(
                 got: w.len(),
             });
         }
-        check_finite("weights", w)?;
+        crate::batch::check_finite("weights", w)?;
     }
     Ok(())
 }
 
-/// The first NaN or infinite value of `v`, as an error.
-pub(crate) fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        Some(position) => Err(HotrowError::NonFinite {
-            what,
-            position,
-            value: v[position],
-        }),
-        None => Ok(()),
+/// Encodes the pooling of `offsets.len()` bags over `rows` into `out` (checked input:
+/// see [`check_bags`]). Offsets and weights are uploaded through `state`'s input buffer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    state: &mut LaunchState,
+    rows: &RowsView<'_>,
+    n_ids: usize,
+    offsets: &[u32],
+    pooling: Pooling,
+    weights: Option<&[f32]>,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let n_bags = offsets.len();
+    let layout = rows.layout;
+    let width = layout.width();
+    // The `bags` binding: offsets, the end of the last bag, then the weights as bits.
+    let host = &mut state.host;
+    host.clear();
+    host.extend_from_slice(offsets);
+    host.push(n_ids as u32);
+    let weights_at = host.len() as u32;
+    if let Some(w) = weights {
+        host.extend(w.iter().map(|x| x.to_bits()));
     }
-}
-
-impl<S: RowSource> EmbeddingCache<S> {
-    /// Pooled bags: row `b` of the result pools the rows of `ids[offsets[b]..offsets[b+1]]`
-    /// (the last bag ends at `ids.len()`, as in PyTorch's `embedding_bag`), optionally
-    /// weighted per id (sum and mean only). Empty bags give zeros. The ids go through the
-    /// same slot resolution as [`EmbeddingCache::lookup`]: a row repeated inside or across
-    /// bags is uploaded at most once, and the kernel reads rows straight from their slots.
-    ///
-    /// Errors, raised before any work: an id out of range, offsets not starting at 0,
-    /// decreasing, or past the ids, ids left outside every bag, weights of the wrong length
-    /// or not finite, weights with [`Pooling::Max`].
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), hotrow::HotrowError> {
-    /// use hotrow::{CacheConfig, EmbeddingCache, GpuContext, HostTable, Pooling};
-    /// let ctx = GpuContext::new()?;
-    /// let data: Vec<f32> = (0..1000 * 8).map(|i| (i as f32).cos()).collect();
-    /// let mut cache = EmbeddingCache::new(&ctx, HostTable::borrowed(&data, 8)?, CacheConfig::default())?;
-    /// // bags [3, 5], [], [7]
-    /// let pooled = cache.lookup_bags(&[3, 5, 7], &[0, 2, 2], Pooling::Sum, Some(&[0.5, 2.0, 1.0]))?;
-    /// assert_eq!(pooled.rows(), 3);
-    /// # Ok(()) }
-    /// ```
-    pub fn lookup_bags(
-        &mut self,
-        ids: &[u32],
-        offsets: &[u32],
-        pooling: Pooling,
-        weights: Option<&[f32]>,
-    ) -> Result<Embeddings> {
-        check_ids(ids, self.rows())?;
-        check_bags(ids.len(), offsets, pooling, weights)?;
-        let mut out = Embeddings::new(self.context(), offsets.len(), self.dim())?;
-        self.lookup_bags_into(ids, offsets, pooling, weights, &mut out)?;
-        Ok(out)
-    }
-
-    /// Like [`EmbeddingCache::lookup_bags`], writing into `out` (grown when too small).
-    pub fn lookup_bags_into(
-        &mut self,
-        ids: &[u32],
-        offsets: &[u32],
-        pooling: Pooling,
-        weights: Option<&[f32]>,
-        out: &mut Embeddings,
-    ) -> Result<()> {
-        check_ids(ids, self.rows())?;
-        check_bags(ids.len(), offsets, pooling, weights)?;
-        let ctx = self.context().clone();
-        let dim = self.dim();
-        let n_bags = offsets.len();
-        out.reset(n_bags, dim)?;
-        if n_bags == 0 {
-            return Ok(());
-        }
-        if ids.is_empty() {
-            return out.fill(0.0); // every bag is empty
-        }
-        let op_rows = self.resolve_for_op(ids)?;
-        let bind = self.op_bindings(&op_rows, ids.len());
-        let device = ctx.device();
-        let mut ends: Vec<u32> = Vec::with_capacity(n_bags + 1);
-        ends.extend_from_slice(offsets);
-        ends.push(ids.len() as u32);
-        let storage = wgpu::BufferUsages::STORAGE;
-        let offsets_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("hotrow bag offsets"),
-            contents: bytemuck::cast_slice(&ends),
-            usage: storage,
-        });
-        let weights_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("hotrow bag weights"),
-            contents: bytemuck::cast_slice(weights.unwrap_or(&[0.0])),
-            usage: storage,
-        });
-        let vec4 = dim.is_multiple_of(4);
-        let width = if vec4 { dim / 4 } else { dim } as u32;
-        let groups = (n_bags as u64 * width as u64).div_ceil(WORKGROUP as u64) as u32;
-        let (gx, gy) = grid(groups, ctx.limits().max_compute_workgroups_per_dimension);
-        let params = BagParams {
-            n_bags: n_bags as u32,
-            width,
-            groups_x: gx,
-            mode: pooling.code(),
-            has_weights: u32::from(weights.is_some()),
-            identity: bind.identity,
-            _pad: [0; 2],
-        };
-        let pipeline = ctx.inner.kernels.get(if vec4 {
-            Kernel::BagVec4
-        } else {
-            Kernel::BagScalar
-        });
-        let (rb, ob) = if vec4 { (6, 7) } else { (4, 5) };
-        let bg = params_bind_group(
-            &ctx,
-            "bag",
-            pipeline,
-            &params,
-            &[
-                (1, binding(&bind.slots, bind.slots_bytes)),
-                (2, offsets_buf.as_entire_binding()),
-                (3, weights_buf.as_entire_binding()),
-                (rb, binding(&bind.rows, bind.rows_bytes)),
-                (ob, binding(out.buffer(), (n_bags * dim * 4) as u64)),
-            ],
-        );
-        let done = submit_dispatch(&ctx, "bag", pipeline, &bg, (gx, gy));
-        drop(op_rows); // a gathered buffer may go: wgpu keeps it alive until the pass ran
-        done
-    }
+    let bags = state.input.upload(ctx, bytemuck::cast_slice(host))?;
+    let (gx, gy) = grid_for_threads(ctx, n_bags as u64 * width as u64);
+    let params = BagParams {
+        n_bags: n_bags as u32,
+        width,
+        groups_x: gx,
+        mode: pooling.code(),
+        has_weights: u32::from(weights.is_some()),
+        identity: u32::from(rows.identity),
+        weights_at,
+        _pad: 0,
+    };
+    let pipeline = ctx.pipeline(&SHADER, "bag", layout.elem_prefix())?;
+    let lanes = layout.vector_width();
+    let group = first_launches(&mut state.launches, 1)[0].bind(
+        ctx,
+        &pipeline,
+        &params,
+        &[
+            (1, rows.slots, rows.slots_bytes),
+            (2, bags, bags.size()),
+            (3, rows.rows, elem_bytes(rows.rows_bytes, lanes, rows.rows)),
+            (4, out, out.size()),
+        ],
+    )?;
+    encode_pass(ctx, enc, "bag", &pipeline, [(group, (gx, gy))]);
+    Ok(())
 }

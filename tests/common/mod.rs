@@ -5,6 +5,10 @@ use std::sync::OnceLock;
 
 use hotrow::GpuContext;
 
+/// The workloads' seeded RNG and Zipf generator (shared with the benches).
+#[path = "../../benches/common/workload.rs"]
+pub mod workload;
+
 /// One context per test binary, on whatever adapter this machine has (software on CI).
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();

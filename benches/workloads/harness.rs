@@ -1,0 +1,254 @@
+//! What every workload shares: arguments, shapes, the warm-up / stream / wait skeleton,
+//! GPU pass timings, result checks and the report.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hotrow::{
+    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
+    HostTable, HotrowError, PassTiming,
+};
+
+use crate::gen::random_values;
+
+/// Zipf exponent of every workload.
+pub const S: f64 = 1.05;
+
+pub type Report = BTreeMap<String, f64>;
+pub type Result<T> = std::result::Result<T, HotrowError>;
+
+pub struct Args {
+    pub small: bool,
+    pub workloads: Vec<String>,
+    pub batches: usize,
+    pub json: Option<String>,
+    /// Seconds of back-to-back GPU work before each timed loop (GPU clocks drop under light
+    /// load and take a moment to come back).
+    pub warmup_secs: f64,
+}
+
+impl Args {
+    pub fn parse() -> Self {
+        let mut a = Args {
+            small: false,
+            workloads: vec!["w1".into()],
+            batches: 0,
+            json: None,
+            warmup_secs: -1.0,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(x) = it.next() {
+            match x.as_str() {
+                "--small" => a.small = true,
+                "--workloads" => {
+                    a.workloads = it
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_lowercase)
+                        .collect()
+                }
+                "--batches" => a.batches = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                "--warmup-secs" => {
+                    a.warmup_secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+                }
+                "--json" => a.json = it.next(),
+                "--bench" => {} // passed by `cargo bench`
+                other => {
+                    eprintln!("unknown argument {other}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        if a.batches == 0 {
+            a.batches = if a.small { 20 } else { 200 };
+        }
+        if a.warmup_secs < 0.0 {
+            a.warmup_secs = if a.small { 0.0 } else { 1.0 };
+        }
+        a
+    }
+}
+
+/// Shapes of the cached workloads (W2-W5): full, or the CI "small" scale (N / 64, B / 16).
+pub fn cached_shapes(a: &Args) -> (usize, usize, usize) {
+    if a.small {
+        ((8 << 20) / 64, 65_536 / 16, 128)
+    } else {
+        (8 << 20, 65_536, 128)
+    }
+}
+
+pub fn host_table(n: usize, d: usize) -> HostTable<'static> {
+    let t = Instant::now();
+    let table = HostTable::owned(random_values(n * d, 21), d).expect("table");
+    eprintln!("host table {n} x {d}: {:.1} s", t.elapsed().as_secs_f64());
+    table
+}
+
+/// The workloads' cache: 10% of the `n` rows on the GPU, default settings otherwise.
+pub fn tenth_cache(
+    ctx: &GpuContext,
+    table: HostTable<'static>,
+    n: usize,
+    policy: EvictionPolicy,
+) -> Result<EmbeddingCache<HostTable<'static>>> {
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(n / 10))
+        .policy(policy);
+    EmbeddingCache::new(ctx, table, config)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median GPU time (ms) of the passes labelled `label`.
+pub fn gpu_median(times: &[PassTiming], label: &str) -> f64 {
+    let mut v: Vec<f64> = times
+        .iter()
+        .filter(|t| t.label == label)
+        .map(|t| t.nanos / 1e6)
+        .collect();
+    median(&mut v)
+}
+
+/// Sum of the GPU times (ms) of the passes labelled `label`, per `per`.
+pub fn gpu_sum(times: &[PassTiming], label: &str, per: f64) -> f64 {
+    times
+        .iter()
+        .filter(|t| t.label == label)
+        .map(|t| t.nanos)
+        .sum::<f64>()
+        / 1e6
+        / per
+}
+
+/// Runs `op(k)` back to back for at least `a.warmup_secs` (at least `min_calls` calls),
+/// waits for the GPU, and drops the timings recorded meanwhile.
+pub fn warm_up(
+    ctx: &GpuContext,
+    a: &Args,
+    min_calls: usize,
+    mut op: impl FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    let t = Instant::now();
+    let mut k = 0;
+    while k < min_calls || t.elapsed().as_secs_f64() < a.warmup_secs {
+        op(k)?;
+        k += 1;
+        if k % 64 == 0 {
+            ctx.wait_idle()?; // keep the queue bounded
+            let _ = ctx.take_timings()?;
+        }
+    }
+    ctx.wait_idle()?;
+    let _ = ctx.take_timings()?;
+    Ok(())
+}
+
+/// Submits `reps` calls of `op(k)` without waiting, then waits once: wall ms per call and
+/// the pass timings recorded by the stream.
+pub fn stream(
+    ctx: &GpuContext,
+    reps: usize,
+    mut op: impl FnMut(usize) -> Result<()>,
+) -> Result<(f64, Vec<PassTiming>)> {
+    let t = Instant::now();
+    for k in 0..reps {
+        op(k)?;
+    }
+    ctx.wait_idle()?;
+    let wall = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    Ok((wall, ctx.take_timings()?.0))
+}
+
+/// GPU time of one op run alone: each call is waited for before the next, so the pass's
+/// timestamps cannot include time spent queued behind earlier work. Median over `reps`.
+pub fn isolated_gpu_ms(
+    ctx: &GpuContext,
+    label: &str,
+    reps: usize,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..reps {
+        op()?;
+        ctx.wait_idle()?;
+        let (times, _) = ctx.take_timings()?;
+        v.extend(
+            times
+                .iter()
+                .filter(|t| t.label == label)
+                .map(|t| t.nanos / 1e6),
+        );
+    }
+    Ok(median(&mut v))
+}
+
+/// Bit-exact check of a gather against the reference; exits on failure.
+pub fn verify_gather(
+    what: &str,
+    got: &Embeddings,
+    table: &[f32],
+    dim: usize,
+    ids: &[u32],
+) -> Result<()> {
+    let want = reference::gather(table, dim, ids);
+    if got
+        .to_host()?
+        .iter()
+        .zip(&want)
+        .any(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        eprintln!("{what}: WRONG RESULT");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Relative error of a GPU result against an f64 reference; exits on failure.
+pub fn verify_close(what: &str, got: &Embeddings, want: &[f64]) -> Result<()> {
+    let err = reference::relative_error(&got.to_host()?, want);
+    if err.is_nan() || err >= 1e-5 {
+        eprintln!("{what}: WRONG RESULT (relative error {err:e})");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Adds `part` to `rep`; a key seen before (a workload named twice) gets "#2".
+pub fn merge(rep: &mut Report, part: Report) {
+    for (k, v) in part {
+        let key = if rep.contains_key(&k) {
+            format!("{k}#2")
+        } else {
+            k
+        };
+        rep.insert(key, v);
+    }
+}
+
+pub fn write_json(path: &str, ctx: &GpuContext, rep: &Report) {
+    let body: Vec<String> = rep
+        .iter()
+        .map(|(k, v)| {
+            let v = if v.is_finite() {
+                v.to_string()
+            } else {
+                "null".into()
+            };
+            format!("  \"{k}\": {v}")
+        })
+        .collect();
+    let adapter = ctx.adapter().to_string().replace('"', "'");
+    let text = format!(
+        "{{\n  \"adapter\": \"{adapter}\",\n{}\n}}\n",
+        body.join(",\n")
+    );
+    std::fs::write(path, text).expect("write json");
+}

@@ -1,0 +1,64 @@
+//! The workloads of the project's WORKLOADS.md (W1-W5) on this machine's adapter: each is
+//! checked against the CPU reference, then timed; prints a table and writes JSON.
+//!
+//!     cargo bench --bench workloads -- [--small] [--workloads w1,w2] [--batches 200]
+//!                                      [--warmup-secs 1] [--json out.json]
+//!
+//! `--small` runs the CI shapes (N / 64, B / 16, 20 batches, no warm-up): a check that the
+//! benchmark runs and its results are right, never a speed figure.
+
+#[path = "../common/workload.rs"]
+#[allow(dead_code)]
+mod gen;
+mod harness;
+mod w1;
+mod w2;
+mod w3;
+mod w4;
+mod w5;
+
+use std::time::Instant;
+
+use harness::{Args, Report};
+use hotrow::{GpuContext, HostTable};
+
+fn main() -> Result<(), hotrow::HotrowError> {
+    env_logger::init();
+    let a = Args::parse();
+    let ctx = GpuContext::new()?;
+    println!("adapter: {}", ctx.adapter());
+    let mut rep = Report::new();
+    let mut table: Option<HostTable<'static>> = None;
+    for w in &a.workloads {
+        if w != "w1" && table.is_none() {
+            let (n, _, d) = harness::cached_shapes(&a);
+            table = Some(harness::host_table(n, d));
+        }
+        let t = Instant::now();
+        let mut part = Report::new();
+        let mut take = || table.take().expect("host table");
+        let back = match w.as_str() {
+            "w1" => w1::run(&ctx, &a, &mut part).map(|_| None)?,
+            "w2" => Some(w2::run(&ctx, &a, &mut part, take())?),
+            "w3" => Some(w3::run(&ctx, &a, &mut part, take())?),
+            "w4" => Some(w4::run(&ctx, &a, &mut part, take())?),
+            "w5" => Some(w5::run(&ctx, &a, &mut part, take())?),
+            other => {
+                eprintln!("unknown workload {other} (w1-w5)");
+                std::process::exit(2);
+            }
+        };
+        if back.is_some() {
+            table = back;
+        }
+        harness::merge(&mut rep, part);
+        eprintln!("{w}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    for (k, v) in &rep {
+        println!("{k:44} {v:>12.4}");
+    }
+    if let Some(path) = &a.json {
+        harness::write_json(path, &ctx, &rep);
+    }
+    Ok(())
+}

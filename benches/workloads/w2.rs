@@ -1,0 +1,111 @@
+//! W2: cached stream, table in host memory, 10% of rows cached on the GPU.
+
+use std::time::Instant;
+
+use hotrow::{EmbeddingCache, Embeddings, EvictionPolicy, GpuContext, HostTable};
+
+use crate::gen::{Rng, ZipfIds};
+use crate::harness::{self, Args, Report, Result, S};
+
+pub fn run(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>> {
+    let (n, b, d) = harness::cached_shapes(a);
+    let zipf = ZipfIds::new(n, S, 22);
+    let mut rng = Rng::new(23);
+    let batches = a.batches.max(40);
+    let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
+    let mut cache = harness::tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
+    let mut out = Embeddings::new(ctx, b, d)?;
+    let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| {
+        harness::verify_gather("w2", out, cache.source().data(), d, ids)
+    };
+    let timing = ctx.enable_timing(8 * batches as u32 + 64);
+    // Cold start: batch by batch, each waited for; the first ones checked.
+    let warm = 20.min(batches / 2);
+    let mut cold_ms = Vec::new();
+    for ids in &stream[..warm] {
+        let t = Instant::now();
+        cache.lookup_into(ids, &mut out)?;
+        ctx.wait_idle()?;
+        cold_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if cold_ms.len() <= 3 {
+            check(&cache, ids, &out)?;
+        }
+    }
+    let _ = ctx.take_timings()?;
+    // Warm-up of at least a.warmup_secs over the stream (residency keeps changing, as in
+    // the timed part), then steady state, pipelined: the host works on batch k + 1 while
+    // the GPU runs batch k.
+    let steady = &stream[warm..];
+    harness::warm_up(ctx, a, 0, |k| {
+        cache.lookup_into(&steady[k % steady.len()], &mut out)
+    })?;
+    cache.reset_stats();
+    let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
+        cache.lookup_into(&steady[k], &mut out)
+    })?;
+    check(&cache, &stream[batches - 1], &out)?;
+    let st = cache.stats().clone();
+    let per = steady.len() as f64;
+    // Synchronous: each batch waited for (latency of one batch end to end).
+    let mut sync_ms = Vec::new();
+    for ids in steady.iter().take(30) {
+        let t = Instant::now();
+        cache.lookup_into(ids, &mut out)?;
+        ctx.wait_idle()?;
+        sync_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / per;
+    rep.insert("W2_hotrow_stream_ms_per_batch".into(), stream_ms);
+    rep.insert(
+        "W2_hotrow_sync_median_ms".into(),
+        harness::median(&mut sync_ms),
+    );
+    rep.insert("W2_hotrow_cold_first_batch_ms".into(), cold_ms[0]);
+    rep.insert(
+        "W2_hotrow_cold_mean_first20_ms".into(),
+        cold_ms.iter().sum::<f64>() / cold_ms.len() as f64,
+    );
+    rep.insert("W2_unique_row_hit_rate".into(), st.hit_rate());
+    rep.insert(
+        "W2_slot_map_partitions".into(),
+        cache.config().partitions as f64,
+    );
+    rep.insert(
+        "W2_unique_frac".into(),
+        st.distinct as f64 / st.requests as f64,
+    );
+    rep.insert(
+        "W2_bytes_uploaded_per_batch".into(),
+        st.bytes_uploaded as f64 / per,
+    );
+    rep.insert("W2_misses_per_batch".into(), st.misses as f64 / per);
+    rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
+    rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
+    rep.insert("W2_host_staging_wait_ms".into(), ms(st.staging_wait_time));
+    rep.insert("W2_host_submit_ms".into(), ms(st.submit_time));
+    if timing {
+        rep.insert(
+            "W2_gpu_scatter_ms".into(),
+            harness::gpu_sum(&times, "scatter_rows", per),
+        );
+        rep.insert(
+            "W2_gpu_gather_ms".into(),
+            harness::gpu_sum(&times, "gather", per),
+        );
+    }
+    let mem = cache.memory();
+    rep.insert("W2_gpu_bytes_cache_total".into(), mem.total() as f64);
+    rep.insert("W2_gpu_bytes_slots".into(), mem.slots as f64);
+    rep.insert(
+        "W2_gpu_bytes_frac_of_table".into(),
+        mem.total() as f64 / (n * d * 4) as f64,
+    );
+    rep.insert("W2_gpu_bytes_output".into(), (b * d * 4) as f64);
+    ctx.disable_timing();
+    Ok(cache.into_source())
+}

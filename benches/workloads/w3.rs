@@ -1,0 +1,55 @@
+//! W3: pooled bags (4,096 bags x 32 ids, per-sample weights) over a 10% cache.
+
+use hotrow::{reference, Embeddings, EvictionPolicy, GpuContext, HostTable, Pooling};
+
+use crate::gen::{Rng, ZipfIds};
+use crate::harness::{self, Args, Report, Result, S};
+
+pub fn run(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>> {
+    let (n, _, d) = harness::cached_shapes(a);
+    let (bags, l) = if a.small { (256, 32) } else { (4096, 32) };
+    let zipf = ZipfIds::new(n, S, 32);
+    let mut rng = Rng::new(33);
+    let sets: Vec<Vec<u32>> = (0..8).map(|_| zipf.batch(bags * l, &mut rng)).collect();
+    let offsets: Vec<u32> = (0..bags as u32).map(|b| b * l as u32).collect();
+    let w: Vec<f32> = (0..bags * l).map(|_| rng.unit() as f32).collect();
+    let mut cache = harness::tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
+    let mut out = Embeddings::new(ctx, bags, d)?;
+    let modes = [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)];
+    for (mode, pooling) in modes {
+        let weights = (mode != 2).then_some(&w[..]);
+        cache.lookup_bags_into(&sets[0], &offsets, pooling, weights, &mut out)?;
+        let want = reference::bags(cache.source().data(), d, &sets[0], &offsets, mode, weights);
+        harness::verify_close(&format!("w3 {pooling:?}"), &out, &want)?;
+    }
+    let timing = ctx.enable_timing(16 * a.batches as u32 + 4096);
+    for (mode, pooling) in modes {
+        let weights = (mode != 2).then_some(&w[..]);
+        let mut op = |k: usize| {
+            cache.lookup_bags_into(&sets[k % sets.len()], &offsets, pooling, weights, &mut out)
+        };
+        harness::warm_up(ctx, a, 8, &mut op)?;
+        let (wall, times) = harness::stream(ctx, a.batches.min(100), &mut op)?;
+        let name = format!("{pooling:?}").to_lowercase();
+        rep.insert(format!("W3_hotrow_{name}_wall_ms"), wall);
+        if timing {
+            let g = harness::gpu_median(&times, "bag");
+            rep.insert(format!("W3_hotrow_{name}_gpu_bag_ms"), g);
+            // bytes the kernel must move: every id's row read once (no L2 reuse) + output
+            rep.insert(
+                format!("W3_hotrow_{name}_GBps_nominal"),
+                ((bags * l * d * 4) + bags * d * 4) as f64 / g / 1e6,
+            );
+            let iso = harness::isolated_gpu_ms(ctx, "bag", 30, || op(1))?;
+            rep.insert(format!("W3_hotrow_{name}_gpu_bag_isolated_ms"), iso);
+        }
+    }
+    rep.insert("W3_unique_row_hit_rate".into(), cache.stats().hit_rate());
+    ctx.disable_timing();
+    Ok(cache.into_source())
+}

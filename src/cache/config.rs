@@ -1,0 +1,120 @@
+//! Settings of an [`crate::EmbeddingCache`] and the GPU memory it reports.
+
+use crate::gpu::RowBufferOptions;
+
+use super::slot_map::EvictionPolicy;
+
+/// How many slots the cache holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Capacity {
+    /// This many rows.
+    Rows(usize),
+    /// As many rows as fit in this many bytes of GPU memory.
+    Bytes(u64),
+    /// This fraction of the table's rows (rounded up).
+    Fraction(f64),
+}
+
+/// Settings of an [`crate::EmbeddingCache`], built from [`CacheConfig::default`] with the
+/// builder methods (the struct may gain fields, so it cannot be written as a literal):
+///
+/// ```
+/// use hotrow::{CacheConfig, Capacity, EvictionPolicy};
+/// let config = CacheConfig::default()
+///     .capacity(Capacity::Fraction(0.05))
+///     .policy(EvictionPolicy::Lru);
+/// assert_eq!(config.staging_buffers, 3);
+/// ```
+///
+/// [`crate::EmbeddingCache::config`] reports the values in force after clamping.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Slots on the GPU. Default: 10% of the table's rows. Clamped to the table's row count.
+    pub capacity: Capacity,
+    /// Staging buffers in the upload ring: the host may run `staging_buffers - 1` batches
+    /// ahead of the GPU. Default 3 (at least 1 is used).
+    pub staging_buffers: usize,
+    /// Most row bytes uploaded in one pass; a batch missing more is served in several
+    /// passes. Default 256 MiB (and never more than the adapter's largest storage binding,
+    /// nor half its largest buffer).
+    pub max_upload_bytes_per_pass: u64,
+    /// Options of the slot buffer (e.g. a cap on shard size).
+    pub slot_buffer: RowBufferOptions,
+    /// Which resident row makes room for a miss. Default: CLOCK.
+    pub policy: EvictionPolicy,
+    /// Partitions of the slot map, resolved in parallel (ids split by their low bits, each
+    /// partition evicting among its own slots). Rounded down to a power of two and to one
+    /// per 1,024 slots. Default: the rayon thread count.
+    pub partitions: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: Capacity::Fraction(0.1),
+            staging_buffers: 3,
+            max_upload_bytes_per_pass: 256 << 20,
+            slot_buffer: RowBufferOptions::default(),
+            policy: EvictionPolicy::default(),
+            partitions: rayon::current_num_threads(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Sets [`CacheConfig::capacity`].
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets [`CacheConfig::staging_buffers`].
+    pub fn staging_buffers(mut self, n: usize) -> Self {
+        self.staging_buffers = n;
+        self
+    }
+
+    /// Sets [`CacheConfig::max_upload_bytes_per_pass`].
+    pub fn max_upload_bytes_per_pass(mut self, bytes: u64) -> Self {
+        self.max_upload_bytes_per_pass = bytes;
+        self
+    }
+
+    /// Sets [`CacheConfig::slot_buffer`].
+    pub fn slot_buffer(mut self, options: RowBufferOptions) -> Self {
+        self.slot_buffer = options;
+        self
+    }
+
+    /// Sets [`CacheConfig::policy`].
+    pub fn policy(mut self, policy: EvictionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets [`CacheConfig::partitions`].
+    pub fn partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions;
+        self
+    }
+}
+
+/// GPU memory an [`crate::EmbeddingCache`] holds, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheMemory {
+    /// The slots (capacity x dim x 4).
+    pub slots: u64,
+    /// Device-local scratch: per-pass slot lists, uploaded rows, op inputs and the rows an
+    /// op gathers when its batch takes several passes.
+    pub scratch: u64,
+    /// Host-visible staging buffers of the upload ring.
+    pub staging: u64,
+}
+
+impl CacheMemory {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.slots + self.scratch + self.staging
+    }
+}

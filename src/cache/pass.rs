@@ -1,0 +1,411 @@
+//! The pass engine: runs the passes of one batch through the slot map, the staging ring
+//! and one submission per pass, and hands ops a plain rows view of the batch.
+//!
+//! One pass: resolve a window of ids to slots (the map evicts and pins); copy the missed
+//! rows from the row source into a mapped staging buffer beside the pass's slot lists;
+//! one submission copies them up, scatters the rows into their slots and (for lookups)
+//! gathers the output. If anything fails or unwinds between resolving and submitting, the
+//! pass's misses are forgotten, so the map never claims a row the GPU does not hold.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use super::partitioned::PartitionedSlotMap;
+use super::slot_map::PassPlan;
+use super::stats::CacheStats;
+use crate::error::{HotrowError, Result};
+use crate::gpu::StagingRing;
+use crate::gpu::{encoder, submit, GpuContext, GrowBuffer, Launch, RowBuffer, RowLayout};
+use crate::ops::copy_rows::{self, Direction};
+use crate::ops::RowsView;
+use crate::table::RowSource;
+
+/// Where a pass's rows go.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// Only make the rows resident (preload).
+    Resident,
+    /// Also upload the per-position slot list (for an op that reads through slots).
+    SlotsOnly,
+    /// Gather the rows into this buffer from this row on.
+    Gather(&'a wgpu::Buffer, usize),
+}
+
+/// Host time of one pass by stage.
+#[derive(Default)]
+struct PassTimes {
+    wait: Duration,
+    copy: Duration,
+    submit: Duration,
+}
+
+/// The GPU side of a pass: staging ring, device scratch and the launches of its kernels.
+struct Uploader {
+    ring: StagingRing,
+    miss_ids: Vec<u32>,
+    pos_slots: GrowBuffer,
+    miss_slots: GrowBuffer,
+    upload: GrowBuffer,
+    scatter: Vec<Launch>,
+    gather: Vec<Launch>,
+}
+
+pub(crate) struct PassEngine {
+    ctx: GpuContext,
+    layout: RowLayout,
+    slots: RowBuffer,
+    map: PartitionedSlotMap,
+    plan: PassPlan,
+    io: Uploader,
+    /// Rows of an op's batch gathered in order, when it takes several passes or the slots
+    /// are sharded.
+    gathered: GrowBuffer,
+    max_misses: usize,
+    pub(crate) stats: CacheStats,
+}
+
+/// Forgets the misses of a pass unless disarmed: on an error *and* on unwinding (a
+/// panicking row source whose panic the caller catches must not leave phantom rows).
+struct ForgetMisses<'a> {
+    map: &'a mut PartitionedSlotMap,
+    misses: &'a [(u32, u32)],
+    armed: bool,
+}
+
+impl Drop for ForgetMisses<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.map.forget(self.misses);
+        }
+    }
+}
+
+/// 16-byte alignment of regions inside a staging buffer (vec4 rows, copy alignment).
+fn align16(x: u64) -> u64 {
+    x.next_multiple_of(16)
+}
+
+impl PassEngine {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        slots: RowBuffer,
+        map: PartitionedSlotMap,
+        staging_buffers: usize,
+        max_upload_bytes: u64,
+    ) -> Self {
+        let layout = slots.layout();
+        Self {
+            ctx: ctx.clone(),
+            layout,
+            slots,
+            map,
+            plan: PassPlan::default(),
+            io: Uploader {
+                ring: StagingRing::new(staging_buffers),
+                miss_ids: Vec::new(),
+                pos_slots: GrowBuffer::storage("hotrow pass slots"),
+                miss_slots: GrowBuffer::storage("hotrow miss slots"),
+                upload: GrowBuffer::storage("hotrow uploaded rows"),
+                scatter: Vec::new(),
+                gather: Vec::new(),
+            },
+            gathered: GrowBuffer::storage("hotrow op rows"),
+            max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub(crate) fn slots(&self) -> &RowBuffer {
+        &self.slots
+    }
+
+    pub(crate) fn map(&self) -> &PartitionedSlotMap {
+        &self.map
+    }
+
+    /// Most row bytes one pass uploads.
+    pub(crate) fn max_upload_bytes(&self) -> u64 {
+        self.layout.bytes(self.max_misses)
+    }
+
+    /// Device scratch and staging bytes held.
+    pub(crate) fn scratch_bytes(&self) -> (u64, u64) {
+        let io = &self.io;
+        (
+            io.pos_slots.bytes()
+                + io.miss_slots.bytes()
+                + io.upload.bytes()
+                + self.gathered.bytes(),
+            io.ring.bytes(),
+        )
+    }
+
+    /// Serves checked, non-empty `ids`: row `i` of the batch lands at row `i` of `out`
+    /// (or nowhere: preload).
+    pub(crate) fn serve<S: RowSource>(
+        &mut self,
+        source: &S,
+        ids: &[u32],
+        out: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
+        self.ctx.check()?;
+        let target = |start| match out {
+            Some(out) => Target::Gather(out, start),
+            None => Target::Resident,
+        };
+        let n = self.run_pass(source, ids, target(0))?;
+        self.finish_batch(source, ids, n, target)
+    }
+
+    /// Resolves checked, non-empty `ids` for an op and returns how it reads row `i` of the
+    /// batch. Common case: one pass covers the batch and the slots are one buffer; the op
+    /// then reads the slots through the pass's slot list, touching only the rows the batch
+    /// names. Otherwise the rows are gathered, pass by pass, into a scratch buffer read in
+    /// order; GPU submission order keeps each pass's rows valid until they are read.
+    ///
+    /// A batch whose gathered rows would not fit one storage binding, where that may be
+    /// needed, is refused before anything changes.
+    pub(crate) fn rows_for_op<S: RowSource>(
+        &mut self,
+        source: &S,
+        ids: &[u32],
+    ) -> Result<RowsView<'_>> {
+        self.ctx.check()?;
+        let bytes = self.layout.bytes(ids.len());
+        let per_part = self.map.capacity() / self.map.partitions();
+        let may_split = self.slots.shards().len() > 1 || ids.len() > per_part.min(self.max_misses);
+        if may_split && bytes > self.ctx.max_binding() {
+            return Err(HotrowError::ExceedsLimit {
+                what: "rows of an op's batch bigger than the cache (split the batch)",
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: self.ctx.max_binding(),
+            });
+        }
+        let n = self.run_pass(source, ids, Target::SlotsOnly)?;
+        let direct = n == ids.len() && self.slots.shards().len() == 1;
+        if !direct {
+            let gathered = self.gathered.get(&self.ctx, bytes)?.clone();
+            let pos = self
+                .io
+                .pos_slots
+                .current()
+                .expect("slot list of the pass")
+                .clone();
+            let mut enc = encoder(&self.ctx, "hotrow op rows");
+            copy_rows::encode(
+                &self.ctx,
+                &mut enc,
+                Direction::Gather,
+                &self.slots,
+                &pos,
+                n,
+                &gathered,
+                0,
+                &mut self.io.gather,
+            )?;
+            submit(&self.ctx, enc)?;
+            self.finish_batch(source, ids, n, |start| Target::Gather(&gathered, start))?;
+        } else {
+            self.finish_batch(source, ids, n, |_| Target::SlotsOnly)?;
+        }
+        let pos = self.io.pos_slots.current().expect("slot list of the pass");
+        let rows = if direct {
+            self.slots.shards().next().expect("one shard")
+        } else {
+            self.gathered.current().expect("gathered rows")
+        };
+        Ok(RowsView {
+            rows,
+            rows_bytes: rows.size(),
+            slots: pos,
+            slots_bytes: pos.size(),
+            identity: !direct,
+            layout: self.layout,
+        })
+    }
+
+    /// Runs the passes after the first (which served `n` positions) and counts the batch.
+    fn finish_batch<'t, S: RowSource>(
+        &mut self,
+        source: &S,
+        ids: &[u32],
+        n: usize,
+        target: impl Fn(usize) -> Target<'t>,
+    ) -> Result<()> {
+        let s = &mut self.stats;
+        if n == ids.len() {
+            let p = &self.plan;
+            s.distinct += p.distinct();
+            s.hits += p.hits;
+            s.misses += p.misses.len() as u64;
+        } else {
+            // A batch bigger than one pass: count its distinct ids and the ids it uploaded
+            // at least once (rare, so plain hash sets do).
+            let mut uploaded: HashSet<u32> = self.plan.misses.iter().map(|&(id, _)| id).collect();
+            let mut start = n;
+            while start < ids.len() {
+                start += self.run_pass(source, &ids[start..], target(start))?;
+                uploaded.extend(self.plan.misses.iter().map(|&(id, _)| id));
+            }
+            let distinct = ids.iter().copied().collect::<HashSet<u32>>().len() as u64;
+            let s = &mut self.stats;
+            s.distinct += distinct;
+            s.misses += uploaded.len() as u64;
+            s.hits += distinct - uploaded.len() as u64;
+        }
+        self.stats.batches += 1;
+        self.stats.requests += ids.len() as u64;
+        Ok(())
+    }
+
+    /// One pass over a prefix of `ids`; returns how many positions it served.
+    fn run_pass<S: RowSource>(
+        &mut self,
+        source: &S,
+        ids: &[u32],
+        target: Target<'_>,
+    ) -> Result<usize> {
+        let t0 = Instant::now();
+        // Bound the misses of the pass by bounding the positions looked at (max_misses >= 1),
+        // then let the slot map stop early when every slot is pinned.
+        let window = &ids[..ids.len().min(self.max_misses)];
+        let n = self.map.resolve(window, &mut self.plan);
+        let resolve = t0.elapsed();
+        let m = self.plan.misses.len() as u64;
+        if m == 0 && matches!(target, Target::Resident) {
+            self.stats.passes += 1;
+            self.stats.resolve_time += resolve;
+            return Ok(n);
+        }
+        let mut guard = ForgetMisses {
+            map: &mut self.map,
+            misses: &self.plan.misses,
+            armed: true,
+        };
+        let result =
+            self.io
+                .upload_and_dispatch(&self.ctx, &self.slots, &self.plan, source, n, target);
+        let s = &mut self.stats;
+        s.evictions += self.plan.evictions;
+        let times = result?;
+        guard.armed = false;
+        s.passes += 1;
+        s.rows_uploaded += m;
+        s.bytes_uploaded += m * self.layout.row_bytes();
+        s.resolve_time += resolve;
+        s.staging_wait_time += times.wait;
+        s.copy_time += times.copy;
+        s.submit_time += times.submit;
+        Ok(n)
+    }
+}
+
+impl Uploader {
+    fn upload_and_dispatch<S: RowSource>(
+        &mut self,
+        ctx: &GpuContext,
+        slots: &RowBuffer,
+        plan: &PassPlan,
+        source: &S,
+        n: usize,
+        target: Target<'_>,
+    ) -> Result<PassTimes> {
+        let layout = slots.layout();
+        let dim = layout.dim();
+        let m = plan.misses.len();
+        let pos_bytes = match target {
+            Target::Resident => 0,
+            _ => n as u64 * 4,
+        };
+        let rows_off = align16(pos_bytes + m as u64 * 4);
+        let rows_bytes = layout.bytes(m);
+        let total = rows_off + rows_bytes;
+
+        let t0 = Instant::now();
+        let entry = self.ring.acquire(ctx, total)?;
+        let t1 = Instant::now();
+        self.miss_ids.clear();
+        self.miss_ids.extend(plan.misses.iter().map(|&(id, _)| id));
+        let miss_ids = &self.miss_ids;
+        self.ring.write(entry, total, |bytes| -> Result<()> {
+            let (head, rows) = bytes.split_at_mut(rows_off as usize);
+            let (pos, misses) = head.split_at_mut(pos_bytes as usize);
+            if pos_bytes > 0 {
+                cast_mut::<u32>(pos)?.copy_from_slice(&plan.slots);
+            }
+            let miss_slots = &mut cast_mut::<u32>(misses)?[..m];
+            for (dst, &(_, slot)) in miss_slots.iter_mut().zip(&plan.misses) {
+                *dst = slot;
+            }
+            let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
+            catch_unwind(AssertUnwindSafe(|| source.read_rows(miss_ids, rows)))
+                .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
+        })??;
+        self.ring.unmap(entry);
+        let t2 = Instant::now();
+
+        let staging = self.ring.buffer(entry).clone();
+        let mut enc = encoder(ctx, "hotrow cache pass");
+        if m > 0 {
+            let miss_buf = self.miss_slots.get(ctx, m as u64 * 4)?;
+            let rows_buf = self.upload.get(ctx, rows_bytes)?;
+            enc.copy_buffer_to_buffer(&staging, pos_bytes, miss_buf, 0, m as u64 * 4);
+            enc.copy_buffer_to_buffer(&staging, rows_off, rows_buf, 0, rows_bytes);
+            copy_rows::encode(
+                ctx,
+                &mut enc,
+                Direction::Scatter,
+                slots,
+                miss_buf,
+                m,
+                rows_buf,
+                0,
+                &mut self.scatter,
+            )?;
+        }
+        if pos_bytes > 0 {
+            let pos_buf = self.pos_slots.get(ctx, pos_bytes)?;
+            enc.copy_buffer_to_buffer(&staging, 0, pos_buf, 0, pos_bytes);
+            if let Target::Gather(out, offset) = target {
+                copy_rows::encode(
+                    ctx,
+                    &mut enc,
+                    Direction::Gather,
+                    slots,
+                    pos_buf,
+                    n,
+                    out,
+                    offset,
+                    &mut self.gather,
+                )?;
+            }
+        }
+        let sub = ctx.queue().submit([enc.finish()]);
+        self.ring.submitted(entry, sub);
+        ctx.check()?;
+        Ok(PassTimes {
+            wait: t1 - t0,
+            copy: t2 - t1,
+            submit: t2.elapsed(),
+        })
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn cast_mut<T: bytemuck::Pod>(bytes: &mut [u8]) -> Result<&mut [T]> {
+    bytemuck::try_cast_slice_mut(bytes).map_err(|e| {
+        HotrowError::Map(format!(
+            "staging memory not aligned for {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}

@@ -1,0 +1,289 @@
+//! The ops over the cache: pooled bags, scores and combinations. Each checks its input,
+//! resolves its ids through the pass engine, then launches its kernel over the plain rows
+//! view the engine returns.
+
+use super::EmbeddingCache;
+use crate::batch::{check_finite, check_ids};
+use crate::error::{HotrowError, Result};
+use crate::gpu::{encoder, submit, Embeddings};
+use crate::ops::bag::{self, check_bags, Pooling};
+use crate::ops::matmul::{self, Product};
+use crate::table::RowSource;
+
+/// Queries for [`EmbeddingCache::scores`]: rows of the table's width, on the host or
+/// already on the GPU (e.g. the output of an earlier op or of the caller's own pipeline).
+#[derive(Clone, Copy, Debug)]
+pub enum Queries<'a> {
+    /// Row-major host values, `dim` per query.
+    Host {
+        /// The values.
+        data: &'a [f32],
+        /// Values per query (must equal the table's dim).
+        dim: usize,
+    },
+    /// Rows already on the GPU (made on the cache's context).
+    Gpu(&'a Embeddings),
+}
+
+impl<S: RowSource> EmbeddingCache<S> {
+    /// Pooled bags: row `b` of the result pools the rows of `ids[offsets[b]..offsets[b+1]]`
+    /// (the last bag ends at `ids.len()`, as in PyTorch's `embedding_bag`), optionally
+    /// weighted per id (sum and mean only). Empty bags give zeros. The ids go through the
+    /// same slot resolution as [`EmbeddingCache::lookup`]: a row repeated inside or across
+    /// bags is uploaded at most once, and the kernel reads rows straight from their slots.
+    ///
+    /// Errors, raised before any work: an id out of range, offsets not starting at 0,
+    /// decreasing, or past the ids, ids left outside every bag, weights of the wrong length
+    /// or not finite, weights with [`Pooling::Max`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, EmbeddingCache, GpuContext, HostTable, Pooling};
+    /// let ctx = GpuContext::new()?;
+    /// let data: Vec<f32> = (0..1000 * 8).map(|i| (i as f32).cos()).collect();
+    /// let mut cache = EmbeddingCache::new(&ctx, HostTable::borrowed(&data, 8)?, CacheConfig::default())?;
+    /// // bags [3, 5], [], [7]
+    /// let pooled = cache.lookup_bags(&[3, 5, 7], &[0, 2, 2], Pooling::Sum, Some(&[0.5, 2.0, 1.0]))?;
+    /// assert_eq!(pooled.rows(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn lookup_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+    ) -> Result<Embeddings> {
+        check_ids(ids, self.rows())?;
+        check_bags(ids.len(), offsets, pooling, weights)?;
+        let mut out = Embeddings::new(&self.ctx, offsets.len(), self.dim())?;
+        self.bags_checked(ids, offsets, pooling, weights, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`EmbeddingCache::lookup_bags`], writing into `out` (grown when too small; it
+    /// must come from this cache's context).
+    pub fn lookup_bags_into(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        check_ids(ids, self.rows())?;
+        check_bags(ids.len(), offsets, pooling, weights)?;
+        self.bags_checked(ids, offsets, pooling, weights, out)
+    }
+
+    fn bags_checked(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        out.reset_for(&self.ctx, offsets.len(), self.dim())?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        if ids.is_empty() {
+            return out.fill(0.0); // every bag is empty
+        }
+        let rows = self.engine.rows_for_op(&self.source, ids)?;
+        let mut enc = encoder(&self.ctx, "hotrow bags");
+        bag::encode(
+            &self.ctx,
+            &mut enc,
+            &mut self.bag_launch,
+            &rows,
+            ids.len(),
+            offsets,
+            pooling,
+            weights,
+            out.buffer(),
+        )?;
+        submit(&self.ctx, enc)?;
+        Ok(())
+    }
+
+    /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
+    /// an `m x cand.len()` result on the GPU (retrieval, sampled softmax). Reads only the
+    /// candidates' rows, through their cache slots, tiled in workgroup memory.
+    ///
+    /// Errors: query dim different from the table's (0 included), host query data not a
+    /// multiple of dim, non-finite host queries, GPU queries of another context, an empty
+    /// candidate set, a candidate out of range.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, EmbeddingCache, GpuContext, HostTable, Queries};
+    /// let ctx = GpuContext::new()?;
+    /// let data: Vec<f32> = (0..1000 * 4).map(|i| (i as f32).sin()).collect();
+    /// let mut cache = EmbeddingCache::new(&ctx, HostTable::borrowed(&data, 4)?, CacheConfig::default())?;
+    /// let q = [0.1f32, 0.2, 0.3, 0.4, 1.0, 0.0, 0.0, -1.0]; // two queries
+    /// let s = cache.scores(Queries::Host { data: &q, dim: 4 }, &[10, 999, 42])?;
+    /// assert_eq!((s.rows(), s.dim()), (2, 3));
+    /// # Ok(()) }
+    /// ```
+    pub fn scores(&mut self, queries: Queries<'_>, cand: &[u32]) -> Result<Embeddings> {
+        let m = self.check_scores(queries, cand)?;
+        let mut out = Embeddings::new(&self.ctx, m, cand.len())?;
+        self.scores_checked(queries, m, cand, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`EmbeddingCache::scores`], writing into `out` (grown when too small; it must
+    /// come from this cache's context).
+    pub fn scores_into(
+        &mut self,
+        queries: Queries<'_>,
+        cand: &[u32],
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        let m = self.check_scores(queries, cand)?;
+        self.scores_checked(queries, m, cand, out)
+    }
+
+    /// Checks the input of a scores call; returns the number of queries.
+    fn check_scores(&self, queries: Queries<'_>, cand: &[u32]) -> Result<usize> {
+        let dim = self.dim();
+        let (m, qdim) = match queries {
+            Queries::Host { data, dim: qd } => (data.len() / qd.max(1), qd),
+            Queries::Gpu(e) => {
+                self.ctx.check_same(e.context(), "GPU queries")?;
+                (e.rows(), e.dim())
+            }
+        };
+        if qdim != dim {
+            return Err(HotrowError::DimMismatch {
+                what: "queries",
+                expected: dim,
+                got: qdim,
+            });
+        }
+        if let Queries::Host { data, .. } = queries {
+            if !data.len().is_multiple_of(dim) {
+                return Err(HotrowError::LengthMismatch {
+                    what: "host queries (a multiple of their dim)",
+                    expected: (data.len() / dim + 1) * dim,
+                    got: data.len(),
+                });
+            }
+            check_finite("queries", data)?;
+        }
+        if cand.is_empty() {
+            return Err(HotrowError::EmptyCandidates);
+        }
+        check_ids(cand, self.rows())?;
+        Ok(m)
+    }
+
+    fn scores_checked(
+        &mut self,
+        queries: Queries<'_>,
+        m: usize,
+        cand: &[u32],
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        out.reset_for(&self.ctx, m, cand.len())?;
+        if m == 0 {
+            return Ok(());
+        }
+        let a = match queries {
+            Queries::Host { data, .. } => self
+                .product_launch
+                .input
+                .upload(&self.ctx, bytemuck::cast_slice(data))?
+                .clone(),
+            Queries::Gpu(e) => e.buffer().clone(),
+        };
+        self.product(Product::Scores, &a, m, cand, out)
+    }
+
+    /// Combination of rows: `out = x * E[ids]` for a dense `m x k` matrix `x` (row-major,
+    /// `k = ids.len()`), an `m x dim` result on the GPU (multi-hot features, the sparse x
+    /// dense product). Reads only the rows of `ids`, through their cache slots.
+    ///
+    /// Errors: no ids, `x.len()` not a multiple of `ids.len()`, non-finite `x`, an id out
+    /// of range.
+    pub fn combine(&mut self, x: &[f32], ids: &[u32]) -> Result<Embeddings> {
+        let m = self.check_combine(x, ids)?;
+        let mut out = Embeddings::new(&self.ctx, m, self.dim())?;
+        self.combine_checked(x, m, ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`EmbeddingCache::combine`], writing into `out` (grown when too small; it must
+    /// come from this cache's context).
+    pub fn combine_into(&mut self, x: &[f32], ids: &[u32], out: &mut Embeddings) -> Result<()> {
+        let m = self.check_combine(x, ids)?;
+        self.combine_checked(x, m, ids, out)
+    }
+
+    /// Checks the input of a combine call; returns the number of rows of `x`.
+    fn check_combine(&self, x: &[f32], ids: &[u32]) -> Result<usize> {
+        let k = ids.len();
+        if k == 0 {
+            return Err(HotrowError::InvalidArgument(
+                "combine needs at least one id".into(),
+            ));
+        }
+        if !x.len().is_multiple_of(k) {
+            return Err(HotrowError::LengthMismatch {
+                what: "x (m rows of one weight per id)",
+                expected: (x.len() / k + 1) * k,
+                got: x.len(),
+            });
+        }
+        check_ids(ids, self.rows())?;
+        check_finite("x", x)?;
+        Ok(x.len() / k)
+    }
+
+    fn combine_checked(
+        &mut self,
+        x: &[f32],
+        m: usize,
+        ids: &[u32],
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        out.reset_for(&self.ctx, m, self.dim())?;
+        if m == 0 {
+            return Ok(());
+        }
+        let a = self
+            .product_launch
+            .input
+            .upload(&self.ctx, bytemuck::cast_slice(x))?
+            .clone();
+        self.product(Product::Combine, &a, m, ids, out)
+    }
+
+    /// Resolves `ids` and launches `out = a x E[ids]` (or its transpose for scores).
+    fn product(
+        &mut self,
+        product: Product,
+        a: &wgpu::Buffer,
+        m: usize,
+        ids: &[u32],
+        out: &Embeddings,
+    ) -> Result<()> {
+        let rows = self.engine.rows_for_op(&self.source, ids)?;
+        let mut enc = encoder(&self.ctx, "hotrow product");
+        matmul::encode(
+            &self.ctx,
+            &mut enc,
+            &mut self.product_launch.launches,
+            product,
+            a,
+            m,
+            &rows,
+            ids.len(),
+            out.buffer(),
+        )?;
+        submit(&self.ctx, enc)?;
+        Ok(())
+    }
+}

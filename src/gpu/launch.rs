@@ -1,0 +1,197 @@
+//! Launching kernels without per-call allocation: a [`Launch`] keeps one call site's
+//! uniform buffer and bind group, rewriting the uniform with a queue write (ordered before
+//! the submission that reads it) and rebuilding the bind group only when the bound buffers
+//! change; [`encode`] records dispatches in one timed compute pass.
+
+use crate::error::Result;
+use crate::gpu::{pass_writes, GpuContext, GrowBuffer, TrackedBuffer};
+
+/// Threads per workgroup of every 1-D kernel in `shaders/` (must match `@workgroup_size`).
+pub(crate) const WORKGROUP: u32 = 256;
+
+/// Splits `groups` workgroups into an (x, y) grid with x <= `max_per_dim`, so dispatches
+/// past 65,535 workgroups stay legal. Kernels rebuild the linear id as `y * x_count + x`
+/// and skip ids past the end.
+pub(crate) fn grid(groups: u32, max_per_dim: u32) -> (u32, u32) {
+    if groups <= max_per_dim {
+        return (groups.max(1), 1);
+    }
+    let y = groups.div_ceil(max_per_dim);
+    (groups.div_ceil(y), y)
+}
+
+/// The (x, y) grid of 256-thread workgroups covering `threads` threads on `ctx`.
+pub(crate) fn grid_for_threads(ctx: &GpuContext, threads: u64) -> (u32, u32) {
+    let groups = threads.div_ceil(WORKGROUP as u64) as u32;
+    grid(groups, ctx.limits().max_compute_workgroups_per_dimension)
+}
+
+/// One storage binding: a buffer and the bytes of it the kernel may see (from offset 0).
+pub(crate) type Bound<'a> = (u32, &'a wgpu::Buffer, u64);
+
+/// One call site's uniform block and bind group (group 0, uniform at binding 0).
+#[derive(Default)]
+pub(crate) struct Launch {
+    params: Option<TrackedBuffer>,
+    /// The bind group and the (pipeline, bindings) it was made for.
+    bound: Option<BoundGroup>,
+}
+
+struct BoundGroup {
+    pipeline: wgpu::ComputePipeline,
+    storage: Vec<(u32, wgpu::Buffer, u64)>,
+    group: wgpu::BindGroup,
+}
+
+impl Launch {
+    /// Writes `params` into this call site's uniform buffer and returns a bind group for
+    /// `pipeline` with the uniform at binding 0 and `storage` after it (reused when the
+    /// same buffers are bound again).
+    pub(crate) fn bind<P: bytemuck::Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        storage: &[Bound<'_>],
+    ) -> Result<&wgpu::BindGroup> {
+        let size = std::mem::size_of::<P>() as u64;
+        if self.params.as_ref().is_none_or(|b| b.size() < size) {
+            self.params = Some(ctx.create_buffer(
+                "hotrow params",
+                size,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                false,
+            )?);
+            self.bound = None;
+        }
+        let ubuf = self.params.as_ref().expect("uniform buffer just made");
+        ctx.queue()
+            .write_buffer(ubuf, 0, bytemuck::bytes_of(params));
+        let same = self.bound.as_ref().is_some_and(|b| {
+            &b.pipeline == pipeline
+                && b.storage.len() == storage.len()
+                && b.storage
+                    .iter()
+                    .zip(storage)
+                    .all(|((n, buf, sz), (n2, buf2, sz2))| n == n2 && buf == *buf2 && sz == sz2)
+        });
+        if !same {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: ubuf.as_entire_binding(),
+            }];
+            entries.extend(
+                storage
+                    .iter()
+                    .map(|&(binding, buffer, bytes)| wgpu::BindGroupEntry {
+                        binding,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: 0,
+                            size: std::num::NonZeroU64::new(bytes.max(4)),
+                        }),
+                    }),
+            );
+            let group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("hotrow op"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let key = storage
+                .iter()
+                .map(|&(n, b, sz)| (n, b.clone(), sz))
+                .collect();
+            self.bound = Some(BoundGroup {
+                pipeline: pipeline.clone(),
+                storage: key,
+                group,
+            });
+        }
+        Ok(&self.bound.as_ref().expect("bind group just made").group)
+    }
+}
+
+/// Reusable launch state of one op call site: its per-call input (ids, offsets, operands)
+/// staged in a host vector and uploaded into a grow-only buffer, and one [`Launch`] per
+/// dispatch (e.g. per shard of a table).
+pub(crate) struct LaunchState {
+    pub(crate) host: Vec<u32>,
+    pub(crate) input: GrowBuffer,
+    pub(crate) launches: Vec<Launch>,
+}
+
+impl Default for LaunchState {
+    fn default() -> Self {
+        Self {
+            host: Vec::new(),
+            input: GrowBuffer::storage("hotrow op input"),
+            launches: Vec::new(),
+        }
+    }
+}
+
+/// The first `n` of `launches`, made as needed.
+pub(crate) fn first_launches(launches: &mut Vec<Launch>, n: usize) -> &mut [Launch] {
+    if launches.len() < n {
+        launches.resize_with(n, Launch::default);
+    }
+    &mut launches[..n]
+}
+
+/// Records one compute pass (timed under `label` when timing is on) running `pipeline`
+/// once per (bind group, grid).
+pub(crate) fn encode<'a>(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    label: &'static str,
+    pipeline: &wgpu::ComputePipeline,
+    dispatches: impl IntoIterator<Item = (&'a wgpu::BindGroup, (u32, u32))>,
+) {
+    let ts = ctx.next_timestamps(label);
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: pass_writes(&ts),
+    });
+    pass.set_pipeline(pipeline);
+    for (group, (gx, gy)) in dispatches {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+}
+
+/// A command encoder on `ctx` labelled `label`.
+pub(crate) fn encoder(ctx: &GpuContext, label: &'static str) -> wgpu::CommandEncoder {
+    ctx.device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+}
+
+/// Submits `enc` and reports any error wgpu raised meanwhile.
+pub(crate) fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+    let idx = ctx.queue().submit([enc.finish()]);
+    ctx.check()?;
+    Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn grid_covers_and_respects_limit() {
+        for &(g, m) in &[
+            (1u32, 65535u32),
+            (65535, 65535),
+            (65536, 65535),
+            (1 << 24, 65535),
+            (40, 7),
+            (49, 7),
+            (0, 10),
+        ] {
+            let (x, y) = grid(g, m);
+            assert!(x <= m && y <= m, "{g} {m} -> {x} {y}");
+            assert!(x as u64 * y as u64 >= g as u64);
+            // little waste: at most one partial row of x
+            assert!((x as u64 * y as u64) < g as u64 + x as u64 + 1);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Row copies through slots (shaders/copy_rows.wgsl): gather (`out[i] = table[slots[i]]`,
+//! lookups) and scatter (`table[slots[i]] = rows[i]`, uploaded misses into cache slots),
+//! and [`RowBuffer::gather`] over it.
+//!
+//! Dispatch sizing: one thread per output element (per vec4 when dim % 4 == 0), 256-thread
+//! workgroups, laid out in 2-D when the count passes `max_compute_workgroups_per_dimension`;
+//! one dispatch per shard of the table, all in one compute pass.
+
+use crate::batch::check_ids;
+use crate::error::Result;
+use crate::gpu::{
+    encode as encode_pass, encoder, first_launches, grid_for_threads, submit, Embeddings,
+    GpuContext, Launch, LaunchState, RowBuffer, Shader, ELEM_PREFIXES,
+};
+use crate::ops::params_layout;
+
+pub(crate) const SHADER: Shader = Shader {
+    file: "copy_rows.wgsl",
+    source: include_str!("../../shaders/copy_rows.wgsl"),
+    prefixes: ELEM_PREFIXES,
+};
+
+/// Mirror of `CopyParams` in copy_rows.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct CopyParams {
+    n: u32,
+    width: u32,
+    groups_x: u32,
+    offset: u32,
+    shard_base: u32,
+    shard_rows: u32,
+    scatter: u32,
+    _pad: u32,
+}
+params_layout!(
+    CopyParams,
+    "CopyParams",
+    n,
+    width,
+    groups_x,
+    offset,
+    shard_base,
+    shard_rows,
+    scatter,
+    _pad
+);
+
+/// Direction of a row copy between a (sharded) [`RowBuffer`] and a plain buffer of rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// `plain[offset + i] = table[slots[i]]`
+    Gather,
+    /// `table[slots[i]] = plain[offset + i]`
+    Scatter,
+}
+
+/// Encodes one compute pass moving `n` rows between `table` (through `slots`, u32 on the
+/// GPU, each `< table.rows()`) and `plain` (rows `offset..offset + n`), one dispatch per
+/// shard of `table`. `launches` keeps the call site's uniforms and bind groups.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    dir: Direction,
+    table: &RowBuffer,
+    slots: &wgpu::Buffer,
+    n: usize,
+    plain: &wgpu::Buffer,
+    offset: usize,
+    launches: &mut Vec<Launch>,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let layout = table.layout();
+    let width = layout.width();
+    let (gx, gy) = grid_for_threads(ctx, n as u64 * width as u64);
+    let pipeline = ctx.pipeline(&SHADER, "copy_rows", layout.elem_prefix())?;
+    let shards = table.shards().len();
+    let mut groups = Vec::with_capacity(shards);
+    for ((k, shard), launch) in table
+        .shards()
+        .enumerate()
+        .zip(first_launches(launches, shards))
+    {
+        let base = k * table.shard_rows();
+        let params = CopyParams {
+            n: n as u32,
+            width,
+            groups_x: gx,
+            offset: offset as u32,
+            shard_base: base as u32,
+            shard_rows: table.shard_rows().min(table.rows() - base) as u32,
+            scatter: u32::from(dir == Direction::Scatter),
+            _pad: 0,
+        };
+        let (src, dst) = match dir {
+            Direction::Gather => (shard, plain),
+            Direction::Scatter => (plain, shard),
+        };
+        let group = launch.bind(
+            ctx,
+            &pipeline,
+            &params,
+            &[
+                (1, slots, slots.size()),
+                (2, src, src.size()),
+                (3, dst, dst.size()),
+            ],
+        )?;
+        groups.push(group.clone());
+    }
+    let label = match dir {
+        Direction::Gather => "gather",
+        Direction::Scatter => "scatter_rows",
+    };
+    encode_pass(
+        ctx,
+        enc,
+        label,
+        &pipeline,
+        groups.iter().map(|g| (g, (gx, gy))),
+    );
+    Ok(())
+}
+
+impl RowBuffer {
+    /// Gathers `out[i] = self[ids[i]]` into a new [`Embeddings`] left on the GPU.
+    ///
+    /// An id `>= rows()` is [`crate::HotrowError::IdOutOfRange`] (naming the id and its
+    /// position), found before any GPU work. An empty `ids` gives an empty result.
+    pub fn gather(&self, ids: &[u32]) -> Result<Embeddings> {
+        check_ids(ids, self.rows())?;
+        let mut out = Embeddings::new(self.context(), ids.len(), self.dim())?;
+        self.gather_checked(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`RowBuffer::gather`], reusing `out` (grown when too small): no allocation per
+    /// call once sizes settle. `out` must come from this buffer's context
+    /// ([`crate::HotrowError::ForeignContext`] otherwise).
+    pub fn gather_into(&self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
+        check_ids(ids, self.rows())?;
+        self.gather_checked(ids, out)
+    }
+
+    fn gather_checked(&self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
+        let ctx = self.context();
+        out.reset_for(ctx, ids.len(), self.dim())?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.gather.lock().unwrap_or_else(|e| e.into_inner());
+        let LaunchState {
+            input, launches, ..
+        } = &mut *state;
+        let ids_buf = input.upload(ctx, bytemuck::cast_slice(ids))?;
+        let mut enc = encoder(ctx, "hotrow gather");
+        encode(
+            ctx,
+            &mut enc,
+            Direction::Gather,
+            self,
+            ids_buf,
+            ids.len(),
+            out.buffer(),
+            0,
+            launches,
+        )?;
+        submit(ctx, enc)?;
+        Ok(())
+    }
+}
