@@ -16,8 +16,8 @@
 //   4  out    storage, read_write  array<Elem>, n_bags x width
 //
 // Dispatch: one thread per output Elem, 256-thread workgroups in a (groups_x, y) grid;
-// thread id = (wid.y * groups_x + wid.x) * 256 + local index. The threads of one bag read
-// its rows at consecutive addresses (coalesced).
+// `grid_element` (prepended by the host) gives a thread's bag and Elem. The threads of one
+// bag read its rows at consecutive addresses (coalesced).
 
 struct BagParams {
     n_bags: u32,
@@ -52,12 +52,12 @@ fn weight_of(j: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = (wid.y * p.groups_x + wid.x) * 256u + lid;
-    if (g >= p.n_bags * p.width) {
+    let at = grid_element(wid, lid, p.groups_x, p.n_bags, p.width);
+    if (at.x == 0xffffffffu) {
         return;
     }
-    let b = g / p.width;
-    let c = g - b * p.width;
+    let b = at.x;
+    let c = at.y;
     let start = bags[b];
     let end = bags[b + 1u];
     var acc = Elem(0.0);

@@ -17,8 +17,8 @@
 //   3  dst    storage, read_write  array<Elem>: the plain rows (gather) or the table shard (scatter)
 //
 // Dispatch: workgroups of 256 threads over n * width threads, laid out as a (groups_x, y)
-// grid so no dimension passes the adapter limit; thread id = (wid.y * groups_x + wid.x) *
-// 256 + local index.
+// grid so no dimension passes the adapter limit; `grid_element` (prepended by the host)
+// gives a thread's position and Elem.
 
 struct CopyParams {
     n: u32,           // positions moved by this dispatch
@@ -38,12 +38,12 @@ struct CopyParams {
 
 @compute @workgroup_size(256)
 fn copy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = (wid.y * p.groups_x + wid.x) * 256u + lid;
-    if (g >= p.n * p.width) {
+    let at = grid_element(wid, lid, p.groups_x, p.n, p.width);
+    if (at.x == 0xffffffffu) {
         return;
     }
-    let i = g / p.width;
-    let c = g - i * p.width;
+    let i = at.x;
+    let c = at.y;
     // Unsigned wrap-around sends slots below the shard past shard_rows too.
     let local = slots[i] - p.shard_base;
     if (local >= p.shard_rows) {

@@ -54,8 +54,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         pooling: Pooling,
         weights: Option<&[f32]>,
     ) -> Result<Embeddings> {
-        check_ids(ids, self.rows())?;
-        check_bags(ids.len(), offsets, pooling, weights)?;
+        self.check_bags(ids, offsets, pooling, weights)?;
         let mut out = Embeddings::new(&self.ctx, offsets.len(), self.dim())?;
         self.bags_checked(ids, offsets, pooling, weights, &mut out)?;
         Ok(out)
@@ -71,9 +70,19 @@ impl<S: RowSource> EmbeddingCache<S> {
         weights: Option<&[f32]>,
         out: &mut Embeddings,
     ) -> Result<()> {
-        check_ids(ids, self.rows())?;
-        check_bags(ids.len(), offsets, pooling, weights)?;
+        self.check_bags(ids, offsets, pooling, weights)?;
         self.bags_checked(ids, offsets, pooling, weights, out)
+    }
+
+    fn check_bags(
+        &self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+    ) -> Result<()> {
+        check_ids(ids, self.rows())?;
+        check_bags(ids.len(), offsets, pooling, weights)
     }
 
     fn bags_checked(

@@ -145,15 +145,18 @@ impl GpuContext {
         })
     }
 
-    /// An unmapped `MAP_READ | COPY_DST` buffer of at least `size` bytes, from the pool
-    /// when one is idle. Give it back with [`GpuContext::return_readback`].
-    pub(crate) fn take_readback(&self, size: u64) -> Result<TrackedBuffer> {
-        let mut pool = self
-            .inner
+    fn readback_pool(&self) -> std::sync::MutexGuard<'_, Vec<TrackedBuffer>> {
+        self.inner
             .memory
             .readback
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An unmapped `MAP_READ | COPY_DST` buffer of at least `size` bytes, from the pool
+    /// when one is idle. Give it back with [`GpuContext::return_readback`].
+    pub(crate) fn take_readback(&self, size: u64) -> Result<TrackedBuffer> {
+        let mut pool = self.readback_pool();
         if let Some(i) = pool
             .iter()
             .enumerate()
@@ -178,12 +181,7 @@ impl GpuContext {
 
     /// Returns an unmapped readback buffer to the pool (the smallest is dropped when full).
     pub(crate) fn return_readback(&self, buffer: TrackedBuffer) {
-        let mut pool = self
-            .inner
-            .memory
-            .readback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.readback_pool();
         pool.push(buffer);
         if pool.len() > READBACK_POOL {
             if let Some(i) = pool

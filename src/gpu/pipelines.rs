@@ -9,6 +9,25 @@ use std::sync::Mutex;
 use crate::error::{HotrowError, Result};
 use crate::gpu::GpuContext;
 
+/// WGSL inverse of [`crate::gpu::grid`], prepended to every kernel: `grid_thread` is the
+/// linear index of a thread of a 1-D kernel dispatched as a (groups_x, y) grid of
+/// 256-thread workgroups; `grid_element` its (row, column) in a `rows x width` grid of
+/// elements, one thread each, with row `0xffffffff` for threads past the end.
+const GRID_WGSL: &str = "
+fn grid_thread(wid: vec3<u32>, lid: u32, groups_x: u32) -> u32 {
+    return (wid.y * groups_x + wid.x) * 256u + lid;
+}
+
+fn grid_element(wid: vec3<u32>, lid: u32, groups_x: u32, rows: u32, width: u32) -> vec2<u32> {
+    let g = grid_thread(wid, lid, groups_x);
+    if (g >= rows * width) {
+        return vec2<u32>(0xffffffffu, 0u);
+    }
+    let r = g / width;
+    return vec2<u32>(r, g - r * width);
+}
+";
+
 /// One WGSL kernel family: a file of `shaders/`, written once, compiled with a short prefix
 /// of declarations (the element type of the rows, see [`crate::RowLayout`]) prepended.
 #[derive(Debug)]
@@ -22,9 +41,10 @@ pub struct Shader {
 }
 
 impl Shader {
-    /// The complete WGSL module for `prefix`.
+    /// The complete WGSL module for `prefix`: the prefix, the grid helper every kernel
+    /// shares, then the file.
     pub fn with_prefix(&self, prefix: &str) -> String {
-        format!("{prefix}\n{}", self.source)
+        format!("{prefix}{GRID_WGSL}\n{}", self.source)
     }
 
     /// Storage buffers the module binds (each kernel family binds all of its bindings in
