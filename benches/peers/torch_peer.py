@@ -1,5 +1,5 @@
 """PyTorch peer figures for hotrow's workloads (see WORKLOADS.md of the project's shared
-definitions; W1-W5). Run on the same CUDA GPU, in the same command as `examples/bench`.
+definitions; W1-W5). Run on the same CUDA GPU, in the same command as `benches/workloads`.
 
     python3 benches/peers/torch_peer.py --workloads limits,w1,w2,w3,w4 [--json out.json]
 
