@@ -1,12 +1,13 @@
 // block_matmul.wgsl: C (m x n) = A (m x k) * B (k x n), where B's entries are embedding rows
 // read through cache slots, so only the rows a batch names are ever touched:
-//   b_mode 0 (scores):  B(q, j) = row slot(j), value q     C = Q x E[cand]^T, k = dim
-//   b_mode 1 (combine): B(q, j) = row slot(q), value j     C = X x E[ids],    n = dim
+//   B_MODE 0 (scores):  B(q, j) = row slot(j), value q     C = Q x E[cand]^T, k = dim
+//   B_MODE 1 (combine): B(q, j) = row slot(q), value j     C = X x E[ids],    n = dim
 // slot(x) = slots[x], or x itself when `identity` is set (rows already gathered in order).
 //
-// The host prepends two element types: `Elem` for the rows (vec4<f32> when dim % 4 == 0,
-// else f32) and `AElem` for A (vec4<f32> when lda % 4 == 0, else f32); every load reads a
-// whole element, so wide rows and operands move 16 bytes per load.
+// The host prepends two element types, `Elem` for the rows (vec4<f32> when dim % 4 == 0,
+// else f32) and `AElem` for A (vec4<f32> when lda % 4 == 0, else f32), and the constant
+// B_MODE: every load reads a whole element (wide rows and operands move 16 bytes per load),
+// and the compiler sees the mode and the lane counts as constants.
 //
 // Tiling: each workgroup computes one 128 x 128 tile of C. Per step of 16 along k it loads a
 // 128 x 16 block of A and a 16 x 128 block of B into workgroup memory once (each element of
@@ -33,13 +34,13 @@ struct MatmulParams {
     k: u32,
     lda: u32,
     dim: u32,
-    b_mode: u32,
     identity: u32,
     tiles_n: u32,
     tiles_total: u32,
     groups_x: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -86,14 +87,14 @@ fn a_k(e: u32) -> u32 {
 // Element e of the B block covers ELEM_LANES consecutive values of one embedding row: along
 // k in scores mode (a row is one column of B), along n in combine mode (a row of B).
 fn b_k(e: u32) -> u32 {
-    if (p.b_mode == 0u) {
+    if (B_MODE == 0u) {
         return (e % (TK / ELEM_LANES)) * ELEM_LANES;
     }
     return e / (TILE / ELEM_LANES);
 }
 
 fn b_j(e: u32) -> u32 {
-    if (p.b_mode == 0u) {
+    if (B_MODE == 0u) {
         return e / (TK / ELEM_LANES);
     }
     return (e % (TILE / ELEM_LANES)) * ELEM_LANES;
@@ -116,38 +117,100 @@ fn load_b(k0: u32, col0: u32, e: u32) -> Elem {
     if (kk >= p.k || j >= p.n) {
         return Elem(0.0);
     }
-    if (p.b_mode == 0u) {
+    if (B_MODE == 0u) {
         return rows[(slot_of(j) * p.dim + kk) / ELEM_LANES];
     }
     return rows[(slot_of(kk) * p.dim + j) / ELEM_LANES];
 }
 
+// Stores the lanes of A element e (consecutive k of one row).
+fn put_a(e: u32, v: AElem) {
+    let kk = a_k(e);
+    let i = a_row(e);
+    put(0u, kk, i, aelem_lane(v, 0u));
+    // Constant lane indices (no dynamic indexing); the branch folds away for f32 elements.
+    if (AELEM_LANES == 4u) {
+        put(0u, kk + 1u, i, aelem_lane(v, 1u));
+        put(0u, kk + 2u, i, aelem_lane(v, 2u));
+        put(0u, kk + 3u, i, aelem_lane(v, 3u));
+    }
+}
+
+// Stores the lanes of B element e: consecutive k of one column (scores) or consecutive
+// columns of one k (combine).
+fn put_b(e: u32, v: Elem) {
+    let kk = b_k(e);
+    let j = b_j(e);
+    put(B_AT, kk, j, elem_lane(v, 0u));
+    if (ELEM_LANES == 4u) {
+        if (B_MODE == 0u) {
+            put(B_AT, kk + 1u, j, elem_lane(v, 1u));
+            put(B_AT, kk + 2u, j, elem_lane(v, 2u));
+            put(B_AT, kk + 3u, j, elem_lane(v, 3u));
+        } else {
+            put(B_AT, kk, j + 1u, elem_lane(v, 1u));
+            put(B_AT, kk, j + 2u, elem_lane(v, 2u));
+            put(B_AT, kk, j + 3u, elem_lane(v, 3u));
+        }
+    }
+}
+
 fn load_tiles(k0: u32, row0: u32, col0: u32, li: u32) {
     // Every load is issued before any store, so they are in flight together (one at a
-    // time, the step is bound by memory latency).
-    var va: array<AElem, A_LOADS>;
-    var vb: array<Elem, B_LOADS>;
-    for (var r = 0u; r < A_LOADS; r = r + 1u) {
-        va[r] = load_a(row0, k0, li + r * 256u);
+    // time, the step is bound by memory latency). A_LOADS and B_LOADS are 2 (vec4
+    // elements) or 8 (f32): the conditions are constants and fold away, leaving straight
+    // code with every value in a register.
+    let a0 = load_a(row0, k0, li);
+    let a1 = load_a(row0, k0, li + 256u);
+    var a2 = AElem(0.0);
+    var a3 = AElem(0.0);
+    var a4 = AElem(0.0);
+    var a5 = AElem(0.0);
+    var a6 = AElem(0.0);
+    var a7 = AElem(0.0);
+    if (A_LOADS == 8u) {
+        a2 = load_a(row0, k0, li + 512u);
+        a3 = load_a(row0, k0, li + 768u);
+        a4 = load_a(row0, k0, li + 1024u);
+        a5 = load_a(row0, k0, li + 1280u);
+        a6 = load_a(row0, k0, li + 1536u);
+        a7 = load_a(row0, k0, li + 1792u);
     }
-    for (var r = 0u; r < B_LOADS; r = r + 1u) {
-        vb[r] = load_b(k0, col0, li + r * 256u);
+    let b0 = load_b(k0, col0, li);
+    let b1 = load_b(k0, col0, li + 256u);
+    var b2 = Elem(0.0);
+    var b3 = Elem(0.0);
+    var b4 = Elem(0.0);
+    var b5 = Elem(0.0);
+    var b6 = Elem(0.0);
+    var b7 = Elem(0.0);
+    if (B_LOADS == 8u) {
+        b2 = load_b(k0, col0, li + 512u);
+        b3 = load_b(k0, col0, li + 768u);
+        b4 = load_b(k0, col0, li + 1024u);
+        b5 = load_b(k0, col0, li + 1280u);
+        b6 = load_b(k0, col0, li + 1536u);
+        b7 = load_b(k0, col0, li + 1792u);
     }
-    for (var r = 0u; r < A_LOADS; r = r + 1u) {
-        let e = li + r * 256u;
-        for (var c = 0u; c < AELEM_LANES; c = c + 1u) {
-            put(0u, a_k(e) + c, a_row(e), aelem_lane(va[r], c));
-        }
+    put_a(li, a0);
+    put_a(li + 256u, a1);
+    if (A_LOADS == 8u) {
+        put_a(li + 512u, a2);
+        put_a(li + 768u, a3);
+        put_a(li + 1024u, a4);
+        put_a(li + 1280u, a5);
+        put_a(li + 1536u, a6);
+        put_a(li + 1792u, a7);
     }
-    for (var r = 0u; r < B_LOADS; r = r + 1u) {
-        let e = li + r * 256u;
-        for (var c = 0u; c < ELEM_LANES; c = c + 1u) {
-            if (p.b_mode == 0u) {
-                put(B_AT, b_k(e) + c, b_j(e), elem_lane(vb[r], c));
-            } else {
-                put(B_AT, b_k(e), b_j(e) + c, elem_lane(vb[r], c));
-            }
-        }
+    put_b(li, b0);
+    put_b(li + 256u, b1);
+    if (B_LOADS == 8u) {
+        put_b(li + 512u, b2);
+        put_b(li + 768u, b3);
+        put_b(li + 1024u, b4);
+        put_b(li + 1280u, b5);
+        put_b(li + 1536u, b6);
+        put_b(li + 1792u, b7);
     }
 }
 

@@ -1,12 +1,13 @@
 //! What every workload shares: arguments, shapes, the warm-up / stream / wait skeleton,
 //! GPU pass timings, result checks and the report.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
-    HostTable, HotrowError, PassTiming,
+    HostTable, HotrowError, PassTiming, RowBuffer,
 };
 
 use crate::gen::random_values;
@@ -25,6 +26,48 @@ pub struct Args {
     /// Seconds of back-to-back GPU work before each timed loop (GPU clocks drop under light
     /// load and take a moment to come back).
     pub warmup_secs: f64,
+    /// The GPU-bound work of the warm-up (none when `warmup_secs` is 0).
+    pub heater: Option<Heater>,
+}
+
+/// GPU-bound work that brings the GPU's clocks up before a timed loop: gathers of every row
+/// of a 128 MiB table, submitted back to back. (Host-bound ops such as a cached lookup keep
+/// the GPU mostly idle, and its clock falls to a fraction within a second or two.)
+pub struct Heater {
+    table: RowBuffer,
+    ids: Vec<u32>,
+    out: RefCell<Embeddings>,
+}
+
+impl Heater {
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        let dim = 128;
+        let rows = (128 << 20) / (dim * 4);
+        let table = RowBuffer::from_host(ctx, &random_values(rows * dim, 7), dim)?;
+        let out = RefCell::new(Embeddings::new(ctx, rows, dim)?);
+        Ok(Self {
+            table,
+            ids: (0..rows as u32).collect(),
+            out,
+        })
+    }
+
+    /// Back-to-back gathers for `secs` seconds, then waits for them.
+    fn run(&self, ctx: &GpuContext, secs: f64) -> Result<()> {
+        let t = Instant::now();
+        let mut k = 0;
+        let mut out = self.out.borrow_mut();
+        while t.elapsed().as_secs_f64() < secs {
+            self.table.gather_into(&self.ids, &mut out)?;
+            k += 1;
+            if k % 32 == 0 {
+                let _ = ctx.take_timings()?; // bounds the queue; drops the heater's timings
+            }
+        }
+        ctx.wait_idle()?;
+        let _ = ctx.take_timings()?;
+        Ok(())
+    }
 }
 
 impl Args {
@@ -35,6 +78,7 @@ impl Args {
             batches: 0,
             json: None,
             warmup_secs: -1.0,
+            heater: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -128,23 +172,19 @@ pub fn gpu_sum(times: &[PassTiming], label: &str, per: f64) -> f64 {
         / per
 }
 
-/// Runs `op(k)` back to back for at least `a.warmup_secs` (at least `min_calls` calls),
-/// waits for the GPU, and drops the timings recorded meanwhile.
+/// Warm-up before a timed loop: `a.warmup_secs` of GPU-bound work (the [`Heater`]), then
+/// `min_calls` calls of `op(k)`; waits for the GPU and drops the timings recorded meanwhile.
 pub fn warm_up(
     ctx: &GpuContext,
     a: &Args,
     min_calls: usize,
     mut op: impl FnMut(usize) -> Result<()>,
 ) -> Result<()> {
-    let t = Instant::now();
-    let mut k = 0;
-    while k < min_calls || t.elapsed().as_secs_f64() < a.warmup_secs {
+    if let Some(h) = &a.heater {
+        h.run(ctx, a.warmup_secs)?;
+    }
+    for k in 0..min_calls {
         op(k)?;
-        k += 1;
-        if k % 64 == 0 {
-            ctx.wait_idle()?; // keep the queue bounded
-            let _ = ctx.take_timings()?;
-        }
     }
     ctx.wait_idle()?;
     let _ = ctx.take_timings()?;

@@ -24,9 +24,12 @@ use hotrow::{GpuContext, HostTable};
 
 fn main() -> Result<(), hotrow::HotrowError> {
     env_logger::init();
-    let a = Args::parse();
+    let mut a = Args::parse();
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.adapter());
+    if a.warmup_secs > 0.0 {
+        a.heater = Some(harness::Heater::new(&ctx)?);
+    }
     let mut rep = Report::new();
     let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {

@@ -10,33 +10,45 @@ use crate::gpu::{encode as encode_pass, first_launches, GpuContext, Launch, Shad
 use crate::gpu::{wgsl_f32_elem, wgsl_vec4_elem};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
-/// Element prefixes: rows (`Elem`) x operand A (`AElem`), vec4 or f32 each.
-const PREFIX_ROWS4_A4: &str = concat!(
-    wgsl_vec4_elem!("Elem", "ELEM_LANES", "elem_lane"),
-    wgsl_vec4_elem!("AElem", "AELEM_LANES", "aelem_lane")
-);
-const PREFIX_ROWS4_A1: &str = concat!(
-    wgsl_vec4_elem!("Elem", "ELEM_LANES", "elem_lane"),
-    wgsl_f32_elem!("AElem", "AELEM_LANES", "aelem_lane")
-);
-const PREFIX_ROWS1_A4: &str = concat!(
-    wgsl_f32_elem!("Elem", "ELEM_LANES", "elem_lane"),
-    wgsl_vec4_elem!("AElem", "AELEM_LANES", "aelem_lane")
-);
-const PREFIX_ROWS1_A1: &str = concat!(
-    wgsl_f32_elem!("Elem", "ELEM_LANES", "elem_lane"),
-    wgsl_f32_elem!("AElem", "AELEM_LANES", "aelem_lane")
-);
+/// The prefix of one variant: rows (`Elem`) and operand A (`AElem`) each vec4 or f32, and
+/// the product (`B_MODE` 0: scores, 1: combine) as constants.
+macro_rules! matmul_prefix {
+    ($rows:ident, $a:ident, $mode:literal) => {
+        concat!(
+            $rows!("Elem", "ELEM_LANES", "elem_lane"),
+            $a!("AElem", "AELEM_LANES", "aelem_lane"),
+            "const B_MODE: u32 = ",
+            $mode,
+            "u;\n"
+        )
+    };
+}
+
+/// Every variant, indexed by `variant()`.
+const PREFIXES: [&str; 8] = [
+    matmul_prefix!(wgsl_vec4_elem, wgsl_vec4_elem, "0"),
+    matmul_prefix!(wgsl_vec4_elem, wgsl_f32_elem, "0"),
+    matmul_prefix!(wgsl_f32_elem, wgsl_vec4_elem, "0"),
+    matmul_prefix!(wgsl_f32_elem, wgsl_f32_elem, "0"),
+    matmul_prefix!(wgsl_vec4_elem, wgsl_vec4_elem, "1"),
+    matmul_prefix!(wgsl_vec4_elem, wgsl_f32_elem, "1"),
+    matmul_prefix!(wgsl_f32_elem, wgsl_vec4_elem, "1"),
+    matmul_prefix!(wgsl_f32_elem, wgsl_f32_elem, "1"),
+];
+
+/// Index into [`PREFIXES`].
+fn variant(product: Product, rows_lanes: usize, a_lanes: usize) -> usize {
+    let mode = match product {
+        Product::Scores => 0,
+        Product::Combine => 4,
+    };
+    mode + 2 * usize::from(rows_lanes != 4) + usize::from(a_lanes != 4)
+}
 
 pub(crate) const SHADER: Shader = Shader {
     file: "block_matmul.wgsl",
     source: include_str!("../../shaders/block_matmul.wgsl"),
-    prefixes: &[
-        PREFIX_ROWS4_A4,
-        PREFIX_ROWS4_A1,
-        PREFIX_ROWS1_A4,
-        PREFIX_ROWS1_A1,
-    ],
+    prefixes: &PREFIXES,
 };
 
 /// Output tile edge of block_matmul.wgsl (must match its `TILE`).
@@ -51,13 +63,13 @@ pub(crate) struct MatmulParams {
     k: u32,
     lda: u32,
     dim: u32,
-    b_mode: u32,
     identity: u32,
     tiles_n: u32,
     tiles_total: u32,
     groups_x: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 params_layout!(
     MatmulParams,
@@ -67,13 +79,13 @@ params_layout!(
     k,
     lda,
     dim,
-    b_mode,
     identity,
     tiles_n,
     tiles_total,
     groups_x,
     _pad0,
-    _pad1
+    _pad1,
+    _pad2
 );
 
 /// Which operand the rows are.
@@ -107,12 +119,7 @@ pub(crate) fn encode(
     let lda = k;
     let rows_lanes = rows.layout.vector_width();
     let a_lanes = if lda.is_multiple_of(4) { 4 } else { 1 };
-    let prefix = match (rows_lanes, a_lanes) {
-        (4, 4) => PREFIX_ROWS4_A4,
-        (4, _) => PREFIX_ROWS4_A1,
-        (_, 4) => PREFIX_ROWS1_A4,
-        _ => PREFIX_ROWS1_A1,
-    };
+    let prefix = PREFIXES[variant(product, rows_lanes, a_lanes)];
     let tiles_n = n.div_ceil(TILE);
     let tiles_total = m.div_ceil(TILE) * tiles_n;
     let (gx, gy) = crate::gpu::grid(
@@ -125,16 +132,13 @@ pub(crate) fn encode(
         k: k as u32,
         lda: lda as u32,
         dim: dim as u32,
-        b_mode: match product {
-            Product::Scores => 0,
-            Product::Combine => 1,
-        },
         identity: u32::from(rows.identity),
         tiles_n: tiles_n as u32,
         tiles_total: tiles_total as u32,
         groups_x: gx,
         _pad0: 0,
         _pad1: 0,
+        _pad2: 0,
     };
     let pipeline = ctx.pipeline(&SHADER, "block_matmul", prefix)?;
     let a_bytes = elem_bytes((m * lda * 4) as u64, a_lanes, a);
