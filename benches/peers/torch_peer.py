@@ -28,8 +28,13 @@ def zipf_ids(n, count, s, rng, perm):
     return perm[np.minimum(r, n - 1)]
 
 
-def cuda_time(fn, iters=50, warm=5):
-    for _ in range(warm): fn()
+def cuda_time(fn, iters=50, warm=5, heat_s=1.0):
+    # At least heat_s seconds of back-to-back calls first: the GPU's SM clock falls to a
+    # fraction under light load and takes a moment to come back (hotrow's bench does the same).
+    t, n = time.perf_counter(), 0
+    while n < warm or time.perf_counter() - t < heat_s:
+        fn(); n += 1
+        if n % 64 == 0: torch.cuda.synchronize()
     torch.cuda.synchronize()
     ts = []
     for _ in range(iters):
