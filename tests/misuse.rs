@@ -495,3 +495,69 @@ fn every_op_runs_within_the_downlevel_limits() {
         other => panic!("expected ExceedsLimit, got {other:?}"),
     }
 }
+
+#[test]
+fn inputs_past_one_binding_are_refused_before_any_work() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("misuse_binding"));
+    let tiny_binding = wgpu::Limits {
+        max_storage_buffer_binding_size: 4096,
+        ..wgpu::Limits::downlevel_defaults()
+    };
+    let Some(small) = device_with_limits(tiny_binding) else {
+        panic!("the adapter refused a 4 KiB binding limit");
+    };
+    let (rows, dim) = (2000, 4);
+    let data = random_values(rows * dim, rng.next_u64());
+    // 1,000 slots of 16 bytes: the slots are split over four 4 KiB shards.
+    let config = CacheConfig::default().capacity(Capacity::Rows(1000));
+    let mut cache =
+        EmbeddingCache::new(&small, HostTable::borrowed(&data, dim).unwrap(), config).unwrap();
+    assert_eq!(cache.slots().shards().len(), 4);
+    let ids = random_ids(&mut rng, 200, rows);
+    let out = cache.lookup(&ids).unwrap();
+    assert_rows_eq(
+        &out.to_host().unwrap(),
+        &reference::gather(&data, dim, &ids),
+        dim,
+        "lookup over sharded slots",
+    );
+    let offsets = [0, 50, 120];
+    let bags = cache
+        .lookup_bags(&ids, &offsets, Pooling::Mean, None)
+        .unwrap();
+    check_close(
+        &bags,
+        &reference::bags(&data, dim, &ids, &offsets, 1, None),
+        "bags over sharded slots",
+    );
+    let stats = cache.stats().clone();
+    let resident = cache.slot_map().resident();
+    // 1,100 ids with weights: offsets and weights need more than one 4 KiB binding.
+    let many = random_ids(&mut rng, 1100, rows);
+    let w = vec![0.5f32; 1100];
+    match cache.lookup_bags(&many, &[0, 600], Pooling::Sum, Some(&w)) {
+        Err(HotrowError::ExceedsLimit { limit_name, .. }) => {
+            assert_eq!(limit_name, "max_storage_buffer_binding_size")
+        }
+        other => panic!("expected ExceedsLimit, got {other:?}"),
+    }
+    // Rows of a batch bigger than the cache that would not fit one binding when gathered.
+    match cache.scores(
+        Queries::Host {
+            data: &[0.5; 4],
+            dim,
+        },
+        &many,
+    ) {
+        Err(HotrowError::ExceedsLimit { .. }) => {}
+        other => panic!("expected ExceedsLimit, got {other:?}"),
+    }
+    let x = vec![1.0f32; 1100];
+    assert!(matches!(
+        cache.combine(&x, &many),
+        Err(HotrowError::ExceedsLimit { .. })
+    ));
+    assert_eq!(cache.stats(), &stats, "counters unchanged");
+    assert_eq!(cache.slot_map().resident(), resident, "residency unchanged");
+}

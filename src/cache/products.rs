@@ -82,7 +82,24 @@ impl<S: RowSource> EmbeddingCache<S> {
         weights: Option<&[f32]>,
     ) -> Result<()> {
         check_ids(ids, self.rows())?;
-        check_bags(ids.len(), offsets, pooling, weights)
+        check_bags(ids.len(), offsets, pooling, weights)?;
+        // Offsets and weights travel in one binding.
+        let bytes = (offsets.len() + 1 + weights.map_or(0, |w| w.len())) as u64 * 4;
+        self.check_binding("bag offsets and weights (split the batch)", bytes)
+    }
+
+    /// [`HotrowError::ExceedsLimit`] when `bytes` do not fit one storage binding.
+    fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self.ctx.max_binding();
+        if bytes > limit {
+            return Err(HotrowError::ExceedsLimit {
+                what,
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit,
+            });
+        }
+        Ok(())
     }
 
     fn bags_checked(
@@ -181,6 +198,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 });
             }
             check_finite("queries", data)?;
+            self.check_binding("host queries", data.len() as u64 * 4)?;
         }
         if cand.is_empty() {
             return Err(HotrowError::EmptyCandidates);
@@ -248,6 +266,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         }
         check_ids(ids, self.rows())?;
         check_finite("x", x)?;
+        self.check_binding("x (split the batch)", x.len() as u64 * 4)?;
         Ok(x.len() / k)
     }
 
