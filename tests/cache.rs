@@ -316,6 +316,8 @@ fn bad_capacities_are_clear_errors() {
     )
     .unwrap();
     assert_eq!(c.capacity(), 100);
+    assert_eq!(c.config().capacity, Capacity::Rows(100), "effective config");
+    assert!(c.config().partitions >= 1 && c.config().staging_buffers >= 1);
 }
 
 #[test]
@@ -335,6 +337,7 @@ fn partitioned_slot_map_end_to_end() {
     )
     .unwrap();
     assert_eq!(cache.slot_map().partitions(), 4);
+    assert_eq!(cache.config().partitions, 4, "effective config");
     let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
     for k in 0..8 {
         // 5,000-25,000 ids: the parallel path, and batches past the capacity

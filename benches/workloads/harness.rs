@@ -28,6 +28,8 @@ pub struct Args {
     pub warmup_secs: f64,
     /// The GPU-bound work of the warm-up (none when `warmup_secs` is 0).
     pub heater: Option<Heater>,
+    /// Ids per batch of W2 and W5 (default 65,536; 4,096 with `--small`).
+    pub batch: usize,
 }
 
 /// GPU-bound work that brings the GPU's clocks up before a timed loop: gathers of every row
@@ -79,6 +81,7 @@ impl Args {
             json: None,
             warmup_secs: -1.0,
             heater: None,
+            batch: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -97,6 +100,7 @@ impl Args {
                     a.warmup_secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(-1.0)
                 }
                 "--json" => a.json = it.next(),
+                "--batch" => a.batch = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 "--bench" => {} // passed by `cargo bench`
                 other => {
                     eprintln!("unknown argument {other}");
@@ -107,6 +111,9 @@ impl Args {
         if a.batches == 0 {
             a.batches = if a.small { 20 } else { 200 };
         }
+        if a.batch == 0 {
+            a.batch = if a.small { 65_536 / 16 } else { 65_536 };
+        }
         if a.warmup_secs < 0.0 {
             a.warmup_secs = if a.small { 0.0 } else { 1.0 };
         }
@@ -114,13 +121,11 @@ impl Args {
     }
 }
 
-/// Shapes of the cached workloads (W2-W5): full, or the CI "small" scale (N / 64, B / 16).
+/// Shapes of the cached workloads (W2-W5): full, or the CI "small" scale (N / 64, B / 16);
+/// `--batch` sets B.
 pub fn cached_shapes(a: &Args) -> (usize, usize, usize) {
-    if a.small {
-        ((8 << 20) / 64, 65_536 / 16, 128)
-    } else {
-        (8 << 20, 65_536, 128)
-    }
+    let n = if a.small { (8 << 20) / 64 } else { 8 << 20 };
+    (n, a.batch, 128)
 }
 
 pub fn host_table(n: usize, d: usize) -> HostTable<'static> {

@@ -2,7 +2,9 @@
 //! checked against the CPU reference, then timed; prints a table and writes JSON.
 //!
 //!     cargo bench --bench workloads -- [--small] [--workloads w1,w2] [--batches 200]
-//!                                      [--warmup-secs 1] [--json out.json]
+//!                                      [--batch 65536] [--warmup-secs 1] [--json out.json]
+//!
+//! Host threads: `RAYON_NUM_THREADS` (slot-map partitions and row copies use rayon's pool).
 //!
 //! `--small` runs the CI shapes (N / 64, B / 16, 20 batches, no warm-up): a check that the
 //! benchmark runs and its results are right, never a speed figure.

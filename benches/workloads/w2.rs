@@ -58,6 +58,11 @@ pub fn run(
     }
     let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / per;
     rep.insert("W2_hotrow_stream_ms_per_batch".into(), stream_ms);
+    rep.insert("W2_batch".into(), b as f64);
+    rep.insert(
+        "W2_host_threads".into(),
+        rayon::current_num_threads() as f64,
+    );
     rep.insert(
         "W2_hotrow_sync_median_ms".into(),
         harness::median(&mut sync_ms),

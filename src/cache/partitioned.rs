@@ -20,26 +20,23 @@ pub struct PartitionedSlotMap {
     base: Vec<u32>,
     bits: u32,
     capacity: usize,
-    /// Per-partition scratch, reused across batches.
-    work: Vec<PartWork>,
-}
-
-/// One partition's share of a batch.
-#[derive(Debug, Default)]
-struct PartWork {
-    /// (position in the batch, local id) of the partition's ids, in batch order.
-    mine: Vec<(u32, u32)>,
-    /// The local ids alone (what the partition's map resolves).
+    /// Per-partition plans (local slots and ids), reused across batches.
+    plans: Vec<PassPlan>,
+    /// The batch bucketed by partition (a counting sort that keeps batch order within a
+    /// partition): position in the batch, and local id, of each entry.
+    order: Vec<u32>,
     local: Vec<u32>,
-    /// The partition's plan (local slots and ids).
-    plan: PassPlan,
+    /// Per (chunk, partition) counts, then write cursors, of the bucketing.
+    counts: Vec<usize>,
 }
 
-/// The plan's slot array, written by the partitions' tasks at disjoint positions.
+/// A u32 array written by parallel tasks at disjoint positions (the plan's slots, the
+/// buckets of the batch).
 #[derive(Clone, Copy)]
 struct SlotsOut(*mut u32);
 
-// SAFETY: tasks write disjoint positions of a buffer that outlives them (see `resolve`).
+// SAFETY: tasks write disjoint positions of a buffer that outlives them (see `resolve` and
+// `bucket`).
 unsafe impl Send for SlotsOut {}
 unsafe impl Sync for SlotsOut {}
 
@@ -77,7 +74,10 @@ impl PartitionedSlotMap {
             base,
             bits,
             capacity,
-            work: (0..p).map(|_| Default::default()).collect(),
+            plans: (0..p).map(|_| Default::default()).collect(),
+            order: Vec::new(),
+            local: Vec::new(),
+            counts: Vec::new(),
         }
     }
 
@@ -136,7 +136,7 @@ impl PartitionedSlotMap {
             return self.parts[0].resolve(ids, plan);
         }
         let bits = self.bits;
-        let mask = (1u32 << bits) - 1;
+        self.bucket(ids);
         // Every position belongs to exactly one partition, so the partitions write the
         // slots of their own positions straight into the plan, in parallel; positions past
         // the pass's end are cut off afterwards.
@@ -144,35 +144,44 @@ impl PartitionedSlotMap {
         plan.slots.resize(ids.len(), 0);
         let out = SlotsOut(plan.slots.as_mut_ptr());
         let base = &self.base;
-        let run = |(k, (map, w)): (usize, (&mut SlotMap, &mut PartWork))| {
-            w.mine.clear();
-            w.local.clear();
-            for (i, &id) in ids.iter().enumerate() {
-                if id & mask == k as u32 {
-                    w.mine.push((i as u32, id >> bits));
-                    w.local.push(id >> bits);
-                }
-            }
-            let done = map.resolve(&w.local, &mut w.plan);
-            for (&(pos, _), &s) in w.mine[..done].iter().zip(&w.plan.slots) {
+        let p = self.parts.len();
+        // Bucket k is order/local[ends[k - 1]..ends[k]]: the last row of the cursors.
+        let ends = &self.counts[self.counts.len() - p..];
+        let mut buckets = Vec::with_capacity(p);
+        let (mut order, mut local) = (&self.order[..], &self.local[..]);
+        let mut at = 0;
+        for &end in ends {
+            let (o, o_rest) = order.split_at(end - at);
+            let (l, l_rest) = local.split_at(end - at);
+            buckets.push((o, l));
+            (order, local, at) = (o_rest, l_rest, end);
+        }
+        let run = |(k, ((map, plan), (order, local))): (
+            usize,
+            ((&mut SlotMap, &mut PassPlan), (&[u32], &[u32])),
+        )| {
+            let done = map.resolve(local, plan);
+            for (&pos, &s) in order[..done].iter().zip(&plan.slots) {
                 // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
                 // writes this position; the plan is not read until every task is done.
                 unsafe { out.write(pos as usize, base[k] + s) };
             }
             // First position this partition could not serve (ids.len() if none).
-            w.mine.get(done).map_or(ids.len(), |&(pos, _)| pos as usize)
+            order.get(done).map_or(ids.len(), |&pos| pos as usize)
         };
         let stops: Vec<usize> = if ids.len() >= PARALLEL_MIN_IDS {
             self.parts
                 .par_iter_mut()
-                .zip(self.work.par_iter_mut())
+                .zip(self.plans.par_iter_mut())
+                .zip(buckets.into_par_iter())
                 .enumerate()
                 .map(run)
                 .collect()
         } else {
             self.parts
                 .iter_mut()
-                .zip(self.work.iter_mut())
+                .zip(self.plans.iter_mut())
+                .zip(buckets)
                 .enumerate()
                 .map(run)
                 .collect()
@@ -182,19 +191,87 @@ impl PartitionedSlotMap {
         plan.misses.clear();
         plan.hits = 0;
         plan.evictions = 0;
-        for (k, w) in self.work.iter().enumerate() {
+        for (k, w) in self.plans.iter().enumerate() {
             // Every miss is uploaded, also those past `n`: the partition holds them now.
             let b = self.base[k];
             plan.misses.extend(
-                w.plan
-                    .misses
+                w.misses
                     .iter()
                     .map(|&(l, s)| ((l << bits) | k as u32, b + s)),
             );
-            plan.hits += w.plan.hits;
-            plan.evictions += w.plan.evictions;
+            plan.hits += w.hits;
+            plan.evictions += w.evictions;
         }
         n
+    }
+
+    /// Buckets `ids` by partition into `order` (positions) and `local` (local ids), batch
+    /// order kept within each partition: one counting sort, by chunks in parallel for long
+    /// batches (each chunk counts its ids per partition, then writes them at its own
+    /// offsets), so no partition scans the whole batch. Leaves in the last `P` entries of
+    /// `counts` the end of each partition's bucket.
+    fn bucket(&mut self, ids: &[u32]) {
+        let p = self.parts.len();
+        let (bits, mask) = (self.bits, (1u32 << self.bits) - 1);
+        let chunks = if ids.len() >= PARALLEL_MIN_IDS {
+            rayon::current_num_threads().clamp(1, 16)
+        } else {
+            1
+        };
+        let chunk_len = ids.len().div_ceil(chunks).max(1);
+        // counts[c * p + k]: ids of partition k in chunk c, then the write cursor.
+        self.counts.clear();
+        self.counts.resize(chunks * p + p, 0);
+        let (counts, ends) = self.counts.split_at_mut(chunks * p);
+        let count = |(ids, counts): (&[u32], &mut [usize])| {
+            for &id in ids {
+                counts[(id & mask) as usize] += 1;
+            }
+        };
+        if chunks > 1 {
+            ids.par_chunks(chunk_len)
+                .zip(counts.par_chunks_mut(p))
+                .for_each(count);
+        } else {
+            count((ids, &mut counts[..p]));
+        }
+        // Offsets: partition-major, chunk-minor (keeps batch order inside a partition).
+        let mut at = 0;
+        for k in 0..p {
+            for c in 0..chunks {
+                let n = counts[c * p + k];
+                counts[c * p + k] = at;
+                at += n;
+            }
+            ends[k] = at;
+        }
+        self.order.resize(ids.len(), 0);
+        self.local.resize(ids.len(), 0);
+        let (order, local) = (
+            SlotsOut(self.order.as_mut_ptr()),
+            SlotsOut(self.local.as_mut_ptr()),
+        );
+        let scatter = |(c, (ids, cursor)): (usize, (&[u32], &mut [usize]))| {
+            for (i, &id) in ids.iter().enumerate() {
+                let k = (id & mask) as usize;
+                let dst = cursor[k];
+                cursor[k] += 1;
+                // SAFETY: chunk c owns positions [cursor start, start + its count) of each
+                // bucket, disjoint from every other chunk's, all below ids.len().
+                unsafe {
+                    order.write(dst, (c * chunk_len + i) as u32);
+                    local.write(dst, id >> bits);
+                }
+            }
+        };
+        if chunks > 1 {
+            ids.par_chunks(chunk_len)
+                .zip(counts.par_chunks_mut(p))
+                .enumerate()
+                .for_each(scatter);
+        } else {
+            scatter((0, (ids, &mut counts[..p])));
+        }
     }
 
     /// Forgets misses (global ids and slots) whose rows could not be uploaded.

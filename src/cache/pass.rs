@@ -17,7 +17,7 @@ use super::stats::CacheStats;
 use crate::error::{HotrowError, Result};
 use crate::gpu::StagingRing;
 use crate::gpu::{encoder, submit, GpuContext, GrowBuffer, Launch, RowBuffer, RowLayout};
-use crate::ops::copy_rows::{self, Direction};
+use crate::ops::copy_rows::{self, Direction, PARAMS_BYTES};
 use crate::ops::RowsView;
 use crate::table::RowSource;
 
@@ -204,6 +204,7 @@ impl PassEngine {
                 &gathered,
                 0,
                 &mut self.io.gather,
+                None,
             )?;
             submit(&self.ctx, enc)?;
             self.finish_batch(source, ids, n, |start| Target::Gather(&gathered, start))?;
@@ -315,11 +316,20 @@ impl Uploader {
         let layout = slots.layout();
         let dim = layout.dim();
         let m = plan.misses.len();
+        // One staging buffer carries everything the pass uploads: the slot list, the missed
+        // slots, the kernels' params blocks (no queue writes on this path) and the rows.
         let pos_bytes = match target {
             Target::Resident => 0,
             _ => n as u64 * 4,
         };
-        let rows_off = align16(pos_bytes + m as u64 * 4);
+        let shards = slots.shards().len() as u64;
+        let scatter_params = if m > 0 { shards * PARAMS_BYTES } else { 0 };
+        let gather_params = match target {
+            Target::Gather(..) => shards * PARAMS_BYTES,
+            _ => 0,
+        };
+        let params_off = align16(pos_bytes + m as u64 * 4);
+        let rows_off = align16(params_off + scatter_params + gather_params);
         let rows_bytes = layout.bytes(m);
         let total = rows_off + rows_bytes;
 
@@ -331,13 +341,31 @@ impl Uploader {
         let miss_ids = &self.miss_ids;
         self.ring.write(entry, total, |bytes| -> Result<()> {
             let (head, rows) = bytes.split_at_mut(rows_off as usize);
-            let (pos, misses) = head.split_at_mut(pos_bytes as usize);
+            let (lists, blocks) = head.split_at_mut(params_off as usize);
+            let (pos, misses) = lists.split_at_mut(pos_bytes as usize);
             if pos_bytes > 0 {
                 cast_mut::<u32>(pos)?.copy_from_slice(&plan.slots);
             }
             let miss_slots = &mut cast_mut::<u32>(misses)?[..m];
             for (dst, &(_, slot)) in miss_slots.iter_mut().zip(&plan.misses) {
                 *dst = slot;
+            }
+            let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
+            if m > 0 {
+                for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
+                    blocks
+                        .next()
+                        .expect("room for params")
+                        .copy_from_slice(bytemuck::bytes_of(&b));
+                }
+            }
+            if let Target::Gather(_, offset) = target {
+                for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
+                    blocks
+                        .next()
+                        .expect("room for params")
+                        .copy_from_slice(bytemuck::bytes_of(&b));
+                }
             }
             let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
             catch_unwind(AssertUnwindSafe(|| source.read_rows(miss_ids, rows)))
@@ -363,6 +391,7 @@ impl Uploader {
                 rows_buf,
                 0,
                 &mut self.scatter,
+                Some((&staging, params_off)),
             )?;
         }
         if pos_bytes > 0 {
@@ -379,6 +408,7 @@ impl Uploader {
                     out,
                     offset,
                     &mut self.gather,
+                    Some((&staging, params_off + scatter_params)),
                 )?;
             }
         }

@@ -43,15 +43,28 @@ struct BoundGroup {
     group: wgpu::BindGroup,
 }
 
+/// Where a launch's params block comes from.
+pub(crate) enum ParamsFrom<'a, P> {
+    /// These values, written with a queue write (which wgpu stages in a buffer of its own).
+    Host(&'a P),
+    /// Already written into a mapped staging buffer at this offset: copied by `enc` into
+    /// the uniform buffer, before the dispatch that reads it (no queue write, no allocation).
+    Staged {
+        enc: &'a mut wgpu::CommandEncoder,
+        src: &'a wgpu::Buffer,
+        offset: u64,
+    },
+}
+
 impl Launch {
-    /// Writes `params` into this call site's uniform buffer and returns a bind group for
+    /// Brings `params` into this call site's uniform buffer and returns a bind group for
     /// `pipeline` with the uniform at binding 0 and `storage` after it (reused when the
     /// same buffers are bound again).
     pub(crate) fn bind<P: bytemuck::Pod>(
         &mut self,
         ctx: &GpuContext,
         pipeline: &wgpu::ComputePipeline,
-        params: &P,
+        params: ParamsFrom<'_, P>,
         storage: &[Bound<'_>],
     ) -> Result<&wgpu::BindGroup> {
         let size = std::mem::size_of::<P>() as u64;
@@ -65,8 +78,12 @@ impl Launch {
             self.bound = None;
         }
         let ubuf = self.params.as_ref().expect("uniform buffer just made");
-        ctx.queue()
-            .write_buffer(ubuf, 0, bytemuck::bytes_of(params));
+        match params {
+            ParamsFrom::Host(p) => ctx.queue().write_buffer(ubuf, 0, bytemuck::bytes_of(p)),
+            ParamsFrom::Staged { enc, src, offset } => {
+                enc.copy_buffer_to_buffer(src, offset, ubuf, 0, size)
+            }
+        }
         let same = self.bound.as_ref().is_some_and(|b| {
             &b.pipeline == pipeline
                 && b.storage.len() == storage.len()

@@ -5,7 +5,9 @@
 //! its bag's ids; the threads of a bag read each row at consecutive addresses.
 
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encode as encode_pass, grid_for_threads, GpuContext, LaunchState, Shader};
+use crate::gpu::{
+    encode as encode_pass, grid_for_threads, GpuContext, LaunchState, ParamsFrom, Shader,
+};
 use crate::gpu::{first_launches, ELEM_PREFIXES};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
@@ -172,7 +174,7 @@ pub(crate) fn encode(
     let group = first_launches(&mut state.launches, 1)[0].bind(
         ctx,
         &pipeline,
-        &params,
+        ParamsFrom::Host(&params),
         &[
             (1, rows.slots, rows.slots_bytes),
             (2, bags, bags.size()),

@@ -10,7 +10,7 @@ use crate::batch::check_ids;
 use crate::error::Result;
 use crate::gpu::{
     encode as encode_pass, encoder, first_launches, grid_for_threads, submit, Embeddings,
-    GpuContext, Launch, LaunchState, RowBuffer, Shader, ELEM_PREFIXES,
+    GpuContext, Launch, LaunchState, ParamsFrom, RowBuffer, Shader, ELEM_PREFIXES,
 };
 use crate::ops::params_layout;
 
@@ -55,9 +55,40 @@ pub(crate) enum Direction {
     Scatter,
 }
 
+/// Bytes of one [`CopyParams`] block: a copy over a table of `k` shards has `k` of them.
+pub(crate) const PARAMS_BYTES: u64 = std::mem::size_of::<CopyParams>() as u64;
+
+/// The params block of each shard's dispatch for moving `n` rows between `table` and plain
+/// rows `offset..offset + n` (see [`encode`]).
+pub(crate) fn params<'a>(
+    ctx: &GpuContext,
+    dir: Direction,
+    table: &'a RowBuffer,
+    n: usize,
+    offset: usize,
+) -> impl Iterator<Item = CopyParams> + 'a {
+    let width = table.layout().width();
+    let (gx, _) = grid_for_threads(ctx, n as u64 * width as u64);
+    (0..table.shards().len()).map(move |k| {
+        let base = k * table.shard_rows();
+        CopyParams {
+            n: n as u32,
+            width,
+            groups_x: gx,
+            offset: offset as u32,
+            shard_base: base as u32,
+            shard_rows: table.shard_rows().min(table.rows() - base) as u32,
+            scatter: u32::from(dir == Direction::Scatter),
+            _pad: 0,
+        }
+    })
+}
+
 /// Encodes one compute pass moving `n` rows between `table` (through `slots`, u32 on the
 /// GPU, each `< table.rows()`) and `plain` (rows `offset..offset + n`), one dispatch per
-/// shard of `table`. `launches` keeps the call site's uniforms and bind groups.
+/// shard of `table`. `launches` keeps the call site's uniforms and bind groups. `staged`:
+/// where the caller already wrote [`params`] (one block per shard, in a staging buffer the
+/// encoder copies from); `None` writes them with queue writes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
@@ -69,40 +100,39 @@ pub(crate) fn encode(
     plain: &wgpu::Buffer,
     offset: usize,
     launches: &mut Vec<Launch>,
+    staged: Option<(&wgpu::Buffer, u64)>,
 ) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
     let layout = table.layout();
-    let width = layout.width();
-    let (gx, gy) = grid_for_threads(ctx, n as u64 * width as u64);
+    let (gx, gy) = grid_for_threads(ctx, n as u64 * layout.width() as u64);
     let pipeline = ctx.pipeline(&SHADER, "copy_rows", layout.elem_prefix())?;
     let shards = table.shards().len();
     let mut groups = Vec::with_capacity(shards);
-    for ((k, shard), launch) in table
+    let blocks = params(ctx, dir, table, n, offset);
+    for (((k, shard), launch), block) in table
         .shards()
         .enumerate()
         .zip(first_launches(launches, shards))
+        .zip(blocks)
     {
-        let base = k * table.shard_rows();
-        let params = CopyParams {
-            n: n as u32,
-            width,
-            groups_x: gx,
-            offset: offset as u32,
-            shard_base: base as u32,
-            shard_rows: table.shard_rows().min(table.rows() - base) as u32,
-            scatter: u32::from(dir == Direction::Scatter),
-            _pad: 0,
-        };
         let (src, dst) = match dir {
             Direction::Gather => (shard, plain),
             Direction::Scatter => (plain, shard),
         };
+        let from = match staged {
+            Some((buffer, at)) => ParamsFrom::Staged {
+                enc: &mut *enc,
+                src: buffer,
+                offset: at + k as u64 * PARAMS_BYTES,
+            },
+            None => ParamsFrom::Host(&block),
+        };
         let group = launch.bind(
             ctx,
             &pipeline,
-            &params,
+            from,
             &[
                 (1, slots, slots.size()),
                 (2, src, src.size()),
@@ -167,6 +197,7 @@ impl RowBuffer {
             out.buffer(),
             0,
             launches,
+            None,
         )?;
         submit(ctx, enc)?;
         Ok(())

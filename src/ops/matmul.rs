@@ -6,7 +6,7 @@
 //! by the candidates / ids are read, each once per tile that needs it.
 
 use crate::error::Result;
-use crate::gpu::{encode as encode_pass, first_launches, GpuContext, Launch, Shader};
+use crate::gpu::{encode as encode_pass, first_launches, GpuContext, Launch, ParamsFrom, Shader};
 use crate::gpu::{wgsl_f32_elem, wgsl_vec4_elem};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
@@ -145,7 +145,7 @@ pub(crate) fn encode(
     let group = first_launches(launches, 1)[0].bind(
         ctx,
         &pipeline,
-        &params,
+        ParamsFrom::Host(&params),
         &[
             (1, a, a_bytes),
             (2, rows.slots, rows.slots_bytes),
