@@ -48,6 +48,12 @@ impl SlotsOut {
     }
 }
 
+/// One partition's share of a pass: its index, map, plan, and bucket (positions, local ids).
+type PartTask<'a> = (
+    usize,
+    ((&'a mut SlotMap, &'a mut PassPlan), (&'a [u32], &'a [u32])),
+);
+
 /// Batches shorter than this are resolved partition by partition on the calling thread.
 const PARALLEL_MIN_IDS: usize = 4096;
 
@@ -156,10 +162,7 @@ impl PartitionedSlotMap {
             buckets.push((o, l));
             (order, local, at) = (o_rest, l_rest, end);
         }
-        let run = |(k, ((map, plan), (order, local))): (
-            usize,
-            ((&mut SlotMap, &mut PassPlan), (&[u32], &[u32])),
-        )| {
+        let run = |(k, ((map, plan), (order, local))): PartTask<'_>| {
             let done = map.resolve(local, plan);
             for (&pos, &s) in order[..done].iter().zip(&plan.slots) {
                 // SAFETY: `pos < ids.len()` (the plan's length), and no other partition

@@ -4,7 +4,7 @@
 //! change; [`encode`] records dispatches in one timed compute pass.
 
 use crate::error::Result;
-use crate::gpu::{pass_writes, GpuContext, GrowBuffer, TrackedBuffer};
+use crate::gpu::{pass_writes, GpuContext, GrowBuffer, StagingRing, TrackedBuffer};
 
 /// Threads per workgroup of every 1-D kernel in `shaders/` (must match `@workgroup_size`).
 pub(crate) const WORKGROUP: u32 = 256;
@@ -129,13 +129,19 @@ impl Launch {
 }
 
 /// Reusable launch state of one op call site: its per-call input (ids, offsets, operands)
-/// staged in a host vector and uploaded into a grow-only buffer, and one [`Launch`] per
-/// dispatch (e.g. per shard of a table).
+/// staged in a host vector or a ring of mapped staging buffers and copied into a grow-only
+/// device buffer, and one [`Launch`] per dispatch (e.g. per shard of a table).
 pub(crate) struct LaunchState {
     pub(crate) host: Vec<u32>,
     pub(crate) input: GrowBuffer,
     pub(crate) launches: Vec<Launch>,
+    /// Mapped upload buffers (made on first use): a call writes its input and params here
+    /// and the GPU copies them, with no queue write and no allocation per call.
+    pub(crate) ring: StagingRing,
 }
+
+/// Staging buffers per op call site: the host may run this many calls ahead of the GPU.
+const OP_STAGING_BUFFERS: usize = 4;
 
 impl Default for LaunchState {
     fn default() -> Self {
@@ -143,6 +149,7 @@ impl Default for LaunchState {
             host: Vec::new(),
             input: GrowBuffer::storage("hotrow op input"),
             launches: Vec::new(),
+            ring: StagingRing::new(OP_STAGING_BUFFERS),
         }
     }
 }

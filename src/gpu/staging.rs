@@ -69,7 +69,7 @@ impl StagingRing {
         if e.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
             e.buffer = None;
             // 25% headroom so slowly growing batches do not reallocate every time.
-            let size = (bytes + bytes / 4).next_multiple_of(1 << 20);
+            let size = (bytes + bytes / 4).next_multiple_of(1 << 16);
             e.buffer = Some(Self::mapped_buffer(ctx, size)?);
             e.state.store(MAPPED, Ordering::Release);
             // The first use sizes the whole ring, so a steady stream allocates only once.

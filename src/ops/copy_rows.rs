@@ -9,8 +9,8 @@
 use crate::batch::check_ids;
 use crate::error::Result;
 use crate::gpu::{
-    encode as encode_pass, encoder, first_launches, grid_for_threads, submit, Embeddings,
-    GpuContext, Launch, LaunchState, ParamsFrom, RowBuffer, Shader, ELEM_PREFIXES,
+    encode as encode_pass, encoder, first_launches, grid_for_threads, Embeddings, GpuContext,
+    Launch, LaunchState, ParamsFrom, RowBuffer, Shader, ELEM_PREFIXES,
 };
 use crate::ops::params_layout;
 
@@ -183,10 +183,29 @@ impl RowBuffer {
         }
         let mut state = self.gather.lock().unwrap_or_else(|e| e.into_inner());
         let LaunchState {
-            input, launches, ..
+            input,
+            launches,
+            ring,
+            ..
         } = &mut *state;
-        let ids_buf = input.upload(ctx, bytemuck::cast_slice(ids))?;
+        // The ids and each shard's params go up through one mapped staging buffer.
+        let ids_bytes = ids.len() as u64 * 4;
+        let params_off = ids_bytes.next_multiple_of(16);
+        let total = params_off + self.shards().len() as u64 * PARAMS_BYTES;
+        let entry = ring.acquire(ctx, total)?;
+        ring.write(entry, total, |bytes| {
+            let (head, blocks) = bytes.split_at_mut(params_off as usize);
+            head[..ids_bytes as usize].copy_from_slice(bytemuck::cast_slice(ids));
+            let blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
+            for (dst, b) in blocks.zip(params(ctx, Direction::Gather, self, ids.len(), 0)) {
+                dst.copy_from_slice(bytemuck::bytes_of(&b));
+            }
+        })?;
+        ring.unmap(entry);
+        let staging = ring.buffer(entry).clone();
+        let ids_buf = input.get(ctx, ids_bytes)?;
         let mut enc = encoder(ctx, "hotrow gather");
+        enc.copy_buffer_to_buffer(&staging, 0, ids_buf, 0, ids_bytes);
         encode(
             ctx,
             &mut enc,
@@ -197,9 +216,10 @@ impl RowBuffer {
             out.buffer(),
             0,
             launches,
-            None,
+            Some((&staging, params_off)),
         )?;
-        submit(ctx, enc)?;
-        Ok(())
+        let sub = ctx.queue().submit([enc.finish()]);
+        ring.submitted(entry, sub);
+        ctx.check()
     }
 }
