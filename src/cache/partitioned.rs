@@ -20,8 +20,9 @@ pub struct PartitionedSlotMap {
     base: Vec<u32>,
     bits: u32,
     capacity: usize,
-    /// Per-partition plans (local slots and ids), reused across batches.
-    plans: Vec<PassPlan>,
+    /// Per-partition plans (local slots and ids) and their misses as global (id, slot),
+    /// reused across batches.
+    plans: Vec<(PassPlan, Vec<(u32, u32)>)>,
     /// The batch bucketed by partition (a counting sort that keeps batch order within a
     /// partition): position in the batch, and local id, of each entry.
     order: Vec<u32>,
@@ -51,8 +52,16 @@ impl SlotsOut {
 /// One partition's share of a pass: its index, map, plan, and bucket (positions, local ids).
 type PartTask<'a> = (
     usize,
-    ((&'a mut SlotMap, &'a mut PassPlan), (&'a [u32], &'a [u32])),
+    (
+        (&'a mut SlotMap, &'a mut (PassPlan, Vec<(u32, u32)>)),
+        (&'a [u32], &'a [u32]),
+    ),
 );
+
+/// Called by [`PartitionedSlotMap::resolve_with`] with each partition's misses (global id,
+/// global slot) as soon as that partition has resolved, possibly from several threads at
+/// once.
+pub(crate) type OnMisses<'a> = &'a (dyn Fn(&[(u32, u32)]) + Sync);
 
 /// Batches shorter than this are resolved partition by partition on the calling thread.
 const PARALLEL_MIN_IDS: usize = 4096;
@@ -138,8 +147,22 @@ impl PartitionedSlotMap {
     /// Resolves a prefix of `ids` as one pass (see [`SlotMap::resolve`]); `plan` gets global
     /// slots and ids. Returns the number of positions handled.
     pub fn resolve(&mut self, ids: &[u32], plan: &mut PassPlan) -> usize {
+        self.resolve_with(ids, plan, &|_| {})
+    }
+
+    /// [`PartitionedSlotMap::resolve`], calling `on_misses` with each partition's misses
+    /// right after that partition resolved (while others may still be resolving), so the
+    /// caller can start copying their rows early.
+    pub(crate) fn resolve_with(
+        &mut self,
+        ids: &[u32],
+        plan: &mut PassPlan,
+        on_misses: OnMisses<'_>,
+    ) -> usize {
         if self.parts.len() == 1 {
-            return self.parts[0].resolve(ids, plan);
+            let n = self.parts[0].resolve(ids, plan);
+            on_misses(&plan.misses);
+            return n;
         }
         let bits = self.bits;
         self.bucket(ids);
@@ -162,8 +185,17 @@ impl PartitionedSlotMap {
             buckets.push((o, l));
             (order, local, at) = (o_rest, l_rest, end);
         }
-        let run = |(k, ((map, plan), (order, local))): PartTask<'_>| {
+        let run = |(k, ((map, (plan, global)), (order, local))): PartTask<'_>| {
             let done = map.resolve(local, plan);
+            // Every miss is uploaded, also those past the pass's end: the partition holds
+            // them now.
+            global.clear();
+            global.extend(
+                plan.misses
+                    .iter()
+                    .map(|&(l, s)| ((l << bits) | k as u32, base[k] + s)),
+            );
+            on_misses(global);
             for (&pos, &s) in order[..done].iter().zip(&plan.slots) {
                 // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
                 // writes this position; the plan is not read until every task is done.
@@ -194,14 +226,8 @@ impl PartitionedSlotMap {
         plan.misses.clear();
         plan.hits = 0;
         plan.evictions = 0;
-        for (k, w) in self.plans.iter().enumerate() {
-            // Every miss is uploaded, also those past `n`: the partition holds them now.
-            let b = self.base[k];
-            plan.misses.extend(
-                w.misses
-                    .iter()
-                    .map(|&(l, s)| ((l << bits) | k as u32, b + s)),
-            );
+        for (w, global) in &self.plans {
+            plan.misses.extend_from_slice(global);
             plan.hits += w.hits;
             plan.evictions += w.evictions;
         }

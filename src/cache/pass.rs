@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::partitioned::PartitionedSlotMap;
@@ -62,6 +64,8 @@ pub(crate) struct PassEngine {
     /// are sharded.
     gathered: GrowBuffer,
     max_misses: usize,
+    /// Misses a pass is expected to have (a decaying high-water mark); 0 before any pass.
+    miss_estimate: usize,
     pub(crate) stats: CacheStats,
 }
 
@@ -112,6 +116,7 @@ impl PassEngine {
             },
             gathered: GrowBuffer::storage("hotrow op rows"),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
+            miss_estimate: 0,
             stats: CacheStats::default(),
         }
     }
@@ -262,20 +267,54 @@ impl PassEngine {
     }
 
     /// One pass over a prefix of `ids`; returns how many positions it served.
+    ///
+    /// Once a pass has run, the next ones are *overlapped*: a staging buffer sized for the
+    /// misses seen so far is taken first, and each partition of the slot map copies its
+    /// missed rows into it as soon as it has resolved, while other partitions still
+    /// resolve. A pass with more misses than that room is finished by the serial path
+    /// (resolve, then copy), as the first pass is.
     fn run_pass<S: RowSource>(
         &mut self,
         source: &S,
         ids: &[u32],
         target: Target<'_>,
     ) -> Result<usize> {
-        let t0 = Instant::now();
         // Bound the misses of the pass by bounding the positions looked at (max_misses >= 1),
         // then let the slot map stop early when every slot is pinned.
         let window = &ids[..ids.len().min(self.max_misses)];
-        let n = self.map.resolve(window, &mut self.plan);
+        let needs_pos = !matches!(target, Target::Resident);
+        let mut t0 = Instant::now();
+        let mut staged = None;
+        let mut copied = false;
+        let mut wait = Duration::ZERO;
+        let n = if self.miss_estimate > 0 {
+            let room = (self.miss_estimate + self.miss_estimate / 4 + 64).min(self.max_misses);
+            let positions = if needs_pos { window.len() } else { 0 };
+            let lay = StagingLayout::new(&self.slots, positions, room, target);
+            let entry = self.io.ring.acquire(&self.ctx, lay.total)?;
+            wait = t0.elapsed();
+            t0 = Instant::now();
+            let (n, outcome) = self.resolve_copying(source, window, entry, &lay)?;
+            match outcome {
+                Err(e) => {
+                    // The rows were not all copied: the map must not claim them.
+                    self.map.forget(&self.plan.misses);
+                    self.stats.evictions += self.plan.evictions;
+                    return Err(e);
+                }
+                Ok(fit) => {
+                    copied = fit;
+                    staged = Some((entry, lay));
+                }
+            }
+            n
+        } else {
+            self.map.resolve(window, &mut self.plan)
+        };
         let resolve = t0.elapsed();
-        let m = self.plan.misses.len() as u64;
-        if m == 0 && matches!(target, Target::Resident) {
+        let m = self.plan.misses.len();
+        self.miss_estimate = m.max(self.miss_estimate - self.miss_estimate / 16);
+        if m == 0 && !needs_pos {
             self.stats.passes += 1;
             self.stats.resolve_time += resolve;
             return Ok(n);
@@ -285,25 +324,158 @@ impl PassEngine {
             misses: &self.plan.misses,
             armed: true,
         };
-        let result =
-            self.io
-                .upload_and_dispatch(&self.ctx, &self.slots, &self.plan, source, n, target);
+        let result = match staged {
+            Some((entry, lay)) if copied => {
+                self.io
+                    .finish(&self.ctx, &self.slots, &self.plan, entry, &lay, n, target)
+            }
+            _ => self
+                .io
+                .upload_and_dispatch(&self.ctx, &self.slots, &self.plan, source, n, target),
+        };
         let s = &mut self.stats;
         s.evictions += self.plan.evictions;
         let times = result?;
         guard.armed = false;
+        let m = m as u64;
         s.passes += 1;
         s.rows_uploaded += m;
         s.bytes_uploaded += m * self.layout.row_bytes();
         s.resolve_time += resolve;
-        s.staging_wait_time += times.wait;
+        s.staging_wait_time += wait + times.wait;
         s.copy_time += times.copy;
         s.submit_time += times.submit;
         Ok(n)
     }
+
+    /// Resolves `window` while the partitions copy their missed rows into staging entry
+    /// `entry` (laid out as `lay`, with room for `lay.rows_cap` rows). Returns the positions
+    /// served and whether every missed row fit and was copied (`Ok(false)`: no room, the
+    /// caller copies them serially), or the row source's error or panic.
+    fn resolve_copying<S: RowSource>(
+        &mut self,
+        source: &S,
+        window: &[u32],
+        entry: usize,
+        lay: &StagingLayout,
+    ) -> Result<(usize, Result<bool>)> {
+        let dim = self.layout.dim();
+        let row_bytes = self.layout.row_bytes() as usize;
+        let bump = AtomicUsize::new(0);
+        let overflow = AtomicBool::new(false);
+        let failure: Mutex<Option<HotrowError>> = Mutex::new(None);
+        let (map, plan) = (&mut self.map, &mut self.plan);
+        let n = self.io.ring.write(entry, lay.total, |bytes| {
+            let base = RawBytes(bytes.as_mut_ptr());
+            let on_misses = |misses: &[(u32, u32)]| {
+                if misses.is_empty() {
+                    return;
+                }
+                let at = bump.fetch_add(misses.len(), Ordering::Relaxed);
+                if at + misses.len() > lay.rows_cap {
+                    overflow.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // SAFETY: the bump allocator gives this call rows at..at + len of the
+                // staging entry's row and miss-slot regions, which no other call touches;
+                // both regions lie inside the mapped range (`lay`), 16-byte aligned, and
+                // the mapping outlives the resolve.
+                let (slots_out, rows_out) = unsafe {
+                    (
+                        base.slice::<u32>(lay.miss_off as usize + at * 4, misses.len()),
+                        base.slice::<f32>(
+                            lay.rows_off as usize + at * row_bytes,
+                            misses.len() * dim,
+                        ),
+                    )
+                };
+                let mut ids = Vec::with_capacity(misses.len());
+                for (dst, &(id, slot)) in slots_out.iter_mut().zip(misses) {
+                    *dst = slot;
+                    ids.push(id);
+                }
+                let read = catch_unwind(AssertUnwindSafe(|| source.read_rows(&ids, rows_out)));
+                let err = match read {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(p) => HotrowError::RowSourcePanicked(panic_message(&*p)),
+                };
+                failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(err);
+            };
+            map.resolve_with(window, plan, &on_misses)
+        })?;
+        let outcome = match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(!overflow.into_inner()),
+        };
+        Ok((n, outcome))
+    }
+}
+
+/// Where each part of a pass sits in its staging buffer: the per-position slot list, the
+/// missed slots, the kernels' params blocks, then the rows.
+struct StagingLayout {
+    /// Room for the slot list (positions x 4 bytes).
+    pos_room: u64,
+    miss_off: u64,
+    params_off: u64,
+    scatter_params: u64,
+    rows_off: u64,
+    /// Rows the entry has room for.
+    rows_cap: usize,
+    total: u64,
+}
+
+impl StagingLayout {
+    fn new(slots: &RowBuffer, positions: usize, rows: usize, target: Target<'_>) -> Self {
+        let shards = slots.shards().len() as u64;
+        let scatter_params = shards * PARAMS_BYTES;
+        let gather_params = match target {
+            Target::Gather(..) => shards * PARAMS_BYTES,
+            _ => 0,
+        };
+        let pos_room = align16(positions as u64 * 4);
+        let miss_off = pos_room;
+        let params_off = align16(miss_off + rows as u64 * 4);
+        let rows_off = align16(params_off + scatter_params + gather_params);
+        Self {
+            pos_room,
+            miss_off,
+            params_off,
+            scatter_params,
+            rows_off,
+            rows_cap: rows,
+            total: rows_off + slots.layout().bytes(rows),
+        }
+    }
+}
+
+/// The base of a mapped staging range, written by parallel tasks at disjoint offsets.
+#[derive(Clone, Copy)]
+struct RawBytes(*mut u8);
+
+// SAFETY: only `slice`, whose callers guarantee disjoint, in-bounds, aligned regions.
+unsafe impl Send for RawBytes {}
+unsafe impl Sync for RawBytes {}
+
+impl RawBytes {
+    /// # Safety
+    /// `offset..offset + len * size_of::<T>()` is inside the mapped range, aligned for `T`,
+    /// and no other live reference overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<T: bytemuck::Pod>(&self, offset: usize, len: usize) -> &mut [T] {
+        let p = unsafe { self.0.add(offset) } as *mut T;
+        debug_assert!(p.is_aligned());
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
 }
 
 impl Uploader {
+    /// The serial pass: copies the slot lists, params and every missed row into a staging
+    /// buffer sized for exactly this pass, then [`Uploader::finish`]es it.
     fn upload_and_dispatch<S: RowSource>(
         &mut self,
         ctx: &GpuContext,
@@ -313,51 +485,69 @@ impl Uploader {
         n: usize,
         target: Target<'_>,
     ) -> Result<PassTimes> {
-        let layout = slots.layout();
-        let dim = layout.dim();
+        let dim = slots.layout().dim();
         let m = plan.misses.len();
-        // One staging buffer carries everything the pass uploads: the slot list, the missed
-        // slots, the kernels' params blocks (no queue writes on this path) and the rows.
-        let pos_bytes = match target {
-            Target::Resident => 0,
-            _ => n as u64 * 4,
+        let positions = if matches!(target, Target::Resident) {
+            0
+        } else {
+            n
         };
-        let shards = slots.shards().len() as u64;
-        let scatter_params = if m > 0 { shards * PARAMS_BYTES } else { 0 };
-        let gather_params = match target {
-            Target::Gather(..) => shards * PARAMS_BYTES,
-            _ => 0,
-        };
-        let params_off = align16(pos_bytes + m as u64 * 4);
-        let rows_off = align16(params_off + scatter_params + gather_params);
-        let rows_bytes = layout.bytes(m);
-        let total = rows_off + rows_bytes;
-
+        let lay = StagingLayout::new(slots, positions, m, target);
         let t0 = Instant::now();
-        let entry = self.ring.acquire(ctx, total)?;
+        let entry = self.ring.acquire(ctx, lay.total)?;
         let t1 = Instant::now();
         self.miss_ids.clear();
         self.miss_ids.extend(plan.misses.iter().map(|&(id, _)| id));
         let miss_ids = &self.miss_ids;
-        self.ring.write(entry, total, |bytes| -> Result<()> {
-            let (head, rows) = bytes.split_at_mut(rows_off as usize);
-            let (lists, blocks) = head.split_at_mut(params_off as usize);
-            let (pos, misses) = lists.split_at_mut(pos_bytes as usize);
-            if pos_bytes > 0 {
-                cast_mut::<u32>(pos)?.copy_from_slice(&plan.slots);
-            }
-            let miss_slots = &mut cast_mut::<u32>(misses)?[..m];
-            for (dst, &(_, slot)) in miss_slots.iter_mut().zip(&plan.misses) {
+        self.ring.write(entry, lay.total, |bytes| -> Result<()> {
+            let (head, rows) = bytes.split_at_mut(lay.rows_off as usize);
+            let misses = &mut head[lay.miss_off as usize..lay.params_off as usize];
+            for (dst, &(_, slot)) in cast_mut::<u32>(misses)?.iter_mut().zip(&plan.misses) {
                 *dst = slot;
             }
+            let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
+            catch_unwind(AssertUnwindSafe(|| source.read_rows(miss_ids, rows)))
+                .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
+        })??;
+        let copy = t1.elapsed();
+        let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target)?;
+        times.wait += t1 - t0;
+        times.copy += copy;
+        Ok(times)
+    }
+
+    /// Writes the slot list and the params blocks into staging entry `entry` (whose missed
+    /// slots and rows are already there), unmaps it, and submits the pass: copies up,
+    /// scatter of the missed rows into their slots, gather of the output.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        ctx: &GpuContext,
+        slots: &RowBuffer,
+        plan: &PassPlan,
+        entry: usize,
+        lay: &StagingLayout,
+        n: usize,
+        target: Target<'_>,
+    ) -> Result<PassTimes> {
+        let m = plan.misses.len();
+        let pos_bytes = match target {
+            Target::Resident => 0,
+            _ => n as u64 * 4,
+        };
+        debug_assert!(pos_bytes <= lay.pos_room && m <= lay.rows_cap);
+        let t0 = Instant::now();
+        self.ring.write(entry, lay.total, |bytes| -> Result<()> {
+            if pos_bytes > 0 {
+                cast_mut::<u32>(&mut bytes[..pos_bytes as usize])?.copy_from_slice(&plan.slots);
+            }
+            let blocks = &mut bytes[lay.params_off as usize..lay.rows_off as usize];
             let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
-            if m > 0 {
-                for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
-                    blocks
-                        .next()
-                        .expect("room for params")
-                        .copy_from_slice(bytemuck::bytes_of(&b));
-                }
+            for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
+                blocks
+                    .next()
+                    .expect("room for params")
+                    .copy_from_slice(bytemuck::bytes_of(&b));
             }
             if let Target::Gather(_, offset) = target {
                 for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
@@ -367,20 +557,18 @@ impl Uploader {
                         .copy_from_slice(bytemuck::bytes_of(&b));
                 }
             }
-            let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
-            catch_unwind(AssertUnwindSafe(|| source.read_rows(miss_ids, rows)))
-                .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
+            Ok(())
         })??;
         self.ring.unmap(entry);
-        let t2 = Instant::now();
-
+        let t1 = Instant::now();
         let staging = self.ring.buffer(entry).clone();
         let mut enc = encoder(ctx, "hotrow cache pass");
         if m > 0 {
+            let rows_bytes = slots.layout().bytes(m);
             let miss_buf = self.miss_slots.get(ctx, m as u64 * 4)?;
             let rows_buf = self.upload.get(ctx, rows_bytes)?;
-            enc.copy_buffer_to_buffer(&staging, pos_bytes, miss_buf, 0, m as u64 * 4);
-            enc.copy_buffer_to_buffer(&staging, rows_off, rows_buf, 0, rows_bytes);
+            enc.copy_buffer_to_buffer(&staging, lay.miss_off, miss_buf, 0, m as u64 * 4);
+            enc.copy_buffer_to_buffer(&staging, lay.rows_off, rows_buf, 0, rows_bytes);
             copy_rows::encode(
                 ctx,
                 &mut enc,
@@ -391,7 +579,7 @@ impl Uploader {
                 rows_buf,
                 0,
                 &mut self.scatter,
-                Some((&staging, params_off)),
+                Some((&staging, lay.params_off)),
             )?;
         }
         if pos_bytes > 0 {
@@ -408,7 +596,7 @@ impl Uploader {
                     out,
                     offset,
                     &mut self.gather,
-                    Some((&staging, params_off + scatter_params)),
+                    Some((&staging, lay.params_off + lay.scatter_params)),
                 )?;
             }
         }
@@ -416,9 +604,9 @@ impl Uploader {
         self.ring.submitted(entry, sub);
         ctx.check()?;
         Ok(PassTimes {
-            wait: t1 - t0,
-            copy: t2 - t1,
-            submit: t2.elapsed(),
+            wait: Duration::ZERO,
+            copy: t1 - t0,
+            submit: t1.elapsed(),
         })
     }
 }

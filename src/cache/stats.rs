@@ -29,9 +29,13 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Row bytes copied from the row source to the GPU.
     pub bytes_uploaded: u64,
-    /// Host time resolving ids to slots (dedup, slot map, eviction).
+    /// Host time resolving ids to slots (dedup, slot map, eviction). Once the cache has a
+    /// miss estimate, each slot-map partition copies its missed rows into staging memory
+    /// right after it resolves, while others still resolve: that copy is counted here.
     pub resolve_time: Duration,
-    /// Host time copying missed rows into staging memory.
+    /// Host time copying into staging memory after resolution: the slot lists and params,
+    /// and the missed rows of a pass that copies them serially (the first pass, or one
+    /// with more misses than the estimate has room for).
     pub copy_time: Duration,
     /// Host time waiting for a free staging buffer (the GPU is behind).
     pub staging_wait_time: Duration,
