@@ -5,12 +5,7 @@
 # release build of benches/workloads: `cargo bench --bench workloads --no-run`, copied from
 # target/release/deps/workloads-*). Usage: bash benches/run_h200.sh <workloads> [peer workloads]
 set -u
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 W=${1:-w1}; P=${2:-limits,$W}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 nproc; free -g | head -2

@@ -5,12 +5,7 @@
 # run_h200.sh); extra binaries to compare may be named in BINS (default: workloads).
 # Usage: bash benches/run_h200_scaling.sh
 set -u
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 BINS=${BINS:-workloads}
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,utilization.gpu --format=csv -lms 100 > "$OUT/clocks.csv" &
 SMI=$!
