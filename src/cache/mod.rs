@@ -127,7 +127,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             .max(row_bytes);
         let map = PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions);
         let staging = config.staging_buffers.max(1);
-        let engine = PassEngine::new(ctx, slots, map, staging, max_upload);
+        let engine = PassEngine::new(ctx, slots, map, staging, max_upload)?;
         let effective = config
             .clone()
             .capacity(Capacity::Rows(capacity))

@@ -97,9 +97,12 @@ impl PassEngine {
         map: PartitionedSlotMap,
         staging_buffers: usize,
         max_upload_bytes: u64,
-    ) -> Self {
+    ) -> Result<Self> {
         let layout = slots.layout();
-        Self {
+        // Build the pass's pipeline now: compiling it is the largest part of a first batch,
+        // and a kernel this device cannot run is better refused at construction.
+        copy_rows::prepare(ctx, layout)?;
+        Ok(Self {
             ctx: ctx.clone(),
             layout,
             slots,
@@ -118,7 +121,7 @@ impl PassEngine {
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
             stats: CacheStats::default(),
-        }
+        })
     }
 
     pub(crate) fn slots(&self) -> &RowBuffer {

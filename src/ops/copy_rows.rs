@@ -10,7 +10,7 @@ use crate::batch::check_ids;
 use crate::error::Result;
 use crate::gpu::{
     encode as encode_pass, encoder, first_launches, grid_for_threads, Embeddings, GpuContext,
-    Launch, LaunchState, ParamsFrom, RowBuffer, Shader, ELEM_PREFIXES,
+    Launch, LaunchState, ParamsFrom, RowBuffer, RowLayout, Shader, ELEM_PREFIXES,
 };
 use crate::ops::params_layout;
 
@@ -53,6 +53,12 @@ pub(crate) enum Direction {
     Gather,
     /// `table[slots[i]] = plain[offset + i]`
     Scatter,
+}
+
+/// Builds the pipeline for rows of `layout` ahead of the first copy.
+pub(crate) fn prepare(ctx: &GpuContext, layout: RowLayout) -> Result<()> {
+    ctx.pipeline(&SHADER, "copy_rows", layout.elem_prefix())
+        .map(|_| ())
 }
 
 /// Bytes of one [`CopyParams`] block: a copy over a table of `k` shards has `k` of them.
