@@ -197,8 +197,11 @@ fn poll_loop(shared: &PollerShared, device: &wgpu::Device) {
             submission_index: None,
             timeout: Some(Duration::from_millis(50)),
         });
-        if matches!(r, Err(ref e) if !matches!(e, wgpu::PollError::Timeout)) {
-            std::thread::sleep(Duration::from_millis(5));
+        if let Err(e) = r {
+            if !matches!(e, wgpu::PollError::Timeout) {
+                // Not a plain timeout: back off rather than spin on a failing device.
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }
