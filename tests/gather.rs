@@ -345,6 +345,34 @@ fn from_device_does_not_replace_the_apps_callback() {
 }
 
 #[test]
+fn a_shared_device_destroyed_without_forwarding_is_a_typed_error() {
+    let _serial = common::serial();
+    // The application installs no error handler (wgpu's default one panics) and does not
+    // forward the loss: hotrow's calls run in error scopes and report it themselves.
+    let (adapter, device, queue) = app_device();
+    let shared = GpuContext::from_device(&adapter, device.clone(), queue);
+    let table = RowBuffer::from_host(&shared, &[1.0, 2.0, 3.0, 4.0], 2).unwrap();
+    let data = vec![0.25f32; 40 * 4];
+    let mut cache = hotrow::EmbeddingCache::new(
+        &shared,
+        hotrow::HostTable::borrowed(&data, 4).unwrap(),
+        hotrow::CacheConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(cache.lookup(&[3]).unwrap().to_host().unwrap(), [0.25; 4]);
+    device.destroy();
+    let _ = device.poll(wgpu::PollType::Poll);
+    let lost = |r: hotrow::Result<()>, what: &str| match r {
+        Err(HotrowError::DeviceLost(_)) => {}
+        other => panic!("{what}: expected DeviceLost, got {other:?}"),
+    };
+    lost(table.gather(&[0, 1]).map(|_| ()), "gather");
+    lost(cache.lookup(&[5, 6]).map(|_| ()), "lookup");
+    lost(RowBuffer::new(&shared, 4, 4).map(|_| ()), "allocation");
+    assert!(matches!(shared.check(), Err(HotrowError::DeviceLost(_))));
+}
+
+#[test]
 fn a_lost_device_is_a_typed_error() {
     let _serial = common::serial();
     // A context that owns its device takes its loss itself.

@@ -86,62 +86,66 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// ([`HotrowError::InvalidArgument`]), or more than the adapter can allocate
     /// ([`HotrowError::ExceedsLimit`] / [`HotrowError::OutOfMemory`]).
     pub fn new(ctx: &GpuContext, source: S, config: CacheConfig) -> Result<Self> {
-        let (rows, dim) = (source.rows(), source.dim());
-        if dim == 0 || rows == 0 {
-            return Err(HotrowError::InvalidArgument(format!(
-                "row source must have rows and dim >= 1 (got {rows} x {dim})"
-            )));
-        }
-        let layout = RowLayout::f32(dim)?;
-        if rows > u32::MAX as usize {
-            return Err(HotrowError::ExceedsLimit {
-                what: "table rows (ids are u32)",
-                bytes: layout.bytes(rows),
-                limit_name: "u32::MAX rows",
-                limit: u32::MAX as u64,
-            });
-        }
-        let row_bytes = layout.row_bytes();
-        let cap = match config.capacity {
-            Capacity::Rows(n) => n as u64,
-            Capacity::Bytes(b) => b / row_bytes,
-            Capacity::Fraction(f) if f.is_finite() && f > 0.0 => (rows as f64 * f).ceil() as u64,
-            Capacity::Fraction(f) => {
+        ctx.guarded(|| {
+            let (rows, dim) = (source.rows(), source.dim());
+            if dim == 0 || rows == 0 {
                 return Err(HotrowError::InvalidArgument(format!(
-                    "capacity fraction must be > 0, got {f}"
-                )))
+                    "row source must have rows and dim >= 1 (got {rows} x {dim})"
+                )));
             }
-        };
-        if cap == 0 {
-            return Err(HotrowError::InvalidArgument(format!(
+            let layout = RowLayout::f32(dim)?;
+            if rows > u32::MAX as usize {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "table rows (ids are u32)",
+                    bytes: layout.bytes(rows),
+                    limit_name: "u32::MAX rows",
+                    limit: u32::MAX as u64,
+                });
+            }
+            let row_bytes = layout.row_bytes();
+            let cap = match config.capacity {
+                Capacity::Rows(n) => n as u64,
+                Capacity::Bytes(b) => b / row_bytes,
+                Capacity::Fraction(f) if f.is_finite() && f > 0.0 => {
+                    (rows as f64 * f).ceil() as u64
+                }
+                Capacity::Fraction(f) => {
+                    return Err(HotrowError::InvalidArgument(format!(
+                        "capacity fraction must be > 0, got {f}"
+                    )))
+                }
+            };
+            if cap == 0 {
+                return Err(HotrowError::InvalidArgument(format!(
                 "cache capacity must be at least one row ({:?} of {row_bytes}-byte rows gives 0)",
                 config.capacity
             )));
-        }
-        let capacity = cap.min(rows as u64) as usize;
-        let slots = RowBuffer::with_options(ctx, capacity, dim, config.slot_buffer.clone())?;
-        let max_upload = config
-            .max_upload_bytes_per_pass
-            .min(ctx.max_binding())
-            .min(ctx.limits().max_buffer_size / 2)
-            .max(row_bytes);
-        let map = PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions);
-        let staging = config.staging_buffers.max(1);
-        let engine = PassEngine::new(ctx, slots, map, staging, max_upload)?;
-        let effective = config
-            .clone()
-            .capacity(Capacity::Rows(capacity))
-            .partitions(engine.map().partitions())
-            .staging_buffers(staging)
-            .max_upload_bytes_per_pass(engine.max_upload_bytes());
-        Ok(Self {
-            ctx: ctx.clone(),
-            source,
-            layout,
-            engine,
-            config: effective,
-            bag_launch: LaunchState::default(),
-            product_launch: LaunchState::default(),
+            }
+            let capacity = cap.min(rows as u64) as usize;
+            let slots = RowBuffer::with_options(ctx, capacity, dim, config.slot_buffer.clone())?;
+            let max_upload = config
+                .max_upload_bytes_per_pass
+                .min(ctx.max_binding())
+                .min(ctx.limits().max_buffer_size / 2)
+                .max(row_bytes);
+            let map = PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions);
+            let staging = config.staging_buffers.max(1);
+            let engine = PassEngine::new(ctx, slots, map, staging, max_upload)?;
+            let effective = config
+                .clone()
+                .capacity(Capacity::Rows(capacity))
+                .partitions(engine.map().partitions())
+                .staging_buffers(staging)
+                .max_upload_bytes_per_pass(engine.max_upload_bytes());
+            Ok(Self {
+                ctx: ctx.clone(),
+                source,
+                layout,
+                engine,
+                config: effective,
+                bag_launch: LaunchState::default(),
+                product_launch: LaunchState::default(),
+            })
         })
     }
 
@@ -161,20 +165,26 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     fn lookup_checked(&mut self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
-        out.reset_for(&self.ctx, ids.len(), self.layout.dim())?;
-        if ids.is_empty() {
-            return self.ctx.check();
-        }
-        self.engine.serve(&self.source, ids, Some(out.buffer()))
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            out.reset_for(&self.ctx, ids.len(), self.layout.dim())?;
+            if ids.is_empty() {
+                return self.ctx.check();
+            }
+            self.engine.serve(&self.source, ids, Some(out.buffer()))
+        })
     }
 
     /// Makes `ids` resident (uploading those that are not), with no output.
     pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
-        check_ids(ids, self.source.rows())?;
-        if ids.is_empty() {
-            return self.ctx.check();
-        }
-        self.engine.serve(&self.source, ids, None)
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            check_ids(ids, self.source.rows())?;
+            if ids.is_empty() {
+                return self.ctx.check();
+            }
+            self.engine.serve(&self.source, ids, None)
+        })
     }
 
     /// Counters since construction or the last [`EmbeddingCache::reset_stats`].

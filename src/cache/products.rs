@@ -110,28 +110,31 @@ impl<S: RowSource> EmbeddingCache<S> {
         weights: Option<&[f32]>,
         out: &mut Embeddings,
     ) -> Result<()> {
-        out.reset_for(&self.ctx, offsets.len(), self.dim())?;
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        if ids.is_empty() {
-            return out.fill(0.0); // every bag is empty
-        }
-        let rows = self.engine.rows_for_op(&self.source, ids)?;
-        let mut enc = encoder(&self.ctx, "hotrow bags");
-        bag::encode(
-            &self.ctx,
-            &mut enc,
-            &mut self.bag_launch,
-            &rows,
-            ids.len(),
-            offsets,
-            pooling,
-            weights,
-            out.buffer(),
-        )?;
-        submit(&self.ctx, enc)?;
-        Ok(())
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            out.reset_for(&self.ctx, offsets.len(), self.dim())?;
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            if ids.is_empty() {
+                return out.fill(0.0); // every bag is empty
+            }
+            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let mut enc = encoder(&self.ctx, "hotrow bags");
+            bag::encode(
+                &self.ctx,
+                &mut enc,
+                &mut self.bag_launch,
+                &rows,
+                ids.len(),
+                offsets,
+                pooling,
+                weights,
+                out.buffer(),
+            )?;
+            submit(&self.ctx, enc)?;
+            Ok(())
+        })
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
@@ -214,19 +217,22 @@ impl<S: RowSource> EmbeddingCache<S> {
         cand: &[u32],
         out: &mut Embeddings,
     ) -> Result<()> {
-        out.reset_for(&self.ctx, m, cand.len())?;
-        if m == 0 {
-            return Ok(());
-        }
-        let a = match queries {
-            Queries::Host { data, .. } => self
-                .product_launch
-                .input
-                .upload(&self.ctx, bytemuck::cast_slice(data))?
-                .clone(),
-            Queries::Gpu(e) => e.buffer().clone(),
-        };
-        self.product(Product::Scores, &a, m, cand, out)
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            out.reset_for(&self.ctx, m, cand.len())?;
+            if m == 0 {
+                return Ok(());
+            }
+            let a = match queries {
+                Queries::Host { data, .. } => self
+                    .product_launch
+                    .input
+                    .upload(&self.ctx, bytemuck::cast_slice(data))?
+                    .clone(),
+                Queries::Gpu(e) => e.buffer().clone(),
+            };
+            self.product(Product::Scores, &a, m, cand, out)
+        })
     }
 
     /// Combination of rows: `out = x * E[ids]` for a dense `m x k` matrix `x` (row-major,
@@ -277,16 +283,19 @@ impl<S: RowSource> EmbeddingCache<S> {
         ids: &[u32],
         out: &mut Embeddings,
     ) -> Result<()> {
-        out.reset_for(&self.ctx, m, self.dim())?;
-        if m == 0 {
-            return Ok(());
-        }
-        let a = self
-            .product_launch
-            .input
-            .upload(&self.ctx, bytemuck::cast_slice(x))?
-            .clone();
-        self.product(Product::Combine, &a, m, ids, out)
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            out.reset_for(&self.ctx, m, self.dim())?;
+            if m == 0 {
+                return Ok(());
+            }
+            let a = self
+                .product_launch
+                .input
+                .upload(&self.ctx, bytemuck::cast_slice(x))?
+                .clone();
+            self.product(Product::Combine, &a, m, ids, out)
+        })
     }
 
     /// Resolves `ids` and launches `out = a x E[ids]` (or its transpose for scores).

@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     pub(crate) timer: Mutex<Option<PassTimer>>,
     pub(crate) memory: Memory,
     pub(crate) poller: Poller,
+    /// hotrow opened the device (and so holds its lost callback and error handler); false
+    /// for [`GpuContext::from_device`], whose calls run inside error scopes instead.
+    owned: bool,
 }
 
 impl Drop for Inner {
@@ -101,7 +104,13 @@ impl GpuContext {
                 trace: wgpu::Trace::Off,
             })
             .await?;
-        let ctx = Self::build(adapter.get_info(), device, queue, options.memory_budget);
+        let ctx = Self::build(
+            adapter.get_info(),
+            device,
+            queue,
+            options.memory_budget,
+            true,
+        );
         // hotrow owns this device, so it also takes its loss and uncaptured errors.
         let state = Arc::downgrade(&ctx.inner.state);
         ctx.inner
@@ -133,9 +142,12 @@ impl GpuContext {
     /// using them), and nothing else. The limits and features in force are the device's
     /// own. hotrow installs **no** device-lost callback and **no** uncaptured-error handler
     /// on a device it did not open (wgpu keeps one of each per device, so installing ours
-    /// would silently replace the application's). The application forwards a loss it sees
-    /// with [`GpuContext::device_lost`]; from then on every hotrow call on this context
-    /// returns [`HotrowError::DeviceLost`].
+    /// would silently replace the application's). Instead each hotrow call on such a context
+    /// runs inside wgpu error scopes: an error it causes comes back as a typed error (a
+    /// lost or destroyed device as [`HotrowError::DeviceLost`]) rather than reaching the
+    /// application's handler. The application may also forward a loss it sees with
+    /// [`GpuContext::device_lost`]; from then on every hotrow call on this context returns
+    /// [`HotrowError::DeviceLost`].
     ///
     /// ```no_run
     /// # async fn app(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) {
@@ -148,7 +160,7 @@ impl GpuContext {
     /// # }
     /// ```
     pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(adapter.get_info(), device, queue, None)
+        Self::build(adapter.get_info(), device, queue, None, false)
     }
 
     fn build(
@@ -156,6 +168,7 @@ impl GpuContext {
         device: wgpu::Device,
         queue: wgpu::Queue,
         memory_budget: Option<u64>,
+        owned: bool,
     ) -> Self {
         let limits = device.limits();
         let summary = adapter::summarize(info, &limits, device.features());
@@ -171,6 +184,7 @@ impl GpuContext {
                 state: Arc::new(DeviceState::default()),
                 timer: Mutex::new(None),
                 memory: Memory::new(memory_budget),
+                owned,
             }),
         }
     }
@@ -214,6 +228,64 @@ impl GpuContext {
     /// call returns [`HotrowError::DeviceLost`] with this reason.
     pub fn device_lost(&self, reason: impl Into<String>) {
         self.inner.state.mark_lost(reason.into());
+    }
+
+    /// Runs `f` (a public call's GPU work). On a shared device ([`GpuContext::from_device`])
+    /// it runs inside validation and internal error scopes, so an error the call causes is
+    /// returned as a typed error; on a device hotrow opened, errors reach hotrow's own
+    /// handler and [`GpuContext::check`] reports them.
+    pub(crate) fn guarded<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.check()?;
+        if self.inner.owned {
+            return f();
+        }
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let caught = pollster::block_on(validation.pop()).or(pollster::block_on(internal.pop()));
+        let failed = match caught {
+            None => match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            },
+            Some(e) => HotrowError::Gpu(e.to_string()),
+        };
+        // Something failed: if the device itself is gone, say so (and remember it).
+        if let Some(reason) = self.probe_lost() {
+            self.device_lost(reason.clone());
+            return Err(HotrowError::DeviceLost(reason));
+        }
+        Err(failed)
+    }
+
+    /// Whether the device still works (asked only after a failure on a shared device, which
+    /// has no lost callback of hotrow's): a fresh 4-byte buffer must map. A lost device
+    /// raises no errors (WebGPU's rule), but its new buffers are invalid and never map.
+    fn probe_lost(&self) -> Option<String> {
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let probe = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hotrow device probe"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mapped = Arc::new(Mutex::new(None));
+        let sink = mapped.clone();
+        probe.map_async(wgpu::MapMode::Read, .., move |r| {
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.is_ok());
+        });
+        let _ = device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(Duration::from_secs(5)),
+        });
+        drop(pollster::block_on(scope.pop()));
+        let ok = *mapped.lock().unwrap_or_else(|e| e.into_inner());
+        match ok {
+            Some(true) => None,
+            _ => Some("the device is lost or destroyed (a fresh buffer does not map)".into()),
+        }
     }
 
     /// Fails with [`HotrowError::DeviceLost`] once the device is gone, or with

@@ -91,16 +91,17 @@ pub(crate) fn read_f32_async(
     let started = if len == 0 {
         Ok(None)
     } else {
-        copy_out(&ctx, src, offset, size).map(|(staging, _)| {
-            let (tx, rx) = oneshot::channel();
-            let poller = ctx.inner.poller.clone();
-            poller.begin();
-            staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
-                poller.end();
-                let _ = tx.send(r);
-            });
-            Some((staging, rx))
-        })
+        ctx.guarded(|| copy_out(&ctx, src, offset, size))
+            .map(|(staging, _)| {
+                let (tx, rx) = oneshot::channel();
+                let poller = ctx.inner.poller.clone();
+                poller.begin();
+                staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+                    poller.end();
+                    let _ = tx.send(r);
+                });
+                Some((staging, rx))
+            })
     };
     async move {
         let Some((staging, rx)) = started? else {

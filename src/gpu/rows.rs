@@ -64,76 +64,78 @@ impl RowBuffer {
         dim: usize,
         options: RowBufferOptions,
     ) -> Result<Self> {
-        let layout = RowLayout::f32(dim)?;
-        if rows == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "a row buffer needs at least 1 row".into(),
-            ));
-        }
-        let row_bytes = layout.row_bytes();
-        let binding = ctx.max_binding();
-        let mut limit = binding.min(ctx.limits().max_buffer_size);
-        let mut limit_name = if binding <= ctx.limits().max_buffer_size {
-            "max_storage_buffer_binding_size"
-        } else {
-            "max_buffer_size"
-        };
-        if let Some(cap) = options.max_shard_bytes {
-            if cap < limit {
-                limit = cap;
-                limit_name = "RowBufferOptions::max_shard_bytes";
+        ctx.guarded(|| {
+            let layout = RowLayout::f32(dim)?;
+            if rows == 0 {
+                return Err(HotrowError::InvalidArgument(
+                    "a row buffer needs at least 1 row".into(),
+                ));
             }
-        }
-        // Keep shard sizes multiples of 16 bytes so vec4 views stay whole.
-        let limit = limit & !15;
-        let shard_rows = (limit / row_bytes) as usize;
-        if shard_rows == 0 {
-            return Err(HotrowError::ExceedsLimit {
-                what: "one row",
-                bytes: row_bytes,
-                limit_name,
-                limit,
-            });
-        }
-        if rows as u64 > u32::MAX as u64 {
-            return Err(HotrowError::ExceedsLimit {
-                what: "row count (slots are u32)",
-                bytes: layout.bytes(rows),
-                limit_name: "u32::MAX rows",
-                limit: u32::MAX as u64,
-            });
-        }
-        let total = layout.bytes(rows);
-        let mut shards = Vec::new();
-        let mut left = rows;
-        while left > 0 {
-            let n = left.min(shard_rows);
-            let usage = wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC;
-            let b = ctx
-                .create_buffer("hotrow rows", layout.bytes(n), usage, false)
-                .map_err(|e| match e {
-                    HotrowError::ExceedsLimit {
-                        limit_name, limit, ..
-                    } => HotrowError::ExceedsLimit {
-                        what: "row buffer",
-                        bytes: total,
-                        limit_name,
-                        limit,
-                    },
-                    other => other,
-                })?;
-            shards.push(b);
-            left -= n;
-        }
-        Ok(Self {
-            ctx: ctx.clone(),
-            shards,
-            shard_rows,
-            rows,
-            layout,
-            gather: Default::default(),
+            let row_bytes = layout.row_bytes();
+            let binding = ctx.max_binding();
+            let mut limit = binding.min(ctx.limits().max_buffer_size);
+            let mut limit_name = if binding <= ctx.limits().max_buffer_size {
+                "max_storage_buffer_binding_size"
+            } else {
+                "max_buffer_size"
+            };
+            if let Some(cap) = options.max_shard_bytes {
+                if cap < limit {
+                    limit = cap;
+                    limit_name = "RowBufferOptions::max_shard_bytes";
+                }
+            }
+            // Keep shard sizes multiples of 16 bytes so vec4 views stay whole.
+            let limit = limit & !15;
+            let shard_rows = (limit / row_bytes) as usize;
+            if shard_rows == 0 {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "one row",
+                    bytes: row_bytes,
+                    limit_name,
+                    limit,
+                });
+            }
+            if rows as u64 > u32::MAX as u64 {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "row count (slots are u32)",
+                    bytes: layout.bytes(rows),
+                    limit_name: "u32::MAX rows",
+                    limit: u32::MAX as u64,
+                });
+            }
+            let total = layout.bytes(rows);
+            let mut shards = Vec::new();
+            let mut left = rows;
+            while left > 0 {
+                let n = left.min(shard_rows);
+                let usage = wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC;
+                let b = ctx
+                    .create_buffer("hotrow rows", layout.bytes(n), usage, false)
+                    .map_err(|e| match e {
+                        HotrowError::ExceedsLimit {
+                            limit_name, limit, ..
+                        } => HotrowError::ExceedsLimit {
+                            what: "row buffer",
+                            bytes: total,
+                            limit_name,
+                            limit,
+                        },
+                        other => other,
+                    })?;
+                shards.push(b);
+                left -= n;
+            }
+            Ok(Self {
+                ctx: ctx.clone(),
+                shards,
+                shard_rows,
+                rows,
+                layout,
+                gather: Default::default(),
+            })
         })
     }
 
@@ -167,57 +169,61 @@ impl RowBuffer {
     /// Uploads whole rows starting at row `first`, in large writes (at most 64 MiB each,
     /// split at shard boundaries), never one write per row.
     pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
-        let dim = self.layout.dim();
-        if !data.len().is_multiple_of(dim) {
-            return Err(HotrowError::LengthMismatch {
-                what: "row data (a multiple of dim)",
-                expected: data.len() / dim * dim + dim,
-                got: data.len(),
-            });
-        }
-        self.check_range(first, data.len() / dim)?;
-        self.ctx.check()?;
-        const CHUNK_BYTES: u64 = 64 << 20;
-        let chunk_rows = (CHUNK_BYTES / self.layout.row_bytes()).max(1) as usize;
-        let mut row = first;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let shard = row / self.shard_rows;
-            let local = row % self.shard_rows;
-            let take = (self.shard_rows - local)
-                .min(chunk_rows)
-                .min(rest.len() / dim);
-            let (now, later) = rest.split_at(take * dim);
-            self.ctx.queue().write_buffer(
-                &self.shards[shard],
-                self.layout.bytes(local),
-                bytemuck::cast_slice(now),
-            );
-            row += take;
-            rest = later;
-        }
-        Ok(())
+        self.ctx.guarded(|| {
+            let dim = self.layout.dim();
+            if !data.len().is_multiple_of(dim) {
+                return Err(HotrowError::LengthMismatch {
+                    what: "row data (a multiple of dim)",
+                    expected: data.len() / dim * dim + dim,
+                    got: data.len(),
+                });
+            }
+            self.check_range(first, data.len() / dim)?;
+            self.ctx.check()?;
+            const CHUNK_BYTES: u64 = 64 << 20;
+            let chunk_rows = (CHUNK_BYTES / self.layout.row_bytes()).max(1) as usize;
+            let mut row = first;
+            let mut rest = data;
+            while !rest.is_empty() {
+                let shard = row / self.shard_rows;
+                let local = row % self.shard_rows;
+                let take = (self.shard_rows - local)
+                    .min(chunk_rows)
+                    .min(rest.len() / dim);
+                let (now, later) = rest.split_at(take * dim);
+                self.ctx.queue().write_buffer(
+                    &self.shards[shard],
+                    self.layout.bytes(local),
+                    bytemuck::cast_slice(now),
+                );
+                row += take;
+                rest = later;
+            }
+            Ok(())
+        })
     }
 
     /// Copies rows `first..first + count` back to the host (blocking).
     pub fn read_rows(&self, first: usize, count: usize) -> Result<Vec<f32>> {
-        self.check_range(first, count)?;
-        let dim = self.layout.dim();
-        let mut out = Vec::with_capacity(count * dim);
-        let mut row = first;
-        while row < first + count {
-            let shard = row / self.shard_rows;
-            let local = row % self.shard_rows;
-            let take = (self.shard_rows - local).min(first + count - row);
-            out.extend(readback::read_f32(
-                &self.ctx,
-                &self.shards[shard],
-                self.layout.bytes(local),
-                take * dim,
-            )?);
-            row += take;
-        }
-        Ok(out)
+        self.ctx.guarded(|| {
+            self.check_range(first, count)?;
+            let dim = self.layout.dim();
+            let mut out = Vec::with_capacity(count * dim);
+            let mut row = first;
+            while row < first + count {
+                let shard = row / self.shard_rows;
+                let local = row % self.shard_rows;
+                let take = (self.shard_rows - local).min(first + count - row);
+                out.extend(readback::read_f32(
+                    &self.ctx,
+                    &self.shards[shard],
+                    self.layout.bytes(local),
+                    take * dim,
+                )?);
+                row += take;
+            }
+            Ok(out)
+        })
     }
 
     /// Number of rows.
@@ -279,12 +285,14 @@ impl std::fmt::Debug for Embeddings {
 impl Embeddings {
     /// Allocates room for `rows x dim` f32 (contents unspecified until an op writes them).
     pub fn new(ctx: &GpuContext, rows: usize, dim: usize) -> Result<Self> {
-        let bytes = Self::check_size(ctx, rows, dim)?;
-        Ok(Self {
-            ctx: ctx.clone(),
-            buffer: Self::alloc(ctx, bytes)?,
-            rows,
-            dim,
+        ctx.guarded(|| {
+            let bytes = Self::check_size(ctx, rows, dim)?;
+            Ok(Self {
+                ctx: ctx.clone(),
+                buffer: Self::alloc(ctx, bytes)?,
+                rows,
+                dim,
+            })
         })
     }
 
@@ -353,19 +361,22 @@ impl Embeddings {
 
     /// Fills the rows with a value (used by tests to poison outputs, e.g. with NaN).
     pub fn fill(&self, value: f32) -> Result<()> {
-        if self.rows * self.dim == 0 {
-            return Ok(());
-        }
-        let data = vec![value; self.rows * self.dim];
-        self.ctx
-            .queue()
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data));
-        Ok(())
+        self.ctx.guarded(|| {
+            if self.rows * self.dim == 0 {
+                return Ok(());
+            }
+            let data = vec![value; self.rows * self.dim];
+            self.ctx
+                .queue()
+                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data));
+            Ok(())
+        })
     }
 
     /// Copies the rows to host memory, waiting for the op that produced them.
     pub fn to_host(&self) -> Result<Vec<f32>> {
-        readback::read_f32(&self.ctx, &self.buffer, 0, self.rows * self.dim)
+        self.ctx
+            .guarded(|| readback::read_f32(&self.ctx, &self.buffer, 0, self.rows * self.dim))
     }
 
     /// Async form of [`Embeddings::to_host`]: the copy is submitted at once, and the future

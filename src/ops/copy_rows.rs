@@ -182,50 +182,53 @@ impl RowBuffer {
     }
 
     fn gather_checked(&self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
-        let ctx = self.context();
-        out.reset_for(ctx, ids.len(), self.dim())?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut state = self.gather.lock().unwrap_or_else(|e| e.into_inner());
-        let LaunchState {
-            input,
-            launches,
-            ring,
-            ..
-        } = &mut *state;
-        // The ids and each shard's params go up through one mapped staging buffer.
-        let ids_bytes = ids.len() as u64 * 4;
-        let params_off = ids_bytes.next_multiple_of(16);
-        let total = params_off + self.shards().len() as u64 * PARAMS_BYTES;
-        let entry = ring.acquire(ctx, total)?;
-        ring.write(entry, total, |bytes| {
-            let (head, blocks) = bytes.split_at_mut(params_off as usize);
-            head[..ids_bytes as usize].copy_from_slice(bytemuck::cast_slice(ids));
-            let blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
-            for (dst, b) in blocks.zip(params(ctx, Direction::Gather, self, ids.len(), 0)) {
-                dst.copy_from_slice(bytemuck::bytes_of(&b));
+        let ctx = self.context().clone();
+        ctx.guarded(|| {
+            let ctx = self.context();
+            out.reset_for(ctx, ids.len(), self.dim())?;
+            if ids.is_empty() {
+                return Ok(());
             }
-        })?;
-        ring.unmap(entry);
-        let staging = ring.buffer(entry).clone();
-        let ids_buf = input.get(ctx, ids_bytes)?;
-        let mut enc = encoder(ctx, "hotrow gather");
-        enc.copy_buffer_to_buffer(&staging, 0, ids_buf, 0, ids_bytes);
-        encode(
-            ctx,
-            &mut enc,
-            Direction::Gather,
-            self,
-            ids_buf,
-            ids.len(),
-            out.buffer(),
-            0,
-            launches,
-            Some((&staging, params_off)),
-        )?;
-        let sub = ctx.queue().submit([enc.finish()]);
-        ring.submitted(entry, sub);
-        ctx.check()
+            let mut state = self.gather.lock().unwrap_or_else(|e| e.into_inner());
+            let LaunchState {
+                input,
+                launches,
+                ring,
+                ..
+            } = &mut *state;
+            // The ids and each shard's params go up through one mapped staging buffer.
+            let ids_bytes = ids.len() as u64 * 4;
+            let params_off = ids_bytes.next_multiple_of(16);
+            let total = params_off + self.shards().len() as u64 * PARAMS_BYTES;
+            let entry = ring.acquire(ctx, total)?;
+            ring.write(entry, total, |bytes| {
+                let (head, blocks) = bytes.split_at_mut(params_off as usize);
+                head[..ids_bytes as usize].copy_from_slice(bytemuck::cast_slice(ids));
+                let blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
+                for (dst, b) in blocks.zip(params(ctx, Direction::Gather, self, ids.len(), 0)) {
+                    dst.copy_from_slice(bytemuck::bytes_of(&b));
+                }
+            })?;
+            ring.unmap(entry);
+            let staging = ring.buffer(entry).clone();
+            let ids_buf = input.get(ctx, ids_bytes)?;
+            let mut enc = encoder(ctx, "hotrow gather");
+            enc.copy_buffer_to_buffer(&staging, 0, ids_buf, 0, ids_bytes);
+            encode(
+                ctx,
+                &mut enc,
+                Direction::Gather,
+                self,
+                ids_buf,
+                ids.len(),
+                out.buffer(),
+                0,
+                launches,
+                Some((&staging, params_off)),
+            )?;
+            let sub = ctx.queue().submit([enc.finish()]);
+            ring.submitted(entry, sub);
+            ctx.check()
+        })
     }
 }
