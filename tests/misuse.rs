@@ -27,9 +27,8 @@ fn all_nan(e: &Embeddings) -> bool {
     e.to_host().unwrap().iter().all(|v| v.is_nan())
 }
 
-fn check_close(got: &Embeddings, want: &[f64], what: &str) {
-    let err = reference::relative_error(&got.to_host().unwrap(), want);
-    assert!(err < 1e-5, "{what}: relative error {err:e}");
+fn check_close(got: &Embeddings, (want, scale): (Vec<f64>, Vec<f64>), what: &str) {
+    common::assert_close(got, &want, &scale, what);
 }
 
 #[test]
@@ -196,7 +195,7 @@ fn a_panicking_row_source_leaves_no_phantom_rows() {
             .unwrap();
         check_close(
             &bags,
-            &reference::bags(&data, dim, &fresh, &[0, 20], 1, None),
+            common::bags_ref(&data, dim, &fresh, &[0, 20], 1, None),
             "bags after a panic",
         );
     }
@@ -391,19 +390,19 @@ fn a_steady_stream_through_every_into_call_allocates_nothing() {
     assert_rows_eq(&outs[1].to_host().unwrap(), &gathered, dim, "gather");
     check_close(
         &outs[2],
-        &reference::bags(&data, dim, &ids, &offsets, 0, Some(&w)),
+        common::bags_ref(&data, dim, &ids, &offsets, 0, Some(&w)),
         "bags",
     );
-    check_close(&outs[3], &reference::scores(&data, dim, &q, &ids), "scores");
+    check_close(&outs[3], common::scores_ref(&data, dim, &q, &ids), "scores");
     let qg = reference::gather(&data, dim, &[1, 2, 3, 4]);
     check_close(
         &outs[4],
-        &reference::scores(&data, dim, &qg, &ids),
+        common::scores_ref(&data, dim, &qg, &ids),
         "GPU-query scores",
     );
     check_close(
         &outs[5],
-        &reference::combine(&data, dim, &x, &ids),
+        common::combine_ref(&data, dim, &x, &ids),
         "combine",
     );
     let after = own.memory_stats();
@@ -463,15 +462,15 @@ fn every_op_runs_within_the_downlevel_limits() {
             .unwrap();
         check_close(
             &bags,
-            &reference::bags(&data, dim, &ids, &[0, 30, 30, 61], 0, Some(&w)),
+            common::bags_ref(&data, dim, &ids, &[0, 30, 30, 61], 0, Some(&w)),
             "bags",
         );
         let q = random_values(5 * dim, rng.next_u64());
         let s = cache.scores(Queries::Host { data: &q, dim }, &ids).unwrap();
-        check_close(&s, &reference::scores(&data, dim, &q, &ids), "scores");
+        check_close(&s, common::scores_ref(&data, dim, &q, &ids), "scores");
         let x = random_values(3 * 90, rng.next_u64());
         let c = cache.combine(&x, &ids).unwrap();
-        check_close(&c, &reference::combine(&data, dim, &x, &ids), "combine");
+        check_close(&c, common::combine_ref(&data, dim, &x, &ids), "combine");
     }
     // Below what the kernels need: a typed error naming the limit, never a panic.
     let lower = wgpu::Limits {
@@ -528,7 +527,7 @@ fn inputs_past_one_binding_are_refused_before_any_work() {
         .unwrap();
     check_close(
         &bags,
-        &reference::bags(&data, dim, &ids, &offsets, 1, None),
+        common::bags_ref(&data, dim, &ids, &offsets, 1, None),
         "bags over sharded slots",
     );
     let stats = cache.stats().clone();

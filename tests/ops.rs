@@ -6,11 +6,9 @@ mod common;
 use common::workload::{random_values, Rng};
 use common::{ctx, seed};
 use hotrow::{
-    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, HostTable, HotrowError, Pooling,
-    Queries, RowBufferOptions,
+    CacheConfig, Capacity, EmbeddingCache, Embeddings, HostTable, HotrowError, Pooling, Queries,
+    RowBufferOptions,
 };
-
-const TOL: f64 = 1e-5;
 
 fn cache<'a>(data: &'a [f32], dim: usize, cap: usize) -> EmbeddingCache<HostTable<'a>> {
     EmbeddingCache::new(
@@ -28,13 +26,8 @@ fn poisoned(rows: usize, dim: usize) -> Embeddings {
     e
 }
 
-fn check(got: &Embeddings, want: &[f64], what: &str) {
-    let host = got.to_host().unwrap();
-    let err = reference::relative_error(&host, want);
-    assert!(
-        err < TOL,
-        "{what}: relative error {err:e} (NaN poison or wrong values)"
-    );
+fn check(got: &Embeddings, (want, scale): (Vec<f64>, Vec<f64>), what: &str) {
+    common::assert_close(got, &want, &scale, what);
 }
 
 /// Random bag lengths, including 0, 1 and 1,000.
@@ -79,14 +72,14 @@ fn bags_match_reference() {
             c.lookup_bags_into(&ids, &offsets, pooling, weights, &mut out)
                 .unwrap();
             assert_eq!((out.rows(), out.dim()), (30, dim));
-            let want = reference::bags(&data, dim, &ids, &offsets, mode, weights);
-            check(&out, &want, &format!("dim {dim} {pooling:?} weighted"));
+            let want = common::bags_ref(&data, dim, &ids, &offsets, mode, weights);
+            check(&out, want, &format!("dim {dim} {pooling:?} weighted"));
             let mut out = poisoned(30, dim);
             c.lookup_bags_into(&ids, &offsets, pooling, None, &mut out)
                 .unwrap();
             check(
                 &out,
-                &reference::bags(&data, dim, &ids, &offsets, mode, None),
+                common::bags_ref(&data, dim, &ids, &offsets, mode, None),
                 &format!("dim {dim} {pooling:?}"),
             );
         }
@@ -105,14 +98,14 @@ fn bags_through_passes_and_shards() {
     let hot: Vec<u32> = (0..10).map(|_| rng.below(rows as u64) as u32).collect();
     let (ids, offsets) = random_bags(&mut rng, 40, rows, &hot);
     let w: Vec<f32> = (0..ids.len()).map(|_| rng.value()).collect();
-    let want = reference::bags(&data, dim, &ids, &offsets, 0, Some(&w));
+    let want = common::bags_ref(&data, dim, &ids, &offsets, 0, Some(&w));
     // far fewer slots than distinct ids: served in passes, through a gathered buffer
     let mut small = cache(&data, dim, 37);
     let mut out = poisoned(offsets.len(), dim);
     small
         .lookup_bags_into(&ids, &offsets, Pooling::Sum, Some(&w), &mut out)
         .unwrap();
-    check(&out, &want, "passes");
+    check(&out, want.clone(), "passes");
     assert!(small.stats().passes > 2);
     // a sharded slot buffer
     let mut sharded = EmbeddingCache::new(
@@ -129,7 +122,7 @@ fn bags_through_passes_and_shards() {
         &sharded
             .lookup_bags(&ids, &offsets, Pooling::Sum, Some(&w))
             .unwrap(),
-        &want,
+        want,
         "sharded",
     );
     // no ids at all: every bag empty, zeros
@@ -165,7 +158,7 @@ fn scores_and_combine_match_reference() {
             assert_eq!((out.rows(), out.dim()), (m, n_cand));
             check(
                 &out,
-                &reference::scores(&data, dim, &q, &cand),
+                common::scores_ref(&data, dim, &q, &cand),
                 &format!("scores dim {dim} m {m} c {n_cand}"),
             );
             // queries already on the GPU
@@ -175,7 +168,7 @@ fn scores_and_combine_match_reference() {
             c.scores_into(Queries::Gpu(&qg), &cand, &mut out).unwrap();
             check(
                 &out,
-                &reference::scores(&data, dim, &qh, &cand),
+                common::scores_ref(&data, dim, &qh, &cand),
                 "scores from GPU queries",
             );
             // combine: m x k weights over k = n_cand rows
@@ -185,7 +178,7 @@ fn scores_and_combine_match_reference() {
             assert_eq!((out.rows(), out.dim()), (m, dim));
             check(
                 &out,
-                &reference::combine(&data, dim, &x, &cand),
+                common::combine_ref(&data, dim, &x, &cand),
                 &format!("combine dim {dim} m {m} k {n_cand}"),
             );
         }
@@ -200,13 +193,13 @@ fn scores_and_combine_match_reference() {
         &small
             .scores(Queries::Host { data: &q, dim }, &cand)
             .unwrap(),
-        &reference::scores(&data, dim, &q, &cand),
+        common::scores_ref(&data, dim, &q, &cand),
         "scores in passes",
     );
     let x = random_values(3 * cand.len(), rng.next_u64());
     check(
         &small.combine(&x, &cand).unwrap(),
-        &reference::combine(&data, dim, &x, &cand),
+        common::combine_ref(&data, dim, &x, &cand),
         "combine in passes",
     );
 }

@@ -59,3 +59,63 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Absolute values (the inputs of an op's error scale, see [`assert_close`]).
+pub fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// f32 results of sums of products against the f64 reference: `||got - want||` must be at
+/// most `1e-5 * ||scale||`, where `scale` is the same op on the absolute values of its
+/// inputs (rounding in a sum grows with the sum of its terms' magnitudes, not with the
+/// result, which cancellation can make arbitrarily small). NaN (poison) always fails.
+pub fn assert_close(got: &hotrow::Embeddings, want: &[f64], scale: &[f64], what: &str) {
+    let host = got.to_host().unwrap();
+    assert_eq!(host.len(), want.len(), "{what}: length");
+    assert!(
+        host.iter().all(|v| v.is_finite()),
+        "{what}: NaN poison or non-finite values"
+    );
+    let err: f64 = host
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = scale.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(
+        err <= 1e-5 * norm,
+        "{what}: error {err:e} over scale {norm:e} (relative {:e})",
+        err / norm.max(f64::MIN_POSITIVE)
+    );
+}
+
+/// Reference bags and their error scale (the same bags over absolute values).
+pub fn bags_ref(
+    data: &[f32],
+    dim: usize,
+    ids: &[u32],
+    offsets: &[u32],
+    mode: u32,
+    w: Option<&[f32]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let aw = w.map(abs);
+    (
+        hotrow::reference::bags(data, dim, ids, offsets, mode, w),
+        hotrow::reference::bags(&abs(data), dim, ids, offsets, mode, aw.as_deref()),
+    )
+}
+
+pub fn scores_ref(data: &[f32], dim: usize, q: &[f32], cand: &[u32]) -> (Vec<f64>, Vec<f64>) {
+    (
+        hotrow::reference::scores(data, dim, q, cand),
+        hotrow::reference::scores(&abs(data), dim, &abs(q), cand),
+    )
+}
+
+pub fn combine_ref(data: &[f32], dim: usize, x: &[f32], ids: &[u32]) -> (Vec<f64>, Vec<f64>) {
+    (
+        hotrow::reference::combine(data, dim, x, ids),
+        hotrow::reference::combine(&abs(data), dim, &abs(x), ids),
+    )
+}
