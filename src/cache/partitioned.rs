@@ -63,10 +63,11 @@ type PartTask<'a> = (
 /// once.
 pub(crate) type OnMisses<'a> = &'a (dyn Fn(&[(u32, u32)]) + Sync);
 
-/// Batches shorter than this are resolved partition by partition on the calling thread:
-/// waking the pool for 16 short walks costs more than it saves (on the 2-core dev box, 4,096
-/// ids over 16 partitions: 0.045 ms serial, 0.134 ms through rayon with one thread).
-const PARALLEL_MIN_IDS: usize = 16_384;
+/// Batches shorter than this are resolved partition by partition on the calling thread.
+/// (16,384 was tried: on the 2-core dev box the serial walk of 4,096 ids beat the pool,
+/// 0.045 against 0.134 ms, but on the H200's host a pipelined W2 stream of 4,096-id batches
+/// got slower, 0.20-0.23 -> 0.33-0.38 ms: BENCHMARKS.md.)
+const PARALLEL_MIN_IDS: usize = 4096;
 
 impl PartitionedSlotMap {
     /// `parts` is rounded down to a power of two and to at most one partition per 1,024
