@@ -25,6 +25,21 @@ pub enum Queries<'a> {
     Gpu(&'a Embeddings),
 }
 
+/// The left operand of a product: host values to upload, or rows already on the GPU.
+enum Operand<'a> {
+    Host(&'a [f32]),
+    Gpu(&'a Embeddings),
+}
+
+impl<'a> From<Queries<'a>> for Operand<'a> {
+    fn from(q: Queries<'a>) -> Self {
+        match q {
+            Queries::Host { data, .. } => Operand::Host(data),
+            Queries::Gpu(rows) => Operand::Gpu(rows),
+        }
+    }
+}
+
 impl<S: RowSource> EmbeddingCache<S> {
     /// Pooled bags: row `b` of the result pools the rows of `ids[offsets[b]..offsets[b+1]]`
     /// (the last bag ends at `ids.len()`, as in PyTorch's `embedding_bag`), optionally
@@ -159,7 +174,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     pub fn scores(&mut self, queries: Queries<'_>, cand: &[u32]) -> Result<Embeddings> {
         let m = self.check_scores(queries, cand)?;
         let mut out = Embeddings::new(&self.ctx, m, cand.len())?;
-        self.scores_checked(queries, m, cand, &mut out)?;
+        self.product_checked(Product::Scores, queries.into(), m, cand, &mut out)?;
         Ok(out)
     }
 
@@ -172,7 +187,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &mut Embeddings,
     ) -> Result<()> {
         let m = self.check_scores(queries, cand)?;
-        self.scores_checked(queries, m, cand, out)
+        self.product_checked(Product::Scores, queries.into(), m, cand, out)
     }
 
     /// Checks the input of a scores call; returns the number of queries.
@@ -210,31 +225,6 @@ impl<S: RowSource> EmbeddingCache<S> {
         Ok(m)
     }
 
-    fn scores_checked(
-        &mut self,
-        queries: Queries<'_>,
-        m: usize,
-        cand: &[u32],
-        out: &mut Embeddings,
-    ) -> Result<()> {
-        let ctx = self.ctx.clone();
-        ctx.guarded(|| {
-            out.reset_for(&self.ctx, m, cand.len())?;
-            if m == 0 {
-                return Ok(());
-            }
-            let a = match queries {
-                Queries::Host { data, .. } => self
-                    .product_launch
-                    .input
-                    .upload(&self.ctx, bytemuck::cast_slice(data))?
-                    .clone(),
-                Queries::Gpu(e) => e.buffer().clone(),
-            };
-            self.product(Product::Scores, &a, m, cand, out)
-        })
-    }
-
     /// Combination of rows: `out = x * E[ids]` for a dense `m x k` matrix `x` (row-major,
     /// `k = ids.len()`), an `m x dim` result on the GPU (multi-hot features, the sparse x
     /// dense product). Reads only the rows of `ids`, through their cache slots.
@@ -244,7 +234,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     pub fn combine(&mut self, x: &[f32], ids: &[u32]) -> Result<Embeddings> {
         let m = self.check_combine(x, ids)?;
         let mut out = Embeddings::new(&self.ctx, m, self.dim())?;
-        self.combine_checked(x, m, ids, &mut out)?;
+        self.product_checked(Product::Combine, Operand::Host(x), m, ids, &mut out)?;
         Ok(out)
     }
 
@@ -252,7 +242,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// come from this cache's context).
     pub fn combine_into(&mut self, x: &[f32], ids: &[u32], out: &mut Embeddings) -> Result<()> {
         let m = self.check_combine(x, ids)?;
-        self.combine_checked(x, m, ids, out)
+        self.product_checked(Product::Combine, Operand::Host(x), m, ids, out)
     }
 
     /// Checks the input of a combine call; returns the number of rows of `x`.
@@ -276,51 +266,49 @@ impl<S: RowSource> EmbeddingCache<S> {
         Ok(x.len() / k)
     }
 
-    fn combine_checked(
+    /// Prepares `out` (`m` rows of `ids.len()` scores, or of `dim` combined values),
+    /// resolves `ids` and launches `out = a x E[ids]` (or its transpose for scores).
+    fn product_checked(
         &mut self,
-        x: &[f32],
+        product: Product,
+        a: Operand<'_>,
         m: usize,
         ids: &[u32],
         out: &mut Embeddings,
     ) -> Result<()> {
+        let width = match product {
+            Product::Scores => ids.len(),
+            Product::Combine => self.dim(),
+        };
         let ctx = self.ctx.clone();
         ctx.guarded(|| {
-            out.reset_for(&self.ctx, m, self.dim())?;
+            out.reset_for(&self.ctx, m, width)?;
             if m == 0 {
                 return Ok(());
             }
-            let a = self
-                .product_launch
-                .input
-                .upload(&self.ctx, bytemuck::cast_slice(x))?
-                .clone();
-            self.product(Product::Combine, &a, m, ids, out)
+            let a = match a {
+                Operand::Host(values) => self
+                    .product_launch
+                    .input
+                    .upload(&self.ctx, bytemuck::cast_slice(values))?
+                    .clone(),
+                Operand::Gpu(rows) => rows.buffer().clone(),
+            };
+            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let mut enc = encoder(&self.ctx, "hotrow product");
+            matmul::encode(
+                &self.ctx,
+                &mut enc,
+                &mut self.product_launch.launches,
+                product,
+                &a,
+                m,
+                &rows,
+                ids.len(),
+                out.buffer(),
+            )?;
+            submit(&self.ctx, enc)?;
+            Ok(())
         })
-    }
-
-    /// Resolves `ids` and launches `out = a x E[ids]` (or its transpose for scores).
-    fn product(
-        &mut self,
-        product: Product,
-        a: &wgpu::Buffer,
-        m: usize,
-        ids: &[u32],
-        out: &Embeddings,
-    ) -> Result<()> {
-        let rows = self.engine.rows_for_op(&self.source, ids)?;
-        let mut enc = encoder(&self.ctx, "hotrow product");
-        matmul::encode(
-            &self.ctx,
-            &mut enc,
-            &mut self.product_launch.launches,
-            product,
-            a,
-            m,
-            &rows,
-            ids.len(),
-            out.buffer(),
-        )?;
-        submit(&self.ctx, enc)?;
-        Ok(())
     }
 }
