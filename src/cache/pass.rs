@@ -99,8 +99,9 @@ impl PassEngine {
         max_upload_bytes: u64,
     ) -> Result<Self> {
         let layout = slots.layout();
-        // Build the pass's pipeline now: compiling it is the largest part of a first batch,
-        // and a kernel this device cannot run is better refused at construction.
+        // Build the pass's pipeline now, so a kernel this device cannot run is refused at
+        // construction rather than by the first batch. (It was also meant to shorten the
+        // first batch; measured on the H200, it did not: BENCHMARKS.md.)
         copy_rows::prepare(ctx, layout)?;
         Ok(Self {
             ctx: ctx.clone(),
@@ -397,11 +398,8 @@ impl PassEngine {
                     *dst = slot;
                     ids.push(id);
                 }
-                let read = catch_unwind(AssertUnwindSafe(|| source.read_rows(&ids, rows_out)));
-                let err = match read {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => e,
-                    Err(p) => HotrowError::RowSourcePanicked(panic_message(&*p)),
+                let Err(err) = read_rows_caught(source, &ids, rows_out) else {
+                    return;
                 };
                 failure
                     .lock()
@@ -509,8 +507,7 @@ impl Uploader {
                 *dst = slot;
             }
             let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
-            catch_unwind(AssertUnwindSafe(|| source.read_rows(miss_ids, rows)))
-                .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
+            read_rows_caught(source, miss_ids, rows)
         })??;
         let copy = t1.elapsed();
         let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target)?;
@@ -612,6 +609,13 @@ impl Uploader {
             submit: t1.elapsed(),
         })
     }
+}
+
+/// `source.read_rows`, with a panic in it caught and returned as
+/// [`HotrowError::RowSourcePanicked`] (the caller then forgets the pass's misses).
+fn read_rows_caught<S: RowSource>(source: &S, ids: &[u32], out: &mut [f32]) -> Result<()> {
+    catch_unwind(AssertUnwindSafe(|| source.read_rows(ids, out)))
+        .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
 }
 
 /// The message of a caught panic.

@@ -51,11 +51,7 @@ fn copy_out(
 ) -> Result<(TrackedBuffer, wgpu::SubmissionIndex)> {
     ctx.check()?;
     let staging = ctx.take_readback(size)?;
-    let mut enc = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("hotrow readback"),
-        });
+    let mut enc = crate::gpu::encoder(ctx, "hotrow readback");
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     let idx = ctx.queue().submit([enc.finish()]);
     Ok((staging, idx))

@@ -111,9 +111,7 @@ impl GpuContext {
         if n == 0 {
             return Ok((Vec::new(), dropped));
         }
-        let mut enc = self
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut enc = crate::gpu::encoder(self, "hotrow timestamps");
         enc.resolve_query_set(&t.set, 0..2 * n, &t.resolve, 0);
         enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 2 * n as u64 * 8);
         self.queue().submit([enc.finish()]);
