@@ -24,6 +24,8 @@ struct Entry {
 pub(crate) struct StagingRing {
     entries: Vec<Entry>,
     next: usize,
+    /// Size of the largest entry made so far.
+    largest: u64,
 }
 
 impl StagingRing {
@@ -37,6 +39,7 @@ impl StagingRing {
                 })
                 .collect(),
             next: 0,
+            largest: 0,
         }
     }
 
@@ -68,15 +71,18 @@ impl StagingRing {
         }
         if e.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
             e.buffer = None;
-            // 25% headroom so slowly growing batches do not reallocate every time.
-            let size = (bytes + bytes / 4).next_multiple_of(1 << 16);
+            // 25% headroom so slowly growing batches do not reallocate every time, and at
+            // least the largest entry so far, so a steady stream allocates each entry once.
+            // Entries are made at their own first use, not all at the first call: a new
+            // mapped buffer is zero-filled by wgpu through the mapping, which on a discrete
+            // GPU is a PCIe write of its whole size.
+            let size = (bytes + bytes / 4)
+                .max(self.largest)
+                .next_multiple_of(1 << 16);
+            self.largest = size;
+            let e = &mut self.entries[i];
             e.buffer = Some(Self::mapped_buffer(ctx, size)?);
             e.state.store(MAPPED, Ordering::Release);
-            // The first use sizes the whole ring, so a steady stream allocates only once.
-            for other in self.entries.iter_mut().filter(|o| o.buffer.is_none()) {
-                other.buffer = Some(Self::mapped_buffer(ctx, size)?);
-                other.state.store(MAPPED, Ordering::Release);
-            }
         }
         Ok(i)
     }
