@@ -51,7 +51,7 @@ mod test_workload;
 pub use batch::CompactBatch;
 pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
-    PartitionedSlotMap, PassPlan, Queries, SlotMap,
+    PartitionedSlotMap, PassPlan, Queries, Resolution, SlotMap,
 };
 pub use error::{HotrowError, Result};
 pub use gpu::{

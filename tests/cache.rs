@@ -347,3 +347,139 @@ fn partitioned_slot_map_end_to_end() {
     let st = cache.stats();
     assert!(st.evictions > 0 && st.hits > 0);
 }
+
+/// A row source that, while `mode` says so, fails (1) or panics (2).
+struct Faulty<'a> {
+    inner: HostTable<'a>,
+    mode: std::sync::atomic::AtomicU8,
+}
+
+impl RowSource for Faulty<'_> {
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Err(HotrowError::RowSource("tier unreachable".into())),
+            2 => panic!("tier exploded"),
+            _ => self.inner.read_rows(ids, out),
+        }
+    }
+}
+
+/// Device resolution (the GPU finds the hits) through a stream with evictions, a moving hot
+/// set, batches bigger than the cache, preloads, bags and scores, and a row source that
+/// fails and panics mid-stream: every output equals the CPU reference, the counters hold,
+/// and the GPU's id -> slot table agrees with the slot map after every batch.
+#[test]
+fn device_resolution_stream_matches_reference() {
+    use hotrow::{EvictionPolicy, Pooling, Queries, Resolution};
+    use std::sync::atomic::Ordering::Relaxed;
+    let _serial = common::serial();
+    let s = seed("cache_device");
+    let mut rng = Rng::new(s);
+    for (dim, rows, cap, parts, policy) in [
+        (3, 6_000, 500, 1, EvictionPolicy::Clock),
+        (16, 40_000, 4_096, 4, EvictionPolicy::Clock),
+        (8, 20_000, 2_048, 2, EvictionPolicy::Lru),
+    ] {
+        let what = format!("dim {dim}, {parts} partitions, {policy:?}");
+        let data = random_values(rows * dim, rng.next_u64());
+        let src = Faulty {
+            inner: HostTable::borrowed(&data, dim).unwrap(),
+            mode: 0.into(),
+        };
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(cap))
+            .partitions(parts)
+            .policy(policy)
+            .resolution(Resolution::Device);
+        let mut cache = EmbeddingCache::new(ctx(), src, config).unwrap();
+        assert_eq!(cache.config().resolution, Resolution::Device);
+        let mut zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        let mut out = Embeddings::new(ctx(), 1, dim).unwrap();
+        for b in 0..36 {
+            let what = format!("{what}, batch {b}");
+            if b == 18 {
+                zipf.reshuffle(rng.next_u64());
+            }
+            let ids = match b % 9 {
+                // far more distinct ids than slots: served in host passes
+                4 => (0..3 * cap)
+                    .map(|_| rng.below(rows as u64) as u32)
+                    .collect(),
+                _ => zipf.batch(100 + rng.below(3 * cap as u64) as usize, &mut rng),
+            };
+            match b % 12 {
+                5 | 11 => {
+                    // the row source fails (5) or panics (11): nothing may stick
+                    let mode = if b % 12 == 5 { 1 } else { 2 };
+                    cache.source().mode.store(mode, Relaxed);
+                    let resident = cache.slot_map().len();
+                    let uniform: Vec<u32> = (0..cap / 2)
+                        .map(|_| rng.below(rows as u64) as u32)
+                        .collect();
+                    let r = cache.lookup_into(&uniform, &mut out);
+                    assert!(
+                        matches!(
+                            r,
+                            Err(HotrowError::RowSource(_) | HotrowError::RowSourcePanicked(_))
+                        ),
+                        "{what}: {r:?}"
+                    );
+                    cache.source().mode.store(0, Relaxed);
+                    assert!(cache.slot_map().len() <= resident, "{what}: phantom rows");
+                }
+                7 => cache.preload(&ids[..ids.len() / 2]).unwrap(),
+                _ => {}
+            }
+            out.fill(f32::NAN).unwrap();
+            cache.lookup_into(&ids, &mut out).unwrap();
+            let want = reference::gather(&data, dim, &ids);
+            assert_rows_eq(&out.to_host().unwrap(), &want, dim, &what);
+            if b % 6 == 2 {
+                // bags and scores read the slots through the GPU's slot list
+                let n = ids.len().min(cap / 2);
+                let ids = &ids[..n];
+                let offsets: Vec<u32> = (0..n as u32).step_by(7).collect();
+                let w: Vec<f32> = (0..n).map(|_| rng.unit() as f32 - 0.3).collect();
+                let bags = cache
+                    .lookup_bags(ids, &offsets, Pooling::Sum, Some(&w))
+                    .unwrap();
+                let (want, scale) = common::bags_ref(&data, dim, ids, &offsets, 0, Some(&w));
+                common::assert_close(&bags, &want, &scale, &format!("{what}: bags"));
+                let q = random_values(2 * dim, rng.next_u64());
+                let scores = cache.scores(Queries::Host { data: &q, dim }, ids).unwrap();
+                let (want, scale) = common::scores_ref(&data, dim, &q, ids);
+                common::assert_close(&scores, &want, &scale, &format!("{what}: scores"));
+            }
+            check_counters(&cache);
+            if let Err(e) = cache.check_device_table() {
+                panic!("{what}: {e}");
+            }
+        }
+        let st = cache.stats();
+        assert!(st.evictions > 0 && st.hits > 0, "{what}: {st:?}");
+        assert!(st.device_passes > 0, "{what}: the GPU resolved: {st:?}");
+        assert!(st.passes > st.device_passes, "{what}: and the host: {st:?}");
+    }
+}
+
+#[test]
+fn auto_resolution_follows_row_size() {
+    use hotrow::Resolution;
+    let _serial = common::serial();
+    for (dim, want) in [(16, Resolution::Host), (128, Resolution::Device)] {
+        let data = random_values(500 * dim, 9);
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let cache = EmbeddingCache::new(ctx(), table, CacheConfig::default()).unwrap();
+        assert_eq!(cache.config().resolution, want, "dim {dim}");
+        // the GPU's table is counted as scratch: 4 bytes per row
+        if want == Resolution::Device {
+            assert!(cache.memory().scratch >= 500 * 4);
+        }
+    }
+}

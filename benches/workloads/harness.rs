@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
-    HostTable, HotrowError, PassTiming, RowBuffer,
+    HostTable, HotrowError, PassTiming, Resolution, RowBuffer,
 };
 
 use crate::gen::random_values;
@@ -30,6 +30,8 @@ pub struct Args {
     pub heater: Option<Heater>,
     /// Ids per batch of W2 and W5 (default 65,536; 4,096 with `--small`).
     pub batch: usize,
+    /// Resolution of the workloads' caches (`--resolution host|device|auto`, default auto).
+    pub resolution: Resolution,
 }
 
 /// GPU-bound work that brings the GPU's clocks up before a timed loop: gathers of every row
@@ -82,6 +84,7 @@ impl Args {
             warmup_secs: -1.0,
             heater: None,
             batch: 0,
+            resolution: Resolution::Auto,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -101,6 +104,17 @@ impl Args {
                 }
                 "--json" => a.json = it.next(),
                 "--batch" => a.batch = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                "--resolution" => {
+                    a.resolution = match it.next().as_deref() {
+                        Some("host") => Resolution::Host,
+                        Some("device") => Resolution::Device,
+                        Some("auto") => Resolution::Auto,
+                        other => {
+                            eprintln!("--resolution host|device|auto, not {other:?}");
+                            std::process::exit(2);
+                        }
+                    }
+                }
                 "--bench" => {} // passed by `cargo bench`
                 other => {
                     eprintln!("unknown argument {other}");
@@ -138,13 +152,15 @@ pub fn host_table(n: usize, d: usize) -> HostTable<'static> {
 /// The workloads' cache: 10% of the `n` rows on the GPU, default settings otherwise.
 pub fn tenth_cache(
     ctx: &GpuContext,
+    a: &Args,
     table: HostTable<'static>,
     n: usize,
     policy: EvictionPolicy,
 ) -> Result<EmbeddingCache<HostTable<'static>>> {
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(n / 10))
-        .policy(policy);
+        .policy(policy)
+        .resolution(a.resolution);
     EmbeddingCache::new(ctx, table, config)
 }
 

@@ -18,7 +18,7 @@ pub fn run(
     let sets: Vec<Vec<u32>> = (0..8).map(|_| zipf.batch(bags * l, &mut rng)).collect();
     let offsets: Vec<u32> = (0..bags as u32).map(|b| b * l as u32).collect();
     let w: Vec<f32> = (0..bags * l).map(|_| rng.unit() as f32).collect();
-    let mut cache = harness::tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
+    let mut cache = harness::tenth_cache(ctx, a, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, bags, d)?;
     let modes = [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)];
     for (mode, pooling) in modes {
@@ -49,7 +49,17 @@ pub fn run(
             rep.insert(format!("W3_hotrow_{name}_gpu_bag_isolated_ms"), iso);
         }
     }
-    rep.insert("W3_unique_row_hit_rate".into(), cache.stats().hit_rate());
+    let st = cache.stats();
+    rep.insert("W3_unique_row_hit_rate".into(), st.hit_rate());
+    let calls = st.batches.max(1) as f64;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / calls;
+    rep.insert("W3_host_resolve_ms".into(), ms(st.resolve_time));
+    rep.insert("W3_host_probe_round_trip_ms".into(), ms(st.probe_time));
+    rep.insert("W3_host_submit_ms".into(), ms(st.submit_time));
+    rep.insert(
+        "W3_device_resolved_frac".into(),
+        st.device_passes as f64 / st.passes.max(1) as f64,
+    );
     ctx.disable_timing();
     Ok(cache.into_source())
 }

@@ -29,7 +29,7 @@ pub fn run(
             v
         })
         .collect();
-    let mut cache = harness::tenth_cache(ctx, table, n, EvictionPolicy::Clock)?;
+    let mut cache = harness::tenth_cache(ctx, a, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, m, c)?;
     cache.scores_into(Queries::Host { data: &q, dim: d }, &cands[0], &mut out)?;
     let want = reference::scores(cache.source().data(), d, &q, &cands[0]);

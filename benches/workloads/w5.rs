@@ -17,7 +17,7 @@ pub fn run(
     for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
         let mut zipf = ZipfIds::new(n, S, 52);
         let mut rng = Rng::new(53);
-        let mut cache = harness::tenth_cache(ctx, table, n, policy)?;
+        let mut cache = harness::tenth_cache(ctx, a, table, n, policy)?;
         let mut out = Embeddings::new(ctx, b, cache.dim())?;
         let mut first_after_shift = Vec::new();
         for k in 0..batches {

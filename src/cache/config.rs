@@ -15,6 +15,30 @@ pub enum Capacity {
     Fraction(f64),
 }
 
+/// Where a batch's ids are resolved to slots.
+///
+/// Every miss is resolved by the host's [`crate::SlotMap`] (it owns eviction); the choice
+/// is who finds the hits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resolution {
+    /// The host walks every id of the batch through the slot map (in parallel by
+    /// partition). No extra GPU memory; the host's time grows with the batch.
+    Host,
+    /// The GPU holds a copy of the id -> slot table (4 bytes per table row) and finds the
+    /// hits itself; the host reads back only the misses and a bitmap of the slots the
+    /// batch touched (one GPU round trip per batch), resolves the misses and updates the
+    /// GPU's table with the changes. Its host time grows with the batch's misses, not its
+    /// length. Batches it cannot serve in one pass (bigger than the cache, or with more
+    /// misses than one upload holds) and preloads go through the host path; so does a
+    /// cache whose table would not fit one storage binding.
+    Device,
+    /// [`Resolution::Device`] where the GPU's table fits one storage binding and costs at
+    /// most 1% of the table's bytes (rows of at least 400 bytes, e.g. 100 f32), else
+    /// [`Resolution::Host`].
+    #[default]
+    Auto,
+}
+
 /// Settings of an [`crate::EmbeddingCache`], built from [`CacheConfig::default`] with the
 /// builder methods (the struct may gain fields, so it cannot be written as a literal):
 ///
@@ -47,6 +71,9 @@ pub struct CacheConfig {
     /// partition evicting among its own slots). Rounded down to a power of two and to one
     /// per 1,024 slots. Default: the rayon thread count.
     pub partitions: usize,
+    /// Who finds a batch's hits. Default [`Resolution::Auto`]; [`crate::EmbeddingCache::config`]
+    /// reports the one chosen.
+    pub resolution: Resolution,
 }
 
 impl Default for CacheConfig {
@@ -58,6 +85,7 @@ impl Default for CacheConfig {
             slot_buffer: RowBufferOptions::default(),
             policy: EvictionPolicy::default(),
             partitions: rayon::current_num_threads(),
+            resolution: Resolution::default(),
         }
     }
 }
@@ -93,6 +121,12 @@ impl CacheConfig {
         self
     }
 
+    /// Sets [`CacheConfig::resolution`].
+    pub fn resolution(mut self, resolution: Resolution) -> Self {
+        self.resolution = resolution;
+        self
+    }
+
     /// Sets [`CacheConfig::partitions`].
     pub fn partitions(mut self, partitions: usize) -> Self {
         self.partitions = partitions;
@@ -105,8 +139,9 @@ impl CacheConfig {
 pub struct CacheMemory {
     /// The slots (capacity x dim x 4).
     pub slots: u64,
-    /// Device-local scratch: per-pass slot lists, uploaded rows, op inputs and the rows an
-    /// op gathers when its batch takes several passes.
+    /// Device-local scratch: per-pass slot lists, uploaded rows, op inputs, the rows an op
+    /// gathers when its batch takes several passes, and with [`Resolution::Device`] the
+    /// GPU's id -> slot table (4 bytes per table row) and the probe's output.
     pub scratch: u64,
     /// Host-visible staging buffers of the upload ring.
     pub staging: u64,

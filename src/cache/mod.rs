@@ -10,7 +10,7 @@ mod products;
 mod slot_map;
 mod stats;
 
-pub use config::{CacheConfig, CacheMemory, Capacity};
+pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
 pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
 pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};
@@ -130,13 +130,30 @@ impl<S: RowSource> EmbeddingCache<S> {
                 .max(row_bytes);
             let map = PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions);
             let staging = config.staging_buffers.max(1);
-            let engine = PassEngine::new(ctx, slots, map, staging, max_upload)?;
+            let table_bytes = rows as u64 * 4;
+            let fits = table_bytes <= ctx.max_binding();
+            let resolution = match config.resolution {
+                Resolution::Auto if fits && row_bytes >= 400 => Resolution::Device,
+                Resolution::Auto => Resolution::Host,
+                Resolution::Device if !fits => {
+                    return Err(HotrowError::ExceedsLimit {
+                        what: "the GPU's id -> slot table (Resolution::Device)",
+                        bytes: table_bytes,
+                        limit_name: "max_storage_buffer_binding_size",
+                        limit: ctx.max_binding(),
+                    })
+                }
+                r => r,
+            };
+            let device_rows = (resolution == Resolution::Device).then_some(rows);
+            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, device_rows)?;
             let effective = config
                 .clone()
                 .capacity(Capacity::Rows(capacity))
                 .partitions(engine.map().partitions())
                 .staging_buffers(staging)
-                .max_upload_bytes_per_pass(engine.max_upload_bytes());
+                .max_upload_bytes_per_pass(engine.max_upload_bytes())
+                .resolution(resolution);
             Ok(Self {
                 ctx: ctx.clone(),
                 source,
@@ -246,6 +263,13 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// The context.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Test hook: checks that the GPU's id -> slot table ([`crate::Resolution::Device`])
+    /// agrees with the slot map (rows whose removal is still queued excepted).
+    #[doc(hidden)]
+    pub fn check_device_table(&self) -> Result<()> {
+        self.engine.check_device_table()
     }
 
     /// GPU memory this cache holds.

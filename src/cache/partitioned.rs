@@ -58,10 +58,46 @@ type PartTask<'a> = (
     ),
 );
 
+/// One partition's share of a device pass: its index, map, plan, and local missing ids.
+type DeviceTask<'a> = (
+    usize,
+    (
+        (&'a mut SlotMap, &'a mut (PassPlan, Vec<(u32, u32)>)),
+        &'a [u32],
+    ),
+);
+
 /// Called by [`PartitionedSlotMap::resolve_with`] with each partition's misses (global id,
 /// global slot) as soon as that partition has resolved, possibly from several threads at
 /// once.
 pub(crate) type OnMisses<'a> = &'a (dyn Fn(&[(u32, u32)]) + Sync);
+
+/// The set bits of `bits` among positions `start..start + len`, as offsets from `start`.
+fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '_ {
+    let end = start + len;
+    let words = (start / 32) as usize..(end.div_ceil(32) as usize).min(bits.len());
+    words.flat_map(move |w| {
+        let lo = (w as u32 * 32).max(start);
+        let hi = (w as u32 * 32 + 32).min(end);
+        // Bits lo..hi of this word.
+        let span = hi - lo;
+        let shift = lo - w as u32 * 32;
+        let mask = if span == 32 {
+            u32::MAX
+        } else {
+            ((1u32 << span) - 1) << shift
+        };
+        let mut word = bits[w] & mask;
+        std::iter::from_fn(move || {
+            if word == 0 {
+                return None;
+            }
+            let b = word.trailing_zeros();
+            word &= word - 1;
+            Some(w as u32 * 32 + b - start)
+        })
+    })
+}
 
 /// Batches shorter than this are resolved partition by partition on the calling thread.
 /// (16,384 was tried: on the 2-core dev box the serial walk of 4,096 ids beat the pool,
@@ -226,15 +262,108 @@ impl PartitionedSlotMap {
         };
         let n = stops.into_iter().min().unwrap_or(ids.len());
         plan.slots.truncate(n);
+        self.merge_plans(plan);
+        n
+    }
+
+    /// Sums the partitions' plans into `plan` (global ids and slots), except slots.
+    fn merge_plans(&self, plan: &mut PassPlan) {
         plan.misses.clear();
+        plan.evicted.clear();
         plan.hits = 0;
         plan.evictions = 0;
-        for (w, global) in &self.plans {
+        for (k, (w, global)) in self.plans.iter().enumerate() {
             plan.misses.extend_from_slice(global);
             plan.hits += w.hits;
             plan.evictions += w.evictions;
+            plan.evicted
+                .extend(w.evicted.iter().map(|&l| (l << self.bits) | k as u32));
         }
-        n
+    }
+
+    /// Slots of partition `k`: `base[k]..base[k] + len`.
+    fn slot_range(&self, k: usize) -> (u32, u32) {
+        let end = self
+            .base
+            .get(k + 1)
+            .copied()
+            .unwrap_or(self.capacity as u32);
+        (self.base[k], end - self.base[k])
+    }
+
+    /// One pass whose hits the GPU found (device resolution): `touched` is a bitmap over
+    /// the slots (bit `s % 32` of word `s / 32`: slot `s` is read by the pass), `missing` the
+    /// ids the GPU found not resident (repeats allowed). Each partition pins and touches its
+    /// touched slots, then gives its missing ids slots, calling `on_misses` as
+    /// [`PartitionedSlotMap::resolve_with`] does; `plan` gets the misses, hits (distinct
+    /// touched slots) and evictions, not the per-position slots.
+    ///
+    /// Returns `false`, changing nothing, when the pass might not fit: a partition whose
+    /// touched slots plus missing ids (counting repeats) pass its capacity, or more than
+    /// `max_misses` missing ids. The caller then serves the batch on the host path.
+    pub(crate) fn resolve_device(
+        &mut self,
+        touched: &[u32],
+        missing: &[u32],
+        max_misses: usize,
+        plan: &mut PassPlan,
+        on_misses: OnMisses<'_>,
+    ) -> bool {
+        if missing.len() > max_misses {
+            return false;
+        }
+        let p = self.parts.len();
+        let bits = self.bits;
+        self.bucket(missing);
+        let ends = &self.counts[self.counts.len() - p..];
+        let ranges: Vec<(u32, u32)> = (0..p).map(|k| self.slot_range(k)).collect();
+        for (k, &(start, len)) in ranges.iter().enumerate() {
+            let bucket = ends[k] - if k == 0 { 0 } else { ends[k - 1] };
+            let pinned = set_bits(touched, start, len).count();
+            if pinned + bucket > len as usize {
+                return false;
+            }
+        }
+        let mut buckets = Vec::with_capacity(p);
+        let mut local = &self.local[..];
+        let mut at = 0;
+        for &end in ends {
+            let (l, rest) = local.split_at(end - at);
+            buckets.push(l);
+            (local, at) = (rest, end);
+        }
+        let base = &self.base;
+        let run = |(k, ((map, (plan, global)), local)): DeviceTask<'_>| {
+            let (start, len) = ranges[k];
+            let done = map.resolve_touched(set_bits(touched, start, len), local, plan);
+            debug_assert_eq!(done, local.len(), "checked to fit");
+            global.clear();
+            global.extend(
+                plan.misses
+                    .iter()
+                    .map(|&(l, s)| ((l << bits) | k as u32, base[k] + s)),
+            );
+            on_misses(global);
+        };
+        let work = missing.len() + self.capacity / 32;
+        if p > 1 && work >= PARALLEL_MIN_IDS {
+            self.parts
+                .par_iter_mut()
+                .zip(self.plans.par_iter_mut())
+                .zip(buckets.into_par_iter())
+                .enumerate()
+                .for_each(run);
+        } else {
+            self.parts
+                .iter_mut()
+                .zip(self.plans.iter_mut())
+                .zip(buckets)
+                .enumerate()
+                .for_each(run);
+        }
+        plan.slots.clear();
+        self.merge_plans(plan);
+        true
     }
 
     /// Buckets `ids` by partition into `order` (positions) and `local` (local ids), batch

@@ -6,6 +6,14 @@
 //! one submission copies them up, scatters the rows into their slots and (for lookups)
 //! gathers the output. If anything fails or unwinds between resolving and submitting, the
 //! pass's misses are forgotten, so the map never claims a row the GPU does not hold.
+//!
+//! With device resolution the GPU keeps a copy of the id -> slot table: a batch's first
+//! submission probes it (hits into a bitmap of touched slots, misses into a list), the host
+//! reads back only that, resolves the misses, and the second submission uploads their rows,
+//! applies the changes to the GPU's table and writes the slot list from it. Every pass that
+//! changes the map (on either path) carries its changes to the GPU's table in the same
+//! submission; removals of a pass that failed after evicting are kept pending and go with
+//! the next submission, before anything reads the table.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,13 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::partitioned::PartitionedSlotMap;
+use super::partitioned::{OnMisses, PartitionedSlotMap};
 use super::slot_map::PassPlan;
 use super::stats::CacheStats;
 use crate::error::{HotrowError, Result};
-use crate::gpu::StagingRing;
 use crate::gpu::{encoder, submit, GpuContext, GrowBuffer, Launch, RowBuffer, RowLayout};
+use crate::gpu::{map_read_with, StagingRing, TrackedBuffer};
 use crate::ops::copy_rows::{self, Direction, PARAMS_BYTES};
+use crate::ops::device_map::{self, Kernel, HEADER_WORDS, NOT_RESIDENT};
 use crate::ops::RowsView;
 use crate::table::RowSource;
 
@@ -51,6 +60,76 @@ struct Uploader {
     upload: GrowBuffer,
     scatter: Vec<Launch>,
     gather: Vec<Launch>,
+    /// The GPU's id -> slot table and its scratch (device resolution only).
+    device: Option<DeviceMap>,
+}
+
+/// The id -> slot table on the GPU (slot + 1 per table row, 0 when not resident) and the
+/// scratch of the probe.
+struct DeviceMap {
+    slot_of: TrackedBuffer,
+    /// The batch's ids (read by the probe and by the slot-list kernel).
+    ids: GrowBuffer,
+    /// The probe's output: miss count, touched bitmap, miss list.
+    probe_out: GrowBuffer,
+    readback: GrowBuffer,
+    /// (key, value) changes to the table.
+    pairs: GrowBuffer,
+    probe: Launch,
+    flush: Launch,
+    remove: Launch,
+    insert: Launch,
+    position: Launch,
+    /// Evicted ids whose removal has not reached the GPU's table: the current pass's
+    /// evictions (queued as soon as it resolves, so a pass that fails later keeps them)
+    /// after those of failed passes. The next submission applies them before anything
+    /// reads the table, and before its own insertions (a pass may evict a row and load it
+    /// again, and a failed pass's evicted row may be loaded again by a later one).
+    pending: Vec<u32>,
+    bitmap_words: u64,
+    /// Room of the miss list: a decaying high-water mark of the miss entries per batch.
+    miss_room: usize,
+    /// The last probe's result on the host: touched bitmap, missing ids (with repeats).
+    touched: Vec<u32>,
+    missing: Vec<u32>,
+}
+
+impl DeviceMap {
+    fn new(ctx: &GpuContext, rows: usize, capacity: usize) -> Result<Self> {
+        device_map::prepare(ctx)?;
+        let rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        // A new buffer reads as zeros: every row not resident.
+        let usage = rw | wgpu::BufferUsages::COPY_SRC; // read back by the consistency check
+        let slot_of = ctx.create_buffer("hotrow GPU slot table", rows as u64 * 4, usage, false)?;
+        Ok(Self {
+            slot_of,
+            ids: GrowBuffer::storage("hotrow probe ids"),
+            probe_out: GrowBuffer::new("hotrow probe output", rw | wgpu::BufferUsages::COPY_SRC),
+            readback: GrowBuffer::new(
+                "hotrow probe readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            pairs: GrowBuffer::storage("hotrow slot table changes"),
+            probe: Launch::default(),
+            flush: Launch::default(),
+            remove: Launch::default(),
+            insert: Launch::default(),
+            position: Launch::default(),
+            pending: Vec::new(),
+            bitmap_words: device_map::bitmap_words(capacity),
+            miss_room: 0,
+            touched: Vec::new(),
+            missing: Vec::new(),
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.slot_of.size()
+            + self.ids.bytes()
+            + self.probe_out.bytes()
+            + self.readback.bytes()
+            + self.pairs.bytes()
+    }
 }
 
 pub(crate) struct PassEngine {
@@ -91,18 +170,24 @@ fn align16(x: u64) -> u64 {
 }
 
 impl PassEngine {
+    /// `device_rows`: the table's rows when the GPU keeps its own id -> slot table (device
+    /// resolution), else `None`.
     pub(crate) fn new(
         ctx: &GpuContext,
         slots: RowBuffer,
         map: PartitionedSlotMap,
         staging_buffers: usize,
         max_upload_bytes: u64,
+        device_rows: Option<usize>,
     ) -> Result<Self> {
         let layout = slots.layout();
         // Build the pass's pipeline now, so a kernel this device cannot run is refused at
         // construction rather than by the first batch. (It was also meant to shorten the
         // first batch; measured on the H200, it did not: BENCHMARKS.md.)
         copy_rows::prepare(ctx, layout)?;
+        let device = device_rows
+            .map(|rows| DeviceMap::new(ctx, rows, map.capacity()))
+            .transpose()?;
         Ok(Self {
             ctx: ctx.clone(),
             layout,
@@ -117,6 +202,7 @@ impl PassEngine {
                 upload: GrowBuffer::storage("hotrow uploaded rows"),
                 scatter: Vec::new(),
                 gather: Vec::new(),
+                device,
             },
             gathered: GrowBuffer::storage("hotrow op rows"),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
@@ -133,6 +219,27 @@ impl PassEngine {
         &self.map
     }
 
+    /// Compares the GPU's id -> slot table (device resolution) with the slot map, row by
+    /// row; `Ok` without a GPU table.
+    pub(crate) fn check_device_table(&self) -> Result<()> {
+        let Some(dev) = &self.io.device else {
+            return Ok(());
+        };
+        let rows = (dev.slot_of.size() / 4) as usize;
+        let gpu = crate::gpu::read_f32(&self.ctx, &dev.slot_of, 0, rows)?;
+        for (id, v) in gpu.iter().enumerate() {
+            let want = self.map.slot_of(id as u32).map_or(NOT_RESIDENT, |s| s + 1);
+            let pending = dev.pending.contains(&(id as u32));
+            if v.to_bits() != want && !(pending && want == NOT_RESIDENT) {
+                return Err(HotrowError::Gpu(format!(
+                    "GPU slot table: row {id} holds {} but the slot map says {want}",
+                    v.to_bits()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Most row bytes one pass uploads.
     pub(crate) fn max_upload_bytes(&self) -> u64 {
         self.layout.bytes(self.max_misses)
@@ -145,7 +252,8 @@ impl PassEngine {
             io.pos_slots.bytes()
                 + io.miss_slots.bytes()
                 + io.upload.bytes()
-                + self.gathered.bytes(),
+                + self.gathered.bytes()
+                + io.device.as_ref().map_or(0, DeviceMap::bytes),
             io.ring.bytes(),
         )
     }
@@ -163,7 +271,10 @@ impl PassEngine {
             Some(out) => Target::Gather(out, start),
             None => Target::Resident,
         };
-        let n = self.run_pass(source, ids, target(0))?;
+        let n = match self.device_pass(source, ids, target(0))? {
+            Some(n) => n,
+            None => self.run_pass(source, ids, target(0))?,
+        };
         self.finish_batch(source, ids, n, target)
     }
 
@@ -192,7 +303,10 @@ impl PassEngine {
                 limit: self.ctx.max_binding(),
             });
         }
-        let n = self.run_pass(source, ids, Target::SlotsOnly)?;
+        let n = match self.device_pass(source, ids, Target::SlotsOnly)? {
+            Some(n) => n,
+            None => self.run_pass(source, ids, Target::SlotsOnly)?,
+        };
         let direct = n == ids.len() && self.slots.shards().len() == 1;
         if !direct {
             let gathered = self.gathered.get(&self.ctx, bytes)?.clone();
@@ -294,16 +408,21 @@ impl PassEngine {
         let n = if self.miss_estimate > 0 {
             let room = (self.miss_estimate + self.miss_estimate / 4 + 64).min(self.max_misses);
             let positions = if needs_pos { window.len() } else { 0 };
-            let lay = StagingLayout::new(&self.slots, positions, room, target);
+            let pairs = self.io.pairs_room(room);
+            let lay = StagingLayout::new(&self.slots, positions, room, target, pairs, 2);
             let entry = self.io.ring.acquire(&self.ctx, lay.total)?;
             wait = t0.elapsed();
             t0 = Instant::now();
-            let (n, outcome) = self.resolve_copying(source, window, entry, &lay)?;
+            let (map, plan) = (&mut self.map, &mut self.plan);
+            let (n, outcome) =
+                copy_while_resolving(&mut self.io.ring, entry, &lay, source, |on_misses| {
+                    map.resolve_with(window, plan, on_misses)
+                })?;
+            self.io.queue_evictions(&self.plan);
             match outcome {
                 Err(e) => {
                     // The rows were not all copied: the map must not claim them.
-                    self.map.forget(&self.plan.misses);
-                    self.stats.evictions += self.plan.evictions;
+                    self.forget_failed();
                     return Err(e);
                 }
                 Ok(fit) => {
@@ -313,7 +432,9 @@ impl PassEngine {
             }
             n
         } else {
-            self.map.resolve(window, &mut self.plan)
+            let n = self.map.resolve(window, &mut self.plan);
+            self.io.queue_evictions(&self.plan);
+            n
         };
         let resolve = t0.elapsed();
         let m = self.plan.misses.len();
@@ -329,101 +450,201 @@ impl PassEngine {
             armed: true,
         };
         let result = match staged {
-            Some((entry, lay)) if copied => {
-                self.io
-                    .finish(&self.ctx, &self.slots, &self.plan, entry, &lay, n, target)
-            }
+            Some((entry, lay)) if copied => self.io.finish(
+                &self.ctx,
+                &self.slots,
+                &self.plan,
+                entry,
+                &lay,
+                n,
+                target,
+                false,
+            ),
             _ => self
                 .io
                 .upload_and_dispatch(&self.ctx, &self.slots, &self.plan, source, n, target),
         };
-        let s = &mut self.stats;
-        s.evictions += self.plan.evictions;
+        self.stats.evictions += self.plan.evictions;
         let times = result?;
         guard.armed = false;
-        let m = m as u64;
-        s.passes += 1;
-        s.rows_uploaded += m;
-        s.bytes_uploaded += m * self.layout.row_bytes();
-        s.resolve_time += resolve;
-        s.staging_wait_time += wait + times.wait;
-        s.copy_time += times.copy;
-        s.submit_time += times.submit;
+        drop(guard);
+        self.account(m, resolve, wait + times.wait, times, false);
         Ok(n)
     }
 
-    /// Resolves `window` while the partitions copy their missed rows into staging entry
-    /// `entry` (laid out as `lay`, with room for `lay.rows_cap` rows). Returns the positions
-    /// served and whether every missed row fit and was copied (`Ok(false)`: no room, the
-    /// caller copies them serially), or the row source's error or panic.
-    fn resolve_copying<S: RowSource>(
+    /// After a failed pass: its misses leave the map, its evictions are counted and queued
+    /// for the GPU's table.
+    fn forget_failed(&mut self) {
+        self.map.forget(&self.plan.misses);
+        self.stats.evictions += self.plan.evictions;
+    }
+
+    /// Counts a pass that uploaded `m` rows.
+    fn account(&mut self, m: usize, resolve: Duration, wait: Duration, t: PassTimes, dev: bool) {
+        let s = &mut self.stats;
+        let m = m as u64;
+        s.passes += 1;
+        s.device_passes += u64::from(dev);
+        s.rows_uploaded += m;
+        s.bytes_uploaded += m * self.layout.row_bytes();
+        s.resolve_time += resolve;
+        s.staging_wait_time += wait;
+        s.copy_time += t.copy;
+        s.submit_time += t.submit;
+    }
+
+    /// Serves all of `ids` in one pass through the GPU's id -> slot table, or returns
+    /// `None` (having changed nothing but the GPU's scratch) when the cache has no such
+    /// table or the batch does not fit one such pass: the caller then runs the host path.
+    fn device_pass<S: RowSource>(
         &mut self,
         source: &S,
-        window: &[u32],
-        entry: usize,
-        lay: &StagingLayout,
-    ) -> Result<(usize, Result<bool>)> {
-        let dim = self.layout.dim();
-        let row_bytes = self.layout.row_bytes() as usize;
-        let bump = AtomicUsize::new(0);
-        let overflow = AtomicBool::new(false);
-        let failure: Mutex<Option<HotrowError>> = Mutex::new(None);
-        let (map, plan) = (&mut self.map, &mut self.plan);
-        let n = self.io.ring.write(entry, lay.total, |bytes| {
-            let base = RawBytes(bytes.as_mut_ptr());
-            let on_misses = |misses: &[(u32, u32)]| {
-                if misses.is_empty() {
-                    return;
-                }
-                let at = bump.fetch_add(misses.len(), Ordering::Relaxed);
-                if at + misses.len() > lay.rows_cap {
-                    overflow.store(true, Ordering::Relaxed);
-                    return;
-                }
-                // SAFETY: the bump allocator gives this call rows at..at + len of the
-                // staging entry's row and miss-slot regions, which no other call touches;
-                // both regions lie inside the mapped range (`lay`), 16-byte aligned, and
-                // the mapping outlives the resolve.
-                let (slots_out, rows_out) = unsafe {
-                    (
-                        base.slice::<u32>(lay.miss_off as usize + at * 4, misses.len()),
-                        base.slice::<f32>(
-                            lay.rows_off as usize + at * row_bytes,
-                            misses.len() * dim,
-                        ),
-                    )
-                };
-                let mut ids = Vec::with_capacity(misses.len());
-                for (dst, &(id, slot)) in slots_out.iter_mut().zip(misses) {
-                    *dst = slot;
-                    ids.push(id);
-                }
-                let Err(err) = read_rows_caught(source, &ids, rows_out) else {
-                    return;
-                };
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(err);
-            };
-            map.resolve_with(window, plan, &on_misses)
+        ids: &[u32],
+        target: Target<'_>,
+    ) -> Result<Option<usize>> {
+        if self.io.device.is_none()
+            || matches!(target, Target::Resident)
+            || ids.len() as u64 * 4 > self.ctx.max_binding()
+        {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let complete = self.io.probe(&self.ctx, ids)?;
+        self.stats.probe_time += t0.elapsed();
+        if !complete {
+            return Ok(None);
+        }
+        let Uploader { ring, device, .. } = &mut self.io;
+        let dev = device.as_mut().expect("device resolution");
+        // At most one distinct miss per entry of the miss list: room for all of them.
+        let room = dev.missing.len();
+        let t1 = Instant::now();
+        let pairs = dev.pending.len() + 2 * room;
+        let lay = StagingLayout::new(&self.slots, 0, room, target, pairs, 3);
+        let entry = ring.acquire(&self.ctx, lay.total)?;
+        let wait = t1.elapsed();
+        let t2 = Instant::now();
+        let (map, plan, max_misses) = (&mut self.map, &mut self.plan, self.max_misses);
+        let (touched, missing) = (&dev.touched, &dev.missing);
+        let (fits, outcome) = copy_while_resolving(ring, entry, &lay, source, |on_misses| {
+            map.resolve_device(touched, missing, max_misses, plan, on_misses)
         })?;
-        let outcome = match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(!overflow.into_inner()),
+        if !fits {
+            return Ok(None); // nothing resolved; the entry stays mapped for the next pass
+        }
+        self.io.queue_evictions(&self.plan);
+        match outcome {
+            Err(e) => {
+                self.forget_failed();
+                return Err(e);
+            }
+            Ok(false) => {
+                // Cannot happen (room for every entry of the miss list); stay correct.
+                self.forget_failed();
+                return Ok(None);
+            }
+            Ok(true) => {}
+        }
+        let resolve = t2.elapsed();
+        let m = self.plan.misses.len();
+        let mut guard = ForgetMisses {
+            map: &mut self.map,
+            misses: &self.plan.misses,
+            armed: true,
         };
-        Ok((n, outcome))
+        let result = self.io.finish(
+            &self.ctx,
+            &self.slots,
+            &self.plan,
+            entry,
+            &lay,
+            ids.len(),
+            target,
+            true,
+        );
+        self.stats.evictions += self.plan.evictions;
+        let times = result?;
+        guard.armed = false;
+        drop(guard);
+        self.account(m, resolve, wait + times.wait, times, true);
+        Ok(Some(ids.len()))
     }
 }
 
+/// Resolves a pass with `resolve` while the partitions copy their missed rows into staging
+/// entry `entry` (laid out as `lay`, with room for `lay.rows_cap` rows). Returns what
+/// `resolve` returned and whether every missed row fit and was copied (`Ok(false)`: no
+/// room, the caller copies them serially), or the row source's error or panic.
+fn copy_while_resolving<S: RowSource, R>(
+    ring: &mut StagingRing,
+    entry: usize,
+    lay: &StagingLayout,
+    source: &S,
+    resolve: impl FnOnce(OnMisses<'_>) -> R,
+) -> Result<(R, Result<bool>)> {
+    let dim = source.dim();
+    let row_bytes = dim * 4;
+    let bump = AtomicUsize::new(0);
+    let overflow = AtomicBool::new(false);
+    let failure: Mutex<Option<HotrowError>> = Mutex::new(None);
+    let r = ring.write(entry, lay.total, |bytes| {
+        let base = RawBytes(bytes.as_mut_ptr());
+        let on_misses = |misses: &[(u32, u32)]| {
+            if misses.is_empty() {
+                return;
+            }
+            let at = bump.fetch_add(misses.len(), Ordering::Relaxed);
+            if at + misses.len() > lay.rows_cap {
+                overflow.store(true, Ordering::Relaxed);
+                return;
+            }
+            // SAFETY: the bump allocator gives this call rows at..at + len of the
+            // staging entry's row and miss-slot regions, which no other call touches;
+            // both regions lie inside the mapped range (`lay`), 16-byte aligned, and
+            // the mapping outlives the resolve.
+            let (slots_out, rows_out) = unsafe {
+                (
+                    base.slice::<u32>(lay.miss_off as usize + at * 4, misses.len()),
+                    base.slice::<f32>(lay.rows_off as usize + at * row_bytes, misses.len() * dim),
+                )
+            };
+            let mut ids = Vec::with_capacity(misses.len());
+            for (dst, &(id, slot)) in slots_out.iter_mut().zip(misses) {
+                *dst = slot;
+                ids.push(id);
+            }
+            let Err(err) = read_rows_caught(source, &ids, rows_out) else {
+                return;
+            };
+            failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(err);
+        };
+        resolve(&on_misses)
+    })?;
+    let outcome = match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(!overflow.into_inner()),
+    };
+    Ok((r, outcome))
+}
+
 /// Where each part of a pass sits in its staging buffer: the per-position slot list, the
-/// missed slots, the kernels' params blocks, then the rows.
+/// missed slots, the kernels' params blocks (scatter and gather per shard, then the GPU
+/// table's removal, insertion and slot-list blocks), the changes to the GPU's table, then
+/// the rows.
 struct StagingLayout {
     /// Room for the slot list (positions x 4 bytes).
     pos_room: u64,
     miss_off: u64,
     params_off: u64,
     scatter_params: u64,
+    /// Offset of the device-map params blocks.
+    map_params_off: u64,
+    pairs_off: u64,
+    /// (key, value) pairs the entry has room for.
+    pairs_room: usize,
     rows_off: u64,
     /// Rows the entry has room for.
     rows_cap: usize,
@@ -431,7 +652,16 @@ struct StagingLayout {
 }
 
 impl StagingLayout {
-    fn new(slots: &RowBuffer, positions: usize, rows: usize, target: Target<'_>) -> Self {
+    /// `map_blocks`: device-map params blocks (removals, insertions, and for device
+    /// resolution the slot list).
+    fn new(
+        slots: &RowBuffer,
+        positions: usize,
+        rows: usize,
+        target: Target<'_>,
+        pairs: usize,
+        map_blocks: u64,
+    ) -> Self {
         let shards = slots.shards().len() as u64;
         let scatter_params = shards * PARAMS_BYTES;
         let gather_params = match target {
@@ -441,12 +671,17 @@ impl StagingLayout {
         let pos_room = align16(positions as u64 * 4);
         let miss_off = pos_room;
         let params_off = align16(miss_off + rows as u64 * 4);
-        let rows_off = align16(params_off + scatter_params + gather_params);
+        let map_params_off = params_off + scatter_params + gather_params;
+        let pairs_off = align16(map_params_off + map_blocks * device_map::PARAMS_BYTES);
+        let rows_off = align16(pairs_off + pairs as u64 * 8);
         Self {
             pos_room,
             miss_off,
             params_off,
             scatter_params,
+            map_params_off,
+            pairs_off,
+            pairs_room: pairs,
             rows_off,
             rows_cap: rows,
             total: rows_off + slots.layout().bytes(rows),
@@ -475,6 +710,114 @@ impl RawBytes {
 }
 
 impl Uploader {
+    /// Queues the removals of `plan`'s evictions for the GPU's table (see
+    /// [`DeviceMap::pending`]).
+    fn queue_evictions(&mut self, plan: &PassPlan) {
+        if let Some(dev) = self.device.as_mut() {
+            dev.pending.extend_from_slice(&plan.evicted);
+        }
+    }
+
+    /// Room for the GPU table's changes of a pass with up to `rows` misses (the pending
+    /// removals, then at most one eviction and one insertion per miss); 0 without a table.
+    fn pairs_room(&self, rows: usize) -> usize {
+        self.device
+            .as_ref()
+            .map_or(0, |d| d.pending.len() + 2 * rows)
+    }
+
+    /// The first submission of a device pass: uploads the batch's ids, applies pending
+    /// removals to the GPU's table, probes it and reads back the miss count, the touched
+    /// bitmap and the miss list (into the [`DeviceMap`]'s host copies). Returns `false` when
+    /// the miss list overflowed its room (the batch then goes to the host path; the room
+    /// grows for the next batch).
+    fn probe(&mut self, ctx: &GpuContext, ids: &[u32]) -> Result<bool> {
+        let dev = self.device.as_mut().expect("device resolution");
+        let n = ids.len();
+        if dev.miss_room == 0 {
+            dev.miss_room = n; // the first batch: no estimate yet
+        }
+        let room = dev.miss_room.min(n).max(1);
+        let bw = dev.bitmap_words;
+        let ids_bytes = n as u64 * 4;
+        let params_off = align16(ids_bytes);
+        let pairs_off = align16(params_off + 2 * device_map::PARAMS_BYTES);
+        let pending = dev.pending.len();
+        let total = pairs_off + pending as u64 * 8;
+        let out_bytes = (HEADER_WORDS + bw + room as u64) * 4;
+        let entry = self.ring.acquire(ctx, total)?;
+        self.ring.write(entry, total, |bytes| -> Result<()> {
+            let (head, tail) = bytes.split_at_mut(params_off as usize);
+            cast_mut::<u32>(&mut head[..ids_bytes as usize])?.copy_from_slice(ids);
+            let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
+            let probe = device_map::probe_params(ctx, n, bw, room);
+            let flush = device_map::params(ctx, pending, 0);
+            let (a, b) = blocks.split_at_mut(device_map::PARAMS_BYTES as usize);
+            a.copy_from_slice(bytemuck::bytes_of(&probe));
+            b.copy_from_slice(bytemuck::bytes_of(&flush));
+            let pairs = cast_mut::<u32>(pairs)?;
+            for (pair, &id) in pairs.chunks_exact_mut(2).zip(&dev.pending) {
+                pair.copy_from_slice(&[id, NOT_RESIDENT]);
+            }
+            Ok(())
+        })??;
+        self.ring.unmap(entry);
+        let staging = self.ring.buffer(entry).clone();
+        let mut enc = encoder(ctx, "hotrow probe");
+        let ids_buf = dev.ids.get(ctx, ids_bytes)?.clone();
+        enc.copy_buffer_to_buffer(&staging, 0, &ids_buf, 0, ids_bytes);
+        if pending > 0 {
+            let pairs_buf = dev.pairs.get(ctx, pending as u64 * 8)?.clone();
+            enc.copy_buffer_to_buffer(&staging, pairs_off, &pairs_buf, 0, pending as u64 * 8);
+            device_map::encode(
+                ctx,
+                &mut enc,
+                Kernel::Assign,
+                pending,
+                &pairs_buf,
+                &dev.slot_of,
+                &pairs_buf,
+                &mut dev.flush,
+                (&staging, params_off + device_map::PARAMS_BYTES),
+            )?;
+        }
+        let out = dev.probe_out.get(ctx, out_bytes)?.clone();
+        enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bw) * 4));
+        device_map::encode(
+            ctx,
+            &mut enc,
+            Kernel::Probe,
+            n,
+            &ids_buf,
+            &dev.slot_of,
+            &out,
+            &mut dev.probe,
+            (&staging, params_off),
+        )?;
+        let readback = dev.readback.get(ctx, out_bytes)?.clone();
+        enc.copy_buffer_to_buffer(&out, 0, &readback, 0, out_bytes);
+        let sub = ctx.queue().submit([enc.finish()]);
+        self.ring.submitted(entry, sub);
+        ctx.check()?;
+        dev.pending.clear();
+        let (touched, missing) = (&mut dev.touched, &mut dev.missing);
+        let count = map_read_with(ctx, &readback, 0, out_bytes, |bytes| {
+            let words: &[u32] = bytemuck::cast_slice(bytes);
+            let count = words[0] as usize;
+            let bitmap = &words[HEADER_WORDS as usize..(HEADER_WORDS + bw) as usize];
+            touched.clear();
+            touched.extend_from_slice(bitmap);
+            missing.clear();
+            let list = &words[(HEADER_WORDS + bw) as usize..];
+            missing.extend_from_slice(&list[..count.min(room)]);
+            count
+        })?;
+        // Room for the next batch: a decaying high-water mark with 25% headroom.
+        let want = count + count / 4 + 256;
+        dev.miss_room = want.max(dev.miss_room - dev.miss_room / 16);
+        Ok(count <= room)
+    }
+
     /// The serial pass: copies the slot lists, params and every missed row into a staging
     /// buffer sized for exactly this pass, then [`Uploader::finish`]es it.
     fn upload_and_dispatch<S: RowSource>(
@@ -493,7 +836,8 @@ impl Uploader {
         } else {
             n
         };
-        let lay = StagingLayout::new(slots, positions, m, target);
+        let pairs = self.pairs_room(m);
+        let lay = StagingLayout::new(slots, positions, m, target, pairs, 2);
         let t0 = Instant::now();
         let entry = self.ring.acquire(ctx, lay.total)?;
         let t1 = Instant::now();
@@ -510,15 +854,17 @@ impl Uploader {
             read_rows_caught(source, miss_ids, rows)
         })??;
         let copy = t1.elapsed();
-        let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target)?;
+        let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target, false)?;
         times.wait += t1 - t0;
         times.copy += copy;
         Ok(times)
     }
 
-    /// Writes the slot list and the params blocks into staging entry `entry` (whose missed
-    /// slots and rows are already there), unmaps it, and submits the pass: copies up,
-    /// scatter of the missed rows into their slots, gather of the output.
+    /// Writes the slot list (unless `device_positions`: the GPU writes it from its table),
+    /// the params blocks and the GPU table's changes into staging entry `entry` (whose
+    /// missed slots and rows are already there), unmaps it, and submits the pass: copies up,
+    /// scatter of the missed rows into their slots, the changes to the GPU's table, the slot
+    /// list, gather of the output.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
@@ -529,36 +875,74 @@ impl Uploader {
         lay: &StagingLayout,
         n: usize,
         target: Target<'_>,
+        device_positions: bool,
     ) -> Result<PassTimes> {
         let m = plan.misses.len();
         let pos_bytes = match target {
             Target::Resident => 0,
             _ => n as u64 * 4,
         };
-        debug_assert!(pos_bytes <= lay.pos_room && m <= lay.rows_cap);
+        let host_pos = if device_positions { 0 } else { pos_bytes };
+        debug_assert!(host_pos <= lay.pos_room && m <= lay.rows_cap);
         let t0 = Instant::now();
-        self.ring.write(entry, lay.total, |bytes| -> Result<()> {
-            if pos_bytes > 0 {
-                cast_mut::<u32>(&mut bytes[..pos_bytes as usize])?.copy_from_slice(&plan.slots);
-            }
-            let blocks = &mut bytes[lay.params_off as usize..lay.rows_off as usize];
-            let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
-            for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
-                blocks
-                    .next()
-                    .expect("room for params")
-                    .copy_from_slice(bytemuck::bytes_of(&b));
-            }
-            if let Target::Gather(_, offset) = target {
-                for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
+        let device = self.device.as_ref();
+        let removals = self
+            .ring
+            .write(entry, lay.total, |bytes| -> Result<usize> {
+                if host_pos > 0 {
+                    cast_mut::<u32>(&mut bytes[..host_pos as usize])?.copy_from_slice(&plan.slots);
+                }
+                let blocks = &mut bytes[lay.params_off as usize..lay.map_params_off as usize];
+                let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
+                for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
                     blocks
                         .next()
                         .expect("room for params")
                         .copy_from_slice(bytemuck::bytes_of(&b));
                 }
-            }
-            Ok(())
-        })??;
+                if let Target::Gather(_, offset) = target {
+                    for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
+                        blocks
+                            .next()
+                            .expect("room for params")
+                            .copy_from_slice(bytemuck::bytes_of(&b));
+                    }
+                }
+                let Some(dev) = device else {
+                    return Ok(0);
+                };
+                let room = &mut bytes[lay.pairs_off as usize..lay.rows_off as usize];
+                // Removals (pending, which includes this pass's evictions), then insertions.
+                let removals = dev.pending.len();
+                let pairs = cast_mut::<u32>(room)?.chunks_exact_mut(2);
+                let changes = dev
+                    .pending
+                    .iter()
+                    .map(|&id| [id, NOT_RESIDENT])
+                    .chain(plan.misses.iter().map(|&(id, slot)| [id, slot + 1]));
+                for (dst, pair) in pairs.zip(changes) {
+                    dst.copy_from_slice(&pair);
+                }
+                debug_assert!(removals + m <= lay.pairs_room);
+                let at = lay.map_params_off as usize;
+                let mut blocks = bytes[at..lay.pairs_off as usize]
+                    .chunks_exact_mut(device_map::PARAMS_BYTES as usize);
+                let mut blocks_for = [
+                    device_map::params(ctx, removals, 0),
+                    device_map::params(ctx, m, removals),
+                ]
+                .to_vec();
+                if device_positions {
+                    blocks_for.push(device_map::params(ctx, n, 0));
+                }
+                for b in blocks_for {
+                    blocks
+                        .next()
+                        .expect("room for params")
+                        .copy_from_slice(bytemuck::bytes_of(&b));
+                }
+                Ok(removals)
+            })??;
         self.ring.unmap(entry);
         let t1 = Instant::now();
         let staging = self.ring.buffer(entry).clone();
@@ -582,16 +966,54 @@ impl Uploader {
                 Some((&staging, lay.params_off)),
             )?;
         }
+        if let Some(dev) = self.device.as_mut() {
+            let n_pairs = removals + m;
+            if n_pairs > 0 {
+                let bytes = n_pairs as u64 * 8;
+                let pairs_buf = dev.pairs.get(ctx, bytes)?.clone();
+                enc.copy_buffer_to_buffer(&staging, lay.pairs_off, &pairs_buf, 0, bytes);
+                let block = device_map::PARAMS_BYTES;
+                for (k, n, launch) in [(0, removals, &mut dev.remove), (1, m, &mut dev.insert)] {
+                    device_map::encode(
+                        ctx,
+                        &mut enc,
+                        Kernel::Assign,
+                        n,
+                        &pairs_buf,
+                        &dev.slot_of,
+                        &pairs_buf,
+                        launch,
+                        (&staging, lay.map_params_off + k * block),
+                    )?;
+                }
+            }
+        }
         if pos_bytes > 0 {
-            let pos_buf = self.pos_slots.get(ctx, pos_bytes)?;
-            enc.copy_buffer_to_buffer(&staging, 0, pos_buf, 0, pos_bytes);
+            let pos_buf = self.pos_slots.get(ctx, pos_bytes)?.clone();
+            if device_positions {
+                let dev = self.device.as_mut().expect("device resolution");
+                let ids_buf = dev.ids.current().expect("the probe's ids").clone();
+                device_map::encode(
+                    ctx,
+                    &mut enc,
+                    Kernel::Position,
+                    n,
+                    &ids_buf,
+                    &dev.slot_of,
+                    &pos_buf,
+                    &mut dev.position,
+                    (&staging, lay.map_params_off + 2 * device_map::PARAMS_BYTES),
+                )?;
+            } else {
+                enc.copy_buffer_to_buffer(&staging, 0, &pos_buf, 0, pos_bytes);
+            }
             if let Target::Gather(out, offset) = target {
                 copy_rows::encode(
                     ctx,
                     &mut enc,
                     Direction::Gather,
                     slots,
-                    pos_buf,
+                    &pos_buf,
                     n,
                     out,
                     offset,
@@ -603,6 +1025,9 @@ impl Uploader {
         let sub = ctx.queue().submit([enc.finish()]);
         self.ring.submitted(entry, sub);
         ctx.check()?;
+        if let Some(dev) = self.device.as_mut() {
+            dev.pending.clear(); // applied by this submission
+        }
         Ok(PassTimes {
             wait: Duration::ZERO,
             copy: t1 - t0,

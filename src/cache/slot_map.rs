@@ -66,6 +66,8 @@ pub struct PassPlan {
     pub hits: u64,
     /// Resident rows dropped to make room.
     pub evictions: u64,
+    /// The ids of those rows (no longer resident), in eviction order.
+    pub evicted: Vec<u32>,
 }
 
 impl PassPlan {
@@ -74,6 +76,7 @@ impl PassPlan {
         self.misses.clear();
         self.hits = 0;
         self.evictions = 0;
+        self.evicted.clear();
     }
 
     /// Distinct ids of the pass.
@@ -246,6 +249,36 @@ impl SlotMap {
     pub fn resolve(&mut self, ids: &[u32], plan: &mut PassPlan) -> usize {
         plan.clear();
         let pass = self.next_pass();
+        self.resolve_in(pass, ids, plan)
+    }
+
+    /// [`SlotMap::resolve`] for a pass whose hits were found elsewhere (on the GPU):
+    /// `touched` are the slots the pass reads (each is touched and pinned, and counted as a
+    /// hit once), `ids` the ids it found missing (repeats allowed; an id that is in fact
+    /// resident is a hit). Under LRU, the touched slots count as used in the order given.
+    pub(crate) fn resolve_touched(
+        &mut self,
+        touched: impl Iterator<Item = u32>,
+        ids: &[u32],
+        plan: &mut PassPlan,
+    ) -> usize {
+        plan.clear();
+        let pass = self.next_pass();
+        let lru = self.policy == EvictionPolicy::Lru;
+        for s in touched {
+            let st = self.stamp[s as usize];
+            if st & PASS_MASK != pass && self.id_of[s as usize] != NONE {
+                self.stamp[s as usize] = pass | REF;
+                if lru {
+                    self.touch_lru(s);
+                }
+                plan.hits += 1;
+            }
+        }
+        self.resolve_in(pass, ids, plan)
+    }
+
+    fn resolve_in(&mut self, pass: u32, ids: &[u32], plan: &mut PassPlan) -> usize {
         let capacity = self.capacity() as u64;
         let lru = self.policy == EvictionPolicy::Lru;
         plan.slots.reserve(ids.len());
@@ -289,6 +322,7 @@ impl SlotMap {
             if old != NONE {
                 self.slot_of[old as usize] = NONE;
                 plan.evictions += 1;
+                plan.evicted.push(old);
             } else {
                 self.len += 1;
             }

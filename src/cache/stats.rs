@@ -13,6 +13,8 @@ pub struct CacheStats {
     pub batches: u64,
     /// Passes run (a batch with more distinct ids than slots takes several).
     pub passes: u64,
+    /// Passes whose hits the GPU found ([`crate::Resolution::Device`]).
+    pub device_passes: u64,
     /// Ids requested (positions, repeats included).
     pub requests: u64,
     /// Distinct ids per batch, summed over batches.
@@ -41,6 +43,9 @@ pub struct CacheStats {
     pub staging_wait_time: Duration,
     /// Host time encoding and submitting GPU work.
     pub submit_time: Duration,
+    /// Host time of device resolution's first submission: uploading the ids, the GPU's
+    /// probe and reading back its misses and touched slots (one round trip per batch).
+    pub probe_time: Duration,
 }
 
 impl CacheStats {

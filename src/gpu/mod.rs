@@ -24,7 +24,7 @@ pub(crate) use layout::{wgsl_f32_elem, wgsl_vec4_elem, ELEM_PREFIXES};
 pub use memory::MemoryStats;
 pub(crate) use memory::{GrowBuffer, TrackedBuffer};
 pub use pipelines::Shader;
-pub(crate) use readback::MAP_TIMEOUT;
+pub(crate) use readback::{map_read_with, read_f32, MAP_TIMEOUT};
 pub use rows::{Embeddings, RowBuffer, RowBufferOptions};
 pub(crate) use staging::StagingRing;
 pub(crate) use timing::pass_writes;

@@ -21,6 +21,18 @@ pub(crate) fn map_read_blocking(
     offset: u64,
     size: u64,
 ) -> Result<Vec<u8>> {
+    map_read_with(ctx, buffer, offset, size, |bytes| bytes.to_vec())
+}
+
+/// Maps `buffer` (which must have `MAP_READ`) for reading, waits, runs `read` on the mapped
+/// bytes and unmaps.
+pub(crate) fn map_read_with<R>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+    read: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
     let (tx, mut rx) = oneshot::channel();
     buffer.map_async(wgpu::MapMode::Read, offset..offset + size, move |r| {
         let _ = tx.send(r);
@@ -33,12 +45,14 @@ pub(crate) fn map_read_blocking(
         result.is_some()
     })?;
     result.ok_or_else(|| HotrowError::Map("map callback dropped".into()))??;
-    let bytes = buffer
-        .get_mapped_range(offset..offset + size)
-        .map_err(|e| HotrowError::Map(e.to_string()))?
-        .to_vec();
+    let out = {
+        let view = buffer
+            .get_mapped_range(offset..offset + size)
+            .map_err(|e| HotrowError::Map(e.to_string()))?;
+        read(&view)
+    };
     buffer.unmap();
-    Ok(bytes)
+    Ok(out)
 }
 
 /// Copies `size` bytes of `src` from `offset` into a pooled readback buffer (after all work

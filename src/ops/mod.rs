@@ -4,12 +4,18 @@
 
 pub(crate) mod bag;
 pub(crate) mod copy_rows;
+pub(crate) mod device_map;
 pub(crate) mod matmul;
 
 use crate::gpu::{RowLayout, Shader};
 
 /// Every kernel family of the crate, with each prefix it is compiled with.
-pub(crate) const KERNELS: &[&Shader] = &[&copy_rows::SHADER, &bag::SHADER, &matmul::SHADER];
+pub(crate) const KERNELS: &[&Shader] = &[
+    &copy_rows::SHADER,
+    &bag::SHADER,
+    &matmul::SHADER,
+    &device_map::SHADER,
+];
 
 /// Every WGSL module the crate can build: `(file, complete source)` for each kernel file
 /// under `shaders/` and each element prefix it is compiled with. The tests validate each
@@ -63,6 +69,7 @@ pub fn params_layouts() -> Vec<(&'static str, usize, Vec<usize>)> {
         copy_rows::CopyParams::layout(),
         bag::BagParams::layout(),
         matmul::MatmulParams::layout(),
+        device_map::MapParams::layout(),
     ]
 }
 
