@@ -469,17 +469,17 @@ fn device_resolution_stream_matches_reference() {
 }
 
 #[test]
-fn auto_resolution_follows_row_size() {
+fn resolution_default_and_device_table_memory() {
     use hotrow::Resolution;
     let _serial = common::serial();
-    for (dim, want) in [(16, Resolution::Host), (128, Resolution::Device)] {
-        let data = random_values(500 * dim, 9);
-        let table = HostTable::borrowed(&data, dim).unwrap();
-        let cache = EmbeddingCache::new(ctx(), table, CacheConfig::default()).unwrap();
-        assert_eq!(cache.config().resolution, want, "dim {dim}");
-        // the GPU's table is counted as scratch: 4 bytes per row
-        if want == Resolution::Device {
-            assert!(cache.memory().scratch >= 500 * 4);
-        }
-    }
+    let (rows, dim) = (500, 16);
+    let data = random_values(rows * dim, 9);
+    let t = || HostTable::borrowed(&data, dim).unwrap();
+    let host = EmbeddingCache::new(ctx(), t(), CacheConfig::default()).unwrap();
+    assert_eq!(host.config().resolution, Resolution::Host);
+    let config = CacheConfig::default().resolution(Resolution::Device);
+    let device = EmbeddingCache::new(ctx(), t(), config).unwrap();
+    assert_eq!(device.config().resolution, Resolution::Device);
+    // the GPU's table is counted as scratch: 4 bytes per row
+    assert!(device.memory().scratch >= host.memory().scratch + rows as u64 * 4);
 }

@@ -30,7 +30,7 @@ pub struct Args {
     pub heater: Option<Heater>,
     /// Ids per batch of W2 and W5 (default 65,536; 4,096 with `--small`).
     pub batch: usize,
-    /// Resolution of the workloads' caches (`--resolution host|device|auto`, default auto).
+    /// Resolution of the workloads' caches (`--resolution host|device`, default host).
     pub resolution: Resolution,
 }
 
@@ -84,7 +84,7 @@ impl Args {
             warmup_secs: -1.0,
             heater: None,
             batch: 0,
-            resolution: Resolution::Auto,
+            resolution: Resolution::Host,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -108,9 +108,8 @@ impl Args {
                     a.resolution = match it.next().as_deref() {
                         Some("host") => Resolution::Host,
                         Some("device") => Resolution::Device,
-                        Some("auto") => Resolution::Auto,
                         other => {
-                            eprintln!("--resolution host|device|auto, not {other:?}");
+                            eprintln!("--resolution host|device, not {other:?}");
                             std::process::exit(2);
                         }
                     }

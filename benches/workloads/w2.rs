@@ -18,7 +18,9 @@ pub fn run(
     let mut rng = Rng::new(23);
     let batches = a.batches.max(40);
     let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
+    let t = Instant::now();
     let mut cache = harness::tenth_cache(ctx, a, table, n, EvictionPolicy::Clock)?;
+    rep.insert("W2_cache_new_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     let mut out = Embeddings::new(ctx, b, d)?;
     let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| {
         harness::verify_gather("w2", out, cache.source().data(), d, ids)

@@ -132,28 +132,23 @@ impl<S: RowSource> EmbeddingCache<S> {
             let staging = config.staging_buffers.max(1);
             let table_bytes = rows as u64 * 4;
             let fits = table_bytes <= ctx.max_binding();
-            let resolution = match config.resolution {
-                Resolution::Auto if fits && row_bytes >= 400 => Resolution::Device,
-                Resolution::Auto => Resolution::Host,
-                Resolution::Device if !fits => {
-                    return Err(HotrowError::ExceedsLimit {
-                        what: "the GPU's id -> slot table (Resolution::Device)",
-                        bytes: table_bytes,
-                        limit_name: "max_storage_buffer_binding_size",
-                        limit: ctx.max_binding(),
-                    })
-                }
-                r => r,
-            };
-            let device_rows = (resolution == Resolution::Device).then_some(rows);
+            let device = config.resolution == Resolution::Device;
+            if device && !fits {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "the GPU's id -> slot table (Resolution::Device)",
+                    bytes: table_bytes,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: ctx.max_binding(),
+                });
+            }
+            let device_rows = device.then_some(rows);
             let engine = PassEngine::new(ctx, slots, map, staging, max_upload, device_rows)?;
             let effective = config
                 .clone()
                 .capacity(Capacity::Rows(capacity))
                 .partitions(engine.map().partitions())
                 .staging_buffers(staging)
-                .max_upload_bytes_per_pass(engine.max_upload_bytes())
-                .resolution(resolution);
+                .max_upload_bytes_per_pass(engine.max_upload_bytes());
             Ok(Self {
                 ctx: ctx.clone(),
                 source,

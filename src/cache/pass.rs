@@ -89,6 +89,9 @@ struct DeviceMap {
     bitmap_words: u64,
     /// Room of the miss list: a decaying high-water mark of the miss entries per batch.
     miss_room: usize,
+    /// Distinct misses a device pass is expected to have (decaying high-water mark; 0
+    /// before the first).
+    miss_estimate: usize,
     /// The last probe's result on the host: touched bitmap, missing ids (with repeats).
     touched: Vec<u32>,
     missing: Vec<u32>,
@@ -118,6 +121,7 @@ impl DeviceMap {
             pending: Vec::new(),
             bitmap_words: device_map::bitmap_words(capacity),
             miss_room: 0,
+            miss_estimate: 0,
             touched: Vec::new(),
             missing: Vec::new(),
         })
@@ -185,6 +189,14 @@ impl PassEngine {
         // construction rather than by the first batch. (It was also meant to shorten the
         // first batch; measured on the H200, it did not: BENCHMARKS.md.)
         copy_rows::prepare(ctx, layout)?;
+        // Have the GPU initialise the slots now (wgpu zero-fills a buffer on its first
+        // use) rather than inside the first batch, and wait for it.
+        let mut enc = encoder(ctx, "hotrow slots init");
+        for shard in slots.shards() {
+            enc.clear_buffer(shard, 0, None);
+        }
+        submit(ctx, enc)?;
+        ctx.wait_idle()?;
         let device = device_rows
             .map(|rows| DeviceMap::new(ctx, rows, map.capacity()))
             .transpose()?;
@@ -460,9 +472,15 @@ impl PassEngine {
                 target,
                 false,
             ),
-            _ => self
-                .io
-                .upload_and_dispatch(&self.ctx, &self.slots, &self.plan, source, n, target),
+            _ => self.io.upload_and_dispatch(
+                &self.ctx,
+                &self.slots,
+                &self.plan,
+                source,
+                n,
+                target,
+                false,
+            ),
         };
         self.stats.evictions += self.plan.evictions;
         let times = result?;
@@ -516,52 +534,57 @@ impl PassEngine {
         }
         let Uploader { ring, device, .. } = &mut self.io;
         let dev = device.as_mut().expect("device resolution");
-        // At most one distinct miss per entry of the miss list: room for all of them.
-        let room = dev.missing.len();
-        let t1 = Instant::now();
-        let pairs = dev.pending.len() + 2 * room;
-        let lay = StagingLayout::new(&self.slots, 0, room, target, pairs, 3);
-        let entry = ring.acquire(&self.ctx, lay.total)?;
-        let wait = t1.elapsed();
-        let t2 = Instant::now();
         let (map, plan, max_misses) = (&mut self.map, &mut self.plan, self.max_misses);
         let (touched, missing) = (&dev.touched, &dev.missing);
-        let (fits, outcome) = copy_while_resolving(ring, entry, &lay, source, |on_misses| {
-            map.resolve_device(touched, missing, max_misses, plan, on_misses)
-        })?;
+        // As on the host path: with an estimate of the distinct misses, the partitions copy
+        // their rows into staging as they resolve; without one (the first batch, whose miss
+        // list counts every repeat), resolve first and copy into staging sized exactly.
+        let est = dev.miss_estimate;
+        let t1 = Instant::now();
+        let mut wait = Duration::ZERO;
+        let mut staged = None;
+        let (fits, outcome) = if est > 0 {
+            let room = missing.len().min(est + est / 4 + 64);
+            let lay = StagingLayout::new(&self.slots, 0, room, target, 2 * room, 3);
+            let entry = ring.acquire(&self.ctx, lay.total)?;
+            wait = t1.elapsed();
+            let r = copy_while_resolving(ring, entry, &lay, source, |on_misses| {
+                map.resolve_device(touched, missing, max_misses, plan, on_misses)
+            })?;
+            staged = Some((entry, lay));
+            r
+        } else {
+            let fits = map.resolve_device(touched, missing, max_misses, plan, &|_| {});
+            (fits, Ok(false))
+        };
         if !fits {
-            return Ok(None); // nothing resolved; the entry stays mapped for the next pass
+            return Ok(None); // nothing resolved; a staging entry stays mapped for later
         }
+        let m = self.plan.misses.len();
+        dev.miss_estimate = m.max(est - est / 16).max(1);
         self.io.queue_evictions(&self.plan);
-        match outcome {
+        let copied = match outcome {
             Err(e) => {
                 self.forget_failed();
                 return Err(e);
             }
-            Ok(false) => {
-                // Cannot happen (room for every entry of the miss list); stay correct.
-                self.forget_failed();
-                return Ok(None);
-            }
-            Ok(true) => {}
-        }
-        let resolve = t2.elapsed();
-        let m = self.plan.misses.len();
+            Ok(copied) => copied,
+        };
+        let resolve = t1.elapsed() - wait;
         let mut guard = ForgetMisses {
             map: &mut self.map,
             misses: &self.plan.misses,
             armed: true,
         };
-        let result = self.io.finish(
-            &self.ctx,
-            &self.slots,
-            &self.plan,
-            entry,
-            &lay,
-            ids.len(),
-            target,
-            true,
-        );
+        let (ctx, slots, plan, n) = (&self.ctx, &self.slots, &self.plan, ids.len());
+        let result = match staged {
+            Some((entry, lay)) if copied => self
+                .io
+                .finish(ctx, slots, plan, entry, &lay, n, target, true),
+            _ => self
+                .io
+                .upload_and_dispatch(ctx, slots, plan, source, n, target, true),
+        };
         self.stats.evictions += self.plan.evictions;
         let times = result?;
         guard.armed = false;
@@ -820,6 +843,7 @@ impl Uploader {
 
     /// The serial pass: copies the slot lists, params and every missed row into a staging
     /// buffer sized for exactly this pass, then [`Uploader::finish`]es it.
+    #[allow(clippy::too_many_arguments)]
     fn upload_and_dispatch<S: RowSource>(
         &mut self,
         ctx: &GpuContext,
@@ -828,16 +852,18 @@ impl Uploader {
         source: &S,
         n: usize,
         target: Target<'_>,
+        device_positions: bool,
     ) -> Result<PassTimes> {
         let dim = slots.layout().dim();
         let m = plan.misses.len();
-        let positions = if matches!(target, Target::Resident) {
+        let positions = if matches!(target, Target::Resident) || device_positions {
             0
         } else {
             n
         };
         let pairs = self.pairs_room(m);
-        let lay = StagingLayout::new(slots, positions, m, target, pairs, 2);
+        let blocks = if device_positions { 3 } else { 2 };
+        let lay = StagingLayout::new(slots, positions, m, target, pairs, blocks);
         let t0 = Instant::now();
         let entry = self.ring.acquire(ctx, lay.total)?;
         let t1 = Instant::now();
@@ -854,7 +880,7 @@ impl Uploader {
             read_rows_caught(source, miss_ids, rows)
         })??;
         let copy = t1.elapsed();
-        let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target, false)?;
+        let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target, device_positions)?;
         times.wait += t1 - t0;
         times.copy += copy;
         Ok(times)

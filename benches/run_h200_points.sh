@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs a list of benchmark points on the lent H200, each in its own process, with the SM
+# clock sampled every 100 ms, then the PyTorch peer in the same command for the ratios.
+# A points file has one point per line: `name | environment | workloads arguments`
+# (`#` starts a comment). Expects .gl/*.deb and .dev/bin/workloads (see run_h200.sh).
+# Usage: bash benches/run_h200_points.sh benches/points/<file>.txt [peer workloads]
+set -u
+. "$(dirname "$0")/device_env.sh"
+POINTS=$1; PEER=${2:-limits,w1,w2,w3}
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,utilization.gpu --format=csv -lms 100 > "$OUT/clocks.csv" &
+SMI=$!
+LOG="$OUT/points.log"; : > "$LOG"
+while IFS='|' read -r name envs args; do
+  name=$(echo "$name" | xargs); [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
+  echo "== $name (env: $envs; workloads $args) from $(date +%T.%N)" >> "$LOG"
+  json="$OUT/$(echo "$name" | tr ' =,' '___').json"
+  env $envs ./.dev/bin/workloads --json "$json" $args > /tmp/p.log 2>&1 < /dev/null || { tail -20 /tmp/p.log >> "$LOG"; continue; }
+  python3 - "$name" "$json" >> "$LOG" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[2]))
+skip = ("GBps", "_n", "gpu_bytes_output", "W2_batch")
+num = {k: v for k, v in d.items() if isinstance(v, (int, float)) and not any(s in k for s in skip)}
+print(sys.argv[1], " ".join(f"{k}={num[k]:.4g}" for k in sorted(num)))
+PY
+done < "$POINTS"
+echo "== torch peer ($PEER) from $(date +%T.%N)" >> "$LOG"
+PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer.py --workloads "$PEER" --json "$OUT/torch.json" > /tmp/t.log 2>&1
+grep -E "peer|Error" /tmp/t.log >> "$LOG"
+cp "$POINTS" "$OUT/"
+# All points' reports in one file (name -> report), the per-point files removed.
+python3 - "$OUT" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+merged = {}
+for f in sorted(glob.glob(os.path.join(out, "*.json"))):
+    if os.path.basename(f) in ("torch.json", "points.json"):
+        continue
+    merged[os.path.basename(f)[:-5]] = json.load(open(f))
+    os.remove(f)
+json.dump(merged, open(os.path.join(out, "points.json"), "w"), indent=1, sort_keys=True)
+PY
+kill $SMI
+gzip -9 "$OUT/clocks.csv"
+cat "$LOG"
