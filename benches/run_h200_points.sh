@@ -41,4 +41,5 @@ json.dump(merged, open(os.path.join(out, "points.json"), "w"), indent=1, sort_ke
 PY
 kill $SMI
 gzip -9 "$OUT/clocks.csv"
-cat "$LOG"
+python3 "$(dirname "$0")/clock_phases.py" "$OUT/clocks.csv.gz" "$LOG" > "$OUT/clock_phases.txt"
+cat "$LOG" "$OUT/clock_phases.txt"

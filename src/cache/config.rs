@@ -19,9 +19,9 @@ pub enum Capacity {
 ///
 /// Every miss is resolved by the host's [`crate::SlotMap`] (it owns eviction); the choice
 /// is who finds the hits. Measured on an H200 with 16 host threads (BENCHMARKS.md): device
-/// resolution made pooled bags over 131,072 ids with 98.7% hits (W3) about 1.5x faster,
-/// and a stream of 65,536-id batches with 65% hits (W2) about 10% slower; batches of 4,096
-/// or 16,384 ids were 1.4-2.2x slower (its GPU round trip costs ~0.2 ms per batch).
+/// resolution made pooled bags over 131,072 ids with 98.7% hits (W3) 1.5-1.8x faster, and
+/// a stream of 65,536-id batches with 65% hits (W2) 10-30% slower; batches of 4,096 or
+/// 16,384 ids were 1.4-2.2x slower (its GPU round trip costs ~0.2 ms per batch).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Resolution {
     /// The host walks every id of the batch through the slot map (in parallel by
