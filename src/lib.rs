@@ -12,7 +12,7 @@
 //! * [`RowBuffer`]: rows resident on the GPU, split over binding limits transparently;
 //!   [`RowBuffer::gather`] looks rows up into [`Embeddings`] that stay on the GPU.
 //! * [`CompactBatch`]: distinct ids + inverse map of a batch.
-//! * [`reference`]: plain CPU implementations, the test oracle.
+//! * [`reference`](mod@reference): plain CPU implementations, the test oracle.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hotrow::HotrowError> {
