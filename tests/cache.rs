@@ -221,27 +221,6 @@ fn bad_ids_change_nothing() {
     assert_eq!(cache.stats(), &before_stats);
 }
 
-/// A row source that fails: the cache must report it and keep its map consistent.
-struct Flaky<'a> {
-    inner: HostTable<'a>,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-impl RowSource for Flaky<'_> {
-    fn rows(&self) -> usize {
-        self.inner.rows()
-    }
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(HotrowError::RowSource("disk on fire".into()));
-        }
-        self.inner.read_rows(ids, out)
-    }
-}
-
 #[test]
 fn failing_row_source_leaves_no_phantom_rows() {
     let _serial = common::serial();
@@ -249,9 +228,9 @@ fn failing_row_source_leaves_no_phantom_rows() {
     let mut rng = Rng::new(s);
     let (rows, dim) = (300, 8);
     let data = random_values(rows * dim, rng.next_u64());
-    let src = Flaky {
+    let src = Faulty {
         inner: HostTable::borrowed(&data, dim).unwrap(),
-        fail: true.into(),
+        mode: 1.into(), // fails
     };
     let mut cache = EmbeddingCache::new(
         ctx(),
@@ -267,8 +246,8 @@ fn failing_row_source_leaves_no_phantom_rows() {
     cache.slot_map().check_invariants().unwrap();
     cache
         .source()
-        .fail
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+        .mode
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let out = cache.lookup(&[5, 6, 7, 5]).unwrap();
     assert_rows_eq(
         &out.to_host().unwrap(),
@@ -348,7 +327,8 @@ fn partitioned_slot_map_end_to_end() {
     assert!(st.evictions > 0 && st.hits > 0);
 }
 
-/// A row source that, while `mode` says so, fails (1) or panics (2).
+/// A row source that, while `mode` says so, fails (1) or panics (2): the cache must report
+/// it and keep its map consistent.
 struct Faulty<'a> {
     inner: HostTable<'a>,
     mode: std::sync::atomic::AtomicU8,

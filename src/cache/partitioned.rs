@@ -72,6 +72,25 @@ type DeviceTask<'a> = (
 /// once.
 pub(crate) type OnMisses<'a> = &'a (dyn Fn(&[(u32, u32)]) + Sync);
 
+/// Writes partition `k`'s misses (local ids and slots in `plan`) as global (id, slot)
+/// into `global` and hands them to `on_misses`.
+fn publish_misses(
+    k: usize,
+    bits: u32,
+    base: u32,
+    plan: &PassPlan,
+    global: &mut Vec<(u32, u32)>,
+    on_misses: OnMisses<'_>,
+) {
+    global.clear();
+    global.extend(
+        plan.misses
+            .iter()
+            .map(|&(l, s)| ((l << bits) | k as u32, base + s)),
+    );
+    on_misses(global);
+}
+
 /// The set bits of `bits` among positions `start..start + len`, as offsets from `start`.
 fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '_ {
     let end = start + len;
@@ -228,13 +247,7 @@ impl PartitionedSlotMap {
             let done = map.resolve(local, plan);
             // Every miss is uploaded, also those past the pass's end: the partition holds
             // them now.
-            global.clear();
-            global.extend(
-                plan.misses
-                    .iter()
-                    .map(|&(l, s)| ((l << bits) | k as u32, base[k] + s)),
-            );
-            on_misses(global);
+            publish_misses(k, bits, base[k], plan, global, on_misses);
             for (&pos, &s) in order[..done].iter().zip(&plan.slots) {
                 // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
                 // writes this position; the plan is not read until every task is done.
@@ -337,13 +350,7 @@ impl PartitionedSlotMap {
             let (start, len) = ranges[k];
             let done = map.resolve_touched(set_bits(touched, start, len), local, plan);
             debug_assert_eq!(done, local.len(), "checked to fit");
-            global.clear();
-            global.extend(
-                plan.misses
-                    .iter()
-                    .map(|&(l, s)| ((l << bits) | k as u32, base[k] + s)),
-            );
-            on_misses(global);
+            publish_misses(k, bits, base[k], plan, global, on_misses);
         };
         let work = missing.len() + self.capacity / 32;
         if p > 1 && work >= PARALLEL_MIN_IDS {
@@ -545,5 +552,87 @@ mod tests {
             assert_eq!(pa.misses, pb.misses);
         }
         assert_eq!(a.resident(), b.resident());
+    }
+
+    #[test]
+    fn set_bits_matches_a_plain_scan() {
+        let mut rng = Rng::new(5);
+        for _ in 0..200 {
+            let words: Vec<u32> = (0..1 + rng.below(6))
+                .map(|_| rng.next_u64() as u32 & rng.next_u64() as u32)
+                .collect();
+            let total = words.len() as u32 * 32;
+            let start = rng.below(total as u64) as u32;
+            let len = rng.below((total - start) as u64 + 1) as u32;
+            let want: Vec<u32> = (start..start + len)
+                .filter(|&b| words[(b / 32) as usize] >> (b % 32) & 1 == 1)
+                .map(|b| b - start)
+                .collect();
+            assert_eq!(set_bits(&words, start, len).collect::<Vec<_>>(), want);
+        }
+    }
+
+    /// Device passes: touched slots are pinned and counted as hits, missing ids (with
+    /// repeats) get distinct free or evicted slots never among the touched ones, and a pass
+    /// that might not fit is refused with nothing changed.
+    #[test]
+    fn device_passes_pin_touched_slots_and_refuse_what_does_not_fit() {
+        let mut rng = Rng::new(17);
+        let (rows, cap) = (50_000usize, 4096usize);
+        let mut map = PartitionedSlotMap::new(rows, cap, EvictionPolicy::Clock, 4);
+        let mut plan = PassPlan::default();
+        let words = cap.div_ceil(32);
+        for round in 0..40 {
+            // Touch a random third of the resident rows, miss a few hundred others.
+            let resident = map.resident();
+            let mut touched = vec![0u32; words];
+            let mut pinned = Vec::new();
+            for &id in &resident {
+                if rng.below(3) == 0 {
+                    let s = map.slot_of(id).unwrap();
+                    touched[(s / 32) as usize] |= 1 << (s % 32);
+                    pinned.push((id, s));
+                }
+            }
+            let missing: Vec<u32> = (0..1 + rng.below(600))
+                .map(|_| rng.below(rows as u64) as u32)
+                .filter(|&id| map.slot_of(id).is_none())
+                .flat_map(|id| [id, id]) // repeats
+                .collect();
+            assert!(map.resolve_device(&touched, &missing, usize::MAX, &mut plan, &|_| {}));
+            assert_eq!(plan.hits, pinned.len() as u64, "round {round}");
+            for &(id, s) in &pinned {
+                assert_eq!(
+                    map.slot_of(id),
+                    Some(s),
+                    "a touched row stays (round {round})"
+                );
+            }
+            let mut distinct = missing.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(plan.misses.len(), distinct.len());
+            for &(id, s) in &plan.misses {
+                assert_eq!(map.slot_of(id), Some(s));
+                assert!(touched[(s / 32) as usize] >> (s % 32) & 1 == 0);
+            }
+            assert_eq!(plan.evicted.len() as u64, plan.evictions);
+            map.check_invariants().unwrap();
+        }
+        // Too many misses for one upload, or for a partition: refused, nothing changed.
+        let before = map.resident();
+        let missing: Vec<u32> = (0..rows as u32)
+            .filter(|&id| map.slot_of(id).is_none())
+            .collect();
+        let touched = vec![0u32; words];
+        assert!(!map.resolve_device(&touched, &missing[..10], 5, &mut plan, &|_| {}));
+        assert!(!map.resolve_device(
+            &touched,
+            &missing[..cap + 4],
+            usize::MAX,
+            &mut plan,
+            &|_| {}
+        ));
+        assert_eq!(map.resident(), before);
     }
 }
