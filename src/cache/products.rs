@@ -7,7 +7,7 @@ use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, submit, Embeddings};
 use crate::ops::bag::{self, check_bags, Pooling};
-use crate::ops::matmul::{self, Product};
+use crate::ops::matmul::{self, Left, Product};
 use crate::table::RowSource;
 
 /// Queries for [`EmbeddingCache::scores`]: rows of the table's width, on the host or
@@ -136,7 +136,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
             let rows = self.engine.rows_for_op(&self.source, ids)?;
             let mut enc = encoder(&self.ctx, "hotrow bags");
-            bag::encode(
+            let staged = bag::encode(
                 &self.ctx,
                 &mut enc,
                 &mut self.bag_launch,
@@ -147,7 +147,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                 weights,
                 out.buffer(),
             )?;
-            submit(&self.ctx, enc)?;
+            let sub = submit(&self.ctx, enc)?;
+            self.bag_launch.submitted(staged, sub);
             Ok(())
         })
     }
@@ -286,28 +287,25 @@ impl<S: RowSource> EmbeddingCache<S> {
             if m == 0 {
                 return Ok(());
             }
-            let a = match a {
-                Operand::Host(values) => self
-                    .product_launch
-                    .input
-                    .upload(&self.ctx, bytemuck::cast_slice(values))?
-                    .clone(),
-                Operand::Gpu(rows) => rows.buffer().clone(),
+            let left = match a {
+                Operand::Host(values) => Left::Host(values),
+                Operand::Gpu(rows) => Left::Gpu(rows.buffer()),
             };
             let rows = self.engine.rows_for_op(&self.source, ids)?;
             let mut enc = encoder(&self.ctx, "hotrow product");
-            matmul::encode(
+            let staged = matmul::encode(
                 &self.ctx,
                 &mut enc,
-                &mut self.product_launch.launches,
+                &mut self.product_launch,
                 product,
-                &a,
+                left,
                 m,
                 &rows,
                 ids.len(),
                 out.buffer(),
             )?;
-            submit(&self.ctx, enc)?;
+            let sub = submit(&self.ctx, enc)?;
+            self.product_launch.submitted(staged, sub);
             Ok(())
         })
     }

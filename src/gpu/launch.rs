@@ -1,7 +1,8 @@
 //! Launching kernels without per-call allocation: a [`Launch`] keeps one call site's
-//! uniform buffer and bind group, rewriting the uniform with a queue write (ordered before
-//! the submission that reads it) and rebuilding the bind group only when the bound buffers
-//! change; [`encode`] records dispatches in one timed compute pass.
+//! uniform buffer and bind group, refilling the uniform by a copy from the call's staging
+//! entry (or a queue write) and rebuilding the bind group only when the bound buffers
+//! change; [`LaunchState::stage`] puts a call's input and params into a mapped ring entry;
+//! [`encode`] records dispatches in one timed compute pass.
 
 use crate::error::Result;
 use crate::gpu::{pass_writes, GpuContext, GrowBuffer, StagingRing, TrackedBuffer};
@@ -151,6 +152,57 @@ impl Default for LaunchState {
             launches: Vec::new(),
             ring: StagingRing::new(OP_STAGING_BUFFERS),
         }
+    }
+}
+
+/// A call's input and params written into a ring entry by [`LaunchState::stage`].
+pub(crate) struct Staged {
+    /// The device buffer the input is copied into (by the encoder given to `stage`).
+    pub(crate) input: wgpu::Buffer,
+    /// The staging buffer, and where the params block sits in it (for
+    /// [`ParamsFrom::Staged`]).
+    pub(crate) staging: wgpu::Buffer,
+    pub(crate) params_at: u64,
+    entry: usize,
+}
+
+impl LaunchState {
+    /// Writes `input` and then `params` into the next mapped ring entry and records in `enc`
+    /// the copy of `input` into the call site's grow-only device buffer: per-call data goes
+    /// up with no queue write and no allocation once sizes settle. Pass the submission of
+    /// `enc` to [`LaunchState::submitted`].
+    pub(crate) fn stage(
+        &mut self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        input: &[u8],
+        params: &[u8],
+    ) -> Result<Staged> {
+        let in_bytes = input.len() as u64;
+        let params_at = in_bytes.next_multiple_of(16);
+        let total = params_at + params.len() as u64;
+        let entry = self.ring.acquire(ctx, total)?;
+        self.ring.write(entry, total, |bytes| {
+            bytes[..input.len()].copy_from_slice(input);
+            bytes[params_at as usize..total as usize].copy_from_slice(params);
+        })?;
+        self.ring.unmap(entry);
+        let staging = self.ring.buffer(entry).clone();
+        let buf = self.input.get(ctx, in_bytes.max(4))?.clone();
+        if in_bytes > 0 {
+            enc.copy_buffer_to_buffer(&staging, 0, &buf, 0, in_bytes.next_multiple_of(4));
+        }
+        Ok(Staged {
+            input: buf,
+            staging,
+            params_at,
+            entry,
+        })
+    }
+
+    /// Records the submission that copies from `staged`'s ring entry.
+    pub(crate) fn submitted(&mut self, staged: Staged, sub: wgpu::SubmissionIndex) {
+        self.ring.submitted(staged.entry, sub);
     }
 }
 

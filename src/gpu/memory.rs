@@ -214,7 +214,7 @@ impl GrowBuffer {
         }
     }
 
-    /// Storage buffer the host fills with queue writes.
+    /// Storage buffer filled by copies (from staging) or by the GPU.
     pub(crate) fn storage(what: &'static str) -> Self {
         Self::new(
             what,
@@ -234,16 +234,6 @@ impl GrowBuffer {
             self.buf = Some(ctx.create_buffer(self.what, size, self.usage, false)?);
         }
         Ok(self.buf.as_ref().expect("buffer just made"))
-    }
-
-    /// Writes `data` at the start of the buffer (grown as needed) through the queue, which
-    /// orders the write before the next submission.
-    pub(crate) fn upload(&mut self, ctx: &GpuContext, data: &[u8]) -> Result<&wgpu::Buffer> {
-        let buf = self.get(ctx, data.len() as u64)?;
-        if !data.is_empty() {
-            ctx.queue().write_buffer(buf, 0, data);
-        }
-        Ok(buf)
     }
 
     /// The buffer as last sized, if any.

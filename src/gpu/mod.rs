@@ -17,7 +17,7 @@ pub use adapter::{AdapterSummary, GpuOptions};
 pub use context::GpuContext;
 pub(crate) use launch::{
     encode, encoder, first_launches, grid, grid_for_threads, submit, Launch, LaunchState,
-    ParamsFrom,
+    ParamsFrom, Staged,
 };
 pub use layout::RowLayout;
 pub(crate) use layout::{wgsl_f32_elem, wgsl_vec4_elem, ELEM_PREFIXES};

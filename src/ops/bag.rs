@@ -6,7 +6,7 @@
 
 use crate::error::{HotrowError, Result};
 use crate::gpu::{
-    encode as encode_pass, grid_for_threads, GpuContext, LaunchState, ParamsFrom, Shader,
+    encode as encode_pass, grid_for_threads, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
 };
 use crate::gpu::{first_launches, ELEM_PREFIXES};
 use crate::ops::{elem_bytes, params_layout, RowsView};
@@ -132,7 +132,8 @@ pub(crate) fn check_bags(
 }
 
 /// Encodes the pooling of `offsets.len()` bags over `rows` into `out` (checked input:
-/// see [`check_bags`]). Offsets and weights are uploaded through `state`'s input buffer.
+/// see [`check_bags`]). Offsets, weights and params go up through `state`'s staging ring;
+/// pass the submission of `enc` and the returned [`Staged`] to `state.submitted`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
@@ -144,7 +145,7 @@ pub(crate) fn encode(
     pooling: Pooling,
     weights: Option<&[f32]>,
     out: &wgpu::Buffer,
-) -> Result<()> {
+) -> Result<Staged> {
     let n_bags = offsets.len();
     let layout = rows.layout;
     let width = layout.width();
@@ -157,7 +158,6 @@ pub(crate) fn encode(
     if let Some(w) = weights {
         host.extend(w.iter().map(|x| x.to_bits()));
     }
-    let bags = state.input.upload(ctx, bytemuck::cast_slice(host))?;
     let (gx, gy) = grid_for_threads(ctx, n_bags as u64 * width as u64);
     let params = BagParams {
         n_bags: n_bags as u32,
@@ -171,10 +171,24 @@ pub(crate) fn encode(
     };
     let pipeline = ctx.pipeline(&SHADER, "bag", layout.elem_prefix())?;
     let lanes = layout.vector_width();
-    let group = first_launches(&mut state.launches, 1)[0].bind(
+    let host = std::mem::take(&mut state.host);
+    let staged = state.stage(
+        ctx,
+        enc,
+        bytemuck::cast_slice(&host),
+        bytemuck::bytes_of(&params),
+    );
+    state.host = host;
+    let staged = staged?;
+    let bags = &staged.input;
+    let group = first_launches(&mut state.launches, 1)[0].bind::<BagParams>(
         ctx,
         &pipeline,
-        ParamsFrom::Host(&params),
+        ParamsFrom::Staged {
+            enc: &mut *enc,
+            src: &staged.staging,
+            offset: staged.params_at,
+        },
         &[
             (1, rows.slots, rows.slots_bytes),
             (2, bags, bags.size()),
@@ -183,5 +197,5 @@ pub(crate) fn encode(
         ],
     )?;
     encode_pass(ctx, enc, "bag", &pipeline, [(group, (gx, gy))]);
-    Ok(())
+    Ok(staged)
 }

@@ -134,7 +134,7 @@ pub(crate) fn encode(
     }
     let pipeline = ctx.pipeline(&SHADER, kernel.entry(), "")?;
     let (gx, gy) = grid_for_threads(ctx, n as u64);
-    let from: ParamsFrom<'_, MapParams> = ParamsFrom::Staged {
+    let from = ParamsFrom::Staged {
         enc: &mut *enc,
         src: staged.0,
         offset: staged.1,
@@ -143,7 +143,9 @@ pub(crate) fn encode(
     if kernel != Kernel::Assign {
         storage.push((3, out, out.size()));
     }
-    let group = launch.bind(ctx, &pipeline, from, &storage)?.clone();
+    let group = launch
+        .bind::<MapParams>(ctx, &pipeline, from, &storage)?
+        .clone();
     encode_pass(ctx, enc, kernel.entry(), &pipeline, [(&group, (gx, gy))]);
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! by the candidates / ids are read, each once per tile that needs it.
 
 use crate::error::Result;
-use crate::gpu::{encode as encode_pass, first_launches, GpuContext, Launch, ParamsFrom, Shader};
+use crate::gpu::{
+    encode as encode_pass, first_launches, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
+};
 use crate::gpu::{wgsl_f32_elem, wgsl_vec4_elem};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
@@ -97,20 +99,28 @@ pub(crate) enum Product {
     Combine,
 }
 
+/// The left operand of a product: host values (staged with the call) or a GPU buffer.
+pub(crate) enum Left<'a> {
+    Host(&'a [f32]),
+    Gpu(&'a wgpu::Buffer),
+}
+
 /// Encodes `out = a x B` where B is made of the `count` rows of `rows` (see [`Product`]);
-/// `a` is `m` rows of `count` (combine) or `dim` (scores) f32 values, padded to 16 bytes.
+/// `a` is `m` rows of `count` (combine) or `dim` (scores) f32 values. Host values and the
+/// params go up through `state`'s staging ring; pass the submission of `enc` and the
+/// returned [`Staged`] to `state.submitted`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
-    launches: &mut Vec<Launch>,
+    state: &mut LaunchState,
     product: Product,
-    a: &wgpu::Buffer,
+    a: Left<'_>,
     m: usize,
     rows: &RowsView<'_>,
     count: usize,
     out: &wgpu::Buffer,
-) -> Result<()> {
+) -> Result<Staged> {
     let dim = rows.layout.dim();
     let (n, k) = match product {
         Product::Scores => (count, dim),
@@ -141,11 +151,29 @@ pub(crate) fn encode(
         _pad2: 0,
     };
     let pipeline = ctx.pipeline(&SHADER, "block_matmul", prefix)?;
+    let host: &[f32] = match a {
+        Left::Host(values) => values,
+        Left::Gpu(_) => &[],
+    };
+    let staged = state.stage(
+        ctx,
+        enc,
+        bytemuck::cast_slice(host),
+        bytemuck::bytes_of(&params),
+    )?;
+    let a = match a {
+        Left::Host(_) => &staged.input,
+        Left::Gpu(buffer) => buffer,
+    };
     let a_bytes = elem_bytes((m * lda * 4) as u64, a_lanes, a);
-    let group = first_launches(launches, 1)[0].bind(
+    let group = first_launches(&mut state.launches, 1)[0].bind::<MatmulParams>(
         ctx,
         &pipeline,
-        ParamsFrom::Host(&params),
+        ParamsFrom::Staged {
+            enc: &mut *enc,
+            src: &staged.staging,
+            offset: staged.params_at,
+        },
         &[
             (1, a, a_bytes),
             (2, rows.slots, rows.slots_bytes),
@@ -158,5 +186,5 @@ pub(crate) fn encode(
         ],
     )?;
     encode_pass(ctx, enc, "block_matmul", &pipeline, [(group, (gx, gy))]);
-    Ok(())
+    Ok(staged)
 }
