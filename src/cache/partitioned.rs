@@ -49,23 +49,40 @@ impl SlotsOut {
     }
 }
 
-/// One partition's share of a pass: its index, map, plan, and bucket (positions, local ids).
-type PartTask<'a> = (
+/// One partition's share of a pass: its index, its map and plan (with its misses as global
+/// (id, slot)), and its bucket `B` of the batch.
+type PartTask<'a, B> = (
     usize,
-    (
-        (&'a mut SlotMap, &'a mut (PassPlan, Vec<(u32, u32)>)),
-        (&'a [u32], &'a [u32]),
-    ),
+    ((&'a mut SlotMap, &'a mut (PassPlan, Vec<(u32, u32)>)), B),
 );
 
-/// One partition's share of a device pass: its index, map, plan, and local missing ids.
-type DeviceTask<'a> = (
-    usize,
-    (
-        (&'a mut SlotMap, &'a mut (PassPlan, Vec<(u32, u32)>)),
-        &'a [u32],
-    ),
-);
+/// Runs `task` on every partition's share (in parallel when `parallel`) and returns the
+/// results in partition order.
+fn run_partitions<'a, B: Send, R: Send>(
+    parts: &'a mut [SlotMap],
+    plans: &'a mut [(PassPlan, Vec<(u32, u32)>)],
+    buckets: Vec<B>,
+    parallel: bool,
+    task: impl Fn(PartTask<'a, B>) -> R + Sync + Send,
+) -> Vec<R> {
+    if parallel {
+        parts
+            .par_iter_mut()
+            .zip(plans.par_iter_mut())
+            .zip(buckets.into_par_iter())
+            .enumerate()
+            .map(task)
+            .collect()
+    } else {
+        parts
+            .iter_mut()
+            .zip(plans.iter_mut())
+            .zip(buckets)
+            .enumerate()
+            .map(task)
+            .collect()
+    }
+}
 
 /// Called by [`PartitionedSlotMap::resolve_with`] with each partition's misses (global id,
 /// global slot) as soon as that partition has resolved, possibly from several threads at
@@ -243,7 +260,7 @@ impl PartitionedSlotMap {
             buckets.push((o, l));
             (order, local, at) = (o_rest, l_rest, end);
         }
-        let run = |(k, ((map, (plan, global)), (order, local))): PartTask<'_>| {
+        let run = |(k, ((map, (plan, global)), (order, local))): PartTask<'_, (&[u32], &[u32])>| {
             let done = map.resolve(local, plan);
             // Every miss is uploaded, also those past the pass's end: the partition holds
             // them now.
@@ -256,23 +273,8 @@ impl PartitionedSlotMap {
             // First position this partition could not serve (ids.len() if none).
             order.get(done).map_or(ids.len(), |&pos| pos as usize)
         };
-        let stops: Vec<usize> = if ids.len() >= PARALLEL_MIN_IDS {
-            self.parts
-                .par_iter_mut()
-                .zip(self.plans.par_iter_mut())
-                .zip(buckets.into_par_iter())
-                .enumerate()
-                .map(run)
-                .collect()
-        } else {
-            self.parts
-                .iter_mut()
-                .zip(self.plans.iter_mut())
-                .zip(buckets)
-                .enumerate()
-                .map(run)
-                .collect()
-        };
+        let parallel = ids.len() >= PARALLEL_MIN_IDS;
+        let stops = run_partitions(&mut self.parts, &mut self.plans, buckets, parallel, run);
         let n = stops.into_iter().min().unwrap_or(ids.len());
         plan.slots.truncate(n);
         self.merge_plans(plan);
@@ -346,28 +348,14 @@ impl PartitionedSlotMap {
             (local, at) = (rest, end);
         }
         let base = &self.base;
-        let run = |(k, ((map, (plan, global)), local)): DeviceTask<'_>| {
+        let run = |(k, ((map, (plan, global)), local)): PartTask<'_, &[u32]>| {
             let (start, len) = ranges[k];
             let done = map.resolve_touched(set_bits(touched, start, len), local, plan);
             debug_assert_eq!(done, local.len(), "checked to fit");
             publish_misses(k, bits, base[k], plan, global, on_misses);
         };
-        let work = missing.len() + self.capacity / 32;
-        if p > 1 && work >= PARALLEL_MIN_IDS {
-            self.parts
-                .par_iter_mut()
-                .zip(self.plans.par_iter_mut())
-                .zip(buckets.into_par_iter())
-                .enumerate()
-                .for_each(run);
-        } else {
-            self.parts
-                .iter_mut()
-                .zip(self.plans.iter_mut())
-                .zip(buckets)
-                .enumerate()
-                .for_each(run);
-        }
+        let parallel = p > 1 && missing.len() + self.capacity / 32 >= PARALLEL_MIN_IDS;
+        run_partitions(&mut self.parts, &mut self.plans, buckets, parallel, run);
         plan.slots.clear();
         self.merge_plans(plan);
         true
