@@ -147,6 +147,58 @@ pub enum HotrowError {
     /// cleanly and the cache holds none of its missed rows.
     #[error("row source panicked: {0}")]
     RowSourcePanicked(String),
+    /// A table file could not be used: which file, and what is wrong with it.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: FileProblem,
+    },
+}
+
+/// What is wrong with a table file ([`HotrowError::File`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FileProblem {
+    /// There is no such file.
+    #[error("no such file")]
+    Missing,
+    /// Reading or mapping the file failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The header cannot be parsed (not the format, or damaged).
+    #[error("corrupt header: {0}")]
+    CorruptHeader(String),
+    /// The values are of a type hotrow does not read (it reads f32, f16 and bf16).
+    #[error("unsupported dtype {0} (hotrow reads float32, float16 and bfloat16)")]
+    UnsupportedDtype(String),
+    /// A `.npy` array stored in column-major (Fortran) order.
+    #[error("Fortran (column-major) order; save a C-ordered array (numpy.ascontiguousarray)")]
+    FortranOrder,
+    /// The array is not a 2-D table of rows.
+    #[error("shape {0:?} is not a 2-D table (rows x dim) with rows and dim >= 1")]
+    NotTwoD(Vec<usize>),
+    /// The header promises more bytes than the file has.
+    #[error("truncated: the header says the data ends at byte {need}, the file has {have}")]
+    Truncated {
+        /// Bytes the header requires.
+        need: u64,
+        /// Bytes the file has.
+        have: u64,
+    },
+    /// A `.safetensors` file has no tensor of that name.
+    #[error("no tensor named {name:?} (tensors: {available:?})")]
+    UnknownTensor {
+        /// The name asked for.
+        name: String,
+        /// The names the file has.
+        available: Vec<String>,
+    },
+    /// The file changed (size or modification time) after it was opened; its rows are no
+    /// longer read (reopen it).
+    #[error("changed after it was opened (size or modification time); reopen it")]
+    Changed,
 }
 
 /// Shorthand for `Result<T, HotrowError>`.

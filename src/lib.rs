@@ -53,14 +53,16 @@ pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
     PartitionedSlotMap, PassPlan, Queries, Resolution, SlotMap,
 };
-pub use error::{HotrowError, Result};
+pub use error::{FileProblem, HotrowError, Result};
 pub use gpu::{
     AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, RowBuffer,
     RowBufferOptions, RowLayout,
 };
+/// The `half` crate, whose `f16` and `bf16` types [`HostTable`] takes.
+pub use half;
 pub use ops::bag::Pooling;
 pub use ops::{params_layouts, shader_files, shader_modules};
-pub use table::{HostTable, RowSource};
+pub use table::{FileTable, HostTable, RowSource, ValueType};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

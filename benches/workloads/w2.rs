@@ -23,7 +23,13 @@ pub fn run(
     rep.insert("W2_cache_new_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     let mut out = Embeddings::new(ctx, b, d)?;
     let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| {
-        harness::verify_gather("w2", out, cache.source().data(), d, ids)
+        harness::verify_gather(
+            "w2",
+            out,
+            cache.source().data().expect("an f32 table"),
+            d,
+            ids,
+        )
     };
     let timing = ctx.enable_timing(8 * batches as u32 + 64);
     // Cold start: batch by batch, each waited for; the first ones checked.

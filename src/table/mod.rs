@@ -1,8 +1,13 @@
-//! Where full tables live: the [`RowSource`] trait the cache reads missed rows through, and
-//! [`HostTable`], rows in host memory (owned or borrowed). Later tiers (memory-mapped files,
-//! remote stores) implement the same trait.
+//! Where full tables live: the [`RowSource`] trait the cache reads missed rows through;
+//! [`HostTable`], rows in host memory (f32, f16 or bf16, owned or borrowed); [`FileTable`],
+//! rows of a memory-mapped `.npy` or `.safetensors` file. Both copy rows with the same
+//! parallel, prefetching loop ([`RowBytes`]), converting half-precision values to f32.
 
-use std::borrow::Cow;
+mod file;
+mod host;
+
+pub use file::FileTable;
+pub use host::HostTable;
 
 use rayon::prelude::*;
 
@@ -12,88 +17,112 @@ use crate::error::{HotrowError, Result};
 pub trait RowSource: Send + Sync {
     /// Number of rows.
     fn rows(&self) -> usize;
-    /// f32 values per row.
+    /// Values per row.
     fn dim(&self) -> usize;
-    /// Writes row `ids[k]` to `out[k * dim .. (k + 1) * dim]` for every `k`.
+    /// Writes row `ids[k]` as f32 to `out[k * dim .. (k + 1) * dim]` for every `k`.
     ///
     /// `out.len() == ids.len() * dim` and every id is `< rows()` (the cache checked them).
     /// `out` may be write-combined mapped GPU staging memory: write it, never read it.
     fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()>;
 }
 
-/// Rows in host memory, row-major, owned (`Vec<f32>`) or borrowed (`&[f32]`).
-///
-/// [`RowSource::read_rows`] copies rows straight into the destination, spread over the rayon
-/// thread pool when there are many; it allocates nothing per row.
-///
-/// ```
-/// use hotrow::{HostTable, RowSource};
-/// let data = vec![0.5f32; 10 * 4];
-/// let t = HostTable::borrowed(&data, 4).unwrap();
-/// assert_eq!((t.rows(), t.dim()), (10, 4));
-/// ```
-#[derive(Clone, Debug)]
-pub struct HostTable<'a> {
-    data: Cow<'a, [f32]>,
-    dim: usize,
+/// A shared reference reads the same rows (a cache can borrow a table that outlives it).
+impl<T: RowSource + ?Sized> RowSource for &T {
+    fn rows(&self) -> usize {
+        (**self).rows()
+    }
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        (**self).read_rows(ids, out)
+    }
 }
 
-/// Rows per rayon task in [`HostTable::read_rows`]: enough work to beat the task overhead,
+/// How a table's values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16 (`half::f16`, numpy `float16`, PyTorch `torch.float16`).
+    F16,
+    /// bfloat16 (`half::bf16`, PyTorch `torch.bfloat16`).
+    BF16,
+}
+
+impl ValueType {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            ValueType::F32 => 4,
+            ValueType::F16 | ValueType::BF16 => 2,
+        }
+    }
+}
+
+/// Rows per rayon task in [`RowBytes::read_rows`]: enough work to beat the task overhead,
 /// few enough that the tasks spread evenly over the threads (W2 misses ~9,000 rows a batch).
 const ROWS_PER_TASK: usize = 64;
 
-/// Rows ahead whose cache lines [`HostTable::read_rows`] prefetches: random rows of a large
+/// Rows ahead whose cache lines [`RowBytes::read_rows`] prefetches: random rows of a large
 /// table miss the TLB and the caches, so the copy is bound by memory latency.
 const PREFETCH_ROWS: usize = 4;
 
-impl<'a> HostTable<'a> {
-    fn make(data: Cow<'a, [f32]>, dim: usize) -> Result<Self> {
-        if dim == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "dim must be at least 1".into(),
-            ));
-        }
-        if data.is_empty() || !data.len().is_multiple_of(dim) {
-            return Err(HotrowError::LengthMismatch {
-                what: "table data (a non-zero multiple of dim)",
-                expected: (data.len() / dim).max(1) * dim,
-                got: data.len(),
-            });
-        }
-        Ok(Self { data, dim })
-    }
-
-    /// Takes ownership of row-major `data` of width `dim`.
-    pub fn owned(data: Vec<f32>, dim: usize) -> Result<HostTable<'static>> {
-        HostTable::make(Cow::Owned(data), dim)
-    }
-
-    /// Borrows row-major `data` of width `dim`.
-    pub fn borrowed(data: &'a [f32], dim: usize) -> Result<Self> {
-        Self::make(Cow::Borrowed(data), dim)
-    }
-
-    /// All values, row-major.
-    pub fn data(&self) -> &[f32] {
-        &self.data
-    }
-
-    /// One row.
-    pub fn row(&self, id: usize) -> &[f32] {
-        &self.data[id * self.dim..(id + 1) * self.dim]
-    }
+/// `rows x dim` values of type `ty`, little-endian, back to back in `bytes` (which need not
+/// be aligned): the storage behind every built-in row source.
+#[derive(Clone, Copy)]
+pub(crate) struct RowBytes<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) ty: ValueType,
+    pub(crate) dim: usize,
 }
 
-impl RowSource for HostTable<'_> {
-    fn rows(&self) -> usize {
-        self.data.len() / self.dim
+impl RowBytes<'_> {
+    fn row_bytes(&self) -> usize {
+        self.dim * self.ty.bytes()
     }
 
-    fn dim(&self) -> usize {
-        self.dim
+    fn row(&self, id: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.bytes[id * n..(id + 1) * n]
     }
 
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+    /// Converts one stored row into `dst` (f32).
+    fn convert(&self, src: &[u8], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        // Aligned (the usual case: `.npy` data starts 64-byte aligned) values are read as a
+        // slice; unaligned ones value by value.
+        match self.ty {
+            ValueType::F32 => match bytemuck::try_cast_slice::<u8, f32>(src) {
+                Ok(v) if cfg!(target_endian = "little") => dst.copy_from_slice(v),
+                _ => {
+                    for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+            },
+            ValueType::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(src) {
+                Ok(v) if cfg!(target_endian = "little") => v.convert_to_f32_slice(dst),
+                _ => {
+                    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }
+            },
+            ValueType::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(src) {
+                Ok(v) if cfg!(target_endian = "little") => v.convert_to_f32_slice(dst),
+                _ => {
+                    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }
+            },
+        }
+    }
+
+    /// [`RowSource::read_rows`] over these rows: spread over the rayon pool when there are
+    /// many, the next rows' cache lines prefetched, nothing allocated per row.
+    pub(crate) fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         let dim = self.dim;
         if out.len() != ids.len() * dim {
             return Err(HotrowError::LengthMismatch {
@@ -102,15 +131,23 @@ impl RowSource for HostTable<'_> {
                 got: out.len(),
             });
         }
+        let rows = self.bytes.len() / self.row_bytes().max(1);
+        if let Some(position) = ids.iter().position(|&id| id as usize >= rows) {
+            return Err(HotrowError::IdOutOfRange {
+                id: ids[position],
+                position,
+                rows,
+            });
+        }
         let copy = |ids: &[u32], out: &mut [f32]| {
             for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(dim)).enumerate() {
                 if let Some(&ahead) = ids.get(k + PREFETCH_ROWS) {
                     let row = self.row(ahead as usize);
-                    for line in (0..row.len()).step_by(16) {
+                    for line in (0..row.len()).step_by(64) {
                         crate::util::prefetch(&row[line]);
                     }
                 }
-                dst.copy_from_slice(self.row(id as usize));
+                self.convert(self.row(id as usize), dst);
             }
         };
         if ids.len() < 2 * ROWS_PER_TASK {

@@ -1,0 +1,179 @@
+//! [`HostTable`]: rows in host memory, f32 or half precision, owned or borrowed.
+
+use std::borrow::Cow;
+
+use half::{bf16, f16};
+
+use super::{RowBytes, RowSource, ValueType};
+use crate::error::{FileProblem, HotrowError, Result};
+
+/// Rows in host memory, row-major: f32, f16 or bf16 values, owned (`Vec`) or borrowed
+/// (`&[_]`). Half-precision values are converted to f32 as rows are read.
+///
+/// [`RowSource::read_rows`] copies rows straight into the destination, spread over the rayon
+/// thread pool when there are many; it allocates nothing per row.
+///
+/// ```
+/// use hotrow::{HostTable, RowSource, ValueType};
+/// let data = vec![0.5f32; 10 * 4];
+/// let t = HostTable::borrowed(&data, 4).unwrap();
+/// assert_eq!((t.rows(), t.dim()), (10, 4));
+/// let halves = vec![half::f16::from_f32(0.25); 10 * 4];
+/// let h = HostTable::owned_f16(halves, 4).unwrap();
+/// assert_eq!(h.value_type(), ValueType::F16);
+/// assert_eq!(h.read_row(3).unwrap(), vec![0.25; 4]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct HostTable<'a> {
+    values: Values<'a>,
+    dim: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Values<'a> {
+    F32(Cow<'a, [f32]>),
+    F16(Cow<'a, [f16]>),
+    BF16(Cow<'a, [bf16]>),
+}
+
+impl Values<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F16(v) => v.len(),
+            Values::BF16(v) => v.len(),
+        }
+    }
+}
+
+impl<'a> HostTable<'a> {
+    fn make(values: Values<'a>, dim: usize) -> Result<Self> {
+        if dim == 0 {
+            return Err(HotrowError::InvalidArgument(
+                "dim must be at least 1".into(),
+            ));
+        }
+        let len = values.len();
+        if len == 0 || !len.is_multiple_of(dim) {
+            return Err(HotrowError::LengthMismatch {
+                what: "table data (a non-zero multiple of dim)",
+                expected: (len / dim).max(1) * dim,
+                got: len,
+            });
+        }
+        Ok(Self { values, dim })
+    }
+
+    /// Takes ownership of row-major f32 `data` of width `dim`.
+    pub fn owned(data: Vec<f32>, dim: usize) -> Result<HostTable<'static>> {
+        HostTable::make(Values::F32(Cow::Owned(data)), dim)
+    }
+
+    /// Borrows row-major f32 `data` of width `dim`.
+    pub fn borrowed(data: &'a [f32], dim: usize) -> Result<Self> {
+        Self::make(Values::F32(Cow::Borrowed(data)), dim)
+    }
+
+    /// Takes ownership of row-major f16 `data` of width `dim`.
+    pub fn owned_f16(data: Vec<f16>, dim: usize) -> Result<HostTable<'static>> {
+        HostTable::make(Values::F16(Cow::Owned(data)), dim)
+    }
+
+    /// Borrows row-major f16 `data` of width `dim`.
+    pub fn borrowed_f16(data: &'a [f16], dim: usize) -> Result<Self> {
+        Self::make(Values::F16(Cow::Borrowed(data)), dim)
+    }
+
+    /// Takes ownership of row-major bf16 `data` of width `dim`.
+    pub fn owned_bf16(data: Vec<bf16>, dim: usize) -> Result<HostTable<'static>> {
+        HostTable::make(Values::BF16(Cow::Owned(data)), dim)
+    }
+
+    /// Borrows row-major bf16 `data` of width `dim`.
+    pub fn borrowed_bf16(data: &'a [bf16], dim: usize) -> Result<Self> {
+        Self::make(Values::BF16(Cow::Borrowed(data)), dim)
+    }
+
+    /// How the values are stored.
+    pub fn value_type(&self) -> ValueType {
+        match self.values {
+            Values::F32(_) => ValueType::F32,
+            Values::F16(_) => ValueType::F16,
+            Values::BF16(_) => ValueType::BF16,
+        }
+    }
+
+    /// All values, row-major, of an f32 table (`None` for f16 and bf16 tables: read
+    /// those through [`RowSource::read_rows`] or [`HostTable::read_row`]).
+    pub fn data(&self) -> Option<&[f32]> {
+        match &self.values {
+            Values::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Row `id` as f32 ([`HotrowError::IdOutOfRange`] past the table).
+    pub fn read_row(&self, id: u32) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.dim];
+        self.read_rows(&[id], &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes the table as a `.npy` file (format 1.0, C order, `<f4` or `<f2`), which
+    /// [`crate::FileTable::open_npy`] and `numpy.load` read. bf16 tables have no numpy
+    /// dtype: [`FileProblem::UnsupportedDtype`].
+    pub fn save_npy(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let fail = |problem| HotrowError::File {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let descr = match self.value_type() {
+            ValueType::F32 => "<f4",
+            ValueType::F16 => "<f2",
+            ValueType::BF16 => return Err(fail(FileProblem::UnsupportedDtype("bfloat16".into()))),
+        };
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}",
+            self.rows(),
+            self.dim
+        );
+        // Magic, version, length, header, newline: padded to 64 bytes so the data is aligned.
+        while !(10 + header.len() + 1).is_multiple_of(64) {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(self.row_bytes().bytes);
+        std::fs::write(path, bytes).map_err(|e| fail(FileProblem::Io(e.to_string())))
+    }
+
+    fn row_bytes(&self) -> RowBytes<'_> {
+        let bytes: &[u8] = match &self.values {
+            Values::F32(v) => bytemuck::cast_slice(v),
+            Values::F16(v) => bytemuck::cast_slice(v),
+            Values::BF16(v) => bytemuck::cast_slice(v),
+        };
+        RowBytes {
+            bytes,
+            ty: self.value_type(),
+            dim: self.dim,
+        }
+    }
+}
+
+impl RowSource for HostTable<'_> {
+    fn rows(&self) -> usize {
+        self.values.len() / self.dim
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        self.row_bytes().read_rows(ids, out)
+    }
+}
