@@ -1,8 +1,9 @@
 // bag.wgsl: pooled bags. out[b] = pool over j in offsets[b]..offsets[b+1] of
 // w[j] * rows[slot(j)], pooling sum (0), mean (1: the weighted sum over the bag length) or
-// max (2, no weights); an empty bag gives zeros. The host prepends the element type:
-// `Elem` is vec4<f32> when the row width is a multiple of 4, else f32, and `width` counts
-// Elems per row.
+// max (2, no weights); an empty bag gives zeros. The host prepends how rows are read (see
+// RowLayout): `Elem` is vec4<f32> when the row width is a multiple of 4, else f32, `width`
+// counts Elems per row, and `load_row` reads (and for f16 / int8 rows decodes) one Elem of
+// the `rows` binding, whose storage type is `RowWord`.
 //
 // slot(j) = slots[j], or j itself when `identity` is set (rows already gathered in order).
 //
@@ -12,7 +13,7 @@
 //   2  bags   storage, read        array<u32>: offsets (n_bags + 1 entries, the last = ids
 //                                  length), then from `weights_at` one f32 weight per id
 //                                  position as bits (read when has_weights)
-//   3  rows   storage, read        array<Elem>, the cache slots (or gathered rows)
+//   3  rows   storage, read        array<RowWord>, the cache slots (or gathered rows)
 //   4  out    storage, read_write  array<Elem>, n_bags x width
 //
 // Dispatch: one thread per output Elem, 256-thread workgroups in a (groups_x, y) grid;
@@ -33,7 +34,7 @@ struct BagParams {
 @group(0) @binding(0) var<uniform> p: BagParams;
 @group(0) @binding(1) var<storage, read> slots: array<u32>;
 @group(0) @binding(2) var<storage, read> bags: array<u32>;
-@group(0) @binding(3) var<storage, read> rows: array<Elem>;
+@group(0) @binding(3) var<storage, read> rows: array<RowWord>;
 @group(0) @binding(4) var<storage, read_write> out: array<Elem>;
 
 fn slot_of(j: u32) -> u32 {
@@ -68,10 +69,10 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     // in flight at once (a bag walk is bound by memory latency, not bandwidth).
     var j = start;
     for (; j + 4u <= end; j = j + 4u) {
-        let v0 = rows[slot_of(j) * p.width + c];
-        let v1 = rows[slot_of(j + 1u) * p.width + c];
-        let v2 = rows[slot_of(j + 2u) * p.width + c];
-        let v3 = rows[slot_of(j + 3u) * p.width + c];
+        let v0 = load_row(slot_of(j), c, p.width);
+        let v1 = load_row(slot_of(j + 1u), c, p.width);
+        let v2 = load_row(slot_of(j + 2u), c, p.width);
+        let v3 = load_row(slot_of(j + 3u), c, p.width);
         if (p.mode == 2u) {
             acc = max(max(acc, max(v0, v1)), max(v2, v3));
         } else {
@@ -79,7 +80,7 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
     for (; j < end; j = j + 1u) {
-        let v = rows[slot_of(j) * p.width + c];
+        let v = load_row(slot_of(j), c, p.width);
         if (p.mode == 2u) {
             acc = max(acc, v);
         } else {

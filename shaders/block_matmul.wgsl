@@ -4,10 +4,11 @@
 //   B_MODE 1 (combine): B(q, j) = row slot(q), value j     C = X x E[ids],    n = dim
 // slot(x) = slots[x], or x itself when `identity` is set (rows already gathered in order).
 //
-// The host prepends two element types, `Elem` for the rows (vec4<f32> when dim % 4 == 0,
-// else f32) and `AElem` for A (vec4<f32> when lda % 4 == 0, else f32), and the constant
-// B_MODE: every load reads a whole element (wide rows and operands move 16 bytes per load),
-// and the compiler sees the mode and the lane counts as constants.
+// The host prepends how rows are read (see RowLayout: `Elem`, vec4<f32> when dim % 4 == 0,
+// else f32, read from the `rows` binding of storage type `RowWord` by `load_row`, which
+// decodes f16 and int8 rows), `AElem` for A (vec4<f32> when lda % 4 == 0, else f32), and
+// the constant B_MODE: every load reads a whole element (wide rows and operands move 16
+// bytes per load), and the compiler sees the mode and the lane counts as constants.
 //
 // Tiling: each workgroup computes one 128 x 128 tile of C. Per step of 16 along k it loads a
 // 128 x 16 block of A and a 16 x 128 block of B into workgroup memory once (each element of
@@ -22,7 +23,7 @@
 //   0  p      uniform              MatmulParams
 //   1  a      storage, read        array<AElem>, m x lda f32, row-major (queries or weights)
 //   2  slots  storage, read        array<u32>, slot of each candidate / id position
-//   3  rows   storage, read        array<Elem>, the cache slots (or gathered rows), dim wide
+//   3  rows   storage, read        array<RowWord>, the cache slots (or gathered rows), dim wide
 //   4  out    storage, read_write  array<f32>, m x n, row-major
 //
 // Dispatch: tiles_m * tiles_n workgroups of 16 x 16 threads (tiles of 128), laid out as a
@@ -46,7 +47,7 @@ struct MatmulParams {
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<AElem>;
 @group(0) @binding(2) var<storage, read> slots: array<u32>;
-@group(0) @binding(3) var<storage, read> rows: array<Elem>;
+@group(0) @binding(3) var<storage, read> rows: array<RowWord>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const TILE: u32 = 128u;
@@ -118,9 +119,9 @@ fn load_b(k0: u32, col0: u32, e: u32) -> Elem {
         return Elem(0.0);
     }
     if (B_MODE == 0u) {
-        return rows[(slot_of(j) * p.dim + kk) / ELEM_LANES];
+        return load_row(slot_of(j), kk / ELEM_LANES, p.dim / ELEM_LANES);
     }
-    return rows[(slot_of(kk) * p.dim + j) / ELEM_LANES];
+    return load_row(slot_of(kk), j / ELEM_LANES, p.dim / ELEM_LANES);
 }
 
 // Stores the lanes of A element e (consecutive k of one row).

@@ -2,8 +2,11 @@
 // or the cache's slots) and a plain buffer of rows in order:
 //   gather  (scatter == 0): plain[offset + i] = table[slots[i]]   (lookups)
 //   scatter (scatter == 1): table[slots[i]] = plain[offset + i]   (uploaded misses -> slots)
-// for i in 0..n. The host prepends the element type: `Elem` is vec4<f32> when the row
-// width is a multiple of 4, else f32 (see RowLayout), and `width` counts Elems per row.
+// for i in 0..n. The host prepends how rows are read (see RowLayout): `RowWord` is the
+// storage type of the source binding, `Elem` the element a thread writes, and
+// `load_row(row, c, width)` element c of a source row of `width` elements. Gathers from
+// compact (f16, int8) rows decode them to f32 this way; scatters of compact rows move raw
+// words (`Elem` = `RowWord` = u32, width = words per row); f32 rows are read as stored.
 //
 // The table may be split into shards (each one storage binding); the host dispatches once
 // per shard, and a thread moves its element only when its slot falls in the bound shard,
@@ -13,8 +16,10 @@
 // Bindings (group 0):
 //   0  p      uniform              CopyParams
 //   1  slots  storage, read        array<u32>, n entries: the table row of position i
-//   2  src    storage, read        array<Elem>: the table shard (gather) or the plain rows (scatter)
-//   3  dst    storage, read_write  array<Elem>: the plain rows (gather) or the table shard (scatter)
+//   2  rows   storage, read        array<RowWord>: the table shard (gather) or the plain
+//                                  rows (scatter)
+//   3  dst    storage, read_write  array<Elem>: the plain rows (gather) or the table shard
+//                                  (scatter)
 //
 // Dispatch: workgroups of 256 threads over n * width threads, laid out as a (groups_x, y)
 // grid so no dimension passes the adapter limit; `grid_element` (prepended by the host)
@@ -33,7 +38,7 @@ struct CopyParams {
 
 @group(0) @binding(0) var<uniform> p: CopyParams;
 @group(0) @binding(1) var<storage, read> slots: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<Elem>;
+@group(0) @binding(2) var<storage, read> rows: array<RowWord>;
 @group(0) @binding(3) var<storage, read_write> dst: array<Elem>;
 
 @compute @workgroup_size(256)
@@ -49,11 +54,9 @@ fn copy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     if (local >= p.shard_rows) {
         return;
     }
-    let plain = (p.offset + i) * p.width + c;
-    let table = local * p.width + c;
     if (p.scatter != 0u) {
-        dst[table] = src[plain];
+        dst[local * p.width + c] = load_row(p.offset + i, c, p.width);
     } else {
-        dst[plain] = src[table];
+        dst[(p.offset + i) * p.width + c] = load_row(local, c, p.width);
     }
 }

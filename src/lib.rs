@@ -56,7 +56,7 @@ pub use cache::{
 pub use error::{FileProblem, HotrowError, Result};
 pub use gpu::{
     AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, RowBuffer,
-    RowBufferOptions, RowLayout,
+    RowBufferOptions, RowFormat, RowLayout,
 };
 /// The `half` crate, whose `f16` and `bf16` types [`HostTable`] takes.
 pub use half;

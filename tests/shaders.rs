@@ -2,15 +2,24 @@
 //! MSL (Metal) and HLSL (DX12), for each element prefix it is compiled with; every WGSL
 //! file is embedded; and every params block in Rust matches its WGSL struct.
 
+/// Whether a module reads rows as WGSL `f16` (built only where the adapter has
+/// `shader-f16`): it is validated with that capability and translated for the backend
+/// versions that have it.
+fn uses_f16(src: &str) -> bool {
+    src.starts_with("enable f16;")
+}
+
 fn parse(file: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src)
         .unwrap_or_else(|e| panic!("{file}: parse error:\n{}", e.emit_to_string(src)));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{file}: validation error: {e:?}\n{src}"));
+    let caps = if uses_f16(src) {
+        naga::valid::Capabilities::SHADER_FLOAT16
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{file}: validation error: {e:?}\n{src}"));
     (module, info)
 }
 
@@ -23,10 +32,16 @@ fn every_kernel_validates_and_translates_for_every_backend() {
         assert!(!module.entry_points.is_empty(), "{file}: no entry point");
         naga::back::spv::write_vec(&module, &info, &Default::default(), None)
             .unwrap_or_else(|e| panic!("{file}: SPIR-V: {e:?}"));
-        naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
+        let mut msl = naga::back::msl::Options::default();
+        let mut hlsl_options = naga::back::hlsl::Options::default();
+        if uses_f16(src) {
+            msl.lang_version = (2, 1);
+            hlsl_options.shader_model = naga::back::hlsl::ShaderModel::V6_2;
+        }
+        naga::back::msl::write_string(&module, &info, &msl, &Default::default())
             .unwrap_or_else(|e| panic!("{file}: MSL: {e:?}"));
         let mut hlsl = String::new();
-        let options = naga::back::hlsl::Options::default();
+        let options = hlsl_options;
         let pipeline = naga::back::hlsl::PipelineOptions::default();
         naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
             .write(&module, &info, None)

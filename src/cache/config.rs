@@ -1,6 +1,6 @@
 //! Settings of an [`crate::EmbeddingCache`] and the GPU memory it reports.
 
-use crate::gpu::RowBufferOptions;
+use crate::gpu::{RowBufferOptions, RowFormat};
 
 use super::slot_map::EvictionPolicy;
 
@@ -73,6 +73,14 @@ pub struct CacheConfig {
     pub partitions: usize,
     /// Who finds a batch's hits. Default [`Resolution::Host`].
     pub resolution: Resolution,
+    /// How rows are stored in the slots: f32 (default), f16 (half the memory and upload)
+    /// or row-wise int8 (about a quarter). Rows are converted on upload; every op reads
+    /// them decoded to f32. See [`RowFormat`].
+    pub row_format: RowFormat,
+    /// Read f16 slots as WGSL `f16` where the adapter has `shader-f16` (default true); off,
+    /// or without the feature, f16 rows are unpacked with integer operations (the same
+    /// values, on every adapter).
+    pub shader_f16: bool,
 }
 
 impl Default for CacheConfig {
@@ -85,6 +93,8 @@ impl Default for CacheConfig {
             policy: EvictionPolicy::default(),
             partitions: rayon::current_num_threads(),
             resolution: Resolution::default(),
+            row_format: RowFormat::F32,
+            shader_f16: true,
         }
     }
 }
@@ -126,6 +136,18 @@ impl CacheConfig {
         self
     }
 
+    /// Sets [`CacheConfig::row_format`].
+    pub fn row_format(mut self, format: RowFormat) -> Self {
+        self.row_format = format;
+        self
+    }
+
+    /// Sets [`CacheConfig::shader_f16`].
+    pub fn shader_f16(mut self, on: bool) -> Self {
+        self.shader_f16 = on;
+        self
+    }
+
     /// Sets [`CacheConfig::partitions`].
     pub fn partitions(mut self, partitions: usize) -> Self {
         self.partitions = partitions;
@@ -136,7 +158,7 @@ impl CacheConfig {
 /// GPU memory an [`crate::EmbeddingCache`] holds, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheMemory {
-    /// The slots (capacity x dim x 4).
+    /// The slots (capacity x the layout's row bytes).
     pub slots: u64,
     /// Device-local scratch: per-pass slot lists, uploaded rows, op inputs, the rows an op
     /// gathers when its batch takes several passes, and with [`Resolution::Device`] the

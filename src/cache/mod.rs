@@ -93,7 +93,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                     "row source must have rows and dim >= 1 (got {rows} x {dim})"
                 )));
             }
-            let layout = RowLayout::f32(dim)?;
+            let native = config.shader_f16 && ctx.adapter().shader_f16;
+            let layout = RowLayout::new(dim, config.row_format)?.with_native_f16(native);
             if rows > u32::MAX as usize {
                 return Err(HotrowError::ExceedsLimit {
                     what: "table rows (ids are u32)",
@@ -122,7 +123,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             )));
             }
             let capacity = cap.min(rows as u64) as usize;
-            let slots = RowBuffer::with_options(ctx, capacity, dim, config.slot_buffer.clone())?;
+            let slots = RowBuffer::with_layout(ctx, capacity, layout, config.slot_buffer.clone())?;
             let max_upload = config
                 .max_upload_bytes_per_pass
                 .min(ctx.max_binding())
@@ -148,7 +149,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                 .capacity(Capacity::Rows(capacity))
                 .partitions(engine.map().partitions())
                 .staging_buffers(staging)
-                .max_upload_bytes_per_pass(engine.max_upload_bytes());
+                .max_upload_bytes_per_pass(engine.max_upload_bytes())
+                .shader_f16(layout.native_f16());
             Ok(Self {
                 ctx: ctx.clone(),
                 source,
@@ -225,7 +227,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.source.rows()
     }
 
-    /// f32 values per row.
+    /// Values per row.
     pub fn dim(&self) -> usize {
         self.layout.dim()
     }

@@ -25,7 +25,9 @@ use super::partitioned::{OnMisses, PartitionedSlotMap};
 use super::slot_map::PassPlan;
 use super::stats::CacheStats;
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encoder, submit, GpuContext, GrowBuffer, Launch, RowBuffer, RowLayout};
+use crate::gpu::{
+    encoder, submit, GpuContext, GrowBuffer, Launch, RowBuffer, RowFormat, RowLayout,
+};
 use crate::gpu::{map_read_with, StagingRing, TrackedBuffer};
 use crate::ops::copy_rows::{self, Direction, PARAMS_BYTES};
 use crate::ops::device_map::{self, Kernel, HEADER_WORDS, NOT_RESIDENT};
@@ -304,7 +306,9 @@ impl PassEngine {
         ids: &[u32],
     ) -> Result<RowsView<'_>> {
         self.ctx.check()?;
-        let bytes = self.layout.bytes(ids.len());
+        // Gathered rows are decoded to f32.
+        let gathered_layout = RowLayout::f32(self.layout.dim())?;
+        let bytes = gathered_layout.bytes(ids.len());
         let per_part = self.map.capacity() / self.map.partitions();
         let may_split = self.slots.shards().len() > 1 || ids.len() > per_part.min(self.max_misses);
         if may_split && bytes > self.ctx.max_binding() {
@@ -358,7 +362,7 @@ impl PassEngine {
             slots: pos,
             slots_bytes: pos.size(),
             identity: !direct,
-            layout: self.layout,
+            layout: if direct { self.layout } else { gathered_layout },
         })
     }
 
@@ -426,10 +430,14 @@ impl PassEngine {
             wait = t0.elapsed();
             t0 = Instant::now();
             let (map, plan) = (&mut self.map, &mut self.plan);
-            let (n, outcome) =
-                copy_while_resolving(&mut self.io.ring, entry, &lay, source, |on_misses| {
-                    map.resolve_with(window, plan, on_misses)
-                })?;
+            let (n, outcome) = copy_while_resolving(
+                &mut self.io.ring,
+                entry,
+                &lay,
+                source,
+                self.layout,
+                |on_misses| map.resolve_with(window, plan, on_misses),
+            )?;
             self.io.queue_evictions(&self.plan);
             match outcome {
                 Err(e) => {
@@ -548,7 +556,7 @@ impl PassEngine {
             let lay = StagingLayout::new(&self.slots, 0, room, target, 2 * room, 3);
             let entry = ring.acquire(&self.ctx, lay.total)?;
             wait = t1.elapsed();
-            let r = copy_while_resolving(ring, entry, &lay, source, |on_misses| {
+            let r = copy_while_resolving(ring, entry, &lay, source, self.layout, |on_misses| {
                 map.resolve_device(touched, missing, max_misses, plan, on_misses)
             })?;
             staged = Some((entry, lay));
@@ -603,10 +611,11 @@ fn copy_while_resolving<S: RowSource, R>(
     entry: usize,
     lay: &StagingLayout,
     source: &S,
+    layout: RowLayout,
     resolve: impl FnOnce(OnMisses<'_>) -> R,
 ) -> Result<(R, Result<bool>)> {
-    let dim = source.dim();
-    let row_bytes = dim * 4;
+    let words = layout.words_per_row();
+    let row_bytes = words * 4;
     let bump = AtomicUsize::new(0);
     let overflow = AtomicBool::new(false);
     let failure: Mutex<Option<HotrowError>> = Mutex::new(None);
@@ -628,7 +637,7 @@ fn copy_while_resolving<S: RowSource, R>(
             let (slots_out, rows_out) = unsafe {
                 (
                     base.slice::<u32>(lay.miss_off as usize + at * 4, misses.len()),
-                    base.slice::<f32>(lay.rows_off as usize + at * row_bytes, misses.len() * dim),
+                    base.slice::<u32>(lay.rows_off as usize + at * row_bytes, misses.len() * words),
                 )
             };
             let mut ids = Vec::with_capacity(misses.len());
@@ -636,7 +645,7 @@ fn copy_while_resolving<S: RowSource, R>(
                 *dst = slot;
                 ids.push(id);
             }
-            let Err(err) = read_rows_caught(source, &ids, rows_out) else {
+            let Err(err) = read_rows_encoded(source, layout, &ids, rows_out) else {
                 return;
             };
             failure
@@ -854,7 +863,7 @@ impl Uploader {
         target: Target<'_>,
         device_positions: bool,
     ) -> Result<PassTimes> {
-        let dim = slots.layout().dim();
+        let layout = slots.layout();
         let m = plan.misses.len();
         let positions = if matches!(target, Target::Resident) || device_positions {
             0
@@ -876,8 +885,8 @@ impl Uploader {
             for (dst, &(_, slot)) in cast_mut::<u32>(misses)?.iter_mut().zip(&plan.misses) {
                 *dst = slot;
             }
-            let rows = &mut cast_mut::<f32>(rows)?[..m * dim];
-            read_rows_caught(source, miss_ids, rows)
+            let rows = &mut cast_mut::<u32>(rows)?[..m * layout.words_per_row()];
+            read_rows_encoded(source, layout, miss_ids, rows)
         })??;
         let copy = t1.elapsed();
         let mut times = self.finish(ctx, slots, plan, entry, &lay, n, target, device_positions)?;
@@ -1060,6 +1069,44 @@ impl Uploader {
             submit: t1.elapsed(),
         })
     }
+}
+
+/// Rows per task when compact rows are encoded in parallel.
+const ENCODE_ROWS_PER_TASK: usize = 256;
+
+/// Reads rows `ids` from `source` into `out` encoded as `layout` stores them
+/// ([`RowLayout::encode_rows`]): f32 rows straight into `out`, compact ones through a
+/// per-thread f32 scratch buffer (reused, so nothing is allocated per batch once it has
+/// grown), encoded in parallel when there are many.
+fn read_rows_encoded<S: RowSource>(
+    source: &S,
+    layout: RowLayout,
+    ids: &[u32],
+    out: &mut [u32],
+) -> Result<()> {
+    use rayon::prelude::*;
+    if layout.format() == RowFormat::F32 {
+        return read_rows_caught(source, ids, bytemuck::cast_slice_mut(out));
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (dim, words) = (layout.dim(), layout.words_per_row());
+    SCRATCH.with(|scratch| {
+        let mut values = scratch.borrow_mut();
+        values.clear();
+        values.resize(ids.len() * dim, 0.0);
+        read_rows_caught(source, ids, &mut values)?;
+        if ids.len() < 2 * ENCODE_ROWS_PER_TASK {
+            layout.encode_rows(&values, out);
+        } else {
+            values
+                .par_chunks(ENCODE_ROWS_PER_TASK * dim)
+                .zip(out.par_chunks_mut(ENCODE_ROWS_PER_TASK * words))
+                .for_each(|(v, o)| layout.encode_rows(v, o));
+        }
+        Ok(())
+    })
 }
 
 /// `source.read_rows`, with a panic in it caught and returned as

@@ -1,72 +1,221 @@
-//! [`RowLayout`]: the one description of a row that buffers, ops and shaders share.
+//! [`RowLayout`]: the one description of a row that buffers, ops and shaders share: how
+//! many values, how they are stored ([`RowFormat`]), and the WGSL that reads them.
 
 use crate::error::{HotrowError, Result};
 
-/// WGSL declarations of an element type `$ty` read 4 values at a time: the alias, its lane
-/// count `$lanes`, and `$lane(v, c)`, lane `c` as f32.
-macro_rules! wgsl_vec4_elem {
-    ($ty:literal, $lanes:literal, $lane:literal) => {
+/// How the values of a row are stored on the GPU. Kernels always compute in f32; compact
+/// formats are decoded as rows are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RowFormat {
+    /// 4 bytes per value.
+    #[default]
+    F32,
+    /// IEEE half precision, 2 bytes per value (rows padded to whole 4-byte words).
+    F16,
+    /// 8-bit row-wise quantization, as FBGEMM's fused 8-bit row-wise format: one byte per
+    /// value `q` (0..=255) and, per row, an f32 scale and bias: value = `q * scale + bias`,
+    /// with `bias` the row's minimum and `scale` its range / 255, so every value is within
+    /// `scale / 2` of the original (1 byte per value + 8 per row, rows padded to 4 bytes).
+    Int8,
+}
+
+/// WGSL declarations of the element a thread works on (`Elem`: `vec4<f32>` or `f32`, with
+/// `ELEM_LANES` and `elem_lane(v, c)`), the storage type of a rows binding (`RowWord`) and
+/// `load_row(row, c, width)`: element `c` of row `row` of the binding `rows`, whose rows
+/// hold `width` elements, decoded to f32. `$rows` is the storage type, `$load` the body.
+macro_rules! wgsl_rows {
+    (vec4, $word:literal, $load:literal) => {
         concat!(
-            "alias ",
-            $ty,
-            " = vec4<f32>;\nconst ",
-            $lanes,
-            ": u32 = 4u;\nfn ",
-            $lane,
-            "(v: ",
-            $ty,
-            ", c: u32) -> f32 { return v[c]; }\n"
+            "alias Elem = vec4<f32>;\nconst ELEM_LANES: u32 = 4u;\n",
+            "fn elem_lane(v: Elem, c: u32) -> f32 { return v[c]; }\n",
+            "alias RowWord = ",
+            $word,
+            ";\nfn load_row(row: u32, c: u32, width: u32) -> Elem {\n",
+            $load,
+            "\n}\n"
+        )
+    };
+    (scalar, $word:literal, $load:literal) => {
+        concat!(
+            "alias Elem = f32;\nconst ELEM_LANES: u32 = 1u;\n",
+            "fn elem_lane(v: Elem, c: u32) -> f32 { return v; }\n",
+            "alias RowWord = ",
+            $word,
+            ";\nfn load_row(row: u32, c: u32, width: u32) -> Elem {\n",
+            $load,
+            "\n}\n"
         )
     };
 }
+pub(crate) use wgsl_rows;
 
-/// As [`wgsl_vec4_elem`], for an element of one f32.
-macro_rules! wgsl_f32_elem {
-    ($ty:literal, $lanes:literal, $lane:literal) => {
+/// The row prefix of each format, as a literal (so kernels can `concat!` more onto it).
+macro_rules! row_prefix {
+    (F32_V4) => {
+        $crate::gpu::wgsl_rows!(vec4, "vec4<f32>", "return rows[row * width + c];")
+    };
+    (F32_S) => {
+        $crate::gpu::wgsl_rows!(scalar, "f32", "return rows[row * width + c];")
+    };
+    // f16 rows packed two to a word, decoded with integer operations (exact everywhere:
+    // `unpack2x16float` needs a downlevel flag some drivers lack, and may flush subnormals).
+    (F16_V4) => {
         concat!(
-            "alias ",
-            $ty,
-            " = f32;\nconst ",
-            $lanes,
-            ": u32 = 1u;\nfn ",
-            $lane,
-            "(v: ",
-            $ty,
-            ", c: u32) -> f32 { return v; }\n"
+            $crate::gpu::row_prefix!(F16_BITS),
+            $crate::gpu::wgsl_rows!(
+                vec4,
+                "u32",
+                "let w = row * 2u * width + 2u * c;\nlet a = rows[w];\nlet b = rows[w + 1u];\nreturn vec4<f32>(f16_bits(a & 0xffffu), f16_bits(a >> 16u), f16_bits(b & 0xffffu), f16_bits(b >> 16u));"
+            )
         )
     };
+    (F16_S) => {
+        concat!(
+            $crate::gpu::row_prefix!(F16_BITS),
+            $crate::gpu::wgsl_rows!(
+                scalar,
+                "u32",
+                "let w = rows[row * ((width + 1u) / 2u) + c / 2u];\nreturn f16_bits((w >> (16u * (c & 1u))) & 0xffffu);"
+            )
+        )
+    };
+    // The f32 value of the IEEE binary16 whose bits are the low 16 of `h`.
+    (F16_BITS) => {
+        "fn f16_bits(h: u32) -> f32 {\n    let sign = (h & 0x8000u) << 16u;\n    let e = (h >> 10u) & 0x1fu;\n    let m = h & 0x3ffu;\n    if (e == 0u) {\n        let v = f32(m) * 5.9604645e-8;\n        return select(v, -v, sign != 0u);\n    }\n    if (e == 31u) {\n        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));\n    }\n    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));\n}\n"
+    };
+    // f16 rows read as `f16` where the adapter has `shader-f16` (`enable f16`).
+    (F16_NATIVE_V4) => {
+        concat!(
+            "enable f16;\n",
+            $crate::gpu::wgsl_rows!(vec4, "vec4<f16>", "return vec4<f32>(rows[row * width + c]);")
+        )
+    };
+    (F16_NATIVE_S) => {
+        concat!(
+            "enable f16;\n",
+            $crate::gpu::wgsl_rows!(
+                scalar,
+                "f16",
+                "return f32(rows[row * (width + (width & 1u)) + c]);"
+            )
+        )
+    };
+    // int8 rows: the quantized bytes four to a word, then the row's scale and bias as bits.
+    (INT8_V4) => {
+        $crate::gpu::wgsl_rows!(
+            vec4,
+            "u32",
+            "let base = row * (width + 2u);\nlet w = rows[base + c];\nlet q = vec4<f32>(f32(w & 0xffu), f32((w >> 8u) & 0xffu), f32((w >> 16u) & 0xffu), f32(w >> 24u));\nreturn q * bitcast<f32>(rows[base + width]) + bitcast<f32>(rows[base + width + 1u]);"
+        )
+    };
+    (INT8_S) => {
+        $crate::gpu::wgsl_rows!(
+            scalar,
+            "u32",
+            "let words = (width + 3u) / 4u;\nlet base = row * (words + 2u);\nlet q = f32((rows[base + c / 4u] >> (8u * (c & 3u))) & 0xffu);\nreturn q * bitcast<f32>(rows[base + words]) + bitcast<f32>(rows[base + words + 1u]);"
+        )
+    };
+    // Raw 4-byte words (moving compact rows between buffers unchanged).
+    (RAW_WORDS) => {
+        "alias Elem = u32;\nconst ELEM_LANES: u32 = 1u;\nfn elem_lane(v: Elem, c: u32) -> f32 { return bitcast<f32>(v); }\nalias RowWord = u32;\nfn load_row(row: u32, c: u32, width: u32) -> Elem { return rows[row * width + c]; }\n"
+    };
+    // A second, plain f32 operand (block_matmul's A): `AElem`, `AELEM_LANES`, `aelem_lane`.
+    (A_VEC4) => {
+        "alias AElem = vec4<f32>;\nconst AELEM_LANES: u32 = 4u;\nfn aelem_lane(v: AElem, c: u32) -> f32 { return v[c]; }\n"
+    };
+    (A_F32) => {
+        "alias AElem = f32;\nconst AELEM_LANES: u32 = 1u;\nfn aelem_lane(v: AElem, c: u32) -> f32 { return v; }\n"
+    };
 }
-pub(crate) use {wgsl_f32_elem, wgsl_vec4_elem};
+pub(crate) use row_prefix;
 
-/// The element type `Elem` that kernels read rows in (`ELEM_LANES`, `elem_lane`).
-const ELEM_VEC4: &str = wgsl_vec4_elem!("Elem", "ELEM_LANES", "elem_lane");
-const ELEM_F32: &str = wgsl_f32_elem!("Elem", "ELEM_LANES", "elem_lane");
+pub(crate) const F32_V4: &str = row_prefix!(F32_V4);
+pub(crate) const F32_S: &str = row_prefix!(F32_S);
+pub(crate) const F16_V4: &str = row_prefix!(F16_V4);
+pub(crate) const F16_S: &str = row_prefix!(F16_S);
+pub(crate) const F16_NATIVE_V4: &str = row_prefix!(F16_NATIVE_V4);
+pub(crate) const F16_NATIVE_S: &str = row_prefix!(F16_NATIVE_S);
+pub(crate) const INT8_V4: &str = row_prefix!(INT8_V4);
+pub(crate) const INT8_S: &str = row_prefix!(INT8_S);
+pub(crate) const RAW_WORDS: &str = row_prefix!(RAW_WORDS);
 
-/// Every element prefix a row layout can give (for the shader validation tests).
-pub(crate) const ELEM_PREFIXES: &[&str] = &[ELEM_VEC4, ELEM_F32];
+/// Every row prefix a kernel that decodes rows is compiled with, indexed by
+/// [`RowLayout::prefix_index`].
+pub(crate) const ROW_PREFIXES: &[&str] = &[
+    F32_V4,
+    F32_S,
+    F16_V4,
+    F16_S,
+    F16_NATIVE_V4,
+    F16_NATIVE_S,
+    INT8_V4,
+    INT8_S,
+];
 
-/// How one row is stored: `dim` values of `value_bytes()` bytes each, read by kernels
+/// [`ROW_PREFIXES`] and [`RAW_WORDS`]: the prefixes of copy_rows.wgsl.
+pub(crate) const COPY_PREFIXES: &[&str] = &[
+    F32_V4,
+    F32_S,
+    F16_V4,
+    F16_S,
+    F16_NATIVE_V4,
+    F16_NATIVE_S,
+    INT8_V4,
+    INT8_S,
+    RAW_WORDS,
+];
+
+/// How one row is stored: `dim` values in a [`RowFormat`], read by kernels
 /// `vector_width()` values at a time (whole `vec4`s when `dim` is a multiple of 4).
 ///
 /// ```
-/// let l = hotrow::RowLayout::f32(130).unwrap();
+/// use hotrow::{RowFormat, RowLayout};
+/// let l = RowLayout::f32(130).unwrap();
 /// assert_eq!((l.dim(), l.row_bytes(), l.vector_width()), (130, 520, 1));
-/// assert_eq!(hotrow::RowLayout::f32(128).unwrap().vector_width(), 4);
+/// assert_eq!(RowLayout::f32(128).unwrap().vector_width(), 4);
+/// assert_eq!(RowLayout::new(128, RowFormat::F16).unwrap().row_bytes(), 256);
+/// assert_eq!(RowLayout::new(128, RowFormat::Int8).unwrap().row_bytes(), 136);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RowLayout {
     dim: usize,
+    format: RowFormat,
+    /// f16 rows read as WGSL `f16` (the adapter has `shader-f16`); else unpacked from words.
+    native_f16: bool,
 }
 
 impl RowLayout {
     /// Rows of `dim` f32 values; `dim` must be at least 1.
     pub fn f32(dim: usize) -> Result<Self> {
+        Self::new(dim, RowFormat::F32)
+    }
+
+    /// Rows of `dim` values stored as `format`; `dim` must be at least 1.
+    pub fn new(dim: usize, format: RowFormat) -> Result<Self> {
         if dim == 0 {
             return Err(HotrowError::InvalidArgument(
                 "dim must be at least 1".into(),
             ));
         }
-        Ok(Self { dim })
+        Ok(Self {
+            dim,
+            format,
+            native_f16: false,
+        })
+    }
+
+    /// The same layout, with f16 rows read as WGSL `f16` when `native` (the device must have
+    /// `wgpu::Features::SHADER_F16`).
+    pub(crate) fn with_native_f16(self, native: bool) -> Self {
+        Self {
+            native_f16: native && self.format == RowFormat::F16,
+            ..self
+        }
+    }
+
+    /// Whether f16 rows are read as WGSL `f16`.
+    pub fn native_f16(&self) -> bool {
+        self.native_f16
     }
 
     /// Values per row.
@@ -74,14 +223,23 @@ impl RowLayout {
         self.dim
     }
 
-    /// Bytes of one value.
-    pub fn value_bytes(&self) -> usize {
-        4
+    /// How the values are stored.
+    pub fn format(&self) -> RowFormat {
+        self.format
     }
 
-    /// Bytes of one row.
+    /// 4-byte words of one stored row.
+    pub fn words_per_row(&self) -> usize {
+        match self.format {
+            RowFormat::F32 => self.dim,
+            RowFormat::F16 => self.dim.div_ceil(2),
+            RowFormat::Int8 => self.dim.div_ceil(4) + 2,
+        }
+    }
+
+    /// Bytes of one stored row.
     pub fn row_bytes(&self) -> u64 {
-        (self.dim * self.value_bytes()) as u64
+        self.words_per_row() as u64 * 4
     }
 
     /// Bytes of `rows` rows.
@@ -103,12 +261,113 @@ impl RowLayout {
         (self.dim / self.vector_width()) as u32
     }
 
-    /// The WGSL prefix declaring this layout's element type.
-    pub(crate) fn elem_prefix(&self) -> &'static str {
-        if self.vector_width() == 4 {
-            ELEM_VEC4
-        } else {
-            ELEM_F32
+    /// Encodes whole rows of f32 `values` (`dim` each) into `out`, `words_per_row()` words
+    /// per row, as the GPU stores them: f32 bits; f16 pairs (element `2i` in the low half of
+    /// word `i`, rounded to nearest even, a row of odd dim padded with 0); int8 bytes (element
+    /// `4i + b` in byte `b` of word `i`) then the row's scale and bias as f32 bits.
+    ///
+    /// int8: `bias` is the row's minimum, `scale` its range / 255 (0 for a constant row),
+    /// `q = round((x - bias) / scale)`; non-finite values make the row's scale and bias
+    /// non-finite (decoded, its values are NaN, as the f32 path would pass NaN through).
+    ///
+    /// ```
+    /// use hotrow::{RowFormat, RowLayout};
+    /// let l = RowLayout::new(3, RowFormat::Int8).unwrap();
+    /// let x = [0.5f32, -1.0, 2.0];
+    /// let mut words = vec![0u32; l.words_per_row()];
+    /// l.encode_rows(&x, &mut words);
+    /// let mut back = [0f32; 3];
+    /// l.decode_rows(&words, &mut back);
+    /// let scale = 3.0 / 255.0;
+    /// assert!(x.iter().zip(&back).all(|(a, b)| (a - b).abs() <= scale / 2.0 + 1e-6));
+    /// ```
+    pub fn encode_rows(&self, values: &[f32], out: &mut [u32]) {
+        let (dim, words) = (self.dim, self.words_per_row());
+        let rows = values.chunks_exact(dim).zip(out.chunks_exact_mut(words));
+        match self.format {
+            RowFormat::F32 => {
+                for (src, dst) in rows {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = v.to_bits();
+                    }
+                }
+            }
+            RowFormat::F16 => {
+                for (src, dst) in rows {
+                    for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+                        let lo = half::f16::from_f32(pair[0]).to_bits() as u32;
+                        let hi = pair.get(1).map_or(0, |&v| half::f16::from_f32(v).to_bits());
+                        *d = lo | (hi as u32) << 16;
+                    }
+                }
+            }
+            RowFormat::Int8 => {
+                for (src, dst) in rows {
+                    let (lo, hi) = src
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                            (lo.min(v), hi.max(v))
+                        });
+                    let finite = src.iter().all(|v| v.is_finite());
+                    let (scale, bias) = if finite {
+                        ((hi - lo) / 255.0, lo)
+                    } else {
+                        (f32::NAN, f32::NAN)
+                    };
+                    let (q, tail) = dst.split_at_mut(words - 2);
+                    for (d, quad) in q.iter_mut().zip(src.chunks(4)) {
+                        *d = quad.iter().enumerate().fold(0, |w, (b, &v)| {
+                            let q = if scale > 0.0 {
+                                ((v - bias) / scale).round().clamp(0.0, 255.0) as u32
+                            } else {
+                                0
+                            };
+                            w | q << (8 * b)
+                        });
+                    }
+                    tail[0] = scale.to_bits();
+                    tail[1] = bias.to_bits();
+                }
+            }
         }
+    }
+
+    /// Decodes whole stored rows (`words_per_row()` words each) into f32 values, as the
+    /// kernels do: the CPU reference of what the GPU reads.
+    pub fn decode_rows(&self, words: &[u32], out: &mut [f32]) {
+        let (dim, n) = (self.dim, self.words_per_row());
+        for (src, dst) in words.chunks_exact(n).zip(out.chunks_exact_mut(dim)) {
+            for (c, d) in dst.iter_mut().enumerate() {
+                *d = match self.format {
+                    RowFormat::F32 => f32::from_bits(src[c]),
+                    RowFormat::F16 => {
+                        half::f16::from_bits((src[c / 2] >> (16 * (c % 2))) as u16).to_f32()
+                    }
+                    RowFormat::Int8 => {
+                        let q = (src[c / 4] >> (8 * (c % 4))) & 0xff;
+                        let (scale, bias) =
+                            (f32::from_bits(src[n - 2]), f32::from_bits(src[n - 1]));
+                        q as f32 * scale + bias
+                    }
+                };
+            }
+        }
+    }
+
+    /// The WGSL prefix declaring how kernels read rows of this layout.
+    pub(crate) fn elem_prefix(&self) -> &'static str {
+        ROW_PREFIXES[self.prefix_index()]
+    }
+
+    /// Index of [`RowLayout::elem_prefix`] in [`ROW_PREFIXES`].
+    pub(crate) fn prefix_index(&self) -> usize {
+        let scalar = usize::from(self.vector_width() != 4);
+        let format = match (self.format, self.native_f16) {
+            (RowFormat::F32, _) => 0,
+            (RowFormat::F16, false) => 1,
+            (RowFormat::F16, true) => 2,
+            (RowFormat::Int8, _) => 3,
+        };
+        2 * format + scalar
     }
 }

@@ -19,8 +19,8 @@ pub(crate) use launch::{
     encode, encoder, first_launches, grid, grid_for_threads, submit, Launch, LaunchState,
     ParamsFrom, Staged,
 };
-pub use layout::RowLayout;
-pub(crate) use layout::{wgsl_f32_elem, wgsl_vec4_elem, ELEM_PREFIXES};
+pub(crate) use layout::{row_prefix, wgsl_rows, COPY_PREFIXES, RAW_WORDS, ROW_PREFIXES};
+pub use layout::{RowFormat, RowLayout};
 pub use memory::MemoryStats;
 pub(crate) use memory::{GrowBuffer, TrackedBuffer};
 pub use pipelines::Shader;

@@ -64,8 +64,17 @@ impl RowBuffer {
         dim: usize,
         options: RowBufferOptions,
     ) -> Result<Self> {
+        Self::with_layout(ctx, rows, RowLayout::f32(dim)?, options)
+    }
+
+    /// Rows stored as `layout` says (the cache's slots in a compact format).
+    pub(crate) fn with_layout(
+        ctx: &GpuContext,
+        rows: usize,
+        layout: RowLayout,
+        options: RowBufferOptions,
+    ) -> Result<Self> {
         ctx.guarded(|| {
-            let layout = RowLayout::f32(dim)?;
             if rows == 0 {
                 return Err(HotrowError::InvalidArgument(
                     "a row buffer needs at least 1 row".into(),
@@ -154,6 +163,18 @@ impl RowBuffer {
         Ok(t)
     }
 
+    /// Rows in a compact format are written by the cache and read by gathering them
+    /// ([`RowBuffer::gather`] decodes to f32), not copied as f32.
+    fn check_f32(&self, what: &str) -> Result<()> {
+        if self.layout.format() != crate::gpu::RowFormat::F32 {
+            return Err(HotrowError::InvalidArgument(format!(
+                "{what} moves f32 rows; these are stored as {:?} (gather them instead)",
+                self.layout.format()
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks that rows `first..first + count` exist.
     fn check_range(&self, first: usize, count: usize) -> Result<()> {
         if first.checked_add(count).is_none_or(|end| end > self.rows) {
@@ -170,6 +191,7 @@ impl RowBuffer {
     /// split at shard boundaries), never one write per row.
     pub fn write_rows(&self, first: usize, data: &[f32]) -> Result<()> {
         self.ctx.guarded(|| {
+            self.check_f32("write_rows")?;
             let dim = self.layout.dim();
             if !data.len().is_multiple_of(dim) {
                 return Err(HotrowError::LengthMismatch {
@@ -206,6 +228,7 @@ impl RowBuffer {
     /// Copies rows `first..first + count` back to the host (blocking).
     pub fn read_rows(&self, first: usize, count: usize) -> Result<Vec<f32>> {
         self.ctx.guarded(|| {
+            self.check_f32("read_rows")?;
             self.check_range(first, count)?;
             let dim = self.layout.dim();
             let mut out = Vec::with_capacity(count * dim);

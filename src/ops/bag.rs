@@ -8,13 +8,13 @@ use crate::error::{HotrowError, Result};
 use crate::gpu::{
     encode as encode_pass, grid_for_threads, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
 };
-use crate::gpu::{first_launches, ELEM_PREFIXES};
+use crate::gpu::{first_launches, ROW_PREFIXES};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
 pub(crate) const SHADER: Shader = Shader {
     file: "bag.wgsl",
     source: include_str!("../../shaders/bag.wgsl"),
-    prefixes: ELEM_PREFIXES,
+    prefixes: ROW_PREFIXES,
 };
 
 /// How the rows of a bag are combined.

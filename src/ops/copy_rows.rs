@@ -10,14 +10,15 @@ use crate::batch::check_ids;
 use crate::error::Result;
 use crate::gpu::{
     encode as encode_pass, encoder, first_launches, grid_for_threads, Embeddings, GpuContext,
-    Launch, LaunchState, ParamsFrom, RowBuffer, RowLayout, Shader, ELEM_PREFIXES,
+    Launch, LaunchState, ParamsFrom, RowBuffer, RowFormat, RowLayout, Shader, COPY_PREFIXES,
+    RAW_WORDS,
 };
 use crate::ops::params_layout;
 
 pub(crate) const SHADER: Shader = Shader {
     file: "copy_rows.wgsl",
     source: include_str!("../../shaders/copy_rows.wgsl"),
-    prefixes: ELEM_PREFIXES,
+    prefixes: COPY_PREFIXES,
 };
 
 /// Mirror of `CopyParams` in copy_rows.wgsl.
@@ -55,10 +56,23 @@ pub(crate) enum Direction {
     Scatter,
 }
 
-/// Builds the pipeline for rows of `layout` ahead of the first copy.
+/// The prefix and elements per row of a copy in direction `dir` over rows of `layout`:
+/// gathers read (and decode) rows as the layout says; scatters of compact rows move them
+/// as raw words, so what the host encoded lands in the slots unchanged.
+fn variant(dir: Direction, layout: RowLayout) -> (&'static str, u32) {
+    if dir == Direction::Scatter && layout.format() != RowFormat::F32 {
+        (RAW_WORDS, layout.words_per_row() as u32)
+    } else {
+        (layout.elem_prefix(), layout.width())
+    }
+}
+
+/// Builds the pipelines for rows of `layout` ahead of the first copy.
 pub(crate) fn prepare(ctx: &GpuContext, layout: RowLayout) -> Result<()> {
-    ctx.pipeline(&SHADER, "copy_rows", layout.elem_prefix())
-        .map(|_| ())
+    for dir in [Direction::Gather, Direction::Scatter] {
+        ctx.pipeline(&SHADER, "copy_rows", variant(dir, layout).0)?;
+    }
+    Ok(())
 }
 
 /// Bytes of one [`CopyParams`] block: a copy over a table of `k` shards has `k` of them.
@@ -73,7 +87,7 @@ pub(crate) fn params<'a>(
     n: usize,
     offset: usize,
 ) -> impl Iterator<Item = CopyParams> + 'a {
-    let width = table.layout().width();
+    let width = variant(dir, table.layout()).1;
     let (gx, _) = grid_for_threads(ctx, n as u64 * width as u64);
     (0..table.shards().len()).map(move |k| {
         let base = k * table.shard_rows();
@@ -111,9 +125,9 @@ pub(crate) fn encode(
     if n == 0 {
         return Ok(());
     }
-    let layout = table.layout();
-    let (gx, gy) = grid_for_threads(ctx, n as u64 * layout.width() as u64);
-    let pipeline = ctx.pipeline(&SHADER, "copy_rows", layout.elem_prefix())?;
+    let (prefix, width) = variant(dir, table.layout());
+    let (gx, gy) = grid_for_threads(ctx, n as u64 * width as u64);
+    let pipeline = ctx.pipeline(&SHADER, "copy_rows", prefix)?;
     let shards = table.shards().len();
     let mut groups = Vec::with_capacity(shards);
     let blocks = params(ctx, dir, table, n, offset);

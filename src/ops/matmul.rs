@@ -9,16 +9,16 @@ use crate::error::Result;
 use crate::gpu::{
     encode as encode_pass, first_launches, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
 };
-use crate::gpu::{wgsl_f32_elem, wgsl_vec4_elem};
+use crate::gpu::{row_prefix, RowLayout};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
-/// The prefix of one variant: rows (`Elem`) and operand A (`AElem`) each vec4 or f32, and
-/// the product (`B_MODE` 0: scores, 1: combine) as constants.
+/// The prefix of one variant: how rows are read (a [`crate::RowFormat`], vec4 or scalar),
+/// operand A (`AElem`) vec4 or f32, and the product (`B_MODE` 0: scores, 1: combine).
 macro_rules! matmul_prefix {
     ($rows:ident, $a:ident, $mode:literal) => {
         concat!(
-            $rows!("Elem", "ELEM_LANES", "elem_lane"),
-            $a!("AElem", "AELEM_LANES", "aelem_lane"),
+            row_prefix!($rows),
+            row_prefix!($a),
             "const B_MODE: u32 = ",
             $mode,
             "u;\n"
@@ -26,31 +26,55 @@ macro_rules! matmul_prefix {
     };
 }
 
-/// Every variant, indexed by `variant()`.
-const PREFIXES: [&str; 8] = [
-    matmul_prefix!(wgsl_vec4_elem, wgsl_vec4_elem, "0"),
-    matmul_prefix!(wgsl_vec4_elem, wgsl_f32_elem, "0"),
-    matmul_prefix!(wgsl_f32_elem, wgsl_vec4_elem, "0"),
-    matmul_prefix!(wgsl_f32_elem, wgsl_f32_elem, "0"),
-    matmul_prefix!(wgsl_vec4_elem, wgsl_vec4_elem, "1"),
-    matmul_prefix!(wgsl_vec4_elem, wgsl_f32_elem, "1"),
-    matmul_prefix!(wgsl_f32_elem, wgsl_vec4_elem, "1"),
-    matmul_prefix!(wgsl_f32_elem, wgsl_f32_elem, "1"),
+/// All A and mode variants of one row prefix, in `variant()` order.
+macro_rules! matmul_rows {
+    ($rows:ident) => {
+        [
+            matmul_prefix!($rows, A_VEC4, "0"),
+            matmul_prefix!($rows, A_F32, "0"),
+            matmul_prefix!($rows, A_VEC4, "1"),
+            matmul_prefix!($rows, A_F32, "1"),
+        ]
+    };
+}
+
+/// Every variant, indexed by `variant()`: row prefixes in [`crate::gpu::ROW_PREFIXES`]
+/// order, each with A vec4 / f32 for scores, then combine.
+const PREFIXES: [[&str; 4]; 8] = [
+    matmul_rows!(F32_V4),
+    matmul_rows!(F32_S),
+    matmul_rows!(F16_V4),
+    matmul_rows!(F16_S),
+    matmul_rows!(F16_NATIVE_V4),
+    matmul_rows!(F16_NATIVE_S),
+    matmul_rows!(INT8_V4),
+    matmul_rows!(INT8_S),
 ];
 
-/// Index into [`PREFIXES`].
-fn variant(product: Product, rows_lanes: usize, a_lanes: usize) -> usize {
+/// [`PREFIXES`] flattened (for the shader list).
+const ALL_PREFIXES: [&str; 32] = {
+    let mut all = [""; 32];
+    let mut i = 0;
+    while i < 32 {
+        all[i] = PREFIXES[i / 4][i % 4];
+        i += 1;
+    }
+    all
+};
+
+/// The prefix for rows of `layout` and an A of `a_lanes` lanes.
+fn variant(product: Product, layout: RowLayout, a_lanes: usize) -> &'static str {
     let mode = match product {
         Product::Scores => 0,
-        Product::Combine => 4,
+        Product::Combine => 2,
     };
-    mode + 2 * usize::from(rows_lanes != 4) + usize::from(a_lanes != 4)
+    PREFIXES[layout.prefix_index()][mode + usize::from(a_lanes != 4)]
 }
 
 pub(crate) const SHADER: Shader = Shader {
     file: "block_matmul.wgsl",
     source: include_str!("../../shaders/block_matmul.wgsl"),
-    prefixes: &PREFIXES,
+    prefixes: &ALL_PREFIXES,
 };
 
 /// Output tile edge of block_matmul.wgsl (must match its `TILE`).
@@ -129,7 +153,7 @@ pub(crate) fn encode(
     let lda = k;
     let rows_lanes = rows.layout.vector_width();
     let a_lanes = if lda.is_multiple_of(4) { 4 } else { 1 };
-    let prefix = PREFIXES[variant(product, rows_lanes, a_lanes)];
+    let prefix = variant(product, rows.layout, a_lanes);
     let tiles_n = n.div_ceil(TILE);
     let tiles_total = m.div_ceil(TILE) * tiles_n;
     let (gx, gy) = crate::gpu::grid(

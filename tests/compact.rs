@@ -1,0 +1,164 @@
+//! Compact rows in the cache (f16 with and without `shader-f16`, row-wise int8): lookups,
+//! bags, scores and combinations through caches much smaller than the table, against a CPU
+//! reference that applies the same conversion; f16 lookups bit for bit, int8 within half a
+//! quantization step of the original values.
+
+mod common;
+
+use common::workload::{random_values, Rng, ZipfIds};
+use common::{assert_close, assert_rows_eq, ctx, seed};
+use hotrow::{
+    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, HostTable, Pooling, Queries,
+    Resolution, RowFormat, RowLayout,
+};
+
+/// The table as the slots hold it, decoded on the CPU; and each row's int8 scale (0 for
+/// other formats).
+fn stored(data: &[f32], dim: usize, format: RowFormat) -> (Vec<f32>, Vec<f32>) {
+    let layout = RowLayout::new(dim, format).unwrap();
+    let rows = data.len() / dim;
+    let mut words = vec![0u32; rows * layout.words_per_row()];
+    layout.encode_rows(data, &mut words);
+    let mut back = vec![0f32; data.len()];
+    layout.decode_rows(&words, &mut back);
+    let scales = words
+        .chunks_exact(layout.words_per_row())
+        .map(|w| match format {
+            RowFormat::Int8 => f32::from_bits(w[w.len() - 2]),
+            _ => 0.0,
+        })
+        .collect();
+    (back, scales)
+}
+
+#[test]
+fn compact_rows_serve_every_op() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("compact"));
+    eprintln!("adapter shader-f16: {}", ctx().adapter().shader_f16);
+    let cases = [
+        (RowFormat::F16, true),
+        (RowFormat::F16, false),
+        (RowFormat::Int8, false),
+    ];
+    for (format, shader_f16) in cases {
+        for dim in [3usize, 6, 16, 130] {
+            let what = format!("{format:?} (shader-f16 {shader_f16}) dim {dim}");
+            let rows = 3000;
+            let data = random_values(rows * dim, rng.next_u64());
+            let (decoded, scales) = stored(&data, dim, format);
+            let table = HostTable::borrowed(&data, dim).unwrap();
+            let resolution = if dim % 2 == 0 {
+                Resolution::Device
+            } else {
+                Resolution::Host
+            };
+            let config = CacheConfig::default()
+                .capacity(Capacity::Rows(300))
+                .row_format(format)
+                .shader_f16(shader_f16)
+                .resolution(resolution);
+            let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
+            let layout = cache.layout();
+            assert_eq!(layout.format(), format, "{what}");
+            assert_eq!(
+                cache.config().shader_f16,
+                shader_f16 && ctx().adapter().shader_f16 && format == RowFormat::F16,
+                "{what}: the f16 path in force"
+            );
+            assert_eq!(cache.memory().slots, 300 * layout.row_bytes(), "{what}");
+            let mut zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+            let mut out = Embeddings::new(ctx(), 1, dim).unwrap();
+            for b in 0..10 {
+                if b == 5 {
+                    zipf.reshuffle(rng.next_u64());
+                }
+                // one batch with more distinct ids than slots: served in passes
+                let n = if b == 7 {
+                    2000
+                } else {
+                    100 + rng.below(400) as usize
+                };
+                let ids = zipf.batch(n, &mut rng);
+                out.fill(f32::NAN).unwrap();
+                cache.lookup_into(&ids, &mut out).unwrap();
+                let got = out.to_host().unwrap();
+                let what = format!("{what}, batch {b}");
+                match format {
+                    RowFormat::F16 => {
+                        // bit for bit the reference conversion
+                        assert_rows_eq(&got, &reference::gather(&decoded, dim, &ids), dim, &what)
+                    }
+                    _ => {
+                        for (k, &id) in ids.iter().enumerate() {
+                            let id = id as usize;
+                            let step = scales[id];
+                            for c in 0..dim {
+                                let (g, x) = (got[k * dim + c], data[id * dim + c]);
+                                let d = decoded[id * dim + c];
+                                assert!(
+                                    (g - d).abs() <= 1e-6 * d.abs().max(1.0),
+                                    "{what}: row {id} col {c}: {g} against decoded {d}"
+                                );
+                                assert!(
+                                    (g - x).abs() <= step / 2.0 + 1e-6 * x.abs().max(1.0),
+                                    "{what}: row {id} col {c}: {g} against {x} (step {step})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            // bags (weighted sum, mean, max), scores and combinations over the decoded rows
+            let ids = zipf.batch(200, &mut rng);
+            let offsets: Vec<u32> = (0..200u32).step_by(9).collect();
+            let w: Vec<f32> = (0..200).map(|_| rng.unit() as f32 - 0.4).collect();
+            for (mode, pooling) in [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)] {
+                let weights = (mode != 2).then_some(&w[..]);
+                let got = cache.lookup_bags(&ids, &offsets, pooling, weights).unwrap();
+                let (want, scale) = common::bags_ref(&decoded, dim, &ids, &offsets, mode, weights);
+                assert_close(&got, &want, &scale, &format!("{what}: bags {pooling:?}"));
+            }
+            let q = random_values(5 * dim, rng.next_u64());
+            let got = cache.scores(Queries::Host { data: &q, dim }, &ids).unwrap();
+            let (want, scale) = common::scores_ref(&decoded, dim, &q, &ids);
+            assert_close(&got, &want, &scale, &format!("{what}: scores"));
+            let x = random_values(3 * ids.len(), rng.next_u64());
+            let got = cache.combine(&x, &ids).unwrap();
+            let (want, scale) = common::combine_ref(&decoded, dim, &x, &ids);
+            assert_close(&got, &want, &scale, &format!("{what}: combine"));
+            let st = cache.stats();
+            assert_eq!(
+                st.bytes_uploaded,
+                st.rows_uploaded * layout.row_bytes(),
+                "{what}"
+            );
+            cache.check_device_table().unwrap();
+        }
+    }
+}
+
+#[test]
+fn compact_formats_use_less_memory() {
+    let _serial = common::serial();
+    let (rows, dim) = (4000, 128);
+    let data = random_values(rows * dim, 5);
+    let memory = |format| {
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Fraction(0.1))
+            .row_format(format);
+        EmbeddingCache::new(ctx(), table, config)
+            .unwrap()
+            .memory()
+            .slots
+    };
+    let (f32_bytes, f16_bytes, int8_bytes) = (
+        memory(RowFormat::F32),
+        memory(RowFormat::F16),
+        memory(RowFormat::Int8),
+    );
+    assert_eq!(f32_bytes, 400 * 512);
+    assert_eq!(f16_bytes, 400 * 256);
+    assert_eq!(int8_bytes, 400 * (128 + 8));
+}
