@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
-    HostTable, HotrowError, PassTiming, Resolution, RowBuffer,
+    HostTable, HotrowError, PassTiming, Resolution, RowBuffer, RowFormat, RowLayout, RowSource,
 };
 
 use crate::gen::random_values;
@@ -32,6 +32,11 @@ pub struct Args {
     pub batch: usize,
     /// Resolution of the workloads' caches (`--resolution host|device`, default host).
     pub resolution: Resolution,
+    /// How the caches store rows (`--row-format f32|f16|int8`, default f32).
+    pub row_format: RowFormat,
+    /// W2 reads its table from a `.npy` file written first (`--table npy`; page cache
+    /// warm) instead of host memory (`--table host`, the default).
+    pub table_file: bool,
 }
 
 /// GPU-bound work that brings the GPU's clocks up before a timed loop: gathers of every row
@@ -85,6 +90,8 @@ impl Args {
             heater: None,
             batch: 0,
             resolution: Resolution::Host,
+            row_format: RowFormat::F32,
+            table_file: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -110,6 +117,27 @@ impl Args {
                         Some("device") => Resolution::Device,
                         other => {
                             eprintln!("--resolution host|device, not {other:?}");
+                            std::process::exit(2);
+                        }
+                    }
+                }
+                "--row-format" => {
+                    a.row_format = match it.next().as_deref() {
+                        Some("f32") => RowFormat::F32,
+                        Some("f16") => RowFormat::F16,
+                        Some("int8") => RowFormat::Int8,
+                        other => {
+                            eprintln!("--row-format f32|f16|int8, not {other:?}");
+                            std::process::exit(2);
+                        }
+                    }
+                }
+                "--table" => {
+                    a.table_file = match it.next().as_deref() {
+                        Some("host") => false,
+                        Some("npy") => true,
+                        other => {
+                            eprintln!("--table host|npy, not {other:?}");
                             std::process::exit(2);
                         }
                     }
@@ -148,18 +176,20 @@ pub fn host_table(n: usize, d: usize) -> HostTable<'static> {
     table
 }
 
-/// The workloads' cache: 10% of the `n` rows on the GPU, default settings otherwise.
-pub fn tenth_cache(
+/// The workloads' cache: 10% of the `n` rows on the GPU, with the resolution and row
+/// format of the arguments, default settings otherwise.
+pub fn tenth_cache<S: RowSource>(
     ctx: &GpuContext,
     a: &Args,
-    table: HostTable<'static>,
+    table: S,
     n: usize,
     policy: EvictionPolicy,
-) -> Result<EmbeddingCache<HostTable<'static>>> {
+) -> Result<EmbeddingCache<S>> {
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(n / 10))
         .policy(policy)
-        .resolution(a.resolution);
+        .resolution(a.resolution)
+        .row_format(a.row_format);
     EmbeddingCache::new(ctx, table, config)
 }
 
@@ -251,20 +281,31 @@ pub fn isolated_gpu_ms(
 }
 
 /// Bit-exact check of a gather against the reference; exits on failure.
+/// Checks a lookup against the table's rows as `layout` stores them: bit for bit for f32
+/// and f16, within a rounding of the decoded value for int8 (the GPU may fuse its
+/// multiply-add); exits on failure.
 pub fn verify_gather(
     what: &str,
     got: &Embeddings,
     table: &[f32],
-    dim: usize,
+    layout: RowLayout,
     ids: &[u32],
 ) -> Result<()> {
-    let want = reference::gather(table, dim, ids);
-    if got
-        .to_host()?
-        .iter()
-        .zip(&want)
-        .any(|(x, y)| x.to_bits() != y.to_bits())
-    {
+    let dim = layout.dim();
+    let rows = reference::gather(table, dim, ids);
+    let mut words = vec![0u32; ids.len() * layout.words_per_row()];
+    layout.encode_rows(&rows, &mut words);
+    let mut want = vec![0f32; rows.len()];
+    layout.decode_rows(&words, &mut want);
+    let exact = layout.format() != RowFormat::Int8;
+    let wrong = got.to_host()?.iter().zip(&want).any(|(x, y)| {
+        if exact {
+            x.to_bits() != y.to_bits()
+        } else {
+            (x - y).abs() > 1e-6 * y.abs().max(1.0)
+        }
+    });
+    if wrong {
         eprintln!("{what}: WRONG RESULT");
         std::process::exit(1);
     }

@@ -32,7 +32,7 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     for s in &sets {
         out.fill(f32::NAN)?;
         gpu.gather_into(s, &mut out)?;
-        harness::verify_gather("w1", &out, &table, d, s)?;
+        harness::verify_gather("w1", &out, &table, hotrow::RowLayout::f32(d)?, s)?;
     }
     drop(table);
     let timing = ctx.enable_timing(4 * a.batches as u32 + 1024);

@@ -1,8 +1,12 @@
-//! W2: cached stream, table in host memory, 10% of rows cached on the GPU.
+//! W2: cached stream, table in host memory (or, with `--table npy`, a `.npy` file read
+//! through the page cache), 10% of rows cached on the GPU.
 
 use std::time::Instant;
 
-use hotrow::{EmbeddingCache, Embeddings, EvictionPolicy, GpuContext, HostTable, Resolution};
+use hotrow::{
+    EmbeddingCache, Embeddings, EvictionPolicy, FileTable, GpuContext, HostTable, Resolution,
+    RowSource,
+};
 
 use crate::gen::{Rng, ZipfIds};
 use crate::harness::{self, Args, Report, Result, S};
@@ -13,23 +17,51 @@ pub fn run(
     rep: &mut Report,
     table: HostTable<'static>,
 ) -> Result<HostTable<'static>> {
+    if !a.table_file {
+        return run_on(ctx, a, rep, table, None);
+    }
+    // The same rows in a .npy file, written now (so the page cache holds it, as for a table
+    // read before), then served through a memory-mapped FileTable.
+    let dir = std::env::temp_dir().join(format!("hotrow-w2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| hotrow::HotrowError::RowSource(e.to_string()))?;
+    let path = dir.join("w2.npy");
+    let t = Instant::now();
+    table.save_npy(&path)?;
+    rep.insert("W2_npy_write_s".into(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let file = FileTable::open_npy(&path)?;
+    rep.insert("W2_npy_open_ms".into(), t.elapsed().as_secs_f64() * 1e3);
+    run_on(ctx, a, rep, file, Some(&table))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(table)
+}
+
+/// W2 over `source`; `reference` holds the same rows when `source` is not that table.
+fn run_on<T: RowSource + 'static>(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    source: T,
+    reference: Option<&HostTable<'static>>,
+) -> Result<T> {
     let (n, b, d) = harness::cached_shapes(a);
     let zipf = ZipfIds::new(n, S, 22);
     let mut rng = Rng::new(23);
     let batches = a.batches.max(40);
     let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
     let t = Instant::now();
-    let mut cache = harness::tenth_cache(ctx, a, table, n, EvictionPolicy::Clock)?;
+    let mut cache = harness::tenth_cache(ctx, a, source, n, EvictionPolicy::Clock)?;
     rep.insert("W2_cache_new_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     let mut out = Embeddings::new(ctx, b, d)?;
-    let check = |cache: &EmbeddingCache<HostTable<'static>>, ids: &[u32], out: &Embeddings| {
-        harness::verify_gather(
-            "w2",
-            out,
-            cache.source().data().expect("an f32 table"),
-            d,
-            ids,
-        )
+    let check = |cache: &EmbeddingCache<T>, ids: &[u32], out: &Embeddings| {
+        let rows = match reference {
+            Some(table) => table.data(),
+            None => (cache.source() as &dyn std::any::Any)
+                .downcast_ref::<HostTable<'static>>()
+                .and_then(HostTable::data),
+        };
+        let rows = rows.expect("the f32 rows of the table");
+        harness::verify_gather("w2", out, rows, cache.layout(), ids)
     };
     let timing = ctx.enable_timing(8 * batches as u32 + 64);
     // Cold start: batch by batch, each waited for; the first ones checked.
@@ -140,6 +172,7 @@ pub fn run(
         mem.total() as f64 / (n * d * 4) as f64,
     );
     rep.insert("W2_gpu_bytes_output".into(), (b * d * 4) as f64);
+    rep.insert("W2_row_bytes".into(), cache.layout().row_bytes() as f64);
     ctx.disable_timing();
     Ok(cache.into_source())
 }
