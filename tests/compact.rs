@@ -162,3 +162,63 @@ fn compact_formats_use_less_memory() {
     assert_eq!(f16_bytes, 400 * 256);
     assert_eq!(int8_bytes, 400 * (128 + 8));
 }
+
+/// Compact rows copied by many rayon threads at once (partitions copying while others
+/// resolve, the row source itself parallel): a thread that waits inside a copy may run
+/// another partition's copy (work stealing), which must not disturb the first.
+#[test]
+fn compact_uploads_from_many_threads() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("compact_threads"));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(8)
+        .build()
+        .unwrap();
+    let (rows, dim) = (200_000, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let (decoded, _) = stored(&data, dim, RowFormat::F16);
+    pool.install(|| {
+        let table = Forking(HostTable::borrowed(&data, dim).unwrap());
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(40_000))
+            .partitions(8)
+            .row_format(RowFormat::F16);
+        let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
+        assert_eq!(cache.slot_map().partitions(), 8);
+        let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        let mut out = Embeddings::new(ctx(), 1, dim).unwrap();
+        for b in 0..12 {
+            let ids = zipf.batch(30_000, &mut rng);
+            out.fill(f32::NAN).unwrap();
+            cache.lookup_into(&ids, &mut out).unwrap();
+            let want = reference::gather(&decoded, dim, &ids);
+            assert_rows_eq(&out.to_host().unwrap(), &want, dim, &format!("batch {b}"));
+        }
+        assert!(cache.stats().misses > 10_000);
+    });
+}
+
+/// A row source that reads in two halves on two rayon tasks, one of them slow: the caller
+/// waits in the join and steals other work meanwhile.
+struct Forking<'a>(HostTable<'a>);
+
+impl hotrow::RowSource for Forking<'_> {
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        let half = ids.len() / 2;
+        let (a, b) = out.split_at_mut(half * self.dim());
+        let (x, y) = rayon::join(
+            || self.0.read_rows(&ids[..half], a),
+            || {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                self.0.read_rows(&ids[half..], b)
+            },
+        );
+        x.and(y)
+    }
+}

@@ -1078,6 +1078,10 @@ const ENCODE_ROWS_PER_TASK: usize = 256;
 /// ([`RowLayout::encode_rows`]): f32 rows straight into `out`, compact ones through a
 /// per-thread f32 scratch buffer (reused, so nothing is allocated per batch once it has
 /// grown), encoded in parallel when there are many.
+///
+/// The scratch buffer is taken out of its slot while in use: a rayon thread waiting inside
+/// `read_rows` may run another partition's copy on the same thread (work stealing), which
+/// then finds the slot empty and uses a buffer of its own.
 fn read_rows_encoded<S: RowSource>(
     source: &S,
     layout: RowLayout,
@@ -1089,14 +1093,14 @@ fn read_rows_encoded<S: RowSource>(
         return read_rows_caught(source, ids, bytemuck::cast_slice_mut(out));
     }
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let (dim, words) = (layout.dim(), layout.words_per_row());
-    SCRATCH.with(|scratch| {
-        let mut values = scratch.borrow_mut();
-        values.clear();
-        values.resize(ids.len() * dim, 0.0);
-        read_rows_caught(source, ids, &mut values)?;
+    let mut values = SCRATCH.with(|s| s.take());
+    values.clear();
+    values.resize(ids.len() * dim, 0.0);
+    let result = read_rows_caught(source, ids, &mut values);
+    if result.is_ok() {
         if ids.len() < 2 * ENCODE_ROWS_PER_TASK {
             layout.encode_rows(&values, out);
         } else {
@@ -1105,8 +1109,9 @@ fn read_rows_encoded<S: RowSource>(
                 .zip(out.par_chunks_mut(ENCODE_ROWS_PER_TASK * words))
                 .for_each(|(v, o)| layout.encode_rows(v, o));
         }
-        Ok(())
-    })
+    }
+    SCRATCH.with(|s| s.set(values));
+    result
 }
 
 /// `source.read_rows`, with a panic in it caught and returned as
