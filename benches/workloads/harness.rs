@@ -281,6 +281,20 @@ pub fn isolated_gpu_ms(
 }
 
 /// Bit-exact check of a gather against the reference; exits on failure.
+/// Rows `ids` of `table` (in order) as `layout` stores them, decoded: the table an op over
+/// the cache reads, for its reference (use positions `0..ids.len()` as its ids).
+pub fn stored_rows(table: &[f32], layout: RowLayout, ids: &[u32]) -> Vec<f32> {
+    let rows = reference::gather(table, layout.dim(), ids);
+    if layout.format() == RowFormat::F32 {
+        return rows;
+    }
+    let mut words = vec![0u32; ids.len() * layout.words_per_row()];
+    layout.encode_rows(&rows, &mut words);
+    let mut back = vec![0f32; rows.len()];
+    layout.decode_rows(&words, &mut back);
+    back
+}
+
 /// Checks a lookup against the table's rows as `layout` stores them: bit for bit for f32
 /// and f16, within a rounding of the decoded value for int8 (the GPU may fuse its
 /// multiply-add); exits on failure.

@@ -24,14 +24,13 @@ pub fn run(
     for (mode, pooling) in modes {
         let weights = (mode != 2).then_some(&w[..]);
         cache.lookup_bags_into(&sets[0], &offsets, pooling, weights, &mut out)?;
-        let want = reference::bags(
+        let stored = harness::stored_rows(
             cache.source().data().expect("an f32 table"),
-            d,
+            cache.layout(),
             &sets[0],
-            &offsets,
-            mode,
-            weights,
         );
+        let positions: Vec<u32> = (0..sets[0].len() as u32).collect();
+        let want = reference::bags(&stored, d, &positions, &offsets, mode, weights);
         harness::verify_close(&format!("w3 {pooling:?}"), &out, &want)?;
     }
     let timing = ctx.enable_timing(16 * a.batches as u32 + 4096);

@@ -32,12 +32,13 @@ pub fn run(
     let mut cache = harness::tenth_cache(ctx, a, table, n, EvictionPolicy::Clock)?;
     let mut out = Embeddings::new(ctx, m, c)?;
     cache.scores_into(Queries::Host { data: &q, dim: d }, &cands[0], &mut out)?;
-    let want = reference::scores(
+    let stored = harness::stored_rows(
         cache.source().data().expect("an f32 table"),
-        d,
-        &q,
+        cache.layout(),
         &cands[0],
     );
+    let positions: Vec<u32> = (0..cands[0].len() as u32).collect();
+    let want = reference::scores(&stored, d, &q, &positions);
     harness::verify_close("w4 scores", &out, &want)?;
     let qg = RowBuffer::from_host(ctx, &q, d)?.gather(&(0..m as u32).collect::<Vec<_>>())?;
     let timing = ctx.enable_timing(4 * a.batches as u32 + 4096);

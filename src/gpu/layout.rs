@@ -292,6 +292,18 @@ impl RowLayout {
                     }
                 }
             }
+            RowFormat::F16 if cfg!(target_endian = "little") => {
+                use half::slice::HalfFloatSliceExt;
+                for (src, dst) in rows {
+                    // On a little-endian host, word i holding element 2i in its low half is
+                    // the f16 array itself: convert straight into it (vectorised by `half`).
+                    let halves: &mut [half::f16] = bytemuck::cast_slice_mut(dst);
+                    halves[..dim].convert_from_f32_slice(src);
+                    if dim % 2 == 1 {
+                        halves[dim] = half::f16::ZERO;
+                    }
+                }
+            }
             RowFormat::F16 => {
                 for (src, dst) in rows {
                     for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
@@ -303,27 +315,28 @@ impl RowLayout {
             }
             RowFormat::Int8 => {
                 for (src, dst) in rows {
-                    let (lo, hi) = src
-                        .iter()
-                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                            (lo.min(v), hi.max(v))
-                        });
-                    let finite = src.iter().all(|v| v.is_finite());
+                    let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
+                    for &v in src {
+                        lo = lo.min(v);
+                        hi = hi.max(v);
+                        finite &= v.is_finite();
+                    }
                     let (scale, bias) = if finite {
                         ((hi - lo) / 255.0, lo)
                     } else {
                         (f32::NAN, f32::NAN)
                     };
+                    // q = round((x - bias) / scale), as floor(t + 0.5) of a non-negative t;
+                    // the float-to-int cast saturates (NaN and negatives to 0).
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                     let (q, tail) = dst.split_at_mut(words - 2);
                     for (d, quad) in q.iter_mut().zip(src.chunks(4)) {
-                        *d = quad.iter().enumerate().fold(0, |w, (b, &v)| {
-                            let q = if scale > 0.0 {
-                                ((v - bias) / scale).round().clamp(0.0, 255.0) as u32
-                            } else {
-                                0
-                            };
-                            w | q << (8 * b)
-                        });
+                        let mut w = 0u32;
+                        for (b, &v) in quad.iter().enumerate() {
+                            let q = (((v - bias) * inv + 0.5) as u32).min(255);
+                            w |= q << (8 * b);
+                        }
+                        *d = w;
                     }
                     tail[0] = scale.to_bits();
                     tail[1] = bias.to_bits();
