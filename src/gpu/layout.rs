@@ -165,6 +165,72 @@ pub(crate) const COPY_PREFIXES: &[&str] = &[
     RAW_WORDS,
 ];
 
+/// Quantizes one row to bytes, four to a word of `out`, and returns its (scale, bias):
+/// `bias` the row's minimum, `scale` its range / 255 (0 for a constant row),
+/// `q = round((x - bias) / scale)`. A row with a non-finite value gets a NaN scale and bias
+/// (and zero bytes). Written to vectorise: eight running minima and maxima, then one
+/// multiply, add and truncation per value.
+fn quantize_row(src: &[f32], out: &mut [u32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let mut finite = true;
+    let mut chunks = src.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+        }
+    }
+    for (k, &v) in chunks.remainder().iter().enumerate() {
+        lo[k] = if v < lo[k] { v } else { lo[k] };
+        hi[k] = if v > hi[k] { v } else { hi[k] };
+    }
+    for &v in src {
+        finite &= v.is_finite();
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if !finite {
+        out.fill(0);
+        return (f32::NAN, f32::NAN);
+    }
+    let scale = (hi - lo) / 255.0;
+    let inv = 1.0 / scale;
+    if scale == 0.0 || !inv.is_finite() {
+        // A constant row (every q = 0 gives it exactly), or a range too small for a finite
+        // reciprocal: divide value by value.
+        for (d, quad) in out.iter_mut().zip(src.chunks(4)) {
+            *d = quad.iter().enumerate().fold(0, |w, (b, &v)| {
+                let q = if scale > 0.0 {
+                    ((v - lo) / scale).round().clamp(0.0, 255.0) as u32
+                } else {
+                    0
+                };
+                w | q << (8 * b)
+            });
+        }
+        return (scale, lo);
+    }
+    let q = |v: f32| {
+        // (v - lo) * inv is in [0, 255] up to rounding, so t is finite and in [0, 255]:
+        // truncating t rounds (v - lo) / scale to nearest.
+        let t = ((v - lo) * inv + 0.5).clamp(0.0, 255.0);
+        // SAFETY: t is finite and within u32's range (see above).
+        unsafe { t.to_int_unchecked::<u32>() }
+    };
+    let mut quads = src.chunks_exact(4);
+    for (d, c) in out.iter_mut().zip(&mut quads) {
+        *d = q(c[0]) | q(c[1]) << 8 | q(c[2]) << 16 | q(c[3]) << 24;
+    }
+    if let Some(d) = out.get_mut(src.len() / 4) {
+        *d = quads
+            .remainder()
+            .iter()
+            .enumerate()
+            .fold(0, |w, (b, &v)| w | q(v) << (8 * b));
+    }
+    (scale, lo)
+}
+
 /// How one row is stored: `dim` values in a [`RowFormat`], read by kernels
 /// `vector_width()` values at a time (whole `vec4`s when `dim` is a multiple of 4).
 ///
@@ -315,29 +381,8 @@ impl RowLayout {
             }
             RowFormat::Int8 => {
                 for (src, dst) in rows {
-                    let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
-                    for &v in src {
-                        lo = lo.min(v);
-                        hi = hi.max(v);
-                        finite &= v.is_finite();
-                    }
-                    let (scale, bias) = if finite {
-                        ((hi - lo) / 255.0, lo)
-                    } else {
-                        (f32::NAN, f32::NAN)
-                    };
-                    // q = round((x - bias) / scale), as floor(t + 0.5) of a non-negative t;
-                    // the float-to-int cast saturates (NaN and negatives to 0).
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                     let (q, tail) = dst.split_at_mut(words - 2);
-                    for (d, quad) in q.iter_mut().zip(src.chunks(4)) {
-                        let mut w = 0u32;
-                        for (b, &v) in quad.iter().enumerate() {
-                            let q = (((v - bias) * inv + 0.5) as u32).min(255);
-                            w |= q << (8 * b);
-                        }
-                        *d = w;
-                    }
+                    let (scale, bias) = quantize_row(src, q);
                     tail[0] = scale.to_bits();
                     tail[1] = bias.to_bits();
                 }
