@@ -1071,17 +1071,14 @@ impl Uploader {
     }
 }
 
-/// Rows per task when compact rows are encoded in parallel.
-const ENCODE_ROWS_PER_TASK: usize = 256;
+/// Rows per task when compact rows are read and encoded in parallel (a task's f32 rows stay
+/// in the core's cache between the read and the encoding).
+const ENCODE_ROWS_PER_TASK: usize = 128;
 
 /// Reads rows `ids` from `source` into `out` encoded as `layout` stores them
-/// ([`RowLayout::encode_rows`]): f32 rows straight into `out`, compact ones through a
-/// per-thread f32 scratch buffer (reused, so nothing is allocated per batch once it has
-/// grown), encoded in parallel when there are many.
-///
-/// The scratch buffer is taken out of its slot while in use: a rayon thread waiting inside
-/// `read_rows` may run another partition's copy on the same thread (work stealing), which
-/// then finds the slot empty and uses a buffer of its own.
+/// ([`RowLayout::encode_rows`]): f32 rows straight into `out`; compact ones chunk by chunk
+/// (in parallel when there are several), each chunk read into a small per-thread f32
+/// scratch buffer and encoded from there while it is in cache.
 fn read_rows_encoded<S: RowSource>(
     source: &S,
     layout: RowLayout,
@@ -1092,23 +1089,33 @@ fn read_rows_encoded<S: RowSource>(
     if layout.format() == RowFormat::F32 {
         return read_rows_caught(source, ids, bytemuck::cast_slice_mut(out));
     }
+    let words = layout.words_per_row();
+    if ids.len() <= ENCODE_ROWS_PER_TASK {
+        return encode_chunk(source, layout, ids, out);
+    }
+    ids.par_chunks(ENCODE_ROWS_PER_TASK)
+        .zip(out.par_chunks_mut(ENCODE_ROWS_PER_TASK * words))
+        .try_for_each(|(ids, out)| encode_chunk(source, layout, ids, out))
+}
+
+/// One chunk of [`read_rows_encoded`]. The scratch buffer is taken out of its slot while in
+/// use: a rayon thread waiting inside `read_rows` may run another chunk's copy on the same
+/// thread (work stealing), which then finds the slot empty and uses a buffer of its own.
+fn encode_chunk<S: RowSource>(
+    source: &S,
+    layout: RowLayout,
+    ids: &[u32],
+    out: &mut [u32],
+) -> Result<()> {
     thread_local! {
         static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    let (dim, words) = (layout.dim(), layout.words_per_row());
     let mut values = SCRATCH.with(|s| s.take());
     values.clear();
-    values.resize(ids.len() * dim, 0.0);
+    values.resize(ids.len() * layout.dim(), 0.0);
     let result = read_rows_caught(source, ids, &mut values);
     if result.is_ok() {
-        if ids.len() < 2 * ENCODE_ROWS_PER_TASK {
-            layout.encode_rows(&values, out);
-        } else {
-            values
-                .par_chunks(ENCODE_ROWS_PER_TASK * dim)
-                .zip(out.par_chunks_mut(ENCODE_ROWS_PER_TASK * words))
-                .for_each(|(v, o)| layout.encode_rows(v, o));
-        }
+        layout.encode_rows(&values, out);
     }
     SCRATCH.with(|s| s.set(values));
     result
