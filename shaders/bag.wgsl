@@ -7,14 +7,21 @@
 //
 // slot(j) = slots[j], or j itself when `identity` is set (rows already gathered in order).
 //
+// Output rows: bag b is row b of `out` (width Elems), unless `tables` > 0: then the bags are
+// those of `tables` tables, `per_table` each, table-major (bag k is bag k % per_table of
+// table k / per_table), and bag b of table t lands in row b of an output `out_stride` Elems
+// wide, from column bags[cols_at + t] (table-batched bags: one row per sample, the tables'
+// pooled rows side by side).
+//
 // Bindings (group 0), four storage buffers (the downlevel / WebGPU minimum per stage):
 //   0  p      uniform              BagParams
 //   1  slots  storage, read        array<u32>, one slot per id position
 //   2  bags   storage, read        array<u32>: offsets (n_bags + 1 entries, the last = ids
 //                                  length), then from `weights_at` one f32 weight per id
-//                                  position as bits (read when has_weights)
+//                                  position as bits (read when has_weights), then from
+//                                  `cols_at` each table's first output column (tables > 0)
 //   3  rows   storage, read        array<RowWord>, the cache slots (or gathered rows)
-//   4  out    storage, read_write  array<Elem>, n_bags x width
+//   4  out    storage, read_write  array<Elem>, n_bags x width (or per_table x out_stride)
 //
 // Dispatch: one thread per output Elem, 256-thread workgroups in a (groups_x, y) grid;
 // `grid_element` (prepended by the host) gives a thread's bag and Elem. The threads of one
@@ -28,7 +35,13 @@ struct BagParams {
     has_weights: u32,
     identity: u32,
     weights_at: u32,   // index in `bags` of the first weight
-    _pad: u32,
+    tables: u32,       // 0: plain output; else tables of `per_table` bags each
+    per_table: u32,
+    out_stride: u32,   // Elems per output row (tables > 0)
+    cols_at: u32,      // index in `bags` of the tables' first output columns, in Elems
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BagParams;
@@ -92,5 +105,10 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     } else if (p.mode == 1u) {
         acc = acc / f32(end - start);
     }
-    out[b * p.width + c] = acc;
+    if (p.tables == 0u) {
+        out[b * p.width + c] = acc;
+    } else {
+        let t = b / p.per_table;
+        out[(b - t * p.per_table) * p.out_stride + bags[p.cols_at + t] + c] = acc;
+    }
 }

@@ -147,6 +147,15 @@ pub enum HotrowError {
     /// cleanly and the cache holds none of its missed rows.
     #[error("row source panicked: {0}")]
     RowSourcePanicked(String),
+    /// Input of one table of a table-batched call was wrong ([`crate::TableBatchedCache`]).
+    #[error("table {table}: {source}")]
+    InTable {
+        /// The table's index.
+        table: usize,
+        /// What was wrong with its input.
+        #[source]
+        source: Box<HotrowError>,
+    },
     /// A table file could not be used: which file, and what is wrong with it.
     #[error("{}: {problem}", path.display())]
     File {

@@ -51,7 +51,8 @@ mod test_workload;
 pub use batch::CompactBatch;
 pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
-    PartitionedSlotMap, PassPlan, Queries, Resolution, SlotMap,
+    PartitionedSlotMap, PassPlan, Queries, Resolution, SlotMap, TableBags, TableBatchedCache,
+    TableStats,
 };
 pub use error::{FileProblem, HotrowError, Result};
 pub use gpu::{

@@ -3,6 +3,7 @@
 //! does not hold yet. `config.rs` holds the settings, `pass.rs` the per-pass engine,
 //! `products.rs` the ops over the cache (bags, scores, combinations).
 
+mod batched;
 mod config;
 mod partitioned;
 mod pass;
@@ -10,6 +11,7 @@ mod products;
 mod slot_map;
 mod stats;
 
+pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
 pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
@@ -86,6 +88,16 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// ([`HotrowError::InvalidArgument`]), or more than the adapter can allocate
     /// ([`HotrowError::ExceedsLimit`] / [`HotrowError::OutOfMemory`]).
     pub fn new(ctx: &GpuContext, source: S, config: CacheConfig) -> Result<Self> {
+        Self::build(ctx, source, config, false)
+    }
+
+    /// [`EmbeddingCache::new`]; with `scalar`, kernels read rows one value at a time.
+    pub(crate) fn build(
+        ctx: &GpuContext,
+        source: S,
+        config: CacheConfig,
+        scalar: bool,
+    ) -> Result<Self> {
         ctx.guarded(|| {
             let (rows, dim) = (source.rows(), source.dim());
             if dim == 0 || rows == 0 {
@@ -94,7 +106,10 @@ impl<S: RowSource> EmbeddingCache<S> {
                 )));
             }
             let native = config.shader_f16 && ctx.adapter().shader_f16;
-            let layout = RowLayout::new(dim, config.row_format)?.with_native_f16(native);
+            let mut layout = RowLayout::new(dim, config.row_format)?.with_native_f16(native);
+            if scalar {
+                layout = layout.scalar();
+            }
             if rows > u32::MAX as usize {
                 return Err(HotrowError::ExceedsLimit {
                     what: "table rows (ids are u32)",

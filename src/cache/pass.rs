@@ -152,6 +152,9 @@ pub(crate) struct PassEngine {
     /// Misses a pass is expected to have (a decaying high-water mark); 0 before any pass.
     miss_estimate: usize,
     pub(crate) stats: CacheStats,
+    /// When set, every uploaded row's id is appended (per-table counts of a table-batched
+    /// cache).
+    pub(crate) miss_log: Option<Vec<u32>>,
 }
 
 /// Forgets the misses of a pass unless disarmed: on an error *and* on unwinding (a
@@ -222,6 +225,7 @@ impl PassEngine {
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
             stats: CacheStats::default(),
+            miss_log: None,
         })
     }
 
@@ -306,8 +310,12 @@ impl PassEngine {
         ids: &[u32],
     ) -> Result<RowsView<'_>> {
         self.ctx.check()?;
-        // Gathered rows are decoded to f32.
-        let gathered_layout = RowLayout::f32(self.layout.dim())?;
+        // Gathered rows are decoded to f32, read with the same element width as the slots
+        // (an op sizes its output mapping by it).
+        let mut gathered_layout = RowLayout::f32(self.layout.dim())?;
+        if gathered_layout.vector_width() != self.layout.vector_width() {
+            gathered_layout = gathered_layout.scalar();
+        }
         let bytes = gathered_layout.bytes(ids.len());
         let per_part = self.map.capacity() / self.map.partitions();
         let may_split = self.slots.shards().len() > 1 || ids.len() > per_part.min(self.max_misses);
@@ -507,6 +515,9 @@ impl PassEngine {
 
     /// Counts a pass that uploaded `m` rows.
     fn account(&mut self, m: usize, resolve: Duration, wait: Duration, t: PassTimes, dev: bool) {
+        if let Some(log) = &mut self.miss_log {
+            log.extend(self.plan.misses.iter().map(|&(id, _)| id));
+        }
         let s = &mut self.stats;
         let m = m as u64;
         s.passes += 1;

@@ -6,7 +6,7 @@ use super::EmbeddingCache;
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, submit, Embeddings};
-use crate::ops::bag::{self, check_bags, Pooling};
+use crate::ops::bag::{self, check_bags, Pooling, TableOutput};
 use crate::ops::matmul::{self, Left, Product};
 use crate::table::RowSource;
 
@@ -146,6 +146,41 @@ impl<S: RowSource> EmbeddingCache<S> {
                 pooling,
                 weights,
                 out.buffer(),
+                None,
+            )?;
+            let sub = submit(&self.ctx, enc)?;
+            self.bag_launch.submitted(staged, sub);
+            Ok(())
+        })
+    }
+
+    /// Table-batched bags of checked input into `out` (sized and owned by the caller, of
+    /// this context): the bags of several tables, table-major, each landing at its table's
+    /// columns of its sample's output row (see [`TableOutput`]). `ids` must not be empty.
+    pub(crate) fn bags_into_tables(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        out: &Embeddings,
+        tables: TableOutput<'_>,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| {
+            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let mut enc = encoder(&self.ctx, "hotrow table-batched bags");
+            let staged = bag::encode(
+                &self.ctx,
+                &mut enc,
+                &mut self.bag_launch,
+                &rows,
+                ids.len(),
+                offsets,
+                pooling,
+                weights,
+                out.buffer(),
+                Some(tables),
             )?;
             let sub = submit(&self.ctx, enc)?;
             self.bag_launch.submitted(staged, sub);

@@ -248,6 +248,9 @@ pub struct RowLayout {
     format: RowFormat,
     /// f16 rows read as WGSL `f16` (the adapter has `shader-f16`); else unpacked from words.
     native_f16: bool,
+    /// Kernels may read whole `vec4`s (when `dim % 4 == 0`); off where an op's output
+    /// columns are not 4-aligned (table-batched bags of mixed widths).
+    vec4: bool,
 }
 
 impl RowLayout {
@@ -267,7 +270,16 @@ impl RowLayout {
             dim,
             format,
             native_f16: false,
+            vec4: true,
         })
+    }
+
+    /// The same layout, read one value at a time by kernels (never as `vec4`s).
+    pub(crate) fn scalar(self) -> Self {
+        Self {
+            vec4: false,
+            ..self
+        }
     }
 
     /// The same layout, with f16 rows read as WGSL `f16` when `native` (the device must have
@@ -315,7 +327,7 @@ impl RowLayout {
 
     /// Values a kernel reads at once: 4 when `dim % 4 == 0` (whole `vec4`s), else 1.
     pub fn vector_width(&self) -> usize {
-        if self.dim.is_multiple_of(4) {
+        if self.vec4 && self.dim.is_multiple_of(4) {
             4
         } else {
             1

@@ -57,7 +57,13 @@ pub(crate) struct BagParams {
     has_weights: u32,
     identity: u32,
     weights_at: u32,
-    _pad: u32,
+    tables: u32,
+    per_table: u32,
+    out_stride: u32,
+    cols_at: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 params_layout!(
     BagParams,
@@ -69,8 +75,23 @@ params_layout!(
     has_weights,
     identity,
     weights_at,
-    _pad
+    tables,
+    per_table,
+    out_stride,
+    cols_at,
+    _pad0,
+    _pad1,
+    _pad2
 );
+
+/// Where table-batched bags land: the bags are `cols.len()` tables of `per_table` bags each,
+/// table-major; bag `b` of table `t` is written to output row `b` (`out_stride` Elems wide)
+/// from Elem column `cols[t]`.
+pub(crate) struct TableOutput<'a> {
+    pub(crate) per_table: usize,
+    pub(crate) out_stride: u32,
+    pub(crate) cols: &'a [u32],
+}
 
 /// Checks offsets (PyTorch's `embedding_bag` convention: one start per bag, bag `b` is
 /// `ids[offsets[b]..offsets[b + 1]]`, the last bag ending at `ids.len()`) and weights.
@@ -145,11 +166,13 @@ pub(crate) fn encode(
     pooling: Pooling,
     weights: Option<&[f32]>,
     out: &wgpu::Buffer,
+    tables: Option<TableOutput<'_>>,
 ) -> Result<Staged> {
     let n_bags = offsets.len();
     let layout = rows.layout;
     let width = layout.width();
-    // The `bags` binding: offsets, the end of the last bag, then the weights as bits.
+    // The `bags` binding: offsets, the end of the last bag, the weights as bits, then the
+    // tables' output columns.
     let host = &mut state.host;
     host.clear();
     host.extend_from_slice(offsets);
@@ -157,6 +180,10 @@ pub(crate) fn encode(
     let weights_at = host.len() as u32;
     if let Some(w) = weights {
         host.extend(w.iter().map(|x| x.to_bits()));
+    }
+    let cols_at = host.len() as u32;
+    if let Some(t) = &tables {
+        host.extend_from_slice(t.cols);
     }
     let (gx, gy) = grid_for_threads(ctx, n_bags as u64 * width as u64);
     let params = BagParams {
@@ -167,7 +194,13 @@ pub(crate) fn encode(
         has_weights: u32::from(weights.is_some()),
         identity: u32::from(rows.identity),
         weights_at,
-        _pad: 0,
+        tables: tables.as_ref().map_or(0, |t| t.cols.len() as u32),
+        per_table: tables.as_ref().map_or(0, |t| t.per_table as u32),
+        out_stride: tables.as_ref().map_or(0, |t| t.out_stride),
+        cols_at,
+        _pad0: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
     let pipeline = ctx.pipeline(&SHADER, "bag", layout.elem_prefix())?;
     let lanes = layout.vector_width();

@@ -1,0 +1,477 @@
+//! [`TableBatchedCache`]: many tables served by one cache per row width, one call per step
+//! (FBGEMM's table-batched embedding bags).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache};
+use crate::batch::check_ids;
+use crate::error::{HotrowError, Result};
+use crate::gpu::{Embeddings, GpuContext};
+use crate::ops::bag::{check_bags, Pooling, TableOutput};
+use crate::table::RowSource;
+
+/// One table's part of a step: its ids, bag offsets (PyTorch's `embedding_bag`
+/// convention, as [`EmbeddingCache::lookup_bags`]) and optional per-id weights.
+#[derive(Clone, Copy, Debug)]
+pub struct TableBags<'a> {
+    /// Row ids of the table.
+    pub ids: &'a [u32],
+    /// Start of each bag in `ids` (one per sample; every table has the same number).
+    pub offsets: &'a [u32],
+    /// One weight per id (sum and mean pooling), or none.
+    pub weights: Option<&'a [f32]>,
+}
+
+/// Counters of one table of a [`TableBatchedCache`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Steps served.
+    pub steps: u64,
+    /// Bags pooled.
+    pub bags: u64,
+    /// Ids requested (repeats included).
+    pub requests: u64,
+    /// Rows of this table uploaded to the GPU.
+    pub rows_uploaded: u64,
+}
+
+/// Several tables (a recommender's categorical features) served by one GPU cache: the
+/// tables' rows share one pool of slots (per row width; tables of one width compete for the
+/// same slots, so hot rows of any table stay), and one call pools every table's bags for a
+/// step into one output of one row per sample, the tables' pooled rows side by side
+/// (`B x (dim_0 + dim_1 + ...)`, as FBGEMM's table-batched embedding bags).
+///
+/// Per step and width there is one slot resolution (all that width's ids at once: a row
+/// repeated across bags is uploaded once) and one pooling kernel over all its tables.
+///
+/// Bad input to any table is [`HotrowError::InTable`] naming the table (ids out of its
+/// range, bad offsets, weights), found before any work.
+///
+/// ```no_run
+/// # fn main() -> Result<(), hotrow::HotrowError> {
+/// use hotrow::{CacheConfig, GpuContext, HostTable, Pooling, TableBags, TableBatchedCache};
+/// let ctx = GpuContext::new()?;
+/// let (a, b) = (vec![0.5f32; 1000 * 16], vec![0.25f32; 50 * 16]);
+/// let tables = vec![HostTable::borrowed(&a, 16)?, HostTable::borrowed(&b, 16)?];
+/// let mut cache = TableBatchedCache::new(&ctx, tables, CacheConfig::default())?;
+/// // two samples: table 0 bags [3, 7] and [9], table 1 bags [] and [4, 4]
+/// let out = cache.lookup_bags(
+///     &[
+///         TableBags { ids: &[3, 7, 9], offsets: &[0, 2], weights: None },
+///         TableBags { ids: &[4, 4], offsets: &[0, 0], weights: None },
+///     ],
+///     Pooling::Sum,
+/// )?;
+/// assert_eq!((out.rows(), out.dim()), (2, 32));
+/// # Ok(()) }
+/// ```
+pub struct TableBatchedCache<S: RowSource> {
+    ctx: GpuContext,
+    sources: Arc<Vec<S>>,
+    groups: Vec<Group<S>>,
+    /// (group, position in the group) of each table.
+    place: Vec<(usize, usize)>,
+    /// First output column (f32) of each table, and the output width.
+    cols: Vec<usize>,
+    width: usize,
+    stats: Vec<TableStats>,
+    scratch: Scratch,
+}
+
+/// The tables of one row width and their cache.
+struct Group<S: RowSource> {
+    cache: EmbeddingCache<Tables<S>>,
+    members: Vec<usize>,
+    /// First global row of each member, then the total.
+    bases: Vec<u64>,
+}
+
+/// Reused per-step buffers.
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    offsets: Vec<u32>,
+    weights: Vec<f32>,
+    cols: Vec<u32>,
+}
+
+impl<S: RowSource> std::fmt::Debug for TableBatchedCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableBatchedCache")
+            .field("tables", &self.sources.len())
+            .field("widths", &self.groups.len())
+            .field("output width", &self.width)
+            .finish()
+    }
+}
+
+impl<S: RowSource> TableBatchedCache<S> {
+    /// Serves `tables` (at least one). Tables of one width share one pool of slots;
+    /// `config.capacity` is per pool (a fraction of its tables' rows, or rows / bytes
+    /// split between pools by their rows). Errors as [`EmbeddingCache::new`], and
+    /// [`HotrowError::ExceedsLimit`] when one width's tables hold more than `u32::MAX` rows.
+    pub fn new(ctx: &GpuContext, tables: Vec<S>, config: CacheConfig) -> Result<Self> {
+        if tables.is_empty() {
+            return Err(HotrowError::InvalidArgument(
+                "a table-batched cache needs at least one table".into(),
+            ));
+        }
+        let sources = Arc::new(tables);
+        let dims: Vec<usize> = sources.iter().map(|t| t.dim()).collect();
+        // Output columns of the tables, side by side; kernels write whole vec4s only when
+        // every table's columns stay 4-aligned.
+        let mut cols = Vec::with_capacity(dims.len());
+        let mut width = 0;
+        for &d in &dims {
+            cols.push(width);
+            width += d;
+        }
+        let scalar = dims.iter().any(|d| !d.is_multiple_of(4));
+        let all_rows: u64 = sources.iter().map(|t| t.rows() as u64).sum();
+        let mut widths: Vec<usize> = Vec::new();
+        for &d in &dims {
+            if !widths.contains(&d) {
+                widths.push(d);
+            }
+        }
+        let mut groups = Vec::with_capacity(widths.len());
+        let mut place = vec![(0, 0); dims.len()];
+        for (g, &d) in widths.iter().enumerate() {
+            let members: Vec<usize> = (0..dims.len()).filter(|&t| dims[t] == d).collect();
+            let mut bases = vec![0u64];
+            for &t in &members {
+                bases.push(bases.last().copied().unwrap_or(0) + sources[t].rows() as u64);
+            }
+            let rows = *bases.last().unwrap_or(&0);
+            if rows > u32::MAX as u64 {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "rows of the tables of one width (ids are u32)",
+                    bytes: rows * d as u64 * 4,
+                    limit_name: "u32::MAX rows",
+                    limit: u32::MAX as u64,
+                });
+            }
+            for (k, &t) in members.iter().enumerate() {
+                place[t] = (g, k);
+            }
+            let share = |n: u64| (n as f64 * rows as f64 / all_rows as f64).ceil() as u64;
+            let capacity = match config.capacity {
+                Capacity::Rows(n) => Capacity::Rows(share(n as u64).max(1) as usize),
+                Capacity::Bytes(b) => Capacity::Bytes(share(b)),
+                f @ Capacity::Fraction(_) => f,
+            };
+            let source = Tables {
+                sources: sources.clone(),
+                members: members.clone(),
+                bases: bases.clone(),
+                dim: d,
+            };
+            let mut cache =
+                EmbeddingCache::build(ctx, source, config.clone().capacity(capacity), scalar)?;
+            cache.engine.miss_log = Some(Vec::new());
+            groups.push(Group {
+                cache,
+                members,
+                bases,
+            });
+        }
+        Ok(Self {
+            ctx: ctx.clone(),
+            stats: vec![TableStats::default(); dims.len()],
+            sources,
+            groups,
+            place,
+            cols,
+            width,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Pools every table's bags of one step into a new `B x width()` result (row `b`: each
+    /// table's bag `b`, side by side in table order).
+    pub fn lookup_bags(&mut self, batch: &[TableBags<'_>], pooling: Pooling) -> Result<Embeddings> {
+        let bags = self.check(batch, pooling)?;
+        let mut out = Embeddings::new(&self.ctx, bags, self.width)?;
+        self.run(batch, pooling, bags, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`TableBatchedCache::lookup_bags`], writing into `out` (grown when too small;
+    /// it must come from this cache's context). After a failure (a row source's error) its
+    /// contents are unspecified.
+    pub fn lookup_bags_into(
+        &mut self,
+        batch: &[TableBags<'_>],
+        pooling: Pooling,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        let bags = self.check(batch, pooling)?;
+        self.ctx.check_same(out.context(), "output")?;
+        self.run(batch, pooling, bags, out)
+    }
+
+    /// Checks a step's input; returns the bags per table.
+    fn check(&self, batch: &[TableBags<'_>], pooling: Pooling) -> Result<usize> {
+        if batch.len() != self.sources.len() {
+            return Err(HotrowError::LengthMismatch {
+                what: "tables in the step",
+                expected: self.sources.len(),
+                got: batch.len(),
+            });
+        }
+        let bags = batch[0].offsets.len();
+        for (t, (part, source)) in batch.iter().zip(self.sources.iter()).enumerate() {
+            let in_table = |source| HotrowError::InTable {
+                table: t,
+                source: Box::new(source),
+            };
+            if part.offsets.len() != bags {
+                return Err(in_table(HotrowError::LengthMismatch {
+                    what: "bags (every table has one per sample)",
+                    expected: bags,
+                    got: part.offsets.len(),
+                }));
+            }
+            check_ids(part.ids, source.rows()).map_err(in_table)?;
+            check_bags(part.ids.len(), part.offsets, pooling, part.weights).map_err(in_table)?;
+        }
+        Ok(bags)
+    }
+
+    fn run(
+        &mut self,
+        batch: &[TableBags<'_>],
+        pooling: Pooling,
+        bags: usize,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        out.reset_for(&self.ctx, bags, self.width)?;
+        if bags == 0 {
+            return Ok(());
+        }
+        if self
+            .groups
+            .iter()
+            .any(|g| g.members.iter().all(|&t| batch[t].ids.is_empty()))
+        {
+            out.fill(0.0)?; // a width whose bags are all empty: its columns are zeros
+        }
+        for g in 0..self.groups.len() {
+            self.run_group(g, batch, pooling, bags, out)?;
+        }
+        for (t, part) in batch.iter().enumerate() {
+            let s = &mut self.stats[t];
+            s.steps += 1;
+            s.bags += bags as u64;
+            s.requests += part.ids.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// One width's tables: their ids as the group's rows, their bags table-major.
+    fn run_group(
+        &mut self,
+        g: usize,
+        batch: &[TableBags<'_>],
+        pooling: Pooling,
+        bags: usize,
+        out: &Embeddings,
+    ) -> Result<()> {
+        let group = &mut self.groups[g];
+        let sc = &mut self.scratch;
+        sc.ids.clear();
+        sc.offsets.clear();
+        sc.weights.clear();
+        sc.cols.clear();
+        let weighted = group.members.iter().any(|&t| batch[t].weights.is_some());
+        let lanes = group.cache.layout().vector_width();
+        for (k, &t) in group.members.iter().enumerate() {
+            let part = &batch[t];
+            let (base, start) = (group.bases[k] as u32, sc.ids.len() as u32);
+            sc.offsets.extend(part.offsets.iter().map(|&o| o + start));
+            sc.ids.extend(part.ids.iter().map(|&id| base + id));
+            if weighted {
+                match part.weights {
+                    Some(w) => sc.weights.extend_from_slice(w),
+                    None => sc.weights.extend(std::iter::repeat_n(1.0, part.ids.len())),
+                }
+            }
+            sc.cols.push((self.cols[t] / lanes) as u32);
+        }
+        if sc.ids.is_empty() {
+            return Ok(()); // every bag empty: zeros, written by the caller
+        }
+        let tables = TableOutput {
+            per_table: bags,
+            out_stride: (self.width / lanes) as u32,
+            cols: &sc.cols,
+        };
+        let weights = weighted.then_some(&sc.weights[..]);
+        let result =
+            group
+                .cache
+                .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
+        // Uploaded rows, whether or not the step finished, counted per table.
+        if let Some(log) = group.cache.engine.miss_log.as_mut() {
+            for &id in log.iter() {
+                let k = group.bases.partition_point(|&b| b <= id as u64) - 1;
+                self.stats[group.members[k]].rows_uploaded += 1;
+            }
+            log.clear();
+        }
+        result
+    }
+
+    /// Number of tables.
+    pub fn tables(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// The tables.
+    pub fn sources(&self) -> &[S] {
+        &self.sources
+    }
+
+    /// Width of a step's output rows (the sum of the tables' dims).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// First output column of table `t`'s pooled rows.
+    pub fn column(&self, t: usize) -> Option<usize> {
+        self.cols.get(t).copied()
+    }
+
+    /// Counters of table `t`.
+    pub fn table_stats(&self, t: usize) -> Option<&TableStats> {
+        self.stats.get(t)
+    }
+
+    /// Counters over all tables (slot resolution counts distinct rows per pool and step).
+    pub fn stats(&self) -> CacheStats {
+        let mut all = CacheStats::default();
+        for g in &self.groups {
+            let s = g.cache.stats();
+            all.batches += s.batches;
+            all.passes += s.passes;
+            all.device_passes += s.device_passes;
+            all.requests += s.requests;
+            all.distinct += s.distinct;
+            all.hits += s.hits;
+            all.misses += s.misses;
+            all.rows_uploaded += s.rows_uploaded;
+            all.evictions += s.evictions;
+            all.bytes_uploaded += s.bytes_uploaded;
+            all.resolve_time += s.resolve_time;
+            all.copy_time += s.copy_time;
+            all.staging_wait_time += s.staging_wait_time;
+            all.submit_time += s.submit_time;
+            all.probe_time += s.probe_time;
+        }
+        all
+    }
+
+    /// GPU memory held by all pools.
+    pub fn memory(&self) -> CacheMemory {
+        let mut m = CacheMemory::default();
+        for g in &self.groups {
+            let x = g.cache.memory();
+            m.slots += x.slots;
+            m.scratch += x.scratch;
+            m.staging += x.staging;
+        }
+        m
+    }
+
+    /// Slots of all pools.
+    pub fn capacity(&self) -> usize {
+        self.groups.iter().map(|g| g.cache.capacity()).sum()
+    }
+
+    /// Rows of table `t` resident on the GPU now.
+    pub fn resident(&self, t: usize) -> Option<usize> {
+        let &(g, k) = self.place.get(t)?;
+        let group = &self.groups[g];
+        let (lo, hi) = (group.bases[k], group.bases[k + 1]);
+        Some(
+            group
+                .cache
+                .slot_map()
+                .resident()
+                .iter()
+                .filter(|&&id| (lo..hi).contains(&(id as u64)))
+                .count(),
+        )
+    }
+}
+
+/// The tables of one width as one row source: global row `bases[k] + i` is row `i` of
+/// member `k`.
+struct Tables<S> {
+    sources: Arc<Vec<S>>,
+    members: Vec<usize>,
+    bases: Vec<u64>,
+    dim: usize,
+}
+
+/// Ids per task of [`Tables::read_rows`]: each task reads its ids table by table (one
+/// `read_rows` per table it touches).
+const IDS_PER_TASK: usize = 512;
+
+impl<S: RowSource> Tables<S> {
+    /// Reads `ids` (global) into `out`: sorted by table, one `read_rows` per table.
+    fn read_chunk(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        let dim = self.dim;
+        let mut order: Vec<(usize, u32, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| {
+                let k = self.bases.partition_point(|&b| b <= id as u64) - 1;
+                (k, (id as u64 - self.bases[k]) as u32, pos)
+            })
+            .collect();
+        order.sort_unstable_by_key(|e| e.0);
+        let mut local = Vec::new();
+        let mut rows = Vec::new();
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            local.clear();
+            local.extend(run.iter().map(|e| e.1));
+            rows.clear();
+            rows.resize(run.len() * dim, 0.0);
+            self.sources[self.members[run[0].0]].read_rows(&local, &mut rows)?;
+            for (e, row) in run.iter().zip(rows.chunks_exact(dim)) {
+                out[e.2 * dim..(e.2 + 1) * dim].copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: RowSource> RowSource for Tables<S> {
+    fn rows(&self) -> usize {
+        *self.bases.last().unwrap_or(&0) as usize
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        if out.len() != ids.len() * self.dim {
+            return Err(HotrowError::LengthMismatch {
+                what: "read_rows destination",
+                expected: ids.len() * self.dim,
+                got: out.len(),
+            });
+        }
+        check_ids(ids, self.rows())?;
+        if ids.len() <= IDS_PER_TASK {
+            return self.read_chunk(ids, out);
+        }
+        ids.par_chunks(IDS_PER_TASK)
+            .zip(out.par_chunks_mut(IDS_PER_TASK * self.dim))
+            .try_for_each(|(ids, out)| self.read_chunk(ids, out))
+    }
+}

@@ -1,0 +1,239 @@
+//! Many tables in one cache (TableBatchedCache): random steps of bags over tables of
+//! different sizes and widths, against the CPU reference per table; bad input names the
+//! table and changes nothing.
+
+mod common;
+
+use common::workload::{random_values, Rng, ZipfIds};
+use common::{assert_close, ctx, seed};
+use hotrow::{
+    CacheConfig, Capacity, Embeddings, HostTable, HotrowError, Pooling, RowFormat, TableBags,
+    TableBatchedCache,
+};
+
+struct Step {
+    ids: Vec<Vec<u32>>,
+    offsets: Vec<Vec<u32>>,
+    weights: Vec<Option<Vec<f32>>>,
+}
+
+impl Step {
+    fn parts(&self) -> Vec<TableBags<'_>> {
+        (0..self.ids.len())
+            .map(|t| TableBags {
+                ids: &self.ids[t],
+                offsets: &self.offsets[t],
+                weights: self.weights[t].as_deref(),
+            })
+            .collect()
+    }
+}
+
+/// `bags` bags per table, of 0-9 Zipf ids each; weights for some tables.
+fn step(rng: &mut Rng, zipf: &[ZipfIds], bags: usize, weighted: bool) -> Step {
+    let mut s = Step {
+        ids: vec![],
+        offsets: vec![],
+        weights: vec![],
+    };
+    for (t, z) in zipf.iter().enumerate() {
+        let mut ids = Vec::new();
+        let mut offsets = Vec::new();
+        for _ in 0..bags {
+            offsets.push(ids.len() as u32);
+            let n = rng.below(10) as usize;
+            ids.extend(z.batch(n, rng));
+        }
+        let w = (weighted && t % 2 == 0)
+            .then(|| (0..ids.len()).map(|_| rng.unit() as f32 - 0.3).collect());
+        s.ids.push(ids);
+        s.offsets.push(offsets);
+        s.weights.push(w);
+    }
+    s
+}
+
+/// The expected output: each table's reference bags, side by side.
+fn reference(data: &[Vec<f32>], dims: &[usize], s: &Step, mode: u32) -> (Vec<f64>, Vec<f64>) {
+    let width: usize = dims.iter().sum();
+    let bags = s.offsets[0].len();
+    let (mut want, mut scale) = (vec![0.0; bags * width], vec![0.0; bags * width]);
+    let mut col = 0;
+    for t in 0..dims.len() {
+        let d = dims[t];
+        let (w, sc) = common::bags_ref(
+            &data[t],
+            d,
+            &s.ids[t],
+            &s.offsets[t],
+            mode,
+            s.weights[t].as_deref(),
+        );
+        for b in 0..bags {
+            want[b * width + col..b * width + col + d].copy_from_slice(&w[b * d..(b + 1) * d]);
+            scale[b * width + col..b * width + col + d].copy_from_slice(&sc[b * d..(b + 1) * d]);
+        }
+        col += d;
+    }
+    (want, scale)
+}
+
+#[test]
+fn table_batched_bags_match_the_reference() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("batched"));
+    // mixed widths (one pool per width, scalar reads), then one width (vec4), then f16
+    let setups: [(&[(usize, usize)], RowFormat); 3] = [
+        (
+            &[(3000, 8), (500, 8), (12000, 3), (40, 8), (800, 5)],
+            RowFormat::F32,
+        ),
+        (&[(5000, 16), (300, 16), (2000, 16)], RowFormat::F32),
+        (&[(4000, 8), (900, 12)], RowFormat::F16),
+    ];
+    for (shapes, format) in setups {
+        let dims: Vec<usize> = shapes.iter().map(|s| s.1).collect();
+        let mut data: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(r, d)| random_values(r * d, rng.next_u64()))
+            .collect();
+        if format == RowFormat::F16 {
+            // the reference reads the rows as the slots store them
+            for v in &mut data {
+                for x in v.iter_mut() {
+                    *x = hotrow::half::f16::from_f32(*x).to_f32();
+                }
+            }
+        }
+        let tables: Vec<HostTable<'_>> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
+            .collect();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Fraction(0.08))
+            .row_format(format);
+        let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
+        assert_eq!(cache.width(), dims.iter().sum::<usize>());
+        let zipf: Vec<ZipfIds> = shapes
+            .iter()
+            .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
+            .collect();
+        let mut out = Embeddings::new(ctx(), 1, 1).unwrap();
+        for k in 0..12 {
+            let (mode, pooling) =
+                [(0u32, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)][k % 3];
+            let bags = if k == 5 {
+                0
+            } else {
+                1 + rng.below(120) as usize
+            };
+            let s = step(&mut rng, &zipf, bags, mode != 2);
+            out.fill(f32::NAN).unwrap();
+            cache
+                .lookup_bags_into(&s.parts(), pooling, &mut out)
+                .unwrap();
+            assert_eq!((out.rows(), out.dim()), (bags, cache.width()));
+            if bags > 0 {
+                let (want, scale) = reference(&data, &dims, &s, mode);
+                assert_close(
+                    &out,
+                    &want,
+                    &scale,
+                    &format!("{dims:?} {format:?} step {k}"),
+                );
+            }
+        }
+        // per-table counters add up to the whole
+        let all = cache.stats();
+        let per: Vec<_> = (0..cache.tables())
+            .map(|t| cache.table_stats(t).unwrap().clone())
+            .collect();
+        assert_eq!(per.iter().map(|s| s.requests).sum::<u64>(), all.requests);
+        assert_eq!(
+            per.iter().map(|s| s.rows_uploaded).sum::<u64>(),
+            all.rows_uploaded
+        );
+        assert!(all.evictions > 0 && all.hits > 0, "{all:?}");
+        for (t, shape) in shapes.iter().enumerate() {
+            assert!(cache.resident(t).unwrap() <= shape.0);
+        }
+    }
+}
+
+#[test]
+fn bad_input_names_the_table_and_changes_nothing() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("batched_bad"));
+    let data: Vec<Vec<f32>> = (0..3)
+        .map(|_| random_values(200 * 4, rng.next_u64()))
+        .collect();
+    let tables: Vec<HostTable<'_>> = data
+        .iter()
+        .map(|v| HostTable::borrowed(v, 4).unwrap())
+        .collect();
+    let mut cache = TableBatchedCache::new(ctx(), tables, CacheConfig::default()).unwrap();
+    let ok = TableBags {
+        ids: &[1, 2, 3],
+        offsets: &[0, 1],
+        weights: None,
+    };
+    cache.lookup_bags(&[ok, ok, ok], Pooling::Sum).unwrap();
+    let stats = cache.stats();
+    let table = |r: hotrow::Result<Embeddings>| match r {
+        Err(HotrowError::InTable { table, source }) => (table, *source),
+        other => panic!("expected InTable, got {other:?}"),
+    };
+    // an id past table 2's rows
+    let far = TableBags {
+        ids: &[1, 200],
+        offsets: &[0, 1],
+        weights: None,
+    };
+    let (t, e) = table(cache.lookup_bags(&[ok, ok, far], Pooling::Sum));
+    assert_eq!(t, 2);
+    assert!(matches!(
+        e,
+        HotrowError::IdOutOfRange {
+            id: 200,
+            position: 1,
+            rows: 200
+        }
+    ));
+    // another number of bags in table 1
+    let three = TableBags {
+        ids: &[1, 2, 3],
+        offsets: &[0, 1, 2],
+        weights: None,
+    };
+    assert_eq!(
+        table(cache.lookup_bags(&[ok, three, ok], Pooling::Sum)).0,
+        1
+    );
+    // a NaN weight, and weights with max, in table 0
+    let nan = TableBags {
+        ids: &[1, 2, 3],
+        offsets: &[0, 1],
+        weights: Some(&[1.0, f32::NAN, 1.0]),
+    };
+    assert_eq!(table(cache.lookup_bags(&[nan, ok, ok], Pooling::Sum)).0, 0);
+    let (t, e) = table(cache.lookup_bags(&[nan, ok, ok], Pooling::Max));
+    assert_eq!(t, 0);
+    assert!(matches!(e, HotrowError::WeightsUnsupported { .. }));
+    // decreasing offsets in table 2
+    let back = TableBags {
+        ids: &[1, 2, 3],
+        offsets: &[2, 1],
+        weights: None,
+    };
+    assert_eq!(table(cache.lookup_bags(&[ok, ok, back], Pooling::Sum)).0, 2);
+    // the wrong number of tables
+    assert!(matches!(
+        cache.lookup_bags(&[ok, ok], Pooling::Sum),
+        Err(HotrowError::LengthMismatch { .. })
+    ));
+    assert_eq!(cache.stats(), stats, "nothing changed");
+    assert!(
+        TableBatchedCache::new(ctx(), Vec::<HostTable<'_>>::new(), CacheConfig::default()).is_err()
+    );
+}
