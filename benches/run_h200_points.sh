@@ -23,9 +23,20 @@ num = {k: v for k, v in d.items() if isinstance(v, (int, float)) and not any(s i
 print(sys.argv[1], " ".join(f"{k}={num[k]:.4g}" for k in sorted(num)))
 PY
 done < "$POINTS"
-echo "== torch peer ($PEER) from $(date +%T.%N)" >> "$LOG"
-PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer.py --workloads "$PEER" --json "$OUT/torch.json" > /tmp/t.log 2>&1
-grep -E "peer|Error" /tmp/t.log >> "$LOG"
+# W6's peer is its own script (torch_peer_w67.py); the rest go to torch_peer.py.
+case ",$PEER," in
+  *,w6,*)
+    echo "== torch peer W6 from $(date +%T.%N)" >> "$LOG"
+    PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer_w67.py --w6-only --json "$OUT/torch_w6.json" > /tmp/t6.log 2>&1
+    grep -E "W6|Error" /tmp/t6.log >> "$LOG"
+    PEER=$(echo ",$PEER," | sed 's/,w6,/,/; s/^,//; s/,$//')
+    ;;
+esac
+if [ -n "$PEER" ]; then
+  echo "== torch peer ($PEER) from $(date +%T.%N)" >> "$LOG"
+  PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer.py --workloads "$PEER" --json "$OUT/torch.json" > /tmp/t.log 2>&1
+  grep -E "peer|Error" /tmp/t.log >> "$LOG"
+fi
 cp "$POINTS" "$OUT/"
 # All points' reports in one file (name -> report), the per-point files removed.
 python3 - "$OUT" <<'PY'
@@ -33,7 +44,7 @@ import glob, json, os, sys
 out = sys.argv[1]
 merged = {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
-    if os.path.basename(f) in ("torch.json", "points.json"):
+    if os.path.basename(f) in ("torch.json", "torch_w6.json", "points.json"):
         continue
     merged[os.path.basename(f)[:-5]] = json.load(open(f))
     os.remove(f)

@@ -1,4 +1,4 @@
-//! The workloads of the project's WORKLOADS.md (W1-W5) on this machine's adapter: each is
+//! The workloads of the project's WORKLOADS.md (W1-W6) on this machine's adapter: each is
 //! checked against the CPU reference, then timed; prints a table and writes JSON.
 //!
 //!     cargo bench --bench workloads -- [--small] [--workloads w1,w2] [--batches 200]
@@ -18,6 +18,7 @@ mod w2;
 mod w3;
 mod w4;
 mod w5;
+mod w6;
 
 use std::time::Instant;
 
@@ -35,7 +36,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     let mut rep = Report::new();
     let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {
-        if w != "w1" && table.is_none() {
+        if w != "w1" && w != "w6" && table.is_none() {
             let (n, _, d) = harness::cached_shapes(&a);
             table = Some(harness::host_table(n, d));
         }
@@ -48,8 +49,9 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w3" => Some(w3::run(&ctx, &a, &mut part, take())?),
             "w4" => Some(w4::run(&ctx, &a, &mut part, take())?),
             "w5" => Some(w5::run(&ctx, &a, &mut part, take())?),
+            "w6" => w6::run(&ctx, &a, &mut part).map(|_| None)?,
             other => {
-                eprintln!("unknown workload {other} (w1-w5)");
+                eprintln!("unknown workload {other} (w1-w6)");
                 std::process::exit(2);
             }
         };

@@ -1,0 +1,127 @@
+//! W6: 26 tables (dim 64; 4 of 4M rows, 6 of 1M, 8 of 100K, 8 of 10K), one step = 2,048
+//! bags of 8 ids per table (sum), served by one TableBatchedCache holding 10% of all rows
+//! (one pool shared by every table: they have one width).
+
+use std::time::Instant;
+
+use hotrow::{
+    reference, CacheConfig, Capacity, Embeddings, GpuContext, HostTable, Pooling, TableBags,
+    TableBatchedCache,
+};
+
+use crate::gen::{random_values, Rng, ZipfIds};
+use crate::harness::{self, Args, Report, Result, S};
+
+pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
+    let (div_rows, div_bags) = if a.small { (64, 16) } else { (1, 1) };
+    let rows: Vec<usize> = [(4, 4_000_000), (6, 1_000_000), (8, 100_000), (8, 10_000)]
+        .iter()
+        .flat_map(|&(k, n)| std::iter::repeat_n((n / div_rows).max(64), k))
+        .collect();
+    let (dim, bags, per_bag) = (64, 2048 / div_bags, 8);
+    let t = Instant::now();
+    let data: Vec<Vec<f32>> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| random_values(n * dim, 600 + k as u64))
+        .collect();
+    rep.insert("W6_table_build_s".into(), t.elapsed().as_secs_f64());
+    let tables: Vec<HostTable<'_>> = data
+        .iter()
+        .map(|v| HostTable::borrowed(v, dim))
+        .collect::<Result<_>>()?;
+    let config = CacheConfig::default()
+        .capacity(Capacity::Fraction(0.1))
+        .resolution(a.resolution)
+        .row_format(a.row_format);
+    let mut cache = TableBatchedCache::new(ctx, tables, config)?;
+    // Each table's ids from its own Zipf(1.05) over its own permutation.
+    let zipf: Vec<ZipfIds> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))
+        .collect();
+    let mut rng = Rng::new(61);
+    let steps = if a.small { 30 } else { 80 };
+    let ids: Vec<Vec<Vec<u32>>> = (0..steps)
+        .map(|_| {
+            zipf.iter()
+                .map(|z| z.batch(bags * per_bag, &mut rng))
+                .collect()
+        })
+        .collect();
+    let offsets: Vec<u32> = (0..bags as u32).map(|b| b * per_bag as u32).collect();
+    let parts = |k: usize| -> Vec<TableBags<'_>> {
+        ids[k]
+            .iter()
+            .map(|ids| TableBags {
+                ids,
+                offsets: &offsets,
+                weights: None,
+            })
+            .collect()
+    };
+    let mut out = Embeddings::new(ctx, bags, cache.width())?;
+    // The first step checked against the CPU, table by table.
+    cache.lookup_bags_into(&parts(0), Pooling::Sum, &mut out)?;
+    let got = out.to_host()?;
+    let width = cache.width();
+    for (t, table) in data.iter().enumerate() {
+        let want = reference::bags(table, dim, &ids[0][t], &offsets, 0, None);
+        let col = cache.column(t).expect("a table");
+        let mine: Vec<f32> = (0..bags)
+            .flat_map(|b| got[b * width + col..b * width + col + dim].iter().copied())
+            .collect();
+        let err = reference::relative_error(&mine, &want);
+        if err.is_nan() || err >= 1e-5 {
+            eprintln!("w6 table {t}: WRONG RESULT (relative error {err:e})");
+            std::process::exit(1);
+        }
+    }
+    // 20 warm-up steps (after the GPU is warmed up), then steps each waited for (median),
+    // then the same steps pipelined.
+    let warm = 20.min(steps / 2);
+    harness::warm_up(ctx, a, 0, |_| Ok(()))?;
+    for k in 1..warm {
+        cache.lookup_bags_into(&parts(k), Pooling::Sum, &mut out)?;
+    }
+    ctx.wait_idle()?;
+    let before = cache.stats();
+    let mut waited = Vec::new();
+    for k in warm..steps {
+        let t = Instant::now();
+        cache.lookup_bags_into(&parts(k), Pooling::Sum, &mut out)?;
+        ctx.wait_idle()?;
+        waited.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let after = cache.stats();
+    let (stream, _) = harness::stream(ctx, steps - warm, |k| {
+        cache.lookup_bags_into(&parts(warm + k), Pooling::Sum, &mut out)
+    })?;
+    let timed = (steps - warm) as f64;
+    rep.insert(
+        "W6_hotrow_step_waited_median_ms".into(),
+        harness::median(&mut waited),
+    );
+    rep.insert("W6_hotrow_step_stream_ms".into(), stream);
+    let hits = (after.hits - before.hits) as f64;
+    let distinct = (after.distinct - before.distinct) as f64;
+    rep.insert("W6_unique_row_hit_rate".into(), hits / distinct.max(1.0));
+    rep.insert(
+        "W6_bytes_uploaded_per_step".into(),
+        (after.bytes_uploaded - before.bytes_uploaded) as f64 / timed,
+    );
+    rep.insert(
+        "W6_host_resolve_ms".into(),
+        (after.resolve_time - before.resolve_time).as_secs_f64() * 1e3 / timed,
+    );
+    let mem = cache.memory();
+    let table_bytes: usize = rows.iter().map(|n| n * dim * 4).sum();
+    rep.insert("W6_gpu_bytes_cache_total".into(), mem.total() as f64);
+    rep.insert(
+        "W6_gpu_bytes_frac_of_tables".into(),
+        mem.total() as f64 / table_bytes as f64,
+    );
+    rep.insert("W6_total_rows".into(), rows.iter().sum::<usize>() as f64);
+    Ok(())
+}
