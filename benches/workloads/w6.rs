@@ -66,8 +66,12 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     cache.lookup_bags_into(&parts(0), Pooling::Sum, &mut out)?;
     let got = out.to_host()?;
     let width = cache.width();
+    let layout = hotrow::RowLayout::new(dim, a.row_format)?;
     for (t, table) in data.iter().enumerate() {
-        let want = reference::bags(table, dim, &ids[0][t], &offsets, 0, None);
+        // The reference reads the rows as the slots store them.
+        let stored = harness::stored_rows(table, layout, &ids[0][t]);
+        let positions: Vec<u32> = (0..ids[0][t].len() as u32).collect();
+        let want = reference::bags(&stored, dim, &positions, &offsets, 0, None);
         let col = cache.column(t).expect("a table");
         let mine: Vec<f32> = (0..bags)
             .flat_map(|b| got[b * width + col..b * width + col + dim].iter().copied())
