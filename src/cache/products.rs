@@ -134,24 +134,38 @@ impl<S: RowSource> EmbeddingCache<S> {
             if ids.is_empty() {
                 return out.fill(0.0); // every bag is empty
             }
-            let rows = self.engine.rows_for_op(&self.source, ids)?;
-            let mut enc = encoder(&self.ctx, "hotrow bags");
-            let staged = bag::encode(
-                &self.ctx,
-                &mut enc,
-                &mut self.bag_launch,
-                &rows,
-                ids.len(),
-                offsets,
-                pooling,
-                weights,
-                out.buffer(),
-                None,
-            )?;
-            let sub = submit(&self.ctx, enc)?;
-            self.bag_launch.submitted(staged, sub);
-            Ok(())
+            self.launch_bags(ids, offsets, pooling, weights, out.buffer(), None)
         })
+    }
+
+    /// Resolves `ids` (not empty) and pools their bags into `out` (laid out as `tables`
+    /// says, or one row per bag): one submission after the passes'.
+    fn launch_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        out: &wgpu::Buffer,
+        tables: Option<TableOutput<'_>>,
+    ) -> Result<()> {
+        let rows = self.engine.rows_for_op(&self.source, ids)?;
+        let mut enc = encoder(&self.ctx, "hotrow bags");
+        let staged = bag::encode(
+            &self.ctx,
+            &mut enc,
+            &mut self.bag_launch,
+            &rows,
+            ids.len(),
+            offsets,
+            pooling,
+            weights,
+            out,
+            tables,
+        )?;
+        let sub = submit(&self.ctx, enc)?;
+        self.bag_launch.submitted(staged, sub);
+        Ok(())
     }
 
     /// Table-batched bags of checked input into `out` (sized and owned by the caller, of
@@ -167,25 +181,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         tables: TableOutput<'_>,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        ctx.guarded(|| {
-            let rows = self.engine.rows_for_op(&self.source, ids)?;
-            let mut enc = encoder(&self.ctx, "hotrow table-batched bags");
-            let staged = bag::encode(
-                &self.ctx,
-                &mut enc,
-                &mut self.bag_launch,
-                &rows,
-                ids.len(),
-                offsets,
-                pooling,
-                weights,
-                out.buffer(),
-                Some(tables),
-            )?;
-            let sub = submit(&self.ctx, enc)?;
-            self.bag_launch.submitted(staged, sub);
-            Ok(())
-        })
+        ctx.guarded(|| self.launch_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables)))
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,

@@ -253,6 +253,22 @@ fn safetensors_data_end(map: &[u8]) -> Option<u64> {
     Some(8 + n as u64 + end)
 }
 
+/// The bytes before the data of a `.npy` file (format 1.0, C order) of values `descr`
+/// (`<f4`, `<f2`, ...) and `shape` (a Python tuple, e.g. `(3, 5)`), padded so the data
+/// starts 64-byte aligned.
+pub(crate) fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic, version, length, header, newline.
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    bytes
+}
+
 /// What a `.npy` header says.
 #[derive(Debug, PartialEq)]
 struct NpyHeader {
@@ -375,21 +391,18 @@ fn unquote(s: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn npy(header: &str) -> Vec<u8> {
-        let mut h = header.to_string();
-        while !(10 + h.len() + 1).is_multiple_of(64) {
-            h.push(' ');
-        }
-        h.push('\n');
+    /// A format-1.0 header whose text is exactly `dict` (then a newline).
+    fn npy(dict: &str) -> Vec<u8> {
+        let text = format!("{dict}\n");
         let mut v = b"\x93NUMPY\x01\x00".to_vec();
-        v.extend((h.len() as u16).to_le_bytes());
-        v.extend(h.as_bytes());
+        v.extend((text.len() as u16).to_le_bytes());
+        v.extend(text.as_bytes());
         v
     }
 
     #[test]
     fn npy_headers() {
-        let ok = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }");
+        let ok = npy_header("<f4", "(3, 5)");
         let h = parse_npy_header(&ok).unwrap();
         assert_eq!((h.ty, h.shape), (ValueType::F32, vec![3, 5]));
         assert_eq!(h.data_start, ok.len());

@@ -133,19 +133,8 @@ impl<'a> HostTable<'a> {
             ValueType::F16 => "<f2",
             ValueType::BF16 => return Err(fail(FileProblem::UnsupportedDtype("bfloat16".into()))),
         };
-        let mut header = format!(
-            "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}",
-            self.rows(),
-            self.dim
-        );
-        // Magic, version, length, header, newline: padded to 64 bytes so the data is aligned.
-        while !(10 + header.len() + 1).is_multiple_of(64) {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((header.len() as u16).to_le_bytes());
-        bytes.extend(header.as_bytes());
+        let shape = format!("({}, {})", self.rows(), self.dim);
+        let mut bytes = super::file::npy_header(descr, &shape);
         bytes.extend(self.row_bytes().bytes);
         std::fs::write(path, bytes).map_err(|e| fail(FileProblem::Io(e.to_string())))
     }
