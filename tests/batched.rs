@@ -233,7 +233,56 @@ fn bad_input_names_the_table_and_changes_nothing() {
         Err(HotrowError::LengthMismatch { .. })
     ));
     assert_eq!(cache.stats(), stats, "nothing changed");
+    // a foreign output
+    let other = hotrow::GpuContext::new().unwrap();
+    let mut foreign = Embeddings::new(&other, 2, 12).unwrap();
+    assert!(matches!(
+        cache.lookup_bags_into(&[ok, ok, ok], Pooling::Sum, &mut foreign),
+        Err(HotrowError::ForeignContext { .. })
+    ));
+    assert_eq!(cache.stats(), stats, "nothing changed");
     assert!(
         TableBatchedCache::new(ctx(), Vec::<HostTable<'_>>::new(), CacheConfig::default()).is_err()
     );
+}
+
+/// A width whose tables have only empty bags this step gets zeros, the others their bags;
+/// zero capacity is refused.
+#[test]
+fn empty_tables_pool_to_zeros() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("batched_empty"));
+    let (a, b) = (
+        random_values(300 * 4, rng.next_u64()),
+        random_values(50 * 3, rng.next_u64()),
+    );
+    let tables = vec![
+        HostTable::borrowed(&a, 4).unwrap(),
+        HostTable::borrowed(&b, 3).unwrap(),
+    ];
+    let mut cache = TableBatchedCache::new(ctx(), tables.clone(), CacheConfig::default()).unwrap();
+    let full = TableBags {
+        ids: &[7, 299, 7],
+        offsets: &[0, 2],
+        weights: None,
+    };
+    let empty = TableBags {
+        ids: &[],
+        offsets: &[0, 0],
+        weights: None,
+    };
+    let out = cache.lookup_bags(&[full, empty], Pooling::Mean).unwrap();
+    let got = out.to_host().unwrap();
+    let want = hotrow::reference::bags(&a, 4, &[7, 299, 7], &[0, 2], 1, None);
+    for r in 0..2 {
+        for c in 0..4 {
+            assert!((got[r * 7 + c] as f64 - want[r * 4 + c]).abs() < 1e-6);
+        }
+        assert_eq!(&got[r * 7 + 4..r * 7 + 7], &[0.0; 3]);
+    }
+    let zero = CacheConfig::default().capacity(Capacity::Rows(0));
+    assert!(matches!(
+        TableBatchedCache::new(ctx(), tables, zero),
+        Err(HotrowError::InvalidArgument(_))
+    ));
 }

@@ -158,7 +158,9 @@ impl<S: RowSource> TableBatchedCache<S> {
             }
             let share = |n: u64| (n as f64 * rows as f64 / all_rows as f64).ceil() as u64;
             let capacity = match config.capacity {
-                Capacity::Rows(n) => Capacity::Rows(share(n as u64).max(1) as usize),
+                // (Rounded up: a pool gets at least one slot of a non-zero capacity, and a
+                // zero capacity stays zero, refused by the cache.)
+                Capacity::Rows(n) => Capacity::Rows(share(n as u64) as usize),
                 Capacity::Bytes(b) => Capacity::Bytes(share(b)),
                 f @ Capacity::Fraction(_) => f,
             };
