@@ -266,6 +266,13 @@ fn bad_files_are_typed_errors_naming_the_file() {
             FileProblem::NotTwoD(dims)
         );
     }
+    // a shape whose byte size overflows
+    let f = p("huge-shape.npy");
+    write_npy(&f, "<f4", false, "(18446744073709551615, 4)", &data);
+    assert!(matches!(
+        file_problem(FileTable::open_npy(&f), &f),
+        FileProblem::CorruptHeader(_)
+    ));
     // corrupt headers: not numpy, damaged dict, too short, random bytes
     let mut rng = Rng::new(seed("tables_bad"));
     let garbage: Vec<u8> = (0..300).map(|_| rng.below(256) as u8).collect();

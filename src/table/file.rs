@@ -68,7 +68,8 @@ impl FileTable {
         let bad = |problem| file_error(&path, problem);
         let h = parse_npy_header(&map).map_err(bad)?;
         let (rows, dim) = table_shape(&h.shape).map_err(bad)?;
-        let need = h.data_start as u64 + (rows * dim * h.ty.bytes()) as u64;
+        let data = data_bytes(rows, dim, h.ty).map_err(bad)?;
+        let need = (h.data_start as u64).saturating_add(data);
         let have = map.len() as u64;
         if have < need {
             return Err(bad(FileProblem::Truncated { need, have }));
@@ -111,6 +112,7 @@ impl FileTable {
             other => return Err(bad(FileProblem::UnsupportedDtype(format!("{other:?}")))),
         };
         let (rows, dim) = table_shape(&info.shape).map_err(bad)?;
+        data_bytes(rows, dim, ty).map_err(bad)?;
         // read_metadata checked the offsets against the shapes and the file's length.
         let data = 8 + header;
         let (start, end) = (data + info.data_offsets.0, data + info.data_offsets.1);
@@ -225,6 +227,15 @@ fn open_mapped(path: &Path) -> Result<(PathBuf, File, Mmap)> {
     // it is the hazard, which `FileTable` documents and checks for before every read.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     Ok((path, file, map))
+}
+
+/// Bytes of `rows x dim` values of `ty` ([`FileProblem::CorruptHeader`] past `u64`).
+fn data_bytes(rows: usize, dim: usize, ty: ValueType) -> std::result::Result<u64, FileProblem> {
+    (rows as u64)
+        .checked_mul(dim as u64)
+        .and_then(|n| n.checked_mul(ty.bytes() as u64))
+        .filter(|&n| n <= usize::MAX as u64)
+        .ok_or_else(|| FileProblem::CorruptHeader(format!("shape ({rows}, {dim}) is too large")))
 }
 
 /// Rows and dim of a 2-D shape with both at least 1.
@@ -439,5 +450,9 @@ mod tests {
             FileProblem::NotTwoD(vec![12])
         );
         assert!(table_shape(&[2, 3, 4]).is_err() && table_shape(&[0, 3]).is_err());
+        assert!(matches!(
+            data_bytes(usize::MAX, 2, ValueType::F32),
+            Err(FileProblem::CorruptHeader(_))
+        ));
     }
 }
