@@ -12,13 +12,75 @@ use hotrow::{
 use crate::gen::{random_values, Rng, ZipfIds};
 use crate::harness::{self, Args, Report, Result, S};
 
-pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
+/// W6's table sizes and step shape (bags per table, ids per bag).
+fn shapes(a: &Args) -> (Vec<usize>, usize, usize, usize) {
     let (div_rows, div_bags) = if a.small { (64, 16) } else { (1, 1) };
     let rows: Vec<usize> = [(4, 4_000_000), (6, 1_000_000), (8, 100_000), (8, 10_000)]
         .iter()
         .flat_map(|&(k, n)| std::iter::repeat_n((n / div_rows).max(64), k))
         .collect();
-    let (dim, bags, per_bag) = (64, 2048 / div_bags, 8);
+    (rows, 64, 2048 / div_bags, 8)
+}
+
+/// One shared pool (10% of all rows) against one pool per table (10% of each), by hit rate
+/// on W6's id streams: the slot maps alone, on the host (no GPU involved: what each design
+/// would keep resident). Hits and misses summed over passes, after `warm` steps.
+pub fn pools(a: &Args, rep: &mut Report) -> Result<()> {
+    use hotrow::{EvictionPolicy, PartitionedSlotMap, PassPlan};
+    let (rows, _, bags, per_bag) = shapes(a);
+    let zipf: Vec<ZipfIds> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))
+        .collect();
+    let mut rng = Rng::new(61);
+    let (steps, warm) = (80, 20);
+    let total: usize = rows.iter().sum();
+    let mut bases = vec![0u32];
+    for &n in &rows {
+        bases.push(bases.last().copied().unwrap_or(0) + n as u32);
+    }
+    let parts = rayon::current_num_threads();
+    let mut shared = PartitionedSlotMap::new(total, total / 10, EvictionPolicy::Clock, parts);
+    let mut own: Vec<PartitionedSlotMap> = rows
+        .iter()
+        .map(|&n| PartitionedSlotMap::new(n, n.div_ceil(10), EvictionPolicy::Clock, parts))
+        .collect();
+    let mut plan = PassPlan::default();
+    let (mut shared_hd, mut own_hd) = ((0u64, 0u64), (0u64, 0u64));
+    let mut serve =
+        |map: &mut PartitionedSlotMap, ids: &[u32], count: bool, hd: &mut (u64, u64)| {
+            let mut start = 0;
+            while start < ids.len() {
+                start += map.resolve(&ids[start..], &mut plan);
+                if count {
+                    hd.0 += plan.hits;
+                    hd.1 += plan.distinct();
+                }
+            }
+        };
+    let mut global = Vec::new();
+    for step in 0..steps {
+        let ids: Vec<Vec<u32>> = zipf
+            .iter()
+            .map(|z| z.batch(bags * per_bag, &mut rng))
+            .collect();
+        let count = step >= warm;
+        global.clear();
+        for (t, ids) in ids.iter().enumerate() {
+            global.extend(ids.iter().map(|&id| bases[t] + id));
+            serve(&mut own[t], ids, count, &mut own_hd);
+        }
+        serve(&mut shared, &global, count, &mut shared_hd);
+    }
+    let rate = |hd: (u64, u64)| hd.0 as f64 / hd.1.max(1) as f64;
+    rep.insert("W6_sim_hit_rate_shared_pool".into(), rate(shared_hd));
+    rep.insert("W6_sim_hit_rate_per_table_pools".into(), rate(own_hd));
+    Ok(())
+}
+
+pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
+    let (rows, dim, bags, per_bag) = shapes(a);
     let t = Instant::now();
     let data: Vec<Vec<f32>> = rows
         .iter()
