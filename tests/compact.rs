@@ -222,3 +222,80 @@ impl hotrow::RowSource for Forking<'_> {
         x.and(y)
     }
 }
+
+/// A table stored in f16 that counts how it is read.
+struct Halves {
+    table: HostTable<'static>,
+    f32_reads: std::sync::atomic::AtomicUsize,
+    f16_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl hotrow::RowSource for Halves {
+    fn rows(&self) -> usize {
+        self.table.rows()
+    }
+    fn dim(&self) -> usize {
+        self.table.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        self.f32_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.table.read_rows(ids, out)
+    }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [hotrow::half::f16]) -> hotrow::Result<bool> {
+        self.f16_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.table.read_rows_f16(ids, out)
+    }
+}
+
+/// f16 rows go into f16 slots as stored (no f32 read, no conversion) when the width is even,
+/// and through f32 otherwise; either way the lookups equal the stored values bit for bit.
+#[test]
+fn f16_tables_upload_as_stored() {
+    use hotrow::half::f16;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("compact_as_stored"));
+    for dim in [8usize, 5] {
+        let rows = 2000;
+        let values: Vec<f16> = random_values(rows * dim, rng.next_u64())
+            .iter()
+            .map(|&x| f16::from_f32(x))
+            .collect();
+        let want_table: Vec<f32> = values.iter().map(|x| x.to_f32()).collect();
+        let source = Halves {
+            table: HostTable::owned_f16(values, dim).unwrap(),
+            f32_reads: 0.into(),
+            f16_reads: 0.into(),
+        };
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(200))
+            .row_format(RowFormat::F16);
+        let mut cache = EmbeddingCache::new(ctx(), source, config).unwrap();
+        let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        for b in 0..8 {
+            let ids = zipf.batch(300, &mut rng);
+            let out = cache.lookup(&ids).unwrap();
+            let want = reference::gather(&want_table, dim, &ids);
+            assert_rows_eq(
+                &out.to_host().unwrap(),
+                &want,
+                dim,
+                &format!("dim {dim} batch {b}"),
+            );
+        }
+        let (f32_reads, f16_reads) = (
+            cache.source().f32_reads.load(Relaxed),
+            cache.source().f16_reads.load(Relaxed),
+        );
+        if dim % 2 == 0 {
+            assert!(
+                f16_reads > 0 && f32_reads == 0,
+                "{f16_reads} f16 / {f32_reads} f32 reads"
+            );
+        } else {
+            assert!(f32_reads > 0, "an odd width converts");
+        }
+    }
+}

@@ -90,6 +90,15 @@ fn dtype(ty: ValueType) -> Dtype {
 /// a moving hot set) through a small cache and checks every output.
 fn check_source<S: RowSource>(table: S, want: &[f32], rng: &mut Rng, what: &str) {
     let (rows, dim) = (table.rows(), table.dim());
+    // f16 storage is also copied as it is (for f16 slots); other storage says it cannot.
+    let ids: Vec<u32> = (0..20).map(|_| rng.below(rows as u64) as u32).collect();
+    let mut halves = vec![f16::NAN; ids.len() * dim];
+    if table.read_rows_f16(&ids, &mut halves).unwrap() {
+        let got: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+        assert_rows_eq(&got, &reference::gather(want, dim, &ids), dim, what);
+    } else {
+        assert!(halves.iter().all(|h| h.is_nan()), "{what}: nothing written");
+    }
     for _ in 0..20 {
         let ids: Vec<u32> = (0..1 + rng.below(50))
             .map(|_| rng.below(rows as u64) as u32)

@@ -1118,6 +1118,19 @@ fn encode_chunk<S: RowSource>(
     ids: &[u32],
     out: &mut [u32],
 ) -> Result<()> {
+    // f16 slots of an even width hold exactly the f16 rows (little-endian): a source that
+    // stores f16 copies its values straight in, with no conversion.
+    if layout.format() == RowFormat::F16
+        && layout.dim().is_multiple_of(2)
+        && cfg!(target_endian = "little")
+    {
+        let halves: &mut [half::f16] = bytemuck::cast_slice_mut(out);
+        let copied = catch_unwind(AssertUnwindSafe(|| source.read_rows_f16(ids, halves)))
+            .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))??;
+        if copied {
+            return Ok(());
+        }
+    }
     thread_local! {
         static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }

@@ -180,16 +180,29 @@ impl RowSource for FileTable {
     }
 
     fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        self.rows_checked()?.read_rows(ids, out)
+    }
+
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        if self.ty != ValueType::F16 {
+            return Ok(false);
+        }
+        self.rows_checked()?.read_rows_f16(ids, out)
+    }
+}
+
+impl FileTable {
+    /// The rows, once the file is checked unchanged since opening.
+    fn rows_checked(&self) -> Result<RowBytes<'_>> {
         let now = stamp(&self.file).map_err(|e| file_error(&self.path, FileProblem::Io(e)))?;
         if now != self.opened {
             return Err(file_error(&self.path, FileProblem::Changed));
         }
-        RowBytes {
+        Ok(RowBytes {
             bytes: &self.map[self.start..self.end],
             ty: self.ty,
             dim: self.dim,
-        }
-        .read_rows(ids, out)
+        })
     }
 }
 

@@ -165,4 +165,8 @@ impl RowSource for HostTable<'_> {
     fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         self.row_bytes().read_rows(ids, out)
     }
+
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        self.row_bytes().read_rows_f16(ids, out)
+    }
 }

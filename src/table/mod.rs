@@ -24,6 +24,16 @@ pub trait RowSource: Send + Sync {
     /// `out.len() == ids.len() * dim` and every id is `< rows()` (the cache checked them).
     /// `out` may be write-combined mapped GPU staging memory: write it, never read it.
     fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()>;
+
+    /// Writes row `ids[k]` as IEEE f16 values to `out[k * dim .. (k + 1) * dim]`, when the
+    /// source stores f16 and can copy its values as they are (a cache with f16 slots then
+    /// uploads them without converting). Returns `Ok(false)`, having written nothing, when
+    /// it cannot (the default): the cache then converts what [`RowSource::read_rows`] gives.
+    /// Same preconditions as `read_rows`.
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        let _ = (ids, out);
+        Ok(false)
+    }
 }
 
 /// A shared reference reads the same rows (a cache can borrow a table that outlives it).
@@ -36,6 +46,9 @@ impl<T: RowSource + ?Sized> RowSource for &T {
     }
     fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         (**self).read_rows(ids, out)
+    }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        (**self).read_rows_f16(ids, out)
     }
 }
 
@@ -120,15 +133,37 @@ impl RowBytes<'_> {
         }
     }
 
-    /// [`RowSource::read_rows`] over these rows: spread over the rayon pool when there are
-    /// many, the next rows' cache lines prefetched, nothing allocated per row.
-    pub(crate) fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+    /// [`RowSource::read_rows_f16`] over these rows: the stored values copied as they are,
+    /// when they are f16 (on a little-endian host, where stored and in-memory f16 agree).
+    pub(crate) fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        if self.ty != ValueType::F16 || cfg!(target_endian = "big") {
+            return Ok(false);
+        }
         let dim = self.dim;
-        if out.len() != ids.len() * dim {
+        self.check(ids, out.len())?;
+        let copy = |ids: &[u32], out: &mut [half::f16]| {
+            for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(dim)) {
+                bytemuck::cast_slice_mut::<half::f16, u8>(dst)
+                    .copy_from_slice(self.row(id as usize));
+            }
+        };
+        if ids.len() < 2 * ROWS_PER_TASK {
+            copy(ids, out);
+        } else {
+            ids.par_chunks(ROWS_PER_TASK)
+                .zip(out.par_chunks_mut(ROWS_PER_TASK * dim))
+                .for_each(|(ids, out)| copy(ids, out));
+        }
+        Ok(true)
+    }
+
+    /// The destination holds `ids.len()` rows and every id is a row.
+    fn check(&self, ids: &[u32], out_len: usize) -> Result<()> {
+        if out_len != ids.len() * self.dim {
             return Err(HotrowError::LengthMismatch {
                 what: "read_rows destination",
-                expected: ids.len() * dim,
-                got: out.len(),
+                expected: ids.len() * self.dim,
+                got: out_len,
             });
         }
         let rows = self.bytes.len() / self.row_bytes().max(1);
@@ -139,6 +174,14 @@ impl RowBytes<'_> {
                 rows,
             });
         }
+        Ok(())
+    }
+
+    /// [`RowSource::read_rows`] over these rows: spread over the rayon pool when there are
+    /// many, the next rows' cache lines prefetched, nothing allocated per row.
+    pub(crate) fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        let dim = self.dim;
+        self.check(ids, out.len())?;
         let copy = |ids: &[u32], out: &mut [f32]| {
             for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(dim)).enumerate() {
                 if let Some(&ahead) = ids.get(k + PREFETCH_ROWS) {
