@@ -110,9 +110,16 @@ fn table_batched_bags_match_the_reference() {
             .zip(&data)
             .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
             .collect();
+        // the one-width setup finds its hits on the GPU
+        let resolution = if dims.iter().all(|&d| d == dims[0]) {
+            hotrow::Resolution::Device
+        } else {
+            hotrow::Resolution::Host
+        };
         let config = CacheConfig::default()
             .capacity(Capacity::Fraction(0.08))
-            .row_format(format);
+            .row_format(format)
+            .resolution(resolution);
         let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
         assert_eq!(cache.width(), dims.iter().sum::<usize>());
         let zipf: Vec<ZipfIds> = shapes
@@ -155,6 +162,9 @@ fn table_batched_bags_match_the_reference() {
             all.rows_uploaded
         );
         assert!(all.evictions > 0 && all.hits > 0, "{all:?}");
+        if resolution == hotrow::Resolution::Device {
+            assert!(all.device_passes > 0, "the GPU resolved: {all:?}");
+        }
         for (t, shape) in shapes.iter().enumerate() {
             assert!(cache.resident(t).unwrap() <= shape.0);
         }
