@@ -7,6 +7,11 @@
 //!   [`RowSource`]) cached in GPU slots; each batch is compacted, only missed rows are
 //!   uploaded, and [`EmbeddingCache::lookup`], [`EmbeddingCache::lookup_bags`],
 //!   [`EmbeddingCache::scores`] and [`EmbeddingCache::combine`] compute on the cache.
+//! * [`TableBatchedCache`]: many tables (a recommender's features) in one cache, every
+//!   table's bags pooled in one call per step.
+//! * [`HostTable`] (f32, f16, bf16 rows in memory) and [`FileTable`] (a memory-mapped
+//!   `.npy` or `.safetensors` table) are the built-in [`RowSource`]s; [`RowFormat`] stores
+//!   cached rows as f32, f16 or row-wise int8.
 //! * [`GpuContext`]: adapter and device, built once (real GPU first, software adapter
 //!   otherwise; `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` honoured; or wrap your own device).
 //! * [`RowBuffer`]: rows resident on the GPU, split over binding limits transparently;
