@@ -1087,7 +1087,8 @@ impl Uploader {
 const ENCODE_ROWS_PER_TASK: usize = 128;
 
 /// Reads rows `ids` from `source` into `out` encoded as `layout` stores them
-/// ([`RowLayout::encode_rows`]): f32 rows straight into `out`; compact ones chunk by chunk
+/// ([`RowLayout::encode_rows`]): f32 rows straight into `out`, f16 rows of an f16 source as
+/// stored where the widths allow; other compact ones chunk by chunk
 /// (in parallel when there are several), each chunk read into a small per-thread f32
 /// scratch buffer and encoded from there while it is in cache.
 fn read_rows_encoded<S: RowSource>(
@@ -1099,6 +1100,17 @@ fn read_rows_encoded<S: RowSource>(
     use rayon::prelude::*;
     if layout.format() == RowFormat::F32 {
         return read_rows_caught(source, ids, bytemuck::cast_slice_mut(out));
+    }
+    // f16 slots of an even width hold exactly the f16 rows (little-endian): a source that
+    // stores f16 copies all of them straight in (in parallel itself), with no conversion.
+    if layout.format() == RowFormat::F16
+        && layout.dim().is_multiple_of(2)
+        && cfg!(target_endian = "little")
+    {
+        let halves: &mut [half::f16] = bytemuck::cast_slice_mut(out);
+        if caught(|| source.read_rows_f16(ids, halves))? {
+            return Ok(());
+        }
     }
     let words = layout.words_per_row();
     if ids.len() <= ENCODE_ROWS_PER_TASK {
@@ -1118,19 +1130,6 @@ fn encode_chunk<S: RowSource>(
     ids: &[u32],
     out: &mut [u32],
 ) -> Result<()> {
-    // f16 slots of an even width hold exactly the f16 rows (little-endian): a source that
-    // stores f16 copies its values straight in, with no conversion.
-    if layout.format() == RowFormat::F16
-        && layout.dim().is_multiple_of(2)
-        && cfg!(target_endian = "little")
-    {
-        let halves: &mut [half::f16] = bytemuck::cast_slice_mut(out);
-        let copied = catch_unwind(AssertUnwindSafe(|| source.read_rows_f16(ids, halves)))
-            .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))??;
-        if copied {
-            return Ok(());
-        }
-    }
     thread_local! {
         static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
@@ -1145,10 +1144,15 @@ fn encode_chunk<S: RowSource>(
     result
 }
 
-/// `source.read_rows`, with a panic in it caught and returned as
-/// [`HotrowError::RowSourcePanicked`] (the caller then forgets the pass's misses).
+/// `source.read_rows`, with a panic in it caught (see [`caught`]).
 fn read_rows_caught<S: RowSource>(source: &S, ids: &[u32], out: &mut [f32]) -> Result<()> {
-    catch_unwind(AssertUnwindSafe(|| source.read_rows(ids, out)))
+    caught(|| source.read_rows(ids, out))
+}
+
+/// A call into the row source, with a panic in it caught and returned as
+/// [`HotrowError::RowSourcePanicked`] (the caller then forgets the pass's misses).
+fn caught<R>(call: impl FnOnce() -> Result<R>) -> Result<R> {
+    catch_unwind(AssertUnwindSafe(call))
         .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
 }
 
