@@ -139,22 +139,32 @@ impl RowBytes<'_> {
         if self.ty != ValueType::F16 || cfg!(target_endian = "big") {
             return Ok(false);
         }
-        let dim = self.dim;
-        self.check(ids, out.len())?;
-        let copy = |ids: &[u32], out: &mut [half::f16]| {
-            for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(dim)) {
+        self.for_rows(ids, out, |ids, out| {
+            for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.dim)) {
                 bytemuck::cast_slice_mut::<half::f16, u8>(dst)
                     .copy_from_slice(self.row(id as usize));
             }
-        };
+        })?;
+        Ok(true)
+    }
+
+    /// Checks the destination and the ids, then runs `copy` over `ids` and their rows of
+    /// `out`: on this thread for few rows, spread over the rayon pool for many.
+    fn for_rows<T: Send>(
+        &self,
+        ids: &[u32],
+        out: &mut [T],
+        copy: impl Fn(&[u32], &mut [T]) + Sync,
+    ) -> Result<()> {
+        self.check(ids, out.len())?;
         if ids.len() < 2 * ROWS_PER_TASK {
             copy(ids, out);
         } else {
             ids.par_chunks(ROWS_PER_TASK)
-                .zip(out.par_chunks_mut(ROWS_PER_TASK * dim))
+                .zip(out.par_chunks_mut(ROWS_PER_TASK * self.dim))
                 .for_each(|(ids, out)| copy(ids, out));
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The destination holds `ids.len()` rows and every id is a row.
@@ -180,10 +190,8 @@ impl RowBytes<'_> {
     /// [`RowSource::read_rows`] over these rows: spread over the rayon pool when there are
     /// many, the next rows' cache lines prefetched, nothing allocated per row.
     pub(crate) fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
-        let dim = self.dim;
-        self.check(ids, out.len())?;
-        let copy = |ids: &[u32], out: &mut [f32]| {
-            for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(dim)).enumerate() {
+        self.for_rows(ids, out, |ids, out| {
+            for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
                 if let Some(&ahead) = ids.get(k + PREFETCH_ROWS) {
                     let row = self.row(ahead as usize);
                     for line in (0..row.len()).step_by(64) {
@@ -192,14 +200,6 @@ impl RowBytes<'_> {
                 }
                 self.convert(self.row(id as usize), dst);
             }
-        };
-        if ids.len() < 2 * ROWS_PER_TASK {
-            copy(ids, out);
-        } else {
-            ids.par_chunks(ROWS_PER_TASK)
-                .zip(out.par_chunks_mut(ROWS_PER_TASK * dim))
-                .for_each(|(ids, out)| copy(ids, out));
-        }
-        Ok(())
+        })
     }
 }
