@@ -357,22 +357,7 @@ impl<S: RowSource> TableBatchedCache<S> {
     pub fn stats(&self) -> CacheStats {
         let mut all = CacheStats::default();
         for g in &self.groups {
-            let s = g.cache.stats();
-            all.batches += s.batches;
-            all.passes += s.passes;
-            all.device_passes += s.device_passes;
-            all.requests += s.requests;
-            all.distinct += s.distinct;
-            all.hits += s.hits;
-            all.misses += s.misses;
-            all.rows_uploaded += s.rows_uploaded;
-            all.evictions += s.evictions;
-            all.bytes_uploaded += s.bytes_uploaded;
-            all.resolve_time += s.resolve_time;
-            all.copy_time += s.copy_time;
-            all.staging_wait_time += s.staging_wait_time;
-            all.submit_time += s.submit_time;
-            all.probe_time += s.probe_time;
+            all += g.cache.stats();
         }
         all
     }

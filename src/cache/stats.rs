@@ -59,3 +59,42 @@ impl CacheStats {
         }
     }
 }
+
+/// Adds another cache's counters (the totals of several pools).
+impl std::ops::AddAssign<&CacheStats> for CacheStats {
+    fn add_assign(&mut self, o: &CacheStats) {
+        // Destructured, so a new counter cannot be left out of the sum.
+        let CacheStats {
+            batches,
+            passes,
+            device_passes,
+            requests,
+            distinct,
+            hits,
+            misses,
+            rows_uploaded,
+            evictions,
+            bytes_uploaded,
+            resolve_time,
+            copy_time,
+            staging_wait_time,
+            submit_time,
+            probe_time,
+        } = o;
+        self.batches += batches;
+        self.passes += passes;
+        self.device_passes += device_passes;
+        self.requests += requests;
+        self.distinct += distinct;
+        self.hits += hits;
+        self.misses += misses;
+        self.rows_uploaded += rows_uploaded;
+        self.evictions += evictions;
+        self.bytes_uploaded += bytes_uploaded;
+        self.resolve_time += *resolve_time;
+        self.copy_time += *copy_time;
+        self.staging_wait_time += *staging_wait_time;
+        self.submit_time += *submit_time;
+        self.probe_time += *probe_time;
+    }
+}
