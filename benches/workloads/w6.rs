@@ -22,17 +22,22 @@ fn shapes(a: &Args) -> (Vec<usize>, usize, usize, usize) {
     (rows, 64, 2048 / div_bags, 8)
 }
 
+/// Each table's ids: its own Zipf(1.05) over its own permutation (the same streams for
+/// `run` and `pools`).
+fn id_streams(rows: &[usize]) -> Vec<ZipfIds> {
+    rows.iter()
+        .enumerate()
+        .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))
+        .collect()
+}
+
 /// One shared pool (10% of all rows) against one pool per table (10% of each), by hit rate
 /// on W6's id streams: the slot maps alone, on the host (no GPU involved: what each design
 /// would keep resident). Hits and misses summed over passes, after `warm` steps.
 pub fn pools(a: &Args, rep: &mut Report) -> Result<()> {
     use hotrow::{EvictionPolicy, PartitionedSlotMap, PassPlan};
     let (rows, _, bags, per_bag) = shapes(a);
-    let zipf: Vec<ZipfIds> = rows
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))
-        .collect();
+    let zipf = id_streams(&rows);
     let mut rng = Rng::new(61);
     let (steps, warm) = (80, 20);
     let total: usize = rows.iter().sum();
@@ -97,12 +102,7 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
         .resolution(a.resolution)
         .row_format(a.row_format);
     let mut cache = TableBatchedCache::new(ctx, tables, config)?;
-    // Each table's ids from its own Zipf(1.05) over its own permutation.
-    let zipf: Vec<ZipfIds> = rows
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))
-        .collect();
+    let zipf = id_streams(&rows);
     let mut rng = Rng::new(61);
     let steps = if a.small { 30 } else { 80 };
     let ids: Vec<Vec<Vec<u32>>> = (0..steps)
