@@ -200,6 +200,25 @@ impl LaunchState {
         })
     }
 
+    /// The bind group of this call site's launch of `pipeline`, with `storage` bound and
+    /// its params block copied by `enc` from where [`LaunchState::stage`] put it.
+    pub(crate) fn bind_staged<P: bytemuck::Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        staged: &Staged,
+        storage: &[Bound<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let from = ParamsFrom::Staged {
+            enc,
+            src: &staged.staging,
+            offset: staged.params_at,
+        };
+        let launch = &mut first_launches(&mut self.launches, 1)[0];
+        Ok(launch.bind::<P>(ctx, pipeline, from, storage)?.clone())
+    }
+
     /// Records the submission that copies from `staged`'s ring entry.
     pub(crate) fn submitted(&mut self, staged: Staged, sub: wgpu::SubmissionIndex) {
         self.ring.submitted(staged.entry, sub);

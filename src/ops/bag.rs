@@ -5,10 +5,10 @@
 //! its bag's ids; the threads of a bag read each row at consecutive addresses.
 
 use crate::error::{HotrowError, Result};
+use crate::gpu::ROW_PREFIXES;
 use crate::gpu::{
-    encode as encode_pass, grid_for_threads, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
+    encode as encode_pass, grid_for_threads, GpuContext, LaunchState, Shader, Staged,
 };
-use crate::gpu::{first_launches, ROW_PREFIXES};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
 pub(crate) const SHADER: Shader = Shader {
@@ -214,14 +214,11 @@ pub(crate) fn encode(
     state.host = host;
     let staged = staged?;
     let bags = &staged.input;
-    let group = first_launches(&mut state.launches, 1)[0].bind::<BagParams>(
+    let group = state.bind_staged::<BagParams>(
         ctx,
+        enc,
         &pipeline,
-        ParamsFrom::Staged {
-            enc: &mut *enc,
-            src: &staged.staging,
-            offset: staged.params_at,
-        },
+        &staged,
         &[
             (1, rows.slots, rows.slots_bytes),
             (2, bags, bags.size()),
@@ -229,6 +226,6 @@ pub(crate) fn encode(
             (4, out, out.size()),
         ],
     )?;
-    encode_pass(ctx, enc, "bag", &pipeline, [(group, (gx, gy))]);
+    encode_pass(ctx, enc, "bag", &pipeline, [(&group, (gx, gy))]);
     Ok(staged)
 }

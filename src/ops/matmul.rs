@@ -6,9 +6,7 @@
 //! by the candidates / ids are read, each once per tile that needs it.
 
 use crate::error::Result;
-use crate::gpu::{
-    encode as encode_pass, first_launches, GpuContext, LaunchState, ParamsFrom, Shader, Staged,
-};
+use crate::gpu::{encode as encode_pass, GpuContext, LaunchState, Shader, Staged};
 use crate::gpu::{row_prefix, RowLayout};
 use crate::ops::{elem_bytes, params_layout, RowsView};
 
@@ -190,14 +188,11 @@ pub(crate) fn encode(
         Left::Gpu(buffer) => buffer,
     };
     let a_bytes = elem_bytes((m * lda * 4) as u64, a_lanes, a);
-    let group = first_launches(&mut state.launches, 1)[0].bind::<MatmulParams>(
+    let group = state.bind_staged::<MatmulParams>(
         ctx,
+        enc,
         &pipeline,
-        ParamsFrom::Staged {
-            enc: &mut *enc,
-            src: &staged.staging,
-            offset: staged.params_at,
-        },
+        &staged,
         &[
             (1, a, a_bytes),
             (2, rows.slots, rows.slots_bytes),
@@ -209,6 +204,6 @@ pub(crate) fn encode(
             (4, out, out.size()),
         ],
     )?;
-    encode_pass(ctx, enc, "block_matmul", &pipeline, [(group, (gx, gy))]);
+    encode_pass(ctx, enc, "block_matmul", &pipeline, [(&group, (gx, gy))]);
     Ok(staged)
 }
