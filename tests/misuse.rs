@@ -433,6 +433,58 @@ fn device_with_limits(limits: wgpu::Limits) -> Option<GpuContext> {
     Some(GpuContext::from_device(&adapter, device, queue))
 }
 
+/// Table-batched bags whose offsets and weights would not fit one binding are refused
+/// before any work, as a single table's are.
+#[test]
+fn table_batched_bags_past_one_binding_are_refused() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("misuse_batched_binding"));
+    let tiny_binding = wgpu::Limits {
+        max_storage_buffer_binding_size: 4096,
+        ..wgpu::Limits::downlevel_defaults()
+    };
+    let Some(small) = device_with_limits(tiny_binding) else {
+        panic!("the adapter refused a 4 KiB binding limit");
+    };
+    let data: Vec<Vec<f32>> = (0..2)
+        .map(|_| random_values(200 * 4, rng.next_u64()))
+        .collect();
+    let tables: Vec<HostTable<'_>> = data
+        .iter()
+        .map(|v| HostTable::borrowed(v, 4).unwrap())
+        .collect();
+    let mut cache = hotrow::TableBatchedCache::new(&small, tables, CacheConfig::default()).unwrap();
+    let part = |ids: &'static [u32], offsets: &'static [u32]| hotrow::TableBags {
+        ids,
+        offsets,
+        weights: None,
+    };
+    cache
+        .lookup_bags(&[part(&[1, 2], &[0, 1]), part(&[3], &[0, 1])], Pooling::Sum)
+        .unwrap();
+    let stats = cache.stats();
+    // 64 bags per table (the output fits: 64 x 8 floats) of 1,000 weighted ids in all: the
+    // two tables' offsets and weights (8 KB) do not fit one binding.
+    let ids: Vec<u32> = (0..1000).map(|_| rng.below(200) as u32).collect();
+    let offsets: Vec<u32> = (0..64).map(|b| b * 15).collect();
+    let w = vec![0.5f32; 1000];
+    let big = hotrow::TableBags {
+        ids: &ids,
+        offsets: &offsets,
+        weights: Some(&w),
+    };
+    match cache.lookup_bags(&[big, big], Pooling::Sum) {
+        Err(HotrowError::ExceedsLimit {
+            what, limit_name, ..
+        }) => {
+            assert_eq!(limit_name, "max_storage_buffer_binding_size");
+            assert!(what.contains("offsets and weights"), "{what}");
+        }
+        other => panic!("expected ExceedsLimit, got {other:?}"),
+    }
+    assert_eq!(cache.stats(), stats, "nothing changed");
+}
+
 #[test]
 fn every_op_runs_within_the_downlevel_limits() {
     let _serial = common::serial();

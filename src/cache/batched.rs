@@ -241,6 +241,27 @@ impl<S: RowSource> TableBatchedCache<S> {
             check_ids(part.ids, source.rows()).map_err(in_table)?;
             check_bags(part.ids.len(), part.offsets, pooling, part.weights).map_err(in_table)?;
         }
+        // A width's bags go to the kernel in one binding: its tables' offsets, the end of
+        // the last bag, their weights (if any table has some) and their output columns.
+        for g in &self.groups {
+            let weighted = g.members.iter().any(|&t| batch[t].weights.is_some());
+            let words: usize = g
+                .members
+                .iter()
+                .map(|&t| bags + 1 + if weighted { batch[t].ids.len() } else { 0 })
+                .sum::<usize>()
+                + 1;
+            let bytes = words as u64 * 4;
+            let limit = self.ctx.max_binding();
+            if bytes > limit {
+                return Err(HotrowError::ExceedsLimit {
+                    what: "bag offsets and weights of one width's tables (split the step)",
+                    bytes,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit,
+                });
+            }
+        }
         Ok(bags)
     }
 
