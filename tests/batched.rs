@@ -171,6 +171,61 @@ fn table_batched_bags_match_the_reference() {
     }
 }
 
+/// A step that fits the cache is one submission per row width (the pass and the bags
+/// together), plus the probe per width with device resolution; the results stay right.
+#[test]
+fn one_submission_per_width_and_step() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("batched submissions"));
+    let setups: [(&[(usize, usize)], usize); 2] = [
+        (&[(900, 8), (300, 8), (2000, 8)], 1),
+        (&[(900, 8), (300, 4), (2000, 8), (50, 4)], 2),
+    ];
+    for (shapes, widths) in setups {
+        for resolution in [hotrow::Resolution::Host, hotrow::Resolution::Device] {
+            let dims: Vec<usize> = shapes.iter().map(|s| s.1).collect();
+            let data: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&(r, d)| random_values(r * d, rng.next_u64()))
+                .collect();
+            let tables: Vec<HostTable<'_>> = shapes
+                .iter()
+                .zip(&data)
+                .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
+                .collect();
+            let config = CacheConfig::default()
+                .capacity(Capacity::Fraction(0.6))
+                .resolution(resolution);
+            let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
+            let zipf: Vec<ZipfIds> = shapes
+                .iter()
+                .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
+                .collect();
+            let mut out = Embeddings::new(ctx(), 1, 1).unwrap();
+            let per_width = 1 + u64::from(resolution == hotrow::Resolution::Device);
+            for k in 0..6 {
+                let bags = 1 + rng.below(40) as usize;
+                let s = step(&mut rng, &zipf, bags, k % 2 == 0);
+                let before = cache.stats();
+                out.fill(f32::NAN).unwrap();
+                cache
+                    .lookup_bags_into(&s.parts(), Pooling::Sum, &mut out)
+                    .unwrap();
+                let after = cache.stats();
+                let (want, scale) = reference(&data, &dims, &s, 0);
+                let what = format!("{dims:?} {resolution:?} step {k}");
+                assert_close(&out, &want, &scale, &what);
+                assert_eq!(after.passes - before.passes, widths as u64, "{what}");
+                assert_eq!(
+                    after.submissions - before.submissions,
+                    widths as u64 * per_width,
+                    "{what}: {after:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_input_names_the_table_and_changes_nothing() {
     let _serial = common::serial();

@@ -1,5 +1,6 @@
 //! The pass engine: runs the passes of one batch through the slot map, the staging ring
-//! and one submission per pass, and hands ops a plain rows view of the batch.
+//! and one submission per pass, and hands ops a plain rows view of the batch (the op's
+//! kernel then goes in the same submission as the pass that loaded its rows).
 //!
 //! One pass: resolve a window of ids to slots (the map evicts and pins); copy the missed
 //! rows from the row source into a mapped staging buffer beside the pass's slot lists;
@@ -64,6 +65,13 @@ struct Uploader {
     gather: Vec<Launch>,
     /// The GPU's id -> slot table and its scratch (device resolution only).
     device: Option<DeviceMap>,
+    /// Set by [`PassEngine::rows_for_op`] for its pass: keep the pass's commands back, so
+    /// the op that reads the rows submits them with its own (one submission for both).
+    hold: bool,
+    /// A pass's commands kept back and its staging entry (see `hold`). Present only between
+    /// `rows_for_op` returning and the op's [`PassEngine::submit_op`]; every entry point
+    /// of the engine submits it first, so no later work can overtake it.
+    held: Option<(wgpu::CommandBuffer, usize)>,
 }
 
 /// The id -> slot table on the GPU (slot + 1 per table row, 0 when not resident) and the
@@ -220,6 +228,8 @@ impl PassEngine {
                 scatter: Vec::new(),
                 gather: Vec::new(),
                 device,
+                hold: false,
+                held: None,
             },
             gathered: GrowBuffer::storage("hotrow op rows"),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
@@ -285,6 +295,7 @@ impl PassEngine {
         out: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         self.ctx.check()?;
+        self.submit_op(None)?;
         let target = |start| match out {
             Some(out) => Target::Gather(out, start),
             None => Target::Resident,
@@ -310,6 +321,7 @@ impl PassEngine {
         ids: &[u32],
     ) -> Result<RowsView<'_>> {
         self.ctx.check()?;
+        self.submit_op(None)?;
         // Gathered rows are decoded to f32, read with the same element width as the slots
         // (an op sizes its output mapping by it).
         let mut gathered_layout = RowLayout::f32(self.layout.dim())?;
@@ -327,12 +339,20 @@ impl PassEngine {
                 limit: self.ctx.max_binding(),
             });
         }
-        let n = match self.device_pass(source, ids, Target::SlotsOnly)? {
-            Some(n) => n,
-            None => self.run_pass(source, ids, Target::SlotsOnly)?,
+        // The pass's commands are held for the op's submission when it covers the batch
+        // (the common case); otherwise they go now, before the passes and the gather
+        // after them.
+        self.io.hold = true;
+        let first = match self.device_pass(source, ids, Target::SlotsOnly) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => self.run_pass(source, ids, Target::SlotsOnly),
+            Err(e) => Err(e),
         };
+        self.io.hold = false;
+        let n = first?;
         let direct = n == ids.len() && self.slots.shards().len() == 1;
         if !direct {
+            self.submit_op(None)?;
             let gathered = self.gathered.get(&self.ctx, bytes)?.clone();
             let pos = self
                 .io
@@ -354,6 +374,7 @@ impl PassEngine {
                 None,
             )?;
             submit(&self.ctx, enc)?;
+            self.stats.submissions += 1;
             self.finish_batch(source, ids, n, |start| Target::Gather(&gathered, start))?;
         } else {
             self.finish_batch(source, ids, n, |_| Target::SlotsOnly)?;
@@ -372,6 +393,20 @@ impl PassEngine {
             identity: !direct,
             layout: if direct { self.layout } else { gathered_layout },
         })
+    }
+
+    /// Submits an op's commands (`None`: the op failed before it had any) together with the
+    /// pass [`PassEngine::rows_for_op`] held back for it, pass first: one submission.
+    /// `None` when nothing was submitted (no op commands and no held pass).
+    pub(crate) fn submit_op(
+        &mut self,
+        op: Option<wgpu::CommandEncoder>,
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
+        let sub = self
+            .io
+            .submit_held(&self.ctx, op.map(wgpu::CommandEncoder::finish))?;
+        self.stats.submissions += u64::from(sub.is_some());
+        Ok(sub)
     }
 
     /// Runs the passes after the first (which served `n` positions) and counts the batch.
@@ -521,6 +556,8 @@ impl PassEngine {
         let s = &mut self.stats;
         let m = m as u64;
         s.passes += 1;
+        // A held pass is submitted with its op (counted there).
+        s.submissions += u64::from(!self.io.hold);
         s.device_passes += u64::from(dev);
         s.rows_uploaded += m;
         s.bytes_uploaded += m * self.layout.row_bytes();
@@ -548,6 +585,7 @@ impl PassEngine {
         let t0 = Instant::now();
         let complete = self.io.probe(&self.ctx, ids)?;
         self.stats.probe_time += t0.elapsed();
+        self.stats.submissions += 1;
         if !complete {
             return Ok(None);
         }
@@ -763,6 +801,29 @@ impl Uploader {
 
     /// Room for the GPU table's changes of a pass with up to `rows` misses (the pending
     /// removals, then at most one eviction and one insertion per miss); 0 without a table.
+    /// Submits the held pass (if any) together with `op`'s commands (if any), in that
+    /// order: one submission.
+    /// `None` when there was nothing to submit.
+    fn submit_held(
+        &mut self,
+        ctx: &GpuContext,
+        op: Option<wgpu::CommandBuffer>,
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
+        let held = self.held.take();
+        if held.is_none() && op.is_none() {
+            return Ok(None);
+        }
+        let entry = held.as_ref().map(|&(_, e)| e);
+        let sub = ctx
+            .queue()
+            .submit(held.map(|(c, _)| c).into_iter().chain(op));
+        if let Some(entry) = entry {
+            self.ring.submitted(entry, sub.clone());
+        }
+        ctx.check()?;
+        Ok(Some(sub))
+    }
+
     fn pairs_room(&self, rows: usize) -> usize {
         self.device
             .as_ref()
@@ -1068,11 +1129,18 @@ impl Uploader {
                 )?;
             }
         }
-        let sub = ctx.queue().submit([enc.finish()]);
-        self.ring.submitted(entry, sub);
-        ctx.check()?;
+        let commands = enc.finish();
+        if self.hold {
+            self.held = Some((commands, entry));
+        } else {
+            let sub = ctx.queue().submit([commands]);
+            self.ring.submitted(entry, sub);
+            ctx.check()?;
+        }
         if let Some(dev) = self.device.as_mut() {
-            dev.pending.clear(); // applied by this submission
+            // Applied by this pass's submission (now, or held: it goes before anything
+            // else reaches the GPU).
+            dev.pending.clear();
         }
         Ok(PassTimes {
             wait: Duration::ZERO,

@@ -5,7 +5,7 @@
 use super::EmbeddingCache;
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encoder, submit, Embeddings};
+use crate::gpu::{encoder, Embeddings};
 use crate::ops::bag::{self, check_bags, Pooling, TableOutput};
 use crate::ops::matmul::{self, Left, Product};
 use crate::table::RowSource;
@@ -139,7 +139,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     /// Resolves `ids` (not empty) and pools their bags into `out` (laid out as `tables`
-    /// says, or one row per bag): one submission after the passes'.
+    /// says, or one row per bag), submitted with the pass that loaded the rows.
     fn launch_bags(
         &mut self,
         ids: &[u32],
@@ -162,9 +162,13 @@ impl<S: RowSource> EmbeddingCache<S> {
             weights,
             out,
             tables,
-        )?;
-        let sub = submit(&self.ctx, enc)?;
-        self.bag_launch.submitted(staged, sub);
+        );
+        // The pass and the bags in one submission (the pass alone if the bags failed).
+        let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
+        let staged = staged?;
+        if let Some(sub) = sub {
+            self.bag_launch.submitted(staged, sub); // always: the bags were submitted
+        }
         Ok(())
     }
 
@@ -334,9 +338,12 @@ impl<S: RowSource> EmbeddingCache<S> {
                 &rows,
                 ids.len(),
                 out.buffer(),
-            )?;
-            let sub = submit(&self.ctx, enc)?;
-            self.product_launch.submitted(staged, sub);
+            );
+            let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
+            let staged = staged?;
+            if let Some(sub) = sub {
+                self.product_launch.submitted(staged, sub); // always: the product was submitted
+            }
             Ok(())
         })
     }

@@ -43,6 +43,11 @@ pub struct CacheStats {
     pub staging_wait_time: Duration,
     /// Host time encoding and submitting GPU work.
     pub submit_time: Duration,
+    /// GPU submissions made by the cache's calls. An op (bags, scores, combine) submits
+    /// its kernel together with the pass that loaded its rows: one per call on the host
+    /// path when the batch fits one pass; device resolution adds the probe's (which must
+    /// come back before the pass); a batch bigger than the cache one per extra pass.
+    pub submissions: u64,
     /// Host time of device resolution's first submission: uploading the ids, the GPU's
     /// probe and reading back its misses and touched slots (one round trip per batch).
     pub probe_time: Duration,
@@ -79,6 +84,7 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
             copy_time,
             staging_wait_time,
             submit_time,
+            submissions,
             probe_time,
         } = o;
         self.batches += batches;
@@ -95,6 +101,7 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
         self.copy_time += *copy_time;
         self.staging_wait_time += *staging_wait_time;
         self.submit_time += *submit_time;
+        self.submissions += submissions;
         self.probe_time += *probe_time;
     }
 }
