@@ -34,9 +34,18 @@ pub struct Args {
     pub resolution: Resolution,
     /// How the caches store rows (`--row-format f32|f16|int8`, default f32).
     pub row_format: RowFormat,
-    /// W2 reads its table from a `.npy` file written first (`--table npy`; page cache
-    /// warm) instead of host memory (`--table host`, the default).
-    pub table_file: bool,
+    /// Where W2's table lives (`--table host|npy|f16`).
+    pub table: TableKind,
+}
+
+/// W2's table: host memory in f32 (the default), a `.npy` file written first and read
+/// through the page cache (warm), or host memory in f16 (a table served in half precision,
+/// as a user holding f16 weights keeps it: rows read and uploaded as stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    Host,
+    Npy,
+    HostF16,
 }
 
 /// GPU-bound work that brings the GPU's clocks up before a timed loop: gathers of every row
@@ -91,7 +100,7 @@ impl Args {
             batch: 0,
             resolution: Resolution::Host,
             row_format: RowFormat::F32,
-            table_file: false,
+            table: TableKind::Host,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -133,11 +142,12 @@ impl Args {
                     }
                 }
                 "--table" => {
-                    a.table_file = match it.next().as_deref() {
-                        Some("host") => false,
-                        Some("npy") => true,
+                    a.table = match it.next().as_deref() {
+                        Some("host") => TableKind::Host,
+                        Some("npy") => TableKind::Npy,
+                        Some("f16") => TableKind::HostF16,
                         other => {
-                            eprintln!("--table host|npy, not {other:?}");
+                            eprintln!("--table host|npy|f16, not {other:?}");
                             std::process::exit(2);
                         }
                     }

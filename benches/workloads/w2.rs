@@ -3,13 +3,15 @@
 
 use std::time::Instant;
 
+use hotrow::half::f16;
 use hotrow::{
     EmbeddingCache, Embeddings, EvictionPolicy, FileTable, GpuContext, HostTable, Resolution,
-    RowSource,
+    RowFormat, RowSource,
 };
+use rayon::prelude::*;
 
 use crate::gen::{Rng, ZipfIds};
-use crate::harness::{self, Args, Report, Result, S};
+use crate::harness::{self, Args, Report, Result, TableKind, S};
 
 pub fn run(
     ctx: &GpuContext,
@@ -17,8 +19,24 @@ pub fn run(
     rep: &mut Report,
     table: HostTable<'static>,
 ) -> Result<HostTable<'static>> {
-    if !a.table_file {
-        return run_on(ctx, a, rep, table, None);
+    match a.table {
+        TableKind::Host => return run_on(ctx, a, rep, table, None),
+        TableKind::HostF16 => {
+            // The same rows in half precision; the check reads them as f16 slots store them
+            // (the same conversion), so this point needs `--row-format f16`.
+            if a.row_format != RowFormat::F16 {
+                eprintln!("w2 --table f16 needs --row-format f16");
+                std::process::exit(2);
+            }
+            let data = table.data().expect("an f32 table");
+            let t = Instant::now();
+            let halves: Vec<f16> = data.par_iter().map(|&v| f16::from_f32(v)).collect();
+            let f16_table = HostTable::owned_f16(halves, table.dim())?;
+            rep.insert("W2_f16_table_build_s".into(), t.elapsed().as_secs_f64());
+            run_on(ctx, a, rep, f16_table, Some(&table))?;
+            return Ok(table);
+        }
+        TableKind::Npy => {}
     }
     // The same rows in a .npy file, written now (so the page cache holds it, as for a table
     // read before), then served through a memory-mapped FileTable.

@@ -64,6 +64,8 @@ pub fn pools(a: &Args, rep: &mut Report) -> Result<()> {
                 }
             }
         };
+    // Host cost of the shared pool's resolution alone (no row copy, no GPU), per step.
+    let mut resolve_ms = Vec::new();
     let mut global = Vec::new();
     for step in 0..steps {
         let ids: Vec<Vec<u32>> = zipf
@@ -76,8 +78,16 @@ pub fn pools(a: &Args, rep: &mut Report) -> Result<()> {
             global.extend(ids.iter().map(|&id| bases[t] + id));
             serve(&mut own[t], ids, count, &mut own_hd);
         }
+        let t = std::time::Instant::now();
         serve(&mut shared, &global, count, &mut shared_hd);
+        if count {
+            resolve_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
+    rep.insert(
+        "W6_sim_shared_resolve_median_ms".into(),
+        harness::median(&mut resolve_ms),
+    );
     let rate = |hd: (u64, u64)| hd.0 as f64 / hd.1.max(1) as f64;
     rep.insert("W6_sim_hit_rate_shared_pool".into(), rate(shared_hd));
     rep.insert("W6_sim_hit_rate_per_table_pools".into(), rate(own_hd));
@@ -176,6 +186,10 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     rep.insert(
         "W6_bytes_uploaded_per_step".into(),
         (after.bytes_uploaded - before.bytes_uploaded) as f64 / timed,
+    );
+    rep.insert(
+        "W6_submissions_per_step".into(),
+        (after.submissions - before.submissions) as f64 / timed,
     );
     rep.insert(
         "W6_host_resolve_ms".into(),
