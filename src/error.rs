@@ -156,6 +156,20 @@ pub enum HotrowError {
         #[source]
         source: Box<HotrowError>,
     },
+    /// One device of a multi-GPU cache ([`crate::ReplicatedCache`],
+    /// [`crate::PartitionedCache`]) failed its part of a call (lost, out of memory, its
+    /// rows' source failed, ...): the call failed as a whole and its output must not be
+    /// used; the other devices' caches stay consistent.
+    #[error("device {device} ({adapter}): {source}")]
+    OnDevice {
+        /// The device's index in the group.
+        device: usize,
+        /// Its adapter's name.
+        adapter: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<HotrowError>,
+    },
     /// A table file could not be used: which file, and what is wrong with it.
     #[error("{}: {problem}", path.display())]
     File {

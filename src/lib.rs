@@ -55,9 +55,9 @@ mod test_workload;
 
 pub use batch::CompactBatch;
 pub use cache::{
-    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy,
-    PartitionedSlotMap, PassPlan, Queries, Resolution, SlotMap, TableBags, TableBatchedCache,
-    TableStats,
+    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy, HostTraffic,
+    PartitionedCache, PartitionedSlotMap, PassPlan, Queries, ReplicatedCache, Resolution, SlotMap,
+    TableBags, TableBatchedCache, TableStats,
 };
 pub use error::{FileProblem, HotrowError, Result};
 pub use gpu::{

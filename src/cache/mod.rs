@@ -5,6 +5,7 @@
 
 mod batched;
 mod config;
+mod group;
 mod partitioned;
 mod pass;
 mod products;
@@ -13,6 +14,7 @@ mod stats;
 
 pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
+pub use group::{HostTraffic, PartitionedCache, ReplicatedCache};
 pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
 pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};

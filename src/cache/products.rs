@@ -89,7 +89,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.bags_checked(ids, offsets, pooling, weights, out)
     }
 
-    fn check_bags(
+    pub(crate) fn check_bags(
         &self,
         ids: &[u32],
         offsets: &[u32],
@@ -227,7 +227,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     /// Checks the input of a scores call; returns the number of queries.
-    fn check_scores(&self, queries: Queries<'_>, cand: &[u32]) -> Result<usize> {
+    pub(crate) fn check_scores(&self, queries: Queries<'_>, cand: &[u32]) -> Result<usize> {
         let dim = self.dim();
         let (m, qdim) = match queries {
             Queries::Host { data, dim: qd } => (data.len() / qd.max(1), qd),
@@ -282,7 +282,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     /// Checks the input of a combine call; returns the number of rows of `x`.
-    fn check_combine(&self, x: &[f32], ids: &[u32]) -> Result<usize> {
+    pub(crate) fn check_combine(&self, x: &[f32], ids: &[u32]) -> Result<usize> {
         let k = ids.len();
         if k == 0 {
             return Err(HotrowError::InvalidArgument(

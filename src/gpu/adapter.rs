@@ -124,6 +124,12 @@ pub(crate) fn rank(info: &wgpu::AdapterInfo) -> (u8, u8, u8) {
 /// The best adapter `options` allow: compute shaders required; a name fragment filters;
 /// then real GPUs before software ones, native APIs before GL, discrete before integrated.
 pub(crate) async fn choose(options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let mut all = candidates(options).await?;
+    Ok(all.remove(0))
+}
+
+/// Every adapter `options` allow, best first (as [`choose`] ranks them); never empty.
+pub(crate) async fn candidates(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
     let backends = options
         .backends
         .or_else(|| options.use_env.then(wgpu::Backends::from_env).flatten())
@@ -167,7 +173,10 @@ pub(crate) async fn choose(options: &GpuOptions) -> Result<wgpu::Adapter> {
         }
     }
     candidates.sort_by_key(|a| rank(&a.get_info()));
-    candidates.into_iter().next().ok_or_else(|| HotrowError::NoAdapter {
+    if !candidates.is_empty() {
+        return Ok(candidates);
+    }
+    Err(HotrowError::NoAdapter {
         backends: format!("{backends:?}"),
         hint: if seen.is_empty() {
             "; on Linux without a GPU install a software adapter, e.g. `apt-get install mesa-vulkan-drivers`".into()

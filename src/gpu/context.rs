@@ -90,9 +90,37 @@ impl GpuContext {
         pollster::block_on(Self::with_options_async(options))
     }
 
+    /// Opens a device on **every** adapter `options` allow, best first (the order
+    /// [`GpuContext::with_options`] ranks them in): the contexts of a multi-GPU cache
+    /// ([`crate::ReplicatedCache`], [`crate::PartitionedCache`]). Two GPUs of the same model
+    /// are two adapters. To keep only real GPUs of one API, set `backends` (e.g.
+    /// `Some(wgpu::Backends::VULKAN)`) and filter on [`GpuContext::adapter`]`.software`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// let all = hotrow::GpuContext::every(hotrow::GpuOptions::default())?;
+    /// let gpus: Vec<_> = all.into_iter().filter(|c| !c.adapter().software).collect();
+    /// println!("{} GPUs", gpus.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn every(options: GpuOptions) -> Result<Vec<Self>> {
+        pollster::block_on(async {
+            let mut out = Vec::new();
+            for adapter in adapter::candidates(&options).await? {
+                out.push(Self::open(adapter, options.memory_budget).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Async form of [`GpuContext::with_options`].
     pub async fn with_options_async(options: GpuOptions) -> Result<Self> {
         let adapter = adapter::choose(&options).await?;
+        Self::open(adapter, options.memory_budget).await
+    }
+
+    /// Opens a device on `adapter`, owned by hotrow (its loss and uncaptured errors).
+    async fn open(adapter: wgpu::Adapter, memory_budget: Option<u64>) -> Result<Self> {
         let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -104,13 +132,7 @@ impl GpuContext {
                 trace: wgpu::Trace::Off,
             })
             .await?;
-        let ctx = Self::build(
-            adapter.get_info(),
-            device,
-            queue,
-            options.memory_budget,
-            true,
-        );
+        let ctx = Self::build(adapter.get_info(), device, queue, memory_budget, true);
         // hotrow owns this device, so it also takes its loss and uncaptured errors.
         let state = Arc::downgrade(&ctx.inner.state);
         ctx.inner

@@ -357,6 +357,26 @@ impl Embeddings {
         Ok(())
     }
 
+    /// Sets these rows to `data` (`rows x dim`, row-major) from host memory, growing the
+    /// buffer when too small; the output must be of `ctx` ([`HotrowError::ForeignContext`]).
+    pub(crate) fn write_host(
+        &mut self,
+        ctx: &GpuContext,
+        data: &[f32],
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        debug_assert_eq!(data.len(), rows * dim);
+        ctx.guarded(|| {
+            self.reset_for(ctx, rows, dim)?;
+            if !data.is_empty() {
+                ctx.queue()
+                    .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            }
+            ctx.check()
+        })
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

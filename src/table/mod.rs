@@ -52,6 +52,22 @@ impl<T: RowSource + ?Sized> RowSource for &T {
     }
 }
 
+/// A table shared by several caches (the devices of a multi-GPU cache) reads the same rows.
+impl<T: RowSource + ?Sized> RowSource for std::sync::Arc<T> {
+    fn rows(&self) -> usize {
+        (**self).rows()
+    }
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        (**self).read_rows(ids, out)
+    }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        (**self).read_rows_f16(ids, out)
+    }
+}
+
 /// How a table's values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ValueType {

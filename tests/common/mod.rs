@@ -70,7 +70,11 @@ pub fn abs(v: &[f32]) -> Vec<f32> {
 /// inputs (rounding in a sum grows with the sum of its terms' magnitudes, not with the
 /// result, which cancellation can make arbitrarily small). NaN (poison) always fails.
 pub fn assert_close(got: &hotrow::Embeddings, want: &[f64], scale: &[f64], what: &str) {
-    let host = got.to_host().unwrap();
+    assert_close_host(&got.to_host().unwrap(), want, scale, what);
+}
+
+/// [`assert_close`] on values already on the host.
+pub fn assert_close_host(host: &[f32], want: &[f64], scale: &[f64], what: &str) {
     assert_eq!(host.len(), want.len(), "{what}: length");
     assert!(
         host.iter().all(|v| v.is_finite()),

@@ -1,0 +1,730 @@
+//! Several GPUs in one process, over one shared row source: [`ReplicatedCache`] (every
+//! device caches the hot rows and serves a contiguous share of each batch: data parallel)
+//! and [`PartitionedCache`] (each row is owned by one device, `id % devices`; each device
+//! looks up its share, bags and scores are reduced per device first, so only partial
+//! results cross the host, and the result lands on the device the caller names).
+//!
+//! One thread drives each device during a call (the first device on the caller's thread).
+//! wgpu has no peer-to-peer copies: whatever crosses devices goes through host memory.
+
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::{CacheConfig, CacheStats, EmbeddingCache, Queries};
+use crate::batch::{check_finite, check_ids};
+use crate::error::{HotrowError, Result};
+use crate::gpu::{Embeddings, GpuContext};
+use crate::ops::bag::{check_bags, Pooling};
+use crate::table::RowSource;
+
+/// One cache per device over the shared source, and the way a call runs on all of them.
+struct Devices<S: RowSource> {
+    caches: Vec<EmbeddingCache<Arc<S>>>,
+}
+
+impl<S: RowSource> Devices<S> {
+    fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
+        if contexts.is_empty() {
+            return Err(HotrowError::InvalidArgument(
+                "a multi-GPU cache needs at least one GpuContext".into(),
+            ));
+        }
+        for (i, a) in contexts.iter().enumerate() {
+            if let Some(j) = contexts[i + 1..].iter().position(|b| a.same_as(b)) {
+                return Err(HotrowError::InvalidArgument(format!(
+                    "contexts {i} and {} share one device (open one context per device)",
+                    i + 1 + j
+                )));
+            }
+        }
+        let source = Arc::new(source);
+        let caches = contexts
+            .iter()
+            .enumerate()
+            .map(|(d, ctx)| {
+                EmbeddingCache::new(ctx, source.clone(), config.clone())
+                    .map_err(|e| on_device(d, ctx, e))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { caches })
+    }
+
+    fn len(&self) -> usize {
+        self.caches.len()
+    }
+
+    fn ctx(&self, d: usize) -> &GpuContext {
+        self.caches[d].context()
+    }
+
+    fn rows(&self) -> usize {
+        self.caches[0].rows()
+    }
+
+    fn dim(&self) -> usize {
+        self.caches[0].dim()
+    }
+
+    /// An empty output on device `d` (its failure names the device).
+    fn output(&self, d: usize) -> Result<Embeddings> {
+        Embeddings::new(self.ctx(d), 0, self.dim()).map_err(|e| on_device(d, self.ctx(d), e))
+    }
+
+    /// `ForeignContext` unless `out` is of device `d`.
+    fn check_output(&self, d: usize, out: &Embeddings) -> Result<()> {
+        self.ctx(d)
+            .check_same(out.context(), "output Embeddings (of the device named)")
+    }
+
+    /// `InvalidArgument` unless `d` names a device.
+    fn check_device(&self, d: usize) -> Result<()> {
+        if d >= self.len() {
+            return Err(HotrowError::InvalidArgument(format!(
+                "device {d} of a group of {}",
+                self.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `job` on every device that has one, each on its own thread (the first on the
+    /// calling thread), and returns each device's result. A device that fails (or whose
+    /// thread panics) fails the call: the lowest such device's error, as
+    /// [`HotrowError::OnDevice`].
+    fn run<J: Send, T: Send>(
+        &mut self,
+        jobs: Vec<Option<J>>,
+        job: impl Fn(&mut EmbeddingCache<Arc<S>>, J) -> Result<T> + Sync,
+    ) -> Result<Vec<Option<T>>> {
+        let job = &job;
+        let caught = |cache: &mut EmbeddingCache<Arc<S>>, j: Option<J>| -> Result<Option<T>> {
+            let Some(j) = j else { return Ok(None) };
+            match catch_unwind(AssertUnwindSafe(|| job(cache, j))) {
+                Ok(r) => r.map(Some),
+                Err(p) => Err(HotrowError::Gpu(format!(
+                    "the thread driving this device panicked: {}",
+                    panic_text(p.as_ref())
+                ))),
+            }
+        };
+        let caught = &caught;
+        let results: Vec<Result<Option<T>>> = std::thread::scope(|s| {
+            let mut work = self.caches.iter_mut().zip(jobs);
+            let first = work.next();
+            let others: Vec<_> = work
+                .map(|(cache, j)| s.spawn(move || caught(cache, j)))
+                .collect();
+            let mut results = vec![first.map_or(Ok(None), |(cache, j)| caught(cache, j))];
+            for h in others {
+                results.push(h.join().unwrap_or_else(|p| {
+                    Err(HotrowError::Gpu(format!(
+                        "the thread driving this device panicked: {}",
+                        panic_text(p.as_ref())
+                    )))
+                }));
+            }
+            results
+        });
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(d, r)| r.map_err(|e| on_device(d, self.ctx(d), e)))
+            .collect()
+    }
+
+    fn stats(&self) -> CacheStats {
+        let mut all = CacheStats::default();
+        for c in &self.caches {
+            all += c.stats();
+        }
+        all
+    }
+
+    fn preload(&mut self, ids: &[u32], owner: impl Fn(u32) -> Option<usize>) -> Result<()> {
+        check_ids(ids, self.rows())?;
+        let mut parts = vec![Vec::new(); self.len()];
+        for &id in ids {
+            match owner(id) {
+                Some(d) => parts[d].push(id),
+                None => parts.iter_mut().for_each(|p| p.push(id)),
+            }
+        }
+        let jobs = parts
+            .into_iter()
+            .map(|p| (!p.is_empty()).then_some(p))
+            .collect();
+        self.run(jobs, |cache, ids| cache.preload(&ids))?;
+        Ok(())
+    }
+}
+
+fn on_device(d: usize, ctx: &GpuContext, e: HotrowError) -> HotrowError {
+    HotrowError::OnDevice {
+        device: d,
+        adapter: ctx.adapter().name.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Contiguous, balanced shares of `n` positions over `parts` devices.
+fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
+    (0..parts)
+        .map(|d| n * d / parts..n * (d + 1) / parts)
+        .collect()
+}
+
+/// The ids, rebased offsets and weights of bags `bags` of a checked bags call.
+fn bag_range<'a>(
+    ids: &'a [u32],
+    offsets: &[u32],
+    weights: Option<&'a [f32]>,
+    bags: Range<usize>,
+) -> (&'a [u32], Vec<u32>, Option<&'a [f32]>) {
+    let end_of = |b: usize| offsets.get(b).map_or(ids.len(), |&o| o as usize);
+    let (lo, hi) = (end_of(bags.start), end_of(bags.end));
+    let rebased = offsets[bags].iter().map(|&o| o - lo as u32).collect();
+    (&ids[lo..hi], rebased, weights.map(|w| &w[lo..hi]))
+}
+
+/// A cache over several GPUs that each hold their own copy of the hot rows (data
+/// parallel): a batch is split into contiguous shares, one per device
+/// ([`ReplicatedCache::split`]), served at once, and each device returns its share on its
+/// own GPU. Nothing crosses devices. Every device holds `config`'s capacity.
+///
+/// Bad input is refused before any device starts (the same typed errors as
+/// [`EmbeddingCache`]); a device that fails during a call fails the call with
+/// [`HotrowError::OnDevice`] naming it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), hotrow::HotrowError> {
+/// use hotrow::{CacheConfig, GpuContext, GpuOptions, HostTable, ReplicatedCache};
+/// let gpus = GpuContext::every(GpuOptions::default())?;
+/// let data: Vec<f32> = (0..10_000 * 8).map(|i| (i as f32).sin()).collect();
+/// let mut cache = ReplicatedCache::new(&gpus, HostTable::borrowed(&data, 8)?, CacheConfig::default())?;
+/// let ids = [5, 9_999, 5, 17];
+/// let parts = cache.lookup(&ids)?; // part d: rows of ids[cache.split(4)[d]], on GPU d
+/// assert_eq!(ReplicatedCache::<HostTable>::to_host(&parts)?.len(), 4 * 8);
+/// # Ok(()) }
+/// ```
+pub struct ReplicatedCache<S: RowSource> {
+    devices: Devices<S>,
+}
+
+impl<S: RowSource> std::fmt::Debug for ReplicatedCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedCache")
+            .field("devices", &self.devices.len())
+            .finish()
+    }
+}
+
+impl<S: RowSource> ReplicatedCache<S> {
+    /// One cache per context (each a different device), all over `source`.
+    pub fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
+        Ok(Self {
+            devices: Devices::new(contexts, source, config)?,
+        })
+    }
+
+    /// Number of devices.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Device `d`'s cache (its stats, memory, context).
+    pub fn cache(&self, d: usize) -> Option<&EmbeddingCache<Arc<S>>> {
+        self.devices.caches.get(d)
+    }
+
+    /// Counters summed over the devices.
+    pub fn stats(&self) -> CacheStats {
+        self.devices.stats()
+    }
+
+    /// The positions device `d` serves of a batch of `n`: `split(n)[d]` (contiguous,
+    /// balanced; for bags, the bags).
+    pub fn split(&self, n: usize) -> Vec<Range<usize>> {
+        split(n, self.devices.len())
+    }
+
+    /// One empty output per device, for the `_into` calls.
+    pub fn outputs(&self) -> Result<Vec<Embeddings>> {
+        (0..self.devices.len())
+            .map(|d| self.devices.output(d))
+            .collect()
+    }
+
+    /// The parts of a result, concatenated on the host (in device order); a part that
+    /// cannot be read is [`HotrowError::OnDevice`] naming its device.
+    pub fn to_host(parts: &[Embeddings]) -> Result<Vec<f32>> {
+        let mut all = Vec::new();
+        for (d, p) in parts.iter().enumerate() {
+            all.extend(p.to_host().map_err(|e| on_device(d, p.context(), e))?);
+        }
+        Ok(all)
+    }
+
+    /// Makes `ids` resident on every device.
+    pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
+        self.devices.preload(ids, |_| None)
+    }
+
+    /// Rows of `ids`: part `d` (on device `d`) holds the rows of `ids[split(n)[d]]`.
+    pub fn lookup(&mut self, ids: &[u32]) -> Result<Vec<Embeddings>> {
+        let mut outs = self.outputs()?;
+        self.lookup_into(ids, &mut outs)?;
+        Ok(outs)
+    }
+
+    /// Like [`ReplicatedCache::lookup`], into `outs` (one per device, each of its device:
+    /// see [`ReplicatedCache::outputs`]).
+    pub fn lookup_into(&mut self, ids: &[u32], outs: &mut [Embeddings]) -> Result<()> {
+        check_ids(ids, self.devices.rows())?;
+        self.check_outputs(outs)?;
+        let jobs = self
+            .split(ids.len())
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(r, out)| Some((&ids[r], out)))
+            .collect();
+        self.devices
+            .run(jobs, |cache, (ids, out)| cache.lookup_into(ids, out))?;
+        Ok(())
+    }
+
+    /// Pooled bags (as [`EmbeddingCache::lookup_bags`]): part `d` holds bags
+    /// `split(offsets.len())[d]`.
+    pub fn lookup_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+    ) -> Result<Vec<Embeddings>> {
+        let mut outs = self.outputs()?;
+        self.lookup_bags_into(ids, offsets, pooling, weights, &mut outs)?;
+        Ok(outs)
+    }
+
+    /// Like [`ReplicatedCache::lookup_bags`], into `outs`.
+    pub fn lookup_bags_into(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        outs: &mut [Embeddings],
+    ) -> Result<()> {
+        check_ids(ids, self.devices.rows())?;
+        check_bags(ids.len(), offsets, pooling, weights)?;
+        self.check_outputs(outs)?;
+        let parts: Vec<_> = self
+            .split(offsets.len())
+            .into_iter()
+            .map(|r| bag_range(ids, offsets, weights, r))
+            .collect();
+        for (d, (ids, offsets, weights)) in parts.iter().enumerate() {
+            self.devices.caches[d].check_bags(ids, offsets, pooling, *weights)?;
+        }
+        let jobs = parts.into_iter().zip(outs.iter_mut()).map(Some).collect();
+        self.devices
+            .run(jobs, |cache, ((ids, offsets, weights), out)| {
+                cache.lookup_bags_into(ids, &offsets, pooling, weights, out)
+            })?;
+        Ok(())
+    }
+
+    /// Scores of every host query against every candidate (as
+    /// [`EmbeddingCache::scores`]): part `d` holds the columns of candidates
+    /// `split(cand.len())[d]` (`m x` that many).
+    pub fn scores_into(
+        &mut self,
+        queries: &[f32],
+        cand: &[u32],
+        outs: &mut [Embeddings],
+    ) -> Result<()> {
+        let dim = self.devices.dim();
+        self.devices.caches[0].check_scores(Queries::Host { data: queries, dim }, cand)?;
+        self.check_outputs(outs)?;
+        let jobs = self
+            .split(cand.len())
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(r, out)| Some((&cand[r], out)))
+            .collect();
+        self.devices.run(jobs, |cache, (cand, out)| {
+            if cand.is_empty() {
+                let m = queries.len() / dim;
+                return out.write_host(cache.context(), &[], m, 0);
+            }
+            cache.scores_into(Queries::Host { data: queries, dim }, cand, out)
+        })?;
+        Ok(())
+    }
+
+    fn check_outputs(&self, outs: &[Embeddings]) -> Result<()> {
+        if outs.len() != self.devices.len() {
+            return Err(HotrowError::LengthMismatch {
+                what: "outputs (one per device)",
+                expected: self.devices.len(),
+                got: outs.len(),
+            });
+        }
+        for (d, out) in outs.iter().enumerate() {
+            self.devices.check_output(d, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a [`PartitionedCache`] moved through host memory between devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostTraffic {
+    /// Calls served.
+    pub calls: u64,
+    /// Partial results read back from the devices.
+    pub bytes_to_host: u64,
+    /// Results written to the device the caller named.
+    pub bytes_from_host: u64,
+}
+
+/// One device's share of a partitioned call: its ids (or candidates), where they sit in
+/// the batch, and its partial result.
+#[derive(Default)]
+struct Share {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    offsets: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+/// A cache over several GPUs that split the table: row `id` is owned by device
+/// `id % devices` and cached only there, so the devices together hold `devices` times the
+/// rows one would. Each device looks up its share of a batch; bags and scores are reduced
+/// on each device first (partial sums or maxima per bag, score columns per candidate), so
+/// only partial results cross the host, where they are combined and written to the
+/// device the caller names. Every device holds `config`'s capacity.
+///
+/// Bad input is refused before any device starts; a device that fails fails the call with
+/// [`HotrowError::OnDevice`] naming it. [`PartitionedCache::traffic`] counts the bytes
+/// that crossed the host.
+///
+/// ```no_run
+/// # fn main() -> Result<(), hotrow::HotrowError> {
+/// use hotrow::{CacheConfig, GpuContext, GpuOptions, HostTable, PartitionedCache, Pooling};
+/// let gpus = GpuContext::every(GpuOptions::default())?;
+/// let data: Vec<f32> = (0..10_000 * 8).map(|i| (i as f32).cos()).collect();
+/// let mut cache = PartitionedCache::new(&gpus, HostTable::borrowed(&data, 8)?, CacheConfig::default())?;
+/// let rows = cache.lookup(&[5, 9_999, 5, 17], 0)?;                  // 4 x 8 on GPU 0
+/// let bags = cache.lookup_bags(&[1, 2, 3], &[0, 2], Pooling::Sum, None, 0)?; // 2 x 8
+/// assert_eq!((rows.rows(), bags.rows()), (4, 2));
+/// # Ok(()) }
+/// ```
+pub struct PartitionedCache<S: RowSource> {
+    devices: Devices<S>,
+    shares: Vec<Share>,
+    partials: Vec<Embeddings>,
+    host: Vec<f32>,
+    traffic: HostTraffic,
+}
+
+impl<S: RowSource> std::fmt::Debug for PartitionedCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionedCache")
+            .field("devices", &self.devices.len())
+            .field("traffic", &self.traffic)
+            .finish()
+    }
+}
+
+impl<S: RowSource> PartitionedCache<S> {
+    /// One cache per context (each a different device), all over `source`; row `id` is
+    /// owned by device `id % contexts.len()`.
+    pub fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
+        let devices = Devices::new(contexts, source, config)?;
+        let partials = (0..devices.len())
+            .map(|d| devices.output(d))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            shares: (0..devices.len()).map(|_| Share::default()).collect(),
+            devices,
+            partials,
+            host: Vec::new(),
+            traffic: HostTraffic::default(),
+        })
+    }
+
+    /// Number of devices.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// The device that owns row `id`.
+    pub fn owner(&self, id: u32) -> usize {
+        id as usize % self.devices.len()
+    }
+
+    /// Device `d`'s cache (its stats, memory, context).
+    pub fn cache(&self, d: usize) -> Option<&EmbeddingCache<Arc<S>>> {
+        self.devices.caches.get(d)
+    }
+
+    /// Counters summed over the devices.
+    pub fn stats(&self) -> CacheStats {
+        self.devices.stats()
+    }
+
+    /// Bytes moved through host memory so far.
+    pub fn traffic(&self) -> HostTraffic {
+        self.traffic
+    }
+
+    /// Makes `ids` resident, each on its owner.
+    pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
+        let n = self.devices.len();
+        self.devices.preload(ids, |id| Some(id as usize % n))
+    }
+
+    /// Rows of `ids` (`ids.len() x dim`), on device `on`.
+    pub fn lookup(&mut self, ids: &[u32], on: usize) -> Result<Embeddings> {
+        self.devices.check_device(on)?;
+        let mut out = self.devices.output(on)?;
+        self.lookup_into(ids, on, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`PartitionedCache::lookup`], into `out` (of device `on`).
+    pub fn lookup_into(&mut self, ids: &[u32], on: usize, out: &mut Embeddings) -> Result<()> {
+        self.devices.check_device(on)?;
+        check_ids(ids, self.devices.rows())?;
+        self.devices.check_output(on, out)?;
+        let n = self.devices.len();
+        for s in &mut self.shares {
+            s.ids.clear();
+            s.positions.clear();
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            let s = &mut self.shares[id as usize % n];
+            s.ids.push(id);
+            s.positions.push(i as u32);
+        }
+        let jobs = self
+            .shares
+            .iter()
+            .zip(self.partials.iter_mut())
+            .map(|(s, p)| (!s.ids.is_empty()).then_some((&s.ids[..], p)))
+            .collect();
+        let parts = self.devices.run(jobs, |cache, (ids, partial)| {
+            cache.lookup_into(ids, partial)?;
+            partial.to_host()
+        })?;
+        let dim = self.devices.dim();
+        self.host.clear();
+        self.host.resize(ids.len() * dim, 0.0);
+        for (s, part) in self.shares.iter().zip(&parts) {
+            let Some(rows) = part else { continue };
+            for (k, &pos) in s.positions.iter().enumerate() {
+                let p = pos as usize * dim;
+                self.host[p..p + dim].copy_from_slice(&rows[k * dim..(k + 1) * dim]);
+            }
+            self.traffic.bytes_to_host += rows.len() as u64 * 4;
+        }
+        self.finish(on, ids.len(), dim, out)
+    }
+
+    /// Pooled bags (as [`EmbeddingCache::lookup_bags`], `offsets.len() x dim`), on device
+    /// `on`. Each device pools the ids it owns in every bag (a sum, or a maximum); the host
+    /// adds the partial sums (divides by the bag's length for `Mean`) or takes the maximum
+    /// over the devices that had ids in the bag. Sums may differ from one device's in the
+    /// last bits (another order of additions).
+    pub fn lookup_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        on: usize,
+    ) -> Result<Embeddings> {
+        self.devices.check_device(on)?;
+        let mut out = self.devices.output(on)?;
+        self.lookup_bags_into(ids, offsets, pooling, weights, on, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`PartitionedCache::lookup_bags`], into `out` (of device `on`).
+    pub fn lookup_bags_into(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        on: usize,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        self.devices.check_device(on)?;
+        check_ids(ids, self.devices.rows())?;
+        check_bags(ids.len(), offsets, pooling, weights)?;
+        self.devices.check_output(on, out)?;
+        let n = self.devices.len();
+        for s in &mut self.shares {
+            s.ids.clear();
+            s.offsets.clear();
+            s.weights.clear();
+        }
+        let bags = offsets.len();
+        for b in 0..bags {
+            let (lo, hi) = (
+                offsets[b] as usize,
+                offsets.get(b + 1).map_or(ids.len(), |&e| e as usize),
+            );
+            for s in &mut self.shares {
+                s.offsets.push(s.ids.len() as u32);
+            }
+            for j in lo..hi {
+                let s = &mut self.shares[ids[j] as usize % n];
+                s.ids.push(ids[j]);
+                if let Some(w) = weights {
+                    s.weights.push(w[j]);
+                }
+            }
+        }
+        let pool = if pooling == Pooling::Max {
+            Pooling::Max
+        } else {
+            Pooling::Sum
+        };
+        let weighted = weights.is_some();
+        for (d, s) in self.shares.iter().enumerate() {
+            let w = weighted.then_some(&s.weights[..]);
+            self.devices.caches[d].check_bags(&s.ids, &s.offsets, pool, w)?;
+        }
+        let jobs = self
+            .shares
+            .iter()
+            .zip(self.partials.iter_mut())
+            .map(|(s, p)| (!s.ids.is_empty()).then_some((s, p)))
+            .collect();
+        let parts = self.devices.run(jobs, |cache, (s, partial)| {
+            let w = weighted.then_some(&s.weights[..]);
+            cache.lookup_bags_into(&s.ids, &s.offsets, pool, w, partial)?;
+            partial.to_host()
+        })?;
+        let dim = self.devices.dim();
+        self.host.clear();
+        self.host.resize(bags * dim, 0.0);
+        // Whether a bag already has a value (Max: the first device with ids in it sets it).
+        let mut set = vec![false; if pooling == Pooling::Max { bags } else { 0 }];
+        for (s, part) in self.shares.iter().zip(&parts) {
+            let Some(rows) = part else { continue };
+            self.traffic.bytes_to_host += rows.len() as u64 * 4;
+            for b in 0..bags {
+                let count = s.offsets.get(b + 1).map_or(s.ids.len() as u32, |&e| e) - s.offsets[b];
+                let (acc, part) = (
+                    &mut self.host[b * dim..(b + 1) * dim],
+                    &rows[b * dim..(b + 1) * dim],
+                );
+                match pooling {
+                    Pooling::Max if count > 0 => {
+                        if set[b] {
+                            acc.iter_mut().zip(part).for_each(|(a, &v)| *a = a.max(v));
+                        } else {
+                            acc.copy_from_slice(part);
+                            set[b] = true;
+                        }
+                    }
+                    Pooling::Max => {}
+                    _ => acc.iter_mut().zip(part).for_each(|(a, &v)| *a += v),
+                }
+            }
+        }
+        if pooling == Pooling::Mean {
+            for b in 0..bags {
+                let len = offsets.get(b + 1).map_or(ids.len() as u32, |&e| e) - offsets[b];
+                if len > 0 {
+                    let inv = 1.0 / len as f32;
+                    self.host[b * dim..(b + 1) * dim]
+                        .iter_mut()
+                        .for_each(|v| *v *= inv);
+                }
+            }
+        }
+        self.finish(on, bags, dim, out)
+    }
+
+    /// Scores of every host query (`dim` values each) against every candidate (as
+    /// [`EmbeddingCache::scores`], `m x cand.len()`), on device `on`: each device scores
+    /// the candidates it owns; the host places their columns.
+    pub fn scores(&mut self, queries: &[f32], cand: &[u32], on: usize) -> Result<Embeddings> {
+        self.devices.check_device(on)?;
+        let mut out = self.devices.output(on)?;
+        self.scores_into(queries, cand, on, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`PartitionedCache::scores`], into `out` (of device `on`).
+    pub fn scores_into(
+        &mut self,
+        queries: &[f32],
+        cand: &[u32],
+        on: usize,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        self.devices.check_device(on)?;
+        let dim = self.devices.dim();
+        let m = self.devices.caches[0].check_scores(Queries::Host { data: queries, dim }, cand)?;
+        check_finite("queries", queries)?;
+        self.devices.check_output(on, out)?;
+        let n = self.devices.len();
+        for s in &mut self.shares {
+            s.ids.clear();
+            s.positions.clear();
+        }
+        for (j, &id) in cand.iter().enumerate() {
+            let s = &mut self.shares[id as usize % n];
+            s.ids.push(id);
+            s.positions.push(j as u32);
+        }
+        let jobs = self
+            .shares
+            .iter()
+            .zip(self.partials.iter_mut())
+            .map(|(s, p)| (!s.ids.is_empty()).then_some((&s.ids[..], p)))
+            .collect();
+        let parts = self.devices.run(jobs, |cache, (cand, partial)| {
+            cache.scores_into(Queries::Host { data: queries, dim }, cand, partial)?;
+            partial.to_host()
+        })?;
+        let width = cand.len();
+        self.host.clear();
+        self.host.resize(m * width, 0.0);
+        for (s, part) in self.shares.iter().zip(&parts) {
+            let Some(cols) = part else { continue };
+            self.traffic.bytes_to_host += cols.len() as u64 * 4;
+            let c = s.ids.len();
+            for i in 0..m {
+                for (k, &j) in s.positions.iter().enumerate() {
+                    self.host[i * width + j as usize] = cols[i * c + k];
+                }
+            }
+        }
+        self.finish(on, m, width, out)
+    }
+
+    /// Writes the combined result (`rows x width` in `self.host`) to `out` on device `on`.
+    fn finish(&mut self, on: usize, rows: usize, width: usize, out: &mut Embeddings) -> Result<()> {
+        let ctx = self.devices.ctx(on).clone();
+        out.write_host(&ctx, &self.host, rows, width)
+            .map_err(|e| on_device(on, &ctx, e))?;
+        self.traffic.bytes_from_host += self.host.len() as u64 * 4;
+        self.traffic.calls += 1;
+        Ok(())
+    }
+}
