@@ -56,8 +56,8 @@ mod test_workload;
 pub use batch::CompactBatch;
 pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy, HostTraffic,
-    PartitionedCache, PartitionedSlotMap, PassPlan, Queries, ReplicatedCache, Resolution, SlotMap,
-    TableBags, TableBatchedCache, TableStats,
+    OwnedRows, PartitionedCache, PartitionedSlotMap, PassPlan, Queries, ReplicatedCache,
+    Resolution, SlotMap, TableBags, TableBatchedCache, TableStats,
 };
 pub use error::{FileProblem, HotrowError, Result};
 pub use gpu::{

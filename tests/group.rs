@@ -175,10 +175,13 @@ fn partitioned_matches_the_reference() {
                 &scale,
                 &format!("partitioned bags {pooling:?}"),
             );
-            // each device cached only the rows it owns
+            // each device caches only the rows it owns, numbered id / 2
             for d in 0..2 {
-                for id in cache.cache(d).unwrap().slot_map().resident() {
-                    assert_eq!(cache.owner(id), d, "row {id} cached off its owner");
+                let own = cache.cache(d).unwrap();
+                assert_eq!(own.rows(), (rows + 1 - d) / 2);
+                for local in own.slot_map().resident() {
+                    let id = own.source().table_id(local);
+                    assert_eq!((cache.owner(id), id / 2), (d, local));
                 }
             }
         }

@@ -36,6 +36,11 @@ pub struct Args {
     pub row_format: RowFormat,
     /// Where W2's table lives (`--table host|npy|f16`).
     pub table: TableKind,
+    /// GPUs of `w2multi` (`--devices`, default 2).
+    pub devices: usize,
+    /// Cache rows per device of `w2multi`, as a fraction of the table (`--cache-frac`,
+    /// default 0.1).
+    pub cache_frac: f64,
 }
 
 /// W2's table: host memory in f32 (the default), a `.npy` file written first and read
@@ -71,7 +76,7 @@ impl Heater {
     }
 
     /// Back-to-back gathers for `secs` seconds, then waits for them.
-    fn run(&self, ctx: &GpuContext, secs: f64) -> Result<()> {
+    pub fn run(&self, ctx: &GpuContext, secs: f64) -> Result<()> {
         let t = Instant::now();
         let mut k = 0;
         let mut out = self.out.borrow_mut();
@@ -101,6 +106,8 @@ impl Args {
             resolution: Resolution::Host,
             row_format: RowFormat::F32,
             table: TableKind::Host,
+            devices: 2,
+            cache_frac: 0.1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -151,6 +158,10 @@ impl Args {
                             std::process::exit(2);
                         }
                     }
+                }
+                "--devices" => a.devices = it.next().and_then(|v| v.parse().ok()).unwrap_or(2),
+                "--cache-frac" => {
+                    a.cache_frac = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.1)
                 }
                 "--bench" => {} // passed by `cargo bench`
                 other => {

@@ -18,13 +18,20 @@ use crate::gpu::{Embeddings, GpuContext};
 use crate::ops::bag::{check_bags, Pooling};
 use crate::table::RowSource;
 
-/// One cache per device over the shared source, and the way a call runs on all of them.
-struct Devices<S: RowSource> {
-    caches: Vec<EmbeddingCache<Arc<S>>>,
+/// One cache per device (over `make(d)`, its view of the shared source), the shared
+/// table's row count, and the way a call runs on all of them.
+struct Devices<R: RowSource> {
+    caches: Vec<EmbeddingCache<R>>,
+    rows: usize,
 }
 
-impl<S: RowSource> Devices<S> {
-    fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
+impl<R: RowSource> Devices<R> {
+    fn new(
+        contexts: &[GpuContext],
+        rows: usize,
+        config: CacheConfig,
+        make: impl Fn(usize) -> R,
+    ) -> Result<Self> {
         if contexts.is_empty() {
             return Err(HotrowError::InvalidArgument(
                 "a multi-GPU cache needs at least one GpuContext".into(),
@@ -38,16 +45,14 @@ impl<S: RowSource> Devices<S> {
                 )));
             }
         }
-        let source = Arc::new(source);
         let caches = contexts
             .iter()
             .enumerate()
             .map(|(d, ctx)| {
-                EmbeddingCache::new(ctx, source.clone(), config.clone())
-                    .map_err(|e| on_device(d, ctx, e))
+                EmbeddingCache::new(ctx, make(d), config.clone()).map_err(|e| on_device(d, ctx, e))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { caches })
+        Ok(Self { caches, rows })
     }
 
     fn len(&self) -> usize {
@@ -59,7 +64,7 @@ impl<S: RowSource> Devices<S> {
     }
 
     fn rows(&self) -> usize {
-        self.caches[0].rows()
+        self.rows
     }
 
     fn dim(&self) -> usize {
@@ -95,10 +100,10 @@ impl<S: RowSource> Devices<S> {
     fn run<J: Send, T: Send>(
         &mut self,
         jobs: Vec<Option<J>>,
-        job: impl Fn(&mut EmbeddingCache<Arc<S>>, J) -> Result<T> + Sync,
+        job: impl Fn(&mut EmbeddingCache<R>, J) -> Result<T> + Sync,
     ) -> Result<Vec<Option<T>>> {
         let job = &job;
-        let caught = |cache: &mut EmbeddingCache<Arc<S>>, j: Option<J>| -> Result<Option<T>> {
+        let caught = |cache: &mut EmbeddingCache<R>, j: Option<J>| -> Result<Option<T>> {
             let Some(j) = j else { return Ok(None) };
             match catch_unwind(AssertUnwindSafe(|| job(cache, j))) {
                 Ok(r) => r.map(Some),
@@ -141,12 +146,14 @@ impl<S: RowSource> Devices<S> {
         all
     }
 
-    fn preload(&mut self, ids: &[u32], owner: impl Fn(u32) -> Option<usize>) -> Result<()> {
+    /// Preloads `ids`, each on the device (and as the id) `route` gives, or on every
+    /// device as it is (`None`).
+    fn preload(&mut self, ids: &[u32], route: impl Fn(u32) -> Option<(usize, u32)>) -> Result<()> {
         check_ids(ids, self.rows())?;
         let mut parts = vec![Vec::new(); self.len()];
         for &id in ids {
-            match owner(id) {
-                Some(d) => parts[d].push(id),
+            match route(id) {
+                Some((d, local)) => parts[d].push(local),
                 None => parts.iter_mut().for_each(|p| p.push(id)),
             }
         }
@@ -215,7 +222,7 @@ fn bag_range<'a>(
 /// # Ok(()) }
 /// ```
 pub struct ReplicatedCache<S: RowSource> {
-    devices: Devices<S>,
+    devices: Devices<Arc<S>>,
 }
 
 impl<S: RowSource> std::fmt::Debug for ReplicatedCache<S> {
@@ -229,8 +236,9 @@ impl<S: RowSource> std::fmt::Debug for ReplicatedCache<S> {
 impl<S: RowSource> ReplicatedCache<S> {
     /// One cache per context (each a different device), all over `source`.
     pub fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
+        let (rows, source) = (source.rows(), Arc::new(source));
         Ok(Self {
-            devices: Devices::new(contexts, source, config)?,
+            devices: Devices::new(contexts, rows, config, |_| source.clone())?,
         })
     }
 
@@ -385,6 +393,42 @@ impl<S: RowSource> ReplicatedCache<S> {
     }
 }
 
+/// The rows of a shared table that one device of a [`PartitionedCache`] owns (those with
+/// `id % devices == device`), numbered `id / devices`: each device's cache covers only its
+/// own rows, so its slot map and GPU id table are `1 / devices` of the table's.
+pub struct OwnedRows<S: RowSource> {
+    source: Arc<S>,
+    device: u32,
+    devices: u32,
+}
+
+impl<S: RowSource> OwnedRows<S> {
+    /// The table id of this device's row `local`.
+    pub fn table_id(&self, local: u32) -> u32 {
+        local * self.devices + self.device
+    }
+
+    fn global(&self, ids: &[u32]) -> Vec<u32> {
+        ids.iter().map(|&l| self.table_id(l)).collect()
+    }
+}
+
+impl<S: RowSource> RowSource for OwnedRows<S> {
+    fn rows(&self) -> usize {
+        let (n, d) = (self.devices as usize, self.device as usize);
+        (self.source.rows() + n - 1 - d) / n
+    }
+    fn dim(&self) -> usize {
+        self.source.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        self.source.read_rows(&self.global(ids), out)
+    }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+        self.source.read_rows_f16(&self.global(ids), out)
+    }
+}
+
 /// Bytes a [`PartitionedCache`] moved through host memory between devices.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostTraffic {
@@ -429,7 +473,7 @@ struct Share {
 /// # Ok(()) }
 /// ```
 pub struct PartitionedCache<S: RowSource> {
-    devices: Devices<S>,
+    devices: Devices<OwnedRows<S>>,
     shares: Vec<Share>,
     partials: Vec<Embeddings>,
     host: Vec<f32>,
@@ -449,7 +493,13 @@ impl<S: RowSource> PartitionedCache<S> {
     /// One cache per context (each a different device), all over `source`; row `id` is
     /// owned by device `id % contexts.len()`.
     pub fn new(contexts: &[GpuContext], source: S, config: CacheConfig) -> Result<Self> {
-        let devices = Devices::new(contexts, source, config)?;
+        let (rows, source) = (source.rows(), Arc::new(source));
+        let n = contexts.len().max(1);
+        let devices = Devices::new(contexts, rows, config, |d| OwnedRows {
+            source: source.clone(),
+            device: d as u32,
+            devices: n as u32,
+        })?;
         let partials = (0..devices.len())
             .map(|d| devices.output(d))
             .collect::<Result<_>>()?;
@@ -472,8 +522,9 @@ impl<S: RowSource> PartitionedCache<S> {
         id as usize % self.devices.len()
     }
 
-    /// Device `d`'s cache (its stats, memory, context).
-    pub fn cache(&self, d: usize) -> Option<&EmbeddingCache<Arc<S>>> {
+    /// Device `d`'s cache (its stats, memory, context): a cache of the rows it owns,
+    /// numbered `id / devices` ([`OwnedRows`]).
+    pub fn cache(&self, d: usize) -> Option<&EmbeddingCache<OwnedRows<S>>> {
         self.devices.caches.get(d)
     }
 
@@ -489,8 +540,9 @@ impl<S: RowSource> PartitionedCache<S> {
 
     /// Makes `ids` resident, each on its owner.
     pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
-        let n = self.devices.len();
-        self.devices.preload(ids, |id| Some(id as usize % n))
+        let n = self.devices.len() as u32;
+        self.devices
+            .preload(ids, |id| Some(((id % n) as usize, id / n)))
     }
 
     /// Rows of `ids` (`ids.len() x dim`), on device `on`.
@@ -513,7 +565,7 @@ impl<S: RowSource> PartitionedCache<S> {
         }
         for (i, &id) in ids.iter().enumerate() {
             let s = &mut self.shares[id as usize % n];
-            s.ids.push(id);
+            s.ids.push(id / n as u32);
             s.positions.push(i as u32);
         }
         let jobs = self
@@ -590,7 +642,7 @@ impl<S: RowSource> PartitionedCache<S> {
             }
             for j in lo..hi {
                 let s = &mut self.shares[ids[j] as usize % n];
-                s.ids.push(ids[j]);
+                s.ids.push(ids[j] / n as u32);
                 if let Some(w) = weights {
                     s.weights.push(w[j]);
                 }
@@ -679,7 +731,10 @@ impl<S: RowSource> PartitionedCache<S> {
     ) -> Result<()> {
         self.devices.check_device(on)?;
         let dim = self.devices.dim();
-        let m = self.devices.caches[0].check_scores(Queries::Host { data: queries, dim }, cand)?;
+        if cand.is_empty() {
+            return Err(HotrowError::EmptyCandidates);
+        }
+        check_ids(cand, self.devices.rows())?;
         check_finite("queries", queries)?;
         self.devices.check_output(on, out)?;
         let n = self.devices.len();
@@ -689,8 +744,15 @@ impl<S: RowSource> PartitionedCache<S> {
         }
         for (j, &id) in cand.iter().enumerate() {
             let s = &mut self.shares[id as usize % n];
-            s.ids.push(id);
+            s.ids.push(id / n as u32);
             s.positions.push(j as u32);
+        }
+        let mut m = 0;
+        for (d, s) in self.shares.iter().enumerate() {
+            if !s.ids.is_empty() {
+                let q = Queries::Host { data: queries, dim };
+                m = self.devices.caches[d].check_scores(q, &s.ids)?;
+            }
         }
         let jobs = self
             .shares

@@ -14,7 +14,7 @@ mod stats;
 
 pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
-pub use group::{HostTraffic, PartitionedCache, ReplicatedCache};
+pub use group::{HostTraffic, OwnedRows, PartitionedCache, ReplicatedCache};
 pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
 pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};

@@ -103,13 +103,27 @@ impl GpuContext {
     /// println!("{} GPUs", gpus.len());
     /// # Ok(()) }
     /// ```
+    ///
+    /// An adapter whose device cannot be opened is left out (with a `log` warning); the
+    /// call fails only when none opens.
     pub fn every(options: GpuOptions) -> Result<Vec<Self>> {
         pollster::block_on(async {
             let mut out = Vec::new();
+            let mut first_error = None;
             for adapter in adapter::candidates(&options).await? {
-                out.push(Self::open(adapter, options.memory_budget).await?);
+                let name = adapter.get_info().name;
+                match Self::open(adapter, options.memory_budget).await {
+                    Ok(ctx) => out.push(ctx),
+                    Err(e) => {
+                        log::warn!("hotrow: adapter {name} left out: {e}");
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
-            Ok(out)
+            match first_error {
+                Some(e) if out.is_empty() => Err(e),
+                _ => Ok(out),
+            }
         })
     }
 
