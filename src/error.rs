@@ -170,6 +170,15 @@ pub enum HotrowError {
         #[source]
         source: Box<HotrowError>,
     },
+    /// A remote row tier (Redis) could not provide row `id` (or, `id: None`, could not be
+    /// opened): the batch failed cleanly and the cache holds none of its missed rows.
+    #[error("remote rows{}: {problem}", id.map(|i| format!(" (row {i})")).unwrap_or_default())]
+    Remote {
+        /// The first row of the request that failed, when a row was asked for.
+        id: Option<u32>,
+        /// What went wrong.
+        problem: RemoteProblem,
+    },
     /// A table file could not be used: which file, and what is wrong with it.
     #[error("{}: {problem}", path.display())]
     File {
@@ -226,3 +235,37 @@ pub enum FileProblem {
 
 /// Shorthand for `Result<T, HotrowError>`.
 pub type Result<T, E = HotrowError> = std::result::Result<T, E>;
+
+/// What went wrong with a remote row tier ([`HotrowError::Remote`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RemoteProblem {
+    /// The row's key does not exist.
+    #[error("key {key} is missing")]
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+    /// The row's value has the wrong number of bytes for the table's dim and value type.
+    #[error("key {key} holds {got} bytes, a row is {want}")]
+    WrongLength {
+        /// The key.
+        key: String,
+        /// Bytes found.
+        got: usize,
+        /// Bytes of one row.
+        want: usize,
+    },
+    /// The server did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// No connection, or it dropped (the next call connects again).
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The table's description key is missing or malformed.
+    #[error("table description: {0}")]
+    BadTable(String),
+    /// Another error reported by the server or the client.
+    #[error("{0}")]
+    Other(String),
+}

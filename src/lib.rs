@@ -59,7 +59,7 @@ pub use cache::{
     OwnedRows, PartitionedCache, PartitionedSlotMap, PassPlan, Queries, ReplicatedCache,
     Resolution, SlotMap, TableBags, TableBatchedCache, TableStats,
 };
-pub use error::{FileProblem, HotrowError, Result};
+pub use error::{FileProblem, HotrowError, RemoteProblem, Result};
 pub use gpu::{
     AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, RowBuffer,
     RowBufferOptions, RowFormat, RowLayout,
@@ -68,7 +68,9 @@ pub use gpu::{
 pub use half;
 pub use ops::bag::Pooling;
 pub use ops::{params_layouts, shader_files, shader_modules};
-pub use table::{FileTable, HostTable, RowSource, ValueType};
+pub use table::{FileTable, HostTable, HostTier, RowSource, TierStats, ValueType};
+#[cfg(feature = "redis")]
+pub use table::{RedisOptions, RedisStats, RedisTable, RedisTarget};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -477,11 +477,16 @@ impl<S: RowSource> RowSource for Tables<S> {
             });
         }
         check_ids(ids, self.rows())?;
-        if ids.len() <= IDS_PER_TASK {
+        // A remote table is read in one call per table (each call is a round trip).
+        if ids.len() <= IDS_PER_TASK || self.remote() {
             return self.read_chunk(ids, out);
         }
         ids.par_chunks(IDS_PER_TASK)
             .zip(out.par_chunks_mut(IDS_PER_TASK * self.dim))
             .try_for_each(|(ids, out)| self.read_chunk(ids, out))
+    }
+
+    fn remote(&self) -> bool {
+        self.sources.iter().any(RowSource::remote)
     }
 }

@@ -427,6 +427,9 @@ impl<S: RowSource> RowSource for OwnedRows<S> {
     fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
         self.source.read_rows_f16(&self.global(ids), out)
     }
+    fn remote(&self) -> bool {
+        self.source.remote()
+    }
 }
 
 /// Bytes a [`PartitionedCache`] moved through host memory between devices.

@@ -464,7 +464,9 @@ impl PassEngine {
         let mut staged = None;
         let mut copied = false;
         let mut wait = Duration::ZERO;
-        let n = if self.miss_estimate > 0 {
+        // A remote source is read once per pass, after resolution (each call is a round
+        // trip), not once per partition while resolving.
+        let n = if self.miss_estimate > 0 && !source.remote() {
             let room = (self.miss_estimate + self.miss_estimate / 4 + 64).min(self.max_misses);
             let positions = if needs_pos { window.len() } else { 0 };
             let pairs = self.io.pairs_room(room);
@@ -600,7 +602,7 @@ impl PassEngine {
         let t1 = Instant::now();
         let mut wait = Duration::ZERO;
         let mut staged = None;
-        let (fits, outcome) = if est > 0 {
+        let (fits, outcome) = if est > 0 && !source.remote() {
             let room = missing.len().min(est + est / 4 + 64);
             let lay = StagingLayout::new(&self.slots, 0, room, target, 2 * room, 3);
             let entry = ring.acquire(&self.ctx, lay.total)?;

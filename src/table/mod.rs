@@ -5,9 +5,15 @@
 
 mod file;
 mod host;
+#[cfg(feature = "redis")]
+mod redis;
+mod tier;
 
 pub use file::FileTable;
 pub use host::HostTable;
+#[cfg(feature = "redis")]
+pub use redis::{RedisOptions, RedisStats, RedisTable, RedisTarget};
+pub use tier::{HostTier, TierStats};
 
 use rayon::prelude::*;
 
@@ -34,6 +40,14 @@ pub trait RowSource: Send + Sync {
         let _ = (ids, out);
         Ok(false)
     }
+
+    /// Whether each call costs a round trip to another process or machine (a network
+    /// store such as Redis: `RedisTable`, feature `redis`). The cache then reads a pass's missed rows in
+    /// one call after resolving them, instead of one call per slot-map partition while it
+    /// resolves (which suits memory, not a network). Default `false`.
+    fn remote(&self) -> bool {
+        false
+    }
 }
 
 /// A shared reference reads the same rows (a cache can borrow a table that outlives it).
@@ -50,6 +64,9 @@ impl<T: RowSource + ?Sized> RowSource for &T {
     fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
         (**self).read_rows_f16(ids, out)
     }
+    fn remote(&self) -> bool {
+        (**self).remote()
+    }
 }
 
 /// A table shared by several caches (the devices of a multi-GPU cache) reads the same rows.
@@ -65,6 +82,9 @@ impl<T: RowSource + ?Sized> RowSource for std::sync::Arc<T> {
     }
     fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
         (**self).read_rows_f16(ids, out)
+    }
+    fn remote(&self) -> bool {
+        (**self).remote()
     }
 }
 
