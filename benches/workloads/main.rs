@@ -16,6 +16,8 @@ mod harness;
 mod w1;
 mod w2;
 mod w2multi;
+#[cfg(feature = "redis")]
+mod w2redis;
 mod w3;
 mod w4;
 mod w5;
@@ -48,13 +50,15 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w1" => w1::run(&ctx, &a, &mut part).map(|_| None)?,
             "w2" => Some(w2::run(&ctx, &a, &mut part, take())?),
             "w2multi" => Some(w2multi::run(&a, &mut part, take())?),
+            #[cfg(feature = "redis")]
+            "w2redis" => Some(w2redis::run(&ctx, &a, &mut part, take())?),
             "w3" => Some(w3::run(&ctx, &a, &mut part, take())?),
             "w4" => Some(w4::run(&ctx, &a, &mut part, take())?),
             "w5" => Some(w5::run(&ctx, &a, &mut part, take())?),
             "w6" => w6::run(&ctx, &a, &mut part).map(|_| None)?,
             "w6pools" => w6::pools(&a, &mut part).map(|_| None)?,
             other => {
-                eprintln!("unknown workload {other} (w1-w6, w2multi, w6pools)");
+                eprintln!("unknown workload {other} (w1-w6, w2multi, w2redis with --features redis, w6pools)");
                 std::process::exit(2);
             }
         };

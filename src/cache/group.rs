@@ -23,6 +23,10 @@ use crate::table::RowSource;
 struct Devices<R: RowSource> {
     caches: Vec<EmbeddingCache<R>>,
     rows: usize,
+    /// Each device's host threads (its share of rayon's): a device's slot-map partitions
+    /// and row copies run on its own pool, so the devices' host work does not interleave
+    /// on one pool.
+    pools: Vec<rayon::ThreadPool>,
 }
 
 impl<R: RowSource> Devices<R> {
@@ -52,7 +56,21 @@ impl<R: RowSource> Devices<R> {
                 EmbeddingCache::new(ctx, make(d), config.clone()).map_err(|e| on_device(d, ctx, e))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { caches, rows })
+        let threads = (rayon::current_num_threads() / contexts.len()).max(1);
+        let pools = (0..contexts.len())
+            .map(|d| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("hotrow-device{d}-{i}"))
+                    .build()
+                    .map_err(|e| HotrowError::InvalidArgument(format!("host threads: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            caches,
+            rows,
+            pools,
+        })
     }
 
     fn len(&self) -> usize {
@@ -103,9 +121,11 @@ impl<R: RowSource> Devices<R> {
         job: impl Fn(&mut EmbeddingCache<R>, J) -> Result<T> + Sync,
     ) -> Result<Vec<Option<T>>> {
         let job = &job;
-        let caught = |cache: &mut EmbeddingCache<R>, j: Option<J>| -> Result<Option<T>> {
+        let caught = |(pool, cache): (&rayon::ThreadPool, &mut EmbeddingCache<R>),
+                      j: Option<J>|
+         -> Result<Option<T>> {
             let Some(j) = j else { return Ok(None) };
-            match catch_unwind(AssertUnwindSafe(|| job(cache, j))) {
+            match catch_unwind(AssertUnwindSafe(|| pool.install(|| job(cache, j)))) {
                 Ok(r) => r.map(Some),
                 Err(p) => Err(HotrowError::Gpu(format!(
                     "the thread driving this device panicked: {}",
@@ -115,7 +135,7 @@ impl<R: RowSource> Devices<R> {
         };
         let caught = &caught;
         let results: Vec<Result<Option<T>>> = std::thread::scope(|s| {
-            let mut work = self.caches.iter_mut().zip(jobs);
+            let mut work = self.pools.iter().zip(self.caches.iter_mut()).zip(jobs);
             let first = work.next();
             let others: Vec<_> = work
                 .map(|(cache, j)| s.spawn(move || caught(cache, j)))

@@ -511,7 +511,9 @@ fn connect(target: &RedisTarget, timeout: Duration) -> Result<Conn> {
                 .response_timeout(timeout)
                 .build()
                 .map_err(fail)?;
-            Ok(Conn::Cluster(Box::new(client.get_connection().map_err(fail)?)))
+            Ok(Conn::Cluster(Box::new(
+                client.get_connection().map_err(fail)?,
+            )))
         }
     }
 }
