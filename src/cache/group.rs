@@ -49,6 +49,12 @@ impl<R: RowSource> Devices<R> {
                 )));
             }
         }
+        let threads = (rayon::current_num_threads() / contexts.len()).max(1);
+        // The default partition count is one per rayon thread; a device has its share.
+        let mut config = config;
+        if config.partitions == rayon::current_num_threads() {
+            config.partitions = threads;
+        }
         let caches = contexts
             .iter()
             .enumerate()
@@ -56,7 +62,6 @@ impl<R: RowSource> Devices<R> {
                 EmbeddingCache::new(ctx, make(d), config.clone()).map_err(|e| on_device(d, ctx, e))
             })
             .collect::<Result<_>>()?;
-        let threads = (rayon::current_num_threads() / contexts.len()).max(1);
         let pools = (0..contexts.len())
             .map(|d| {
                 rayon::ThreadPoolBuilder::new()
