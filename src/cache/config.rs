@@ -69,8 +69,7 @@ pub struct CacheConfig {
     pub policy: EvictionPolicy,
     /// Partitions of the slot map, resolved in parallel (ids split by their low bits, each
     /// partition evicting among its own slots). Rounded down to a power of two and to one
-    /// per 1,024 slots. Default: the rayon thread count (in a multi-GPU cache, each
-    /// device's share of it: its host work runs on its own pool of that many threads).
+    /// per 1,024 slots. Default: the rayon thread count.
     pub partitions: usize,
     /// Who finds a batch's hits. Default [`Resolution::Host`].
     pub resolution: Resolution,

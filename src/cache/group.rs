@@ -50,11 +50,6 @@ impl<R: RowSource> Devices<R> {
             }
         }
         let threads = (rayon::current_num_threads() / contexts.len()).max(1);
-        // The default partition count is one per rayon thread; a device has its share.
-        let mut config = config;
-        if config.partitions == rayon::current_num_threads() {
-            config.partitions = threads;
-        }
         let caches = contexts
             .iter()
             .enumerate()
