@@ -587,10 +587,7 @@ impl<S: RowSource> PartitionedCache<S> {
         check_ids(ids, self.devices.rows())?;
         self.devices.check_output(on, out)?;
         let n = self.devices.len();
-        for s in &mut self.shares {
-            s.ids.clear();
-            s.positions.clear();
-        }
+        self.clear_shares();
         // Where each position's row will be: (device, row of its share).
         self.from.clear();
         for &id in ids {
@@ -599,19 +596,9 @@ impl<S: RowSource> PartitionedCache<S> {
             self.from.push((d as u32, s.ids.len() as u32));
             s.ids.push(id / n as u32);
         }
-        let jobs = self
-            .shares
-            .iter()
-            .zip(self.partials.iter_mut())
-            .map(|(s, p)| (!s.ids.is_empty()).then_some((&s.ids[..], p)))
-            .collect();
-        let parts = self.devices.run(jobs, |cache, (ids, partial)| {
-            cache.lookup_into(ids, partial)?;
-            partial.to_host()
-        })?;
+        let parts = self.run_shares(|cache, s, partial| cache.lookup_into(&s.ids, partial))?;
         let dim = self.devices.dim();
         let parts: Vec<&[f32]> = parts.iter().map(|p| p.as_deref().unwrap_or(&[])).collect();
-        self.traffic.bytes_to_host += parts.iter().map(|p| p.len() as u64 * 4).sum::<u64>();
         self.host.clear();
         self.host.resize(ids.len() * dim, 0.0);
         // Rows placed in parallel (a W2 batch is 32 MiB of them).
@@ -659,11 +646,7 @@ impl<S: RowSource> PartitionedCache<S> {
         check_bags(ids.len(), offsets, pooling, weights)?;
         self.devices.check_output(on, out)?;
         let n = self.devices.len();
-        for s in &mut self.shares {
-            s.ids.clear();
-            s.offsets.clear();
-            s.weights.clear();
-        }
+        self.clear_shares();
         let bags = offsets.len();
         for b in 0..bags {
             let (lo, hi) = (
@@ -691,16 +674,9 @@ impl<S: RowSource> PartitionedCache<S> {
             let w = weighted.then_some(&s.weights[..]);
             self.devices.caches[d].check_bags(&s.ids, &s.offsets, pool, w)?;
         }
-        let jobs = self
-            .shares
-            .iter()
-            .zip(self.partials.iter_mut())
-            .map(|(s, p)| (!s.ids.is_empty()).then_some((s, p)))
-            .collect();
-        let parts = self.devices.run(jobs, |cache, (s, partial)| {
+        let parts = self.run_shares(|cache, s, partial| {
             let w = weighted.then_some(&s.weights[..]);
-            cache.lookup_bags_into(&s.ids, &s.offsets, pool, w, partial)?;
-            partial.to_host()
+            cache.lookup_bags_into(&s.ids, &s.offsets, pool, w, partial)
         })?;
         let dim = self.devices.dim();
         self.host.clear();
@@ -709,7 +685,6 @@ impl<S: RowSource> PartitionedCache<S> {
         let mut set = vec![false; if pooling == Pooling::Max { bags } else { 0 }];
         for (s, part) in self.shares.iter().zip(&parts) {
             let Some(rows) = part else { continue };
-            self.traffic.bytes_to_host += rows.len() as u64 * 4;
             for b in 0..bags {
                 let count = s.offsets.get(b + 1).map_or(s.ids.len() as u32, |&e| e) - s.offsets[b];
                 let (acc, part) = (
@@ -771,10 +746,7 @@ impl<S: RowSource> PartitionedCache<S> {
         check_finite("queries", queries)?;
         self.devices.check_output(on, out)?;
         let n = self.devices.len();
-        for s in &mut self.shares {
-            s.ids.clear();
-            s.positions.clear();
-        }
+        self.clear_shares();
         for (j, &id) in cand.iter().enumerate() {
             let s = &mut self.shares[id as usize % n];
             s.ids.push(id / n as u32);
@@ -787,22 +759,14 @@ impl<S: RowSource> PartitionedCache<S> {
                 m = self.devices.caches[d].check_scores(q, &s.ids)?;
             }
         }
-        let jobs = self
-            .shares
-            .iter()
-            .zip(self.partials.iter_mut())
-            .map(|(s, p)| (!s.ids.is_empty()).then_some((&s.ids[..], p)))
-            .collect();
-        let parts = self.devices.run(jobs, |cache, (cand, partial)| {
-            cache.scores_into(Queries::Host { data: queries, dim }, cand, partial)?;
-            partial.to_host()
+        let parts = self.run_shares(|cache, s, partial| {
+            cache.scores_into(Queries::Host { data: queries, dim }, &s.ids, partial)
         })?;
         let width = cand.len();
         self.host.clear();
         self.host.resize(m * width, 0.0);
         for (s, part) in self.shares.iter().zip(&parts) {
             let Some(cols) = part else { continue };
-            self.traffic.bytes_to_host += cols.len() as u64 * 4;
             let c = s.ids.len();
             for i in 0..m {
                 for (k, &j) in s.positions.iter().enumerate() {
@@ -811,6 +775,38 @@ impl<S: RowSource> PartitionedCache<S> {
             }
         }
         self.finish(on, m, width, out)
+    }
+
+    /// Empties every device's share.
+    fn clear_shares(&mut self) {
+        for s in &mut self.shares {
+            s.ids.clear();
+            s.positions.clear();
+            s.offsets.clear();
+            s.weights.clear();
+        }
+    }
+
+    /// Runs `op` for every device with a non-empty share, into that device's partial
+    /// output, and reads the partials back (counted as host traffic); `None` for a device
+    /// without work.
+    fn run_shares(
+        &mut self,
+        op: impl Fn(&mut EmbeddingCache<OwnedRows<S>>, &Share, &mut Embeddings) -> Result<()> + Sync,
+    ) -> Result<Vec<Option<Vec<f32>>>> {
+        let jobs = self
+            .shares
+            .iter()
+            .zip(self.partials.iter_mut())
+            .map(|(s, p)| (!s.ids.is_empty()).then_some((s, p)))
+            .collect();
+        let parts = self.devices.run(jobs, |cache, (s, partial)| {
+            op(cache, s, partial)?;
+            partial.to_host()
+        })?;
+        let bytes: usize = parts.iter().flatten().map(Vec::len).sum();
+        self.traffic.bytes_to_host += bytes as u64 * 4;
+        Ok(parts)
     }
 
     /// Writes the combined result (`rows x width` in `self.host`) to `out` on device `on`.

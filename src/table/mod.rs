@@ -50,43 +50,31 @@ pub trait RowSource: Send + Sync {
     }
 }
 
-/// A shared reference reads the same rows (a cache can borrow a table that outlives it).
-impl<T: RowSource + ?Sized> RowSource for &T {
-    fn rows(&self) -> usize {
-        (**self).rows()
-    }
-    fn dim(&self) -> usize {
-        (**self).dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
-        (**self).read_rows(ids, out)
-    }
-    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
-        (**self).read_rows_f16(ids, out)
-    }
-    fn remote(&self) -> bool {
-        (**self).remote()
-    }
+/// A shared reference reads the same rows (a cache can borrow a table that outlives it), and
+/// so does an `Arc` (a table shared by several caches: the devices of a multi-GPU cache).
+macro_rules! forward_row_source {
+    ($($ty:ty),*) => {$(
+        impl<T: RowSource + ?Sized> RowSource for $ty {
+            fn rows(&self) -> usize {
+                (**self).rows()
+            }
+            fn dim(&self) -> usize {
+                (**self).dim()
+            }
+            fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+                (**self).read_rows(ids, out)
+            }
+            fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
+                (**self).read_rows_f16(ids, out)
+            }
+            fn remote(&self) -> bool {
+                (**self).remote()
+            }
+        }
+    )*};
 }
 
-/// A table shared by several caches (the devices of a multi-GPU cache) reads the same rows.
-impl<T: RowSource + ?Sized> RowSource for std::sync::Arc<T> {
-    fn rows(&self) -> usize {
-        (**self).rows()
-    }
-    fn dim(&self) -> usize {
-        (**self).dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
-        (**self).read_rows(ids, out)
-    }
-    fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
-        (**self).read_rows_f16(ids, out)
-    }
-    fn remote(&self) -> bool {
-        (**self).remote()
-    }
-}
+forward_row_source!(&T, std::sync::Arc<T>);
 
 /// How a table's values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
