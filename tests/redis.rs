@@ -352,6 +352,56 @@ fn a_server_killed_mid_stream_fails_batches_cleanly_and_is_reconnected() {
 }
 
 #[test]
+fn a_frozen_server_is_a_timeout_naming_the_row() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("redis timeout"));
+    let server = Server::start(false);
+    let target = RedisTarget::Standalone(server.url());
+    let (rows, dim) = (600, 4);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let quick = RedisOptions {
+        timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let redis = RedisTable::load(&table, &target, "t:t", quick, ValueType::F32, false).unwrap();
+    let config = CacheConfig::default().capacity(Capacity::Rows(50));
+    let mut cache = EmbeddingCache::new(ctx(), redis, config).unwrap();
+    cache.lookup(&[1, 2]).unwrap();
+    // SIGSTOP: the server keeps its connections open but answers nothing
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let r = cache.lookup(&[7, 8, 9]);
+    signal("-CONT");
+    let (id, problem) = remote_problem(r);
+    assert_eq!(id, Some(7));
+    assert!(matches!(problem, RemoteProblem::Timeout(_)), "{problem:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "bounded by the timeout"
+    );
+    for id in [7, 8, 9] {
+        assert_eq!(cache.slot_map().slot_of(id), None, "no phantom row {id}");
+    }
+    let ids = [7, 8, 9, 1];
+    let out = cache.lookup(&ids).unwrap().to_host().unwrap();
+    assert_rows_eq(
+        &out,
+        &reference::gather(&data, dim, &ids),
+        dim,
+        "after the pause",
+    );
+}
+
+#[test]
 fn bad_tables_and_unreachable_servers_are_typed_errors() {
     let _serial = common::serial();
     let server = Server::start(false);
