@@ -179,6 +179,7 @@ fn partitioned_matches_the_reference() {
             for d in 0..2 {
                 let own = cache.cache(d).unwrap();
                 assert_eq!(own.rows(), (rows + 1 - d) / 2);
+                assert_eq!(own.source().rows(), (rows + 1 - d) / 2);
                 for local in own.slot_map().resident() {
                     let id = own.source().table_id(local);
                     assert_eq!((cache.owner(id), id / 2), (d, local));
@@ -413,4 +414,26 @@ fn a_failing_source_fails_the_call_and_keeps_no_phantom_rows() {
         }
     }
     assert!(failed, "the source's failure was reported");
+}
+
+#[test]
+fn a_table_smaller_than_the_group_is_served() {
+    let _serial = common::serial();
+    let data = [0.5f32, -1.5, 2.25];
+    let table = HostTable::borrowed(&data, 3).unwrap();
+    let mut part = PartitionedCache::new(two(), table, CacheConfig::default()).unwrap();
+    let out = part.lookup(&[0, 0], 1).unwrap().to_host().unwrap();
+    assert_eq!(out, [0.5, -1.5, 2.25, 0.5, -1.5, 2.25]);
+    let bags = part
+        .lookup_bags(&[0, 0], &[0, 1], Pooling::Mean, None, 0)
+        .unwrap();
+    assert_eq!(bags.to_host().unwrap(), [0.5, -1.5, 2.25, 0.5, -1.5, 2.25]);
+    let mut rep = ReplicatedCache::new(
+        two(),
+        HostTable::borrowed(&data, 3).unwrap(),
+        CacheConfig::default(),
+    )
+    .unwrap();
+    let got = ReplicatedCache::<HostTable>::to_host(&rep.lookup(&[0]).unwrap()).unwrap();
+    assert_eq!(got, [0.5, -1.5, 2.25]);
 }

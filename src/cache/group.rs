@@ -43,6 +43,11 @@ impl<R: RowSource> Devices<R> {
                 "a multi-GPU cache needs at least one GpuContext".into(),
             ));
         }
+        if rows == 0 {
+            return Err(HotrowError::InvalidArgument(
+                "row source must have rows and dim >= 1 (got 0 rows)".into(),
+            ));
+        }
         for (i, a) in contexts.iter().enumerate() {
             if let Some(j) = contexts[i + 1..].iter().position(|b| a.same_as(b)) {
                 return Err(HotrowError::InvalidArgument(format!(
@@ -438,7 +443,9 @@ impl<S: RowSource> OwnedRows<S> {
 impl<S: RowSource> RowSource for OwnedRows<S> {
     fn rows(&self) -> usize {
         let (n, d) = (self.devices as usize, self.device as usize);
-        (self.source.rows() + n - 1 - d) / n
+        // A device that owns no row (a table smaller than the group) still gets a cache of
+        // one row, which is never asked for (no table id maps to it).
+        ((self.source.rows() + n - 1 - d) / n).max(1)
     }
     fn dim(&self) -> usize {
         self.source.dim()
