@@ -125,6 +125,14 @@ fn replicated_matches_the_reference() {
                 assert_close_host(got, w, s, "replicated scores");
             }
         }
+        // combine: rows of x split over the devices
+        let ids = z.batch(40, &mut rng);
+        let x: Vec<f32> = (0..5 * 40).map(|_| rng.value()).collect();
+        let mut outs = cache.outputs().unwrap();
+        cache.combine_into(&x, &ids, &mut outs).unwrap();
+        let got = ReplicatedCache::<HostTable>::to_host(&outs).unwrap();
+        let (want, scale) = common::combine_ref(&data, dim, &x, &ids);
+        assert_close_host(&got, &want, &scale, "replicated combine");
         let s = cache.stats();
         assert!(s.hits > 0 && s.evictions > 0, "{s:?}");
         for d in 0..2 {
@@ -192,9 +200,19 @@ fn partitioned_matches_the_reference() {
         assert!(s.context().same_as(&two()[1]));
         let (want, scale) = common::scores_ref(&data, dim, &q, &cand);
         common::assert_close(&s, &want, &scale, "partitioned scores");
+        let ids = z.batch(45, &mut rng);
+        let x: Vec<f32> = (0..3 * 45).map(|_| rng.value()).collect();
+        let c = cache.combine(&x, &ids, 0).unwrap();
+        assert!(c.context().same_as(&two()[0]));
+        let (want, scale) = common::combine_ref(&data, dim, &x, &ids);
+        common::assert_close(&c, &want, &scale, "partitioned combine");
+        assert!(matches!(
+            cache.combine(&x[1..], &ids, 0),
+            Err(HotrowError::LengthMismatch { .. })
+        ));
         let t = cache.traffic();
         assert!(
-            t.bytes_to_host > 0 && t.bytes_from_host > 0 && t.calls == 17,
+            t.bytes_to_host > 0 && t.bytes_from_host > 0 && t.calls == 18,
             "{t:?}"
         );
         for d in 0..2 {

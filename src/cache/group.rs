@@ -405,6 +405,28 @@ impl<S: RowSource> ReplicatedCache<S> {
         Ok(())
     }
 
+    /// Combinations `x * E[ids]` (as [`EmbeddingCache::combine`], `x` is `m x ids.len()`):
+    /// part `d` holds rows `split(m)[d]` of the `m x dim` result.
+    pub fn combine_into(&mut self, x: &[f32], ids: &[u32], outs: &mut [Embeddings]) -> Result<()> {
+        let m = self.devices.caches[0].check_combine(x, ids)?;
+        self.check_outputs(outs)?;
+        let k = ids.len();
+        let jobs = self
+            .split(m)
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(r, out)| Some((&x[r.start * k..r.end * k], out)))
+            .collect();
+        let dim = self.devices.dim();
+        self.devices.run(jobs, |cache, (x, out)| {
+            if x.is_empty() {
+                return out.write_host(cache.context(), &[], 0, dim);
+            }
+            cache.combine_into(x, ids, out)
+        })?;
+        Ok(())
+    }
+
     fn check_outputs(&self, outs: &[Embeddings]) -> Result<()> {
         if outs.len() != self.devices.len() {
             return Err(HotrowError::LengthMismatch {
@@ -782,6 +804,72 @@ impl<S: RowSource> PartitionedCache<S> {
             }
         }
         self.finish(on, m, width, out)
+    }
+
+    /// Combinations `x * E[ids]` (as [`EmbeddingCache::combine`], `x` is `m x ids.len()`,
+    /// result `m x dim`) on device `on`: each device combines the ids it owns with their
+    /// columns of `x`; the host adds the partial results.
+    pub fn combine(&mut self, x: &[f32], ids: &[u32], on: usize) -> Result<Embeddings> {
+        self.devices.check_device(on)?;
+        let mut out = self.devices.output(on)?;
+        self.combine_into(x, ids, on, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`PartitionedCache::combine`], into `out` (of device `on`).
+    pub fn combine_into(
+        &mut self,
+        x: &[f32],
+        ids: &[u32],
+        on: usize,
+        out: &mut Embeddings,
+    ) -> Result<()> {
+        self.devices.check_device(on)?;
+        let k = ids.len();
+        if k == 0 {
+            return Err(HotrowError::InvalidArgument(
+                "combine needs at least one id".into(),
+            ));
+        }
+        if !x.len().is_multiple_of(k) {
+            return Err(HotrowError::LengthMismatch {
+                what: "x (m rows of one weight per id)",
+                expected: (x.len() / k + 1) * k,
+                got: x.len(),
+            });
+        }
+        check_ids(ids, self.devices.rows())?;
+        check_finite("x", x)?;
+        self.devices.check_output(on, out)?;
+        let (n, m) = (self.devices.len(), x.len() / k);
+        self.clear_shares();
+        for (j, &id) in ids.iter().enumerate() {
+            let s = &mut self.shares[id as usize % n];
+            s.ids.push(id / n as u32);
+            s.positions.push(j as u32);
+        }
+        // Each device's columns of x, row-major (m x its ids).
+        for s in &mut self.shares {
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                s.weights
+                    .extend(s.positions.iter().map(|&j| row[j as usize]));
+            }
+        }
+        for (d, s) in self.shares.iter().enumerate() {
+            if !s.ids.is_empty() {
+                self.devices.caches[d].check_combine(&s.weights, &s.ids)?;
+            }
+        }
+        let parts =
+            self.run_shares(|cache, s, partial| cache.combine_into(&s.weights, &s.ids, partial))?;
+        let dim = self.devices.dim();
+        self.host.clear();
+        self.host.resize(m * dim, 0.0);
+        for part in parts.iter().flatten() {
+            self.host.iter_mut().zip(part).for_each(|(a, &v)| *a += v);
+        }
+        self.finish(on, m, dim, out)
     }
 
     /// Empties every device's share.
