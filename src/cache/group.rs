@@ -4,8 +4,9 @@
 //! looks up its share, bags and scores are reduced per device first, so only partial
 //! results cross the host, and the result lands on the device the caller names).
 //!
-//! One thread drives each device during a call (the first device on the caller's thread).
-//! wgpu has no peer-to-peer copies: whatever crosses devices goes through host memory.
+//! Each device has its own pool of host threads (its share of rayon's); a call runs every
+//! device's part on its pool at once (no thread is started per call). wgpu has no
+//! peer-to-peer copies: whatever crosses devices goes through host memory.
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -118,8 +119,8 @@ impl<R: RowSource> Devices<R> {
         Ok(())
     }
 
-    /// Runs `job` on every device that has one, each on its own thread (the first on the
-    /// calling thread), and returns each device's result. A device that fails (or whose
+    /// Runs `job` on every device that has one, each on its own pool, at once, and returns
+    /// each device's result. A device that fails (or whose
     /// thread panics) fails the call: the lowest such device's error, as
     /// [`HotrowError::OnDevice`].
     fn run<J: Send, T: Send>(
@@ -128,36 +129,28 @@ impl<R: RowSource> Devices<R> {
         job: impl Fn(&mut EmbeddingCache<R>, J) -> Result<T> + Sync,
     ) -> Result<Vec<Option<T>>> {
         let job = &job;
-        let caught = |(pool, cache): (&rayon::ThreadPool, &mut EmbeddingCache<R>),
-                      j: Option<J>|
-         -> Result<Option<T>> {
-            let Some(j) = j else { return Ok(None) };
-            match catch_unwind(AssertUnwindSafe(|| pool.install(|| job(cache, j)))) {
-                Ok(r) => r.map(Some),
-                Err(p) => Err(HotrowError::Gpu(format!(
-                    "the thread driving this device panicked: {}",
-                    panic_text(p.as_ref())
-                ))),
-            }
-        };
-        let caught = &caught;
-        let results: Vec<Result<Option<T>>> = std::thread::scope(|s| {
-            let mut work = self.pools.iter().zip(self.caches.iter_mut()).zip(jobs);
-            let first = work.next();
-            let others: Vec<_> = work
-                .map(|(cache, j)| s.spawn(move || caught(cache, j)))
-                .collect();
-            let mut results = vec![first.map_or(Ok(None), |(cache, j)| caught(cache, j))];
-            for h in others {
-                results.push(h.join().unwrap_or_else(|p| {
-                    Err(HotrowError::Gpu(format!(
-                        "the thread driving this device panicked: {}",
-                        panic_text(p.as_ref())
-                    )))
-                }));
-            }
-            results
-        });
+        let mut results: Vec<Result<Option<T>>> = (0..self.len()).map(|_| Ok(None)).collect();
+        // Device d's job runs on its own pool (the first device's on the calling thread,
+        // inside its pool), all at once; a panic is caught where it happens.
+        let tasks: Vec<_> = self
+            .caches
+            .iter_mut()
+            .zip(jobs)
+            .zip(results.iter_mut())
+            .map(|((cache, j), slot)| {
+                move || {
+                    let Some(j) = j else { return };
+                    *slot = match catch_unwind(AssertUnwindSafe(|| job(cache, j))) {
+                        Ok(r) => r.map(Some),
+                        Err(p) => Err(HotrowError::Gpu(format!(
+                            "the thread driving this device panicked: {}",
+                            panic_text(p.as_ref())
+                        ))),
+                    };
+                }
+            })
+            .collect();
+        on_pools(&self.pools, tasks);
         results
             .into_iter()
             .enumerate()
@@ -191,6 +184,22 @@ impl<R: RowSource> Devices<R> {
         self.run(jobs, |cache, ids| cache.preload(&ids))?;
         Ok(())
     }
+}
+
+/// Runs `tasks[d]` on `pools[d]`, all at once: the last task is spawned into its pool's
+/// scope, the others recursively, the first runs inside its pool from the calling thread;
+/// returns when all are done. (No thread is started per call.)
+fn on_pools<'t, F: FnOnce() + Send + 't>(pools: &[rayon::ThreadPool], mut tasks: Vec<F>) {
+    let Some(last) = tasks.pop() else { return };
+    let d = tasks.len();
+    if d == 0 {
+        pools[0].install(last);
+        return;
+    }
+    pools[d].in_place_scope(|s| {
+        s.spawn(move |_| last());
+        on_pools(&pools[..d], tasks);
+    });
 }
 
 fn on_device(d: usize, ctx: &GpuContext, e: HotrowError) -> HotrowError {
