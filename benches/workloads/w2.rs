@@ -161,6 +161,10 @@ fn run_on<T: RowSource + 'static>(
     rep.insert("W2_misses_per_batch".into(), st.misses as f64 / per);
     rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
     rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
+    rep.insert(
+        "W2_host_resolve_copy_thread_ms".into(),
+        ms(st.resolve_copy_thread_time),
+    );
     rep.insert("W2_host_staging_wait_ms".into(), ms(st.staging_wait_time));
     rep.insert("W2_host_submit_ms".into(), ms(st.submit_time));
     rep.insert("W2_host_probe_round_trip_ms".into(), ms(st.probe_time));

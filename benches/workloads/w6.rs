@@ -192,6 +192,11 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
         (after.submissions - before.submissions) as f64 / timed,
     );
     rep.insert(
+        "W6_host_resolve_copy_thread_ms".into(),
+        (after.resolve_copy_thread_time - before.resolve_copy_thread_time).as_secs_f64() * 1e3
+            / timed,
+    );
+    rep.insert(
         "W6_host_resolve_ms".into(),
         (after.resolve_time - before.resolve_time).as_secs_f64() * 1e3 / timed,
     );

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -475,7 +475,7 @@ impl PassEngine {
             wait = t0.elapsed();
             t0 = Instant::now();
             let (map, plan) = (&mut self.map, &mut self.plan);
-            let (n, outcome) = copy_while_resolving(
+            let (n, outcome, copy_threads) = copy_while_resolving(
                 &mut self.io.ring,
                 entry,
                 &lay,
@@ -483,6 +483,7 @@ impl PassEngine {
                 self.layout,
                 |on_misses| map.resolve_with(window, plan, on_misses),
             )?;
+            self.stats.resolve_copy_thread_time += copy_threads;
             self.io.queue_evictions(&self.plan);
             match outcome {
                 Err(e) => {
@@ -607,11 +608,13 @@ impl PassEngine {
             let lay = StagingLayout::new(&self.slots, 0, room, target, 2 * room, 3);
             let entry = ring.acquire(&self.ctx, lay.total)?;
             wait = t1.elapsed();
-            let r = copy_while_resolving(ring, entry, &lay, source, self.layout, |on_misses| {
-                map.resolve_device(touched, missing, max_misses, plan, on_misses)
-            })?;
+            let (fits, outcome, copy_threads) =
+                copy_while_resolving(ring, entry, &lay, source, self.layout, |on_misses| {
+                    map.resolve_device(touched, missing, max_misses, plan, on_misses)
+                })?;
+            self.stats.resolve_copy_thread_time += copy_threads;
             staged = Some((entry, lay));
-            r
+            (fits, outcome)
         } else {
             let fits = map.resolve_device(touched, missing, max_misses, plan, &|_| {});
             (fits, Ok(false))
@@ -656,7 +659,8 @@ impl PassEngine {
 /// Resolves a pass with `resolve` while the partitions copy their missed rows into staging
 /// entry `entry` (laid out as `lay`, with room for `lay.rows_cap` rows). Returns what
 /// `resolve` returned and whether every missed row fit and was copied (`Ok(false)`: no
-/// room, the caller copies them serially), or the row source's error or panic.
+/// room, the caller copies them serially), or the row source's error or panic; and the
+/// time the copies took, summed over the threads that made them.
 fn copy_while_resolving<S: RowSource, R>(
     ring: &mut StagingRing,
     entry: usize,
@@ -664,10 +668,11 @@ fn copy_while_resolving<S: RowSource, R>(
     source: &S,
     layout: RowLayout,
     resolve: impl FnOnce(OnMisses<'_>) -> R,
-) -> Result<(R, Result<bool>)> {
+) -> Result<(R, Result<bool>, Duration)> {
     let words = layout.words_per_row();
     let row_bytes = words * 4;
     let bump = AtomicUsize::new(0);
+    let copy_ns = AtomicU64::new(0);
     let overflow = AtomicBool::new(false);
     let failure: Mutex<Option<HotrowError>> = Mutex::new(None);
     let r = ring.write(entry, lay.total, |bytes| {
@@ -691,12 +696,15 @@ fn copy_while_resolving<S: RowSource, R>(
                     base.slice::<u32>(lay.rows_off as usize + at * row_bytes, misses.len() * words),
                 )
             };
+            let t = Instant::now();
             let mut ids = Vec::with_capacity(misses.len());
             for (dst, &(id, slot)) in slots_out.iter_mut().zip(misses) {
                 *dst = slot;
                 ids.push(id);
             }
-            let Err(err) = read_rows_encoded(source, layout, &ids, rows_out) else {
+            let copied = read_rows_encoded(source, layout, &ids, rows_out);
+            copy_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let Err(err) = copied else {
                 return;
             };
             failure
@@ -710,7 +718,7 @@ fn copy_while_resolving<S: RowSource, R>(
         Some(e) => Err(e),
         None => Ok(!overflow.into_inner()),
     };
-    Ok((r, outcome))
+    Ok((r, outcome, Duration::from_nanos(copy_ns.into_inner())))
 }
 
 /// Where each part of a pass sits in its staging buffer: the per-position slot list, the

@@ -35,6 +35,10 @@ pub struct CacheStats {
     /// miss estimate, each slot-map partition copies its missed rows into staging memory
     /// right after it resolves, while others still resolve: that copy is counted here.
     pub resolve_time: Duration,
+    /// The part of `resolve_time`'s work spent copying missed rows while other partitions
+    /// resolve, summed over the threads that copied (so it can exceed `resolve_time`):
+    /// divided by the rows, the per-row copy cost under load.
+    pub resolve_copy_thread_time: Duration,
     /// Host time copying into staging memory after resolution: the slot lists and params,
     /// and the missed rows of a pass that copies them serially (the first pass, or one
     /// with more misses than the estimate has room for).
@@ -81,6 +85,7 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
             evictions,
             bytes_uploaded,
             resolve_time,
+            resolve_copy_thread_time,
             copy_time,
             staging_wait_time,
             submit_time,
@@ -98,6 +103,7 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
         self.evictions += evictions;
         self.bytes_uploaded += bytes_uploaded;
         self.resolve_time += *resolve_time;
+        self.resolve_copy_thread_time += *resolve_copy_thread_time;
         self.copy_time += *copy_time;
         self.staging_wait_time += *staging_wait_time;
         self.submit_time += *submit_time;
