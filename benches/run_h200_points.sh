@@ -14,7 +14,8 @@ while IFS='|' read -r name envs args; do
   name=$(echo "$name" | xargs); [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
   echo "== $name (env: $envs; workloads $args) from $(date +%T.%N)" >> "$LOG"
   json="$OUT/$(echo "$name" | tr ' =,' '___').json"
-  env $envs ./.dev/bin/workloads --json "$json" $args > /tmp/p.log 2>&1 < /dev/null || { tail -20 /tmp/p.log >> "$LOG"; continue; }
+  # BIN=<path> in the environment column runs another build (A/B in one command).
+  env $envs sh -c 'exec "${BIN:-./.dev/bin/workloads}" "$@"' workloads --json "$json" $args > /tmp/p.log 2>&1 < /dev/null || { tail -20 /tmp/p.log >> "$LOG"; continue; }
   python3 - "$name" "$json" >> "$LOG" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[2]))
