@@ -37,11 +37,33 @@ impl Rng {
     }
 }
 
+/// With `HOTROW_HUGEPAGES` set (Linux): asks for transparent huge pages over `v`'s pages
+/// before they are first written (a large `vec![0; n]` is mapped but not yet touched), so a
+/// table's random row reads miss the TLB less. An experiment's switch, off by default.
+fn advise_huge_pages(v: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("HOTROW_HUGEPAGES").is_some() {
+        let page = 4096usize;
+        let start = v.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(page);
+        let end = start + std::mem::size_of_val(v);
+        if end > aligned {
+            // SAFETY: advisory only, over whole pages inside this allocation.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE)
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
 /// `n` random f32 values in `[-1, 1)`, filled in parallel (seeded per chunk, so the result
 /// depends only on `seed` and `n`).
 pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
     use rayon::prelude::*;
     let mut v = vec![0f32; n];
+    advise_huge_pages(&mut v);
     v.par_chunks_mut(1 << 16)
         .enumerate()
         .for_each(|(k, chunk)| {
