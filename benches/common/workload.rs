@@ -50,7 +50,11 @@ fn advise_huge_pages(v: &mut [f32]) {
         if end > aligned {
             // SAFETY: advisory only, over whole pages inside this allocation.
             unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE)
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                )
             };
         }
     }
