@@ -262,6 +262,20 @@ pub fn warm_up(
     Ok(())
 }
 
+/// Minor page faults of this process so far (Linux; 0 elsewhere): a stream's share tells
+/// whether memory it writes (mapped staging) is faulted in again on every use.
+pub fn minor_faults() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes one rusage struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            return u.ru_minflt;
+        }
+    }
+    0
+}
+
 /// Submits `reps` calls of `op(k)` without waiting, then waits once: wall ms per call and
 /// the pass timings recorded by the stream.
 pub fn stream(

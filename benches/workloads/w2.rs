@@ -115,9 +115,14 @@ fn run_on<T: RowSource + 'static>(
     let steady = &stream[warm..];
     harness::warm_up(ctx, a, 0, |_| Ok(()))?;
     cache.reset_stats();
+    let faults = harness::minor_faults();
     let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
         cache.lookup_into(&steady[k], &mut out)
     })?;
+    rep.insert(
+        "W2_minor_page_faults_per_batch".into(),
+        (harness::minor_faults() - faults) as f64 / steady.len() as f64,
+    );
     check(&cache, &stream[batches - 1], &out)?;
     let st = cache.stats().clone();
     let per = steady.len() as f64;
