@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::products::check_combine_shape;
 use super::{CacheConfig, CacheStats, EmbeddingCache, Queries};
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
@@ -781,15 +782,9 @@ impl<S: RowSource> PartitionedCache<S> {
             return Err(HotrowError::EmptyCandidates);
         }
         check_ids(cand, self.devices.rows())?;
-        check_finite("queries", queries)?;
         self.devices.check_output(on, out)?;
-        let n = self.devices.len();
-        self.clear_shares();
-        for (j, &id) in cand.iter().enumerate() {
-            let s = &mut self.shares[id as usize % n];
-            s.ids.push(id / n as u32);
-            s.positions.push(j as u32);
-        }
+        self.share_by_owner(cand);
+        // Each device checks the queries (dim, finite, its binding limit) for its share.
         let mut m = 0;
         for (d, s) in self.shares.iter().enumerate() {
             if !s.ids.is_empty() {
@@ -835,28 +830,12 @@ impl<S: RowSource> PartitionedCache<S> {
     ) -> Result<()> {
         self.devices.check_device(on)?;
         let k = ids.len();
-        if k == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "combine needs at least one id".into(),
-            ));
-        }
-        if !x.len().is_multiple_of(k) {
-            return Err(HotrowError::LengthMismatch {
-                what: "x (m rows of one weight per id)",
-                expected: (x.len() / k + 1) * k,
-                got: x.len(),
-            });
-        }
+        check_combine_shape(x.len(), k)?;
         check_ids(ids, self.devices.rows())?;
         check_finite("x", x)?;
         self.devices.check_output(on, out)?;
-        let (n, m) = (self.devices.len(), x.len() / k);
-        self.clear_shares();
-        for (j, &id) in ids.iter().enumerate() {
-            let s = &mut self.shares[id as usize % n];
-            s.ids.push(id / n as u32);
-            s.positions.push(j as u32);
-        }
+        let m = x.len() / k;
+        self.share_by_owner(ids);
         // Each device's columns of x, row-major (m x its ids).
         for s in &mut self.shares {
             for i in 0..m {
@@ -879,6 +858,17 @@ impl<S: RowSource> PartitionedCache<S> {
             self.host.iter_mut().zip(part).for_each(|(a, &v)| *a += v);
         }
         self.finish(on, m, dim, out)
+    }
+
+    /// Puts each of `ids` in its owner's share (local id and position in `ids`).
+    fn share_by_owner(&mut self, ids: &[u32]) {
+        let n = self.devices.len() as u32;
+        self.clear_shares();
+        for (j, &id) in ids.iter().enumerate() {
+            let s = &mut self.shares[(id % n) as usize];
+            s.ids.push(id / n);
+            s.positions.push(j as u32);
+        }
     }
 
     /// Empties every device's share.

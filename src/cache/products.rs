@@ -284,18 +284,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// Checks the input of a combine call; returns the number of rows of `x`.
     pub(crate) fn check_combine(&self, x: &[f32], ids: &[u32]) -> Result<usize> {
         let k = ids.len();
-        if k == 0 {
-            return Err(HotrowError::InvalidArgument(
-                "combine needs at least one id".into(),
-            ));
-        }
-        if !x.len().is_multiple_of(k) {
-            return Err(HotrowError::LengthMismatch {
-                what: "x (m rows of one weight per id)",
-                expected: (x.len() / k + 1) * k,
-                got: x.len(),
-            });
-        }
+        check_combine_shape(x.len(), k)?;
         check_ids(ids, self.rows())?;
         check_finite("x", x)?;
         self.check_binding("x (split the batch)", x.len() as u64 * 4)?;
@@ -347,4 +336,21 @@ impl<S: RowSource> EmbeddingCache<S> {
             Ok(())
         })
     }
+}
+
+/// `x` of a combine call holds `m` whole rows of one weight per id, for at least one id.
+pub(crate) fn check_combine_shape(x_len: usize, k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(HotrowError::InvalidArgument(
+            "combine needs at least one id".into(),
+        ));
+    }
+    if !x_len.is_multiple_of(k) {
+        return Err(HotrowError::LengthMismatch {
+            what: "x (m rows of one weight per id)",
+            expected: (x_len / k + 1) * k,
+            got: x_len,
+        });
+    }
+    Ok(())
 }
