@@ -292,6 +292,12 @@ fn bad_input_names_the_table_and_changes_nothing() {
         weights: None,
     };
     assert_eq!(table(cache.lookup_bags(&[ok, ok, back], Pooling::Sum)).0, 2);
+    // bad input in several tables (checked in parallel): the first table's error, always
+    for _ in 0..20 {
+        let (t, e) = table(cache.lookup_bags(&[ok, far, back], Pooling::Sum));
+        assert_eq!(t, 1);
+        assert!(matches!(e, HotrowError::IdOutOfRange { id: 200, .. }));
+    }
     // the wrong number of tables
     assert!(matches!(
         cache.lookup_bags(&[ok, ok], Pooling::Sum),

@@ -463,3 +463,39 @@ fn resolution_default_and_device_table_memory() {
     // the GPU's table is counted as scratch: 4 bytes per row
     assert!(device.memory().scratch >= host.memory().scratch + rows as u64 * 4);
 }
+
+/// A call runs its host work on a thread of the caller's rayon pool (or the global pool):
+/// the same results from the test thread, from inside one- and three-thread pools (the
+/// call then runs inline on the pool's worker), and from a task of a scope in such a pool.
+#[test]
+fn calls_from_inside_and_outside_rayon_pools_agree() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("cache_pools"));
+    let (rows, dim) = (20_000, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(4_000))
+        .partitions(4);
+    let mut cache =
+        EmbeddingCache::new(ctx(), HostTable::borrowed(&data, dim).unwrap(), config).unwrap();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for k in 0..4 {
+            // Batches long enough for the parallel paths (bucketing, partitions in parallel).
+            let ids = zipf.batch(20_000 + rng.below(5_000) as usize, &mut rng);
+            let what = format!("{threads} threads, batch {k}");
+            match k {
+                0 => lookup_checked(&mut cache, &ids, &what),
+                1 => pool.install(|| lookup_checked(&mut cache, &ids, &what)),
+                2 => pool.scope(|s| s.spawn(|_| lookup_checked(&mut cache, &ids, &what))),
+                _ => std::thread::scope(|s| {
+                    s.spawn(|| lookup_checked(&mut cache, &ids, &what));
+                }),
+            }
+        }
+    }
+}

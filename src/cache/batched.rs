@@ -196,10 +196,12 @@ impl<S: RowSource> TableBatchedCache<S> {
     /// Pools every table's bags of one step into a new `B x width()` result (row `b`: each
     /// table's bag `b`, side by side in table order).
     pub fn lookup_bags(&mut self, batch: &[TableBags<'_>], pooling: Pooling) -> Result<Embeddings> {
-        let bags = self.check(batch, pooling)?;
-        let mut out = Embeddings::new(&self.ctx, bags, self.width)?;
-        self.run(batch, pooling, bags, &mut out)?;
-        Ok(out)
+        super::on_host_pool(|| {
+            let bags = self.check(batch, pooling)?;
+            let mut out = Embeddings::new(&self.ctx, bags, self.width)?;
+            self.run(batch, pooling, bags, &mut out)?;
+            Ok(out)
+        })
     }
 
     /// Like [`TableBatchedCache::lookup_bags`], writing into `out` (grown when too small;
@@ -211,9 +213,11 @@ impl<S: RowSource> TableBatchedCache<S> {
         pooling: Pooling,
         out: &mut Embeddings,
     ) -> Result<()> {
-        let bags = self.check(batch, pooling)?;
-        self.ctx.check_same(out.context(), "output")?;
-        self.run(batch, pooling, bags, out)
+        super::on_host_pool(|| {
+            let bags = self.check(batch, pooling)?;
+            self.ctx.check_same(out.context(), "output")?;
+            self.run(batch, pooling, bags, out)
+        })
     }
 
     /// Checks a step's input; returns the bags per table.
@@ -226,7 +230,7 @@ impl<S: RowSource> TableBatchedCache<S> {
             });
         }
         let bags = batch[0].offsets.len();
-        for (t, (part, source)) in batch.iter().zip(self.sources.iter()).enumerate() {
+        let check_table = |(t, (part, source)): (usize, (&TableBags<'_>, &S))| {
             let in_table = |source| HotrowError::InTable {
                 table: t,
                 source: Box::new(source),
@@ -239,8 +243,17 @@ impl<S: RowSource> TableBatchedCache<S> {
                 }));
             }
             check_ids(part.ids, source.rows()).map_err(in_table)?;
-            check_bags(part.ids.len(), part.offsets, pooling, part.weights).map_err(in_table)?;
-        }
+            check_bags(part.ids.len(), part.offsets, pooling, part.weights).map_err(in_table)
+        };
+        // The tables are checked in parallel (a step has hundreds of thousands of ids);
+        // the error reported is the first table's, as a serial check would give.
+        let checked: Vec<Result<()>> = batch
+            .par_iter()
+            .zip(self.sources.par_iter())
+            .enumerate()
+            .map(check_table)
+            .collect();
+        checked.into_iter().collect::<Result<()>>()?;
         // A width's bags go to the kernel in one binding: its tables' offsets, the end of
         // the last bag, their weights (if any table has some) and their output columns.
         for g in &self.groups {
@@ -312,11 +325,12 @@ impl<S: RowSource> TableBatchedCache<S> {
         sc.cols.clear();
         let weighted = group.members.iter().any(|&t| batch[t].weights.is_some());
         let lanes = group.cache.layout().vector_width();
-        for (k, &t) in group.members.iter().enumerate() {
+        let mut start = 0;
+        for &t in &group.members {
             let part = &batch[t];
-            let (base, start) = (group.bases[k] as u32, sc.ids.len() as u32);
-            sc.offsets.extend(part.offsets.iter().map(|&o| o + start));
-            sc.ids.extend(part.ids.iter().map(|&id| base + id));
+            sc.offsets
+                .extend(part.offsets.iter().map(|&o| o + start as u32));
+            start += part.ids.len();
             if weighted {
                 match part.weights {
                     Some(w) => sc.weights.extend_from_slice(w),
@@ -325,6 +339,21 @@ impl<S: RowSource> TableBatchedCache<S> {
             }
             sc.cols.push((self.cols[t] / lanes) as u32);
         }
+        // The width's ids, numbered across its tables: each table's share written by its
+        // own task (a step holds hundreds of thousands of ids).
+        sc.ids.resize(start, 0);
+        let mut shares = Vec::with_capacity(group.members.len());
+        let mut rest = &mut sc.ids[..];
+        for (k, &t) in group.members.iter().enumerate() {
+            let (share, tail) = rest.split_at_mut(batch[t].ids.len());
+            shares.push((share, batch[t].ids, group.bases[k] as u32));
+            rest = tail;
+        }
+        shares.into_par_iter().for_each(|(share, ids, base)| {
+            for (dst, &id) in share.iter_mut().zip(ids) {
+                *dst = base + id;
+            }
+        });
         if sc.ids.is_empty() {
             return Ok(()); // every bag empty: zeros, written by the caller
         }
@@ -340,9 +369,23 @@ impl<S: RowSource> TableBatchedCache<S> {
                 .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
         // Uploaded rows, whether or not the step finished, counted per table.
         if let Some(log) = group.cache.engine.miss_log.as_mut() {
-            for &id in log.iter() {
-                let k = group.bases.partition_point(|&b| b <= id as u64) - 1;
-                self.stats[group.members[k]].rows_uploaded += 1;
+            // Counted per member in parallel chunks (a step uploads tens of thousands).
+            let bases = &group.bases;
+            let tally = || vec![0u64; bases.len() - 1];
+            let counts = log
+                .par_chunks(4096)
+                .fold(tally, |mut counts, ids| {
+                    for &id in ids {
+                        counts[bases.partition_point(|&b| b <= id as u64) - 1] += 1;
+                    }
+                    counts
+                })
+                .reduce(tally, |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                });
+            for (k, n) in counts.into_iter().enumerate() {
+                self.stats[group.members[k]].rows_uploaded += n;
             }
             log.clear();
         }

@@ -108,22 +108,35 @@ fn publish_misses(
     on_misses(global);
 }
 
+/// Mask of the bits of word `w` that lie in positions `start..end`.
+fn word_mask(w: usize, start: u32, end: u32) -> u32 {
+    let lo = (w as u32 * 32).max(start);
+    let hi = (w as u32 * 32 + 32).min(end);
+    let span = hi - lo;
+    let shift = lo - w as u32 * 32;
+    if span == 32 {
+        u32::MAX
+    } else {
+        ((1u32 << span) - 1) << shift
+    }
+}
+
+/// How many bits of `bits` are set among positions `start..start + len`: a popcount per
+/// word (a device pass's fit check covers every slot, millions of them).
+fn count_bits(bits: &[u32], start: u32, len: u32) -> usize {
+    let end = start + len;
+    let words = (start / 32) as usize..(end.div_ceil(32) as usize).min(bits.len());
+    words
+        .map(|w| (bits[w] & word_mask(w, start, end)).count_ones() as usize)
+        .sum()
+}
+
 /// The set bits of `bits` among positions `start..start + len`, as offsets from `start`.
 fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '_ {
     let end = start + len;
     let words = (start / 32) as usize..(end.div_ceil(32) as usize).min(bits.len());
     words.flat_map(move |w| {
-        let lo = (w as u32 * 32).max(start);
-        let hi = (w as u32 * 32 + 32).min(end);
-        // Bits lo..hi of this word.
-        let span = hi - lo;
-        let shift = lo - w as u32 * 32;
-        let mask = if span == 32 {
-            u32::MAX
-        } else {
-            ((1u32 << span) - 1) << shift
-        };
-        let mut word = bits[w] & mask;
+        let mut word = bits[w] & word_mask(w, start, end);
         std::iter::from_fn(move || {
             if word == 0 {
                 return None;
@@ -332,12 +345,13 @@ impl PartitionedSlotMap {
         self.bucket(missing);
         let ends = &self.counts[self.counts.len() - p..];
         let ranges: Vec<(u32, u32)> = (0..p).map(|k| self.slot_range(k)).collect();
-        for (k, &(start, len)) in ranges.iter().enumerate() {
+        // Each partition's pinned slots counted on its own task (millions of slots).
+        let fits = ranges.par_iter().enumerate().all(|(k, &(start, len))| {
             let bucket = ends[k] - if k == 0 { 0 } else { ends[k - 1] };
-            let pinned = set_bits(touched, start, len).count();
-            if pinned + bucket > len as usize {
-                return false;
-            }
+            count_bits(touched, start, len) + bucket <= len as usize
+        });
+        if !fits {
+            return false;
         }
         let mut buckets = Vec::with_capacity(p);
         let mut local = &self.local[..];
@@ -543,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn set_bits_matches_a_plain_scan() {
+    fn set_bits_and_count_bits_match_a_plain_scan() {
         let mut rng = Rng::new(5);
         for _ in 0..200 {
             let words: Vec<u32> = (0..1 + rng.below(6))
@@ -557,6 +571,7 @@ mod tests {
                 .map(|b| b - start)
                 .collect();
             assert_eq!(set_bits(&words, start, len).collect::<Vec<_>>(), want);
+            assert_eq!(count_bits(&words, start, len), want.len());
         }
     }
 

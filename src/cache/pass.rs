@@ -16,6 +16,7 @@
 //! submission; removals of a pass that failed after evicting are kept pending and go with
 //! the next submission, before anything reads the table.
 
+use rayon::prelude::*;
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -656,6 +657,25 @@ impl PassEngine {
     }
 }
 
+/// Writes `pair(x)` for every `x` of `items` into consecutive pairs of `dst` (two words
+/// each): the GPU table's changes, tens of thousands per W6 step, in parallel chunks when
+/// many (the destination is write-combined staging).
+fn write_pairs<T: Sync>(dst: &mut [u32], items: &[T], pair: impl Fn(&T) -> [u32; 2] + Sync) {
+    const PER_TASK: usize = 8192;
+    let fill = |(dst, items): (&mut [u32], &[T])| {
+        for (d, x) in dst.chunks_exact_mut(2).zip(items) {
+            d.copy_from_slice(&pair(x));
+        }
+    };
+    if items.len() < 4 * PER_TASK {
+        fill((dst, items));
+    } else {
+        dst.par_chunks_mut(2 * PER_TASK)
+            .zip(items.par_chunks(PER_TASK))
+            .for_each(fill);
+    }
+}
+
 /// Resolves a pass with `resolve` while the partitions copy their missed rows into staging
 /// entry `entry` (laid out as `lay`, with room for `lay.rows_cap` rows). Returns what
 /// `resolve` returned and whether every missed row fit and was copied (`Ok(false)`: no
@@ -862,7 +882,7 @@ impl Uploader {
         let entry = self.ring.acquire(ctx, total)?;
         self.ring.write(entry, total, |bytes| -> Result<()> {
             let (head, tail) = bytes.split_at_mut(params_off as usize);
-            cast_mut::<u32>(&mut head[..ids_bytes as usize])?.copy_from_slice(ids);
+            crate::util::copy_parallel(cast_mut::<u32>(&mut head[..ids_bytes as usize])?, ids);
             let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
             let probe = device_map::probe_params(ctx, n, bw, room);
             let flush = device_map::params(ctx, pending, 0);
@@ -1007,7 +1027,10 @@ impl Uploader {
             .ring
             .write(entry, lay.total, |bytes| -> Result<usize> {
                 if host_pos > 0 {
-                    cast_mut::<u32>(&mut bytes[..host_pos as usize])?.copy_from_slice(&plan.slots);
+                    crate::util::copy_parallel(
+                        cast_mut::<u32>(&mut bytes[..host_pos as usize])?,
+                        &plan.slots,
+                    );
                 }
                 let blocks = &mut bytes[lay.params_off as usize..lay.map_params_off as usize];
                 let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
@@ -1031,16 +1054,11 @@ impl Uploader {
                 let room = &mut bytes[lay.pairs_off as usize..lay.rows_off as usize];
                 // Removals (pending, which includes this pass's evictions), then insertions.
                 let removals = dev.pending.len();
-                let pairs = cast_mut::<u32>(room)?.chunks_exact_mut(2);
-                let changes = dev
-                    .pending
-                    .iter()
-                    .map(|&id| [id, NOT_RESIDENT])
-                    .chain(plan.misses.iter().map(|&(id, slot)| [id, slot + 1]));
-                for (dst, pair) in pairs.zip(changes) {
-                    dst.copy_from_slice(&pair);
-                }
                 debug_assert!(removals + m <= lay.pairs_room);
+                let words = cast_mut::<u32>(room)?;
+                let (gone, added) = words[..2 * (removals + m)].split_at_mut(2 * removals);
+                write_pairs(gone, &dev.pending, |&id| [id, NOT_RESIDENT]);
+                write_pairs(added, &plan.misses, |&(id, slot)| [id, slot + 1]);
                 let at = lay.map_params_off as usize;
                 let mut blocks = bytes[at..lay.pairs_off as usize]
                     .chunks_exact_mut(device_map::PARAMS_BYTES as usize);

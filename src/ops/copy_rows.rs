@@ -217,7 +217,10 @@ impl RowBuffer {
             let entry = ring.acquire(ctx, total)?;
             ring.write(entry, total, |bytes| {
                 let (head, blocks) = bytes.split_at_mut(params_off as usize);
-                head[..ids_bytes as usize].copy_from_slice(bytemuck::cast_slice(ids));
+                crate::util::copy_parallel(
+                    bytemuck::cast_slice_mut(&mut head[..ids_bytes as usize]),
+                    ids,
+                );
                 let blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
                 for (dst, b) in blocks.zip(params(ctx, Direction::Gather, self, ids.len(), 0)) {
                     dst.copy_from_slice(bytemuck::bytes_of(&b));
