@@ -9,13 +9,15 @@ set -u
 POINTS=$1; PEER=${2:-limits,w1,w2,w3}
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,utilization.gpu --format=csv -lms 100 > "$OUT/clocks.csv" &
 SMI=$!
-LOG="$OUT/points.log"; : > "$LOG"
+LOG="$OUT/points.log"; : > "$LOG"; mkdir -p "$OUT/logs"
 while IFS='|' read -r name envs args; do
   name=$(echo "$name" | xargs); [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
   echo "== $name (env: $envs; workloads $args) from $(date +%T.%N)" >> "$LOG"
   json="$OUT/$(echo "$name" | tr ' =,' '___').json"
   # BIN=<path> in the environment column runs another build (A/B in one command).
-  env $envs sh -c 'exec "${BIN:-./.dev/bin/workloads}" "$@"' workloads --json "$json" $args > /tmp/p.log 2>&1 < /dev/null || { tail -20 /tmp/p.log >> "$LOG"; continue; }
+  # Each point's own output (stderr included) is kept under logs/.
+  plog="$OUT/logs/$(echo "$name" | tr ' =,' '___').log"
+  env $envs sh -c 'exec "${BIN:-./.dev/bin/workloads}" "$@"' workloads --json "$json" $args > "$plog" 2>&1 < /dev/null || { tail -20 "$plog" >> "$LOG"; continue; }
   python3 - "$name" "$json" >> "$LOG" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[2]))

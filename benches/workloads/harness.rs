@@ -41,6 +41,9 @@ pub struct Args {
     /// Cache rows per device of `w2multi`, as a fraction of the table (`--cache-frac`,
     /// default 0.1).
     pub cache_frac: f64,
+    /// Slot-map partitions of W2's and W6's caches (`--partitions`; default 0: the
+    /// library's default, one per host thread).
+    pub partitions: usize,
 }
 
 /// W2's table: host memory in f32 (the default), a `.npy` file written first and read
@@ -94,6 +97,14 @@ impl Heater {
 }
 
 impl Args {
+    /// `config` with `--partitions` applied (unchanged without it).
+    pub fn with_partitions(&self, config: CacheConfig) -> CacheConfig {
+        match self.partitions {
+            0 => config,
+            p => config.partitions(p),
+        }
+    }
+
     pub fn parse() -> Self {
         let mut a = Args {
             small: false,
@@ -108,6 +119,7 @@ impl Args {
             table: TableKind::Host,
             devices: 2,
             cache_frac: 0.1,
+            partitions: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(x) = it.next() {
@@ -158,6 +170,9 @@ impl Args {
                             std::process::exit(2);
                         }
                     }
+                }
+                "--partitions" => {
+                    a.partitions = it.next().and_then(|v| v.parse().ok()).unwrap_or(0)
                 }
                 "--devices" => a.devices = it.next().and_then(|v| v.parse().ok()).unwrap_or(2),
                 "--cache-frac" => {
@@ -211,7 +226,7 @@ pub fn tenth_cache<S: RowSource>(
         .policy(policy)
         .resolution(a.resolution)
         .row_format(a.row_format);
-    EmbeddingCache::new(ctx, table, config)
+    EmbeddingCache::new(ctx, table, a.with_partitions(config))
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
@@ -274,6 +289,18 @@ pub fn minor_faults() -> i64 {
         }
     }
     0
+}
+
+/// MiB of this process's anonymous memory in transparent huge pages (Linux; 0 elsewhere):
+/// read beside a table's figures, it says whether the table's pages are huge
+/// (`HOTROW_HUGEPAGES=1` asks; the kernel decides).
+pub fn anon_huge_pages_mb() -> f64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Submits `reps` calls of `op(k)` without waiting, then waits once: wall ms per call and

@@ -200,6 +200,10 @@ fn run_on<T: RowSource + 'static>(
     );
     rep.insert("W2_gpu_bytes_output".into(), (b * d * 4) as f64);
     rep.insert("W2_row_bytes".into(), cache.layout().row_bytes() as f64);
+    rep.insert(
+        "W2_anon_huge_pages_mb".into(),
+        harness::anon_huge_pages_mb(),
+    );
     ctx.disable_timing();
     Ok(cache.into_source())
 }
