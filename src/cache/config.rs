@@ -69,10 +69,12 @@ pub struct CacheConfig {
     pub policy: EvictionPolicy,
     /// Partitions of the slot map, resolved in parallel (ids split by their low bits, each
     /// partition evicting among its own slots). Rounded down to a power of two and to one
-    /// per 1,024 slots. Default: four per rayon thread (smaller partitions keep each one's
-    /// arrays in a core's cache and balance the threads' load: on the lent H200 host, W2
-    /// took 0.61-0.69 ms per batch with 64 partitions on 16 threads against 0.77-0.83 with
-    /// 16, and W6 on the host path 2.6 against 3.3 ms).
+    /// per 1,024 slots. Default 0: four per thread of the rayon pool the cache is made on
+    /// (a multi-GPU cache: per thread of each device's share), chosen at construction and
+    /// shown by `config()`. Smaller partitions keep each one's arrays in a core's cache and
+    /// balance the threads' load: on the lent H200 host, W2 took 0.61-0.69 ms per batch
+    /// with 64 partitions on 16 threads against 0.77-0.83 with 16, and W6 on the host path
+    /// 2.6 against 3.3 ms.
     pub partitions: usize,
     /// Who finds a batch's hits. Default [`Resolution::Host`].
     pub resolution: Resolution,
@@ -94,7 +96,7 @@ impl Default for CacheConfig {
             max_upload_bytes_per_pass: 256 << 20,
             slot_buffer: RowBufferOptions::default(),
             policy: EvictionPolicy::default(),
-            partitions: 4 * rayon::current_num_threads(),
+            partitions: 0,
             resolution: Resolution::default(),
             row_format: RowFormat::F32,
             shader_f16: true,

@@ -59,6 +59,11 @@ impl<R: RowSource> Devices<R> {
             }
         }
         let threads = (rayon::current_num_threads() / contexts.len()).max(1);
+        // The default partitions follow the threads that resolve them: the device's pool.
+        let config = match config.partitions {
+            0 => config.partitions(4 * threads),
+            _ => config,
+        };
         let caches = contexts
             .iter()
             .enumerate()

@@ -159,7 +159,11 @@ impl<S: RowSource> EmbeddingCache<S> {
                 .min(ctx.max_binding())
                 .min(ctx.limits().max_buffer_size / 2)
                 .max(row_bytes);
-            let map = PartitionedSlotMap::new(rows, capacity, config.policy, config.partitions);
+            let partitions = match config.partitions {
+                0 => 4 * rayon::current_num_threads(),
+                p => p,
+            };
+            let map = PartitionedSlotMap::new(rows, capacity, config.policy, partitions);
             let staging = config.staging_buffers.max(1);
             let table_bytes = rows as u64 * 4;
             let fits = table_bytes <= ctx.max_binding();
