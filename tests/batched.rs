@@ -168,6 +168,25 @@ fn table_batched_bags_match_the_reference() {
         for (t, shape) in shapes.iter().enumerate() {
             assert!(cache.resident(t).unwrap() <= shape.0);
         }
+        // Uploads are counted against the right table: from empty, with room for every
+        // row, a step uploads exactly each table's distinct ids.
+        let tables: Vec<HostTable<'_>> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
+            .collect();
+        let whole = CacheConfig::default()
+            .capacity(Capacity::Fraction(1.0))
+            .row_format(format)
+            .resolution(resolution);
+        let mut fresh = TableBatchedCache::new(ctx(), tables, whole).unwrap();
+        let s = step(&mut rng, &zipf, 200, false);
+        fresh.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
+        for (t, ids) in s.ids.iter().enumerate() {
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            let got = fresh.table_stats(t).unwrap().rows_uploaded;
+            assert_eq!(got, distinct as u64, "{dims:?} table {t}");
+        }
     }
 }
 

@@ -319,7 +319,8 @@ impl<S: RowSource> TableBatchedCache<S> {
     ) -> Result<()> {
         let group = &mut self.groups[g];
         let sc = &mut self.scratch;
-        sc.ids.clear();
+        // (`ids` is not cleared: every position is written below, and resizing a cleared
+        // vector would zero-fill megabytes on one thread first.)
         sc.offsets.clear();
         sc.weights.clear();
         sc.cols.clear();
@@ -341,6 +342,7 @@ impl<S: RowSource> TableBatchedCache<S> {
         }
         // The width's ids, numbered across its tables: each table's share written by its
         // own task (a step holds hundreds of thousands of ids).
+        sc.ids.truncate(start);
         sc.ids.resize(start, 0);
         let mut shares = Vec::with_capacity(group.members.len());
         let mut rest = &mut sc.ids[..];
@@ -369,14 +371,19 @@ impl<S: RowSource> TableBatchedCache<S> {
                 .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
         // Uploaded rows, whether or not the step finished, counted per table.
         if let Some(log) = group.cache.engine.miss_log.as_mut() {
-            // Counted per member in parallel chunks (a step uploads tens of thousands).
+            // Counted per member in parallel chunks (a step uploads tens of thousands); a
+            // member found by counting the bases at or below the id, without branches.
             let bases = &group.bases;
             let tally = || vec![0u64; bases.len() - 1];
             let counts = log
-                .par_chunks(4096)
+                .par_chunks(1024)
                 .fold(tally, |mut counts, ids| {
                     for &id in ids {
-                        counts[bases.partition_point(|&b| b <= id as u64) - 1] += 1;
+                        let k = bases[1..bases.len() - 1]
+                            .iter()
+                            .map(|&b| usize::from(b <= id as u64))
+                            .sum::<usize>();
+                        counts[k] += 1;
                     }
                     counts
                 })

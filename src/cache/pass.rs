@@ -667,7 +667,7 @@ fn write_pairs<T: Sync>(dst: &mut [u32], items: &[T], pair: impl Fn(&T) -> [u32;
             d.copy_from_slice(&pair(x));
         }
     };
-    if items.len() < 4 * PER_TASK {
+    if items.len() < 2 * PER_TASK {
         fill((dst, items));
     } else {
         dst.par_chunks_mut(2 * PER_TASK)
