@@ -196,6 +196,7 @@ impl<S: RowSource> TableBatchedCache<S> {
     /// Pools every table's bags of one step into a new `B x width()` result (row `b`: each
     /// table's bag `b`, side by side in table order).
     pub fn lookup_bags(&mut self, batch: &[TableBags<'_>], pooling: Pooling) -> Result<Embeddings> {
+        super::wake_host_pool();
         super::on_host_pool(|| {
             let bags = self.check(batch, pooling)?;
             let mut out = Embeddings::new(&self.ctx, bags, self.width)?;
@@ -213,6 +214,7 @@ impl<S: RowSource> TableBatchedCache<S> {
         pooling: Pooling,
         out: &mut Embeddings,
     ) -> Result<()> {
+        super::wake_host_pool();
         super::on_host_pool(|| {
             let bags = self.check(batch, pooling)?;
             self.ctx.check_same(out.context(), "output")?;

@@ -946,6 +946,8 @@ impl Uploader {
             missing.extend_from_slice(&list[..count.min(room)]);
             count
         })?;
+        // The pool slept through the round trip; resolution comes next.
+        super::wake_host_pool();
         // Room for the next batch: a decaying high-water mark with 25% headroom.
         let want = count + count / 4 + 256;
         dev.miss_room = want.max(dev.miss_room - dev.miss_room / 16);
