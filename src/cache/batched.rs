@@ -373,19 +373,14 @@ impl<S: RowSource> TableBatchedCache<S> {
                 .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
         // Uploaded rows, whether or not the step finished, counted per table.
         if let Some(log) = group.cache.engine.miss_log.as_mut() {
-            // Counted per member in parallel chunks (a step uploads tens of thousands); a
-            // member found by counting the bases at or below the id, without branches.
+            // Counted per member in parallel chunks (a step uploads tens of thousands).
             let bases = &group.bases;
             let tally = || vec![0u64; bases.len() - 1];
             let counts = log
                 .par_chunks(1024)
                 .fold(tally, |mut counts, ids| {
                     for &id in ids {
-                        let k = bases[1..bases.len() - 1]
-                            .iter()
-                            .map(|&b| usize::from(b <= id as u64))
-                            .sum::<usize>();
-                        counts[k] += 1;
+                        counts[member_of(bases, id)] += 1;
                     }
                     counts
                 })
@@ -478,6 +473,16 @@ struct Tables<S> {
     dim: usize,
 }
 
+/// The member holding global row `id` of tables numbered from `bases` (`bases[k]` is
+/// member `k`'s first row; the last entry is the total, above every id): the count of
+/// inner bases at or below the id, without branches (tens of thousands per step).
+fn member_of(bases: &[u64], id: u32) -> usize {
+    bases[1..bases.len() - 1]
+        .iter()
+        .map(|&b| usize::from(b <= id as u64))
+        .sum()
+}
+
 /// Ids per task of [`Tables::read_rows`]: each task reads its ids table by table (one
 /// `read_rows` per table it touches).
 const IDS_PER_TASK: usize = 512;
@@ -490,7 +495,7 @@ impl<S: RowSource> Tables<S> {
             .iter()
             .enumerate()
             .map(|(pos, &id)| {
-                let k = self.bases.partition_point(|&b| b <= id as u64) - 1;
+                let k = member_of(&self.bases, id);
                 (k, (id as u64 - self.bases[k]) as u32, pos)
             })
             .collect();

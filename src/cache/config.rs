@@ -153,6 +153,15 @@ impl CacheConfig {
         self
     }
 
+    /// The slot-map partitions a cache whose host work runs on `threads` threads uses:
+    /// [`CacheConfig::partitions`], or four per thread when that is 0 (the default).
+    pub(crate) fn partitions_for(&self, threads: usize) -> usize {
+        match self.partitions {
+            0 => 4 * threads,
+            p => p,
+        }
+    }
+
     /// Sets [`CacheConfig::partitions`].
     pub fn partitions(mut self, partitions: usize) -> Self {
         self.partitions = partitions;

@@ -60,10 +60,8 @@ impl<R: RowSource> Devices<R> {
         }
         let threads = (rayon::current_num_threads() / contexts.len()).max(1);
         // The default partitions follow the threads that resolve them: the device's pool.
-        let config = match config.partitions {
-            0 => config.partitions(4 * threads),
-            _ => config,
-        };
+        let partitions = config.partitions_for(threads);
+        let config = config.partitions(partitions);
         let caches = contexts
             .iter()
             .enumerate()

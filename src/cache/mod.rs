@@ -39,6 +39,16 @@ pub(crate) fn on_host_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 
+/// [`on_host_pool`] around `ctx.guarded(work)`: a cache call's GPU work under its error
+/// scopes, which wgpu keeps per thread, so they are pushed and popped on the pool thread
+/// that does the work.
+pub(crate) fn guarded_on_host_pool<R: Send>(
+    ctx: &GpuContext,
+    work: impl FnOnce() -> Result<R> + Send,
+) -> Result<R> {
+    on_host_pool(|| ctx.guarded(work))
+}
+
 /// Wakes every thread of the caller's rayon pool without waiting (each runs an empty
 /// task), before a table-batched step's first parallel phase and after device
 /// resolution's GPU round trip: idle workers sleep, and a parallel phase otherwise wakes
@@ -171,10 +181,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 .min(ctx.max_binding())
                 .min(ctx.limits().max_buffer_size / 2)
                 .max(row_bytes);
-            let partitions = match config.partitions {
-                0 => 4 * rayon::current_num_threads(),
-                p => p,
-            };
+            let partitions = config.partitions_for(rayon::current_num_threads());
             let map = PartitionedSlotMap::new(rows, capacity, config.policy, partitions);
             let staging = config.staging_buffers.max(1);
             let table_bytes = rows as u64 * 4;
@@ -226,28 +233,24 @@ impl<S: RowSource> EmbeddingCache<S> {
 
     fn lookup_checked(&mut self, ids: &[u32], out: &mut Embeddings) -> Result<()> {
         let ctx = self.ctx.clone();
-        on_host_pool(|| {
-            ctx.guarded(|| {
-                out.reset_for(&self.ctx, ids.len(), self.layout.dim())?;
-                if ids.is_empty() {
-                    return self.ctx.check();
-                }
-                self.engine.serve(&self.source, ids, Some(out.buffer()))
-            })
+        guarded_on_host_pool(&ctx, || {
+            out.reset_for(&self.ctx, ids.len(), self.layout.dim())?;
+            if ids.is_empty() {
+                return self.ctx.check();
+            }
+            self.engine.serve(&self.source, ids, Some(out.buffer()))
         })
     }
 
     /// Makes `ids` resident (uploading those that are not), with no output.
     pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
         let ctx = self.ctx.clone();
-        on_host_pool(|| {
-            ctx.guarded(|| {
-                check_ids(ids, self.source.rows())?;
-                if ids.is_empty() {
-                    return self.ctx.check();
-                }
-                self.engine.serve(&self.source, ids, None)
-            })
+        guarded_on_host_pool(&ctx, || {
+            check_ids(ids, self.source.rows())?;
+            if ids.is_empty() {
+                return self.ctx.check();
+            }
+            self.engine.serve(&self.source, ids, None)
         })
     }
 

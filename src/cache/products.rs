@@ -126,17 +126,15 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &mut Embeddings,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        super::on_host_pool(|| {
-            ctx.guarded(|| {
-                out.reset_for(&self.ctx, offsets.len(), self.dim())?;
-                if offsets.is_empty() {
-                    return Ok(());
-                }
-                if ids.is_empty() {
-                    return out.fill(0.0); // every bag is empty
-                }
-                self.launch_bags(ids, offsets, pooling, weights, out.buffer(), None)
-            })
+        super::guarded_on_host_pool(&ctx, || {
+            out.reset_for(&self.ctx, offsets.len(), self.dim())?;
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            if ids.is_empty() {
+                return out.fill(0.0); // every bag is empty
+            }
+            self.launch_bags(ids, offsets, pooling, weights, out.buffer(), None)
         })
     }
 
@@ -186,12 +184,9 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &Embeddings,
         tables: TableOutput<'_>,
     ) -> Result<()> {
+        // (Its caller, a table-batched step, already runs on the host pool.)
         let ctx = self.ctx.clone();
-        super::on_host_pool(|| {
-            ctx.guarded(|| {
-                self.launch_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables))
-            })
-        })
+        ctx.guarded(|| self.launch_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables)))
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
@@ -312,36 +307,34 @@ impl<S: RowSource> EmbeddingCache<S> {
             Product::Combine => self.dim(),
         };
         let ctx = self.ctx.clone();
-        super::on_host_pool(|| {
-            ctx.guarded(|| {
-                out.reset_for(&self.ctx, m, width)?;
-                if m == 0 {
-                    return Ok(());
-                }
-                let left = match a {
-                    Operand::Host(values) => Left::Host(values),
-                    Operand::Gpu(rows) => Left::Gpu(rows.buffer()),
-                };
-                let rows = self.engine.rows_for_op(&self.source, ids)?;
-                let mut enc = encoder(&self.ctx, "hotrow product");
-                let staged = matmul::encode(
-                    &self.ctx,
-                    &mut enc,
-                    &mut self.product_launch,
-                    product,
-                    left,
-                    m,
-                    &rows,
-                    ids.len(),
-                    out.buffer(),
-                );
-                let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
-                let staged = staged?;
-                if let Some(sub) = sub {
-                    self.product_launch.submitted(staged, sub); // always: the product was submitted
-                }
-                Ok(())
-            })
+        super::guarded_on_host_pool(&ctx, || {
+            out.reset_for(&self.ctx, m, width)?;
+            if m == 0 {
+                return Ok(());
+            }
+            let left = match a {
+                Operand::Host(values) => Left::Host(values),
+                Operand::Gpu(rows) => Left::Gpu(rows.buffer()),
+            };
+            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let mut enc = encoder(&self.ctx, "hotrow product");
+            let staged = matmul::encode(
+                &self.ctx,
+                &mut enc,
+                &mut self.product_launch,
+                product,
+                left,
+                m,
+                &rows,
+                ids.len(),
+                out.buffer(),
+            );
+            let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
+            let staged = staged?;
+            if let Some(sub) = sub {
+                self.product_launch.submitted(staged, sub); // always: the product was submitted
+            }
+            Ok(())
         })
     }
 }
