@@ -68,7 +68,7 @@ pub use gpu::{
 pub use half;
 pub use ops::bag::Pooling;
 pub use ops::{params_layouts, shader_files, shader_modules};
-pub use table::{FileTable, HostTable, HostTier, RowSource, TierStats, ValueType};
+pub use table::{FileTable, HostTable, HostTier, MemoryRows, RowSource, TierStats, ValueType};
 #[cfg(feature = "redis")]
 pub use table::{RedisOptions, RedisStats, RedisTable, RedisTarget};
 

@@ -376,3 +376,96 @@ fn empty_tables_pool_to_zeros() {
         Err(HotrowError::InvalidArgument(_))
     ));
 }
+
+/// A source that holds its rows in memory but does not say so: the cache reads it one
+/// `read_rows` call per table.
+struct Opaque(HostTable<'static>);
+
+impl hotrow::RowSource for Opaque {
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<(), HotrowError> {
+        self.0.read_rows(ids, out)
+    }
+}
+
+/// Tables of every kind in one cache: an f16 `.npy` file, an f32 `.npy` file, bf16 and f32
+/// host tables (all in memory: the missed rows of all of them are read in one loop), then
+/// the same with one opaque source among them (read table by table): the same rows.
+#[test]
+fn mixed_sources_read_the_same_rows() {
+    use hotrow::half::{bf16, f16};
+    use hotrow::RowSource;
+    use std::sync::Arc;
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("mixed sources"));
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = [(3000usize, 8usize), (700, 8), (5000, 8), (90, 8), (1200, 8)];
+    let raw: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(r, d)| random_values(r * d, rng.next_u64()))
+        .collect();
+    // every table's values as its storage rounds them
+    let f16_of = |v: &[f32]| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
+    let bf16_of = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+    let halves = f16_of(&raw[0]);
+    let brains = bf16_of(&raw[2]);
+    let data: Vec<Vec<f32>> = vec![
+        halves.iter().map(|x| x.to_f32()).collect(),
+        raw[1].clone(),
+        brains.iter().map(|x| x.to_f32()).collect(),
+        raw[3].clone(),
+        raw[4].clone(),
+    ];
+    let npy16 = dir.path().join("t0.npy");
+    HostTable::owned_f16(halves, 8)
+        .unwrap()
+        .save_npy(&npy16)
+        .unwrap();
+    let npy32 = dir.path().join("t1.npy");
+    HostTable::borrowed(&raw[1], 8)
+        .unwrap()
+        .save_npy(&npy32)
+        .unwrap();
+    let sources = |opaque: bool| -> Vec<Arc<dyn RowSource>> {
+        let last: Arc<dyn RowSource> = if opaque {
+            Arc::new(Opaque(HostTable::owned(raw[4].clone(), 8).unwrap()))
+        } else {
+            Arc::new(HostTable::owned(raw[4].clone(), 8).unwrap())
+        };
+        vec![
+            Arc::new(hotrow::FileTable::open_npy(&npy16).unwrap()),
+            Arc::new(hotrow::FileTable::open_npy(&npy32).unwrap()),
+            Arc::new(HostTable::owned_bf16(brains.clone(), 8).unwrap()),
+            Arc::new(HostTable::owned(raw[3].clone(), 8).unwrap()),
+            last,
+        ]
+    };
+    let dims = vec![8; shapes.len()];
+    let zipf: Vec<ZipfIds> = shapes
+        .iter()
+        .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
+        .collect();
+    for opaque in [false, true] {
+        for resolution in [hotrow::Resolution::Host, hotrow::Resolution::Device] {
+            let config = CacheConfig::default()
+                .capacity(Capacity::Fraction(0.1))
+                .resolution(resolution);
+            let mut cache = TableBatchedCache::new(ctx(), sources(opaque), config).unwrap();
+            for k in 0..6 {
+                // many bags: a step's misses span several read tasks
+                let bags = 150 + rng.below(300) as usize;
+                let s = step(&mut rng, &zipf, bags, k % 2 == 0);
+                let out = cache.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
+                let (want, scale) = reference(&data, &dims, &s, 0);
+                let what = format!("opaque {opaque} {resolution:?} step {k}");
+                assert_close(&out, &want, &scale, &what);
+            }
+            assert!(cache.stats().rows_uploaded > 1000, "{:?}", cache.stats());
+        }
+    }
+}

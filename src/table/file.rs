@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
-use super::{RowBytes, RowSource, ValueType};
+use super::{MemoryRows, RowBytes, RowSource, ValueType};
 use crate::error::{FileProblem, HotrowError, Result};
 
 /// A table read straight from a file: a 2-D `.npy` array (float32 or float16, C order) or
@@ -188,6 +188,10 @@ impl RowSource for FileTable {
             return Ok(false);
         }
         self.rows_checked()?.read_rows_f16(ids, out)
+    }
+
+    fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
+        Ok(Some(MemoryRows(self.rows_checked()?)))
     }
 }
 

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use half::{bf16, f16};
 
-use super::{RowBytes, RowSource, ValueType};
+use super::{MemoryRows, RowBytes, RowSource, ValueType};
 use crate::error::{FileProblem, HotrowError, Result};
 
 /// Rows in host memory, row-major: f32, f16 or bf16 values, owned (`Vec`) or borrowed
@@ -168,5 +168,9 @@ impl RowSource for HostTable<'_> {
 
     fn read_rows_f16(&self, ids: &[u32], out: &mut [half::f16]) -> Result<bool> {
         self.row_bytes().read_rows_f16(ids, out)
+    }
+
+    fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
+        Ok(Some(MemoryRows(self.row_bytes())))
     }
 }

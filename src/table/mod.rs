@@ -48,6 +48,31 @@ pub trait RowSource: Send + Sync {
     fn remote(&self) -> bool {
         false
     }
+
+    /// The rows as they sit in this process's memory, when the source holds them there (the
+    /// built-in [`HostTable`] and [`FileTable`]; only they can make a [`MemoryRows`]).
+    /// Reading them must give what [`RowSource::read_rows`] gives. A cache serving many
+    /// tables at once ([`crate::TableBatchedCache`]) then reads the missed rows of all its
+    /// tables in one prefetching loop instead of one `read_rows` call per table. Default
+    /// `Ok(None)`; errors as `read_rows` would give them (a changed file).
+    fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
+        Ok(None)
+    }
+}
+
+/// A source's rows in host memory, as stored ([`RowSource::memory_rows`]): made only by the
+/// built-in sources, so what it points at is always a whole, live table.
+#[derive(Clone, Copy)]
+pub struct MemoryRows<'a>(pub(crate) RowBytes<'a>);
+
+impl std::fmt::Debug for MemoryRows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRows")
+            .field("rows", &self.0.rows())
+            .field("dim", &self.0.dim)
+            .field("value_type", &self.0.ty)
+            .finish()
+    }
 }
 
 /// A shared reference reads the same rows (a cache can borrow a table that outlives it), and
@@ -69,6 +94,9 @@ macro_rules! forward_row_source {
             }
             fn remote(&self) -> bool {
                 (**self).remote()
+            }
+            fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
+                (**self).memory_rows()
             }
         }
     )*};
@@ -101,9 +129,11 @@ impl ValueType {
 /// few enough that the tasks spread evenly over the threads (W2 misses ~9,000 rows a batch).
 const ROWS_PER_TASK: usize = 64;
 
-/// Rows ahead whose cache lines [`RowBytes::read_rows`] prefetches: random rows of a large
-/// table miss the TLB and the caches, so the copy is bound by memory latency.
-const PREFETCH_ROWS: usize = 4;
+/// Cache lines the row copies keep in flight by prefetching the rows ahead: random rows of
+/// a large table miss the TLB and the caches, so the copy is bound by memory latency, and
+/// a row of 4 lines (64 f32) copies in a fraction of it. Four rows of 128 f32 (W2's) or
+/// eight of 64 f32 (W6's).
+const PREFETCH_LINES: usize = 32;
 
 /// `rows x dim` values of type `ty`, little-endian, back to back in `bytes` (which need not
 /// be aligned): the storage behind every built-in row source.
@@ -119,13 +149,31 @@ impl RowBytes<'_> {
         self.dim * self.ty.bytes()
     }
 
-    fn row(&self, id: usize) -> &[u8] {
+    /// Rows stored.
+    pub(crate) fn rows(&self) -> usize {
+        self.bytes.len() / self.row_bytes().max(1)
+    }
+
+    pub(crate) fn row(&self, id: usize) -> &[u8] {
         let n = self.row_bytes();
         &self.bytes[id * n..(id + 1) * n]
     }
 
+    /// How many rows ahead of the one being copied to prefetch ([`PREFETCH_LINES`]).
+    pub(crate) fn rows_ahead(&self) -> usize {
+        (PREFETCH_LINES * 64 / self.row_bytes().max(1)).clamp(2, 16)
+    }
+
+    /// Asks for row `id`'s cache lines (a hint: it reads nothing and never faults).
+    pub(crate) fn prefetch_row(&self, id: usize) {
+        let row = self.row(id);
+        for line in (0..row.len()).step_by(64) {
+            crate::util::prefetch(&row[line]);
+        }
+    }
+
     /// Converts one stored row into `dst` (f32).
-    fn convert(&self, src: &[u8], dst: &mut [f32]) {
+    pub(crate) fn convert(&self, src: &[u8], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         // Aligned (the usual case: `.npy` data starts 64-byte aligned) values are read as a
         // slice; unaligned ones value by value.
@@ -163,24 +211,34 @@ impl RowBytes<'_> {
         if self.ty != ValueType::F16 || cfg!(target_endian = "big") {
             return Ok(false);
         }
-        self.for_rows(ids, out, |ids, out| {
-            for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.dim)) {
-                bytemuck::cast_slice_mut::<half::f16, u8>(dst)
-                    .copy_from_slice(self.row(id as usize));
-            }
+        self.for_rows(ids, out, |src, dst| {
+            bytemuck::cast_slice_mut::<half::f16, u8>(dst).copy_from_slice(src)
         })?;
         Ok(true)
     }
 
-    /// Checks the destination and the ids, then runs `copy` over `ids` and their rows of
-    /// `out`: on this thread for few rows, spread over the rayon pool for many.
+    /// Checks the destination and the ids, then runs `copy_row(stored row, destination)`
+    /// for every id (the rows ahead prefetched): on this thread for few rows, spread over
+    /// the rayon pool for many.
     fn for_rows<T: Send>(
         &self,
         ids: &[u32],
         out: &mut [T],
-        copy: impl Fn(&[u32], &mut [T]) + Sync,
+        copy_row: impl Fn(&[u8], &mut [T]) + Sync,
     ) -> Result<()> {
         self.check(ids, out.len())?;
+        let ahead = self.rows_ahead();
+        let copy = |ids: &[u32], out: &mut [T]| {
+            for &id in &ids[..ahead.min(ids.len())] {
+                self.prefetch_row(id as usize);
+            }
+            for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
+                if let Some(&later) = ids.get(k + ahead) {
+                    self.prefetch_row(later as usize);
+                }
+                copy_row(self.row(id as usize), dst);
+            }
+        };
         if ids.len() < 2 * ROWS_PER_TASK {
             copy(ids, out);
         } else {
@@ -200,7 +258,7 @@ impl RowBytes<'_> {
                 got: out_len,
             });
         }
-        let rows = self.bytes.len() / self.row_bytes().max(1);
+        let rows = self.rows();
         if let Some(position) = ids.iter().position(|&id| id as usize >= rows) {
             return Err(HotrowError::IdOutOfRange {
                 id: ids[position],
@@ -214,16 +272,6 @@ impl RowBytes<'_> {
     /// [`RowSource::read_rows`] over these rows: spread over the rayon pool when there are
     /// many, the next rows' cache lines prefetched, nothing allocated per row.
     pub(crate) fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
-        self.for_rows(ids, out, |ids, out| {
-            for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
-                if let Some(&ahead) = ids.get(k + PREFETCH_ROWS) {
-                    let row = self.row(ahead as usize);
-                    for line in (0..row.len()).step_by(64) {
-                        crate::util::prefetch(&row[line]);
-                    }
-                }
-                self.convert(self.row(id as usize), dst);
-            }
-        })
+        self.for_rows(ids, out, |src, dst| self.convert(src, dst))
     }
 }
