@@ -234,10 +234,20 @@ fn one_submission_per_width_and_step() {
                 let (want, scale) = reference(&data, &dims, &s, 0);
                 let what = format!("{dims:?} {resolution:?} step {k}");
                 assert_close(&out, &want, &scale, &what);
-                assert_eq!(after.passes - before.passes, widths as u64, "{what}");
+                // A width whose bags are all empty this step has no pass (few bags of 0-9
+                // ids each can leave both 4-wide tables without ids).
+                let mut busy: Vec<usize> = (0..dims.len())
+                    .filter(|&t| !s.ids[t].is_empty())
+                    .map(|t| dims[t])
+                    .collect();
+                busy.sort_unstable();
+                busy.dedup();
+                assert!(busy.len() <= widths);
+                let busy = busy.len() as u64;
+                assert_eq!(after.passes - before.passes, busy, "{what}");
                 assert_eq!(
                     after.submissions - before.submissions,
-                    widths as u64 * per_width,
+                    busy * per_width,
                     "{what}: {after:?}"
                 );
             }
