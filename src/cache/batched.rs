@@ -191,7 +191,7 @@ impl<S: RowSource> TableBatchedCache<S> {
             };
             let mut cache =
                 EmbeddingCache::build(ctx, source, config.clone().capacity(capacity), scalar)?;
-            cache.engine.miss_log = Some(Vec::new());
+            cache.engine.uploads = Some(UploadTally::new(bases.clone()));
             groups.push(Group {
                 cache,
                 members,
@@ -414,27 +414,13 @@ impl<S: RowSource> TableBatchedCache<S> {
             group
                 .cache
                 .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
-        // Uploaded rows, whether or not the step finished, counted per table.
-        if let Some(log) = group.cache.engine.miss_log.as_mut() {
-            // Counted per member in parallel chunks (a step uploads tens of thousands).
-            let bases = &group.bases;
-            let tally = || vec![0u64; bases.len() - 1];
-            let counts = log
-                .par_chunks(1024)
-                .fold(tally, |mut counts, ids| {
-                    for &id in ids {
-                        counts[member_of(bases, id)] += 1;
-                    }
-                    counts
-                })
-                .reduce(tally, |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                });
-            for (k, n) in counts.into_iter().enumerate() {
-                self.stats[group.members[k]].rows_uploaded += n;
+        // Uploaded rows, whether or not the step finished, counted per table (mostly
+        // counted already, while the bags were submitted).
+        if let Some(tally) = group.cache.engine.uploads.as_mut() {
+            tally.count_logged();
+            for (k, n) in tally.counts.iter_mut().enumerate() {
+                self.stats[group.members[k]].rows_uploaded += std::mem::take(n);
             }
-            log.clear();
         }
         result
     }
@@ -524,6 +510,57 @@ fn member_of(bases: &[u64], id: u32) -> usize {
         .iter()
         .map(|&b| usize::from(b <= id as u64))
         .sum()
+}
+
+/// Rows uploaded by a pool of several tables, by table: the engine logs the id of every row
+/// a pass uploaded; [`UploadTally::count_logged`] counts them by member (tens of thousands
+/// a step, in parallel chunks) while the step's bags are submitted.
+pub(crate) struct UploadTally {
+    /// As [`Tables`]' `bases`.
+    bases: Vec<u64>,
+    logged: Vec<u32>,
+    /// Rows uploaded per member since the caller last took them.
+    pub(crate) counts: Vec<u64>,
+}
+
+impl UploadTally {
+    pub(crate) fn new(bases: Vec<u64>) -> Self {
+        let members = bases.len().saturating_sub(1);
+        Self {
+            bases,
+            logged: Vec::new(),
+            counts: vec![0; members],
+        }
+    }
+
+    /// Logs a pass's uploaded rows (`(id, slot)`).
+    pub(crate) fn log(&mut self, misses: &[(u32, u32)]) {
+        self.logged.extend(misses.iter().map(|&(id, _)| id));
+    }
+
+    /// Adds the logged ids to `counts`, by member, and empties the log.
+    pub(crate) fn count_logged(&mut self) {
+        let bases = &self.bases;
+        let tally = || vec![0u64; bases.len() - 1];
+        let counts = self
+            .logged
+            .par_chunks(1024)
+            .fold(tally, |mut counts, ids| {
+                for &id in ids {
+                    counts[member_of(bases, id)] += 1;
+                }
+                counts
+            })
+            .reduce(tally, |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            });
+        self.counts
+            .iter_mut()
+            .zip(&counts)
+            .for_each(|(a, b)| *a += b);
+        self.logged.clear();
+    }
 }
 
 /// Ids per task of [`Tables::read_rows`]: each task reads its ids table by table (one

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::batched::UploadTally;
 use super::partitioned::{OnMisses, PartitionedSlotMap};
 use super::slot_map::PassPlan;
 use super::stats::CacheStats;
@@ -161,9 +162,9 @@ pub(crate) struct PassEngine {
     /// Misses a pass is expected to have (a decaying high-water mark); 0 before any pass.
     miss_estimate: usize,
     pub(crate) stats: CacheStats,
-    /// When set, every uploaded row's id is appended (per-table counts of a table-batched
-    /// cache).
-    pub(crate) miss_log: Option<Vec<u32>>,
+    /// When set, every uploaded row's id is logged, to be counted by table (a
+    /// table-batched cache's per-table stats).
+    pub(crate) uploads: Option<UploadTally>,
 }
 
 /// Forgets the misses of a pass unless disarmed: on an error *and* on unwinding (a
@@ -236,7 +237,7 @@ impl PassEngine {
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
             stats: CacheStats::default(),
-            miss_log: None,
+            uploads: None,
         })
     }
 
@@ -554,8 +555,8 @@ impl PassEngine {
 
     /// Counts a pass that uploaded `m` rows.
     fn account(&mut self, m: usize, resolve: Duration, wait: Duration, t: PassTimes, dev: bool) {
-        if let Some(log) = &mut self.miss_log {
-            log.extend(self.plan.misses.iter().map(|&(id, _)| id));
+        if let Some(tally) = &mut self.uploads {
+            tally.log(&self.plan.misses);
         }
         let s = &mut self.stats;
         let m = m as u64;

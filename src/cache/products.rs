@@ -163,8 +163,20 @@ impl<S: RowSource> EmbeddingCache<S> {
             out,
             tables,
         );
-        // The pass and the bags in one submission (the pass alone if the bags failed).
-        let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
+        // A table-batched step's uploads are counted by table on the pool's other threads
+        // while this one submits (tens of thousands of ids a step).
+        let mut uploads = self.engine.uploads.take();
+        let (sub, ()) = rayon::join(
+            // The pass and the bags in one submission (the pass alone if the bags failed).
+            || self.engine.submit_op(staged.is_ok().then_some(enc)),
+            || {
+                if let Some(tally) = uploads.as_mut() {
+                    tally.count_logged();
+                }
+            },
+        );
+        self.engine.uploads = uploads;
+        let sub = sub?;
         let staged = staged?;
         if let Some(sub) = sub {
             self.bag_launch.submitted(staged, sub); // always: the bags were submitted
