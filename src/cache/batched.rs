@@ -563,9 +563,11 @@ impl UploadTally {
     }
 }
 
-/// Ids per task of [`Tables::read_rows`]: each task reads its ids table by table (one
-/// `read_rows` per table it touches).
-const IDS_PER_TASK: usize = 512;
+/// Ids per task of [`Tables::read_rows`]. A device-resolved W6 step has each of 64
+/// slot-map partitions read its ~500 missed rows as it resolves: split in tasks of this
+/// size, the last partitions' copies spread over the threads that are done instead of
+/// finishing on one.
+const IDS_PER_TASK: usize = 128;
 
 impl<S: RowSource> Tables<S> {
     /// Every member's rows in memory ([`RowSource::memory_rows`]), or `None` if one member

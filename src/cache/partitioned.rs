@@ -154,6 +154,16 @@ fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '
 /// got slower, 0.20-0.23 -> 0.33-0.38 ms: BENCHMARKS.md.)
 const PARALLEL_MIN_IDS: usize = 4096;
 
+/// One partition's share of [`PartitionedSlotMap::merge_plans`]: its number, its places in
+/// the merged misses and evictions, and its own.
+type MergePart<'a> = (
+    u32,
+    &'a mut [(u32, u32)],
+    &'a Vec<(u32, u32)>,
+    &'a mut [u32],
+    &'a Vec<u32>,
+);
+
 impl PartitionedSlotMap {
     /// `parts` is rounded down to a power of two and to at most one partition per 1,024
     /// slots (so small caches stay exact).
@@ -296,16 +306,34 @@ impl PartitionedSlotMap {
 
     /// Sums the partitions' plans into `plan` (global ids and slots), except slots.
     fn merge_plans(&self, plan: &mut PassPlan) {
-        plan.misses.clear();
-        plan.evicted.clear();
-        plan.hits = 0;
-        plan.evictions = 0;
+        plan.hits = self.plans.iter().map(|(w, _)| w.hits).sum();
+        plan.evictions = self.plans.iter().map(|(w, _)| w.evictions).sum();
+        let misses: usize = self.plans.iter().map(|(_, g)| g.len()).sum();
+        let evicted: usize = self.plans.iter().map(|(w, _)| w.evicted.len()).sum();
+        // (Resized, not cleared: every position is written below.)
+        plan.misses.resize(misses, (0, 0));
+        plan.evicted.resize(evicted, 0);
+        let mut parts = Vec::with_capacity(self.plans.len());
+        let (mut m, mut e) = (&mut plan.misses[..], &mut plan.evicted[..]);
         for (k, (w, global)) in self.plans.iter().enumerate() {
-            plan.misses.extend_from_slice(global);
-            plan.hits += w.hits;
-            plan.evictions += w.evictions;
-            plan.evicted
-                .extend(w.evicted.iter().map(|&l| (l << self.bits) | k as u32));
+            let (mine, rest) = std::mem::take(&mut m).split_at_mut(global.len());
+            m = rest;
+            let (gone, rest) = std::mem::take(&mut e).split_at_mut(w.evicted.len());
+            e = rest;
+            parts.push((k as u32, mine, global, gone, &w.evicted));
+        }
+        let bits = self.bits;
+        let copy = |(k, mine, global, gone, evicted): MergePart<'_>| {
+            mine.copy_from_slice(global);
+            for (g, &l) in gone.iter_mut().zip(evicted) {
+                *g = (l << bits) | k;
+            }
+        };
+        // A device pass of a W6 step merges ~30,000 misses and as many evictions.
+        if misses + evicted >= PARALLEL_MIN_IDS {
+            parts.into_par_iter().for_each(copy);
+        } else {
+            parts.into_iter().for_each(copy);
         }
     }
 
@@ -342,13 +370,22 @@ impl PartitionedSlotMap {
         }
         let p = self.parts.len();
         let bits = self.bits;
-        self.bucket(missing);
-        let ends = &self.counts[self.counts.len() - p..];
         let ranges: Vec<(u32, u32)> = (0..p).map(|k| self.slot_range(k)).collect();
-        // Each partition's pinned slots counted on its own task (millions of slots).
-        let fits = ranges.par_iter().enumerate().all(|(k, &(start, len))| {
+        // Each partition's pinned slots counted on its own task (millions of slots), while
+        // the missing ids are bucketed: one parallel phase, not two.
+        let (pinned, ()) = rayon::join(
+            || {
+                ranges
+                    .par_iter()
+                    .map(|&(start, len)| count_bits(touched, start, len))
+                    .collect::<Vec<usize>>()
+            },
+            || self.bucket(missing),
+        );
+        let ends = &self.counts[self.counts.len() - p..];
+        let fits = (0..p).all(|k| {
             let bucket = ends[k] - if k == 0 { 0 } else { ends[k - 1] };
-            count_bits(touched, start, len) + bucket <= len as usize
+            pinned[k] + bucket <= ranges[k].1 as usize
         });
         if !fits {
             return false;
@@ -581,11 +618,19 @@ mod tests {
     #[test]
     fn device_passes_pin_touched_slots_and_refuse_what_does_not_fit() {
         let mut rng = Rng::new(17);
-        let (rows, cap) = (50_000usize, 4096usize);
+        // A small map, then one whose passes merge their partitions in parallel.
+        for (cap, most) in [(4096usize, 600u64), (16_384, 3000)] {
+            device_passes_on(&mut rng, cap, most);
+        }
+    }
+
+    fn device_passes_on(rng: &mut Rng, cap: usize, most: u64) {
+        let rows = 50_000usize;
         let mut map = PartitionedSlotMap::new(rows, cap, EvictionPolicy::Clock, 4);
         let mut plan = PassPlan::default();
         let words = cap.div_ceil(32);
         for round in 0..40 {
+            let before: std::collections::HashSet<u32> = map.resident().into_iter().collect();
             // Touch a random third of the resident rows, miss a few hundred others.
             let resident = map.resident();
             let mut touched = vec![0u32; words];
@@ -597,7 +642,7 @@ mod tests {
                     pinned.push((id, s));
                 }
             }
-            let missing: Vec<u32> = (0..1 + rng.below(600))
+            let missing: Vec<u32> = (0..1 + rng.below(most))
                 .map(|_| rng.below(rows as u64) as u32)
                 .filter(|&id| map.slot_of(id).is_none())
                 .flat_map(|id| [id, id]) // repeats
@@ -620,6 +665,15 @@ mod tests {
                 assert!(touched[(s / 32) as usize] >> (s % 32) & 1 == 0);
             }
             assert_eq!(plan.evicted.len() as u64, plan.evictions);
+            // Evicted: resident before, and gone now unless the pass loaded it again.
+            let loaded: std::collections::HashSet<u32> = plan.misses.iter().map(|m| m.0).collect();
+            for &id in &plan.evicted {
+                assert!(before.contains(&id), "round {round}: {id} was not resident");
+                assert!(
+                    map.slot_of(id).is_none() || loaded.contains(&id),
+                    "round {round}: evicted {id} still resident"
+                );
+            }
             map.check_invariants().unwrap();
         }
         // Too many misses for one upload, or for a partition: refused, nothing changed.
