@@ -932,6 +932,9 @@ impl Uploader {
         let readback = dev.readback.get(ctx, out_bytes)?.clone();
         enc.copy_buffer_to_buffer(&out, 0, &readback, 0, out_bytes);
         let sub = ctx.queue().submit([enc.finish()]);
+        // Woken now, the pool's threads are still looking for work when the answer comes
+        // back a fraction of a millisecond later (and woken again then, in case it was late).
+        super::wake_host_pool();
         self.ring.submitted(entry, sub);
         ctx.check()?;
         dev.pending.clear();
