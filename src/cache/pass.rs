@@ -881,56 +881,85 @@ impl Uploader {
         let total = pairs_off + pending as u64 * 8;
         let out_bytes = (HEADER_WORDS + bw + room as u64) * 4;
         let entry = self.ring.acquire(ctx, total)?;
-        self.ring.write(entry, total, |bytes| -> Result<()> {
+        let staging = self.ring.buffer(entry).clone();
+        let DeviceMap {
+            slot_of,
+            ids: ids_buf,
+            probe_out,
+            readback,
+            pairs: pairs_buf,
+            probe: probe_launch,
+            flush,
+            pending,
+            ..
+        } = dev;
+        let pending = &*pending;
+        // The commands are recorded on this thread while the pool's threads write the ids
+        // into staging (hundreds of thousands of them in a W6 step; each half takes tens of
+        // microseconds). wgpu checks that the entry is unmapped only at submission.
+        let encode = || -> Result<(wgpu::CommandEncoder, wgpu::Buffer)> {
+            let mut enc = encoder(ctx, "hotrow probe");
+            let ids_dev = ids_buf.get(ctx, ids_bytes)?.clone();
+            enc.copy_buffer_to_buffer(&staging, 0, &ids_dev, 0, ids_bytes);
+            if !pending.is_empty() {
+                let pairs_dev = pairs_buf.get(ctx, pending.len() as u64 * 8)?.clone();
+                enc.copy_buffer_to_buffer(
+                    &staging,
+                    pairs_off,
+                    &pairs_dev,
+                    0,
+                    pending.len() as u64 * 8,
+                );
+                device_map::encode(
+                    ctx,
+                    &mut enc,
+                    Kernel::Assign,
+                    pending.len(),
+                    &pairs_dev,
+                    slot_of,
+                    &pairs_dev,
+                    flush,
+                    (&staging, params_off + device_map::PARAMS_BYTES),
+                )?;
+            }
+            let out = probe_out.get(ctx, out_bytes)?.clone();
+            enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bw) * 4));
+            device_map::encode(
+                ctx,
+                &mut enc,
+                Kernel::Probe,
+                n,
+                &ids_dev,
+                slot_of,
+                &out,
+                probe_launch,
+                (&staging, params_off),
+            )?;
+            let back = readback.get(ctx, out_bytes)?.clone();
+            enc.copy_buffer_to_buffer(&out, 0, &back, 0, out_bytes);
+            Ok((enc, back))
+        };
+        let fill = |bytes: &mut [u8]| -> Result<()> {
             let (head, tail) = bytes.split_at_mut(params_off as usize);
             crate::util::copy_parallel(cast_mut::<u32>(&mut head[..ids_bytes as usize])?, ids);
             let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
             let probe = device_map::probe_params(ctx, n, bw, room);
-            let flush = device_map::params(ctx, pending, 0);
+            let flush = device_map::params(ctx, pending.len(), 0);
             let (a, b) = blocks.split_at_mut(device_map::PARAMS_BYTES as usize);
             a.copy_from_slice(bytemuck::bytes_of(&probe));
             b.copy_from_slice(bytemuck::bytes_of(&flush));
             let pairs = cast_mut::<u32>(pairs)?;
-            for (pair, &id) in pairs.chunks_exact_mut(2).zip(&dev.pending) {
+            for (pair, &id) in pairs.chunks_exact_mut(2).zip(pending) {
                 pair.copy_from_slice(&[id, NOT_RESIDENT]);
             }
             Ok(())
-        })??;
+        };
+        let (encoded, filled) = self
+            .ring
+            .write(entry, total, |bytes| rayon::join(encode, || fill(bytes)))?;
         self.ring.unmap(entry);
-        let staging = self.ring.buffer(entry).clone();
-        let mut enc = encoder(ctx, "hotrow probe");
-        let ids_buf = dev.ids.get(ctx, ids_bytes)?.clone();
-        enc.copy_buffer_to_buffer(&staging, 0, &ids_buf, 0, ids_bytes);
-        if pending > 0 {
-            let pairs_buf = dev.pairs.get(ctx, pending as u64 * 8)?.clone();
-            enc.copy_buffer_to_buffer(&staging, pairs_off, &pairs_buf, 0, pending as u64 * 8);
-            device_map::encode(
-                ctx,
-                &mut enc,
-                Kernel::Assign,
-                pending,
-                &pairs_buf,
-                &dev.slot_of,
-                &pairs_buf,
-                &mut dev.flush,
-                (&staging, params_off + device_map::PARAMS_BYTES),
-            )?;
-        }
-        let out = dev.probe_out.get(ctx, out_bytes)?.clone();
-        enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bw) * 4));
-        device_map::encode(
-            ctx,
-            &mut enc,
-            Kernel::Probe,
-            n,
-            &ids_buf,
-            &dev.slot_of,
-            &out,
-            &mut dev.probe,
-            (&staging, params_off),
-        )?;
-        let readback = dev.readback.get(ctx, out_bytes)?.clone();
-        enc.copy_buffer_to_buffer(&out, 0, &readback, 0, out_bytes);
+        filled?;
+        let (enc, readback) = encoded?;
         let sub = ctx.queue().submit([enc.finish()]);
         // Woken now, the pool's threads are still looking for work when the answer comes
         // back a fraction of a millisecond later (and woken again then, in case it was late).
