@@ -1057,141 +1057,176 @@ impl Uploader {
         let host_pos = if device_positions { 0 } else { pos_bytes };
         debug_assert!(host_pos <= lay.pos_room && m <= lay.rows_cap);
         let t0 = Instant::now();
-        let device = self.device.as_ref();
-        let removals = self
-            .ring
-            .write(entry, lay.total, |bytes| -> Result<usize> {
-                if host_pos > 0 {
-                    crate::util::copy_parallel(
-                        cast_mut::<u32>(&mut bytes[..host_pos as usize])?,
-                        &plan.slots,
-                    );
-                }
-                let blocks = &mut bytes[lay.params_off as usize..lay.map_params_off as usize];
-                let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
-                for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
-                    blocks
-                        .next()
-                        .expect("room for params")
-                        .copy_from_slice(bytemuck::bytes_of(&b));
-                }
-                if let Target::Gather(_, offset) = target {
-                    for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
-                        blocks
-                            .next()
-                            .expect("room for params")
-                            .copy_from_slice(bytemuck::bytes_of(&b));
-                    }
-                }
-                let Some(dev) = device else {
-                    return Ok(0);
-                };
-                let room = &mut bytes[lay.pairs_off as usize..lay.rows_off as usize];
-                // Removals (pending, which includes this pass's evictions), then insertions.
-                let removals = dev.pending.len();
-                debug_assert!(removals + m <= lay.pairs_room);
-                let words = cast_mut::<u32>(room)?;
-                let (gone, added) = words[..2 * (removals + m)].split_at_mut(2 * removals);
-                write_pairs(gone, &dev.pending, |&id| [id, NOT_RESIDENT]);
-                write_pairs(added, &plan.misses, |&(id, slot)| [id, slot + 1]);
-                let at = lay.map_params_off as usize;
-                let mut blocks = bytes[at..lay.pairs_off as usize]
-                    .chunks_exact_mut(device_map::PARAMS_BYTES as usize);
-                let mut blocks_for = [
-                    device_map::params(ctx, removals, 0),
-                    device_map::params(ctx, m, removals),
-                ]
-                .to_vec();
-                if device_positions {
-                    blocks_for.push(device_map::params(ctx, n, 0));
-                }
-                for b in blocks_for {
-                    blocks
-                        .next()
-                        .expect("room for params")
-                        .copy_from_slice(bytemuck::bytes_of(&b));
-                }
-                Ok(removals)
-            })??;
-        self.ring.unmap(entry);
-        let t1 = Instant::now();
         let staging = self.ring.buffer(entry).clone();
-        let mut enc = encoder(ctx, "hotrow cache pass");
-        if m > 0 {
-            let rows_bytes = slots.layout().bytes(m);
-            let miss_buf = self.miss_slots.get(ctx, m as u64 * 4)?;
-            let rows_buf = self.upload.get(ctx, rows_bytes)?;
-            enc.copy_buffer_to_buffer(&staging, lay.miss_off, miss_buf, 0, m as u64 * 4);
-            enc.copy_buffer_to_buffer(&staging, lay.rows_off, rows_buf, 0, rows_bytes);
-            copy_rows::encode(
-                ctx,
-                &mut enc,
-                Direction::Scatter,
-                slots,
-                miss_buf,
-                m,
-                rows_buf,
-                0,
-                &mut self.scatter,
-                Some((&staging, lay.params_off)),
-            )?;
-        }
-        if let Some(dev) = self.device.as_mut() {
-            let n_pairs = removals + m;
-            if n_pairs > 0 {
-                let bytes = n_pairs as u64 * 8;
-                let pairs_buf = dev.pairs.get(ctx, bytes)?.clone();
-                enc.copy_buffer_to_buffer(&staging, lay.pairs_off, &pairs_buf, 0, bytes);
-                let block = device_map::PARAMS_BYTES;
-                for (k, n, launch) in [(0, removals, &mut dev.remove), (1, m, &mut dev.insert)] {
-                    device_map::encode(
-                        ctx,
-                        &mut enc,
-                        Kernel::Assign,
-                        n,
-                        &pairs_buf,
-                        &dev.slot_of,
-                        &pairs_buf,
-                        launch,
-                        (&staging, lay.map_params_off + k * block),
-                    )?;
+        let Uploader {
+            ring,
+            pos_slots,
+            miss_slots,
+            upload,
+            scatter,
+            gather,
+            device,
+            ..
+        } = self;
+        // The device table's changes are written (pending removals) by the pool while this
+        // thread records the commands (which use their counts).
+        let (pending, mut dev) = match device.as_mut() {
+            Some(d) => {
+                let DeviceMap {
+                    pending,
+                    pairs,
+                    remove,
+                    insert,
+                    position,
+                    ids,
+                    slot_of,
+                    ..
+                } = d;
+                let parts = (pairs, remove, insert, position, &*ids, &*slot_of);
+                (Some(&*pending), Some(parts))
+            }
+            None => (None, None),
+        };
+        let removals = pending.map_or(0, Vec::len);
+        let fill = |bytes: &mut [u8]| -> Result<()> {
+            if host_pos > 0 {
+                crate::util::copy_parallel(
+                    cast_mut::<u32>(&mut bytes[..host_pos as usize])?,
+                    &plan.slots,
+                );
+            }
+            let blocks = &mut bytes[lay.params_off as usize..lay.map_params_off as usize];
+            let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
+            for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
+                blocks
+                    .next()
+                    .expect("room for params")
+                    .copy_from_slice(bytemuck::bytes_of(&b));
+            }
+            if let Target::Gather(_, offset) = target {
+                for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
+                    blocks
+                        .next()
+                        .expect("room for params")
+                        .copy_from_slice(bytemuck::bytes_of(&b));
                 }
             }
-        }
-        if pos_bytes > 0 {
-            let pos_buf = self.pos_slots.get(ctx, pos_bytes)?.clone();
+            let Some(pending) = pending else {
+                return Ok(());
+            };
+            let room = &mut bytes[lay.pairs_off as usize..lay.rows_off as usize];
+            // Removals (pending, which includes this pass's evictions), then insertions.
+            debug_assert!(removals + m <= lay.pairs_room);
+            let words = cast_mut::<u32>(room)?;
+            let (gone, added) = words[..2 * (removals + m)].split_at_mut(2 * removals);
+            write_pairs(gone, pending, |&id| [id, NOT_RESIDENT]);
+            write_pairs(added, &plan.misses, |&(id, slot)| [id, slot + 1]);
+            let at = lay.map_params_off as usize;
+            let mut blocks = bytes[at..lay.pairs_off as usize]
+                .chunks_exact_mut(device_map::PARAMS_BYTES as usize);
+            let mut blocks_for = [
+                device_map::params(ctx, removals, 0),
+                device_map::params(ctx, m, removals),
+            ]
+            .to_vec();
             if device_positions {
-                let dev = self.device.as_mut().expect("device resolution");
-                let ids_buf = dev.ids.current().expect("the probe's ids").clone();
-                device_map::encode(
-                    ctx,
-                    &mut enc,
-                    Kernel::Position,
-                    n,
-                    &ids_buf,
-                    &dev.slot_of,
-                    &pos_buf,
-                    &mut dev.position,
-                    (&staging, lay.map_params_off + 2 * device_map::PARAMS_BYTES),
-                )?;
-            } else {
-                enc.copy_buffer_to_buffer(&staging, 0, &pos_buf, 0, pos_bytes);
+                blocks_for.push(device_map::params(ctx, n, 0));
             }
-            if let Target::Gather(out, offset) = target {
+            for b in blocks_for {
+                blocks
+                    .next()
+                    .expect("room for params")
+                    .copy_from_slice(bytemuck::bytes_of(&b));
+            }
+            Ok(())
+        };
+        let encode = || -> Result<wgpu::CommandEncoder> {
+            let mut enc = encoder(ctx, "hotrow cache pass");
+            if m > 0 {
+                let rows_bytes = slots.layout().bytes(m);
+                let miss_buf = miss_slots.get(ctx, m as u64 * 4)?;
+                let rows_buf = upload.get(ctx, rows_bytes)?;
+                enc.copy_buffer_to_buffer(&staging, lay.miss_off, miss_buf, 0, m as u64 * 4);
+                enc.copy_buffer_to_buffer(&staging, lay.rows_off, rows_buf, 0, rows_bytes);
                 copy_rows::encode(
                     ctx,
                     &mut enc,
-                    Direction::Gather,
+                    Direction::Scatter,
                     slots,
-                    &pos_buf,
-                    n,
-                    out,
-                    offset,
-                    &mut self.gather,
-                    Some((&staging, lay.params_off + lay.scatter_params)),
+                    miss_buf,
+                    m,
+                    rows_buf,
+                    0,
+                    scatter,
+                    Some((&staging, lay.params_off)),
                 )?;
             }
-        }
+            if let Some((pairs, remove, insert, _, _, slot_of)) = dev.as_mut() {
+                let n_pairs = removals + m;
+                if n_pairs > 0 {
+                    let bytes = n_pairs as u64 * 8;
+                    let pairs_buf = pairs.get(ctx, bytes)?.clone();
+                    enc.copy_buffer_to_buffer(&staging, lay.pairs_off, &pairs_buf, 0, bytes);
+                    let block = device_map::PARAMS_BYTES;
+                    for (k, n, launch) in [(0, removals, &mut **remove), (1, m, &mut **insert)] {
+                        device_map::encode(
+                            ctx,
+                            &mut enc,
+                            Kernel::Assign,
+                            n,
+                            &pairs_buf,
+                            slot_of,
+                            &pairs_buf,
+                            launch,
+                            (&staging, lay.map_params_off + k * block),
+                        )?;
+                    }
+                }
+            }
+            if pos_bytes > 0 {
+                let pos_buf = pos_slots.get(ctx, pos_bytes)?.clone();
+                if device_positions {
+                    let (_, _, _, position, ids, slot_of) =
+                        dev.as_mut().expect("device resolution");
+                    let ids_buf = ids.current().expect("the probe's ids").clone();
+                    device_map::encode(
+                        ctx,
+                        &mut enc,
+                        Kernel::Position,
+                        n,
+                        &ids_buf,
+                        slot_of,
+                        &pos_buf,
+                        position,
+                        (&staging, lay.map_params_off + 2 * device_map::PARAMS_BYTES),
+                    )?;
+                } else {
+                    enc.copy_buffer_to_buffer(&staging, 0, &pos_buf, 0, pos_bytes);
+                }
+                if let Target::Gather(out, offset) = target {
+                    copy_rows::encode(
+                        ctx,
+                        &mut enc,
+                        Direction::Gather,
+                        slots,
+                        &pos_buf,
+                        n,
+                        out,
+                        offset,
+                        gather,
+                        Some((&staging, lay.params_off + lay.scatter_params)),
+                    )?;
+                }
+            }
+            Ok(enc)
+        };
+        let (encoded, filled) = ring.write(entry, lay.total, |bytes| {
+            rayon::join(encode, || fill(bytes))
+        })?;
+        ring.unmap(entry);
+        filled?;
+        let enc = encoded?;
+        let t1 = Instant::now();
         let commands = enc.finish();
         if self.hold {
             self.held = Some((commands, entry));

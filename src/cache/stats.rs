@@ -41,7 +41,8 @@ pub struct CacheStats {
     pub resolve_copy_thread_time: Duration,
     /// Host time copying into staging memory after resolution: the slot lists and params,
     /// and the missed rows of a pass that copies them serially (the first pass, or one
-    /// with more misses than the estimate has room for).
+    /// with more misses than the estimate has room for). When the rows were copied while
+    /// resolving, the commands are recorded during these writes, and their time is here.
     pub copy_time: Duration,
     /// Host time waiting for a free staging buffer (the GPU is behind).
     pub staging_wait_time: Duration,
