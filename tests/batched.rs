@@ -479,3 +479,82 @@ fn mixed_sources_read_the_same_rows() {
         }
     }
 }
+
+/// A table file changed in place under a table-batched cache (whose reads go through
+/// `memory_rows`): the step fails with `Changed` naming that file, and the cache keeps no
+/// row of the failed step.
+#[test]
+fn a_changed_file_fails_the_step_cleanly() {
+    use hotrow::{FileProblem, FileTable};
+    use std::io::Write;
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("batched changed file"));
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = [(600usize, 8usize), (900, 8)];
+    let paths: Vec<std::path::PathBuf> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, &(r, d))| {
+            let path = dir.path().join(format!("t{t}.npy"));
+            let v = random_values(r * d, rng.next_u64());
+            HostTable::owned(v, d).unwrap().save_npy(&path).unwrap();
+            path
+        })
+        .collect();
+    let tables: Vec<FileTable> = paths
+        .iter()
+        .map(|p| FileTable::open_npy(p).unwrap())
+        .collect();
+    let config = CacheConfig::default().capacity(Capacity::Fraction(0.3));
+    let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
+    let zipf: Vec<ZipfIds> = shapes
+        .iter()
+        .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
+        .collect();
+    let s = step(&mut rng, &zipf, 60, false);
+    cache.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
+    let resident: Vec<usize> = (0..2).map(|t| cache.resident(t).unwrap()).collect();
+    let uploaded = cache.stats().rows_uploaded;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&paths[1])
+        .unwrap()
+        .write_all(&[0u8; 64])
+        .unwrap();
+    // every id of table 1 not resident: the step must read that file
+    let fresh = Step {
+        ids: vec![s.ids[0].clone(), (0..shapes[1].0 as u32).collect()],
+        offsets: vec![s.offsets[0].clone(), {
+            let mut o = vec![0u32; s.offsets[0].len()];
+            o[1..].iter_mut().for_each(|x| *x = shapes[1].0 as u32);
+            o
+        }],
+        weights: vec![None, None],
+    };
+    match cache.lookup_bags(&fresh.parts(), Pooling::Sum) {
+        Err(HotrowError::File { path, problem }) => {
+            assert_eq!((path, problem), (paths[1].clone(), FileProblem::Changed))
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    // Nothing of the failed step stays (its evictions do: the rows they made room for
+    // were never loaded, and nothing is counted as uploaded).
+    for (t, &before) in resident.iter().enumerate() {
+        assert!(
+            cache.resident(t).unwrap() <= before,
+            "table {t}: phantom rows"
+        );
+    }
+    assert_eq!(cache.stats().rows_uploaded, uploaded);
+    // The other table still serves, right.
+    let mut only0 = step(&mut rng, &zipf, 40, false);
+    only0.ids[1].clear();
+    only0.offsets[1].iter_mut().for_each(|o| *o = 0);
+    let data0 = FileTable::open_npy(&paths[0]).unwrap();
+    let rows0: Vec<f32> = (0..shapes[0].0 as u32)
+        .flat_map(|id| data0.read_row(id).unwrap())
+        .collect();
+    let out = cache.lookup_bags(&only0.parts(), Pooling::Sum).unwrap();
+    let (want, scale) = reference(&[rows0, vec![0.0; 8]], &[8, 8], &only0, 0);
+    assert_close(&out, &want, &scale, "after the failed step");
+}

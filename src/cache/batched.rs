@@ -570,44 +570,63 @@ impl UploadTally {
 const IDS_PER_TASK: usize = 128;
 
 impl<S: RowSource> Tables<S> {
-    /// Every member's rows in memory ([`RowSource::memory_rows`]), or `None` if one member
-    /// does not hold its rows there.
-    fn memory_members(&self) -> Result<Option<Vec<RowBytes<'_>>>> {
-        let mut members = Vec::with_capacity(self.members.len());
-        for &m in &self.members {
-            match self.sources[m].memory_rows()? {
-                Some(MemoryRows(rows)) => members.push(rows),
+    /// Each id's member and row in that member.
+    fn locate(&self, ids: &[u32]) -> Vec<(u32, u32)> {
+        ids.iter()
+            .map(|&id| {
+                let k = member_of(&self.bases, id);
+                (k as u32, (id as u64 - self.bases[k]) as u32)
+            })
+            .collect()
+    }
+
+    /// The rows in memory ([`RowSource::memory_rows`]) of every member that `rows` (from
+    /// [`Tables::locate`]) reads, or `None` if one of them does not hold its rows there.
+    /// Members not read are not asked: a table whose file changed fails only the steps
+    /// that read it.
+    fn memory_members(&self, rows: &[(u32, u32)]) -> Result<Option<Vec<Option<RowBytes<'_>>>>> {
+        let mut read = vec![false; self.members.len()];
+        for &(k, _) in rows {
+            read[k as usize] = true;
+        }
+        let mut members = vec![None; self.members.len()];
+        for (k, _) in read.iter().enumerate().filter(|(_, &r)| r) {
+            match self.sources[self.members[k]].memory_rows()? {
+                Some(MemoryRows(rows)) => members[k] = Some(rows),
                 None => return Ok(None),
             }
         }
         Ok(Some(members))
     }
 
-    /// Reads `ids` (global, checked) into `out` from the members' rows in memory, in the
-    /// ids' order: no sort, no per-table call, and the prefetches run ahead across tables
-    /// (a partition's few hundred missed rows of a W6 step spread over 26 tables, a few
-    /// each, too few for a per-table loop to prefetch ahead). Each id's table and row are
-    /// found first, in a loop of their own: the copy loop then stays short enough for the
-    /// core to keep several rows' misses in flight (a 2-core Zen 4 dev box, W6's tables:
-    /// 110-120 ns a row, against 240-300 with the lookup inside the copy loop and 135 for
-    /// one `read_rows` per table).
-    fn read_across(&self, members: &[RowBytes<'_>], ids: &[u32], out: &mut [f32]) {
-        let rows: Vec<(u32, u32)> = ids
+    /// Reads the rows `rows` (from [`Tables::locate`]) into `out` from the members' rows
+    /// in memory, in the ids' order: no sort, no per-table call, and the prefetches run
+    /// ahead across tables (a partition's few hundred missed rows of a W6 step spread over
+    /// 26 tables, a few each, too few for a per-table loop to prefetch ahead). The ids'
+    /// tables and rows are found first, in a loop of their own: the copy loop then stays
+    /// short enough for the core to keep several rows' misses in flight (a 2-core Zen 4 dev
+    /// box, W6's tables: 110-120 ns a row, against 240-300 with the lookup inside the copy
+    /// loop and 135 for one `read_rows` per table).
+    fn read_across(&self, members: &[Option<RowBytes<'_>>], rows: &[(u32, u32)], out: &mut [f32]) {
+        let member = |k: u32| {
+            members[k as usize]
+                .as_ref()
+                .expect("a member read is in memory")
+        };
+        let ahead = members
             .iter()
-            .map(|&id| {
-                let k = member_of(&self.bases, id);
-                (k as u32, (id as u64 - self.bases[k]) as u32)
-            })
-            .collect();
-        let ahead = members.iter().map(RowBytes::rows_ahead).min().unwrap_or(2);
+            .flatten()
+            .map(RowBytes::rows_ahead)
+            .min()
+            .unwrap_or(2);
         for &(k, row) in &rows[..ahead.min(rows.len())] {
-            members[k as usize].prefetch_row(row as usize);
+            member(k).prefetch_row(row as usize);
         }
         for (i, (&(k, row), dst)) in rows.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
             if let Some(&(k, row)) = rows.get(i + ahead) {
-                members[k as usize].prefetch_row(row as usize);
+                member(k).prefetch_row(row as usize);
             }
-            let m = &members[k as usize];
+            let m = member(k);
             m.convert(m.row(row as usize), dst);
         }
     }
@@ -659,21 +678,24 @@ impl<S: RowSource> RowSource for Tables<S> {
         }
         check_ids(ids, self.rows())?;
         // Tables all in memory: every row read in one loop, in the ids' order.
-        let memory = self.memory_members()?;
-        let read = |ids: &[u32], out: &mut [f32]| match &memory {
-            Some(members) => {
-                self.read_across(members, ids, out);
-                Ok(())
+        let rows = self.locate(ids);
+        if let Some(members) = self.memory_members(&rows)? {
+            if ids.len() <= IDS_PER_TASK {
+                self.read_across(&members, &rows, out);
+            } else {
+                rows.par_chunks(IDS_PER_TASK)
+                    .zip(out.par_chunks_mut(IDS_PER_TASK * self.dim))
+                    .for_each(|(rows, out)| self.read_across(&members, rows, out));
             }
-            None => self.read_chunk(ids, out),
-        };
+            return Ok(());
+        }
         // A remote table is read in one call per table (each call is a round trip).
         if ids.len() <= IDS_PER_TASK || self.remote() {
-            return read(ids, out);
+            return self.read_chunk(ids, out);
         }
         ids.par_chunks(IDS_PER_TASK)
             .zip(out.par_chunks_mut(IDS_PER_TASK * self.dim))
-            .try_for_each(|(ids, out)| read(ids, out))
+            .try_for_each(|(ids, out)| self.read_chunk(ids, out))
     }
 
     fn remote(&self) -> bool {
