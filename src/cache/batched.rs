@@ -570,14 +570,18 @@ impl UploadTally {
 const IDS_PER_TASK: usize = 128;
 
 impl<S: RowSource> Tables<S> {
-    /// Each id's member and row in that member.
+    /// Each id's member and row in that member (in parallel for many: the serial copy of
+    /// a first pass reads every row it loads in one call).
     fn locate(&self, ids: &[u32]) -> Vec<(u32, u32)> {
-        ids.iter()
-            .map(|&id| {
-                let k = member_of(&self.bases, id);
-                (k as u32, (id as u64 - self.bases[k]) as u32)
-            })
-            .collect()
+        let place = |&id: &u32| {
+            let k = member_of(&self.bases, id);
+            (k as u32, (id as u64 - self.bases[k]) as u32)
+        };
+        if ids.len() >= 8 * IDS_PER_TASK {
+            ids.par_iter().map(place).collect()
+        } else {
+            ids.iter().map(place).collect()
+        }
     }
 
     /// The rows in memory ([`RowSource::memory_rows`]) of every member that `rows` (from
