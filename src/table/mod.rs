@@ -55,6 +55,14 @@ pub trait RowSource: Send + Sync {
     /// tables at once ([`crate::TableBatchedCache`]) then reads the missed rows of all its
     /// tables in one prefetching loop instead of one `read_rows` call per table. Default
     /// `Ok(None)`; errors as `read_rows` would give them (a changed file).
+    ///
+    /// ```
+    /// use hotrow::{HostTable, RowSource};
+    /// let table = HostTable::owned(vec![0.5f32; 3 * 4], 4)?;
+    /// let rows = table.memory_rows()?.expect("a host table holds its rows in memory");
+    /// assert_eq!((rows.rows(), rows.dim()), (3, 4));
+    /// # Ok::<(), hotrow::HotrowError>(())
+    /// ```
     fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
         Ok(None)
     }
@@ -64,6 +72,23 @@ pub trait RowSource: Send + Sync {
 /// built-in sources, so what it points at is always a whole, live table.
 #[derive(Clone, Copy)]
 pub struct MemoryRows<'a>(pub(crate) RowBytes<'a>);
+
+impl MemoryRows<'_> {
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.0.rows()
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.0.dim
+    }
+
+    /// How the values are stored.
+    pub fn value_type(&self) -> ValueType {
+        self.0.ty
+    }
+}
 
 impl std::fmt::Debug for MemoryRows<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
