@@ -154,15 +154,17 @@ fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '
 /// got slower, 0.20-0.23 -> 0.33-0.38 ms: BENCHMARKS.md.)
 const PARALLEL_MIN_IDS: usize = 4096;
 
-/// One partition's share of [`PartitionedSlotMap::merge_plans`]: its number, its places in
-/// the merged misses and evictions, and its own.
-type MergePart<'a> = (
-    u32,
-    &'a mut [(u32, u32)],
-    &'a Vec<(u32, u32)>,
-    &'a mut [u32],
-    &'a Vec<u32>,
-);
+/// One partition's share of [`PartitionedSlotMap::merge_plans`]: its number and first slot,
+/// its places in the merged misses and evictions, and its own plan and global misses.
+struct MergePart<'a> {
+    k: u32,
+    base: u32,
+    misses: &'a mut [(u32, u32)],
+    own: &'a PassPlan,
+    global: &'a [(u32, u32)],
+    evicted: &'a mut [u32],
+    evicted_slots: &'a mut [u32],
+}
 
 impl PartitionedSlotMap {
     /// `parts` is rounded down to a power of two and to at most one partition per 1,024
@@ -313,20 +315,35 @@ impl PartitionedSlotMap {
         // (Resized, not cleared: every position is written below.)
         plan.misses.resize(misses, (0, 0));
         plan.evicted.resize(evicted, 0);
+        plan.evicted_slots.resize(evicted, 0);
         let mut parts = Vec::with_capacity(self.plans.len());
         let (mut m, mut e) = (&mut plan.misses[..], &mut plan.evicted[..]);
+        let mut es = &mut plan.evicted_slots[..];
         for (k, (w, global)) in self.plans.iter().enumerate() {
             let (mine, rest) = std::mem::take(&mut m).split_at_mut(global.len());
             m = rest;
             let (gone, rest) = std::mem::take(&mut e).split_at_mut(w.evicted.len());
             e = rest;
-            parts.push((k as u32, mine, global, gone, &w.evicted));
+            let (held, rest) = std::mem::take(&mut es).split_at_mut(w.evicted.len());
+            es = rest;
+            parts.push(MergePart {
+                k: k as u32,
+                base: self.base[k],
+                misses: mine,
+                own: w,
+                global,
+                evicted: gone,
+                evicted_slots: held,
+            });
         }
         let bits = self.bits;
-        let copy = |(k, mine, global, gone, evicted): MergePart<'_>| {
-            mine.copy_from_slice(global);
-            for (g, &l) in gone.iter_mut().zip(evicted) {
-                *g = (l << bits) | k;
+        let copy = |p: MergePart<'_>| {
+            p.misses.copy_from_slice(p.global);
+            for (g, &l) in p.evicted.iter_mut().zip(&p.own.evicted) {
+                *g = (l << bits) | p.k;
+            }
+            for (g, &s) in p.evicted_slots.iter_mut().zip(&p.own.evicted_slots) {
+                *g = p.base + s;
             }
         };
         // A device pass of a W6 step merges ~30,000 misses and as many evictions.
@@ -489,6 +506,18 @@ impl PartitionedSlotMap {
             self.parts[p].forget(&[(id >> self.bits, s - self.base[p])]);
         }
     }
+
+    /// [`SlotMap::restore`] over the partitions (global ids and slots, as a merged
+    /// [`PassPlan`] gives them).
+    pub fn restore(&mut self, evicted: &[u32], slots: &[u32]) -> usize {
+        let mask = (1u32 << self.bits) - 1;
+        let mut back = 0;
+        for (&id, &s) in evicted.iter().zip(slots) {
+            let p = (id & mask) as usize;
+            back += self.parts[p].restore(&[id >> self.bits], &[s - self.base[p]]);
+        }
+        back
+    }
 }
 
 #[cfg(test)]
@@ -573,6 +602,45 @@ mod tests {
             slots.sort_unstable();
             slots.dedup();
             assert_eq!(slots.len(), resident.len(), "two ids share a slot");
+        }
+    }
+
+    /// A failed pass undone over partitions (host and device passes, merged in parallel
+    /// or not): forgetting its misses and restoring its evictions gives back the map it
+    /// started from, slot for slot.
+    #[test]
+    fn a_failed_pass_undone_leaves_the_partitions_as_they_were() {
+        let mut rng = Rng::new(29);
+        let (rows, cap) = (60_000usize, 16_384usize);
+        let mut map = PartitionedSlotMap::new(rows, cap, EvictionPolicy::Clock, 4);
+        let mut plan = PassPlan::default();
+        let words = cap.div_ceil(32);
+        for round in 0..24 {
+            let n = 2000 + rng.below(9000) as usize;
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+            let before: Vec<Option<u32>> = (0..rows as u32).map(|id| map.slot_of(id)).collect();
+            if round % 2 == 0 {
+                map.resolve(&ids, &mut plan);
+            } else {
+                let missing: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| map.slot_of(id).is_none())
+                    .collect();
+                let touched = vec![0u32; words];
+                if !map.resolve_device(&touched, &missing, usize::MAX, &mut plan, &|_| {}) {
+                    continue;
+                }
+            }
+            if round % 3 == 0 {
+                continue; // kept
+            }
+            map.forget(&plan.misses);
+            let back = map.restore(&plan.evicted, &plan.evicted_slots);
+            assert_eq!(back, plan.evicted.len(), "round {round}");
+            let after: Vec<Option<u32>> = (0..rows as u32).map(|id| map.slot_of(id)).collect();
+            assert!(after == before, "round {round}: the map changed");
+            map.check_invariants().unwrap();
         }
     }
 

@@ -67,6 +67,10 @@ struct Uploader {
     gather: Vec<Launch>,
     /// The GPU's id -> slot table and its scratch (device resolution only).
     device: Option<DeviceMap>,
+    /// Whether the last pass's commands were submitted or held for an op's submission
+    /// (set by [`Uploader::finish`]): a pass that failed before that left the GPU's slots
+    /// as they were.
+    reached_gpu: bool,
     /// Set by [`PassEngine::rows_for_op`] for its pass: keep the pass's commands back, so
     /// the op that reads the rows submits them with its own (one submission for both).
     hold: bool,
@@ -232,6 +236,7 @@ impl PassEngine {
                 device,
                 hold: false,
                 held: None,
+                reached_gpu: false,
             },
             gathered: GrowBuffer::storage("hotrow op rows"),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
@@ -490,7 +495,7 @@ impl PassEngine {
             match outcome {
                 Err(e) => {
                     // The rows were not all copied: the map must not claim them.
-                    self.forget_failed();
+                    self.forget_failed(false);
                     return Err(e);
                 }
                 Ok(fit) => {
@@ -512,11 +517,13 @@ impl PassEngine {
             self.stats.resolve_time += resolve;
             return Ok(n);
         }
+        // (The guard forgets the misses if this unwinds; an error is handled below.)
         let mut guard = ForgetMisses {
             map: &mut self.map,
             misses: &self.plan.misses,
             armed: true,
         };
+        self.io.reached_gpu = false;
         let result = match staged {
             Some((entry, lay)) if copied => self.io.finish(
                 &self.ctx,
@@ -538,19 +545,50 @@ impl PassEngine {
                 false,
             ),
         };
-        self.stats.evictions += self.plan.evictions;
-        let times = result?;
         guard.armed = false;
         drop(guard);
+        let times = match result {
+            Ok(times) => times,
+            Err(e) => {
+                self.forget_failed(self.io.reached_gpu);
+                return Err(e);
+            }
+        };
+        self.stats.evictions += self.plan.evictions;
         self.account(m, resolve, wait + times.wait, times, false);
         Ok(n)
     }
 
-    /// After a failed pass: its misses leave the map, its evictions are counted and queued
-    /// for the GPU's table.
-    fn forget_failed(&mut self) {
+    /// After a failed pass: its misses leave the map. If the pass never reached the GPU
+    /// (`reached_gpu` false: a row source failed, or anything before its submission), the
+    /// slots it took still hold the rows it evicted, and those go back into the map (and
+    /// their removal from the GPU's table is dropped): the batch changed nothing. Otherwise
+    /// its evictions stand, counted and queued for the GPU's table.
+    fn forget_failed(&mut self, reached_gpu: bool) {
         self.map.forget(&self.plan.misses);
-        self.stats.evictions += self.plan.evictions;
+        let plan = &self.plan;
+        let back = if reached_gpu {
+            0
+        } else {
+            self.map.restore(&plan.evicted, &plan.evicted_slots)
+        };
+        if back > 0 {
+            if let Some(dev) = self.io.device.as_mut() {
+                // The pass queued its evictions last (`queue_evictions`); keep only those
+                // that did not go back.
+                let queued = dev.pending.len() - plan.evicted.len();
+                dev.pending.truncate(queued);
+                let map = &self.map;
+                dev.pending.extend(
+                    plan.evicted
+                        .iter()
+                        .zip(&plan.evicted_slots)
+                        .filter(|&(&id, &s)| map.slot_of(id) != Some(s))
+                        .map(|(&id, _)| id),
+                );
+            }
+        }
+        self.stats.evictions += plan.evictions - back as u64;
     }
 
     /// Counts a pass that uploaded `m` rows.
@@ -629,17 +667,19 @@ impl PassEngine {
         self.io.queue_evictions(&self.plan);
         let copied = match outcome {
             Err(e) => {
-                self.forget_failed();
+                self.forget_failed(false);
                 return Err(e);
             }
             Ok(copied) => copied,
         };
         let resolve = t1.elapsed() - wait;
+        // (The guard forgets the misses if this unwinds; an error is handled below.)
         let mut guard = ForgetMisses {
             map: &mut self.map,
             misses: &self.plan.misses,
             armed: true,
         };
+        self.io.reached_gpu = false;
         let (ctx, slots, plan, n) = (&self.ctx, &self.slots, &self.plan, ids.len());
         let result = match staged {
             Some((entry, lay)) if copied => self
@@ -649,10 +689,16 @@ impl PassEngine {
                 .io
                 .upload_and_dispatch(ctx, slots, plan, source, n, target, true),
         };
-        self.stats.evictions += self.plan.evictions;
-        let times = result?;
         guard.armed = false;
         drop(guard);
+        let times = match result {
+            Ok(times) => times,
+            Err(e) => {
+                self.forget_failed(self.io.reached_gpu);
+                return Err(e);
+            }
+        };
+        self.stats.evictions += self.plan.evictions;
         self.account(m, resolve, wait + times.wait, times, true);
         Ok(Some(ids.len()))
     }
@@ -1228,6 +1274,8 @@ impl Uploader {
         let enc = encoded?;
         let t1 = Instant::now();
         let commands = enc.finish();
+        // From here on the pass's commands are the GPU's (now, or with the op's).
+        self.reached_gpu = true;
         if self.hold {
             self.held = Some((commands, entry));
         } else {

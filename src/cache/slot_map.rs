@@ -68,6 +68,9 @@ pub struct PassPlan {
     pub evictions: u64,
     /// The ids of those rows (no longer resident), in eviction order.
     pub evicted: Vec<u32>,
+    /// The slot each of those rows held (aligned with `evicted`): where
+    /// [`SlotMap::restore`] puts them back when the pass's rows never reach the GPU.
+    pub evicted_slots: Vec<u32>,
 }
 
 impl PassPlan {
@@ -77,6 +80,7 @@ impl PassPlan {
         self.hits = 0;
         self.evictions = 0;
         self.evicted.clear();
+        self.evicted_slots.clear();
     }
 
     /// Distinct ids of the pass.
@@ -323,6 +327,7 @@ impl SlotMap {
                 self.slot_of[old as usize] = NONE;
                 plan.evictions += 1;
                 plan.evicted.push(old);
+                plan.evicted_slots.push(v);
             } else {
                 self.len += 1;
             }
@@ -356,6 +361,26 @@ impl SlotMap {
                 }
             }
         }
+    }
+
+    /// Puts back rows a failed pass evicted (`evicted` ids and the `slots` they held, as in
+    /// [`PassPlan`]) after its misses were [`SlotMap::forget`]-ten: only right when the
+    /// pass never reached the GPU, whose slots then still hold those rows. A row goes back
+    /// if its slot is free and it is not resident elsewhere; returns how many went back.
+    /// They come back without a reference bit (CLOCK) and first in line (LRU): they were
+    /// this map's victims.
+    pub fn restore(&mut self, evicted: &[u32], slots: &[u32]) -> usize {
+        let mut back = 0;
+        for (&id, &s) in evicted.iter().zip(slots) {
+            if self.slot_of[id as usize] == NONE && self.id_of[s as usize] == NONE {
+                self.slot_of[id as usize] = s;
+                self.id_of[s as usize] = id;
+                self.stamp[s as usize] = 0;
+                self.len += 1;
+                back += 1;
+            }
+        }
+        back
     }
 
     /// Checks the internal invariants (for tests): ids and slots map to each other, no two
@@ -467,6 +492,48 @@ mod tests {
                 for (i, &id) in ids.iter().enumerate() {
                     assert_eq!(map.slot_of(id), Some(plan.slots[i]));
                 }
+                map.check_invariants().unwrap();
+            }
+        }
+    }
+
+    /// A pass that failed before reaching the GPU, undone: its misses forgotten and its
+    /// evictions restored, the map holds exactly the rows it held before, in the same slots
+    /// (both policies, passes with and without evictions, ids evicted and loaded again).
+    #[test]
+    fn a_failed_pass_undone_leaves_the_map_as_it_was() {
+        let s = seed() ^ 0x5EED;
+        eprintln!("seed {s}");
+        let mut rng = Rng::new(s);
+        for round in 0..40 {
+            let policy = if round % 2 == 0 {
+                EvictionPolicy::Clock
+            } else {
+                EvictionPolicy::Lru
+            };
+            let rows = 50 + rng.below(400) as u32;
+            let cap = 4 + rng.below(40) as usize;
+            let mut map = SlotMap::new(rows as usize, cap, policy);
+            let mut plan = PassPlan::default();
+            for step in 0..30 {
+                let n = 1 + rng.below(3 * cap as u64) as usize;
+                let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+                if step % 3 != 2 {
+                    map.resolve(&ids, &mut plan); // kept
+                    continue;
+                }
+                let before: Vec<(u32, Option<u32>)> =
+                    (0..rows).map(|id| (id, map.slot_of(id))).collect();
+                let len = map.len();
+                map.resolve(&ids, &mut plan);
+                assert_eq!(plan.evicted.len(), plan.evicted_slots.len());
+                map.forget(&plan.misses);
+                let back = map.restore(&plan.evicted, &plan.evicted_slots);
+                assert_eq!(back, plan.evicted.len(), "every eviction undone (seed {s})");
+                let after: Vec<(u32, Option<u32>)> =
+                    (0..rows).map(|id| (id, map.slot_of(id))).collect();
+                assert_eq!(after, before, "round {round} step {step} (seed {s})");
+                assert_eq!(map.len(), len);
                 map.check_invariants().unwrap();
             }
         }
