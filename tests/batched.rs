@@ -537,14 +537,10 @@ fn a_changed_file_fails_the_step_cleanly() {
         }
         other => panic!("expected Changed, got {other:?}"),
     }
-    // Nothing of the failed step stays (its evictions do: the rows they made room for
-    // were never loaded, and nothing is counted as uploaded).
-    for (t, &before) in resident.iter().enumerate() {
-        assert!(
-            cache.resident(t).unwrap() <= before,
-            "table {t}: phantom rows"
-        );
-    }
+    // The failed step changed nothing (the rows it evicted went back: its rows never
+    // reached the GPU), and nothing is counted as uploaded.
+    let after: Vec<usize> = (0..2).map(|t| cache.resident(t).unwrap()).collect();
+    assert_eq!(after, resident, "the failed step changed the cache");
     assert_eq!(cache.stats().rows_uploaded, uploaded);
     // The other table still serves, right.
     let mut only0 = step(&mut rng, &zipf, 40, false);
