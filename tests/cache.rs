@@ -221,6 +221,17 @@ fn bad_ids_change_nothing() {
     assert_eq!(cache.stats(), &before_stats);
 }
 
+/// The rows a cache holds and their slots, sorted.
+fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = map
+        .resident()
+        .into_iter()
+        .map(|id| (id, map.slot_of(id).unwrap()))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// A full cache (host resolution, both policies, one and several partitions) whose row
 /// source fails or panics on a batch of new rows: the batch is an error and changes
 /// nothing (the rows it would have evicted are still resident, in their slots, and served
@@ -234,10 +245,7 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
     let (rows, dim, cap) = (3000, 8, 256);
     let data = random_values(rows * dim, rng.next_u64());
     for (policy, parts) in [(EvictionPolicy::Clock, 1), (EvictionPolicy::Lru, 4)] {
-        let src = Faulty {
-            inner: HostTable::borrowed(&data, dim).unwrap(),
-            mode: 0.into(),
-        };
+        let src = Faulty::working(&data, dim);
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(cap))
             .partitions(parts)
@@ -247,22 +255,19 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
             let ids: Vec<u32> = (0..cap).map(|_| rng.below(rows as u64) as u32).collect();
             cache.lookup(&ids).unwrap();
         }
-        for mode in [1u8, 2] {
-            let map = cache.slot_map();
-            let mut before: Vec<(u32, u32)> = map
-                .resident()
-                .into_iter()
-                .map(|id| (id, map.slot_of(id).unwrap()))
-                .collect();
-            before.sort_unstable();
-            assert_eq!(before.len(), cap, "{policy:?}: the cache is full");
-            let stats = cache.stats().clone();
-            let fresh: Vec<u32> = (0..rows as u32)
+        let fresh = |cache: &EmbeddingCache<Faulty<'_>>| -> Vec<u32> {
+            (0..rows as u32)
                 .filter(|id| cache.slot_map().slot_of(*id).is_none())
                 .take(cap / 2)
-                .collect();
+                .collect()
+        };
+        for mode in [1u8, 2] {
+            let before = held(cache.slot_map());
+            assert_eq!(before.len(), cap, "{policy:?}: the cache is full");
+            let stats = cache.stats().clone();
+            let new_rows = fresh(&cache);
             cache.source().mode.store(mode, Relaxed);
-            let r = cache.lookup(&fresh);
+            let r = cache.lookup(&new_rows);
             cache.source().mode.store(0, Relaxed);
             assert!(
                 matches!(
@@ -271,23 +276,17 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
                 ),
                 "{r:?}"
             );
-            let map = cache.slot_map();
-            let mut after: Vec<(u32, u32)> = map
-                .resident()
-                .into_iter()
-                .map(|id| (id, map.slot_of(id).unwrap()))
-                .collect();
-            after.sort_unstable();
+            let after = held(cache.slot_map());
             assert!(after == before, "{policy:?} mode {mode}: the cache changed");
-            map.check_invariants().unwrap();
+            cache.slot_map().check_invariants().unwrap();
             assert_eq!(cache.stats().rows_uploaded, stats.rows_uploaded);
             assert_eq!(cache.stats().evictions, stats.evictions);
             // the rows it held are still right, and still resident (no upload)
-            let held: Vec<u32> = before.iter().map(|&(id, _)| id).collect();
-            let out = cache.lookup(&held).unwrap();
+            let ids: Vec<u32> = before.iter().map(|&(id, _)| id).collect();
+            let out = cache.lookup(&ids).unwrap();
             assert_rows_eq(
                 &out.to_host().unwrap(),
-                &reference::gather(&data, dim, &held),
+                &reference::gather(&data, dim, &ids),
                 dim,
                 "held rows after the failure",
             );
@@ -296,31 +295,17 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
         // Again after many batches of resident rows only: the cache expects few misses, so
         // a batch of many new rows overflows its staging room and reads them after
         // resolving (the serial path); the failure there changes nothing either.
-        let map = cache.slot_map();
-        let held: Vec<u32> = map.resident();
-        let mut before: Vec<(u32, u32)> = held
-            .iter()
-            .map(|&id| (id, map.slot_of(id).unwrap()))
-            .collect();
-        before.sort_unstable();
+        let before = held(cache.slot_map());
+        let some: Vec<u32> = before.iter().take(32).map(|&(id, _)| id).collect();
         for _ in 0..80 {
-            cache.lookup(&held[..32]).unwrap();
+            cache.lookup(&some).unwrap();
         }
-        let fresh: Vec<u32> = (0..rows as u32)
-            .filter(|id| cache.slot_map().slot_of(*id).is_none())
-            .take(cap / 2)
-            .collect();
+        let new_rows = fresh(&cache);
         let uploaded = cache.stats().rows_uploaded;
         cache.source().mode.store(1, Relaxed);
-        assert!(cache.lookup(&fresh).is_err());
+        assert!(cache.lookup(&new_rows).is_err());
         cache.source().mode.store(0, Relaxed);
-        let map = cache.slot_map();
-        let mut after: Vec<(u32, u32)> = map
-            .resident()
-            .into_iter()
-            .map(|id| (id, map.slot_of(id).unwrap()))
-            .collect();
-        after.sort_unstable();
+        let after = held(cache.slot_map());
         assert!(
             after == before,
             "{policy:?}: the serial path's failure changed the cache"
@@ -442,6 +427,16 @@ struct Faulty<'a> {
     mode: std::sync::atomic::AtomicU8,
 }
 
+impl<'a> Faulty<'a> {
+    /// Over `data` (rows of `dim`), not failing yet.
+    fn working(data: &'a [f32], dim: usize) -> Self {
+        Faulty {
+            inner: HostTable::borrowed(data, dim).unwrap(),
+            mode: 0.into(),
+        }
+    }
+}
+
 impl RowSource for Faulty<'_> {
     fn rows(&self) -> usize {
         self.inner.rows()
@@ -476,10 +471,7 @@ fn device_resolution_stream_matches_reference() {
     ] {
         let what = format!("dim {dim}, {parts} partitions, {policy:?}");
         let data = random_values(rows * dim, rng.next_u64());
-        let src = Faulty {
-            inner: HostTable::borrowed(&data, dim).unwrap(),
-            mode: 0.into(),
-        };
+        let src = Faulty::working(&data, dim);
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(cap))
             .partitions(parts)
@@ -506,14 +498,7 @@ fn device_resolution_stream_matches_reference() {
                     // the row source fails (5) or panics (11): nothing may stick
                     let mode = if b % 12 == 5 { 1 } else { 2 };
                     cache.source().mode.store(mode, Relaxed);
-                    let map = cache.slot_map();
-                    let held = |m: &hotrow::PartitionedSlotMap| -> Vec<(u32, u32)> {
-                        m.resident()
-                            .into_iter()
-                            .map(|id| (id, m.slot_of(id).unwrap()))
-                            .collect()
-                    };
-                    let before = held(map);
+                    let before = held(cache.slot_map());
                     let uploaded = cache.stats().rows_uploaded;
                     let uniform: Vec<u32> = (0..cap / 2)
                         .map(|_| rng.below(rows as u64) as u32)
@@ -529,11 +514,11 @@ fn device_resolution_stream_matches_reference() {
                     cache.source().mode.store(0, Relaxed);
                     // The batch changed nothing: the same rows in the same slots (its
                     // evictions undone: its rows never reached the GPU), nothing counted.
-                    let mut after = held(cache.slot_map());
-                    let mut want = before.clone();
-                    after.sort_unstable();
-                    want.sort_unstable();
-                    assert!(after == want, "{what}: the failed batch changed the cache");
+                    let after = held(cache.slot_map());
+                    assert!(
+                        after == before,
+                        "{what}: the failed batch changed the cache"
+                    );
                     assert_eq!(cache.stats().rows_uploaded, uploaded, "{what}");
                 }
                 7 => cache.preload(&ids[..ids.len() / 2]).unwrap(),

@@ -547,15 +547,7 @@ impl PassEngine {
         };
         guard.armed = false;
         drop(guard);
-        let times = match result {
-            Ok(times) => times,
-            Err(e) => {
-                self.forget_failed(self.io.reached_gpu);
-                return Err(e);
-            }
-        };
-        self.stats.evictions += self.plan.evictions;
-        self.account(m, resolve, wait + times.wait, times, false);
+        self.settle(result, m, resolve, wait, false)?;
         Ok(n)
     }
 
@@ -589,6 +581,29 @@ impl PassEngine {
             }
         }
         self.stats.evictions += plan.evictions - back as u64;
+    }
+
+    /// Ends a resolved pass once its upload was built and submitted (or held), or failed:
+    /// on success its evictions and its `m` uploaded rows are counted, on failure it is
+    /// undone as far as it can be ([`PassEngine::forget_failed`]).
+    fn settle(
+        &mut self,
+        result: Result<PassTimes>,
+        m: usize,
+        resolve: Duration,
+        wait: Duration,
+        dev: bool,
+    ) -> Result<()> {
+        let times = match result {
+            Ok(times) => times,
+            Err(e) => {
+                self.forget_failed(self.io.reached_gpu);
+                return Err(e);
+            }
+        };
+        self.stats.evictions += self.plan.evictions;
+        self.account(m, resolve, wait + times.wait, times, dev);
+        Ok(())
     }
 
     /// Counts a pass that uploaded `m` rows.
@@ -691,15 +706,7 @@ impl PassEngine {
         };
         guard.armed = false;
         drop(guard);
-        let times = match result {
-            Ok(times) => times,
-            Err(e) => {
-                self.forget_failed(self.io.reached_gpu);
-                return Err(e);
-            }
-        };
-        self.stats.evictions += self.plan.evictions;
-        self.account(m, resolve, wait + times.wait, times, true);
+        self.settle(result, m, resolve, wait, true)?;
         Ok(Some(ids.len()))
     }
 }
