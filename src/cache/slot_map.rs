@@ -369,6 +369,20 @@ impl SlotMap {
     /// if its slot is free and it is not resident elsewhere; returns how many went back.
     /// They come back without a reference bit (CLOCK) and first in line (LRU): they were
     /// this map's victims.
+    ///
+    /// ```
+    /// use hotrow::{EvictionPolicy, PassPlan, SlotMap};
+    /// let mut map = SlotMap::new(100, 2, EvictionPolicy::Clock);
+    /// let mut plan = PassPlan::default();
+    /// map.resolve(&[1, 2], &mut plan); // full
+    /// let before = (map.slot_of(1), map.slot_of(2));
+    /// map.resolve(&[3], &mut plan); // evicts one of them
+    /// assert_eq!(plan.evicted.len(), 1);
+    /// // row 3 could not be read: undo the pass
+    /// map.forget(&plan.misses);
+    /// assert_eq!(map.restore(&plan.evicted, &plan.evicted_slots), 1);
+    /// assert_eq!((map.slot_of(1), map.slot_of(2), map.slot_of(3)), (before.0, before.1, None));
+    /// ```
     pub fn restore(&mut self, evicted: &[u32], slots: &[u32]) -> usize {
         let mut back = 0;
         for (&id, &s) in evicted.iter().zip(slots) {
