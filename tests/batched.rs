@@ -53,6 +53,15 @@ fn step(rng: &mut Rng, zipf: &[ZipfIds], bags: usize, weighted: bool) -> Step {
     s
 }
 
+/// Host tables over `data`, one per `(rows, dim)` of `shapes`.
+fn host_tables<'a>(shapes: &[(usize, usize)], data: &'a [Vec<f32>]) -> Vec<HostTable<'a>> {
+    shapes
+        .iter()
+        .zip(data)
+        .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
+        .collect()
+}
+
 /// The expected output: each table's reference bags, side by side.
 fn reference(data: &[Vec<f32>], dims: &[usize], s: &Step, mode: u32) -> (Vec<f64>, Vec<f64>) {
     let width: usize = dims.iter().sum();
@@ -105,11 +114,7 @@ fn table_batched_bags_match_the_reference() {
                 }
             }
         }
-        let tables: Vec<HostTable<'_>> = shapes
-            .iter()
-            .zip(&data)
-            .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
-            .collect();
+        let tables = host_tables(shapes, &data);
         // the one-width setup finds its hits on the GPU
         let resolution = if dims.iter().all(|&d| d == dims[0]) {
             hotrow::Resolution::Device
@@ -170,11 +175,7 @@ fn table_batched_bags_match_the_reference() {
         }
         // Uploads are counted against the right table: from empty, with room for every
         // row, a step uploads exactly each table's distinct ids.
-        let tables: Vec<HostTable<'_>> = shapes
-            .iter()
-            .zip(&data)
-            .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
-            .collect();
+        let tables = host_tables(shapes, &data);
         let whole = CacheConfig::default()
             .capacity(Capacity::Fraction(1.0))
             .row_format(format)
@@ -207,11 +208,7 @@ fn one_submission_per_width_and_step() {
                 .iter()
                 .map(|&(r, d)| random_values(r * d, rng.next_u64()))
                 .collect();
-            let tables: Vec<HostTable<'_>> = shapes
-                .iter()
-                .zip(&data)
-                .map(|(&(_, d), v)| HostTable::borrowed(v, d).unwrap())
-                .collect();
+            let tables = host_tables(shapes, &data);
             let config = CacheConfig::default()
                 .capacity(Capacity::Fraction(0.6))
                 .resolution(resolution);

@@ -10,7 +10,7 @@ use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext};
 use crate::ops::bag::{check_bags, Pooling, TableOutput};
-use crate::table::{MemoryRows, RowBytes, RowSource};
+use crate::table::{prefetching, MemoryRows, RowBytes, RowSource};
 
 /// One table's part of a step: its ids, bag offsets (PyTorch's `embedding_bag`
 /// convention, as [`EmbeddingCache::lookup_bags`]) and optional per-id weights.
@@ -308,13 +308,9 @@ impl<S: RowSource> TableBatchedCache<S> {
         // A width's bags go to the kernel in one binding: its tables' offsets, the end of
         // the last bag, their weights (if any table has some) and their output columns.
         for g in &self.groups {
-            let weighted = g.members.iter().any(|&t| batch[t].weights.is_some());
-            let words: usize = g
-                .members
-                .iter()
-                .map(|&t| bags + 1 + if weighted { batch[t].ids.len() } else { 0 })
-                .sum::<usize>()
-                + 1;
+            let step = &g.step;
+            let weights = if step.weighted { step.ids.len() } else { 0 };
+            let words = g.members.len() * (bags + 1) + weights + 1;
             let bytes = words as u64 * 4;
             let limit = self.ctx.max_binding();
             if bytes > limit {
@@ -367,11 +363,7 @@ impl<S: RowSource> TableBatchedCache<S> {
         if bags == 0 {
             return Ok(());
         }
-        if self
-            .groups
-            .iter()
-            .any(|g| g.members.iter().all(|&t| batch[t].ids.is_empty()))
-        {
+        if self.groups.iter().any(|g| g.step.ids.is_empty()) {
             out.fill(0.0)?; // a width whose bags are all empty: its columns are zeros
         }
         for g in 0..self.groups.len() {
@@ -623,39 +615,37 @@ impl<S: RowSource> Tables<S> {
             .map(RowBytes::rows_ahead)
             .min()
             .unwrap_or(2);
-        for &(k, row) in &rows[..ahead.min(rows.len())] {
-            member(k).prefetch_row(row as usize);
-        }
-        for (i, (&(k, row), dst)) in rows.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
-            if let Some(&(k, row)) = rows.get(i + ahead) {
-                member(k).prefetch_row(row as usize);
-            }
-            let m = member(k);
-            m.convert(m.row(row as usize), dst);
-        }
+        prefetching(
+            rows,
+            out.chunks_exact_mut(self.dim),
+            ahead,
+            |(k, row)| member(k).prefetch_row(row as usize),
+            |(k, row), dst| {
+                let m = member(k);
+                m.convert(m.row(row as usize), dst)
+            },
+        );
     }
 
-    /// Reads `ids` (global) into `out`: sorted by table, one `read_rows` per table.
-    fn read_chunk(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+    /// Reads the rows `rows` (from [`Tables::locate`]) into `out`: sorted by table, one
+    /// `read_rows` per table.
+    fn read_chunk(&self, rows: &[(u32, u32)], out: &mut [f32]) -> Result<()> {
         let dim = self.dim;
-        let mut order: Vec<(usize, u32, usize)> = ids
+        let mut order: Vec<(usize, u32, usize)> = rows
             .iter()
             .enumerate()
-            .map(|(pos, &id)| {
-                let k = member_of(&self.bases, id);
-                (k, (id as u64 - self.bases[k]) as u32, pos)
-            })
+            .map(|(pos, &(k, row))| (k as usize, row, pos))
             .collect();
         order.sort_unstable_by_key(|e| e.0);
         let mut local = Vec::new();
-        let mut rows = Vec::new();
+        let mut values = Vec::new();
         for run in order.chunk_by(|a, b| a.0 == b.0) {
             local.clear();
             local.extend(run.iter().map(|e| e.1));
-            rows.clear();
-            rows.resize(run.len() * dim, 0.0);
-            self.sources[self.members[run[0].0]].read_rows(&local, &mut rows)?;
-            for (e, row) in run.iter().zip(rows.chunks_exact(dim)) {
+            values.clear();
+            values.resize(run.len() * dim, 0.0);
+            self.sources[self.members[run[0].0]].read_rows(&local, &mut values)?;
+            for (e, row) in run.iter().zip(values.chunks_exact(dim)) {
                 out[e.2 * dim..(e.2 + 1) * dim].copy_from_slice(row);
             }
         }
@@ -695,11 +685,11 @@ impl<S: RowSource> RowSource for Tables<S> {
         }
         // A remote table is read in one call per table (each call is a round trip).
         if ids.len() <= IDS_PER_TASK || self.remote() {
-            return self.read_chunk(ids, out);
+            return self.read_chunk(&rows, out);
         }
-        ids.par_chunks(IDS_PER_TASK)
+        rows.par_chunks(IDS_PER_TASK)
             .zip(out.par_chunks_mut(IDS_PER_TASK * self.dim))
-            .try_for_each(|(ids, out)| self.read_chunk(ids, out))
+            .try_for_each(|(rows, out)| self.read_chunk(rows, out))
     }
 
     fn remote(&self) -> bool {

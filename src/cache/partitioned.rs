@@ -500,23 +500,28 @@ impl PartitionedSlotMap {
 
     /// Forgets misses (global ids and slots) whose rows could not be uploaded.
     pub fn forget(&mut self, misses: &[(u32, u32)]) {
-        let mask = (1u32 << self.bits) - 1;
         for &(id, s) in misses {
-            let p = (id & mask) as usize;
-            self.parts[p].forget(&[(id >> self.bits, s - self.base[p])]);
+            let (p, id, s) = self.local(id, s);
+            self.parts[p].forget(&[(id, s)]);
         }
     }
 
     /// [`SlotMap::restore`] over the partitions (global ids and slots, as a merged
     /// [`PassPlan`] gives them).
     pub fn restore(&mut self, evicted: &[u32], slots: &[u32]) -> usize {
-        let mask = (1u32 << self.bits) - 1;
         let mut back = 0;
         for (&id, &s) in evicted.iter().zip(slots) {
-            let p = (id & mask) as usize;
-            back += self.parts[p].restore(&[id >> self.bits], &[s - self.base[p]]);
+            let (p, id, s) = self.local(id, s);
+            back += self.parts[p].restore(&[id], &[s]);
         }
         back
+    }
+
+    /// The partition that owns global id `id` and global slot `slot`, and both in its own
+    /// numbering.
+    fn local(&self, id: u32, slot: u32) -> (usize, u32, u32) {
+        let (p, id) = self.split(id);
+        (p, id, slot - self.base[p])
     }
 }
 

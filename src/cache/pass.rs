@@ -1001,10 +1001,7 @@ impl Uploader {
             let (a, b) = blocks.split_at_mut(device_map::PARAMS_BYTES as usize);
             a.copy_from_slice(bytemuck::bytes_of(&probe));
             b.copy_from_slice(bytemuck::bytes_of(&flush));
-            let pairs = cast_mut::<u32>(pairs)?;
-            for (pair, &id) in pairs.chunks_exact_mut(2).zip(pending) {
-                pair.copy_from_slice(&[id, NOT_RESIDENT]);
-            }
+            write_pairs(cast_mut::<u32>(pairs)?, pending, |&id| [id, NOT_RESIDENT]);
             Ok(())
         };
         let (encoded, filled) = self

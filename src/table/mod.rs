@@ -160,6 +160,26 @@ const ROWS_PER_TASK: usize = 64;
 /// eight of 64 f32 (W6's).
 const PREFETCH_LINES: usize = 32;
 
+/// Runs `each(item, dst)` over `items` and `out` in order, having called `prefetch(item)`
+/// `ahead` items before each item's turn: the one row loop of every in-memory read.
+pub(crate) fn prefetching<I: Copy, D>(
+    items: &[I],
+    out: impl Iterator<Item = D>,
+    ahead: usize,
+    prefetch: impl Fn(I),
+    mut each: impl FnMut(I, D),
+) {
+    for &item in &items[..ahead.min(items.len())] {
+        prefetch(item);
+    }
+    for (k, (&item, dst)) in items.iter().zip(out).enumerate() {
+        if let Some(&later) = items.get(k + ahead) {
+            prefetch(later);
+        }
+        each(item, dst);
+    }
+}
+
 /// `rows x dim` values of type `ty`, little-endian, back to back in `bytes` (which need not
 /// be aligned): the storage behind every built-in row source.
 #[derive(Clone, Copy)]
@@ -254,15 +274,13 @@ impl RowBytes<'_> {
         self.check(ids, out.len())?;
         let ahead = self.rows_ahead();
         let copy = |ids: &[u32], out: &mut [T]| {
-            for &id in &ids[..ahead.min(ids.len())] {
-                self.prefetch_row(id as usize);
-            }
-            for (k, (&id, dst)) in ids.iter().zip(out.chunks_exact_mut(self.dim)).enumerate() {
-                if let Some(&later) = ids.get(k + ahead) {
-                    self.prefetch_row(later as usize);
-                }
-                copy_row(self.row(id as usize), dst);
-            }
+            prefetching(
+                ids,
+                out.chunks_exact_mut(self.dim),
+                ahead,
+                |id| self.prefetch_row(id as usize),
+                |id, dst| copy_row(self.row(id as usize), dst),
+            )
         };
         if ids.len() < 2 * ROWS_PER_TASK {
             copy(ids, out);
