@@ -147,7 +147,8 @@ pub enum HotrowError {
     /// cleanly and the cache holds none of its missed rows.
     #[error("row source panicked: {0}")]
     RowSourcePanicked(String),
-    /// Input of one table of a table-batched call was wrong ([`crate::TableBatchedCache`]).
+    /// One table of a table-batched call ([`crate::TableBatchedCache`]) failed: its input
+    /// was wrong, or its row source failed or panicked while its rows were read.
     #[error("table {table}: {source}")]
     InTable {
         /// The table's index.

@@ -478,7 +478,7 @@ fn mixed_sources_read_the_same_rows() {
 }
 
 /// A table file changed in place under a table-batched cache (whose reads go through
-/// `memory_rows`): the step fails with `Changed` naming that file, and the cache keeps no
+/// `memory_rows`): the step fails with `Changed` naming that table and file, and the cache keeps no
 /// row of the failed step.
 #[test]
 fn a_changed_file_fails_the_step_cleanly() {
@@ -529,10 +529,13 @@ fn a_changed_file_fails_the_step_cleanly() {
         weights: vec![None, None],
     };
     match cache.lookup_bags(&fresh.parts(), Pooling::Sum) {
-        Err(HotrowError::File { path, problem }) => {
-            assert_eq!((path, problem), (paths[1].clone(), FileProblem::Changed))
-        }
-        other => panic!("expected Changed, got {other:?}"),
+        Err(HotrowError::InTable { table: 1, source }) => match *source {
+            HotrowError::File { path, problem } => {
+                assert_eq!((path, problem), (paths[1].clone(), FileProblem::Changed))
+            }
+            other => panic!("expected Changed, got {other:?}"),
+        },
+        other => panic!("expected table 1's Changed, got {other:?}"),
     }
     // The failed step changed nothing (the rows it evicted went back: its rows never
     // reached the GPU), and nothing is counted as uploaded.
@@ -550,4 +553,108 @@ fn a_changed_file_fails_the_step_cleanly() {
     let out = cache.lookup_bags(&only0.parts(), Pooling::Sum).unwrap();
     let (want, scale) = reference(&[rows0, vec![0.0; 8]], &[8, 8], &only0, 0);
     assert_close(&out, &want, &scale, "after the failed step");
+}
+
+/// A table whose reads fail (1) or panic (2), held in memory or not.
+struct Failing {
+    table: HostTable<'static>,
+    mode: std::sync::atomic::AtomicU8,
+    in_memory: bool,
+}
+
+impl Failing {
+    fn trip(&self) -> Result<(), HotrowError> {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Ok(()),
+            1 => Err(HotrowError::RowSource("the store is down".into())),
+            _ => panic!("the store exploded"),
+        }
+    }
+}
+
+impl hotrow::RowSource for Failing {
+    fn rows(&self) -> usize {
+        self.table.rows()
+    }
+    fn dim(&self) -> usize {
+        self.table.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<(), HotrowError> {
+        self.trip()?;
+        self.table.read_rows(ids, out)
+    }
+    fn memory_rows(&self) -> Result<Option<hotrow::MemoryRows<'_>>, HotrowError> {
+        if !self.in_memory {
+            return Ok(None);
+        }
+        self.trip()?;
+        self.table.memory_rows()
+    }
+}
+
+/// A table's source that fails or panics while a step reads it fails the step with
+/// `InTable` naming that table (of four); the step changes nothing, and the next is right.
+#[test]
+fn a_failing_table_is_named() {
+    use std::sync::atomic::Ordering;
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("failing table"));
+    let shapes = [(900usize, 8usize), (400, 8), (2000, 8), (300, 8)];
+    let data: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(r, d)| random_values(r * d, rng.next_u64()))
+        .collect();
+    let dims = vec![8; shapes.len()];
+    let zipf: Vec<ZipfIds> = shapes
+        .iter()
+        .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
+        .collect();
+    for in_memory in [true, false] {
+        for resolution in [hotrow::Resolution::Host, hotrow::Resolution::Device] {
+            let tables: Vec<Failing> = data
+                .iter()
+                .map(|d| Failing {
+                    table: HostTable::owned(d.clone(), 8).unwrap(),
+                    mode: 0.into(),
+                    in_memory,
+                })
+                .collect();
+            let config = CacheConfig::default()
+                .capacity(Capacity::Fraction(0.5))
+                .resolution(resolution);
+            let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
+            let warm = step(&mut rng, &zipf, 20, false);
+            cache.lookup_bags(&warm.parts(), Pooling::Sum).unwrap();
+            for mode in [1u8, 2] {
+                let what = format!("in memory {in_memory} {resolution:?} mode {mode}");
+                let resident: Vec<usize> = (0..4).map(|t| cache.resident(t).unwrap()).collect();
+                let stats = cache.stats();
+                // half the rows of table 2 requested (not the half the last step loaded):
+                // many are not resident
+                let mut s = step(&mut rng, &zipf, 20, false);
+                let first = 1000 * (mode as u32 - 1);
+                s.ids[2] = (first..first + 1000).rev().collect();
+                s.offsets[2] = (0..20).map(|b| b * 50).collect();
+                cache.sources()[2].mode.store(mode, Ordering::Relaxed);
+                let r = cache.lookup_bags(&s.parts(), Pooling::Sum);
+                cache.sources()[2].mode.store(0, Ordering::Relaxed);
+                match r {
+                    Err(HotrowError::InTable { table: 2, source }) => assert!(
+                        matches!(
+                            (mode, *source),
+                            (1, HotrowError::RowSource(_)) | (2, HotrowError::RowSourcePanicked(_))
+                        ),
+                        "{what}"
+                    ),
+                    other => panic!("{what}: expected table 2's failure, got {other:?}"),
+                }
+                let after: Vec<usize> = (0..4).map(|t| cache.resident(t).unwrap()).collect();
+                assert_eq!(after, resident, "{what}: the failed step changed the cache");
+                assert_eq!(cache.stats().rows_uploaded, stats.rows_uploaded, "{what}");
+                let out = cache.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
+                let (want, scale) = reference(&data, &dims, &s, 0);
+                assert_close(&out, &want, &scale, &format!("{what}: the next step"));
+            }
+        }
+    }
 }

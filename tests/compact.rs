@@ -299,3 +299,39 @@ fn f16_tables_upload_as_stored() {
         }
     }
 }
+
+/// Shards capped at exactly one compact row (int8 rows of 24 bytes, f16 rows of 6: not
+/// multiples of 16) are allowed, and serve every row right.
+#[test]
+fn shards_of_one_compact_row() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("compact_shards"));
+    for (format, dim) in [(RowFormat::Int8, 16usize), (RowFormat::F16, 3)] {
+        let rows = 50;
+        let data = random_values(rows * dim, rng.next_u64());
+        let (decoded, _) = stored(&data, dim, format);
+        let layout = RowLayout::new(dim, format).unwrap();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(7))
+            .row_format(format)
+            .slot_buffer(hotrow::RowBufferOptions {
+                max_shard_bytes: Some(layout.row_bytes()),
+            });
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
+        assert_eq!(
+            cache.slots().shards().len(),
+            7,
+            "{format:?}: one row a shard"
+        );
+        let ids: Vec<u32> = (0..40).map(|_| rng.below(rows as u64) as u32).collect();
+        let got = cache.lookup(&ids).unwrap().to_host().unwrap();
+        let want = reference::gather(&decoded, dim, &ids);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{format:?}: value {k}: {g} against {w}"
+            );
+        }
+    }
+}

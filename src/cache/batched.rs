@@ -49,7 +49,8 @@ pub struct TableStats {
 /// repeated across bags is uploaded once) and one pooling kernel over all its tables.
 ///
 /// Bad input to any table is [`HotrowError::InTable`] naming the table (ids out of its
-/// range, bad offsets, weights), found before any work.
+/// range, bad offsets, weights), found before any work; so is a table's row source that
+/// fails or panics while the step reads it (the step then fails as a whole).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), hotrow::HotrowError> {
@@ -587,7 +588,7 @@ impl<S: RowSource> Tables<S> {
         }
         let mut members = vec![None; self.members.len()];
         for (k, _) in read.iter().enumerate().filter(|(_, &r)| r) {
-            match self.sources[self.members[k]].memory_rows()? {
+            match self.member_call(k, |source| source.memory_rows())? {
                 Some(MemoryRows(rows)) => members[k] = Some(rows),
                 None => return Ok(None),
             }
@@ -627,6 +628,16 @@ impl<S: RowSource> Tables<S> {
         );
     }
 
+    /// A call into member `k`'s source; its failure or panic named by the table
+    /// ([`HotrowError::InTable`]: with 26 tables, which one failed is the first question).
+    fn member_call<'s, R>(&'s self, k: usize, call: impl FnOnce(&'s S) -> Result<R>) -> Result<R> {
+        let table = self.members[k];
+        super::pass::caught(|| call(&self.sources[table])).map_err(|source| HotrowError::InTable {
+            table,
+            source: Box::new(source),
+        })
+    }
+
     /// Reads the rows `rows` (from [`Tables::locate`]) into `out`: sorted by table, one
     /// `read_rows` per table.
     fn read_chunk(&self, rows: &[(u32, u32)], out: &mut [f32]) -> Result<()> {
@@ -644,7 +655,7 @@ impl<S: RowSource> Tables<S> {
             local.extend(run.iter().map(|e| e.1));
             values.clear();
             values.resize(run.len() * dim, 0.0);
-            self.sources[self.members[run[0].0]].read_rows(&local, &mut values)?;
+            self.member_call(run[0].0, |source| source.read_rows(&local, &mut values))?;
             for (e, row) in run.iter().zip(values.chunks_exact(dim)) {
                 out[e.2 * dim..(e.2 + 1) * dim].copy_from_slice(row);
             }

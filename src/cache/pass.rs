@@ -1369,7 +1369,7 @@ fn read_rows_caught<S: RowSource>(source: &S, ids: &[u32], out: &mut [f32]) -> R
 
 /// A call into the row source, with a panic in it caught and returned as
 /// [`HotrowError::RowSourcePanicked`] (the caller then forgets the pass's misses).
-fn caught<R>(call: impl FnOnce() -> Result<R>) -> Result<R> {
+pub(crate) fn caught<R>(call: impl FnOnce() -> Result<R>) -> Result<R> {
     catch_unwind(AssertUnwindSafe(call))
         .map_err(|p| HotrowError::RowSourcePanicked(panic_message(&*p)))?
 }

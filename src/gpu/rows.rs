@@ -94,8 +94,7 @@ impl RowBuffer {
                     limit_name = "RowBufferOptions::max_shard_bytes";
                 }
             }
-            // Keep shard sizes multiples of 16 bytes so vec4 views stay whole.
-            let limit = limit & !15;
+            // (A shard is whole rows; rows read as vec4 are 16-byte multiples themselves.)
             let shard_rows = (limit / row_bytes) as usize;
             if shard_rows == 0 {
                 return Err(HotrowError::ExceedsLimit {
