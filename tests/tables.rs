@@ -464,3 +464,89 @@ fn a_huge_file_opens_at_once() {
         .unwrap();
     assert!(out.iter().all(|&v| v == 0.0), "a sparse file reads zeros");
 }
+
+/// Damaged files, at random (proptest shrinks a failure to the smallest damage): a valid
+/// `.npy` or `.safetensors` file truncated anywhere, or with bytes of its header replaced.
+/// Opening gives a typed error naming the file, or a table whose every row reads within the
+/// file (a header that still parses); never a panic.
+#[test]
+fn damaged_files_never_panic() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let _serial = common::serial();
+    let dir = dir("damaged");
+    let cases = std::env::var("HOTROW_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let damage = (
+        any::<bool>(),
+        0usize..3,
+        1usize..40,
+        1usize..9,
+        any::<bool>(),
+        proptest::collection::vec((any::<u16>(), any::<u8>()), 1..6),
+        any::<u16>(),
+    );
+    let path = dir.path().join("t");
+    let result = runner.run(&damage, |(npy, ty, rows, dim, truncate, flips, cut)| {
+        let ty = [ValueType::F32, ValueType::F16, ValueType::BF16][ty];
+        let ty = if npy && ty == ValueType::BF16 {
+            ValueType::F16
+        } else {
+            ty
+        };
+        let (bytes, _) = values(ty, rows * dim, rows as u64);
+        let shape = format!("({rows}, {dim})");
+        let descr = if ty == ValueType::F32 { "<f4" } else { "<f2" };
+        if npy {
+            write_npy(&path, descr, false, &shape, &bytes);
+        } else {
+            let t = Tensor(dtype(ty), vec![rows, dim], &bytes);
+            write_safetensors(&path, &[("w", t)]);
+        }
+        let mut file = std::fs::read(&path).unwrap();
+        let data_start = file.len() - bytes.len();
+        if truncate {
+            file.truncate(cut as usize % file.len());
+        } else {
+            for (at, b) in flips {
+                let at = at as usize % data_start;
+                file[at] = b;
+            }
+        }
+        std::fs::write(&path, &file).unwrap();
+        let opened = if npy {
+            FileTable::open_npy(&path)
+        } else {
+            FileTable::open_safetensors(&path, "w")
+        };
+        match opened {
+            Err(HotrowError::File { path: p, .. }) => {
+                prop_assert_eq!(p, path.clone());
+            }
+            Err(other) => {
+                return Err(TestCaseError::fail(format!("untyped: {other:?}")));
+            }
+            Ok(table) => {
+                prop_assert!(!truncate, "a truncated file opened");
+                let need = table.rows() * table.dim() * table.value_type().bytes();
+                prop_assert!(need <= file.len(), "rows past the end of the file");
+                for id in 0..table.rows().min(64) as u32 {
+                    table
+                        .read_row(id)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
