@@ -39,7 +39,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     let mut rep = Report::new();
     let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {
-        if !["w1", "w6", "w6pools"].contains(&w.as_str()) && table.is_none() {
+        if !["w1", "w6", "w6pools", "w6copy"].contains(&w.as_str()) && table.is_none() {
             let (n, _, d) = harness::cached_shapes(&a);
             table = Some(harness::host_table(n, d));
         }
@@ -57,8 +57,9 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w5" => Some(w5::run(&ctx, &a, &mut part, take())?),
             "w6" => w6::run(&ctx, &a, &mut part).map(|_| None)?,
             "w6pools" => w6::pools(&a, &mut part).map(|_| None)?,
+            "w6copy" => w6::copy_floor(&ctx, &a, &mut part).map(|_| None)?,
             other => {
-                eprintln!("unknown workload {other} (w1-w6, w2multi, w2redis with --features redis, w6pools)");
+                eprintln!("unknown workload {other} (w1-w6, w2multi, w2redis with --features redis, w6pools, w6copy)");
                 std::process::exit(2);
             }
         };

@@ -234,3 +234,137 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     );
     Ok(())
 }
+
+/// The floor of a W6 step's row copy, measured apart from the cache: 32,768 random rows of
+/// 64 f32 (a step's ~32,000 missed rows) out of W6's 5.9 GB of rows (one allocation of
+/// 22.9M rows), copied by the rayon pool in tasks of 128 rows, into a host `Vec` or into
+/// a mapped staging buffer (`MAP_WRITE | COPY_SRC`, as the cache's staging ring makes
+/// them), prefetching 0 to 64 cache lines ahead, directly or through a 32 KiB per-task
+/// bounce buffer (random reads into cached memory, then one sequential copy into staging);
+/// and the library's own `HostTable::read_rows`. Also the sequential write and read speed
+/// of the mapped staging memory (a read far slower than a write says write-combined).
+pub fn copy_floor(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
+    use hotrow::RowSource;
+    use rayon::prelude::*;
+    let (shapes, dim, _, _) = shapes(a);
+    let rows: usize = shapes.iter().sum();
+    let n = if a.small { 2048 } else { 32_768 };
+    let t = Instant::now();
+    let table = random_values(rows * dim, 600);
+    rep.insert("W6copy_table_build_s".into(), t.elapsed().as_secs_f64());
+    let host = HostTable::borrowed(&table, dim)?;
+    let mut rng = Rng::new(77);
+    let sets: Vec<Vec<u32>> = (0..8)
+        .map(|_| (0..n).map(|_| rng.below(rows as u64) as u32).collect())
+        .collect();
+    let bytes = (n * dim * 4) as u64;
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("w6copy staging"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: true,
+    });
+    let mut view = staging
+        .slice(..)
+        .get_mapped_range_mut()
+        .map_err(|e| hotrow::HotrowError::Map(e.to_string()))?;
+    let mut w = view.slice(..);
+    let mut ptr = w.as_raw_ptr();
+    // SAFETY: the pointer covers the mapped range of `view`, which stays mapped and ours
+    // until `view` drops; wgpu zero-fills new mappings, so the memory is initialised.
+    let staged: &mut [f32] = bytemuck::cast_slice_mut(unsafe { ptr.as_mut() });
+    let mut plain = vec![0f32; n * dim];
+    const TASK: usize = 128;
+    let copy = |ids: &[u32], dst: &mut [f32], lines: usize, bounce: bool| {
+        let ahead = lines * 64 / (dim * 4);
+        ids.par_chunks(TASK)
+            .zip(dst.par_chunks_mut(TASK * dim))
+            .for_each(|(ids, dst)| {
+                let mut local = [0f32; TASK * 64];
+                let local = &mut local[..ids.len() * dim];
+                let out: &mut [f32] = if bounce { local } else { dst };
+                for (k, (&id, o)) in ids.iter().zip(out.chunks_exact_mut(dim)).enumerate() {
+                    if ahead > 0 {
+                        if let Some(&later) = ids.get(k + ahead) {
+                            let r = later as usize * dim;
+                            for line in (0..dim).step_by(16) {
+                                prefetch(&table[r + line]);
+                            }
+                        }
+                    }
+                    let r = id as usize * dim;
+                    o.copy_from_slice(&table[r..r + dim]);
+                }
+                if bounce {
+                    dst.copy_from_slice(&local[..]);
+                }
+            });
+    };
+    // (name, destination is staging, prefetch lines or None for the library, bounce)
+    let mut variants: Vec<(String, bool, Option<usize>, bool)> = Vec::new();
+    for staging in [false, true] {
+        let dst = if staging { "staging" } else { "vec" };
+        variants.push((format!("lib_{dst}"), staging, None, false));
+        for lines in [0usize, 16, 32, 64] {
+            variants.push((format!("pf{lines}_{dst}"), staging, Some(lines), false));
+            if staging {
+                variants.push((format!("pf{lines}_bounce_{dst}"), staging, Some(lines), true));
+            }
+        }
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let reps = if a.small { 3 } else { 40 };
+    for r in 0..reps + 2 {
+        for (v, (_, to_staging, lines, bounce)) in variants.iter().enumerate() {
+            let ids = &sets[(r + v) % sets.len()];
+            let dst: &mut [f32] = if *to_staging { staged } else { &mut plain };
+            let t = Instant::now();
+            match lines {
+                None => host.read_rows(ids, dst)?,
+                Some(l) => copy(ids, dst, *l, *bounce),
+            }
+            if r >= 2 {
+                times[v].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    for ((name, ..), t) in variants.iter().zip(&mut times) {
+        rep.insert(format!("W6copy_{name}_us"), harness::median(t));
+    }
+    // Sequential speed of the staging memory: a parallel write of all of it, one thread's
+    // read of all of it.
+    let mut w = Vec::new();
+    let mut rd = Vec::new();
+    let mut sink = 0f32;
+    for _ in 0..if a.small { 2 } else { 10 } {
+        let t = Instant::now();
+        staged
+            .par_chunks_mut(16 * 1024)
+            .zip(plain.par_chunks(16 * 1024))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        w.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = Instant::now();
+        sink += staged.iter().step_by(16).sum::<f32>();
+        rd.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    rep.insert("W6copy_staging_parallel_write_GBps".into(), harness::median(&mut w));
+    rep.insert("W6copy_staging_one_thread_read_GBps".into(), harness::median(&mut rd));
+    rep.insert("W6copy_sink".into(), sink.min(0.0).max(-0.0) as f64);
+    rep.insert("W6copy_rows".into(), n as f64);
+    rep.insert("W6copy_threads".into(), rayon::current_num_threads() as f64);
+    drop(view);
+    staging.unmap();
+    Ok(())
+}
+
+/// A hint to bring the cache line holding `p` closer (as the library's row loop does).
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
