@@ -658,3 +658,70 @@ fn a_failing_table_is_named() {
         }
     }
 }
+
+/// A source with no rows, or rows of dim 0, among the tables is refused naming it; tables of
+/// different kinds go in one cache as `Box<dyn RowSource>`.
+#[test]
+fn empty_tables_are_named_and_boxed_sources_serve() {
+    use hotrow::RowSource;
+    struct Shape(usize, usize);
+    impl RowSource for Shape {
+        fn rows(&self) -> usize {
+            self.0
+        }
+        fn dim(&self) -> usize {
+            self.1
+        }
+        fn read_rows(&self, _: &[u32], out: &mut [f32]) -> Result<(), HotrowError> {
+            out.fill(0.25);
+            Ok(())
+        }
+    }
+    let _serial = common::serial();
+    let data = random_values(50 * 4, 3);
+    for (bad, what) in [(Shape(0, 4), "no rows"), (Shape(10, 0), "dim 0")] {
+        let tables: Vec<Box<dyn RowSource>> = vec![
+            Box::new(HostTable::borrowed(&data, 4).unwrap()),
+            Box::new(Shape(20, 4)),
+            Box::new(bad),
+        ];
+        match TableBatchedCache::new(ctx(), tables, CacheConfig::default()) {
+            Err(HotrowError::InTable { table: 2, source }) => {
+                assert!(matches!(*source, HotrowError::InvalidArgument(_)), "{what}")
+            }
+            other => panic!("{what}: expected table 2 refused, got {:?}", other.err()),
+        }
+    }
+    let tables: Vec<Box<dyn RowSource>> = vec![
+        Box::new(HostTable::borrowed(&data, 4).unwrap()),
+        Box::new(Shape(20, 4)),
+    ];
+    let mut cache = TableBatchedCache::new(ctx(), tables, CacheConfig::default()).unwrap();
+    let out = cache
+        .lookup_bags(
+            &[
+                TableBags {
+                    ids: &[3, 49],
+                    offsets: &[0, 1],
+                    weights: None,
+                },
+                TableBags {
+                    ids: &[19, 0, 7],
+                    offsets: &[0, 3],
+                    weights: None,
+                },
+            ],
+            Pooling::Sum,
+        )
+        .unwrap()
+        .to_host()
+        .unwrap();
+    let want: Vec<f32> = [
+        &data[12..16],
+        &[0.75; 4][..],
+        &data[196..200],
+        &[0.0; 4][..],
+    ]
+    .concat();
+    assert_eq!(out, want);
+}

@@ -130,13 +130,27 @@ impl<S: RowSource> std::fmt::Debug for TableBatchedCache<S> {
 impl<S: RowSource> TableBatchedCache<S> {
     /// Serves `tables` (at least one). Tables of one width share one pool of slots;
     /// `config.capacity` is per pool (a fraction of its tables' rows, or rows / bytes
-    /// split between pools by their rows). Errors as [`EmbeddingCache::new`], and
+    /// split between pools by their rows). Errors as [`EmbeddingCache::new`],
+    /// [`HotrowError::InTable`] naming a table without rows or of dim 0, and
     /// [`HotrowError::ExceedsLimit`] when one width's tables hold more than `u32::MAX` rows.
     pub fn new(ctx: &GpuContext, tables: Vec<S>, config: CacheConfig) -> Result<Self> {
         if tables.is_empty() {
             return Err(HotrowError::InvalidArgument(
                 "a table-batched cache needs at least one table".into(),
             ));
+        }
+        // (Each table checked by itself, so the error names it; an empty table could serve
+        // no id, and was certainly not meant.)
+        for (table, t) in tables.iter().enumerate() {
+            let (rows, dim) = (t.rows(), t.dim());
+            if rows == 0 || dim == 0 {
+                return Err(HotrowError::InTable {
+                    table,
+                    source: Box::new(HotrowError::InvalidArgument(format!(
+                        "row source must have rows and dim >= 1 (got {rows} x {dim})"
+                    ))),
+                });
+            }
         }
         let sources = Arc::new(tables);
         let dims: Vec<usize> = sources.iter().map(|t| t.dim()).collect();

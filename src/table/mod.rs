@@ -100,8 +100,10 @@ impl std::fmt::Debug for MemoryRows<'_> {
     }
 }
 
-/// A shared reference reads the same rows (a cache can borrow a table that outlives it), and
-/// so does an `Arc` (a table shared by several caches: the devices of a multi-GPU cache).
+/// A shared reference reads the same rows (a cache can borrow a table that outlives it), so
+/// does an `Arc` (a table shared by several caches: the devices of a multi-GPU cache), and a
+/// `Box` (tables of different kinds in one [`crate::TableBatchedCache`], as
+/// `Box<dyn RowSource>`).
 macro_rules! forward_row_source {
     ($($ty:ty),*) => {$(
         impl<T: RowSource + ?Sized> RowSource for $ty {
@@ -127,7 +129,7 @@ macro_rules! forward_row_source {
     )*};
 }
 
-forward_row_source!(&T, std::sync::Arc<T>);
+forward_row_source!(&T, std::sync::Arc<T>, Box<T>);
 
 /// How a table's values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
