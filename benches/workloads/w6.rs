@@ -275,10 +275,10 @@ pub fn copy_floor(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     let staged: &mut [f32] = bytemuck::cast_slice_mut(unsafe { ptr.as_mut() });
     let mut plain = vec![0f32; n * dim];
     const TASK: usize = 128;
-    let copy = |ids: &[u32], dst: &mut [f32], lines: usize, bounce: bool| {
+    let copy = |ids: &[u32], dst: &mut [f32], lines: usize, bounce: bool, task: usize| {
         let ahead = lines * 64 / (dim * 4);
-        ids.par_chunks(TASK)
-            .zip(dst.par_chunks_mut(TASK * dim))
+        ids.par_chunks(task)
+            .zip(dst.par_chunks_mut(task * dim))
             .for_each(|(ids, dst)| {
                 let mut local = [0f32; TASK * 64];
                 let local = &mut local[..ids.len() * dim];
@@ -300,19 +300,29 @@ pub fn copy_floor(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
                 }
             });
     };
-    // (name, destination is staging, prefetch lines or None for the library, bounce)
-    let mut variants: Vec<(String, bool, Option<usize>, bool)> = Vec::new();
+    // (name, destination is staging, prefetch lines or None for the library, bounce, rows
+    // per task)
+    let mut variants: Vec<(String, bool, Option<usize>, bool, usize)> = Vec::new();
     for staging in [false, true] {
         let dst = if staging { "staging" } else { "vec" };
-        variants.push((format!("lib_{dst}"), staging, None, false));
+        variants.push((format!("lib_{dst}"), staging, None, false, 0));
+        // the library's task size (64 rows) in this loop
+        variants.push((format!("pf32_t64_{dst}"), staging, Some(32), false, 64));
         for lines in [0usize, 16, 32, 64] {
-            variants.push((format!("pf{lines}_{dst}"), staging, Some(lines), false));
+            variants.push((
+                format!("pf{lines}_{dst}"),
+                staging,
+                Some(lines),
+                false,
+                TASK,
+            ));
             if staging {
                 variants.push((
                     format!("pf{lines}_bounce_{dst}"),
                     staging,
                     Some(lines),
                     true,
+                    TASK,
                 ));
             }
         }
@@ -320,13 +330,13 @@ pub fn copy_floor(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let reps = if a.small { 3 } else { 40 };
     for r in 0..reps + 2 {
-        for (v, (_, to_staging, lines, bounce)) in variants.iter().enumerate() {
+        for (v, (_, to_staging, lines, bounce, task)) in variants.iter().enumerate() {
             let ids = &sets[(r + v) % sets.len()];
             let dst: &mut [f32] = if *to_staging { staged } else { &mut plain };
             let t = Instant::now();
             match lines {
                 None => host.read_rows(ids, dst)?,
-                Some(l) => copy(ids, dst, *l, *bounce),
+                Some(l) => copy(ids, dst, *l, *bounce, *task),
             }
             if r >= 2 {
                 times[v].push(t.elapsed().as_secs_f64() * 1e6);
