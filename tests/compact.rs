@@ -6,30 +6,11 @@
 mod common;
 
 use common::workload::{random_values, Rng, ZipfIds};
-use common::{assert_close, assert_rows_eq, ctx, seed};
+use common::{assert_close, assert_rows_eq, ctx, seed, stored};
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, HostTable, Pooling, Queries,
     Resolution, RowFormat, RowLayout,
 };
-
-/// The table as the slots hold it, decoded on the CPU; and each row's int8 scale (0 for
-/// other formats).
-fn stored(data: &[f32], dim: usize, format: RowFormat) -> (Vec<f32>, Vec<f32>) {
-    let layout = RowLayout::new(dim, format).unwrap();
-    let rows = data.len() / dim;
-    let mut words = vec![0u32; rows * layout.words_per_row()];
-    layout.encode_rows(data, &mut words);
-    let mut back = vec![0f32; data.len()];
-    layout.decode_rows(&words, &mut back);
-    let scales = words
-        .chunks_exact(layout.words_per_row())
-        .map(|w| match format {
-            RowFormat::Int8 => f32::from_bits(w[w.len() - 2]),
-            _ => 0.0,
-        })
-        .collect();
-    (back, scales)
-}
 
 #[test]
 fn compact_rows_serve_every_op() {

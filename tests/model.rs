@@ -11,7 +11,7 @@
 mod common;
 
 use common::workload::{random_values, Rng};
-use common::{assert_close_host, ctx};
+use common::{assert_close_host, ctx, stored};
 use hotrow::{
     CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, HostTable, HotrowError,
     Pooling, Queries, Resolution, RowBufferOptions, RowFormat, RowLayout, TableBags,
@@ -91,24 +91,6 @@ fn setups() -> impl Strategy<Value = Setup> {
                 seed,
             },
         )
-}
-
-/// The table as the slots hold it (decoded), and each row's int8 quantization step (0 for
-/// the other formats).
-fn stored(data: &[f32], dim: usize, format: RowFormat) -> (Vec<f32>, Vec<f32>) {
-    let layout = RowLayout::new(dim, format).unwrap();
-    let mut words = vec![0u32; data.len() / dim * layout.words_per_row()];
-    layout.encode_rows(data, &mut words);
-    let mut back = vec![0f32; data.len()];
-    layout.decode_rows(&words, &mut back);
-    let steps = words
-        .chunks_exact(layout.words_per_row())
-        .map(|w| match format {
-            RowFormat::Int8 => f32::from_bits(w[w.len() - 2]),
-            _ => 0.0,
-        })
-        .collect();
-    (back, steps)
 }
 
 /// Ids with repeats: mostly from a small hot set, some anywhere in the table.

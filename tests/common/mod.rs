@@ -123,3 +123,22 @@ pub fn combine_ref(data: &[f32], dim: usize, x: &[f32], ids: &[u32]) -> (Vec<f64
         hotrow::reference::combine(&abs(data), dim, &abs(x), ids),
     )
 }
+
+/// The table as a cache's slots hold it in `format`, decoded on the CPU (the reference the
+/// compact formats are checked against); and each row's int8 quantization step (0 for the
+/// other formats).
+pub fn stored(data: &[f32], dim: usize, format: hotrow::RowFormat) -> (Vec<f32>, Vec<f32>) {
+    let layout = hotrow::RowLayout::new(dim, format).unwrap();
+    let mut words = vec![0u32; data.len() / dim * layout.words_per_row()];
+    layout.encode_rows(data, &mut words);
+    let mut back = vec![0f32; data.len()];
+    layout.decode_rows(&words, &mut back);
+    let steps = words
+        .chunks_exact(layout.words_per_row())
+        .map(|w| match format {
+            hotrow::RowFormat::Int8 => f32::from_bits(w[w.len() - 2]),
+            _ => 0.0,
+        })
+        .collect();
+    (back, steps)
+}
