@@ -1,5 +1,6 @@
 //! Model-based tests: random cache configurations (row count, dim, format, capacity, policy,
-//! resolution, partitions, upload cap, shards) each driven through a random sequence of
+//! resolution, partitions, upload cap, shards, and the row source: f32 / f16 / bf16 host
+//! tables, f32 / f16 `.npy` files, a host tier) each driven through a random sequence of
 //! every public op, valid and invalid, and checked after every call against the CPU
 //! reference on the table as the slots store it; an invalid call must fail with a typed
 //! error and change nothing (counters, slot map). `proptest` shrinks a failing case to the
@@ -42,6 +43,8 @@ struct Setup {
     upload_rows: Option<usize>,
     shard_rows: Option<usize>,
     staging: usize,
+    /// The row source: see [`source`].
+    source: u8,
     ops: usize,
     seed: u64,
 }
@@ -67,14 +70,14 @@ fn setups() -> impl Strategy<Value = Setup> {
             proptest::option::of(1usize..60),
             1usize..4,
         ),
-        (1usize..10, any::<u64>()),
+        (1usize..10, any::<u64>(), 0u8..6),
     )
         .prop_map(
             |(
                 (rows, dim, format, shader_f16, capacity),
                 (lru, device, partitions),
                 (upload_rows, shard_rows, staging),
-                (ops, seed),
+                (ops, seed, source),
             )| Setup {
                 rows,
                 dim,
@@ -87,6 +90,7 @@ fn setups() -> impl Strategy<Value = Setup> {
                 upload_rows,
                 shard_rows,
                 staging,
+                source,
                 ops,
                 seed,
             },
@@ -154,7 +158,7 @@ fn check_counters<S: hotrow::RowSource>(cache: &EmbeddingCache<S>) -> Result<(),
 
 /// A host table whose reads can be made to fail (1) or panic (2).
 struct Flaky<'a> {
-    inner: HostTable<'a>,
+    inner: Box<dyn hotrow::RowSource + 'a>,
     mode: AtomicU8,
 }
 
@@ -179,6 +183,10 @@ impl hotrow::RowSource for Flaky<'_> {
         self.trip()?;
         self.inner.read_rows(ids, out)
     }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [hotrow::half::f16]) -> hotrow::Result<bool> {
+        self.trip()?;
+        self.inner.read_rows_f16(ids, out)
+    }
     fn memory_rows(&self) -> hotrow::Result<Option<hotrow::MemoryRows<'_>>> {
         self.trip()?;
         self.inner.memory_rows()
@@ -187,9 +195,69 @@ impl hotrow::RowSource for Flaky<'_> {
 
 fn flaky(data: &[f32], dim: usize) -> Flaky<'_> {
     Flaky {
-        inner: HostTable::borrowed(data, dim).unwrap(),
+        inner: Box::new(HostTable::borrowed(data, dim).unwrap()),
         mode: AtomicU8::new(0),
     }
+}
+
+/// Row source `kind` over `data` (`rows x dim`): 0 an f32 host table, 1 an f16 one, 2 a
+/// bf16 one, 3 an f32 `.npy` file, 4 an f16 `.npy` file (both written into `dir`), 5 a host
+/// tier of `tier` rows in front of an f32 host table. Returns it (able to fail on demand)
+/// and the f32 values it serves (the storage's rounding applied).
+fn source<'a>(
+    kind: u8,
+    data: &'a [f32],
+    dim: usize,
+    dir: &std::path::Path,
+    tier: usize,
+) -> (Flaky<'a>, Vec<f32>) {
+    use hotrow::half::{bf16, f16};
+    let halves = || -> Vec<f16> { data.iter().map(|&x| f16::from_f32(x)).collect() };
+    let (inner, values): (Box<dyn hotrow::RowSource + 'a>, Vec<f32>) = match kind {
+        0 => (
+            Box::new(HostTable::borrowed(data, dim).unwrap()),
+            data.to_vec(),
+        ),
+        1 => {
+            let h = halves();
+            let v = h.iter().map(|x| x.to_f32()).collect();
+            (Box::new(HostTable::owned_f16(h, dim).unwrap()), v)
+        }
+        2 => {
+            let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+            let v = b.iter().map(|x| x.to_f32()).collect();
+            (Box::new(HostTable::owned_bf16(b, dim).unwrap()), v)
+        }
+        3 => {
+            let path = dir.join("t32.npy");
+            HostTable::borrowed(data, dim)
+                .unwrap()
+                .save_npy(&path)
+                .unwrap();
+            let t = hotrow::FileTable::open_npy(&path).unwrap();
+            (Box::new(t), data.to_vec())
+        }
+        4 => {
+            let path = dir.join("t16.npy");
+            let h = halves();
+            let v = h.iter().map(|x| x.to_f32()).collect();
+            HostTable::owned_f16(h, dim)
+                .unwrap()
+                .save_npy(&path)
+                .unwrap();
+            (Box::new(hotrow::FileTable::open_npy(&path).unwrap()), v)
+        }
+        _ => {
+            let t = HostTable::borrowed(data, dim).unwrap();
+            let t = hotrow::HostTier::new(t, tier.max(1)).unwrap();
+            (Box::new(t), data.to_vec())
+        }
+    };
+    let flaky = Flaky {
+        inner,
+        mode: AtomicU8::new(0),
+    };
+    (flaky, values)
 }
 
 fn poisoned(rows: usize, dim: usize) -> Embeddings {
@@ -201,7 +269,10 @@ fn poisoned(rows: usize, dim: usize) -> Embeddings {
 fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
     let mut rng = Rng::new(s.seed);
     let (rows, dim) = (s.rows, s.dim);
-    let data = random_values(rows * dim, rng.next_u64());
+    let raw = random_values(rows * dim, rng.next_u64());
+    let dir = tempfile::tempdir().unwrap();
+    let tier = 1 + rng.below(rows as u64) as usize;
+    let (table, data) = source(s.source, &raw, dim, dir.path(), tier);
     let (decoded, steps) = stored(&data, dim, s.format);
     let layout = RowLayout::new(dim, s.format).unwrap();
     let mut config = CacheConfig::default()
@@ -228,7 +299,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
             max_shard_bytes: Some((n * layout.row_bytes() as usize) as u64),
         });
     }
-    let mut cache = EmbeddingCache::new(ctx(), flaky(&data, dim), config)
+    let mut cache = EmbeddingCache::new(ctx(), table, config)
         .map_err(|e| TestCaseError::fail(format!("construction: {e}")))?;
     prop_assert_eq!(cache.capacity(), s.capacity.min(rows));
     let hot: Vec<u32> = (0..(rows / 4).max(1))
