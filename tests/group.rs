@@ -160,8 +160,24 @@ fn partitioned_matches_the_reference() {
             let n = [0, 1, 9, 500, 64, 1000, 17, 300][k];
             let ids = z.batch(n, &mut rng);
             out[on].fill(f32::NAN).unwrap();
+            let before = cache.traffic();
             cache.lookup_into(&ids, on, &mut out[on]).unwrap();
             assert_eq!((out[on].rows(), out[on].dim()), (n, dim));
+            // Only the rows the other device owns cross the host (down, then up to `on`,
+            // with every position's place: 4 bytes each).
+            let others = ids.iter().filter(|&&id| cache.owner(id) != on).count() as u64;
+            let after = cache.traffic();
+            assert_eq!(
+                (
+                    after.bytes_to_host - before.bytes_to_host,
+                    after.bytes_from_host - before.bytes_from_host
+                ),
+                (
+                    others * dim as u64 * 4,
+                    others * dim as u64 * 4 + n as u64 * 4
+                ),
+                "lookup {k} on {on}: host traffic"
+            );
             assert_rows_eq(
                 &out[on].to_host().unwrap(),
                 &reference::gather(&data, dim, &ids),

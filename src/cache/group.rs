@@ -18,7 +18,7 @@ use super::products::check_combine_shape;
 use super::{CacheConfig, CacheStats, EmbeddingCache, Queries};
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
-use crate::gpu::{Embeddings, GpuContext};
+use crate::gpu::{encoder, Embeddings, GpuContext, RowBuffer};
 use crate::ops::bag::{check_bags, Pooling};
 use crate::table::RowSource;
 
@@ -546,6 +546,12 @@ pub struct PartitionedCache<S: RowSource> {
     host: Vec<f32>,
     /// Per position of a lookup: (device, row of that device's share).
     from: Vec<(u32, u32)>,
+    /// Per device, the rows of a lookup whose result it receives: its own share (copied
+    /// on the GPU) then the other devices' shares (through the host), gathered into the
+    /// output in batch order. Grown as needed, kept across calls.
+    assembled: Vec<Option<RowBuffer>>,
+    /// Per position of a lookup: its row in `assembled`.
+    order: Vec<u32>,
     traffic: HostTraffic,
 }
 
@@ -578,6 +584,8 @@ impl<S: RowSource> PartitionedCache<S> {
             partials,
             host: Vec::new(),
             from: Vec::new(),
+            assembled: (0..n).map(|_| None).collect(),
+            order: Vec::new(),
             traffic: HostTraffic::default(),
         })
     }
@@ -638,8 +646,13 @@ impl<S: RowSource> PartitionedCache<S> {
             self.from.push((d as u32, s.ids.len() as u32));
             s.ids.push(id / n as u32);
         }
-        let parts = self.run_shares(|cache, s, partial| cache.lookup_into(&s.ids, partial))?;
         let dim = self.devices.dim();
+        let limit = self.devices.ctx(on).max_binding();
+        if ids.len() as u64 * dim as u64 * 4 <= limit {
+            return self.lookup_assembled(on, dim, out);
+        }
+        // (Too many rows for one binding on `on`: through the host.)
+        let parts = self.run_shares(|cache, s, partial| cache.lookup_into(&s.ids, partial))?;
         let parts: Vec<&[f32]> = parts.iter().map(|p| p.as_deref().unwrap_or(&[])).collect();
         self.host.clear();
         self.host.resize(ids.len() * dim, 0.0);
@@ -652,6 +665,86 @@ impl<S: RowSource> PartitionedCache<S> {
                 row.copy_from_slice(&parts[d as usize][k..k + dim]);
             });
         self.finish(on, ids.len(), dim, out)
+    }
+
+    /// A lookup whose shares (`self.shares`, positions in `self.from`) are gathered on
+    /// their devices; only the other devices' rows cross the host: device `on` copies its
+    /// own share into its `assembled` rows on the GPU, receives the others' after it, and
+    /// gathers all of them into `out` in batch order.
+    fn lookup_assembled(&mut self, on: usize, dim: usize, out: &mut Embeddings) -> Result<()> {
+        let jobs = self
+            .shares
+            .iter()
+            .zip(self.partials.iter_mut())
+            .enumerate()
+            .map(|(d, (s, p))| (!s.ids.is_empty()).then_some((d, s, p)))
+            .collect();
+        let parts = self.devices.run(jobs, |cache, (d, s, partial)| {
+            cache.lookup_into(&s.ids, partial)?;
+            // (`on`'s rows stay where they are.)
+            if d == on {
+                return Ok(None);
+            }
+            partial.to_host().map(Some)
+        })?;
+        let own = self.shares[on].ids.len();
+        // Row of each device's share in the assembled rows: `on`'s first, then the others
+        // in device order.
+        let mut first = vec![0u32; parts.len()];
+        let mut next = own as u32;
+        self.host.clear();
+        for (d, part) in parts.iter().enumerate() {
+            if let Some(Some(rows)) = part {
+                first[d] = next;
+                next += (rows.len() / dim.max(1)) as u32;
+                self.host.extend_from_slice(rows);
+            }
+        }
+        let total = next as usize;
+        self.order.clear();
+        self.order.extend(self.from.iter().map(|&(d, k)| {
+            if d as usize == on {
+                k
+            } else {
+                first[d as usize] + k
+            }
+        }));
+        let ctx = self.devices.ctx(on).clone();
+        let on_device_error = |e| on_device(on, &ctx, e);
+        if total == 0 {
+            out.reset_for(&ctx, 0, dim).map_err(on_device_error)?;
+            self.traffic.calls += 1;
+            return Ok(());
+        }
+        let rows = match &self.assembled[on] {
+            Some(a) if a.rows() >= total => a,
+            _ => {
+                // Room for a quarter more, so a slowly growing batch does not reallocate
+                // every call (bounded by what one binding holds).
+                let most = (ctx.max_binding() / (dim as u64 * 4)) as usize;
+                let room = (total + total / 4).min(most).max(total);
+                self.assembled[on] = None;
+                let buffer = RowBuffer::new(&ctx, room, dim).map_err(on_device_error)?;
+                self.assembled[on].insert(buffer)
+            }
+        };
+        if own > 0 {
+            let shard = rows.shards().next().expect("a row buffer has a shard");
+            let mut enc = encoder(&ctx, "hotrow partitioned lookup");
+            let own_bytes = (own * dim * 4) as u64;
+            enc.copy_buffer_to_buffer(self.partials[on].buffer(), 0, shard, 0, own_bytes);
+            ctx.queue().submit([enc.finish()]);
+        }
+        if !self.host.is_empty() {
+            rows.write_rows(own, &self.host).map_err(on_device_error)?;
+        }
+        rows.gather_into(&self.order, out)
+            .map_err(on_device_error)?;
+        let bytes = self.host.len() as u64 * 4;
+        self.traffic.bytes_to_host += bytes;
+        self.traffic.bytes_from_host += bytes + self.order.len() as u64 * 4;
+        self.traffic.calls += 1;
+        Ok(())
     }
 
     /// Pooled bags (as [`EmbeddingCache::lookup_bags`], `offsets.len() x dim`), on device
