@@ -522,7 +522,11 @@ struct Share {
 /// rows one would. Each device looks up its share of a batch; bags and scores are reduced
 /// on each device first (partial sums or maxima per bag, score columns per candidate), so
 /// only partial results cross the host, where they are combined and written to the
-/// device the caller names. Every device holds `config`'s capacity.
+/// device the caller names; a lookup's rows that the receiving device owns never leave it
+/// (only the other devices' rows cross the host). Every device holds `config`'s capacity,
+/// and besides it, for the calls it serves, a buffer of partial results and, when it
+/// receives a lookup, the assembled rows (each up to a batch's rows x dim x 4 bytes, kept
+/// for the next call).
 ///
 /// Bad input is refused before any device starts; a device that fails fails the call with
 /// [`HotrowError::OnDevice`] naming it. [`PartitionedCache::traffic`] counts the bytes
