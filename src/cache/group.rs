@@ -733,11 +733,16 @@ impl<S: RowSource> PartitionedCache<S> {
             }
         };
         if own > 0 {
-            let shard = rows.shards().next().expect("a row buffer has a shard");
-            let mut enc = encoder(&ctx, "hotrow partitioned lookup");
-            let own_bytes = (own * dim * 4) as u64;
-            enc.copy_buffer_to_buffer(self.partials[on].buffer(), 0, shard, 0, own_bytes);
-            ctx.queue().submit([enc.finish()]);
+            // (Inside error scopes on a device the caller shares, as every call of hotrow's.)
+            ctx.guarded(|| {
+                let shard = rows.shards().next().expect("a row buffer has a shard");
+                let mut enc = encoder(&ctx, "hotrow partitioned lookup");
+                let own_bytes = (own * dim * 4) as u64;
+                enc.copy_buffer_to_buffer(self.partials[on].buffer(), 0, shard, 0, own_bytes);
+                ctx.queue().submit([enc.finish()]);
+                Ok(())
+            })
+            .map_err(on_device_error)?;
         }
         if !self.host.is_empty() {
             rows.write_rows(own, &self.host).map_err(on_device_error)?;
