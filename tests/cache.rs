@@ -221,17 +221,6 @@ fn bad_ids_change_nothing() {
     assert_eq!(cache.stats(), &before_stats);
 }
 
-/// The rows a cache holds and their slots, sorted.
-fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
-    let mut v: Vec<(u32, u32)> = map
-        .resident()
-        .into_iter()
-        .map(|id| (id, map.slot_of(id).unwrap()))
-        .collect();
-    v.sort_unstable();
-    v
-}
-
 /// A full cache (host resolution, both policies, one and several partitions) whose row
 /// source fails or panics on a batch of new rows: the batch is an error and changes
 /// nothing (the rows it would have evicted are still resident, in their slots, and served
@@ -262,7 +251,7 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
                 .collect()
         };
         for mode in [1u8, 2] {
-            let before = held(cache.slot_map());
+            let before = common::held(cache.slot_map());
             assert_eq!(before.len(), cap, "{policy:?}: the cache is full");
             let stats = cache.stats().clone();
             let new_rows = fresh(&cache);
@@ -276,7 +265,7 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
                 ),
                 "{r:?}"
             );
-            let after = held(cache.slot_map());
+            let after = common::held(cache.slot_map());
             assert!(after == before, "{policy:?} mode {mode}: the cache changed");
             cache.slot_map().check_invariants().unwrap();
             assert_eq!(cache.stats().rows_uploaded, stats.rows_uploaded);
@@ -295,7 +284,7 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
         // Again after many batches of resident rows only: the cache expects few misses, so
         // a batch of many new rows overflows its staging room and reads them after
         // resolving (the serial path); the failure there changes nothing either.
-        let before = held(cache.slot_map());
+        let before = common::held(cache.slot_map());
         let some: Vec<u32> = before.iter().take(32).map(|&(id, _)| id).collect();
         for _ in 0..80 {
             cache.lookup(&some).unwrap();
@@ -305,7 +294,7 @@ fn a_failing_row_source_changes_nothing_in_a_full_cache() {
         cache.source().mode.store(1, Relaxed);
         assert!(cache.lookup(&new_rows).is_err());
         cache.source().mode.store(0, Relaxed);
-        let after = held(cache.slot_map());
+        let after = common::held(cache.slot_map());
         assert!(
             after == before,
             "{policy:?}: the serial path's failure changed the cache"
@@ -498,7 +487,7 @@ fn device_resolution_stream_matches_reference() {
                     // the row source fails (5) or panics (11): nothing may stick
                     let mode = if b % 12 == 5 { 1 } else { 2 };
                     cache.source().mode.store(mode, Relaxed);
-                    let before = held(cache.slot_map());
+                    let before = common::held(cache.slot_map());
                     let uploaded = cache.stats().rows_uploaded;
                     let uniform: Vec<u32> = (0..cap / 2)
                         .map(|_| rng.below(rows as u64) as u32)
@@ -514,7 +503,7 @@ fn device_resolution_stream_matches_reference() {
                     cache.source().mode.store(0, Relaxed);
                     // The batch changed nothing: the same rows in the same slots (its
                     // evictions undone: its rows never reached the GPU), nothing counted.
-                    let after = held(cache.slot_map());
+                    let after = common::held(cache.slot_map());
                     assert!(
                         after == before,
                         "{what}: the failed batch changed the cache"

@@ -97,19 +97,6 @@ fn setups() -> impl Strategy<Value = Setup> {
         )
 }
 
-/// Ids with repeats: mostly from a small hot set, some anywhere in the table.
-fn ids(rng: &mut Rng, n: usize, rows: usize, hot: &[u32]) -> Vec<u32> {
-    (0..n)
-        .map(|_| {
-            if rng.below(3) > 0 {
-                hot[rng.below(hot.len() as u64) as usize]
-            } else {
-                rng.below(rows as u64) as u32
-            }
-        })
-        .collect()
-}
-
 /// Random bag offsets over `n` ids (empty bags included), starting at 0.
 fn offsets(rng: &mut Rng, n: usize, bags: usize) -> Vec<u32> {
     let mut cuts: Vec<u32> = (0..bags.saturating_sub(1))
@@ -126,14 +113,7 @@ fn signed_values(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// What a cache shows of its state: counters and every resident row's slot.
 fn state<S: hotrow::RowSource>(cache: &EmbeddingCache<S>) -> (hotrow::CacheStats, Vec<(u32, u32)>) {
-    let map = cache.slot_map();
-    let mut resident: Vec<(u32, u32)> = map
-        .resident()
-        .into_iter()
-        .map(|id| (id, map.slot_of(id).unwrap()))
-        .collect();
-    resident.sort_unstable();
-    (cache.stats().clone(), resident)
+    (cache.stats().clone(), common::held(cache.slot_map()))
 }
 
 fn check_counters<S: hotrow::RowSource>(cache: &EmbeddingCache<S>) -> Result<(), TestCaseError> {
@@ -316,7 +296,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 } else {
                     rng.below(big as u64) as usize
                 };
-                let ids = ids(&mut rng, n, rows, &hot);
+                let ids = rng.hot_ids(n, rows, &hot);
                 let mut out = poisoned(1, dim);
                 cache
                     .lookup_into(&ids, &mut out)
@@ -349,7 +329,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
             }
             1 | 2 => {
                 let n = rng.below(big as u64) as usize;
-                let ids = ids(&mut rng, n, rows, &hot);
+                let ids = rng.hot_ids(n, rows, &hot);
                 let bags = rng.below(12) as usize + usize::from(n > 0);
                 let offs = offsets(&mut rng, n, bags);
                 let mode = rng.below(3) as u32;
@@ -367,7 +347,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let m = rng.below(4) as usize;
                 let q = signed_values(&mut rng, m * dim);
                 let k = 1 + rng.below(big as u64) as usize;
-                let cand = ids(&mut rng, k, rows, &hot);
+                let cand = rng.hot_ids(k, rows, &hot);
                 let mut out = poisoned(1, 1);
                 cache
                     .scores_into(Queries::Host { data: &q, dim }, &cand, &mut out)
@@ -377,7 +357,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
             }
             4 => {
                 let k = 1 + rng.below(big as u64) as usize;
-                let ids = ids(&mut rng, k, rows, &hot);
+                let ids = rng.hot_ids(k, rows, &hot);
                 let m = rng.below(4) as usize;
                 let x = signed_values(&mut rng, m * k);
                 let mut out = poisoned(1, 1);
@@ -389,7 +369,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
             }
             5 => {
                 let n = rng.below(big as u64) as usize;
-                let ids = ids(&mut rng, n, rows, &hot);
+                let ids = rng.hot_ids(n, rows, &hot);
                 cache
                     .preload(&ids)
                     .map_err(|e| TestCaseError::fail(format!("{what} preload: {e}")))?;
@@ -403,7 +383,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                     .mode
                     .store(1 + u8::from(panic), Ordering::Relaxed);
                 let n = 1 + rng.below(big as u64) as usize;
-                let ids = ids(&mut rng, n, rows, &hot);
+                let ids = rng.hot_ids(n, rows, &hot);
                 let mut out = poisoned(1, dim);
                 let result = match rng.below(3) {
                     0 => cache.lookup_into(&ids, &mut out),
@@ -420,7 +400,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
             _ => {
                 // Invalid input: a typed error, and nothing changes.
                 let n = 1 + rng.below(big as u64) as usize;
-                let mut ids = ids(&mut rng, n, rows, &hot);
+                let mut ids = rng.hot_ids(n, rows, &hot);
                 let at = rng.below(n as u64) as usize;
                 let mut out = poisoned(1, dim);
                 let kind = rng.below(8);
@@ -805,7 +785,7 @@ fn run_group(s: &Group) -> Result<(), TestCaseError> {
     for op in 0..s.ops {
         let on = rng.below(2) as usize;
         let n = rng.below(3 * s.capacity as u64 + 5) as usize;
-        let ids = ids(&mut rng, n, rows, &hot);
+        let ids = rng.hot_ids(n, rows, &hot);
         let what = format!("op {op} (on {on})");
         let mut outs = rep.outputs().unwrap();
         for o in &outs {

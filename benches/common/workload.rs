@@ -22,6 +22,20 @@ impl Rng {
     }
 
     /// Uniform in `[0, n)` (`n > 0`).
+    /// `n` ids with repeats: two in three from the small `hot` set, the rest anywhere in
+    /// `0..rows` (a skewed batch without a Zipf table; the tests' simplest stream).
+    pub fn hot_ids(&mut self, n: usize, rows: usize, hot: &[u32]) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                if self.below(3) > 0 {
+                    hot[self.below(hot.len() as u64) as usize]
+                } else {
+                    self.below(rows as u64) as u32
+                }
+            })
+            .collect()
+    }
+
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }

@@ -453,18 +453,6 @@ mod tests {
             .unwrap_or(7)
     }
 
-    fn batch(rng: &mut Rng, rows: u32, n: usize, hot: &[u32]) -> Vec<u32> {
-        (0..n)
-            .map(|_| {
-                if rng.below(3) > 0 {
-                    hot[rng.below(hot.len() as u64) as usize]
-                } else {
-                    rng.below(rows as u64) as u32
-                }
-            })
-            .collect()
-    }
-
     /// The flat map and the `lru` crate, fed the distinct ids of each batch in order of
     /// first occurrence, agree on what is resident and in which recency order, whenever a
     /// batch fits in the cache (a larger batch splits into passes, which the model lacks).
@@ -485,7 +473,7 @@ mod tests {
             let mut plan = PassPlan::default();
             for _ in 0..60 {
                 let n = rng.below(3 * cap as u64 + 1) as usize;
-                let ids = batch(&mut rng, rows, n, &hot);
+                let ids = rng.hot_ids(n, rows as usize, &hot);
                 let distinct = crate::CompactBatch::new(&ids);
                 if distinct.distinct().len() > cap {
                     continue;
@@ -576,7 +564,7 @@ mod tests {
             let mut plan = PassPlan::default();
             for _ in 0..40 {
                 let n = rng.below(200) as usize;
-                let ids = batch(&mut rng, rows, n, &hot);
+                let ids = rng.hot_ids(n, rows as usize, &hot);
                 let mut start = 0;
                 while start < ids.len() {
                     let done = map.resolve(&ids[start..], &mut plan);

@@ -142,3 +142,14 @@ pub fn stored(data: &[f32], dim: usize, format: hotrow::RowFormat) -> (Vec<f32>,
         .collect();
     (back, steps)
 }
+
+/// The rows a cache holds and their slots, sorted (to compare a cache before and after).
+pub fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = map
+        .resident()
+        .into_iter()
+        .map(|id| (id, map.slot_of(id).unwrap()))
+        .collect();
+    v.sort_unstable();
+    v
+}
