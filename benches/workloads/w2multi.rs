@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hotrow::{
     CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, GpuOptions, HostTable,
-    PartitionedCache, ReplicatedCache, RowLayout,
+    PartitionedCache, ReplicatedCache, RowLayout, RowSource,
 };
 
 use crate::gen::{Rng, ZipfIds};
@@ -60,6 +60,38 @@ fn wait_all(ctxs: &[GpuContext]) -> Result<()> {
     ctxs.iter().try_for_each(GpuContext::wait_idle)
 }
 
+/// The largest GPU memory of the devices' caches.
+fn largest_cache<'c, S: RowSource + 'c>(
+    caches: impl Iterator<Item = Option<&'c EmbeddingCache<S>>>,
+) -> u64 {
+    caches
+        .map(|c| c.map_or(0, |c| c.memory().total()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Exits with WRONG RESULT unless `parts` (a replicated call's outputs, device by device)
+/// are the rows of `ids`, bit for bit.
+fn verify_parts(
+    what: &str,
+    parts: &[Embeddings],
+    data: &[f32],
+    d: usize,
+    ids: &[u32],
+) -> Result<()> {
+    let got = ReplicatedCache::<HostTable>::to_host(parts)?;
+    let want = hotrow::reference::gather(data, d, ids);
+    if got
+        .iter()
+        .zip(&want)
+        .any(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        eprintln!("{what}: WRONG RESULT");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<HostTable<'static>> {
     let (n, b, d) = harness::cached_shapes(a);
     let ctxs = devices(a.devices)?;
@@ -80,23 +112,31 @@ pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<Host
     rep.insert("W2M_devices".into(), ctxs.len() as f64);
     rep.insert("W2M_cache_frac_per_device".into(), a.cache_frac);
     let table_bytes = (n * d * 4) as f64;
-    // The warm-up batches, then the GPUs warmed up (counters are read after this).
-    let warm_up = |call: &mut dyn FnMut(&[u32]) -> Result<()>, ctxs: &[GpuContext]| -> Result<()> {
-        for ids in &stream[..warm] {
+    // The warm-up calls, then the GPUs warmed up (counters are read after this).
+    let warm_up = |calls: &[Vec<u32>],
+                   call: &mut dyn FnMut(&[u32]) -> Result<()>,
+                   ctxs: &[GpuContext]|
+     -> Result<()> {
+        for ids in calls {
             call(ids)?;
         }
         wait_all(ctxs)?;
         heat(ctxs, a.warmup_secs)
     };
-    // Times `batches` pipelined calls; returns ms per batch.
-    let timed = |call: &mut dyn FnMut(&[u32]) -> Result<()>, ctxs: &[GpuContext]| -> Result<f64> {
+    // Times pipelined calls of `per_call` W2 batches each; returns ms per W2 batch.
+    let timed = |calls: &[Vec<u32>],
+                 per_call: usize,
+                 call: &mut dyn FnMut(&[u32]) -> Result<()>,
+                 ctxs: &[GpuContext]|
+     -> Result<f64> {
         let t = Instant::now();
-        for ids in &stream[warm..] {
+        for ids in calls {
             call(ids)?;
         }
         wait_all(ctxs)?;
-        Ok(t.elapsed().as_secs_f64() * 1e3 / batches as f64)
+        Ok(t.elapsed().as_secs_f64() * 1e3 / (calls.len() * per_call) as f64)
     };
+    let (warm_calls, timed_calls) = stream.split_at(warm);
     let mut record = |mode: &str,
                       ms: f64,
                       s0: hotrow::CacheStats,
@@ -130,9 +170,14 @@ pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<Host
         let mut out = Embeddings::new(&one[0], b, d)?;
         cache.lookup_into(&stream[0], &mut out)?;
         harness::verify_gather("w2multi one", &out, &data, layout, &stream[0])?;
-        warm_up(&mut |ids| cache.lookup_into(ids, &mut out), one)?;
+        warm_up(warm_calls, &mut |ids| cache.lookup_into(ids, &mut out), one)?;
         let s0 = cache.stats().clone();
-        let ms = timed(&mut |ids| cache.lookup_into(ids, &mut out), one)?;
+        let ms = timed(
+            timed_calls,
+            1,
+            &mut |ids| cache.lookup_into(ids, &mut out),
+            one,
+        )?;
         record(
             "one",
             ms,
@@ -147,23 +192,21 @@ pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<Host
         let mut cache = ReplicatedCache::new(&ctxs, table.clone(), config.clone())?;
         let mut outs = cache.outputs()?;
         cache.lookup_into(&stream[0], &mut outs)?;
-        let got = ReplicatedCache::<HostTable>::to_host(&outs)?;
-        let want = hotrow::reference::gather(&data, d, &stream[0]);
-        if got
-            .iter()
-            .zip(&want)
-            .any(|(x, y)| x.to_bits() != y.to_bits())
-        {
-            eprintln!("w2multi replicated: WRONG RESULT");
-            std::process::exit(1);
-        }
-        warm_up(&mut |ids| cache.lookup_into(ids, &mut outs), &ctxs)?;
+        verify_parts("w2multi replicated", &outs, &data, d, &stream[0])?;
+        warm_up(
+            warm_calls,
+            &mut |ids| cache.lookup_into(ids, &mut outs),
+            &ctxs,
+        )?;
         let s0 = cache.stats();
-        let ms = timed(&mut |ids| cache.lookup_into(ids, &mut outs), &ctxs)?;
-        let mem = (0..ctxs.len())
-            .map(|k| cache.cache(k).map_or(0, |c| c.memory().total()))
-            .max();
-        record("replicated", ms, s0, cache.stats(), mem.unwrap_or(0), 0.0);
+        let ms = timed(
+            timed_calls,
+            1,
+            &mut |ids| cache.lookup_into(ids, &mut outs),
+            &ctxs,
+        )?;
+        let mem = largest_cache((0..ctxs.len()).map(|k| cache.cache(k)));
+        record("replicated", ms, s0, cache.stats(), mem, 0.0);
     }
     // Replicated, a whole W2 batch per device per call (the stream's batches taken
     // `devices` at a time, device k getting the k-th): ms per W2 batch is the call's time
@@ -174,44 +217,32 @@ pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<Host
         let mut outs = cache.outputs()?;
         let joined: Vec<Vec<u32>> = stream.chunks(k).map(|c| c.concat()).collect();
         cache.lookup_into(&joined[0], &mut outs)?;
-        let got = ReplicatedCache::<HostTable>::to_host(&outs)?;
-        let want = hotrow::reference::gather(&data, d, &joined[0]);
-        if got
-            .iter()
-            .zip(&want)
-            .any(|(x, y)| x.to_bits() != y.to_bits())
-        {
-            eprintln!("w2multi replicated (a batch per device): WRONG RESULT");
-            std::process::exit(1);
-        }
-        let (w, timed_calls) = (warm / k, batches / k);
-        for ids in &joined[..w] {
-            cache.lookup_into(ids, &mut outs)?;
-        }
-        wait_all(&ctxs)?;
-        heat(&ctxs, a.warmup_secs)?;
+        verify_parts(
+            "w2multi replicated (a batch per device)",
+            &outs,
+            &data,
+            d,
+            &joined[0],
+        )?;
+        let (w, calls) = (warm / k, batches / k);
+        warm_up(
+            &joined[..w],
+            &mut |ids| cache.lookup_into(ids, &mut outs),
+            &ctxs,
+        )?;
         let s0 = cache.stats();
-        let t = Instant::now();
-        for ids in &joined[w..w + timed_calls] {
-            cache.lookup_into(ids, &mut outs)?;
-        }
-        wait_all(&ctxs)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3 / (timed_calls * k) as f64;
-        let mem = (0..ctxs.len())
-            .map(|k| cache.cache(k).map_or(0, |c| c.memory().total()))
-            .max();
+        let ms = timed(
+            &joined[w..w + calls],
+            k,
+            &mut |ids| cache.lookup_into(ids, &mut outs),
+            &ctxs,
+        )?;
+        let mem = largest_cache((0..ctxs.len()).map(|k| cache.cache(k)));
         let mut s1 = cache.stats();
-        // (per W2 batch: the record divides by `batches`, this mode timed timed_calls * k)
+        // (per W2 batch: the record divides by `batches`, this mode timed calls * k)
         s1.bytes_uploaded = s0.bytes_uploaded
-            + (s1.bytes_uploaded - s0.bytes_uploaded) * batches as u64 / (timed_calls * k) as u64;
-        record(
-            "replicated_per_device_batch",
-            ms,
-            s0,
-            s1,
-            mem.unwrap_or(0),
-            0.0,
-        );
+            + (s1.bytes_uploaded - s0.bytes_uploaded) * batches as u64 / (calls * k) as u64;
+        record("replicated_per_device_batch", ms, s0, s1, mem, 0.0);
     }
     // Partitioned (results on device 0).
     {
@@ -219,17 +250,24 @@ pub fn run(a: &Args, rep: &mut Report, table: HostTable<'static>) -> Result<Host
         let mut out = Embeddings::new(&ctxs[0], b, d)?;
         cache.lookup_into(&stream[0], 0, &mut out)?;
         harness::verify_gather("w2multi partitioned", &out, &data, layout, &stream[0])?;
-        warm_up(&mut |ids| cache.lookup_into(ids, 0, &mut out), &ctxs)?;
+        warm_up(
+            warm_calls,
+            &mut |ids| cache.lookup_into(ids, 0, &mut out),
+            &ctxs,
+        )?;
         let (s0, t0) = (cache.stats(), cache.traffic());
-        let ms = timed(&mut |ids| cache.lookup_into(ids, 0, &mut out), &ctxs)?;
+        let ms = timed(
+            timed_calls,
+            1,
+            &mut |ids| cache.lookup_into(ids, 0, &mut out),
+            &ctxs,
+        )?;
         let t1 = cache.traffic();
         let host = (t1.bytes_to_host + t1.bytes_from_host - t0.bytes_to_host - t0.bytes_from_host)
             as f64
             / batches as f64;
-        let mem = (0..ctxs.len())
-            .map(|k| cache.cache(k).map_or(0, |c| c.memory().total()))
-            .max();
-        record("partitioned", ms, s0, cache.stats(), mem.unwrap_or(0), host);
+        let mem = largest_cache((0..ctxs.len()).map(|k| cache.cache(k)));
+        record("partitioned", ms, s0, cache.stats(), mem, host);
     }
     let one = rep["W2M_one_ms_per_batch"];
     rep.insert(
