@@ -555,43 +555,6 @@ fn a_changed_file_fails_the_step_cleanly() {
     assert_close(&out, &want, &scale, "after the failed step");
 }
 
-/// A table whose reads fail (1) or panic (2), held in memory or not.
-struct Failing {
-    table: HostTable<'static>,
-    mode: std::sync::atomic::AtomicU8,
-    in_memory: bool,
-}
-
-impl Failing {
-    fn trip(&self) -> Result<(), HotrowError> {
-        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => Ok(()),
-            1 => Err(HotrowError::RowSource("the store is down".into())),
-            _ => panic!("the store exploded"),
-        }
-    }
-}
-
-impl hotrow::RowSource for Failing {
-    fn rows(&self) -> usize {
-        self.table.rows()
-    }
-    fn dim(&self) -> usize {
-        self.table.dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> Result<(), HotrowError> {
-        self.trip()?;
-        self.table.read_rows(ids, out)
-    }
-    fn memory_rows(&self) -> Result<Option<hotrow::MemoryRows<'_>>, HotrowError> {
-        if !self.in_memory {
-            return Ok(None);
-        }
-        self.trip()?;
-        self.table.memory_rows()
-    }
-}
-
 /// A table's source that fails or panics while a step reads it fails the step with
 /// `InTable` naming that table (of four); the step changes nothing, and the next is right.
 #[test]
@@ -611,12 +574,11 @@ fn a_failing_table_is_named() {
         .collect();
     for in_memory in [true, false] {
         for resolution in [hotrow::Resolution::Host, hotrow::Resolution::Device] {
-            let tables: Vec<Failing> = data
+            let tables: Vec<common::Flaky<'_>> = data
                 .iter()
-                .map(|d| Failing {
-                    table: HostTable::owned(d.clone(), 8).unwrap(),
-                    mode: 0.into(),
-                    in_memory,
+                .map(|d| common::Flaky {
+                    hide_memory: !in_memory,
+                    ..common::Flaky::new(HostTable::borrowed(d, 8).unwrap())
                 })
                 .collect();
             let config = CacheConfig::default()

@@ -7,37 +7,14 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use common::workload::{random_values, Rng, ZipfIds};
-use common::{assert_close_host, assert_rows_eq, seed};
+use common::{assert_close_host, assert_rows_eq, open_two, seed, two};
 use hotrow::{
-    reference, CacheConfig, Capacity, Embeddings, GpuContext, GpuOptions, HostTable, HotrowError,
+    reference, CacheConfig, Capacity, Embeddings, GpuContext, HostTable, HotrowError,
     PartitionedCache, Pooling, ReplicatedCache, Resolution, RowSource,
 };
-
-/// Two contexts on two adapters when this machine has them, else two devices of one.
-fn open_two() -> Vec<GpuContext> {
-    let options = GpuOptions {
-        backends: Some(wgpu::Backends::all()),
-        use_env: false,
-        ..GpuOptions::default()
-    };
-    let mut all = GpuContext::every(options.clone()).expect("an adapter");
-    all.truncate(2);
-    if all.len() < 2 {
-        all.push(GpuContext::with_options(options).expect("a second device"));
-    }
-    for (d, c) in all.iter().enumerate() {
-        eprintln!("group device {d}: {}", c.adapter());
-    }
-    all
-}
-
-fn two() -> &'static [GpuContext] {
-    static CTX: OnceLock<Vec<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(open_two)
-}
 
 /// Bags of 0-6 Zipf ids each; weights when asked.
 fn bags(

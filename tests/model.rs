@@ -12,7 +12,7 @@
 mod common;
 
 use common::workload::{random_values, Rng};
-use common::{assert_close_host, ctx, stored};
+use common::{assert_close_host, ctx, stored, two, Flaky};
 use hotrow::{
     CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, HostTable, HotrowError,
     Pooling, Queries, Resolution, RowBufferOptions, RowFormat, RowLayout, TableBags,
@@ -20,7 +20,7 @@ use hotrow::{
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 fn cases() -> u32 {
     std::env::var("HOTROW_MODEL_CASES")
@@ -49,12 +49,17 @@ struct Setup {
     seed: u64,
 }
 
-fn setups() -> impl Strategy<Value = Setup> {
-    let format = prop_oneof![
+/// The slots' row formats.
+fn formats() -> impl Strategy<Value = RowFormat> {
+    prop_oneof![
         Just(RowFormat::F32),
         Just(RowFormat::F16),
         Just(RowFormat::Int8)
-    ];
+    ]
+}
+
+fn setups() -> impl Strategy<Value = Setup> {
+    let format = formats();
     let dim = prop_oneof![1usize..=9, Just(16usize), Just(33), Just(64)];
     (
         (
@@ -136,50 +141,6 @@ fn check_counters<S: hotrow::RowSource>(cache: &EmbeddingCache<S>) -> Result<(),
     Ok(())
 }
 
-/// A host table whose reads can be made to fail (1) or panic (2).
-struct Flaky<'a> {
-    inner: Box<dyn hotrow::RowSource + 'a>,
-    mode: AtomicU8,
-}
-
-impl Flaky<'_> {
-    fn trip(&self) -> hotrow::Result<()> {
-        match self.mode.load(Ordering::Relaxed) {
-            0 => Ok(()),
-            1 => Err(HotrowError::RowSource("the store is down".into())),
-            _ => panic!("the store exploded"),
-        }
-    }
-}
-
-impl hotrow::RowSource for Flaky<'_> {
-    fn rows(&self) -> usize {
-        self.inner.rows()
-    }
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
-        self.trip()?;
-        self.inner.read_rows(ids, out)
-    }
-    fn read_rows_f16(&self, ids: &[u32], out: &mut [hotrow::half::f16]) -> hotrow::Result<bool> {
-        self.trip()?;
-        self.inner.read_rows_f16(ids, out)
-    }
-    fn memory_rows(&self) -> hotrow::Result<Option<hotrow::MemoryRows<'_>>> {
-        self.trip()?;
-        self.inner.memory_rows()
-    }
-}
-
-fn flaky(data: &[f32], dim: usize) -> Flaky<'_> {
-    Flaky {
-        inner: Box::new(HostTable::borrowed(data, dim).unwrap()),
-        mode: AtomicU8::new(0),
-    }
-}
-
 /// Row source `kind` over `data` (`rows x dim`): 0 an f32 host table, 1 an f16 one, 2 a
 /// bf16 one, 3 an f32 `.npy` file, 4 an f16 `.npy` file (both written into `dir`), 5 a host
 /// tier of `tier` rows in front of an f32 host table. Returns it (able to fail on demand)
@@ -235,7 +196,8 @@ fn source<'a>(
     };
     let flaky = Flaky {
         inner,
-        mode: AtomicU8::new(0),
+        mode: 0.into(),
+        hide_memory: false,
     };
     (flaky, values)
 }
@@ -473,21 +435,26 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn runner() -> TestRunner {
-    TestRunner::new(Config {
+/// Runs `case` on `cases()` values of `strategy` (one GPU test at a time), panicking with
+/// the smallest failing value proptest finds.
+fn run_cases<T: Strategy>(strategy: T, case: impl Fn(&T::Value) -> Result<(), TestCaseError>)
+where
+    T::Value: std::fmt::Debug,
+{
+    let _serial = common::serial();
+    let mut runner = TestRunner::new(Config {
         cases: cases(),
         failure_persistence: None,
         ..Config::default()
-    })
+    });
+    if let Err(e) = runner.run(&strategy, |v| case(&v)) {
+        panic!("{e}");
+    }
 }
 
 #[test]
 fn random_configurations_serve_random_ops() {
-    let _serial = common::serial();
-    let result = runner().run(&setups(), |s| run_setup(&s));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    run_cases(setups(), run_setup);
 }
 
 /// A table-batched configuration: tables of mixed widths and sizes.
@@ -510,11 +477,7 @@ fn table_setups() -> impl Strategy<Value = Tables> {
     (
         proptest::collection::vec(shape, 1..6),
         0.01f64..1.5,
-        prop_oneof![
-            Just(RowFormat::F32),
-            Just(RowFormat::F16),
-            Just(RowFormat::Int8)
-        ],
+        formats(),
         any::<bool>(),
         proptest::option::of(1usize..30),
         1usize..6,
@@ -551,7 +514,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
     let tables: Vec<Flaky<'_>> = data
         .iter()
         .zip(&s.shapes)
-        .map(|(d, &(_, dim))| flaky(d, dim))
+        .map(|(d, &(_, dim))| Flaky::new(HostTable::borrowed(d, dim).unwrap()))
         .collect();
     let mut config = CacheConfig::default()
         .capacity(Capacity::Fraction(s.fraction))
@@ -665,29 +628,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_table_batches_serve_random_steps() {
-    let _serial = common::serial();
-    let result = runner().run(&table_setups(), |s| run_tables(&s));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
-
-/// Two contexts on two adapters when this machine has them, else two devices of one.
-fn two() -> &'static [hotrow::GpuContext] {
-    static CTX: std::sync::OnceLock<Vec<hotrow::GpuContext>> = std::sync::OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = hotrow::GpuOptions {
-            backends: Some(wgpu::Backends::all()),
-            use_env: false,
-            ..hotrow::GpuOptions::default()
-        };
-        let mut all = hotrow::GpuContext::every(options.clone()).expect("an adapter");
-        all.truncate(2);
-        if all.len() < 2 {
-            all.push(hotrow::GpuContext::with_options(options).expect("a second device"));
-        }
-        all
-    })
+    run_cases(table_setups(), run_tables);
 }
 
 /// A group configuration (both modes are driven with the same ops).
@@ -706,11 +647,7 @@ fn group_setups() -> impl Strategy<Value = Group> {
     (
         prop_oneof![3 => 1usize..300, 1 => 300usize..5000],
         prop_oneof![1usize..=6, Just(16usize)],
-        prop_oneof![
-            Just(RowFormat::F32),
-            Just(RowFormat::F16),
-            Just(RowFormat::Int8)
-        ],
+        formats(),
         1usize..400,
         any::<bool>(),
         1usize..8,
@@ -767,7 +704,7 @@ fn run_group(s: &Group) -> Result<(), TestCaseError> {
             Resolution::Host
         });
     let ctxs = two();
-    let source = flaky(&data, dim);
+    let source = Flaky::new(HostTable::borrowed(&data, dim).unwrap());
     let mut rep = hotrow::ReplicatedCache::new(ctxs, &source, config.clone())
         .map_err(|e| TestCaseError::fail(format!("replicated: {e}")))?;
     let mut part = hotrow::PartitionedCache::new(ctxs, &source, config)
@@ -967,9 +904,5 @@ fn run_group(s: &Group) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_groups_serve_random_ops() {
-    let _serial = common::serial();
-    let result = runner().run(&group_setups(), |s| run_group(&s));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    run_cases(group_setups(), run_group);
 }

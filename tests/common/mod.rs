@@ -153,3 +153,80 @@ pub fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
     v.sort_unstable();
     v
 }
+
+/// A row source whose reads can be made to fail (`mode` 1) or panic (`mode` 2); with
+/// `hide_memory` it says its rows are not in memory, so a cache reads them through
+/// `read_rows` (the path of a source that is not one of hotrow's own).
+pub struct Flaky<'a> {
+    pub inner: Box<dyn hotrow::RowSource + 'a>,
+    pub mode: std::sync::atomic::AtomicU8,
+    pub hide_memory: bool,
+}
+
+impl<'a> Flaky<'a> {
+    /// `inner`, reading normally until `mode` is set.
+    pub fn new(inner: impl hotrow::RowSource + 'a) -> Self {
+        Self {
+            inner: Box::new(inner),
+            mode: 0.into(),
+            hide_memory: false,
+        }
+    }
+
+    fn trip(&self) -> hotrow::Result<()> {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Ok(()),
+            1 => Err(hotrow::HotrowError::RowSource("the store is down".into())),
+            _ => panic!("the store exploded"),
+        }
+    }
+}
+
+impl hotrow::RowSource for Flaky<'_> {
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        self.trip()?;
+        self.inner.read_rows(ids, out)
+    }
+    fn read_rows_f16(&self, ids: &[u32], out: &mut [hotrow::half::f16]) -> hotrow::Result<bool> {
+        self.trip()?;
+        self.inner.read_rows_f16(ids, out)
+    }
+    fn memory_rows(&self) -> hotrow::Result<Option<hotrow::MemoryRows<'_>>> {
+        if self.hide_memory {
+            return Ok(None);
+        }
+        self.trip()?;
+        self.inner.memory_rows()
+    }
+}
+
+/// Two fresh contexts on two adapters when this machine has them (lavapipe and llvmpipe-GL
+/// on CI), else two devices of one.
+pub fn open_two() -> Vec<GpuContext> {
+    let options = hotrow::GpuOptions {
+        backends: Some(wgpu::Backends::all()),
+        use_env: false,
+        ..hotrow::GpuOptions::default()
+    };
+    let mut all = GpuContext::every(options.clone()).expect("an adapter");
+    all.truncate(2);
+    if all.len() < 2 {
+        all.push(GpuContext::with_options(options).expect("a second device"));
+    }
+    for (d, c) in all.iter().enumerate() {
+        eprintln!("group device {d}: {}", c.adapter());
+    }
+    all
+}
+
+/// [`open_two`], opened once per test binary.
+pub fn two() -> &'static [GpuContext] {
+    static CTX: OnceLock<Vec<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(open_two)
+}
