@@ -711,6 +711,20 @@ impl PassEngine {
     }
 }
 
+/// Writes each of `params` into the next of `blocks` (params blocks in staging, laid out
+/// with room for all of them).
+fn put_params<'b, P: bytemuck::Pod>(
+    blocks: &mut impl Iterator<Item = &'b mut [u8]>,
+    params: impl IntoIterator<Item = P>,
+) {
+    for p in params {
+        blocks
+            .next()
+            .expect("room for params")
+            .copy_from_slice(bytemuck::bytes_of(&p));
+    }
+}
+
 /// Writes `pair(x)` for every `x` of `items` into consecutive pairs of `dst` (two words
 /// each): the GPU table's changes, tens of thousands per W6 step, in parallel chunks when
 /// many (the destination is write-combined staging).
@@ -1147,19 +1161,15 @@ impl Uploader {
             }
             let blocks = &mut bytes[lay.params_off as usize..lay.map_params_off as usize];
             let mut blocks = blocks.chunks_exact_mut(PARAMS_BYTES as usize);
-            for b in copy_rows::params(ctx, Direction::Scatter, slots, m, 0) {
-                blocks
-                    .next()
-                    .expect("room for params")
-                    .copy_from_slice(bytemuck::bytes_of(&b));
-            }
+            put_params(
+                &mut blocks,
+                copy_rows::params(ctx, Direction::Scatter, slots, m, 0),
+            );
             if let Target::Gather(_, offset) = target {
-                for b in copy_rows::params(ctx, Direction::Gather, slots, n, offset) {
-                    blocks
-                        .next()
-                        .expect("room for params")
-                        .copy_from_slice(bytemuck::bytes_of(&b));
-                }
+                put_params(
+                    &mut blocks,
+                    copy_rows::params(ctx, Direction::Gather, slots, n, offset),
+                );
             }
             let Some(pending) = pending else {
                 return Ok(());
@@ -1174,19 +1184,15 @@ impl Uploader {
             let at = lay.map_params_off as usize;
             let mut blocks = bytes[at..lay.pairs_off as usize]
                 .chunks_exact_mut(device_map::PARAMS_BYTES as usize);
-            let mut blocks_for = [
-                device_map::params(ctx, removals, 0),
-                device_map::params(ctx, m, removals),
-            ]
-            .to_vec();
+            put_params(
+                &mut blocks,
+                [
+                    device_map::params(ctx, removals, 0),
+                    device_map::params(ctx, m, removals),
+                ],
+            );
             if device_positions {
-                blocks_for.push(device_map::params(ctx, n, 0));
-            }
-            for b in blocks_for {
-                blocks
-                    .next()
-                    .expect("room for params")
-                    .copy_from_slice(bytemuck::bytes_of(&b));
+                put_params(&mut blocks, [device_map::params(ctx, n, 0)]);
             }
             Ok(())
         };
