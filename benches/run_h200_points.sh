@@ -3,15 +3,17 @@
 # clock sampled every 100 ms, then the PyTorch peer in the same command for the ratios.
 # A points file has one point per line: `name | environment | workloads arguments`
 # (`#` starts a comment). Expects .gl/*.deb and .dev/bin/workloads (see run_h200.sh).
-# Usage: bash benches/run_h200_points.sh benches/points/<file>.txt [peer workloads]
+# Usage: bash benches/run_h200_points.sh benches/points/<file>.txt [peer workloads, or none]
 set -u
 . "$(dirname "$0")/device_env.sh"
 POINTS=$1; PEER=${2:-limits,w1,w2,w3}
+[ "$PEER" = none ] && PEER=""
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,utilization.gpu --format=csv -lms 100 > "$OUT/clocks.csv" &
 SMI=$!
 LOG="$OUT/points.log"; : > "$LOG"; mkdir -p "$OUT/logs"
 while IFS='|' read -r name envs args; do
-  name=$(echo "$name" | xargs); [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
+  # (trimmed with sed: xargs chokes on an apostrophe in a comment line)
+  name=$(echo "$name" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//'); [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
   echo "== $name (env: $envs; workloads $args) from $(date +%T.%N)" >> "$LOG"
   json="$OUT/$(echo "$name" | tr ' =,' '___').json"
   # BIN=<path> in the environment column runs another build (A/B in one command).
