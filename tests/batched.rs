@@ -556,29 +556,50 @@ fn a_changed_file_fails_the_step_cleanly() {
 }
 
 /// A table's source that fails or panics while a step reads it fails the step with
-/// `InTable` naming that table (of four); the step changes nothing, and the next is right.
+/// `InTable` naming that table (of four, in three widths); the step changes nothing, not
+/// even in the widths served before the failing one (their passes are taken back), and the
+/// next step is right (with device resolution, that also checks the GPU's id -> slot
+/// tables were left consistent).
 #[test]
 fn a_failing_table_is_named() {
     use std::sync::atomic::Ordering;
     let _serial = common::serial();
     let mut rng = Rng::new(seed("failing table"));
-    let shapes = [(900usize, 8usize), (400, 8), (2000, 8), (300, 8)];
+    // Widths in the order the cache groups them: 8 (tables 0, 2), 4 (table 1), 16 (table 3).
+    let shapes = [(900usize, 8usize), (400, 4), (2000, 8), (300, 16)];
     let data: Vec<Vec<f32>> = shapes
         .iter()
         .map(|&(r, d)| random_values(r * d, rng.next_u64()))
         .collect();
-    let dims = vec![8; shapes.len()];
+    let dims: Vec<usize> = shapes.iter().map(|&(_, d)| d).collect();
     let zipf: Vec<ZipfIds> = shapes
         .iter()
         .map(|&(r, _)| ZipfIds::new(r, 1.05, rng.next_u64()))
         .collect();
+    // The counters a failed step must leave as they were (its probe, with device
+    // resolution, did reach the GPU, and the times spent are times spent).
+    let counts = |s: hotrow::CacheStats| {
+        [
+            s.batches,
+            s.passes,
+            s.device_passes,
+            s.requests,
+            s.distinct,
+            s.hits,
+            s.misses,
+            s.rows_uploaded,
+            s.evictions,
+            s.bytes_uploaded,
+        ]
+    };
     for in_memory in [true, false] {
         for resolution in [hotrow::Resolution::Host, hotrow::Resolution::Device] {
             let tables: Vec<common::Flaky<'_>> = data
                 .iter()
-                .map(|d| common::Flaky {
+                .zip(&dims)
+                .map(|(v, &d)| common::Flaky {
                     hide_memory: !in_memory,
-                    ..common::Flaky::new(HostTable::borrowed(d, 8).unwrap())
+                    ..common::Flaky::new(HostTable::borrowed(v, d).unwrap())
                 })
                 .collect();
             let config = CacheConfig::default()
@@ -587,35 +608,65 @@ fn a_failing_table_is_named() {
             let mut cache = TableBatchedCache::new(ctx(), tables, config).unwrap();
             let warm = step(&mut rng, &zipf, 20, false);
             cache.lookup_bags(&warm.parts(), Pooling::Sum).unwrap();
-            for mode in [1u8, 2] {
-                let what = format!("in memory {in_memory} {resolution:?} mode {mode}");
+            // (mode, failing table): the last width fails after two were recorded, the
+            // second after one, a table sharing the first width with another.
+            for (round, (mode, failing)) in [(1u8, 3usize), (2, 1), (1, 2), (2, 3)]
+                .into_iter()
+                .enumerate()
+            {
+                let what =
+                    format!("in memory {in_memory} {resolution:?} mode {mode} table {failing}");
                 let resident: Vec<usize> = (0..4).map(|t| cache.resident(t).unwrap()).collect();
                 let stats = cache.stats();
-                // half the rows of table 2 requested (not the half the last step loaded):
-                // many are not resident
+                let table_stats: Vec<_> = (0..4)
+                    .map(|t| cache.table_stats(t).unwrap().clone())
+                    .collect();
+                // Every table asks for a third of its rows, mostly not resident (the pools
+                // hold half): every width misses and evicts before the failing one is read,
+                // and each width's ids fit one pass.
                 let mut s = step(&mut rng, &zipf, 20, false);
-                let first = 1000 * (mode as u32 - 1);
-                s.ids[2] = (first..first + 1000).rev().collect();
-                s.offsets[2] = (0..20).map(|b| b * 50).collect();
-                cache.sources()[2].mode.store(mode, Ordering::Relaxed);
+                for (t, &(rows, _)) in shapes.iter().enumerate() {
+                    let third = (rows / 3) as u32;
+                    let first = third * (round as u32 % 3);
+                    s.ids[t] = (first..first + third).rev().collect();
+                    s.offsets[t] = (0..20).map(|b| b * third / 20).collect();
+                }
+                cache.sources()[failing].mode.store(mode, Ordering::Relaxed);
                 let r = cache.lookup_bags(&s.parts(), Pooling::Sum);
-                cache.sources()[2].mode.store(0, Ordering::Relaxed);
+                cache.sources()[failing].mode.store(0, Ordering::Relaxed);
                 match r {
-                    Err(HotrowError::InTable { table: 2, source }) => assert!(
+                    Err(HotrowError::InTable { table, source }) if table == failing => assert!(
                         matches!(
                             (mode, *source),
                             (1, HotrowError::RowSource(_)) | (2, HotrowError::RowSourcePanicked(_))
                         ),
                         "{what}"
                     ),
-                    other => panic!("{what}: expected table 2's failure, got {other:?}"),
+                    other => panic!("{what}: expected table {failing}'s failure, got {other:?}"),
                 }
                 let after: Vec<usize> = (0..4).map(|t| cache.resident(t).unwrap()).collect();
                 assert_eq!(after, resident, "{what}: the failed step changed the cache");
-                assert_eq!(cache.stats().rows_uploaded, stats.rows_uploaded, "{what}");
-                let out = cache.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
-                let (want, scale) = reference(&data, &dims, &s, 0);
-                assert_close(&out, &want, &scale, &format!("{what}: the next step"));
+                assert_eq!(
+                    counts(cache.stats()),
+                    counts(stats),
+                    "{what}: the failed step changed the counters"
+                );
+                for (t, before) in table_stats.iter().enumerate() {
+                    assert_eq!(
+                        cache.table_stats(t).unwrap(),
+                        before,
+                        "{what}: table {t}'s counters"
+                    );
+                }
+                for _ in 0..2 {
+                    let out = cache.lookup_bags(&s.parts(), Pooling::Sum).unwrap();
+                    let (want, scale) = reference(&data, &dims, &s, 0);
+                    assert_close(&out, &want, &scale, &format!("{what}: the next step"));
+                }
+                let next = step(&mut rng, &zipf, 20, false);
+                let out = cache.lookup_bags(&next.parts(), Pooling::Sum).unwrap();
+                let (want, scale) = reference(&data, &dims, &next, 0);
+                assert_close(&out, &want, &scale, &format!("{what}: a Zipf step after"));
             }
         }
     }

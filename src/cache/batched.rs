@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::products::RecordedBags;
 use super::{CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache};
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
@@ -50,7 +51,12 @@ pub struct TableStats {
 ///
 /// Bad input to any table is [`HotrowError::InTable`] naming the table (ids out of its
 /// range, bad offsets, weights), found before any work; so is a table's row source that
-/// fails or panics while the step reads it (the step then fails as a whole).
+/// fails or panics while the step reads it. Either way the step changes nothing: every
+/// width's rows are resolved and read, and its bags recorded, before any width is
+/// submitted, so the widths read before a failing one are taken back (rows, slots and
+/// counters as they were). Only a width whose ids took several passes (more distinct rows
+/// than its pool holds at once) sends its passes as they run, and keeps them, as a single
+/// [`EmbeddingCache`] does.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), hotrow::HotrowError> {
@@ -381,9 +387,8 @@ impl<S: RowSource> TableBatchedCache<S> {
         if self.groups.iter().any(|g| g.step.ids.is_empty()) {
             out.fill(0.0)?; // a width whose bags are all empty: its columns are zeros
         }
-        for g in 0..self.groups.len() {
-            self.run_group(g, pooling, bags, out)?;
-        }
+        let ctx = self.ctx.clone();
+        ctx.guarded(|| self.run_groups(pooling, bags, out))?;
         for (t, part) in batch.iter().enumerate() {
             let s = &mut self.stats[t];
             s.steps += 1;
@@ -393,15 +398,62 @@ impl<S: RowSource> TableBatchedCache<S> {
         Ok(())
     }
 
+    /// Every width's pass resolved and its bags recorded, then all submitted. A width that
+    /// fails (its row source, a limit) takes back the widths recorded before it (their
+    /// passes were held: [`EmbeddingCache::abandon_bags`]), so a failed step changes
+    /// nothing, as a failed call of one cache. (A width whose ids took several passes, more
+    /// distinct rows than its pool holds, sent its passes to the GPU as they ran: those
+    /// stand, as a single cache's finished passes do.)
+    fn run_groups(&mut self, pooling: Pooling, bags: usize, out: &Embeddings) -> Result<()> {
+        let mut recorded = Vec::with_capacity(self.groups.len());
+        let mut failed = None;
+        for g in 0..self.groups.len() {
+            let before = self.groups[g].cache.stats().clone();
+            match self.record_group(g, pooling, bags, out) {
+                Ok(Some(r)) => recorded.push((g, before, r)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Its own pass, if held (its bags failed to record).
+                    self.groups[g].cache.abandon_bags(None, &before);
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match failed {
+            Some(e) => {
+                for (g, before, r) in recorded.drain(..).rev() {
+                    self.groups[g].cache.abandon_bags(Some(r), &before);
+                }
+                Err(e)
+            }
+            None => recorded
+                .drain(..)
+                .try_for_each(|(g, _, r)| self.groups[g].cache.submit_bags(Some(r))),
+        };
+        // Uploaded rows that stand, counted per table (mostly counted already, while the
+        // bags were submitted).
+        for group in &mut self.groups {
+            if let Some(tally) = group.cache.engine.uploads.as_mut() {
+                tally.count_logged();
+                for (k, n) in tally.counts.iter_mut().enumerate() {
+                    self.stats[group.members[k]].rows_uploaded += std::mem::take(n);
+                }
+            }
+        }
+        result
+    }
+
     /// One width's tables: their ids as the group's rows, their bags table-major (as
-    /// [`TableBatchedCache::prepare`] wrote them).
-    fn run_group(
+    /// [`TableBatchedCache::prepare`] wrote them), resolved and recorded; `None` when every
+    /// bag of the width is empty (zeros, written by the caller).
+    fn record_group(
         &mut self,
         g: usize,
         pooling: Pooling,
         bags: usize,
         out: &Embeddings,
-    ) -> Result<()> {
+    ) -> Result<Option<RecordedBags>> {
         let group = &mut self.groups[g];
         let lanes = group.cache.layout().vector_width();
         let sc = &mut group.step;
@@ -409,7 +461,7 @@ impl<S: RowSource> TableBatchedCache<S> {
         sc.cols
             .extend(group.members.iter().map(|&t| (self.cols[t] / lanes) as u32));
         if sc.ids.is_empty() {
-            return Ok(()); // every bag empty: zeros, written by the caller
+            return Ok(None);
         }
         let tables = TableOutput {
             per_table: bags,
@@ -417,19 +469,10 @@ impl<S: RowSource> TableBatchedCache<S> {
             cols: &sc.cols,
         };
         let weights = sc.weighted.then_some(&sc.weights[..]);
-        let result =
-            group
-                .cache
-                .bags_into_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables);
-        // Uploaded rows, whether or not the step finished, counted per table (mostly
-        // counted already, while the bags were submitted).
-        if let Some(tally) = group.cache.engine.uploads.as_mut() {
-            tally.count_logged();
-            for (k, n) in tally.counts.iter_mut().enumerate() {
-                self.stats[group.members[k]].rows_uploaded += std::mem::take(n);
-            }
-        }
-        result
+        group
+            .cache
+            .record_bags_for_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables)
+            .map(Some)
     }
 
     /// Number of tables.
@@ -543,6 +586,11 @@ impl UploadTally {
     /// Logs a pass's uploaded rows (`(id, slot)`).
     pub(crate) fn log(&mut self, misses: &[(u32, u32)]) {
         self.logged.extend(misses.iter().map(|&(id, _)| id));
+    }
+
+    /// Forgets the logged ids (their pass was taken back).
+    pub(crate) fn discard_logged(&mut self) {
+        self.logged.clear();
     }
 
     /// Adds the logged ids to `counts`, by member, and empties the log.

@@ -78,6 +78,9 @@ struct Uploader {
     /// `rows_for_op` returning and the op's [`PassEngine::submit_op`]; every entry point
     /// of the engine submits it first, so no later work can overtake it.
     held: Option<(wgpu::CommandBuffer, usize)>,
+    /// The GPU table's removals the held pass carries (device resolution): they become
+    /// pending again if the held pass is abandoned ([`PassEngine::abandon_held`]).
+    held_pending: Vec<u32>,
 }
 
 /// The id -> slot table on the GPU (slot + 1 per table row, 0 when not resident) and the
@@ -236,6 +239,7 @@ impl PassEngine {
                 device,
                 hold: false,
                 held: None,
+                held_pending: Vec::new(),
                 reached_gpu: false,
             },
             gathered: GrowBuffer::storage("hotrow op rows"),
@@ -414,6 +418,31 @@ impl PassEngine {
             .submit_held(&self.ctx, op.map(wgpu::CommandEncoder::finish))?;
         self.stats.submissions += u64::from(sub.is_some());
         Ok(sub)
+    }
+
+    /// Takes back the pass [`PassEngine::rows_for_op`] held for an op that will not be
+    /// submitted (a table-batched step whose later width failed), so that the call changes
+    /// nothing: the commands are dropped unsubmitted (the GPU's slots still hold what they
+    /// held; the staging entry, unmapped and never submitted, is replaced at its next use),
+    /// the pass is undone as one that failed before reaching the GPU (its misses leave the
+    /// map, the rows it evicted go back, its table removals are pending again) and the
+    /// counters return to `before` (taken before the op; the submissions that did go, such
+    /// as a device pass's probe, stay counted). `false`, with nothing done, when no pass is
+    /// held: the op's passes already went to the GPU and stand.
+    pub(crate) fn abandon_held(&mut self, before: &CacheStats) -> bool {
+        let Some((commands, _entry)) = self.io.held.take() else {
+            return false;
+        };
+        drop(commands);
+        if let Some(dev) = self.io.device.as_mut() {
+            // (Empty: the held pass took every pending removal with it.)
+            dev.pending.append(&mut self.io.held_pending);
+        }
+        self.forget_failed(false);
+        let submissions = self.stats.submissions;
+        self.stats = before.clone();
+        self.stats.submissions = submissions;
+        true
     }
 
     /// Runs the passes after the first (which served `n` positions) and counts the batch.
@@ -908,6 +937,7 @@ impl Uploader {
         op: Option<wgpu::CommandBuffer>,
     ) -> Result<Option<wgpu::SubmissionIndex>> {
         let held = self.held.take();
+        self.held_pending.clear();
         if held.is_none() && op.is_none() {
             return Ok(None);
         }
@@ -1295,7 +1325,12 @@ impl Uploader {
         }
         if let Some(dev) = self.device.as_mut() {
             // Applied by this pass's submission (now, or held: it goes before anything
-            // else reaches the GPU).
+            // else reaches the GPU; kept aside until then, in case the held pass is
+            // abandoned).
+            self.held_pending.clear();
+            if self.hold {
+                self.held_pending.append(&mut dev.pending);
+            }
             dev.pending.clear();
         }
         Ok(PassTimes {

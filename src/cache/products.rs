@@ -2,10 +2,10 @@
 //! resolves its ids through the pass engine, then launches its kernel over the plain rows
 //! view the engine returns.
 
-use super::EmbeddingCache;
+use super::{CacheStats, EmbeddingCache};
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encoder, Embeddings};
+use crate::gpu::{encoder, Embeddings, Staged};
 use crate::ops::bag::{self, check_bags, Pooling, TableOutput};
 use crate::ops::matmul::{self, Left, Product};
 use crate::table::RowSource;
@@ -23,6 +23,13 @@ pub enum Queries<'a> {
     },
     /// Rows already on the GPU (made on the cache's context).
     Gpu(&'a Embeddings),
+}
+
+/// An op's bags recorded over the pass [`super::pass::PassEngine::rows_for_op`] held back:
+/// nothing of either has reached the GPU yet.
+pub(crate) struct RecordedBags {
+    enc: wgpu::CommandEncoder,
+    staged: Staged,
 }
 
 /// The left operand of a product: host values to upload, or rows already on the GPU.
@@ -149,6 +156,30 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &wgpu::Buffer,
         tables: Option<TableOutput<'_>>,
     ) -> Result<()> {
+        match self.record_bags(ids, offsets, pooling, weights, out, tables) {
+            Ok(recorded) => self.submit_bags(Some(recorded)),
+            Err(e) => {
+                // The pass alone, if it was held and the bags failed.
+                self.submit_bags(None)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves `ids` (the pass held back, see [`PassEngine::rows_for_op`]) and records the
+    /// bags over them; nothing of the pass's commands or the bags' reaches the GPU before
+    /// [`EmbeddingCache::submit_bags`] (or, dropped, [`EmbeddingCache::abandon_bags`]).
+    ///
+    /// [`PassEngine::rows_for_op`]: super::pass::PassEngine::rows_for_op
+    fn record_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        out: &wgpu::Buffer,
+        tables: Option<TableOutput<'_>>,
+    ) -> Result<RecordedBags> {
         let rows = self.engine.rows_for_op(&self.source, ids)?;
         let mut enc = encoder(&self.ctx, "hotrow bags");
         let staged = bag::encode(
@@ -162,13 +193,21 @@ impl<S: RowSource> EmbeddingCache<S> {
             weights,
             out,
             tables,
-        );
+        )?;
+        Ok(RecordedBags { enc, staged })
+    }
+
+    /// Submits the held pass and `recorded` bags (if any) in one submission.
+    pub(crate) fn submit_bags(&mut self, recorded: Option<RecordedBags>) -> Result<()> {
+        let (enc, staged) = match recorded {
+            Some(r) => (Some(r.enc), Some(r.staged)),
+            None => (None, None),
+        };
         // A table-batched step's uploads are counted by table on the pool's other threads
         // while this one submits (tens of thousands of ids a step).
         let mut uploads = self.engine.uploads.take();
         let (sub, ()) = rayon::join(
-            // The pass and the bags in one submission (the pass alone if the bags failed).
-            || self.engine.submit_op(staged.is_ok().then_some(enc)),
+            || self.engine.submit_op(enc),
             || {
                 if let Some(tally) = uploads.as_mut() {
                     tally.count_logged();
@@ -176,18 +215,40 @@ impl<S: RowSource> EmbeddingCache<S> {
             },
         );
         self.engine.uploads = uploads;
-        let sub = sub?;
-        let staged = staged?;
-        if let Some(sub) = sub {
-            self.bag_launch.submitted(staged, sub); // always: the bags were submitted
+        if let (Some(staged), Some(sub)) = (staged, sub?) {
+            self.bag_launch.submitted(staged, sub);
         }
         Ok(())
     }
 
+    /// Drops `recorded` bags unsubmitted and takes back their held pass
+    /// ([`PassEngine::abandon_held`]: the cache and its counters as they were at `before`);
+    /// `false` when the pass was not held (it went to the GPU as it ran, and stands).
+    ///
+    /// [`PassEngine::abandon_held`]: super::pass::PassEngine::abandon_held
+    pub(crate) fn abandon_bags(
+        &mut self,
+        recorded: Option<RecordedBags>,
+        before: &CacheStats,
+    ) -> bool {
+        // (The bags' staging entry, unmapped and never submitted, is replaced at its next use.)
+        drop(recorded);
+        let abandoned = self.engine.abandon_held(before);
+        if abandoned {
+            if let Some(tally) = self.engine.uploads.as_mut() {
+                tally.discard_logged();
+            }
+        }
+        abandoned
+    }
+
     /// Table-batched bags of checked input into `out` (sized and owned by the caller, of
-    /// this context): the bags of several tables, table-major, each landing at its table's
-    /// columns of its sample's output row (see [`TableOutput`]). `ids` must not be empty.
-    pub(crate) fn bags_into_tables(
+    /// this context), recorded over their held pass and not yet submitted: the bags of
+    /// several tables, table-major, each landing at its table's columns of its sample's
+    /// output row (see [`TableOutput`]). `ids` must not be empty. The caller submits them
+    /// ([`EmbeddingCache::submit_bags`]) once every width of its step has recorded, or
+    /// abandons them ([`EmbeddingCache::abandon_bags`]).
+    pub(crate) fn record_bags_for_tables(
         &mut self,
         ids: &[u32],
         offsets: &[u32],
@@ -195,10 +256,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         weights: Option<&[f32]>,
         out: &Embeddings,
         tables: TableOutput<'_>,
-    ) -> Result<()> {
-        // (Its caller, a table-batched step, already runs on the host pool.)
-        let ctx = self.ctx.clone();
-        ctx.guarded(|| self.launch_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables)))
+    ) -> Result<RecordedBags> {
+        self.record_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables))
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
