@@ -625,3 +625,114 @@ fn inputs_past_one_binding_are_refused_before_any_work() {
         other => panic!("expected ExceedsLimit, got {other:?}"),
     }
 }
+
+/// An op that fails after its rows were resolved (here: the context's memory budget runs out
+/// for the op's own input, the bags' weights or the scores' queries) takes its pass back:
+/// no row it missed is kept, none it evicted is lost, the counters stay, and the next calls
+/// are right. The budget is the memory the same calls took on an unbudgeted context, less
+/// one byte: the call's last allocation (the op's input buffer, after its pass) fails.
+#[test]
+fn an_op_failing_after_its_pass_changes_nothing() {
+    let _serial = common::serial();
+    let mut rng = Rng::new(seed("misuse_op_budget"));
+    let (rows, dim) = (4000, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let warm = random_ids(&mut rng, 600, rows);
+    // 120,000 ids over 400 rows (one pass, most not resident), in two weighted bags; 20,000
+    // queries against 300 candidates.
+    let pool = random_ids(&mut rng, 400, rows);
+    let big: Vec<u32> = (0..120_000)
+        .map(|_| pool[rng.below(pool.len() as u64) as usize])
+        .collect();
+    let weights: Vec<f32> = (0..big.len()).map(|_| rng.unit() as f32 - 0.4).collect();
+    let offsets = [0u32, 60_000];
+    let queries = random_values(20_000 * dim, rng.next_u64());
+    let cand = random_ids(&mut rng, 300, rows);
+    let config = CacheConfig::default().capacity(Capacity::Rows(1000));
+    for op in ["bags", "scores"] {
+        // The op's call on `ctx` after a warm-up; returns the cache, its output, 4 MB of
+        // ballast (dropped after the failure, so that the next calls have room), the
+        // counters and rows before the call, and its result.
+        let attempt = |ctx: &GpuContext| {
+            let table = HostTable::borrowed(&data, dim).unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config.clone()).unwrap();
+            let ballast = Embeddings::new(ctx, 1 << 17, 8).unwrap();
+            cache
+                .lookup_bags(&warm, &[0, 300], Pooling::Sum, None)
+                .unwrap();
+            let (m, width) = if op == "bags" {
+                (2, dim)
+            } else {
+                (20_000, cand.len())
+            };
+            let mut out = Embeddings::new(ctx, m, width).unwrap();
+            let before = (cache.stats().clone(), common::held(cache.slot_map()));
+            let result = if op == "bags" {
+                cache.lookup_bags_into(&big, &offsets, Pooling::Sum, Some(&weights), &mut out)
+            } else {
+                let q = Queries::Host {
+                    data: &queries,
+                    dim,
+                };
+                cache.scores_into(q, &cand, &mut out)
+            };
+            (cache, out, ballast, before, result)
+        };
+        let free = GpuContext::new().unwrap();
+        let (cache, out, ballast, _, result) = attempt(&free);
+        result.unwrap();
+        let need = free.memory_stats().bytes;
+        drop((cache, out, ballast));
+        let tight = GpuContext::with_options(hotrow::GpuOptions {
+            memory_budget: Some(need - 1),
+            ..Default::default()
+        })
+        .unwrap();
+        let (mut cache, mut out, ballast, (stats, resident), result) = attempt(&tight);
+        assert!(
+            matches!(&result, Err(HotrowError::ExceedsLimit { limit_name, .. }) if *limit_name == "GpuOptions::memory_budget"),
+            "{op}: {result:?}"
+        );
+        let after = cache.stats();
+        assert_eq!(
+            (
+                after.rows_uploaded,
+                after.evictions,
+                after.hits,
+                after.misses,
+                after.batches
+            ),
+            (
+                stats.rows_uploaded,
+                stats.evictions,
+                stats.hits,
+                stats.misses,
+                stats.batches
+            ),
+            "{op}: the failed call changed the counters"
+        );
+        assert_eq!(
+            common::held(cache.slot_map()),
+            resident,
+            "{op}: the failed call changed the slots"
+        );
+        // The next calls (smaller inputs) are served, and right.
+        drop(ballast);
+        for k in 0..3 {
+            let ids = &big[k * 1000..(k + 1) * 1000];
+            let w = &weights[..1000];
+            cache
+                .lookup_bags_into(ids, &[0, 500], Pooling::Sum, Some(w), &mut out)
+                .unwrap();
+            let want = common::bags_ref(&data, dim, ids, &[0, 500], 0, Some(w));
+            check_close(&out, want, &format!("{op}: bags after, {k}"));
+            let q = &queries[..16 * dim];
+            let s = cache.scores(Queries::Host { data: q, dim }, &cand).unwrap();
+            check_close(
+                &s,
+                common::scores_ref(&data, dim, q, &cand),
+                &format!("{op}: scores after, {k}"),
+            );
+        }
+    }
+}

@@ -156,11 +156,13 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &wgpu::Buffer,
         tables: Option<TableOutput<'_>>,
     ) -> Result<()> {
+        let before = self.engine.stats.clone();
         match self.record_bags(ids, offsets, pooling, weights, out, tables) {
             Ok(recorded) => self.submit_bags(Some(recorded)),
             Err(e) => {
-                // The pass alone, if it was held and the bags failed.
-                self.submit_bags(None)?;
+                // The bags failed after their pass was held (a limit, the memory budget):
+                // the pass is taken back, and the call changes nothing.
+                self.abandon_bags(None, &before);
                 Err(e)
             }
         }
@@ -387,6 +389,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 Operand::Host(values) => Left::Host(values),
                 Operand::Gpu(rows) => Left::Gpu(rows.buffer()),
             };
+            let before = self.engine.stats.clone();
             let rows = self.engine.rows_for_op(&self.source, ids)?;
             let mut enc = encoder(&self.ctx, "hotrow product");
             let staged = matmul::encode(
@@ -400,9 +403,15 @@ impl<S: RowSource> EmbeddingCache<S> {
                 ids.len(),
                 out.buffer(),
             );
-            let sub = self.engine.submit_op(staged.is_ok().then_some(enc))?;
-            let staged = staged?;
-            if let Some(sub) = sub {
+            let staged = match staged {
+                Ok(staged) => staged,
+                Err(e) => {
+                    // Failed after its pass was held: the pass is taken back (as for bags).
+                    self.engine.abandon_held(&before);
+                    return Err(e);
+                }
+            };
+            if let Some(sub) = self.engine.submit_op(Some(enc))? {
                 self.product_launch.submitted(staged, sub); // always: the product was submitted
             }
             Ok(())
