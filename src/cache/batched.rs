@@ -429,7 +429,7 @@ impl<S: RowSource> TableBatchedCache<S> {
             }
             None => recorded
                 .drain(..)
-                .try_for_each(|(g, _, r)| self.groups[g].cache.submit_bags(Some(r))),
+                .try_for_each(|(g, _, r)| self.groups[g].cache.submit_bags(r)),
         };
         // Uploaded rows that stand, counted per table (mostly counted already, while the
         // bags were submitted).
@@ -471,7 +471,14 @@ impl<S: RowSource> TableBatchedCache<S> {
         let weights = sc.weighted.then_some(&sc.weights[..]);
         group
             .cache
-            .record_bags_for_tables(&sc.ids, &sc.offsets, pooling, weights, out, tables)
+            .record_bags(
+                &sc.ids,
+                &sc.offsets,
+                pooling,
+                weights,
+                out.buffer(),
+                Some(tables),
+            )
             .map(Some)
     }
 

@@ -158,7 +158,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     ) -> Result<()> {
         let before = self.engine.stats.clone();
         match self.record_bags(ids, offsets, pooling, weights, out, tables) {
-            Ok(recorded) => self.submit_bags(Some(recorded)),
+            Ok(recorded) => self.submit_bags(recorded),
             Err(e) => {
                 // The bags failed after their pass was held (a limit, the memory budget):
                 // the pass is taken back, and the call changes nothing.
@@ -168,12 +168,16 @@ impl<S: RowSource> EmbeddingCache<S> {
         }
     }
 
-    /// Resolves `ids` (the pass held back, see [`PassEngine::rows_for_op`]) and records the
-    /// bags over them; nothing of the pass's commands or the bags' reaches the GPU before
-    /// [`EmbeddingCache::submit_bags`] (or, dropped, [`EmbeddingCache::abandon_bags`]).
+    /// Resolves checked, non-empty `ids` (the pass held back, see
+    /// [`PassEngine::rows_for_op`]) and records the bags over them into `out` (of this
+    /// context, sized by the caller; with `tables`, a table-batched width's bags,
+    /// table-major, each landing at its table's columns of its sample's row). Nothing of
+    /// the pass or the bags reaches the GPU before [`EmbeddingCache::submit_bags`] (or,
+    /// dropped, [`EmbeddingCache::abandon_bags`]): a table-batched step records every
+    /// width before submitting any.
     ///
     /// [`PassEngine::rows_for_op`]: super::pass::PassEngine::rows_for_op
-    fn record_bags(
+    pub(crate) fn record_bags(
         &mut self,
         ids: &[u32],
         offsets: &[u32],
@@ -199,17 +203,13 @@ impl<S: RowSource> EmbeddingCache<S> {
         Ok(RecordedBags { enc, staged })
     }
 
-    /// Submits the held pass and `recorded` bags (if any) in one submission.
-    pub(crate) fn submit_bags(&mut self, recorded: Option<RecordedBags>) -> Result<()> {
-        let (enc, staged) = match recorded {
-            Some(r) => (Some(r.enc), Some(r.staged)),
-            None => (None, None),
-        };
+    /// Submits the held pass and the `recorded` bags in one submission.
+    pub(crate) fn submit_bags(&mut self, recorded: RecordedBags) -> Result<()> {
         // A table-batched step's uploads are counted by table on the pool's other threads
         // while this one submits (tens of thousands of ids a step).
         let mut uploads = self.engine.uploads.take();
         let (sub, ()) = rayon::join(
-            || self.engine.submit_op(enc),
+            || self.engine.submit_op(Some(recorded.enc)),
             || {
                 if let Some(tally) = uploads.as_mut() {
                     tally.count_logged();
@@ -217,8 +217,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             },
         );
         self.engine.uploads = uploads;
-        if let (Some(staged), Some(sub)) = (staged, sub?) {
-            self.bag_launch.submitted(staged, sub);
+        if let Some(sub) = sub? {
+            self.bag_launch.submitted(recorded.staged, sub);
         }
         Ok(())
     }
@@ -242,24 +242,6 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
         }
         abandoned
-    }
-
-    /// Table-batched bags of checked input into `out` (sized and owned by the caller, of
-    /// this context), recorded over their held pass and not yet submitted: the bags of
-    /// several tables, table-major, each landing at its table's columns of its sample's
-    /// output row (see [`TableOutput`]). `ids` must not be empty. The caller submits them
-    /// ([`EmbeddingCache::submit_bags`]) once every width of its step has recorded, or
-    /// abandons them ([`EmbeddingCache::abandon_bags`]).
-    pub(crate) fn record_bags_for_tables(
-        &mut self,
-        ids: &[u32],
-        offsets: &[u32],
-        pooling: Pooling,
-        weights: Option<&[f32]>,
-        out: &Embeddings,
-        tables: TableOutput<'_>,
-    ) -> Result<RecordedBags> {
-        self.record_bags(ids, offsets, pooling, weights, out.buffer(), Some(tables))
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
