@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use common::workload::{random_values, Rng, ZipfIds};
 use common::{assert_rows_eq, ctx, seed};
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, HostTable,
-    HotrowError, Pooling, Queries, RowBuffer, RowSource,
+    HotrowError, Pooling, Queries, RowBuffer,
 };
 
 fn random_ids(rng: &mut Rng, n: usize, rows: usize) -> Vec<u32> {
@@ -93,28 +93,12 @@ fn buffers_of_another_context_are_refused_and_change_nothing() {
     );
 }
 
-/// A row source that panics while `panic` is set.
-struct Panicky<'a> {
-    inner: HostTable<'a>,
-    panic: AtomicBool,
-}
-
-impl RowSource for Panicky<'_> {
-    fn rows(&self) -> usize {
-        self.inner.rows()
-    }
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
-        if self.panic.load(Ordering::Relaxed) {
-            panic!("storage tier exploded");
-        }
-        self.inner.read_rows(ids, out)
-    }
-}
-
-fn check_cache(cache: &mut EmbeddingCache<Panicky<'_>>, data: &[f32], ids: &[u32], what: &str) {
+fn check_cache(
+    cache: &mut EmbeddingCache<common::Flaky<'_>>,
+    data: &[f32],
+    ids: &[u32],
+    what: &str,
+) {
     let dim = cache.dim();
     let mut out = poisoned(cache.context(), ids.len(), dim);
     cache.lookup_into(ids, &mut out).unwrap();
@@ -144,10 +128,8 @@ fn a_panicking_row_source_leaves_no_phantom_rows() {
     // Order 2: rows are resident first, then a batch that evicts some of them panics, then
     // both the old and the new ids are looked up.
     for order in 0..2 {
-        let src = Panicky {
-            inner: HostTable::borrowed(&data, dim).unwrap(),
-            panic: AtomicBool::new(false),
-        };
+        // (mode 2: the source panics)
+        let src = common::Flaky::new(HostTable::borrowed(&data, dim).unwrap());
         let config = CacheConfig::default().capacity(Capacity::Rows(60));
         let mut cache = EmbeddingCache::new(ctx(), src, config).unwrap();
         let old = random_ids(&mut rng, 80, rows / 2); // ids below rows / 2
@@ -158,7 +140,7 @@ fn a_panicking_row_source_leaves_no_phantom_rows() {
             .into_iter()
             .map(|id| id + (rows / 2) as u32) // ids the cache has never seen
             .collect();
-        cache.source().panic.store(true, Ordering::Relaxed);
+        cache.source().mode.store(2, Ordering::Relaxed);
         let mut out = poisoned(ctx(), new.len(), dim);
         match cache.lookup_into(&new, &mut out) {
             Err(HotrowError::RowSourcePanicked(msg)) => {
@@ -179,17 +161,17 @@ fn a_panicking_row_source_leaves_no_phantom_rows() {
             cache.slot_map().len() as u64,
             "order {order}: evictions of the failed pass counted: {s:?}"
         );
-        cache.source().panic.store(false, Ordering::Relaxed);
+        cache.source().mode.store(0, Ordering::Relaxed);
         check_cache(&mut cache, &data, &new, &format!("order {order}: new ids"));
         check_cache(&mut cache, &data, &old, &format!("order {order}: old ids"));
         // The ops resolve through the same path.
-        cache.source().panic.store(true, Ordering::Relaxed);
+        cache.source().mode.store(2, Ordering::Relaxed);
         let fresh: Vec<u32> = (0..40).map(|k| (k * 7 + 3) as u32 % rows as u32).collect();
         assert!(matches!(
             cache.lookup_bags(&fresh, &[0, 20], Pooling::Mean, None),
             Err(HotrowError::RowSourcePanicked(_))
         ));
-        cache.source().panic.store(false, Ordering::Relaxed);
+        cache.source().mode.store(0, Ordering::Relaxed);
         let bags = cache
             .lookup_bags(&fresh, &[0, 20], Pooling::Mean, None)
             .unwrap();
