@@ -55,7 +55,8 @@ pub struct TableStats {
 /// width's rows are resolved and read, and its bags recorded, before any width is
 /// submitted, so the widths read before a failing one are taken back (rows, slots and
 /// counters as they were). Only a width whose ids took several passes (more distinct rows
-/// than its pool holds at once) sends its passes as they run, and keeps them, as a single
+/// than its pool holds at once), or whose pool is split over several GPU buffers (larger
+/// than one storage binding), sends its passes as they run, and keeps them, as a single
 /// [`EmbeddingCache`] does.
 ///
 /// ```no_run
@@ -402,8 +403,8 @@ impl<S: RowSource> TableBatchedCache<S> {
     /// fails (its row source, a limit) takes back the widths recorded before it (their
     /// passes were held: [`EmbeddingCache::abandon_bags`]), so a failed step changes
     /// nothing, as a failed call of one cache. (A width whose ids took several passes, more
-    /// distinct rows than its pool holds, sent its passes to the GPU as they ran: those
-    /// stand, as a single cache's finished passes do.)
+    /// distinct rows than its pool holds, or whose slots are sharded, sent its passes to the
+    /// GPU as they ran: those stand, as a single cache's finished passes do.)
     fn run_groups(&mut self, pooling: Pooling, bags: usize, out: &Embeddings) -> Result<()> {
         let mut recorded = Vec::with_capacity(self.groups.len());
         let mut failed = None;
