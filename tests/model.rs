@@ -409,7 +409,12 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                         cache.combine_into(&x, &ids, &mut out)
                     }
                     _ => {
-                        let x = signed_values(&mut rng, 2 * n + 1);
+                        // x not whole rows of one weight per id (with one id, any length
+                        // is: that case takes two)
+                        if ids.len() == 1 {
+                            ids.push(ids[0]);
+                        }
+                        let x = signed_values(&mut rng, 2 * ids.len() + 1);
                         cache.combine_into(&x, &ids, &mut out)
                     }
                 };
