@@ -401,7 +401,7 @@ impl<S: RowSource> TableBatchedCache<S> {
 
     /// Every width's pass resolved and its bags recorded, then all submitted. A width that
     /// fails (its row source, a limit) takes back the widths recorded before it (their
-    /// passes were held: [`EmbeddingCache::abandon_bags`]), so a failed step changes
+    /// passes were held: `PassEngine::abandon_held`), so a failed step changes
     /// nothing, as a failed call of one cache. (A width whose ids took several passes, more
     /// distinct rows than its pool holds, or whose slots are sharded, sent its passes to the
     /// GPU as they ran: those stand, as a single cache's finished passes do.)
@@ -415,7 +415,7 @@ impl<S: RowSource> TableBatchedCache<S> {
                 Ok(None) => {}
                 Err(e) => {
                     // Its own pass, if held (its bags failed to record).
-                    self.groups[g].cache.abandon_bags(None, &before);
+                    self.groups[g].cache.engine.abandon_held(&before);
                     failed = Some(e);
                     break;
                 }
@@ -423,8 +423,10 @@ impl<S: RowSource> TableBatchedCache<S> {
         }
         let result = match failed {
             Some(e) => {
-                for (g, before, r) in recorded.drain(..).rev() {
-                    self.groups[g].cache.abandon_bags(Some(r), &before);
+                // (The recorded bags are dropped unsubmitted: their staging entry, never
+                // submitted, is replaced at its next use.)
+                for (g, before, _) in recorded.drain(..).rev() {
+                    self.groups[g].cache.engine.abandon_held(&before);
                 }
                 Err(e)
             }
@@ -596,9 +598,9 @@ impl UploadTally {
         self.logged.extend(misses.iter().map(|&(id, _)| id));
     }
 
-    /// Forgets the logged ids (their pass was taken back).
-    pub(crate) fn discard_logged(&mut self) {
-        self.logged.clear();
+    /// Forgets the last `n` logged ids (their pass was taken back).
+    pub(crate) fn unlog(&mut self, n: usize) {
+        self.logged.truncate(self.logged.len().saturating_sub(n));
     }
 
     /// Adds the logged ids to `counts`, by member, and empties the log.

@@ -425,24 +425,26 @@ impl PassEngine {
     /// nothing: the commands are dropped unsubmitted (the GPU's slots still hold what they
     /// held; the staging entry, unmapped and never submitted, is replaced at its next use),
     /// the pass is undone as one that failed before reaching the GPU (its misses leave the
-    /// map, the rows it evicted go back, its table removals are pending again) and the
-    /// counters return to `before` (taken before the op; the submissions that did go, such
-    /// as a device pass's probe, stay counted). `false`, with nothing done, when no pass is
-    /// held: the op's passes already went to the GPU and stand.
-    pub(crate) fn abandon_held(&mut self, before: &CacheStats) -> bool {
+    /// map, the rows it evicted go back, its table removals are pending again, its uploads
+    /// leave the per-table tally) and the counters return to `before` (taken before the op;
+    /// the submissions that did go, such as a device pass's probe, stay counted). Nothing
+    /// is done when no pass is held: the op's passes already went to the GPU and stand.
+    pub(crate) fn abandon_held(&mut self, before: &CacheStats) {
         let Some((commands, _entry)) = self.io.held.take() else {
-            return false;
+            return;
         };
         drop(commands);
         if let Some(dev) = self.io.device.as_mut() {
             // (Empty: the held pass took every pending removal with it.)
             dev.pending.append(&mut self.io.held_pending);
         }
+        if let Some(tally) = &mut self.uploads {
+            tally.unlog(self.plan.misses.len());
+        }
         self.forget_failed(false);
         let submissions = self.stats.submissions;
         self.stats = before.clone();
         self.stats.submissions = submissions;
-        true
     }
 
     /// Runs the passes after the first (which served `n` positions) and counts the batch.
@@ -1326,8 +1328,7 @@ impl Uploader {
         if let Some(dev) = self.device.as_mut() {
             // Applied by this pass's submission (now, or held: it goes before anything
             // else reaches the GPU; kept aside until then, in case the held pass is
-            // abandoned).
-            self.held_pending.clear();
+            // abandoned; `submit_held` or `abandon_held` empties it again).
             if self.hold {
                 self.held_pending.append(&mut dev.pending);
             }

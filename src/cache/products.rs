@@ -2,7 +2,7 @@
 //! resolves its ids through the pass engine, then launches its kernel over the plain rows
 //! view the engine returns.
 
-use super::{CacheStats, EmbeddingCache};
+use super::EmbeddingCache;
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, Embeddings, Staged};
@@ -141,31 +141,18 @@ impl<S: RowSource> EmbeddingCache<S> {
             if ids.is_empty() {
                 return out.fill(0.0); // every bag is empty
             }
-            self.launch_bags(ids, offsets, pooling, weights, out.buffer(), None)
-        })
-    }
-
-    /// Resolves `ids` (not empty) and pools their bags into `out` (laid out as `tables`
-    /// says, or one row per bag), submitted with the pass that loaded the rows.
-    fn launch_bags(
-        &mut self,
-        ids: &[u32],
-        offsets: &[u32],
-        pooling: Pooling,
-        weights: Option<&[f32]>,
-        out: &wgpu::Buffer,
-        tables: Option<TableOutput<'_>>,
-    ) -> Result<()> {
-        let before = self.engine.stats.clone();
-        match self.record_bags(ids, offsets, pooling, weights, out, tables) {
-            Ok(recorded) => self.submit_bags(recorded),
-            Err(e) => {
-                // The bags failed after their pass was held (a limit, the memory budget):
-                // the pass is taken back, and the call changes nothing.
-                self.abandon_bags(None, &before);
-                Err(e)
+            // Submitted with the pass that loaded the rows.
+            let before = self.engine.stats.clone();
+            match self.record_bags(ids, offsets, pooling, weights, out.buffer(), None) {
+                Ok(recorded) => self.submit_bags(recorded),
+                Err(e) => {
+                    // If the bags failed after their pass was held (a limit, the memory
+                    // budget), the pass is taken back, and the call changes nothing.
+                    self.engine.abandon_held(&before);
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     /// Resolves checked, non-empty `ids` (the pass held back, see
@@ -173,8 +160,8 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// context, sized by the caller; with `tables`, a table-batched width's bags,
     /// table-major, each landing at its table's columns of its sample's row). Nothing of
     /// the pass or the bags reaches the GPU before [`EmbeddingCache::submit_bags`] (or,
-    /// dropped, [`EmbeddingCache::abandon_bags`]): a table-batched step records every
-    /// width before submitting any.
+    /// dropped, `PassEngine::abandon_held` takes the pass back): a table-batched step
+    /// records every width before submitting any.
     ///
     /// [`PassEngine::rows_for_op`]: super::pass::PassEngine::rows_for_op
     pub(crate) fn record_bags(
@@ -221,27 +208,6 @@ impl<S: RowSource> EmbeddingCache<S> {
             self.bag_launch.submitted(recorded.staged, sub);
         }
         Ok(())
-    }
-
-    /// Drops `recorded` bags unsubmitted and takes back their held pass
-    /// ([`PassEngine::abandon_held`]: the cache and its counters as they were at `before`);
-    /// `false` when the pass was not held (it went to the GPU as it ran, and stands).
-    ///
-    /// [`PassEngine::abandon_held`]: super::pass::PassEngine::abandon_held
-    pub(crate) fn abandon_bags(
-        &mut self,
-        recorded: Option<RecordedBags>,
-        before: &CacheStats,
-    ) -> bool {
-        // (The bags' staging entry, unmapped and never submitted, is replaced at its next use.)
-        drop(recorded);
-        let abandoned = self.engine.abandon_held(before);
-        if abandoned {
-            if let Some(tally) = self.engine.uploads.as_mut() {
-                tally.discard_logged();
-            }
-        }
-        abandoned
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
