@@ -316,3 +316,58 @@ fn shards_of_one_compact_row() {
         }
     }
 }
+
+/// int8 rows at the edges of f32 through a cache on the GPU: both ends of f32, mixed signs,
+/// subnormals, a -0.0 constant row, infinities and NaN. The GPU decodes what the CPU
+/// reference decodes (finite where the row is finite, NaN where it is not), within the
+/// rounding of its own multiply-add, and no row decodes NaN or infinite unless it held one.
+#[test]
+fn int8_extreme_rows_through_the_cache() {
+    let _serial = common::serial();
+    let max = f32::MAX;
+    let tiny = f32::from_bits(1);
+    let dim = 4;
+    let rows: Vec<[f32; 4]> = vec![
+        [-3e38, 3e38, 0.0, 1.0],
+        [-max, max, -max, max],
+        [max, max / 2.0, 1e38, 3e38],
+        [-1.5e38, 1.5e38, -7.0, 7.0],
+        [0.0, tiny, 2.0 * tiny, -tiny],
+        [3e-39, 1e-40, 2.5e-39, -1e-39],
+        [-0.0, -0.0, -0.0, -0.0],
+        [1.0, f32::INFINITY, 2.0, 3.0],
+        [f32::NEG_INFINITY, 0.0, 0.0, 0.0],
+        [f32::NAN, 1.0, -1.0, 0.5],
+        [0.25, -0.5, 0.75, 1.0],
+    ];
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let (decoded, _) = stored(&data, dim, RowFormat::Int8);
+    for resolution in [Resolution::Host, Resolution::Device] {
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(4))
+            .row_format(RowFormat::Int8)
+            .resolution(resolution);
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let mut cache = EmbeddingCache::new(ctx(), table, config).unwrap();
+        let ids: Vec<u32> = (0..rows.len() as u32).chain([6, 0, 10, 3]).collect();
+        let mut out = Embeddings::new(ctx(), ids.len(), dim).unwrap();
+        out.fill(12345.0).unwrap(); // poisoned
+        cache.lookup_into(&ids, &mut out).unwrap();
+        let got = out.to_host().unwrap();
+        for (k, &id) in ids.iter().enumerate() {
+            let row = &rows[id as usize];
+            let finite = row.iter().all(|v| v.is_finite());
+            for c in 0..dim {
+                let (g, want) = (got[k * dim + c], decoded[id as usize * dim + c]);
+                let what = format!("{resolution:?}: row {id} {row:?} value {c}");
+                if !finite {
+                    assert!(g.is_nan(), "{what}: {g} (a row with a non-finite value)");
+                    continue;
+                }
+                assert!(g.is_finite() && want.is_finite(), "{what}: {g} / {want}");
+                let tol = 4.0 * f32::EPSILON * want.abs().max(row[c].abs()) + 2.0 * tiny;
+                assert!((g - want).abs() <= tol, "{what}: GPU {g:e}, CPU {want:e}");
+            }
+        }
+    }
+}
