@@ -1,12 +1,12 @@
-// device_map.wgsl: the cache's id -> slot table kept on the GPU (device resolution), so a
+// slot_index.wgsl: the cache's id -> slot index kept on the GPU (resolution on the GPU), so a
 // batch's hits are found by the GPU and only its misses go through the host:
-// The table stores slot + 1, and 0 for a row that is not resident (so a new, zeroed buffer
-// is an empty table).
+// The index stores slot + 1, and 0 for a row that is not resident (so a new, zeroed buffer
+// is an empty index).
 //   probe:    for each position i: s = slot_of[ids[i]] - 1; a resident id sets bit s of the
 //             touched bitmap (the host pins and ages those slots); an id that is not
 //             resident is appended to the miss list (repeats included: the host dedups).
 //   assign:   slot_of[pairs[2k]] = pairs[2k + 1] for k = first + j, j < n: the host's
-//             changes to the table (evicted rows -> 0, new rows -> their slot + 1). Keys
+//             changes to the index (evicted rows -> 0, new rows -> their slot + 1). Keys
 //             within one dispatch are distinct; removals go in a dispatch before the
 //             insertions, since a pass may evict a row and then load it again.
 //   position: out[i] = slot_of[ids[i]] - 1, the slot list an op reads (after assign, every id

@@ -1,20 +1,28 @@
 //! The embedding cache: a fixed number of GPU slots holding the hot rows of a table that
 //! lives in host memory (or any [`RowSource`]); each batch uploads only the rows the GPU
-//! does not hold yet. `config.rs` holds the settings, `pass.rs` the per-pass engine,
-//! `products.rs` the ops over the cache (bags, scores, combinations).
+//! does not hold yet.
+//!
+//! The public cache types are façades over one engine: [`EmbeddingCache`] (this file and
+//! `products.rs`, the ops over the cache) holds a `PassEngine` (`engine/`, the passes of a
+//! batch); `TableBatchedCache` (`batched/`) holds one `EmbeddingCache` per row width; the
+//! multi-GPU caches (`multi_gpu/`) hold one per device. The slot map (`slot_map.rs`,
+//! `partitioned.rs`) decides which row sits in which slot; `config.rs` and `stats.rs` are
+//! the settings and counters; `caught.rs` and `host_pool.rs` are side jobs.
 
 mod batched;
+mod caught;
 mod config;
-mod group;
+mod engine;
+mod host_pool;
+mod multi_gpu;
 mod partitioned;
-mod pass;
 mod products;
 mod slot_map;
 mod stats;
 
 pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
-pub use group::{HostTraffic, OwnedRows, PartitionedCache, ReplicatedCache};
+pub use multi_gpu::{HostTraffic, OwnedRows, PartitionedCache, ReplicatedCache};
 pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
 pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};
@@ -24,42 +32,8 @@ use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext, LaunchState, RowBuffer, RowLayout};
 use crate::table::RowSource;
-use pass::PassEngine;
-
-/// Runs a call's host work on a thread of the caller's rayon pool (inline when the caller
-/// is already on one; the global pool otherwise), once per call.
-///
-/// Why: a batch has several short parallel phases (bucketing ids by partition, resolving
-/// the partitions, copying missed rows, writing staging). Started from a thread outside
-/// the pool, each phase hands its work to the pool and sleeps until woken, two thread
-/// wake-ups per phase, which cost tens of microseconds each on a virtual machine (measured
-/// on the lent H200 host: 0.25 ms to bucket W2's 65,536 ids). From inside the pool the
-/// phases follow one another on threads that are still awake.
-pub(crate) fn on_host_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
-}
-
-/// [`on_host_pool`] around `ctx.guarded(work)`: a cache call's GPU work under its error
-/// scopes, which wgpu keeps per thread, so they are pushed and popped on the pool thread
-/// that does the work.
-pub(crate) fn guarded_on_host_pool<R: Send>(
-    ctx: &GpuContext,
-    work: impl FnOnce() -> Result<R> + Send,
-) -> Result<R> {
-    on_host_pool(|| ctx.guarded(work))
-}
-
-/// Wakes every thread of the caller's rayon pool without waiting (each runs an empty
-/// task), before a table-batched step's first parallel phase and after device
-/// resolution's GPU round trip: idle workers sleep, and a parallel phase otherwise wakes
-/// them one split at a time, each wake-up tens of microseconds on a virtual machine.
-/// Woken together, they are still looking for work (rayon spins a few dozen rounds
-/// before sleeping) when the phase begins. Measured on the lent H200 host: W6 1.79 / 1.78
-/// -> 1.64 / 1.70 ms per step; at the entry of a plain 65,536-id lookup it did not help
-/// (W2 0.82 / 0.83 against 0.70-1.1 ms), so lookups and ops do not wake at entry.
-pub(crate) fn wake_host_pool() {
-    rayon::spawn_broadcast(|_| {});
-}
+use engine::PassEngine;
+use host_pool::guarded_on_host_pool;
 
 /// A GPU cache of table rows: `lookup(&ids)` returns `table[ids[i]]` for every position as
 /// [`Embeddings`] on the GPU, uploading only rows that are not resident.
@@ -115,7 +89,7 @@ impl<S: RowSource> std::fmt::Debug for EmbeddingCache<S> {
             .field("rows", &self.source.rows())
             .field("dim", &self.layout.dim())
             .field("config", &self.config)
-            .field("stats", &self.engine.stats)
+            .field("stats", self.engine.stats())
             .finish()
     }
 }
@@ -195,8 +169,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                     limit: ctx.max_binding(),
                 });
             }
-            let device_rows = device.then_some(rows);
-            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, device_rows)?;
+            let index_rows = device.then_some(rows);
+            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, index_rows)?;
             let effective = config
                 .clone()
                 .capacity(Capacity::Rows(capacity))
@@ -256,12 +230,12 @@ impl<S: RowSource> EmbeddingCache<S> {
 
     /// Counters since construction or the last [`EmbeddingCache::reset_stats`].
     pub fn stats(&self) -> &CacheStats {
-        &self.engine.stats
+        self.engine.stats()
     }
 
     /// Zeroes the counters (residency is kept).
     pub fn reset_stats(&mut self) {
-        self.engine.stats = CacheStats::default();
+        self.engine.reset_stats();
     }
 
     /// The settings in force: capacity in rows, partitions, staging buffers and upload cap
@@ -315,11 +289,17 @@ impl<S: RowSource> EmbeddingCache<S> {
         &self.ctx
     }
 
-    /// Test hook: checks that the GPU's id -> slot table ([`crate::Resolution::Device`])
-    /// agrees with the slot map (rows whose removal is still queued excepted).
+    /// Test hook: checks that the GPU's slot index ([`crate::Resolution::Device`]) agrees
+    /// with the slot map (rows whose removal is still queued excepted).
     #[doc(hidden)]
     pub fn check_device_table(&self) -> Result<()> {
-        self.engine.check_device_table()
+        self.engine.check_slot_index()
+    }
+
+    /// Has every row this cache uploads told to `log` (a table-batched cache counts its
+    /// uploads by table this way).
+    pub(crate) fn log_uploads(&mut self, log: Box<dyn engine::UploadLog>) {
+        self.engine.set_upload_log(log);
     }
 
     /// GPU memory this cache holds.

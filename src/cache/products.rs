@@ -2,10 +2,12 @@
 //! resolves its ids through the pass engine, then launches its kernel over the plain rows
 //! view the engine returns.
 
+use super::engine::OpRows;
+use super::host_pool::guarded_on_host_pool;
 use super::EmbeddingCache;
 use crate::batch::{check_finite, check_ids};
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encoder, Embeddings, Staged};
+use crate::gpu::{encoder, Embeddings, StagingEntry};
 use crate::ops::bag::{self, check_bags, Pooling, TableOutput};
 use crate::ops::matmul::{self, Left, Product};
 use crate::table::RowSource;
@@ -25,11 +27,20 @@ pub enum Queries<'a> {
     Gpu(&'a Embeddings),
 }
 
-/// An op's bags recorded over the pass [`super::pass::PassEngine::rows_for_op`] held back:
-/// nothing of either has reached the GPU yet.
-pub(crate) struct RecordedBags {
-    enc: wgpu::CommandEncoder,
-    staged: Staged,
+/// An op's bags recorded over the rows of their batch (and the pass held for them):
+/// nothing of either has reached the GPU yet. Submitted with [`RecordedBags::submit`];
+/// dropped, the held pass is taken back.
+pub(crate) struct RecordedBags<'e> {
+    rows: OpRows<'e>,
+    commands: wgpu::CommandBuffer,
+    entry: StagingEntry,
+}
+
+impl RecordedBags<'_> {
+    /// Submits the held pass and the bags in one submission.
+    pub(crate) fn submit(self) -> Result<()> {
+        self.rows.submit(self.commands, self.entry).map(drop)
+    }
 }
 
 /// The left operand of a product: host values to upload, or rows already on the GPU.
@@ -133,7 +144,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         out: &mut Embeddings,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
-        super::guarded_on_host_pool(&ctx, || {
+        guarded_on_host_pool(&ctx, || {
             out.reset_for(&self.ctx, offsets.len(), self.dim())?;
             if offsets.is_empty() {
                 return Ok(());
@@ -141,29 +152,18 @@ impl<S: RowSource> EmbeddingCache<S> {
             if ids.is_empty() {
                 return out.fill(0.0); // every bag is empty
             }
-            // Submitted with the pass that loaded the rows.
-            let before = self.engine.stats.clone();
-            match self.record_bags(ids, offsets, pooling, weights, out.buffer(), None) {
-                Ok(recorded) => self.submit_bags(recorded),
-                Err(e) => {
-                    // If the bags failed after their pass was held (a limit, the memory
-                    // budget), the pass is taken back, and the call changes nothing.
-                    self.engine.abandon_held(&before);
-                    Err(e)
-                }
-            }
+            // Submitted with the pass that loaded the rows; if the bags fail to record (a
+            // limit, the memory budget), the pass is taken back and the call changes nothing.
+            self.record_bags(ids, offsets, pooling, weights, out.buffer(), None)?
+                .submit()
         })
     }
 
-    /// Resolves checked, non-empty `ids` (the pass held back, see
-    /// [`PassEngine::rows_for_op`]) and records the bags over them into `out` (of this
-    /// context, sized by the caller; with `tables`, a table-batched width's bags,
-    /// table-major, each landing at its table's columns of its sample's row). Nothing of
-    /// the pass or the bags reaches the GPU before [`EmbeddingCache::submit_bags`] (or,
-    /// dropped, `PassEngine::abandon_held` takes the pass back): a table-batched step
-    /// records every width before submitting any.
-    ///
-    /// [`PassEngine::rows_for_op`]: super::pass::PassEngine::rows_for_op
+    /// Resolves checked, non-empty `ids` (their pass held for the bags) and records the
+    /// bags over them into `out` (of this context, sized by the caller; with `tables`, a
+    /// table-batched width's bags, table-major, each landing at its table's columns of its
+    /// sample's row). Nothing reaches the GPU before [`RecordedBags::submit`]: a
+    /// table-batched step records every width before submitting any.
     pub(crate) fn record_bags(
         &mut self,
         ids: &[u32],
@@ -172,14 +172,21 @@ impl<S: RowSource> EmbeddingCache<S> {
         weights: Option<&[f32]>,
         out: &wgpu::Buffer,
         tables: Option<TableOutput<'_>>,
-    ) -> Result<RecordedBags> {
-        let rows = self.engine.rows_for_op(&self.source, ids)?;
-        let mut enc = encoder(&self.ctx, "hotrow bags");
+    ) -> Result<RecordedBags<'_>> {
+        let Self {
+            ctx,
+            source,
+            engine,
+            bag_launch,
+            ..
+        } = self;
+        let rows = engine.rows_for_op(source, ids)?;
+        let mut enc = encoder(ctx, "hotrow bags");
         let staged = bag::encode(
-            &self.ctx,
+            ctx,
             &mut enc,
-            &mut self.bag_launch,
-            &rows,
+            bag_launch,
+            &rows.view(),
             ids.len(),
             offsets,
             pooling,
@@ -187,27 +194,11 @@ impl<S: RowSource> EmbeddingCache<S> {
             out,
             tables,
         )?;
-        Ok(RecordedBags { enc, staged })
-    }
-
-    /// Submits the held pass and the `recorded` bags in one submission.
-    pub(crate) fn submit_bags(&mut self, recorded: RecordedBags) -> Result<()> {
-        // A table-batched step's uploads are counted by table on the pool's other threads
-        // while this one submits (tens of thousands of ids a step).
-        let mut uploads = self.engine.uploads.take();
-        let (sub, ()) = rayon::join(
-            || self.engine.submit_op(Some(recorded.enc)),
-            || {
-                if let Some(tally) = uploads.as_mut() {
-                    tally.count_logged();
-                }
-            },
-        );
-        self.engine.uploads = uploads;
-        if let Some(sub) = sub? {
-            self.bag_launch.submitted(recorded.staged, sub);
-        }
-        Ok(())
+        Ok(RecordedBags {
+            rows,
+            commands: enc.finish(),
+            entry: staged.entry,
+        })
     }
 
     /// Scores of every query against every candidate: `out[i][j] = <queries[i], E[cand[j]]>`,
@@ -328,7 +319,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             Product::Combine => self.dim(),
         };
         let ctx = self.ctx.clone();
-        super::guarded_on_host_pool(&ctx, || {
+        guarded_on_host_pool(&ctx, || {
             out.reset_for(&self.ctx, m, width)?;
             if m == 0 {
                 return Ok(());
@@ -337,32 +328,27 @@ impl<S: RowSource> EmbeddingCache<S> {
                 Operand::Host(values) => Left::Host(values),
                 Operand::Gpu(rows) => Left::Gpu(rows.buffer()),
             };
-            let before = self.engine.stats.clone();
-            let rows = self.engine.rows_for_op(&self.source, ids)?;
-            let mut enc = encoder(&self.ctx, "hotrow product");
+            let Self {
+                engine,
+                source,
+                product_launch,
+                ..
+            } = self;
+            let rows = engine.rows_for_op(source, ids)?;
+            let mut enc = encoder(&ctx, "hotrow product");
+            // (A failure drops `rows`: the held pass is taken back, as for bags.)
             let staged = matmul::encode(
-                &self.ctx,
+                &ctx,
                 &mut enc,
-                &mut self.product_launch,
+                product_launch,
                 product,
                 left,
                 m,
-                &rows,
+                &rows.view(),
                 ids.len(),
                 out.buffer(),
-            );
-            let staged = match staged {
-                Ok(staged) => staged,
-                Err(e) => {
-                    // Failed after its pass was held: the pass is taken back (as for bags).
-                    self.engine.abandon_held(&before);
-                    return Err(e);
-                }
-            };
-            if let Some(sub) = self.engine.submit_op(Some(enc))? {
-                self.product_launch.submitted(staged, sub); // always: the product was submitted
-            }
-            Ok(())
+            )?;
+            rows.submit(enc.finish(), staged.entry).map(drop)
         })
     }
 }

@@ -5,7 +5,7 @@
 //! [`encode`] records dispatches in one timed compute pass.
 
 use crate::error::Result;
-use crate::gpu::{pass_writes, GpuContext, GrowBuffer, StagingRing, TrackedBuffer};
+use crate::gpu::{pass_writes, GpuContext, GrowBuffer, StagingEntry, StagingRing, TrackedBuffer};
 
 /// Threads per workgroup of every 1-D kernel in `shaders/` (must match `@workgroup_size`).
 pub(crate) const WORKGROUP: u32 = 256;
@@ -155,22 +155,22 @@ impl Default for LaunchState {
     }
 }
 
-/// A call's input and params written into a ring entry by [`LaunchState::stage`].
+/// A call's input and params written into a ring entry by [`LaunchState::stage`]; its
+/// `entry` goes to the submission of the encoder given to `stage`.
 pub(crate) struct Staged {
     /// The device buffer the input is copied into (by the encoder given to `stage`).
     pub(crate) input: wgpu::Buffer,
-    /// The staging buffer, and where the params block sits in it (for
+    /// The staging entry, and where the params block sits in it (for
     /// [`ParamsFrom::Staged`]).
-    pub(crate) staging: wgpu::Buffer,
+    pub(crate) entry: StagingEntry,
     pub(crate) params_at: u64,
-    entry: usize,
 }
 
 impl LaunchState {
     /// Writes `input` and then `params` into the next mapped ring entry and records in `enc`
     /// the copy of `input` into the call site's grow-only device buffer: per-call data goes
-    /// up with no queue write and no allocation once sizes settle. Pass the submission of
-    /// `enc` to [`LaunchState::submitted`].
+    /// up with no queue write and no allocation once sizes settle. Submit `enc` with the
+    /// returned entry.
     pub(crate) fn stage(
         &mut self,
         ctx: &GpuContext,
@@ -181,22 +181,17 @@ impl LaunchState {
         let in_bytes = input.len() as u64;
         let params_at = in_bytes.next_multiple_of(16);
         let total = params_at + params.len() as u64;
-        let entry = self.ring.acquire(ctx, total)?;
-        self.ring.write(entry, total, |bytes| {
+        let mut entry = self.ring.acquire(ctx, total)?;
+        entry.write(|bytes| {
             bytes[..input.len()].copy_from_slice(input);
             bytes[params_at as usize..total as usize].copy_from_slice(params);
         })?;
-        self.ring.unmap(entry);
-        let staging = self.ring.buffer(entry).clone();
         let buf = self.input.get(ctx, in_bytes.max(4))?.clone();
-        if in_bytes > 0 {
-            enc.copy_buffer_to_buffer(&staging, 0, &buf, 0, in_bytes.next_multiple_of(4));
-        }
+        entry.copy_to(enc, 0, &buf, 0, in_bytes.next_multiple_of(4));
         Ok(Staged {
             input: buf,
-            staging,
-            params_at,
             entry,
+            params_at,
         })
     }
 
@@ -212,16 +207,11 @@ impl LaunchState {
     ) -> Result<wgpu::BindGroup> {
         let from = ParamsFrom::Staged {
             enc,
-            src: &staged.staging,
+            src: staged.entry.buffer(),
             offset: staged.params_at,
         };
         let launch = &mut first_launches(&mut self.launches, 1)[0];
         Ok(launch.bind::<P>(ctx, pipeline, from, storage)?.clone())
-    }
-
-    /// Records the submission that copies from `staged`'s ring entry.
-    pub(crate) fn submitted(&mut self, staged: Staged, sub: wgpu::SubmissionIndex) {
-        self.ring.submitted(staged.entry, sub);
     }
 }
 
@@ -258,13 +248,6 @@ pub(crate) fn encode<'a>(
 pub(crate) fn encoder(ctx: &GpuContext, label: &'static str) -> wgpu::CommandEncoder {
     ctx.device()
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
-}
-
-/// Submits `enc` and reports any error wgpu raised meanwhile.
-pub(crate) fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
-    let idx = ctx.queue().submit([enc.finish()]);
-    ctx.check()?;
-    Ok(idx)
 }
 
 #[cfg(test)]

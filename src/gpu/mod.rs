@@ -11,13 +11,14 @@ mod pipelines;
 mod readback;
 mod rows;
 mod staging;
+mod submit;
 mod timing;
 
 pub use adapter::{AdapterSummary, GpuOptions};
 pub use context::GpuContext;
 pub(crate) use launch::{
-    encode, encoder, first_launches, grid, grid_for_threads, submit, Launch, LaunchState,
-    ParamsFrom, Staged,
+    encode, encoder, first_launches, grid, grid_for_threads, Launch, LaunchState, ParamsFrom,
+    Staged,
 };
 pub(crate) use layout::{row_prefix, wgsl_rows, COPY_PREFIXES, RAW_WORDS, ROW_PREFIXES};
 pub use layout::{RowFormat, RowLayout};
@@ -26,6 +27,7 @@ pub(crate) use memory::{GrowBuffer, TrackedBuffer};
 pub use pipelines::Shader;
 pub(crate) use readback::{map_read_with, read_f32, MAP_TIMEOUT};
 pub use rows::{Embeddings, RowBuffer, RowBufferOptions};
-pub(crate) use staging::StagingRing;
+pub(crate) use staging::{StagingCopier, StagingEntry, StagingRing};
+pub(crate) use submit::{submit, submit_encoder};
 pub(crate) use timing::pass_writes;
 pub use timing::PassTiming;

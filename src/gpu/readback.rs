@@ -67,7 +67,7 @@ fn copy_out(
     let staging = ctx.take_readback(size)?;
     let mut enc = crate::gpu::encoder(ctx, "hotrow readback");
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
-    let idx = ctx.queue().submit([enc.finish()]);
+    let idx = crate::gpu::submit_encoder(ctx, enc)?;
     Ok((staging, idx))
 }
 

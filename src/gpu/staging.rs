@@ -1,41 +1,77 @@
-//! [`StagingRing`]: reusable host-visible upload buffers.
+//! [`StagingRing`]: reusable host-visible upload buffers, handed out as [`StagingEntry`]
+//! values.
 //!
-//! Each entry is mapped for writing while the host fills it, unmapped and copied from by
-//! one submission, then re-mapped with `map_async`; the mapping completes only once the GPU
-//! has finished that submission, so an entry is never overwritten while a copy may still
-//! read it. With `n` entries the host can run `n - 1` batches ahead of the GPU.
+//! An entry is mapped for writing while the host fills it; its copies into device buffers
+//! are recorded by the entry itself ([`StagingEntry::copy_to`], as wgpu's `StagingBelt`
+//! does); the one submit path ([`crate::gpu::submit`]) unmaps it, submits, and asks for it
+//! to be mapped again, which completes only once the GPU has finished that submission, so an
+//! entry is never overwritten while a copy may still read it. With `n` entries the host can
+//! run `n - 1` batches ahead of the GPU. An entry dropped without being submitted is still
+//! mapped and goes back to the ring as it is.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{HotrowError, Result};
 use crate::gpu::{GpuContext, TrackedBuffer};
 
+/// Unmapped, waiting for the submission that reads it and then its new mapping.
 const PENDING: u8 = 0;
+/// Mapped and in the ring.
 const MAPPED: u8 = 1;
+/// Mapping failed: the buffer is replaced at its next use.
 const FAILED: u8 = 2;
+/// Mapped and handed out as a [`StagingEntry`].
+const OUT: u8 = 3;
 
-struct Entry {
+/// The state one ring entry shares with the [`StagingEntry`] handed out for it.
+struct Slot {
+    state: AtomicU8,
+    /// The submission that copies from the entry, while its new mapping is pending.
+    submission: Mutex<Option<wgpu::SubmissionIndex>>,
+}
+
+impl Slot {
+    fn take_submission(&self) -> Option<wgpu::SubmissionIndex> {
+        self.submission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+struct RingEntry {
     buffer: Option<TrackedBuffer>,
-    state: Arc<AtomicU8>,
-    submission: Option<wgpu::SubmissionIndex>,
+    slot: Arc<Slot>,
 }
 
 pub(crate) struct StagingRing {
-    entries: Vec<Entry>,
+    entries: Vec<RingEntry>,
     next: usize,
     /// Size of the largest entry made so far.
     largest: u64,
+}
+
+/// One mapped staging buffer, handed out by [`StagingRing::acquire`]: written through
+/// [`StagingEntry::write`], copied from by the commands it records, and given to the
+/// submission that runs them ([`crate::gpu::submit`]). Dropped unsubmitted (a pass taken
+/// back), it returns to its ring still mapped.
+pub(crate) struct StagingEntry {
+    buffer: wgpu::Buffer,
+    len: u64,
+    slot: Arc<Slot>,
 }
 
 impl StagingRing {
     pub(crate) fn new(count: usize) -> Self {
         Self {
             entries: (0..count.max(1))
-                .map(|_| Entry {
+                .map(|_| RingEntry {
                     buffer: None,
-                    state: Arc::new(AtomicU8::new(PENDING)),
-                    submission: None,
+                    slot: Arc::new(Slot {
+                        state: AtomicU8::new(PENDING),
+                        submission: Mutex::new(None),
+                    }),
                 })
                 .collect(),
             next: 0,
@@ -53,19 +89,27 @@ impl StagingRing {
 
     /// The next entry, mapped and at least `bytes` long; waits for the GPU when that entry's
     /// previous copy has not finished.
-    pub(crate) fn acquire(&mut self, ctx: &GpuContext, bytes: u64) -> Result<usize> {
+    pub(crate) fn acquire(&mut self, ctx: &GpuContext, bytes: u64) -> Result<StagingEntry> {
         let i = self.next;
         self.next = (i + 1) % self.entries.len();
-        let e = &mut self.entries[i];
-        if let Some(sub) = e.submission.take() {
-            let state = e.state.clone();
+        let slot = self.entries[i].slot.clone();
+        if slot.state.load(Ordering::Acquire) == OUT {
+            // Every user gives its entry back (submitted or dropped) before the ring comes
+            // round to it again; two live handles would write the same memory.
+            return Err(HotrowError::Gpu(
+                "a staging entry was handed out twice (hotrow bug)".into(),
+            ));
+        }
+        if let Some(sub) = slot.take_submission() {
+            let state = &slot.state;
             ctx.poll_until(Some(sub), crate::gpu::MAP_TIMEOUT, || {
                 state.load(Ordering::Acquire) != PENDING
             })?;
         }
-        if e.state.load(Ordering::Acquire) != MAPPED {
-            // Mapping failed, or a pass failed between unmapping and submitting: make a
-            // new buffer rather than write one that is not mapped.
+        let e = &mut self.entries[i];
+        if slot.state.load(Ordering::Acquire) != MAPPED {
+            // Mapping failed (or the entry was never made): make a new buffer rather than
+            // write one that is not mapped.
             ctx.check()?;
             e.buffer = None;
         }
@@ -80,67 +124,122 @@ impl StagingRing {
                 .max(self.largest)
                 .next_multiple_of(1 << 16);
             self.largest = size;
-            let e = &mut self.entries[i];
-            e.buffer = Some(Self::mapped_buffer(ctx, size)?);
-            e.state.store(MAPPED, Ordering::Release);
+            e.buffer = Some(ctx.create_buffer(
+                "hotrow staging",
+                size,
+                wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                true,
+            )?);
         }
-        Ok(i)
+        slot.state.store(OUT, Ordering::Release);
+        let buffer = (**e.buffer.as_ref().expect("entry buffer just checked")).clone();
+        Ok(StagingEntry {
+            buffer,
+            len: bytes,
+            slot,
+        })
+    }
+}
+
+impl StagingEntry {
+    /// The staging buffer (a launch copies its params block from it).
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
     }
 
-    fn mapped_buffer(ctx: &GpuContext, size: u64) -> Result<TrackedBuffer> {
-        ctx.create_buffer(
-            "hotrow staging",
-            size,
-            wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-            true,
-        )
-    }
-
-    pub(crate) fn buffer(&self, i: usize) -> &wgpu::Buffer {
-        self.entries[i].buffer.as_ref().expect("acquired entry")
-    }
-
-    /// Runs `fill` on the first `bytes` of entry `i`'s mapped memory.
-    pub(crate) fn write<R>(
-        &mut self,
-        i: usize,
-        bytes: u64,
-        fill: impl FnOnce(&mut [u8]) -> R,
-    ) -> Result<R> {
-        let buffer = self.buffer(i);
-        let mut view = buffer
-            .slice(0..bytes.max(4))
+    /// Runs `fill` on the entry's mapped bytes (as many as asked for). Called any number of
+    /// times before the entry is submitted.
+    pub(crate) fn write<R>(&mut self, fill: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        let mut view = self
+            .buffer
+            .slice(0..self.len.max(4))
             .get_mapped_range_mut()
             .map_err(|e| HotrowError::Map(e.to_string()))?;
         let mut w = view.slice(..);
         let mut ptr = w.as_raw_ptr();
         // SAFETY: the pointer covers the mapped range of `view`, which stays mapped and is
-        // exclusively ours until `view` drops at the end of this function. Mapped memory is
-        // initialised (wgpu zero-fills new mappings), so a `&mut [u8]` over it is valid; the
-        // closure only writes (the memory may be write-combined, where reads are slow).
+        // exclusively ours (this handle is the entry's only one, borrowed mutably) until
+        // `view` drops at the end of this function. Mapped memory is initialised (wgpu
+        // zero-fills new mappings), so a `&mut [u8]` over it is valid; the closure only
+        // writes (the memory may be write-combined, where reads are slow).
         let bytes_mut: &mut [u8] = unsafe { ptr.as_mut() };
         Ok(fill(bytes_mut))
     }
 
-    /// Unmaps entry `i` so a copy in the next submission can read it.
-    pub(crate) fn unmap(&mut self, i: usize) {
-        let e = &mut self.entries[i];
-        e.state.store(PENDING, Ordering::Release);
-        if let Some(b) = &e.buffer {
-            b.unmap();
+    /// Records in `enc` the copy of `size` bytes at `offset` of this entry into `dst` at
+    /// `dst_offset`; it runs in the submission this entry is given to.
+    pub(crate) fn copy_to(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    ) {
+        self.copier().copy_to(enc, offset, dst, dst_offset, size);
+    }
+
+    /// The copy side of this entry, for recording commands on one thread while others
+    /// write the entry.
+    pub(crate) fn copier(&self) -> StagingCopier {
+        StagingCopier {
+            buffer: self.buffer.clone(),
         }
     }
 
-    /// Records the submission that reads entry `i` and asks for it to be mapped again once
-    /// that submission is done.
-    pub(crate) fn submitted(&mut self, i: usize, sub: wgpu::SubmissionIndex) {
-        let e = &mut self.entries[i];
-        let state = e.state.clone();
-        if let Some(b) = &e.buffer {
-            b.map_async(wgpu::MapMode::Write, .., move |r| {
-                state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
-            });
+    /// Unmaps the entry so that the submission about to be made can read it.
+    pub(super) fn close(&self) {
+        self.slot.state.store(PENDING, Ordering::Release);
+        self.buffer.unmap();
+    }
+
+    /// After `sub` (which reads the entry) was submitted: map it again once that is done.
+    pub(super) fn submitted(self, sub: wgpu::SubmissionIndex) {
+        let state = self.slot.clone();
+        self.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+            let v = if r.is_ok() { MAPPED } else { FAILED };
+            state.state.store(v, Ordering::Release);
+        });
+        *self
+            .slot
+            .submission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sub);
+    }
+}
+
+/// Records copies out of a [`StagingEntry`] (see [`StagingEntry::copier`]).
+pub(crate) struct StagingCopier {
+    buffer: wgpu::Buffer,
+}
+
+impl StagingCopier {
+    /// The staging buffer (a launch copies its params block from it).
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// As [`StagingEntry::copy_to`].
+    pub(crate) fn copy_to(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    ) {
+        if size > 0 {
+            enc.copy_buffer_to_buffer(&self.buffer, offset, dst, dst_offset, size);
         }
-        e.submission = Some(sub);
+    }
+}
+
+impl Drop for StagingEntry {
+    fn drop(&mut self) {
+        // Never submitted: still mapped, back to the ring as it is.
+        let _ = self
+            .slot
+            .state
+            .compare_exchange(OUT, MAPPED, Ordering::AcqRel, Ordering::Acquire);
     }
 }

@@ -114,7 +114,7 @@ impl GpuContext {
         let mut enc = crate::gpu::encoder(self, "hotrow timestamps");
         enc.resolve_query_set(&t.set, 0..2 * n, &t.resolve, 0);
         enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 2 * n as u64 * 8);
-        self.queue().submit([enc.finish()]);
+        crate::gpu::submit_encoder(self, enc)?;
         let raw: Vec<u64> =
             crate::gpu::readback::map_read_blocking(self, &t.read, 0, 2 * n as u64 * 8)
                 .map(|bytes| bytemuck::pod_collect_to_vec(&bytes))?;

@@ -154,7 +154,7 @@ pub(crate) fn check_bags(
 
 /// Encodes the pooling of `offsets.len()` bags over `rows` into `out` (checked input:
 /// see [`check_bags`]). Offsets, weights and params go up through `state`'s staging ring;
-/// pass the submission of `enc` and the returned [`Staged`] to `state.submitted`.
+/// submit `enc` with the returned [`Staged`] entry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,

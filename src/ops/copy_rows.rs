@@ -8,6 +8,7 @@
 
 use crate::batch::check_ids;
 use crate::error::Result;
+use crate::gpu::submit;
 use crate::gpu::{
     encode as encode_pass, encoder, first_launches, grid_for_threads, Embeddings, GpuContext,
     Launch, LaunchState, ParamsFrom, RowBuffer, RowFormat, RowLayout, Shader, COPY_PREFIXES,
@@ -214,8 +215,8 @@ impl RowBuffer {
             let ids_bytes = ids.len() as u64 * 4;
             let params_off = ids_bytes.next_multiple_of(16);
             let total = params_off + self.shards().len() as u64 * PARAMS_BYTES;
-            let entry = ring.acquire(ctx, total)?;
-            ring.write(entry, total, |bytes| {
+            let mut entry = ring.acquire(ctx, total)?;
+            entry.write(|bytes| {
                 let (head, blocks) = bytes.split_at_mut(params_off as usize);
                 crate::util::copy_parallel(
                     bytemuck::cast_slice_mut(&mut head[..ids_bytes as usize]),
@@ -226,11 +227,9 @@ impl RowBuffer {
                     dst.copy_from_slice(bytemuck::bytes_of(&b));
                 }
             })?;
-            ring.unmap(entry);
-            let staging = ring.buffer(entry).clone();
             let ids_buf = input.get(ctx, ids_bytes)?;
             let mut enc = encoder(ctx, "hotrow gather");
-            enc.copy_buffer_to_buffer(&staging, 0, ids_buf, 0, ids_bytes);
+            entry.copy_to(&mut enc, 0, ids_buf, 0, ids_bytes);
             encode(
                 ctx,
                 &mut enc,
@@ -241,11 +240,9 @@ impl RowBuffer {
                 out.buffer(),
                 0,
                 launches,
-                Some((&staging, params_off)),
+                Some((entry.buffer(), params_off)),
             )?;
-            let sub = ctx.queue().submit([enc.finish()]);
-            ring.submitted(entry, sub);
-            ctx.check()
+            submit(ctx, [enc.finish()], [entry]).map(drop)
         })
     }
 }

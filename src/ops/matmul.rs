@@ -129,8 +129,8 @@ pub(crate) enum Left<'a> {
 
 /// Encodes `out = a x B` where B is made of the `count` rows of `rows` (see [`Product`]);
 /// `a` is `m` rows of `count` (combine) or `dim` (scores) f32 values. Host values and the
-/// params go up through `state`'s staging ring; pass the submission of `enc` and the
-/// returned [`Staged`] to `state.submitted`.
+/// params go up through `state`'s staging ring; submit `enc` with the returned [`Staged`]
+/// entry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,

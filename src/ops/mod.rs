@@ -4,8 +4,8 @@
 
 pub(crate) mod bag;
 pub(crate) mod copy_rows;
-pub(crate) mod device_map;
 pub(crate) mod matmul;
+pub(crate) mod slot_index;
 
 use crate::gpu::{RowLayout, Shader};
 
@@ -14,7 +14,7 @@ pub(crate) const KERNELS: &[&Shader] = &[
     &copy_rows::SHADER,
     &bag::SHADER,
     &matmul::SHADER,
-    &device_map::SHADER,
+    &slot_index::SHADER,
 ];
 
 /// Every WGSL module the crate can build: `(file, complete source)` for each kernel file
@@ -69,7 +69,7 @@ pub fn params_layouts() -> Vec<(&'static str, usize, Vec<usize>)> {
         copy_rows::CopyParams::layout(),
         bag::BagParams::layout(),
         matmul::MatmulParams::layout(),
-        device_map::MapParams::layout(),
+        slot_index::MapParams::layout(),
     ]
 }
 

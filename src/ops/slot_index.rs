@@ -1,6 +1,7 @@
-//! The id -> slot table on the GPU (shaders/device_map.wgsl): `probe` finds a batch's hits
-//! (a bitmap of touched slots) and misses (a list of ids), `assign` applies the host's
-//! changes to the table, `position` writes the slot list an op reads.
+//! The slot index: the cache's id -> slot array kept on the GPU for resolution on the GPU
+//! (shaders/slot_index.wgsl): `probe` finds a batch's hits (a bitmap of touched slots) and
+//! misses (a list of ids), `assign` applies the host's changes to the index, `position`
+//! writes the slot list an op reads.
 //!
 //! Dispatch sizing: one thread per position (per pair for `assign`), 256-thread workgroups
 //! in a 2-D grid past `max_compute_workgroups_per_dimension`; one dispatch per call.
@@ -10,12 +11,12 @@ use crate::gpu::{encode as encode_pass, grid_for_threads, GpuContext, Launch, Pa
 use crate::ops::params_layout;
 
 pub(crate) const SHADER: Shader = Shader {
-    file: "device_map.wgsl",
-    source: include_str!("../../shaders/device_map.wgsl"),
+    file: "slot_index.wgsl",
+    source: include_str!("../../shaders/slot_index.wgsl"),
     prefixes: &[""],
 };
 
-/// Mirror of `MapParams` in device_map.wgsl.
+/// Mirror of `MapParams` in slot_index.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct MapParams {
@@ -47,7 +48,7 @@ pub(crate) const PARAMS_BYTES: u64 = std::mem::size_of::<MapParams>() as u64;
 /// Words before the bitmap in the probe's output (the miss count and padding).
 pub(crate) const HEADER_WORDS: u64 = 4;
 
-/// The GPU table's entry for a row that is not resident (a resident row's is slot + 1).
+/// The slot index entry of a row that is not resident (a resident row's is slot + 1).
 pub(crate) const NOT_RESIDENT: u32 = 0;
 
 /// The kernels of the family.

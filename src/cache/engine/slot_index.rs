@@ -1,0 +1,345 @@
+//! The slot index's host side (resolution on the GPU): the GPU copy of id -> slot
+//! (`slot + 1` per table row, 0 when not resident), its scratch, the removals the GPU has
+//! not applied yet, and the probe that opens a batch: one submission uploads the ids,
+//! applies pending removals, finds hits (a bitmap of touched slots) and misses (a list of
+//! ids), and reads that answer back.
+
+use super::stage::{align16, cast_mut, write_pairs};
+use crate::cache::partitioned::PartitionedSlotMap;
+use crate::error::{HotrowError, Result};
+use crate::gpu::{encoder, map_read_with, GpuContext, GrowBuffer, Launch, StagingEntry};
+use crate::gpu::{StagingRing, TrackedBuffer};
+use crate::ops::slot_index::{self as kernels, Kernel, HEADER_WORDS, NOT_RESIDENT};
+
+pub(super) struct SlotIndex {
+    slot_of: TrackedBuffer,
+    /// The batch's ids (read by the probe and by the slot-list kernel).
+    ids: GrowBuffer,
+    /// The probe's output: miss count, touched bitmap, miss list.
+    probe_out: GrowBuffer,
+    readback: GrowBuffer,
+    /// (key, value) changes to the index.
+    pairs: GrowBuffer,
+    probe: Launch,
+    flush: Launch,
+    remove: Launch,
+    insert: Launch,
+    position: Launch,
+    /// Evicted ids whose removal has not reached the GPU: those of failed passes, then the
+    /// current pass's (queued as soon as it resolves, so a pass that fails later keeps
+    /// them). The next submission applies them before anything reads the index, and before
+    /// its own insertions (a pass may evict a row and load it again, and a failed pass's
+    /// evicted row may be loaded again by a later one).
+    pending: Vec<u32>,
+    bitmap_words: u64,
+    /// Room of the miss list: a decaying high-water mark of the miss entries per batch.
+    miss_room: usize,
+    /// Distinct misses a pass resolved on the GPU is expected to have (decaying high-water
+    /// mark; 0 before the first).
+    pub(super) miss_estimate: usize,
+    /// The last probe's answer: touched bitmap, missing ids (with repeats).
+    pub(super) touched: Vec<u32>,
+    pub(super) missing: Vec<u32>,
+}
+
+/// What a pass's commands use of the index, beside its pending removals (which the pool
+/// writes into staging meanwhile).
+pub(super) struct IndexParts<'a> {
+    pub(super) slot_of: &'a wgpu::Buffer,
+    /// The probe's ids.
+    pub(super) ids: &'a GrowBuffer,
+    pub(super) pairs: &'a mut GrowBuffer,
+    pub(super) remove: &'a mut Launch,
+    pub(super) insert: &'a mut Launch,
+    pub(super) position: &'a mut Launch,
+}
+
+/// A probe recorded and written, waiting for its submission.
+pub(super) struct Probe {
+    pub(super) commands: wgpu::CommandBuffer,
+    pub(super) entry: StagingEntry,
+    readback: wgpu::Buffer,
+    out_bytes: u64,
+    room: usize,
+    /// Pending removals the probe applies.
+    removals: usize,
+}
+
+impl SlotIndex {
+    pub(super) fn new(ctx: &GpuContext, rows: usize, capacity: usize) -> Result<Self> {
+        kernels::prepare(ctx)?;
+        let rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        // A new buffer reads as zeros: every row not resident.
+        let usage = rw | wgpu::BufferUsages::COPY_SRC; // read back by the consistency check
+        let slot_of = ctx.create_buffer("hotrow slot index", rows as u64 * 4, usage, false)?;
+        Ok(Self {
+            slot_of,
+            ids: GrowBuffer::storage("hotrow probe ids"),
+            probe_out: GrowBuffer::new("hotrow probe output", rw | wgpu::BufferUsages::COPY_SRC),
+            readback: GrowBuffer::new(
+                "hotrow probe readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            pairs: GrowBuffer::storage("hotrow slot index changes"),
+            probe: Launch::default(),
+            flush: Launch::default(),
+            remove: Launch::default(),
+            insert: Launch::default(),
+            position: Launch::default(),
+            pending: Vec::new(),
+            bitmap_words: kernels::bitmap_words(capacity),
+            miss_room: 0,
+            miss_estimate: 0,
+            touched: Vec::new(),
+            missing: Vec::new(),
+        })
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.slot_of.size()
+            + self.ids.bytes()
+            + self.probe_out.bytes()
+            + self.readback.bytes()
+            + self.pairs.bytes()
+    }
+
+    /// Removals not yet applied on the GPU (the next submission writes them first).
+    pub(super) fn pending(&self) -> &[u32] {
+        &self.pending
+    }
+
+    /// The pending removals, and what a pass's commands use.
+    pub(super) fn parts(&mut self) -> (&[u32], IndexParts<'_>) {
+        let parts = IndexParts {
+            slot_of: &self.slot_of,
+            ids: &self.ids,
+            pairs: &mut self.pairs,
+            remove: &mut self.remove,
+            insert: &mut self.insert,
+            position: &mut self.position,
+        };
+        (&self.pending, parts)
+    }
+
+    /// Queues the removals of a pass's evictions.
+    pub(super) fn queue_removals(&mut self, evicted: &[u32]) {
+        self.pending.extend_from_slice(evicted);
+    }
+
+    /// The first `n` pending removals reached the GPU (their submission went).
+    pub(super) fn applied(&mut self, n: usize) {
+        self.pending.drain(..n);
+    }
+
+    /// After a pass that never reached the GPU was undone: of its evictions (queued last),
+    /// only those of rows that did not go back to their slots (`back(k)` false for
+    /// `evicted[k]`) stay pending.
+    pub(super) fn undo_removals(&mut self, evicted: &[u32], back: impl Fn(usize) -> bool) {
+        undo_removals(&mut self.pending, evicted, back);
+    }
+
+    /// Records the probe of `ids` into a staging entry of `ring` (ids, params, pending
+    /// removals written by the pool while this thread records the commands).
+    pub(super) fn record_probe(
+        &mut self,
+        ctx: &GpuContext,
+        ring: &mut StagingRing,
+        ids: &[u32],
+    ) -> Result<Probe> {
+        let n = ids.len();
+        if self.miss_room == 0 {
+            self.miss_room = n; // the first batch: no estimate yet
+        }
+        let room = self.miss_room.min(n).max(1);
+        let bw = self.bitmap_words;
+        let ids_bytes = n as u64 * 4;
+        let params_off = align16(ids_bytes);
+        let pairs_off = align16(params_off + 2 * kernels::PARAMS_BYTES);
+        let removals = self.pending.len();
+        let total = pairs_off + removals as u64 * 8;
+        let out_bytes = (HEADER_WORDS + bw + room as u64) * 4;
+        let mut entry = ring.acquire(ctx, total)?;
+        let Self {
+            slot_of,
+            ids: ids_buf,
+            probe_out,
+            readback,
+            pairs: pairs_buf,
+            probe: probe_launch,
+            flush,
+            pending,
+            ..
+        } = self;
+        let pending = &*pending;
+        let copier = entry.copier();
+        // The commands are recorded on this thread while the pool's threads write the ids
+        // into staging (hundreds of thousands of them in a W6 step; each half takes tens of
+        // microseconds). wgpu checks that the entry is unmapped only at submission.
+        let record = || -> Result<(wgpu::CommandEncoder, wgpu::Buffer)> {
+            let mut enc = encoder(ctx, "hotrow probe");
+            let staging = copier.buffer();
+            let ids_dev = ids_buf.get(ctx, ids_bytes)?.clone();
+            copier.copy_to(&mut enc, 0, &ids_dev, 0, ids_bytes);
+            if !pending.is_empty() {
+                let bytes = pending.len() as u64 * 8;
+                let pairs_dev = pairs_buf.get(ctx, bytes)?.clone();
+                copier.copy_to(&mut enc, pairs_off, &pairs_dev, 0, bytes);
+                let params = (staging, params_off + kernels::PARAMS_BYTES);
+                kernels::encode(
+                    ctx,
+                    &mut enc,
+                    Kernel::Assign,
+                    pending.len(),
+                    &pairs_dev,
+                    slot_of,
+                    &pairs_dev,
+                    flush,
+                    params,
+                )?;
+            }
+            let out = probe_out.get(ctx, out_bytes)?.clone();
+            enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bw) * 4));
+            kernels::encode(
+                ctx,
+                &mut enc,
+                Kernel::Probe,
+                n,
+                &ids_dev,
+                slot_of,
+                &out,
+                probe_launch,
+                (staging, params_off),
+            )?;
+            let back = readback.get(ctx, out_bytes)?.clone();
+            enc.copy_buffer_to_buffer(&out, 0, &back, 0, out_bytes);
+            Ok((enc, back))
+        };
+        let probe = kernels::probe_params(ctx, n, bw, room);
+        let flush = kernels::params(ctx, pending.len(), 0);
+        let fill = |bytes: &mut [u8]| -> Result<()> {
+            let (head, tail) = bytes.split_at_mut(params_off as usize);
+            crate::util::copy_parallel(cast_mut::<u32>(&mut head[..ids_bytes as usize])?, ids);
+            let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
+            let (a, b) = blocks.split_at_mut(kernels::PARAMS_BYTES as usize);
+            a.copy_from_slice(bytemuck::bytes_of(&probe));
+            b.copy_from_slice(bytemuck::bytes_of(&flush));
+            write_pairs(cast_mut::<u32>(pairs)?, pending, |&id| [id, NOT_RESIDENT]);
+            Ok(())
+        };
+        let (recorded, filled) = entry.write(|bytes| rayon::join(record, || fill(bytes)))?;
+        filled?;
+        let (enc, readback) = recorded?;
+        Ok(Probe {
+            commands: enc.finish(),
+            entry,
+            readback,
+            out_bytes,
+            room,
+            removals,
+        })
+    }
+
+    /// After the probe's submission: reads its answer back into `touched` and `missing`.
+    /// Returns `false` when the miss list overflowed its room (the batch then takes the
+    /// host path; the room grows for the next batch).
+    pub(super) fn read_probe(&mut self, ctx: &GpuContext, probe: ProbeAnswer) -> Result<bool> {
+        let (room, bw) = (probe.room, self.bitmap_words);
+        let (touched, missing) = (&mut self.touched, &mut self.missing);
+        let count = map_read_with(ctx, &probe.readback, 0, probe.out_bytes, |bytes| {
+            let words: &[u32] = bytemuck::cast_slice(bytes);
+            let count = words[0] as usize;
+            let bitmap = &words[HEADER_WORDS as usize..(HEADER_WORDS + bw) as usize];
+            touched.clear();
+            touched.extend_from_slice(bitmap);
+            missing.clear();
+            let list = &words[(HEADER_WORDS + bw) as usize..];
+            missing.extend_from_slice(&list[..count.min(room)]);
+            count
+        })?;
+        // Room for the next batch: a decaying high-water mark with 25% headroom.
+        let want = count + count / 4 + 256;
+        self.miss_room = want.max(self.miss_room - self.miss_room / 16);
+        Ok(count <= room)
+    }
+
+    /// Compares the GPU's index with the slot map, row by row (rows whose removal is still
+    /// pending excepted).
+    pub(super) fn check_against(&self, ctx: &GpuContext, map: &PartitionedSlotMap) -> Result<()> {
+        let rows = (self.slot_of.size() / 4) as usize;
+        let gpu = crate::gpu::read_f32(ctx, &self.slot_of, 0, rows)?;
+        for (id, v) in gpu.iter().enumerate() {
+            let want = map.slot_of(id as u32).map_or(NOT_RESIDENT, |s| s + 1);
+            let pending = self.pending.contains(&(id as u32));
+            if v.to_bits() != want && !(pending && want == NOT_RESIDENT) {
+                return Err(HotrowError::Gpu(format!(
+                    "slot index: row {id} holds {} but the slot map says {want}",
+                    v.to_bits()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A submitted probe's answer, to be read back ([`SlotIndex::read_probe`]).
+pub(super) struct ProbeAnswer {
+    readback: wgpu::Buffer,
+    out_bytes: u64,
+    room: usize,
+    removals: usize,
+}
+
+impl ProbeAnswer {
+    /// Pending removals the probe's submission applied.
+    pub(super) fn removals(&self) -> usize {
+        self.removals
+    }
+}
+
+impl Probe {
+    /// Splits the probe into what its submission takes and the answer to read after it.
+    pub(super) fn into_parts(self) -> (wgpu::CommandBuffer, StagingEntry, ProbeAnswer) {
+        let answer = ProbeAnswer {
+            readback: self.readback,
+            out_bytes: self.out_bytes,
+            room: self.room,
+            removals: self.removals,
+        };
+        (self.commands, self.entry, answer)
+    }
+}
+
+/// [`SlotIndex::undo_removals`] over a plain list: `evicted` were queued last on `pending`;
+/// those for which `back(k)` holds are dropped, the others stay, in order.
+fn undo_removals(pending: &mut Vec<u32>, evicted: &[u32], back: impl Fn(usize) -> bool) {
+    let queued = pending.len() - evicted.len();
+    debug_assert_eq!(
+        &pending[queued..],
+        evicted,
+        "a pass's evictions are queued last"
+    );
+    pending.truncate(queued);
+    pending.extend((0..evicted.len()).filter(|&k| !back(k)).map(|k| evicted[k]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undo_removals;
+
+    #[test]
+    fn undone_evictions_leave_only_rows_that_did_not_go_back() {
+        // Removals of two failed passes (1, 2), then this pass's evictions 7, 8, 9.
+        let mut pending = vec![1, 2, 7, 8, 9];
+        undo_removals(&mut pending, &[7, 8, 9], |k| k != 1);
+        assert_eq!(pending, [1, 2, 8]);
+        let mut none_back = vec![7, 8];
+        undo_removals(&mut none_back, &[7, 8], |_| false);
+        assert_eq!(none_back, [7, 8]);
+        let mut all_back = vec![3, 7];
+        undo_removals(&mut all_back, &[7], |_| true);
+        assert_eq!(all_back, [3]);
+        let mut nothing = vec![4];
+        undo_removals(&mut nothing, &[], |_| true);
+        assert_eq!(nothing, [4]);
+    }
+}
