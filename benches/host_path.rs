@@ -4,9 +4,7 @@
 //!
 //!     cargo bench --bench host_path
 
-#[path = "common/workload.rs"]
-#[allow(dead_code)]
-mod workload;
+use hotrow_workloads as workload;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hotrow::{

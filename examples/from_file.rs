@@ -12,9 +12,7 @@
 //!     numpy.save("emb.npy", emb.weight.detach().cpu().numpy())
 //!     safetensors.torch.save_file({"emb.weight": emb.weight.detach().cpu()}, "model.safetensors")
 
-#[path = "../benches/common/workload.rs"]
-#[allow(dead_code)]
-mod workload;
+use hotrow_workloads as workload;
 
 use std::path::PathBuf;
 

@@ -4,15 +4,11 @@
 //!
 //!     cargo run --release --example quickstart
 
-// The benches' seeded RNG and bounded-Zipf id sampler (hot rows scattered over the table).
-#[path = "../benches/common/workload.rs"]
-#[allow(dead_code)]
-mod workload;
-
 use std::time::Instant;
 
 use hotrow::{reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, HostTable};
-use workload::{random_values, Rng, ZipfIds};
+// The workloads' seeded RNG and bounded-Zipf id sampler (hot rows scattered over the table).
+use hotrow_workloads::{random_values, Rng, ZipfIds};
 
 fn main() -> Result<(), hotrow::HotrowError> {
     env_logger::init();

@@ -130,7 +130,7 @@ impl CompactBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_workload::Rng;
+    use hotrow_workloads::Rng;
 
     #[test]
     fn compaction_matches_naive_dedup() {

@@ -48,11 +48,6 @@ pub mod reference;
 mod table;
 mod util;
 
-#[cfg(test)]
-#[path = "../benches/common/workload.rs"]
-#[allow(dead_code)]
-mod test_workload;
-
 pub use batch::CompactBatch;
 pub use cache::{
     CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy, HostTraffic,

@@ -10,7 +10,7 @@ use hotrow::{
     HostTable, HotrowError, PassTiming, Resolution, RowBuffer, RowFormat, RowLayout, RowSource,
 };
 
-use crate::gen::random_values;
+use crate::gen::fill_random;
 
 /// Zipf exponent of every workload.
 pub const S: f64 = 1.05;
@@ -69,7 +69,7 @@ impl Heater {
     pub fn new(ctx: &GpuContext) -> Result<Self> {
         let dim = 128;
         let rows = (128 << 20) / (dim * 4);
-        let table = RowBuffer::from_host(ctx, &random_values(rows * dim, 7), dim)?;
+        let table = RowBuffer::from_host(ctx, &table_values(rows * dim, 7), dim)?;
         let out = RefCell::new(Embeddings::new(ctx, rows, dim)?);
         Ok(Self {
             table,
@@ -207,7 +207,7 @@ pub fn cached_shapes(a: &Args) -> (usize, usize, usize) {
 
 pub fn host_table(n: usize, d: usize) -> HostTable<'static> {
     let t = Instant::now();
-    let table = HostTable::owned(random_values(n * d, 21), d).expect("table");
+    let table = HostTable::owned(table_values(n * d, 21), d).expect("table");
     eprintln!("host table {n} x {d}: {:.1} s", t.elapsed().as_secs_f64());
     table
 }
@@ -428,4 +428,36 @@ pub fn write_json(path: &str, ctx: &GpuContext, rep: &Report) {
         body.join(",\n")
     );
     std::fs::write(path, text).expect("write json");
+}
+
+/// `n` random table values (`hotrow_workloads::fill_random`), with `HOTROW_HUGEPAGES` set
+/// (Linux) in memory asked to be transparent huge pages before it is first written, so a
+/// table's random row reads miss the TLB less. An experiment's switch, off by default.
+pub fn table_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    advise_huge_pages(&mut v);
+    fill_random(&mut v, seed);
+    v
+}
+
+fn advise_huge_pages(v: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("HOTROW_HUGEPAGES").is_some() {
+        let page = 4096usize;
+        let start = v.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(page);
+        let end = start + std::mem::size_of_val(v);
+        if end > aligned {
+            // SAFETY: advisory only, over whole pages inside this allocation.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }

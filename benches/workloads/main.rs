@@ -9,9 +9,7 @@
 //! `--small` runs the CI shapes (N / 64, B / 16, 20 batches, no warm-up): a check that the
 //! benchmark runs and its results are right, never a speed figure.
 
-#[path = "../common/workload.rs"]
-#[allow(dead_code)]
-mod gen;
+use hotrow_workloads as gen;
 mod harness;
 mod w1;
 mod w2;

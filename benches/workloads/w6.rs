@@ -9,7 +9,7 @@ use hotrow::{
     TableBatchedCache,
 };
 
-use crate::gen::{random_values, Rng, ZipfIds};
+use crate::gen::{Rng, ZipfIds};
 use crate::harness::{self, Args, Report, Result, S};
 
 /// W6's table sizes and step shape (bags per table, ids per bag).
@@ -100,7 +100,7 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     let data: Vec<Vec<f32>> = rows
         .iter()
         .enumerate()
-        .map(|(k, &n)| random_values(n * dim, 600 + k as u64))
+        .map(|(k, &n)| harness::table_values(n * dim, 600 + k as u64))
         .collect();
     rep.insert("W6_table_build_s".into(), t.elapsed().as_secs_f64());
     let tables: Vec<HostTable<'_>> = data
@@ -250,7 +250,7 @@ pub fn copy_floor(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     let rows: usize = shapes.iter().sum();
     let n = if a.small { 2048 } else { 32_768 };
     let t = Instant::now();
-    let table = random_values(rows * dim, 600);
+    let table = harness::table_values(rows * dim, 600);
     rep.insert("W6copy_table_build_s".into(), t.elapsed().as_secs_f64());
     let host = HostTable::borrowed(&table, dim)?;
     let mut rng = Rng::new(77);

@@ -5,8 +5,8 @@
 //! The public cache types are façades over one engine: [`EmbeddingCache`] (this file and
 //! `products.rs`, the ops over the cache) holds a `PassEngine` (`engine/`, the passes of a
 //! batch); `TableBatchedCache` (`batched/`) holds one `EmbeddingCache` per row width; the
-//! multi-GPU caches (`multi_gpu/`) hold one per device. The slot map (`slot_map.rs`,
-//! `partitioned.rs`) decides which row sits in which slot; `config.rs` and `stats.rs` are
+//! multi-GPU caches (`multi_gpu/`) hold one per device. The slot map (`slot_map/`, its
+//! partitions in `slot_map/partitions/`) decides which row sits in which slot; `config.rs` and `stats.rs` are
 //! the settings and counters; `caught.rs` and `host_pool.rs` are side jobs.
 
 mod batched;
@@ -15,7 +15,6 @@ mod config;
 mod engine;
 mod host_pool;
 mod multi_gpu;
-mod partitioned;
 mod products;
 mod slot_map;
 mod stats;
@@ -23,9 +22,8 @@ mod stats;
 pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
 pub use multi_gpu::{HostTraffic, OwnedRows, PartitionedCache, ReplicatedCache};
-pub use partitioned::PartitionedSlotMap;
 pub use products::Queries;
-pub use slot_map::{EvictionPolicy, PassPlan, SlotMap};
+pub use slot_map::{EvictionPolicy, PartitionedSlotMap, PassPlan, SlotMap};
 pub use stats::CacheStats;
 
 use crate::batch::check_ids;
@@ -129,26 +127,9 @@ impl<S: RowSource> EmbeddingCache<S> {
                     limit: u32::MAX as u64,
                 });
             }
-            let row_bytes = layout.row_bytes();
-            let cap = match config.capacity {
-                Capacity::Rows(n) => n as u64,
-                Capacity::Bytes(b) => b / row_bytes,
-                Capacity::Fraction(f) if f.is_finite() && f > 0.0 => {
-                    (rows as f64 * f).ceil() as u64
-                }
-                Capacity::Fraction(f) => {
-                    return Err(HotrowError::InvalidArgument(format!(
-                        "capacity fraction must be > 0, got {f}"
-                    )))
-                }
-            };
-            if cap == 0 {
-                return Err(HotrowError::InvalidArgument(format!(
-                "cache capacity must be at least one row ({:?} of {row_bytes}-byte rows gives 0)",
-                config.capacity
-            )));
-            }
+            let cap = capacity_rows(&config.capacity, rows, layout.row_bytes())?;
             let capacity = cap.min(rows as u64) as usize;
+            let row_bytes = layout.row_bytes();
             let slots = RowBuffer::with_layout(ctx, capacity, layout, config.slot_buffer.clone())?;
             let max_upload = config
                 .max_upload_bytes_per_pass
@@ -311,4 +292,25 @@ impl<S: RowSource> EmbeddingCache<S> {
             staging,
         }
     }
+}
+
+/// The slots `capacity` asks for over `rows` rows of `row_bytes` bytes (before clamping to
+/// the table): at least one, else [`HotrowError::InvalidArgument`].
+fn capacity_rows(capacity: &Capacity, rows: usize, row_bytes: u64) -> Result<u64> {
+    let cap = match *capacity {
+        Capacity::Rows(n) => n as u64,
+        Capacity::Bytes(b) => b / row_bytes,
+        Capacity::Fraction(f) if f.is_finite() && f > 0.0 => (rows as f64 * f).ceil() as u64,
+        Capacity::Fraction(f) => {
+            return Err(HotrowError::InvalidArgument(format!(
+                "capacity fraction must be > 0, got {f}"
+            )))
+        }
+    };
+    if cap == 0 {
+        return Err(HotrowError::InvalidArgument(format!(
+            "cache capacity must be at least one row ({capacity:?} of {row_bytes}-byte rows gives 0)"
+        )));
+    }
+    Ok(cap)
 }

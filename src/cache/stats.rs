@@ -37,16 +37,17 @@ pub struct CacheStats {
     pub resolve_time: Duration,
     /// The part of `resolve_time`'s work spent copying missed rows while other partitions
     /// resolve, summed over the threads that copied (so it can exceed `resolve_time`):
-    /// divided by the rows, the per-row copy cost under load.
+    /// divided by the rows, the per-row copy cost under load. Counted for passes that
+    /// stand: a pass whose row source failed adds nothing.
     pub resolve_copy_thread_time: Duration,
-    /// Host time copying into staging memory after resolution: the slot lists and params,
-    /// and the missed rows of a pass that copies them serially (the first pass, or one
-    /// with more misses than the estimate has room for). When the rows were copied while
-    /// resolving, the commands are recorded during these writes, and their time is here.
+    /// Host time staging and recording a pass after resolution: the slot lists, params and
+    /// slot-index changes written into staging while the pass's commands are recorded
+    /// (and finished), and the missed rows of a pass that copies them serially (the first
+    /// pass, or one with more misses than the estimate has room for).
     pub copy_time: Duration,
     /// Host time waiting for a free staging buffer (the GPU is behind).
     pub staging_wait_time: Duration,
-    /// Host time encoding and submitting GPU work.
+    /// Host time handing recorded work to the queue (the submissions themselves).
     pub submit_time: Duration,
     /// GPU submissions made by the cache's calls. An op (bags, scores, combine) submits
     /// its kernel together with the pass that loaded its rows: one per call on the host

@@ -4,6 +4,7 @@
 
 mod adapter;
 mod context;
+mod int8;
 mod launch;
 mod layout;
 mod memory;

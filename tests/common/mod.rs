@@ -6,8 +6,7 @@ use std::sync::OnceLock;
 use hotrow::GpuContext;
 
 /// The workloads' seeded RNG and Zipf generator (shared with the benches).
-#[path = "../../benches/common/workload.rs"]
-pub mod workload;
+pub use hotrow_workloads as workload;
 
 /// One context per test binary, on whatever adapter this machine has (software on CI).
 pub fn ctx() -> &'static GpuContext {

@@ -1,6 +1,7 @@
-//! Benchmark and test inputs: a small seeded RNG and the bounded-Zipf id generator of the
-//! project's workload definitions (ranks mapped through a fixed random permutation, so hot
-//! rows are scattered over the table).
+//! The inputs of hotrow's tests, benches and examples, in one place: a small seeded RNG and
+//! the bounded-Zipf id generator of the project's workload definitions (ranks mapped
+//! through a fixed random permutation, so hot rows are scattered over the table). Test
+//! code: bad arguments panic.
 
 /// SplitMix64: small, fast, seeded; good enough for test data and id streams.
 #[derive(Clone, Debug)]
@@ -21,7 +22,6 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `[0, n)` (`n > 0`).
     /// `n` ids with repeats: two in three from the small `hot` set, the rest anywhere in
     /// `0..rows` (a skewed batch without a Zipf table; the tests' simplest stream).
     pub fn hot_ids(&mut self, n: usize, rows: usize, hot: &[u32]) -> Vec<u32> {
@@ -36,6 +36,7 @@ impl Rng {
             .collect()
     }
 
+    /// Uniform in `[0, n)` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
@@ -51,37 +52,17 @@ impl Rng {
     }
 }
 
-/// With `HOTROW_HUGEPAGES` set (Linux): asks for transparent huge pages over `v`'s pages
-/// before they are first written (a large `vec![0; n]` is mapped but not yet touched), so a
-/// table's random row reads miss the TLB less. An experiment's switch, off by default.
-fn advise_huge_pages(v: &mut [f32]) {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("HOTROW_HUGEPAGES").is_some() {
-        let page = 4096usize;
-        let start = v.as_mut_ptr() as usize;
-        let aligned = start.next_multiple_of(page);
-        let end = start + std::mem::size_of_val(v);
-        if end > aligned {
-            // SAFETY: advisory only, over whole pages inside this allocation.
-            unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
+/// `n` random f32 values in `[-1, 1)` ([`fill_random`]).
+pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    fill_random(&mut v, seed);
+    v
 }
 
-/// `n` random f32 values in `[-1, 1)`, filled in parallel (seeded per chunk, so the result
-/// depends only on `seed` and `n`).
-pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
+/// Fills `v` with random f32 values in `[-1, 1)`, in parallel (seeded per chunk, so the
+/// result depends only on `seed` and the length).
+pub fn fill_random(v: &mut [f32], seed: u64) {
     use rayon::prelude::*;
-    let mut v = vec![0f32; n];
-    advise_huge_pages(&mut v);
     v.par_chunks_mut(1 << 16)
         .enumerate()
         .for_each(|(k, chunk)| {
@@ -90,7 +71,6 @@ pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
                 *x = rng.value();
             }
         });
-    v
 }
 
 /// Bounded Zipf over ranks `1..=n` with exponent `s` (P(k) proportional to k^-s), ranks

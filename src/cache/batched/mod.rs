@@ -106,6 +106,59 @@ struct Width<S: RowSource> {
     tally: SharedTally,
 }
 
+impl<S: RowSource> Width<S> {
+    /// The pool of `members` (tables of one dim), its share of `config`'s capacity by its
+    /// rows out of `all_rows`.
+    fn new(
+        ctx: &GpuContext,
+        sources: &Arc<Vec<S>>,
+        members: Vec<usize>,
+        config: &CacheConfig,
+        all_rows: u64,
+        scalar: bool,
+    ) -> Result<Self> {
+        let d = sources[members[0]].dim();
+        let mut bases = vec![0u64];
+        for &t in &members {
+            bases.push(bases.last().copied().unwrap_or(0) + sources[t].rows() as u64);
+        }
+        let rows = *bases.last().unwrap_or(&0);
+        if rows > u32::MAX as u64 {
+            return Err(HotrowError::ExceedsLimit {
+                what: "rows of the tables of one width (ids are u32)",
+                bytes: rows * d as u64 * 4,
+                limit_name: "u32::MAX rows",
+                limit: u32::MAX as u64,
+            });
+        }
+        let share = |n: u64| (n as f64 * rows as f64 / all_rows as f64).ceil() as u64;
+        let capacity = match config.capacity {
+            // (Rounded up: a pool gets at least one slot of a non-zero capacity, and a zero
+            // capacity stays zero, refused by the cache.)
+            Capacity::Rows(n) => Capacity::Rows(share(n as u64) as usize),
+            Capacity::Bytes(b) => Capacity::Bytes(share(b)),
+            f @ Capacity::Fraction(_) => f,
+        };
+        let source = Tables {
+            sources: sources.clone(),
+            members: members.clone(),
+            bases: bases.clone(),
+            dim: d,
+        };
+        let mut cache =
+            EmbeddingCache::build(ctx, source, config.clone().capacity(capacity), scalar)?;
+        let tally = SharedTally::new(bases.clone());
+        cache.log_uploads(Box::new(tally.clone()));
+        Ok(Self {
+            cache,
+            members,
+            bases,
+            step: WidthStep::default(),
+            tally,
+        })
+    }
+}
+
 impl<S: RowSource> std::fmt::Debug for TableBatchedCache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TableBatchedCache")
@@ -163,47 +216,12 @@ impl<S: RowSource> TableBatchedCache<S> {
         let mut place = vec![(0, 0); dims.len()];
         for (g, &d) in widths.iter().enumerate() {
             let members: Vec<usize> = (0..dims.len()).filter(|&t| dims[t] == d).collect();
-            let mut bases = vec![0u64];
-            for &t in &members {
-                bases.push(bases.last().copied().unwrap_or(0) + sources[t].rows() as u64);
-            }
-            let rows = *bases.last().unwrap_or(&0);
-            if rows > u32::MAX as u64 {
-                return Err(HotrowError::ExceedsLimit {
-                    what: "rows of the tables of one width (ids are u32)",
-                    bytes: rows * d as u64 * 4,
-                    limit_name: "u32::MAX rows",
-                    limit: u32::MAX as u64,
-                });
-            }
             for (k, &t) in members.iter().enumerate() {
                 place[t] = (g, k);
             }
-            let share = |n: u64| (n as f64 * rows as f64 / all_rows as f64).ceil() as u64;
-            let capacity = match config.capacity {
-                // (Rounded up: a pool gets at least one slot of a non-zero capacity, and a
-                // zero capacity stays zero, refused by the cache.)
-                Capacity::Rows(n) => Capacity::Rows(share(n as u64) as usize),
-                Capacity::Bytes(b) => Capacity::Bytes(share(b)),
-                f @ Capacity::Fraction(_) => f,
-            };
-            let source = Tables {
-                sources: sources.clone(),
-                members: members.clone(),
-                bases: bases.clone(),
-                dim: d,
-            };
-            let mut cache =
-                EmbeddingCache::build(ctx, source, config.clone().capacity(capacity), scalar)?;
-            let tally = SharedTally::new(bases.clone());
-            cache.log_uploads(Box::new(tally.clone()));
-            pools.push(Width {
-                cache,
-                members,
-                bases,
-                step: WidthStep::default(),
-                tally,
-            });
+            pools.push(Width::new(
+                ctx, &sources, members, &config, all_rows, scalar,
+            )?);
         }
         Ok(Self {
             ctx: ctx.clone(),

@@ -31,23 +31,10 @@ impl PassEngine {
         {
             return Ok(None);
         }
-        let t0 = Instant::now();
-        let index = self.index.as_mut().expect("checked above");
-        let (commands, entry, answer) = index
-            .record_probe(&self.ctx, &mut self.ring, ids)?
-            .into_parts();
-        self.submit([commands], Some(entry))?;
-        // Woken now, the pool's threads are still looking for work when the answer comes
-        // back a fraction of a millisecond later (and woken again then, in case it was late).
-        wake_host_pool();
-        let index = self.index.as_mut().expect("checked above");
-        index.applied(answer.removals());
-        let complete = index.read_probe(&self.ctx, answer)?;
-        wake_host_pool();
-        self.stats.probe_time += t0.elapsed();
-        if !complete {
+        if !self.probe(ids)? {
             return Ok(None);
         }
+        let index = self.index.as_mut().expect("checked above");
         // As on the host path: with an estimate of the distinct misses, the partitions copy
         // their rows into staging as they resolve; without one (the first batch, whose miss
         // list counts every repeat), resolve first and copy into staging sized exactly.
@@ -106,5 +93,24 @@ impl PassEngine {
             None => e.record_serially(source, n, target, true, times),
         })?;
         Ok(Some(recorded))
+    }
+
+    /// The probe of `ids` (one submission and its answer read back); `false` when its miss
+    /// list overflowed (the batch then takes the host path).
+    fn probe(&mut self, ids: &[u32]) -> Result<bool> {
+        let t0 = Instant::now();
+        let index = self.index.as_mut().expect("a slot index");
+        let probe = index.record_probe(&self.ctx, &mut self.ring, ids)?;
+        let (commands, entry, answer) = probe.into_parts();
+        self.submit([commands], Some(entry))?;
+        // Woken now, the pool's threads are still looking for work when the answer comes
+        // back a fraction of a millisecond later (and woken again then, in case it was late).
+        wake_host_pool();
+        let index = self.index.as_mut().expect("a slot index");
+        index.applied(answer.removals());
+        let complete = index.read_probe(&self.ctx, answer)?;
+        wake_host_pool();
+        self.stats.probe_time += t0.elapsed();
+        Ok(complete)
     }
 }

@@ -77,13 +77,17 @@ impl<'e> OpRows<'e> {
         commands: wgpu::CommandBuffer,
         staged: StagingEntry,
     ) -> Result<wgpu::SubmissionIndex> {
+        let t = std::time::Instant::now();
         let held = self.held.take();
         let engine = &mut *self.engine;
         let Some(Held { pass, .. }) = held else {
-            return engine.submit([commands], [staged]);
+            let sent = engine.submit([commands], [staged]);
+            engine.stats.submit_time += t.elapsed();
+            return sent;
         };
         let removals = pass.removals;
         let sent = engine.submit([pass.commands, commands], [pass.entry, staged]);
+        engine.stats.submit_time += t.elapsed();
         match &sent {
             // (The pass was counted when it was held, evictions included.)
             Err(_) => engine.map.forget(&engine.plan.misses),

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 pub(crate) use held::OpRows;
 
-use super::partitioned::PartitionedSlotMap;
+use super::slot_map::PartitionedSlotMap;
 use super::slot_map::PassPlan;
 use super::stats::CacheStats;
 use crate::error::{HotrowError, Result};

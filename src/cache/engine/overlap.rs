@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::read::read_rows_encoded;
 use super::stage::{RawBytes, StagingLayout};
-use crate::cache::partitioned::OnMisses;
+use crate::cache::slot_map::OnMisses;
 use crate::error::{HotrowError, Result};
 use crate::gpu::RowLayout;
 use crate::table::RowSource;

@@ -224,75 +224,99 @@ impl Commands<'_> {
         buffers: &mut PassBuffers,
         mut index: Option<IndexParts<'_>>,
     ) -> Result<wgpu::CommandEncoder> {
-        let Self {
+        let mut enc = encoder(self.ctx, "hotrow cache pass");
+        self.scatter(&mut enc, buffers)?;
+        if let Some(index) = index.as_mut() {
+            self.change_index(&mut enc, index)?;
+        }
+        if self.pos_bytes > 0 {
+            self.slot_list_and_gather(&mut enc, buffers, index)?;
+        }
+        Ok(enc)
+    }
+
+    /// Copies the missed slots and rows up and scatters the rows into their slots.
+    fn scatter(&self, enc: &mut wgpu::CommandEncoder, buffers: &mut PassBuffers) -> Result<()> {
+        let (ctx, lay, m) = (self.ctx, self.lay, self.m);
+        if m == 0 {
+            return Ok(());
+        }
+        let rows_bytes = self.slots.layout().bytes(m);
+        let miss_buf = buffers.miss_slots.get(ctx, m as u64 * 4)?;
+        let rows_buf = buffers.upload.get(ctx, rows_bytes)?;
+        self.copier
+            .copy_to(enc, lay.miss_off, miss_buf, 0, m as u64 * 4);
+        self.copier
+            .copy_to(enc, lay.rows_off, rows_buf, 0, rows_bytes);
+        copy_rows::encode(
             ctx,
-            slots,
-            lay,
+            enc,
+            Direction::Scatter,
+            self.slots,
+            miss_buf,
             m,
-            n,
-            ..
-        } = *self;
-        let staging = self.copier.buffer();
-        let mut enc = encoder(ctx, "hotrow cache pass");
-        if m > 0 {
-            let rows_bytes = slots.layout().bytes(m);
-            let miss_buf = buffers.miss_slots.get(ctx, m as u64 * 4)?;
-            let rows_buf = buffers.upload.get(ctx, rows_bytes)?;
-            self.copier
-                .copy_to(&mut enc, lay.miss_off, miss_buf, 0, m as u64 * 4);
-            self.copier
-                .copy_to(&mut enc, lay.rows_off, rows_buf, 0, rows_bytes);
-            copy_rows::encode(
+            rows_buf,
+            0,
+            &mut buffers.scatter,
+            Some((self.copier.buffer(), lay.params_off)),
+        )
+    }
+
+    /// Applies the slot index's removals, then its insertions (a pass may evict a row and
+    /// load it again).
+    fn change_index(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        index: &mut IndexParts<'_>,
+    ) -> Result<()> {
+        let (ctx, lay) = (self.ctx, self.lay);
+        let pairs = self.removals + self.m;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let bytes = pairs as u64 * 8;
+        let pairs_buf = index.pairs.get(ctx, bytes)?.clone();
+        self.copier
+            .copy_to(enc, lay.pairs_off, &pairs_buf, 0, bytes);
+        let block = kernels::PARAMS_BYTES;
+        let slot_of = index.slot_of;
+        let runs = [
+            (0, self.removals, &mut *index.remove),
+            (1, self.m, &mut *index.insert),
+        ];
+        for (k, count, launch) in runs {
+            kernels::encode(
                 ctx,
-                &mut enc,
-                Direction::Scatter,
-                slots,
-                miss_buf,
-                m,
-                rows_buf,
-                0,
-                &mut buffers.scatter,
-                Some((staging, lay.params_off)),
+                enc,
+                Kernel::Assign,
+                count,
+                &pairs_buf,
+                slot_of,
+                &pairs_buf,
+                launch,
+                (self.copier.buffer(), lay.index_params_off + k * block),
             )?;
         }
-        if let Some(index) = index.as_mut() {
-            let pairs = self.removals + m;
-            if pairs > 0 {
-                let bytes = pairs as u64 * 8;
-                let pairs_buf = index.pairs.get(ctx, bytes)?.clone();
-                self.copier
-                    .copy_to(&mut enc, lay.pairs_off, &pairs_buf, 0, bytes);
-                let block = kernels::PARAMS_BYTES;
-                let slot_of = index.slot_of;
-                let runs = [
-                    (0, self.removals, &mut *index.remove),
-                    (1, m, &mut *index.insert),
-                ];
-                for (k, count, launch) in runs {
-                    kernels::encode(
-                        ctx,
-                        &mut enc,
-                        Kernel::Assign,
-                        count,
-                        &pairs_buf,
-                        slot_of,
-                        &pairs_buf,
-                        launch,
-                        (staging, lay.index_params_off + k * block),
-                    )?;
-                }
-            }
-        }
-        if self.pos_bytes == 0 {
-            return Ok(enc);
-        }
+        Ok(())
+    }
+
+    /// The slot list (copied up, or written by the GPU from the index), then the gather of
+    /// the output through it.
+    fn slot_list_and_gather(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        buffers: &mut PassBuffers,
+        index: Option<IndexParts<'_>>,
+    ) -> Result<()> {
+        let (ctx, lay, n) = (self.ctx, self.lay, self.n);
+        let staging = self.copier.buffer();
         let pos_buf = buffers.pos_slots.get(ctx, self.pos_bytes)?.clone();
         if self.on_gpu {
             let index = index.expect("a slot index with resolution on the GPU");
             let ids_buf = index.ids.current().expect("the probe's ids").clone();
             kernels::encode(
                 ctx,
-                &mut enc,
+                enc,
                 Kernel::Position,
                 n,
                 &ids_buf,
@@ -302,23 +326,106 @@ impl Commands<'_> {
                 (staging, lay.index_params_off + 2 * kernels::PARAMS_BYTES),
             )?;
         } else {
-            self.copier
-                .copy_to(&mut enc, 0, &pos_buf, 0, self.pos_bytes);
+            self.copier.copy_to(enc, 0, &pos_buf, 0, self.pos_bytes);
         }
-        if let Target::Gather(out, offset) = self.target {
-            copy_rows::encode(
-                ctx,
-                &mut enc,
-                Direction::Gather,
-                slots,
-                &pos_buf,
-                n,
-                out,
-                offset,
-                &mut buffers.gather,
-                Some((staging, lay.params_off + lay.scatter_params)),
-            )?;
+        let Target::Gather(out, offset) = self.target else {
+            return Ok(());
+        };
+        copy_rows::encode(
+            ctx,
+            enc,
+            Direction::Gather,
+            self.slots,
+            &pos_buf,
+            n,
+            out,
+            offset,
+            &mut buffers.gather,
+            Some((staging, lay.params_off + lay.scatter_params)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(bytes: &[u8]) -> Vec<u32> {
+        bytemuck::cast_slice(bytes).to_vec()
+    }
+
+    #[test]
+    fn a_pass_fills_its_staging_regions_and_nothing_else() {
+        let lay = StagingLayout::new(Room {
+            shards: 2,
+            positions: 5,
+            rows: 3,
+            row_bytes: 16,
+            gather: true,
+            pairs: 2 + 2 * 3,
+            index_blocks: 3,
+        });
+        let copy_params: Vec<CopyParams> = (1..=4u32).map(|k| bytemuck::cast([k; 8])).collect();
+        let index_params: Vec<MapParams> = (5..=7u32).map(|k| bytemuck::cast([k; 8])).collect();
+        let slot_list = [9u32, 8, 7, 9, 6];
+        let misses = [(40u32, 8u32), (41, 7), (42, 6)];
+        let fill = Fill {
+            slot_list: Some(&slot_list),
+            copy_params: &copy_params,
+            index: Some(IndexFill {
+                removals: &[70, 71],
+                misses: &misses,
+                params: &index_params,
+            }),
+        };
+        let poison = 0xaaaa_aaaa_u32;
+        let mut staging = vec![poison; lay.total as usize / 4];
+        fill_staging(bytemuck::cast_slice_mut(&mut staging), &lay, &fill).unwrap();
+        let all = words(bytemuck::cast_slice(&staging));
+        let at = |off: u64| off as usize / 4;
+        assert_eq!(&all[..5], &slot_list);
+        // the missed slots and rows are the resolve's to write: untouched
+        assert!(all[at(lay.miss_off)..at(lay.miss_off) + 3]
+            .iter()
+            .all(|&w| w == poison));
+        assert!(all[at(lay.rows_off)..].iter().all(|&w| w == poison));
+        for k in 0..4 {
+            let block = &all[at(lay.params_off) + 8 * k..][..8];
+            assert_eq!(block, &[k as u32 + 1; 8], "copy params block {k}");
         }
-        Ok(enc)
+        for k in 0..3 {
+            let block = &all[at(lay.index_params_off) + 8 * k..][..8];
+            assert_eq!(block, &[k as u32 + 5; 8], "index params block {k}");
+        }
+        let pairs = &all[at(lay.pairs_off)..][..10];
+        assert_eq!(
+            pairs,
+            &[70, NOT_RESIDENT, 71, NOT_RESIDENT, 40, 9, 41, 8, 42, 7]
+        );
+    }
+
+    #[test]
+    fn without_an_index_or_a_slot_list_only_the_copy_params_are_written() {
+        let lay = StagingLayout::new(Room {
+            shards: 1,
+            positions: 0,
+            rows: 2,
+            row_bytes: 8,
+            gather: false,
+            pairs: 0,
+            index_blocks: 2,
+        });
+        let copy_params: Vec<CopyParams> = vec![bytemuck::cast([3u32; 8])];
+        let fill = Fill {
+            slot_list: None,
+            copy_params: &copy_params,
+            index: None,
+        };
+        let mut staging = vec![1u32; lay.total as usize / 4];
+        fill_staging(bytemuck::cast_slice_mut(&mut staging), &lay, &fill).unwrap();
+        let p = lay.params_off as usize / 4;
+        assert_eq!(&staging[p..p + 8], &[3; 8]);
+        let written = staging.iter().filter(|&&w| w != 1).count();
+        assert_eq!(written, 8, "only the one params block");
     }
 }

@@ -4,12 +4,12 @@
 //! applies pending removals, finds hits (a bitmap of touched slots) and misses (a list of
 //! ids), and reads that answer back.
 
-use super::stage::{align16, cast_mut, write_pairs};
-use crate::cache::partitioned::PartitionedSlotMap;
+use super::stage::{align16, cast_mut, put_params, write_pairs};
+use crate::cache::slot_map::PartitionedSlotMap;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, map_read_with, GpuContext, GrowBuffer, Launch, StagingEntry};
 use crate::gpu::{StagingRing, TrackedBuffer};
-use crate::ops::slot_index::{self as kernels, Kernel, HEADER_WORDS, NOT_RESIDENT};
+use crate::ops::slot_index::{self as kernels, Kernel, MapParams, HEADER_WORDS, NOT_RESIDENT};
 
 pub(super) struct SlotIndex {
     slot_of: TrackedBuffer,
@@ -214,18 +214,12 @@ impl SlotIndex {
             enc.copy_buffer_to_buffer(&out, 0, &back, 0, out_bytes);
             Ok((enc, back))
         };
-        let probe = kernels::probe_params(ctx, n, bw, room);
-        let flush = kernels::params(ctx, pending.len(), 0);
-        let fill = |bytes: &mut [u8]| -> Result<()> {
-            let (head, tail) = bytes.split_at_mut(params_off as usize);
-            crate::util::copy_parallel(cast_mut::<u32>(&mut head[..ids_bytes as usize])?, ids);
-            let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
-            let (a, b) = blocks.split_at_mut(kernels::PARAMS_BYTES as usize);
-            a.copy_from_slice(bytemuck::bytes_of(&probe));
-            b.copy_from_slice(bytemuck::bytes_of(&flush));
-            write_pairs(cast_mut::<u32>(pairs)?, pending, |&id| [id, NOT_RESIDENT]);
-            Ok(())
-        };
+        let params = [
+            kernels::probe_params(ctx, n, bw, room),
+            kernels::params(ctx, pending.len(), 0),
+        ];
+        let fill =
+            |bytes: &mut [u8]| fill_probe(bytes, ids, params_off, pairs_off, &params, pending);
         let (recorded, filled) = entry.write(|bytes| rayon::join(record, || fill(bytes)))?;
         filled?;
         let (enc, readback) = recorded?;
@@ -309,6 +303,25 @@ impl Probe {
     }
 }
 
+/// Writes a probe's staging: the ids, then at `params_off` the probe's and the flush's
+/// params blocks, then at `pairs_off` the pending removals as (id, not resident) pairs.
+fn fill_probe(
+    bytes: &mut [u8],
+    ids: &[u32],
+    params_off: u64,
+    pairs_off: u64,
+    params: &[MapParams; 2],
+    pending: &[u32],
+) -> Result<()> {
+    let (head, tail) = bytes.split_at_mut(params_off as usize);
+    crate::util::copy_parallel(cast_mut::<u32>(&mut head[..ids.len() * 4])?, ids);
+    let (blocks, pairs) = tail.split_at_mut((pairs_off - params_off) as usize);
+    let mut blocks = blocks.chunks_exact_mut(kernels::PARAMS_BYTES as usize);
+    put_params(&mut blocks, params.iter().copied());
+    write_pairs(cast_mut::<u32>(pairs)?, pending, |&id| [id, NOT_RESIDENT]);
+    Ok(())
+}
+
 /// [`SlotIndex::undo_removals`] over a plain list: `evicted` were queued last on `pending`;
 /// those for which `back(k)` holds are dropped, the others stay, in order.
 fn undo_removals(pending: &mut Vec<u32>, evicted: &[u32], back: impl Fn(usize) -> bool) {
@@ -324,7 +337,28 @@ fn undo_removals(pending: &mut Vec<u32>, evicted: &[u32], back: impl Fn(usize) -
 
 #[cfg(test)]
 mod tests {
-    use super::undo_removals;
+    use super::*;
+
+    #[test]
+    fn a_probe_stages_its_ids_params_and_pending_removals() {
+        let ids: Vec<u32> = (0..37).map(|i| i * 3).collect();
+        let params_off = align16(37 * 4);
+        let pairs_off = align16(params_off + 2 * kernels::PARAMS_BYTES);
+        let params: [MapParams; 2] = [bytemuck::cast([4u32; 8]), bytemuck::cast([5u32; 8])];
+        let pending = [11u32, 12, 13];
+        let mut staging = vec![u32::MAX; (pairs_off as usize + 3 * 8) / 4 + 4];
+        let bytes = bytemuck::cast_slice_mut(&mut staging);
+        fill_probe(bytes, &ids, params_off, pairs_off, &params, &pending).unwrap();
+        assert_eq!(&staging[..37], &ids[..]);
+        let p = params_off as usize / 4;
+        assert_eq!(&staging[p..p + 16], &[[4u32; 8], [5; 8]].concat()[..]);
+        let q = pairs_off as usize / 4;
+        assert_eq!(
+            &staging[q..q + 6],
+            &[11, NOT_RESIDENT, 12, NOT_RESIDENT, 13, NOT_RESIDENT]
+        );
+        assert!(staging[q + 6..].iter().all(|&w| w == u32::MAX));
+    }
 
     #[test]
     fn undone_evictions_leave_only_rows_that_did_not_go_back() {

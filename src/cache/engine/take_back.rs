@@ -8,7 +8,7 @@
 
 use super::held::Held;
 use super::PassEngine;
-use crate::cache::partitioned::PartitionedSlotMap;
+use crate::cache::slot_map::PartitionedSlotMap;
 use crate::cache::slot_map::PassPlan;
 
 /// Where a failed pass got to.

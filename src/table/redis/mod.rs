@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod keys;
+mod load;
+
 use super::{RowSource, ValueType};
 use crate::error::{HotrowError, RemoteProblem, Result};
+use keys::{meta_key, parse_description, row_key};
 
 /// Where a [`RedisTable`] lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,48 +143,6 @@ fn classify(e: &redis::RedisError) -> RemoteProblem {
     }
 }
 
-fn meta_key(prefix: &str) -> String {
-    format!("{prefix}:meta")
-}
-
-fn row_key(prefix: &str, id: u32) -> String {
-    format!("{prefix}:{id}")
-}
-
-fn describe(rows: usize, dim: usize, ty: ValueType) -> String {
-    let dtype = if ty == ValueType::F16 { "f16" } else { "f32" };
-    format!("hotrow-table v1 rows={rows} dim={dim} dtype={dtype}")
-}
-
-/// Parses a table description; `None` if malformed.
-fn parse_description(text: &str) -> Option<(usize, usize, ValueType)> {
-    let mut words = text.split_whitespace();
-    if words.next()? != "hotrow-table" || words.next()? != "v1" {
-        return None;
-    }
-    let (mut rows, mut dim, mut ty) = (None, None, None);
-    for w in words {
-        let (k, v) = w.split_once('=')?;
-        match k {
-            "rows" => rows = v.parse::<usize>().ok(),
-            "dim" => dim = v.parse::<usize>().ok().filter(|&d| d > 0),
-            "dtype" => {
-                ty = match v {
-                    "f32" => Some(ValueType::F32),
-                    "f16" => Some(ValueType::F16),
-                    _ => None,
-                }
-            }
-            _ => return None,
-        }
-    }
-    let rows = rows?;
-    if rows > u32::MAX as usize {
-        return None;
-    }
-    Some((rows, dim?, ty?))
-}
-
 impl RedisTable {
     /// Opens the table stored under `prefix` at `target` (reads its description).
     pub fn open(target: &RedisTarget, prefix: &str, options: RedisOptions) -> Result<Self> {
@@ -228,93 +190,6 @@ impl RedisTable {
             bytes: AtomicU64::new(0),
             connects: AtomicU64::new(1),
         })
-    }
-
-    /// Writes every row of `source` to `target` under `prefix` as `value_type` (f32 or
-    /// f16; bf16 is refused), with a progress bar on stderr when `progress`, then opens
-    /// it. Rows go in pipelined batches of 1,024; the description is removed first and
-    /// written last.
-    pub fn load<S: RowSource + ?Sized>(
-        source: &S,
-        target: &RedisTarget,
-        prefix: &str,
-        options: RedisOptions,
-        value_type: ValueType,
-        progress: bool,
-    ) -> Result<Self> {
-        if value_type == ValueType::BF16 {
-            return Err(HotrowError::InvalidArgument(
-                "a Redis table stores f32 or f16 rows".into(),
-            ));
-        }
-        let (rows, dim) = (source.rows(), source.dim());
-        let mut conn = connect(target, options.timeout)?;
-        let send = |conn: &mut Conn, keys: &[String], values: &[Vec<u8>]| -> Result<()> {
-            match conn {
-                Conn::Single(c) => {
-                    let mut p = redis::pipe();
-                    for (k, v) in keys.iter().zip(values) {
-                        p.cmd("SET").arg(k).arg(v.as_slice()).ignore();
-                    }
-                    p.query::<()>(c)
-                }
-                Conn::Cluster(c) => {
-                    let mut p = redis::cluster::cluster_pipe();
-                    for (k, v) in keys.iter().zip(values) {
-                        p.cmd("SET").arg(k).arg(v.as_slice()).ignore();
-                    }
-                    p.query::<()>(c)
-                }
-            }
-            .map_err(|e| remote(None, classify(&e)))
-        };
-        let meta = meta_key(prefix);
-        match &mut conn {
-            Conn::Single(c) => redis::cmd("DEL").arg(&meta).query::<()>(c),
-            Conn::Cluster(c) => redis::cmd("DEL").arg(&meta).query::<()>(c),
-        }
-        .map_err(|e| remote(None, classify(&e)))?;
-        let bar = if progress {
-            indicatif::ProgressBar::new(rows as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} rows, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(format!("loading {prefix}"));
-        const BATCH: usize = 1024;
-        let mut buf = vec![0.0f32; BATCH * dim];
-        for start in (0..rows).step_by(BATCH) {
-            let n = BATCH.min(rows - start);
-            let ids: Vec<u32> = (start as u32..(start + n) as u32).collect();
-            source.read_rows(&ids, &mut buf[..n * dim])?;
-            let keys: Vec<String> = ids.iter().map(|&id| row_key(prefix, id)).collect();
-            let values: Vec<Vec<u8>> = buf[..n * dim]
-                .chunks_exact(dim)
-                .map(|row| match value_type {
-                    ValueType::F16 => row
-                        .iter()
-                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                        .collect(),
-                    _ => row.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                })
-                .collect();
-            send(&mut conn, &keys, &values)?;
-            bar.inc(n as u64);
-        }
-        let text = describe(rows, dim, value_type);
-        match &mut conn {
-            Conn::Single(c) => redis::cmd("SET").arg(&meta).arg(&text).query::<()>(c),
-            Conn::Cluster(c) => redis::cmd("SET").arg(&meta).arg(&text).query::<()>(c),
-        }
-        .map_err(|e| remote(None, classify(&e)))?;
-        bar.finish_with_message(format!("loaded {prefix}"));
-        Self::open(target, prefix, options)
     }
 
     /// Where the table lives.
@@ -557,29 +432,5 @@ impl RowSource for RedisTable {
 
     fn remote(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn descriptions_round_trip_and_refuse_garbage() {
-        for ty in [ValueType::F32, ValueType::F16] {
-            assert_eq!(parse_description(&describe(123, 7, ty)), Some((123, 7, ty)));
-        }
-        for bad in [
-            "",
-            "hotrow-table v2 rows=1 dim=1 dtype=f32",
-            "hotrow-table v1 rows=1 dim=0 dtype=f32",
-            "hotrow-table v1 rows=x dim=1 dtype=f32",
-            "hotrow-table v1 rows=1 dim=1 dtype=bf16",
-            "hotrow-table v1 rows=1 dim=1",
-            "hotrow-table v1 rows=99999999999 dim=1 dtype=f32",
-            "hotrow-table v1 rows=1 dim=1 dtype=f32 extra",
-        ] {
-            assert_eq!(parse_description(bad), None, "{bad:?}");
-        }
     }
 }
