@@ -5,6 +5,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use clap::Parser;
+
 use hotrow::{
     reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
     HostTable, HotrowError, PassTiming, Resolution, RowBuffer, RowFormat, RowLayout, RowSource,
@@ -105,97 +107,104 @@ impl Args {
         }
     }
 
+    /// The command line (`--help` lists it), with the defaults that depend on `--small`.
     pub fn parse() -> Self {
-        let mut a = Args {
-            small: false,
-            workloads: vec!["w1".into()],
-            batches: 0,
-            json: None,
-            warmup_secs: -1.0,
-            heater: None,
-            batch: 0,
-            resolution: Resolution::Host,
-            row_format: RowFormat::F32,
-            table: TableKind::Host,
-            devices: 2,
-            cache_frac: 0.1,
-            partitions: 0,
+        let c = Cli::parse();
+        let default = |given: Option<usize>, small: usize, full: usize| {
+            given.unwrap_or(if c.small { small } else { full })
         };
-        let mut it = std::env::args().skip(1);
-        while let Some(x) = it.next() {
-            match x.as_str() {
-                "--small" => a.small = true,
-                "--workloads" => {
-                    a.workloads = it
-                        .next()
-                        .unwrap_or_default()
-                        .split(',')
-                        .map(str::to_lowercase)
-                        .collect()
-                }
-                "--batches" => a.batches = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-                "--warmup-secs" => {
-                    a.warmup_secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(-1.0)
-                }
-                "--json" => a.json = it.next(),
-                "--batch" => a.batch = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-                "--resolution" => {
-                    a.resolution = match it.next().as_deref() {
-                        Some("host") => Resolution::Host,
-                        Some("device") => Resolution::Device,
-                        other => {
-                            eprintln!("--resolution host|device, not {other:?}");
-                            std::process::exit(2);
-                        }
-                    }
-                }
-                "--row-format" => {
-                    a.row_format = match it.next().as_deref() {
-                        Some("f32") => RowFormat::F32,
-                        Some("f16") => RowFormat::F16,
-                        Some("int8") => RowFormat::Int8,
-                        other => {
-                            eprintln!("--row-format f32|f16|int8, not {other:?}");
-                            std::process::exit(2);
-                        }
-                    }
-                }
-                "--table" => {
-                    a.table = match it.next().as_deref() {
-                        Some("host") => TableKind::Host,
-                        Some("npy") => TableKind::Npy,
-                        Some("f16") => TableKind::HostF16,
-                        other => {
-                            eprintln!("--table host|npy|f16, not {other:?}");
-                            std::process::exit(2);
-                        }
-                    }
-                }
-                "--partitions" => {
-                    a.partitions = it.next().and_then(|v| v.parse().ok()).unwrap_or(0)
-                }
-                "--devices" => a.devices = it.next().and_then(|v| v.parse().ok()).unwrap_or(2),
-                "--cache-frac" => {
-                    a.cache_frac = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.1)
-                }
-                "--bench" => {} // passed by `cargo bench`
-                other => {
-                    eprintln!("unknown argument {other}");
-                    std::process::exit(2);
-                }
-            }
+        Args {
+            small: c.small,
+            workloads: c.workloads.iter().map(|w| w.to_lowercase()).collect(),
+            batches: default(c.batches, 20, 200),
+            json: c.json.clone(),
+            warmup_secs: c.warmup_secs.unwrap_or(if c.small { 0.0 } else { 1.0 }),
+            heater: None,
+            batch: default(c.batch, 65_536 / 16, 65_536),
+            resolution: match c.resolution {
+                ResolutionArg::Host => Resolution::Host,
+                ResolutionArg::Device => Resolution::Device,
+            },
+            row_format: match c.row_format {
+                FormatArg::F32 => RowFormat::F32,
+                FormatArg::F16 => RowFormat::F16,
+                FormatArg::Int8 => RowFormat::Int8,
+            },
+            table: match c.table {
+                TableArg::Host => TableKind::Host,
+                TableArg::Npy => TableKind::Npy,
+                TableArg::F16 => TableKind::HostF16,
+            },
+            devices: c.devices,
+            cache_frac: c.cache_frac,
+            partitions: c.partitions,
         }
-        if a.batches == 0 {
-            a.batches = if a.small { 20 } else { 200 };
-        }
-        if a.batch == 0 {
-            a.batch = if a.small { 65_536 / 16 } else { 65_536 };
-        }
-        if a.warmup_secs < 0.0 {
-            a.warmup_secs = if a.small { 0.0 } else { 1.0 };
-        }
-        a
     }
+}
+
+/// The workloads of WORKLOADS.md on this machine's adapter, checked against the CPU
+/// reference, then timed.
+#[derive(clap::Parser)]
+struct Cli {
+    /// CI shapes (N / 64, B / 16, 20 batches, no warm-up): a check, never a speed figure.
+    #[arg(long)]
+    small: bool,
+    /// Workloads to run: w1-w6, w2multi, w2redis (feature redis), w6pools, w6copy.
+    #[arg(long, value_delimiter = ',', default_value = "w1")]
+    workloads: Vec<String>,
+    /// Timed batches (default 200; 20 with --small).
+    #[arg(long)]
+    batches: Option<usize>,
+    /// Writes the report as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+    /// Seconds of GPU-bound warm-up before each timed loop (default 1; 0 with --small).
+    #[arg(long)]
+    warmup_secs: Option<f64>,
+    /// Ids per batch of W2 and W5 (default 65,536; 4,096 with --small).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Where the caches resolve ids to slots.
+    #[arg(long, value_enum, default_value = "host")]
+    resolution: ResolutionArg,
+    /// How the caches store rows.
+    #[arg(long, value_enum, default_value = "f32")]
+    row_format: FormatArg,
+    /// Where W2's table lives.
+    #[arg(long, value_enum, default_value = "host")]
+    table: TableArg,
+    /// GPUs of w2multi.
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    /// Cache rows per device of w2multi, as a fraction of the table.
+    #[arg(long, default_value_t = 0.1)]
+    cache_frac: f64,
+    /// Slot-map partitions of W2's and W6's caches (0: the library's default).
+    #[arg(long, default_value_t = 0)]
+    partitions: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResolutionArg {
+    Host,
+    Device,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    F32,
+    F16,
+    Int8,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TableArg {
+    Host,
+    Npy,
+    F16,
 }
 
 /// Shapes of the cached workloads (W2-W5): full, or the CI "small" scale (N / 64, B / 16);
@@ -411,23 +420,15 @@ pub fn merge(rep: &mut Report, part: Report) {
 }
 
 pub fn write_json(path: &str, ctx: &GpuContext, rep: &Report) {
-    let body: Vec<String> = rep
-        .iter()
-        .map(|(k, v)| {
-            let v = if v.is_finite() {
-                v.to_string()
-            } else {
-                "null".into()
-            };
-            format!("  \"{k}\": {v}")
-        })
-        .collect();
-    let adapter = ctx.adapter().to_string().replace('"', "'");
-    let text = format!(
-        "{{\n  \"adapter\": \"{adapter}\",\n{}\n}}\n",
-        body.join(",\n")
-    );
-    std::fs::write(path, text).expect("write json");
+    let mut doc = serde_json::Map::new();
+    doc.insert("adapter".into(), ctx.adapter().to_string().into());
+    for (k, &v) in rep {
+        // (JSON has no NaN or infinity: those are written as null.)
+        let v = serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into);
+        doc.insert(k.clone(), v);
+    }
+    let text = serde_json::to_string_pretty(&doc).expect("a report is plain JSON");
+    std::fs::write(path, text + "\n").expect("write json");
 }
 
 /// `n` random table values (`hotrow_workloads::fill_random`), with `HOTROW_HUGEPAGES` set
