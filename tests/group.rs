@@ -33,12 +33,6 @@ fn bags(
     (ids, offsets, w)
 }
 
-fn poisoned(ctx: &GpuContext) -> Embeddings {
-    let e = Embeddings::new(ctx, 4, 4).unwrap();
-    e.fill(f32::NAN).unwrap();
-    e
-}
-
 #[test]
 fn replicated_matches_the_reference() {
     let _serial = common::serial();
@@ -57,7 +51,8 @@ fn replicated_matches_the_reference() {
             // lookups, some bigger than one device's cache, one empty
             let n = [0, 1, 7, 400, 90, 1200, 33, 256][k];
             let ids = z.batch(n, &mut rng);
-            let mut outs: Vec<Embeddings> = two().iter().map(poisoned).collect();
+            let mut outs: Vec<Embeddings> =
+                two().iter().map(|c| common::poisoned(c, 4, 4)).collect();
             cache.lookup_into(&ids, &mut outs).unwrap();
             for (d, r) in cache.split(n).into_iter().enumerate() {
                 assert_eq!(outs[d].rows(), r.len());
@@ -131,7 +126,7 @@ fn partitioned_matches_the_reference() {
         let table = HostTable::borrowed(&data, dim).unwrap();
         let mut cache = PartitionedCache::new(two(), table, config).unwrap();
         let z = ZipfIds::new(rows, 1.05, rng.next_u64());
-        let mut out: Vec<Embeddings> = two().iter().map(poisoned).collect();
+        let mut out: Vec<Embeddings> = two().iter().map(|c| common::poisoned(c, 4, 4)).collect();
         for k in 0..8 {
             let on = k % 2;
             let n = [0, 1, 9, 500, 64, 1000, 17, 300][k];

@@ -202,12 +202,6 @@ fn source<'a>(
     (flaky, values)
 }
 
-fn poisoned(rows: usize, dim: usize) -> Embeddings {
-    let e = Embeddings::new(ctx(), rows, dim).unwrap();
-    e.fill(f32::NAN).unwrap();
-    e
-}
-
 fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
     let mut rng = Rng::new(s.seed);
     let (rows, dim) = (s.rows, s.dim);
@@ -259,7 +253,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                     rng.below(big as u64) as usize
                 };
                 let ids = rng.hot_ids(n, rows, &hot);
-                let mut out = poisoned(1, dim);
+                let mut out = common::poisoned(ctx(), 1, dim);
                 cache
                     .lookup_into(&ids, &mut out)
                     .map_err(|e| TestCaseError::fail(format!("{what} lookup: {e}")))?;
@@ -298,7 +292,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let pooling = [Pooling::Sum, Pooling::Mean, Pooling::Max][mode as usize];
                 let w = signed_values(&mut rng, n);
                 let weights = (mode != 2 && rng.below(2) == 0).then_some(&w[..]);
-                let mut out = poisoned(2, dim);
+                let mut out = common::poisoned(ctx(), 2, dim);
                 cache
                     .lookup_bags_into(&ids, &offs, pooling, weights, &mut out)
                     .map_err(|e| TestCaseError::fail(format!("{what} bags: {e}")))?;
@@ -310,7 +304,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let q = signed_values(&mut rng, m * dim);
                 let k = 1 + rng.below(big as u64) as usize;
                 let cand = rng.hot_ids(k, rows, &hot);
-                let mut out = poisoned(1, 1);
+                let mut out = common::poisoned(ctx(), 1, 1);
                 cache
                     .scores_into(Queries::Host { data: &q, dim }, &cand, &mut out)
                     .map_err(|e| TestCaseError::fail(format!("{what} scores: {e}")))?;
@@ -322,7 +316,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let ids = rng.hot_ids(k, rows, &hot);
                 let m = rng.below(4) as usize;
                 let x = signed_values(&mut rng, m * k);
-                let mut out = poisoned(1, 1);
+                let mut out = common::poisoned(ctx(), 1, 1);
                 cache
                     .combine_into(&x, &ids, &mut out)
                     .map_err(|e| TestCaseError::fail(format!("{what} combine: {e}")))?;
@@ -346,7 +340,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                     .store(1 + u8::from(panic), Ordering::Relaxed);
                 let n = 1 + rng.below(big as u64) as usize;
                 let ids = rng.hot_ids(n, rows, &hot);
-                let mut out = poisoned(1, dim);
+                let mut out = common::poisoned(ctx(), 1, dim);
                 let result = match rng.below(3) {
                     0 => cache.lookup_into(&ids, &mut out),
                     1 => cache.lookup_bags_into(&ids, &[0], Pooling::Sum, None, &mut out),
@@ -364,7 +358,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let n = 1 + rng.below(big as u64) as usize;
                 let mut ids = rng.hot_ids(n, rows, &hot);
                 let at = rng.below(n as u64) as usize;
-                let mut out = poisoned(1, dim);
+                let mut out = common::poisoned(ctx(), 1, dim);
                 let kind = rng.below(8);
                 let err = match kind {
                     0 => {
@@ -579,7 +573,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
             } else {
                 bad[t].offsets = &bad_offsets;
             }
-            let mut out = poisoned(1, 1);
+            let mut out = common::poisoned(ctx(), 1, 1);
             let err = cache.lookup_bags_into(&bad, pooling, &mut out);
             let named = matches!(&err, Err(HotrowError::InTable { table, .. }) if *table == t);
             prop_assert!(named, "step {}: bad table {}: {:?}", step, t, err);
@@ -595,7 +589,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
             let t = rng.below(batch.len() as u64) as usize;
             let mode = 1 + rng.below(2) as u8;
             cache.sources()[t].mode.store(mode, Ordering::Relaxed);
-            let mut out = poisoned(1, 1);
+            let mut out = common::poisoned(ctx(), 1, 1);
             let result = cache.lookup_bags_into(&batch, pooling, &mut out);
             cache.sources()[t].mode.store(0, Ordering::Relaxed);
             let ok = match &result {
@@ -611,7 +605,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
             };
             prop_assert!(ok, "step {}: failing table {}: {:?}", step, t, result);
         }
-        let mut out = poisoned(1, 1);
+        let mut out = common::poisoned(ctx(), 1, 1);
         cache
             .lookup_bags_into(&batch, pooling, &mut out)
             .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;

@@ -19,13 +19,6 @@ fn cache<'a>(data: &'a [f32], dim: usize, cap: usize) -> EmbeddingCache<HostTabl
     .unwrap()
 }
 
-/// A NaN-poisoned output of the given shape: elements an op fails to write stay NaN.
-fn poisoned(rows: usize, dim: usize) -> Embeddings {
-    let e = Embeddings::new(ctx(), rows, dim).unwrap();
-    e.fill(f32::NAN).unwrap();
-    e
-}
-
 fn check(got: &Embeddings, (want, scale): (Vec<f64>, Vec<f64>), what: &str) {
     common::assert_close(got, &want, &scale, what);
 }
@@ -68,13 +61,13 @@ fn bags_match_reference() {
             let (ids, offsets) = random_bags(&mut rng, 30, rows, &hot);
             let w: Vec<f32> = (0..ids.len()).map(|_| rng.value() * 2.0).collect();
             let weights = (mode != 2).then_some(&w[..]);
-            let mut out = poisoned(30, dim);
+            let mut out = common::poisoned(ctx(), 30, dim);
             c.lookup_bags_into(&ids, &offsets, pooling, weights, &mut out)
                 .unwrap();
             assert_eq!((out.rows(), out.dim()), (30, dim));
             let want = common::bags_ref(&data, dim, &ids, &offsets, mode, weights);
             check(&out, want, &format!("dim {dim} {pooling:?} weighted"));
-            let mut out = poisoned(30, dim);
+            let mut out = common::poisoned(ctx(), 30, dim);
             c.lookup_bags_into(&ids, &offsets, pooling, None, &mut out)
                 .unwrap();
             check(
@@ -101,7 +94,7 @@ fn bags_through_passes_and_shards() {
     let want = common::bags_ref(&data, dim, &ids, &offsets, 0, Some(&w));
     // far fewer slots than distinct ids: served in passes, through a gathered buffer
     let mut small = cache(&data, dim, 37);
-    let mut out = poisoned(offsets.len(), dim);
+    let mut out = common::poisoned(ctx(), offsets.len(), dim);
     small
         .lookup_bags_into(&ids, &offsets, Pooling::Sum, Some(&w), &mut out)
         .unwrap();
@@ -126,7 +119,7 @@ fn bags_through_passes_and_shards() {
         "sharded",
     );
     // no ids at all: every bag empty, zeros
-    let mut z = poisoned(3, dim);
+    let mut z = common::poisoned(ctx(), 3, dim);
     sharded
         .lookup_bags_into(&[], &[0, 0, 0], Pooling::Max, None, &mut z)
         .unwrap();
@@ -152,7 +145,7 @@ fn scores_and_combine_match_reference() {
         for &(m, n_cand) in &[(1usize, 1usize), (1, 100), (5, 65), (70, 129), (130, 1000)] {
             let q = random_values(m * dim, rng.next_u64());
             let cand: Vec<u32> = (0..n_cand).map(|_| rng.below(rows as u64) as u32).collect();
-            let mut out = poisoned(m, n_cand);
+            let mut out = common::poisoned(ctx(), m, n_cand);
             c.scores_into(Queries::Host { data: &q, dim }, &cand, &mut out)
                 .unwrap();
             assert_eq!((out.rows(), out.dim()), (m, n_cand));
@@ -164,7 +157,7 @@ fn scores_and_combine_match_reference() {
             // queries already on the GPU
             let qg = c.lookup(&cand[..m.min(n_cand)]).unwrap();
             let qh = qg.to_host().unwrap();
-            let mut out = poisoned(m.min(n_cand), n_cand);
+            let mut out = common::poisoned(ctx(), m.min(n_cand), n_cand);
             c.scores_into(Queries::Gpu(&qg), &cand, &mut out).unwrap();
             check(
                 &out,
@@ -173,7 +166,7 @@ fn scores_and_combine_match_reference() {
             );
             // combine: m x k weights over k = n_cand rows
             let x = random_values(m * n_cand, rng.next_u64());
-            let mut out = poisoned(m, dim);
+            let mut out = common::poisoned(ctx(), m, dim);
             c.combine_into(&x, &cand, &mut out).unwrap();
             assert_eq!((out.rows(), out.dim()), (m, dim));
             check(

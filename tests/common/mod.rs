@@ -229,3 +229,40 @@ pub fn two() -> &'static [GpuContext] {
     static CTX: OnceLock<Vec<GpuContext>> = OnceLock::new();
     CTX.get_or_init(open_two)
 }
+
+/// A new output of `rows x dim` on `ctx`, every value NaN: a result that was not written
+/// shows.
+pub fn poisoned(ctx: &GpuContext, rows: usize, dim: usize) -> hotrow::Embeddings {
+    let e = hotrow::Embeddings::new(ctx, rows, dim).unwrap();
+    e.fill(f32::NAN).unwrap();
+    e
+}
+
+/// Whether every value of `e` is still NaN (nothing was written).
+pub fn all_nan(e: &hotrow::Embeddings) -> bool {
+    e.to_host().unwrap().iter().all(|v| v.is_nan())
+}
+
+/// [`assert_close`] of a `(values, scales)` reference.
+pub fn check_close(got: &hotrow::Embeddings, (want, scale): (Vec<f64>, Vec<f64>), what: &str) {
+    assert_close(got, &want, &scale, what);
+}
+
+/// `n` ids uniform over `0..rows`.
+pub fn uniform_ids(rng: &mut workload::Rng, n: usize, rows: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(rows as u64) as u32).collect()
+}
+
+/// `n` ids over `0..rows`, half of them from a small hot set, so repeats are certain.
+pub fn repeating_ids(rng: &mut workload::Rng, n: usize, rows: usize) -> Vec<u32> {
+    let hot: Vec<u32> = (0..8).map(|_| rng.below(rows as u64) as u32).collect();
+    (0..n)
+        .map(|_| {
+            if rng.below(2) == 0 {
+                hot[rng.below(8) as usize]
+            } else {
+                rng.below(rows as u64) as u32
+            }
+        })
+        .collect()
+}
