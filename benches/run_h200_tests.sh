@@ -3,7 +3,7 @@
 . benches/device_env.sh
 mkdir -p /tmp/t && tar xzf .dev/tests.tgz -C /tmp/t
 export HOTROW_MODEL_CASES=${HOTROW_MODEL_CASES:-100}
-for t in model cache batched compact gather misuse ops tables group device limits resources shaders; do
+for t in model cache batched compact gather misuse ops tables multi_gpu device limits resources shaders; do
   echo "== $t"
   timeout ${TEST_TIMEOUT:-300} /tmp/t/tests/$t --test-threads=2 --show-output > $OUT/$t.log 2>&1; echo "rc=$?"
   grep -E 'adapter =|test result|FAILED|^failures|^    [a-z_]+$' $OUT/$t.log | head -12

@@ -163,7 +163,7 @@ pub enum HotrowError {
     /// used; the other devices' caches stay consistent.
     #[error("device {device} ({adapter}): {source}")]
     OnDevice {
-        /// The device's index in the group.
+        /// The device's index in the multi-GPU cache.
         device: usize,
         /// Its adapter's name.
         adapter: String,

@@ -445,7 +445,7 @@ impl RowSource for Faulty<'_> {
 /// Device resolution (the GPU finds the hits) through a stream with evictions, a moving hot
 /// set, batches bigger than the cache, preloads, bags and scores, and a row source that
 /// fails and panics mid-stream: every output equals the CPU reference, the counters hold,
-/// and the GPU's id -> slot table agrees with the slot map after every batch.
+/// and the GPU's slot index agrees with the slot map after every batch.
 #[test]
 fn device_resolution_stream_matches_reference() {
     use hotrow::{EvictionPolicy, Pooling, Queries, Resolution};

@@ -251,7 +251,7 @@ fn inputs_past_one_binding_are_refused_before_any_work() {
     ));
     assert_eq!(cache.stats(), &stats, "counters unchanged");
     assert_eq!(cache.slot_map().resident(), resident, "residency unchanged");
-    // Device resolution needs the id -> slot table (2,000 rows x 4 bytes) in one binding.
+    // Resolution on the GPU needs the slot index (2,000 rows x 4 bytes) in one binding.
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(100))
         .resolution(hotrow::Resolution::Device);

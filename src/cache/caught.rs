@@ -1,4 +1,4 @@
-//! Calls into code hotrow does not own (row sources, a device's share of a group call)
+//! Calls into code hotrow does not own (row sources, a device's share of a multi-GPU call)
 //! with a panic in them caught and turned into a value, so a panicking source fails one
 //! call instead of unwinding through the cache.
 

@@ -28,10 +28,10 @@ pub enum Resolution {
     /// partition). No extra GPU memory; the host's time grows with the batch. The default.
     #[default]
     Host,
-    /// The GPU holds a copy of the id -> slot table (4 bytes per table row) and finds the
-    /// hits itself; the host reads back only the misses and a bitmap of the slots the
-    /// batch touched (one GPU round trip per batch), resolves the misses and updates the
-    /// GPU's table with the changes. Its host time grows with the batch's misses, not its
+    /// The GPU holds a copy of the id -> slot map, the slot index (4 bytes per table row),
+    /// and finds the hits itself; the host reads back only the misses and a bitmap of the
+    /// slots the batch touched (one GPU round trip per batch), resolves the misses and
+    /// updates the slot index with the changes. Its host time grows with the batch's misses, not its
     /// length: choose it for long batches that mostly hit. Batches it cannot serve in one
     /// pass (more distinct ids than slots, or more misses than one upload holds) and
     /// preloads go through the host path. The table must fit one storage binding
@@ -72,9 +72,8 @@ pub struct CacheConfig {
     /// per 1,024 slots. Default 0: four per thread of the rayon pool the cache is made on
     /// (a multi-GPU cache: per thread of each device's share), chosen at construction and
     /// shown by `config()`. Smaller partitions keep each one's arrays in a core's cache and
-    /// balance the threads' load: on the lent H200 host, W2 took 0.61-0.69 ms per batch
-    /// with 64 partitions on 16 threads against 0.77-0.83 with 16, and W6 on the host path
-    /// 2.6 against 3.3 ms.
+    /// balance the threads' load: on a 16-thread host, W2 took 0.61-0.69 ms per batch with
+    /// 64 partitions against 0.77-0.83 with 16, and W6 on the host path 2.6 against 3.3 ms.
     pub partitions: usize,
     /// Who finds a batch's hits. Default [`Resolution::Host`].
     pub resolution: Resolution,
@@ -176,7 +175,7 @@ pub struct CacheMemory {
     pub slots: u64,
     /// Device-local scratch: per-pass slot lists, uploaded rows, op inputs, the rows an op
     /// gathers when its batch takes several passes, and with [`Resolution::Device`] the
-    /// GPU's id -> slot table (4 bytes per table row) and the probe's output.
+    /// GPU's slot index (4 bytes per table row) and the probe's output.
     pub scratch: u64,
     /// Host-visible staging buffers of the upload ring.
     pub staging: u64,

@@ -144,7 +144,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             let device = config.resolution == Resolution::Device;
             if device && !fits {
                 return Err(HotrowError::ExceedsLimit {
-                    what: "the GPU's id -> slot table (Resolution::Device)",
+                    what: "the GPU's slot index (Resolution::Device)",
                     bytes: table_bytes,
                     limit_name: "max_storage_buffer_binding_size",
                     limit: ctx.max_binding(),

@@ -51,10 +51,10 @@ pub struct CacheStats {
     pub submit_time: Duration,
     /// GPU submissions made by the cache's calls. An op (bags, scores, combine) submits
     /// its kernel together with the pass that loaded its rows: one per call on the host
-    /// path when the batch fits one pass; device resolution adds the probe's (which must
+    /// path when the batch fits one pass; resolution on the GPU adds the probe's (which must
     /// come back before the pass); a batch bigger than the cache one per extra pass.
     pub submissions: u64,
-    /// Host time of device resolution's first submission: uploading the ids, the GPU's
+    /// Host time of the first submission of resolution on the GPU: uploading the ids, the GPU's
     /// probe and reading back its misses and touched slots (one round trip per batch).
     pub probe_time: Duration,
 }

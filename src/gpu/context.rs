@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long [`GpuContext::poll_until`] polls without blocking on a hardware adapter before
-/// it blocks: longer than device resolution's round trip (0.2-0.3 ms on the H200), short
+/// it blocks: longer than the GPU round trip of resolution on the GPU (0.2-0.3 ms on the H200), short
 /// enough that a long wait costs a core little.
 const SPIN_WAIT: Duration = Duration::from_millis(1);
 
@@ -368,7 +368,7 @@ impl GpuContext {
     /// `timeout` (or [`HotrowError::DeviceLost`] if the device went away meanwhile).
     ///
     /// On a hardware adapter it first polls without blocking for up to [`SPIN_WAIT`]: the
-    /// waits on the hot paths (device resolution's round trip, a staging entry the GPU
+    /// waits on the hot paths (the round trip of resolution on the GPU, a staging entry the GPU
     /// still copies from) are a fraction of a millisecond, and a blocking wait adds the
     /// driver's and the scheduler's wake-up to each. A software adapter runs the GPU's
     /// work on the host's cores, which spinning would take from it.

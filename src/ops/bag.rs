@@ -214,7 +214,7 @@ pub(crate) fn encode(
     state.host = host;
     let staged = staged?;
     let bags = &staged.input;
-    let group = state.bind_staged::<BagParams>(
+    let bind_group = state.bind_staged::<BagParams>(
         ctx,
         enc,
         &pipeline,
@@ -226,6 +226,6 @@ pub(crate) fn encode(
             (4, out, out.size()),
         ],
     )?;
-    encode_pass(ctx, enc, "bag", &pipeline, [(&group, (gx, gy))]);
+    encode_pass(ctx, enc, "bag", &pipeline, [(&bind_group, (gx, gy))]);
     Ok(staged)
 }

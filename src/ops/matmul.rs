@@ -188,7 +188,7 @@ pub(crate) fn encode(
         Left::Gpu(buffer) => buffer,
     };
     let a_bytes = elem_bytes((m * lda * 4) as u64, a_lanes, a);
-    let group = state.bind_staged::<MatmulParams>(
+    let bind_group = state.bind_staged::<MatmulParams>(
         ctx,
         enc,
         &pipeline,
@@ -204,6 +204,12 @@ pub(crate) fn encode(
             (4, out, out.size()),
         ],
     )?;
-    encode_pass(ctx, enc, "block_matmul", &pipeline, [(&group, (gx, gy))]);
+    encode_pass(
+        ctx,
+        enc,
+        "block_matmul",
+        &pipeline,
+        [(&bind_group, (gx, gy))],
+    );
     Ok(staged)
 }

@@ -144,9 +144,15 @@ pub(crate) fn encode(
     if kernel != Kernel::Assign {
         storage.push((3, out, out.size()));
     }
-    let group = launch
+    let bind_group = launch
         .bind::<MapParams>(ctx, &pipeline, from, &storage)?
         .clone();
-    encode_pass(ctx, enc, kernel.entry(), &pipeline, [(&group, (gx, gy))]);
+    encode_pass(
+        ctx,
+        enc,
+        kernel.entry(),
+        &pipeline,
+        [(&bind_group, (gx, gy))],
+    );
     Ok(())
 }

@@ -156,7 +156,7 @@ impl ValueType {
 /// few enough that the tasks spread evenly over the threads (W2 misses ~9,000 rows a batch,
 /// ~140 per slot-map partition). On the H200 host, 32,768 random rows of 256 B took 148 us
 /// on 16 threads in tasks of 128 against 170 in tasks of 64, and W2's copy thread time fell
-/// 15% (BENCHMARKS.md, session 7).
+/// 15% (benches/HISTORY.md).
 const ROWS_PER_TASK: usize = 128;
 
 /// Cache lines the row copies keep in flight by prefetching the rows ahead: random rows of

@@ -386,10 +386,10 @@ impl<S: RowSource> TableBatchedCache<S> {
     /// Rows of table `t` resident on the GPU now.
     pub fn resident(&self, t: usize) -> Option<usize> {
         let &(g, k) = self.place.get(t)?;
-        let group = &self.widths[g];
-        let (lo, hi) = (group.bases[k], group.bases[k + 1]);
+        let width = &self.widths[g];
+        let (lo, hi) = (width.bases[k], width.bases[k + 1]);
         Some(
-            group
+            width
                 .cache
                 .slot_map()
                 .resident()

@@ -31,7 +31,7 @@ pub(super) fn member_of(bases: &[u64], id: u32) -> usize {
         .sum()
 }
 
-/// Ids per task of [`Tables::read_rows`]. A device-resolved W6 step has each of 64
+/// Ids per task of [`Tables::read_rows`]. A W6 step resolved on the GPU has each of 64
 /// slot-map partitions read its ~500 missed rows as it resolves: split in tasks of this
 /// size, the last partitions' copies spread over the threads that are done instead of
 /// finishing on one.

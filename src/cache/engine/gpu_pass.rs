@@ -58,13 +58,13 @@ impl PassEngine {
             Some(entry) => {
                 let (fits, copied) = entry.write(|bytes| {
                     copy_while_resolving(bytes, &lay, source, layout, |on_misses| {
-                        map.resolve_device(touched, missing, max_misses, plan, on_misses)
+                        map.resolve_on_gpu(touched, missing, max_misses, plan, on_misses)
                     })
                 })?;
                 (fits, Some(copied))
             }
             None => (
-                map.resolve_device(touched, missing, max_misses, plan, &|_| {}),
+                map.resolve_on_gpu(touched, missing, max_misses, plan, &|_| {}),
                 None,
             ),
         };

@@ -239,7 +239,7 @@ impl PassEngine {
             None => Target::Resident,
         };
         let n = self.first_pass(source, ids, target(0))?;
-        self.finish_batch(source, ids, n, target)
+        self.run_remaining_passes(source, ids, n, target)
     }
 
     /// Resolves checked, non-empty `ids` for an op. Common case: one pass covers the batch
@@ -310,7 +310,7 @@ impl PassEngine {
             None,
         )?;
         self.submit([enc.finish()], None)?;
-        self.finish_batch(source, ids, n, |start| Target::Gather(&gathered, start))?;
+        self.run_remaining_passes(source, ids, n, |start| Target::Gather(&gathered, start))?;
         Ok(OpRows::gathered(self, gathered_layout))
     }
 
@@ -346,7 +346,7 @@ impl PassEngine {
 
     /// Runs the passes after the first (which served `n` positions), each submitted as
     /// recorded, and counts the batch.
-    fn finish_batch<'t, S: RowSource>(
+    fn run_remaining_passes<'t, S: RowSource>(
         &mut self,
         source: &S,
         ids: &[u32],

@@ -1,4 +1,4 @@
-//! [`Devices`]: one cache and one pool of host threads per device, and the way a group
+//! [`Devices`]: one cache and one pool of host threads per device, and the way a multi-GPU
 //! call runs on all of them at once, each failure named by its device.
 
 use std::ops::Range;
@@ -105,7 +105,7 @@ impl<R: RowSource> Devices<R> {
     pub(super) fn check_device(&self, d: usize) -> Result<()> {
         if d >= self.len() {
             return Err(HotrowError::InvalidArgument(format!(
-                "device {d} of a group of {}",
+                "device {d} of a multi-GPU cache of {}",
                 self.len()
             )));
         }

@@ -29,7 +29,7 @@ impl<S: RowSource> OwnedRows<S> {
 impl<S: RowSource> RowSource for OwnedRows<S> {
     fn rows(&self) -> usize {
         let (n, d) = (self.devices as usize, self.device as usize);
-        // A device that owns no row (a table smaller than the group) still gets a cache of
+        // A device that owns no row (a table with fewer rows than devices) still gets a cache of
         // one row, which is never asked for (no table id maps to it).
         ((self.source.rows() + n - 1 - d) / n).max(1)
     }

@@ -4,7 +4,10 @@
 
 use rayon::prelude::*;
 
+mod bits;
+
 use super::{EvictionPolicy, PassPlan, SlotMap};
+use bits::{count_bits, set_bits};
 
 /// Ids with the same low bits share a partition; each partition owns its own range of
 /// slots, its own eviction state and its own [`SlotMap`] over the ids `id >> bits`.
@@ -108,50 +111,10 @@ fn publish_misses(
     on_misses(global);
 }
 
-/// Mask of the bits of word `w` that lie in positions `start..end`.
-fn word_mask(w: usize, start: u32, end: u32) -> u32 {
-    let lo = (w as u32 * 32).max(start);
-    let hi = (w as u32 * 32 + 32).min(end);
-    let span = hi - lo;
-    let shift = lo - w as u32 * 32;
-    if span == 32 {
-        u32::MAX
-    } else {
-        ((1u32 << span) - 1) << shift
-    }
-}
-
-/// How many bits of `bits` are set among positions `start..start + len`: a popcount per
-/// word (a device pass's fit check covers every slot, millions of them).
-fn count_bits(bits: &[u32], start: u32, len: u32) -> usize {
-    let end = start + len;
-    let words = (start / 32) as usize..(end.div_ceil(32) as usize).min(bits.len());
-    words
-        .map(|w| (bits[w] & word_mask(w, start, end)).count_ones() as usize)
-        .sum()
-}
-
-/// The set bits of `bits` among positions `start..start + len`, as offsets from `start`.
-fn set_bits(bits: &[u32], start: u32, len: u32) -> impl Iterator<Item = u32> + '_ {
-    let end = start + len;
-    let words = (start / 32) as usize..(end.div_ceil(32) as usize).min(bits.len());
-    words.flat_map(move |w| {
-        let mut word = bits[w] & word_mask(w, start, end);
-        std::iter::from_fn(move || {
-            if word == 0 {
-                return None;
-            }
-            let b = word.trailing_zeros();
-            word &= word - 1;
-            Some(w as u32 * 32 + b - start)
-        })
-    })
-}
-
-/// Batches shorter than this are resolved partition by partition on the calling thread.
-/// (16,384 was tried: on the 2-core dev box the serial walk of 4,096 ids beat the pool,
-/// 0.045 against 0.134 ms, but on the H200's host a pipelined W2 stream of 4,096-id batches
-/// got slower, 0.20-0.23 -> 0.33-0.38 ms: BENCHMARKS.md.)
+/// Batches shorter than this are resolved partition by partition on the calling thread:
+/// below it, handing the partitions to the pool costs about what it saves. A higher
+/// threshold helps a 2-core machine and hurts a pipelined stream of 4,096-id batches on a
+/// 16-thread host (benches/HISTORY.md has both measurements).
 const PARALLEL_MIN_IDS: usize = 4096;
 
 /// One partition's share of [`PartitionedSlotMap::merge_plans`]: its number and first slot,
@@ -346,7 +309,7 @@ impl PartitionedSlotMap {
                 *g = p.base + s;
             }
         };
-        // A device pass of a W6 step merges ~30,000 misses and as many evictions.
+        // A W6 step resolved on the GPU merges ~30,000 misses and as many evictions.
         if misses + evicted >= PARALLEL_MIN_IDS {
             parts.into_par_iter().for_each(copy);
         } else {
@@ -364,7 +327,7 @@ impl PartitionedSlotMap {
         (self.base[k], end - self.base[k])
     }
 
-    /// One pass whose hits the GPU found (device resolution): `touched` is a bitmap over
+    /// One pass whose hits the GPU found (resolution on the GPU): `touched` is a bitmap over
     /// the slots (bit `s % 32` of word `s / 32`: slot `s` is read by the pass), `missing` the
     /// ids the GPU found not resident (repeats allowed). Each partition pins and touches its
     /// touched slots, then gives its missing ids slots, calling `on_misses` as
@@ -374,7 +337,7 @@ impl PartitionedSlotMap {
     /// Returns `false`, changing nothing, when the pass might not fit: a partition whose
     /// touched slots plus missing ids (counting repeats) pass its capacity, or more than
     /// `max_misses` missing ids. The caller then serves the batch on the host path.
-    pub(crate) fn resolve_device(
+    pub(crate) fn resolve_on_gpu(
         &mut self,
         touched: &[u32],
         missing: &[u32],

@@ -1,5 +1,6 @@
 //! Tests of [`PartitionedSlotMap`]: partitions against one map, undo, passes resolved on
 //! the GPU.
+use super::bits::{count_bits, set_bits};
 use super::*;
 use hotrow_workloads::Rng;
 
@@ -83,7 +84,7 @@ fn partitions_serve_passes_consistently() {
     }
 }
 
-/// A failed pass undone over partitions (host and device passes, merged in parallel
+/// A failed pass undone over partitions (passes resolved on the host and on the GPU, merged in parallel
 /// or not): forgetting its misses and restoring its evictions gives back the map it
 /// started from, slot for slot.
 #[test]
@@ -106,7 +107,7 @@ fn a_failed_pass_undone_leaves_the_partitions_as_they_were() {
                 .filter(|&id| map.slot_of(id).is_none())
                 .collect();
             let touched = vec![0u32; words];
-            if !map.resolve_device(&touched, &missing, usize::MAX, &mut plan, &|_| {}) {
+            if !map.resolve_on_gpu(&touched, &missing, usize::MAX, &mut plan, &|_| {}) {
                 continue;
             }
         }
@@ -158,19 +159,19 @@ fn set_bits_and_count_bits_match_a_plain_scan() {
     }
 }
 
-/// Device passes: touched slots are pinned and counted as hits, missing ids (with
+/// Passes resolved on the GPU: touched slots are pinned and counted as hits, missing ids (with
 /// repeats) get distinct free or evicted slots never among the touched ones, and a pass
 /// that might not fit is refused with nothing changed.
 #[test]
-fn device_passes_pin_touched_slots_and_refuse_what_does_not_fit() {
+fn gpu_resolved_passes_pin_touched_slots_and_refuse_what_does_not_fit() {
     let mut rng = Rng::new(17);
     // A small map, then one whose passes merge their partitions in parallel.
     for (cap, most) in [(4096usize, 600u64), (16_384, 3000)] {
-        device_passes_on(&mut rng, cap, most);
+        gpu_resolved_passes_on(&mut rng, cap, most);
     }
 }
 
-fn device_passes_on(rng: &mut Rng, cap: usize, most: u64) {
+fn gpu_resolved_passes_on(rng: &mut Rng, cap: usize, most: u64) {
     let rows = 50_000usize;
     let mut map = PartitionedSlotMap::new(rows, cap, EvictionPolicy::Clock, 4);
     let mut plan = PassPlan::default();
@@ -193,7 +194,7 @@ fn device_passes_on(rng: &mut Rng, cap: usize, most: u64) {
             .filter(|&id| map.slot_of(id).is_none())
             .flat_map(|id| [id, id]) // repeats
             .collect();
-        assert!(map.resolve_device(&touched, &missing, usize::MAX, &mut plan, &|_| {}));
+        assert!(map.resolve_on_gpu(&touched, &missing, usize::MAX, &mut plan, &|_| {}));
         assert_eq!(plan.hits, pinned.len() as u64, "round {round}");
         for &(id, s) in &pinned {
             assert_eq!(
@@ -228,8 +229,8 @@ fn device_passes_on(rng: &mut Rng, cap: usize, most: u64) {
         .filter(|&id| map.slot_of(id).is_none())
         .collect();
     let touched = vec![0u32; words];
-    assert!(!map.resolve_device(&touched, &missing[..10], 5, &mut plan, &|_| {}));
-    assert!(!map.resolve_device(
+    assert!(!map.resolve_on_gpu(&touched, &missing[..10], 5, &mut plan, &|_| {}));
+    assert!(!map.resolve_on_gpu(
         &touched,
         &missing[..cap + 4],
         usize::MAX,
