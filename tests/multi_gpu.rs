@@ -105,6 +105,35 @@ fn replicated_matches_the_reference() {
         let got = ReplicatedCache::<HostTable>::to_host(&outs).unwrap();
         let (want, scale) = common::combine_ref(&data, dim, &x, &ids);
         assert_close_host(&got, &want, &scale, "replicated combine");
+        // the allocating twins: the same parts as the `_into` calls, each on its device
+        let parts = cache.combine(&x, &ids).unwrap();
+        assert_eq!(parts.len(), 2);
+        let got = ReplicatedCache::<HostTable>::to_host(&parts).unwrap();
+        assert_close_host(&got, &want, &scale, "replicated combine (allocating)");
+        let parts = cache.scores(&q, &cand).unwrap();
+        let (want, scale) = common::scores_ref(&data, dim, &q, &cand);
+        for (d, r) in split.iter().enumerate() {
+            assert!(
+                parts[d].context().same_as(&two()[d]),
+                "scores part {d} on its device"
+            );
+            assert_eq!((parts[d].rows(), parts[d].dim()), (3, r.len()));
+            let part = parts[d].to_host().unwrap();
+            for i in 0..3 {
+                let got = &part[i * r.len()..(i + 1) * r.len()];
+                let w = &want[i * 77 + r.start..i * 77 + r.end];
+                let s = &scale[i * 77 + r.start..i * 77 + r.end];
+                assert_close_host(got, w, s, "replicated scores (allocating)");
+            }
+        }
+        assert!(matches!(
+            cache.scores(&q, &[]),
+            Err(hotrow::HotrowError::EmptyCandidates)
+        ));
+        assert!(
+            cache.combine(&x[..7], &ids).is_err(),
+            "x not whole rows of one weight per id"
+        );
         let s = cache.stats();
         assert!(s.hits > 0 && s.evictions > 0, "{s:?}");
         for d in 0..2 {
