@@ -7,7 +7,9 @@
 use super::stage::{align16, cast_mut, put_params, write_pairs};
 use crate::cache::slot_map::PartitionedSlotMap;
 use crate::error::{HotrowError, Result};
-use crate::gpu::{encoder, map_read_with, GpuContext, GrowBuffer, Launch, StagingEntry};
+use crate::gpu::{
+    encoder, map_read_with, GpuContext, GrowBuffer, Launch, StagingCopier, StagingEntry,
+};
 use crate::gpu::{StagingRing, TrackedBuffer};
 use crate::ops::slot_index::{self as kernels, Kernel, MapParams, HEADER_WORDS, NOT_RESIDENT};
 
@@ -52,6 +54,94 @@ pub(super) struct IndexParts<'a> {
     pub(super) remove: &'a mut Launch,
     pub(super) insert: &'a mut Launch,
     pub(super) position: &'a mut Launch,
+}
+
+/// Where a probe's parts sit: in its staging entry (the ids, two params blocks, the
+/// removal pairs) and in its output (header, touched bitmap, miss list).
+#[derive(Clone, Copy, Debug)]
+struct ProbeLayout {
+    n: usize,
+    params_off: u64,
+    pairs_off: u64,
+    total: u64,
+    out_bytes: u64,
+}
+
+impl ProbeLayout {
+    fn new(n: usize, room: usize, bitmap_words: u64, removals: usize) -> Self {
+        let params_off = align16(n as u64 * 4);
+        let pairs_off = align16(params_off + 2 * kernels::PARAMS_BYTES);
+        Self {
+            n,
+            params_off,
+            pairs_off,
+            total: pairs_off + removals as u64 * 8,
+            out_bytes: (HEADER_WORDS + bitmap_words + room as u64) * 4,
+        }
+    }
+}
+
+/// The index's buffers and launches a probe records with.
+struct ProbeParts<'a> {
+    slot_of: &'a wgpu::Buffer,
+    ids: &'a mut GrowBuffer,
+    out: &'a mut GrowBuffer,
+    readback: &'a mut GrowBuffer,
+    pairs: &'a mut GrowBuffer,
+    probe: &'a mut Launch,
+    flush: &'a mut Launch,
+}
+
+impl ProbeParts<'_> {
+    /// The probe's commands: ids up, pending removals applied, the output cleared, the
+    /// probe, the output copied to the readback buffer (returned).
+    fn record(
+        self,
+        ctx: &GpuContext,
+        copier: &StagingCopier,
+        lay: &ProbeLayout,
+        bitmap_words: u64,
+        removals: usize,
+    ) -> Result<(wgpu::CommandEncoder, wgpu::Buffer)> {
+        let mut enc = encoder(ctx, "hotrow probe");
+        let staging = copier.buffer();
+        let ids_bytes = lay.n as u64 * 4;
+        let ids_dev = self.ids.get(ctx, ids_bytes)?.clone();
+        copier.copy_to(&mut enc, 0, &ids_dev, 0, ids_bytes);
+        if removals > 0 {
+            let bytes = removals as u64 * 8;
+            let pairs_dev = self.pairs.get(ctx, bytes)?.clone();
+            copier.copy_to(&mut enc, lay.pairs_off, &pairs_dev, 0, bytes);
+            let params = (staging, lay.params_off + kernels::PARAMS_BYTES);
+            kernels::encode(
+                ctx,
+                &mut enc,
+                Kernel::Assign,
+                removals,
+                &pairs_dev,
+                self.slot_of,
+                &pairs_dev,
+                self.flush,
+                params,
+            )?;
+        }
+        let out = self.out.get(ctx, lay.out_bytes)?.clone();
+        enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bitmap_words) * 4));
+        kernels::encode(
+            ctx,
+            &mut enc,
+            Kernel::Probe,
+            lay.n,
+            &ids_dev,
+            self.slot_of,
+            &out,
+            self.probe,
+            (staging, lay.params_off),
+        )?;
+        let back = self.readback.get(ctx, lay.out_bytes)?.clone();
+        enc.copy_buffer_to_buffer(&out, 0, &back, 0, lay.out_bytes);
+        Ok((enc, back))
+    }
 }
 
 /// A probe recorded and written, waiting for its submission.
@@ -152,13 +242,8 @@ impl SlotIndex {
         }
         let room = self.miss_room.min(n).max(1);
         let bw = self.bitmap_words;
-        let ids_bytes = n as u64 * 4;
-        let params_off = align16(ids_bytes);
-        let pairs_off = align16(params_off + 2 * kernels::PARAMS_BYTES);
-        let removals = self.pending.len();
-        let total = pairs_off + removals as u64 * 8;
-        let out_bytes = (HEADER_WORDS + bw + room as u64) * 4;
-        let mut entry = ring.acquire(ctx, total)?;
+        let lay = ProbeLayout::new(n, room, bw, self.pending.len());
+        let mut entry = ring.acquire(ctx, lay.total)?;
         let Self {
             slot_of,
             ids: ids_buf,
@@ -170,66 +255,39 @@ impl SlotIndex {
             pending,
             ..
         } = self;
+        let parts = ProbeParts {
+            slot_of,
+            ids: ids_buf,
+            out: probe_out,
+            readback,
+            pairs: pairs_buf,
+            probe: probe_launch,
+            flush,
+        };
         let pending = &*pending;
         let copier = entry.copier();
-        // The commands are recorded on this thread while the pool's threads write the ids
-        // into staging (hundreds of thousands of them in a W6 step; each half takes tens of
-        // microseconds). wgpu checks that the entry is unmapped only at submission.
-        let record = || -> Result<(wgpu::CommandEncoder, wgpu::Buffer)> {
-            let mut enc = encoder(ctx, "hotrow probe");
-            let staging = copier.buffer();
-            let ids_dev = ids_buf.get(ctx, ids_bytes)?.clone();
-            copier.copy_to(&mut enc, 0, &ids_dev, 0, ids_bytes);
-            if !pending.is_empty() {
-                let bytes = pending.len() as u64 * 8;
-                let pairs_dev = pairs_buf.get(ctx, bytes)?.clone();
-                copier.copy_to(&mut enc, pairs_off, &pairs_dev, 0, bytes);
-                let params = (staging, params_off + kernels::PARAMS_BYTES);
-                kernels::encode(
-                    ctx,
-                    &mut enc,
-                    Kernel::Assign,
-                    pending.len(),
-                    &pairs_dev,
-                    slot_of,
-                    &pairs_dev,
-                    flush,
-                    params,
-                )?;
-            }
-            let out = probe_out.get(ctx, out_bytes)?.clone();
-            enc.clear_buffer(&out, 0, Some((HEADER_WORDS + bw) * 4));
-            kernels::encode(
-                ctx,
-                &mut enc,
-                Kernel::Probe,
-                n,
-                &ids_dev,
-                slot_of,
-                &out,
-                probe_launch,
-                (staging, params_off),
-            )?;
-            let back = readback.get(ctx, out_bytes)?.clone();
-            enc.copy_buffer_to_buffer(&out, 0, &back, 0, out_bytes);
-            Ok((enc, back))
-        };
         let params = [
             kernels::probe_params(ctx, n, bw, room),
             kernels::params(ctx, pending.len(), 0),
         ];
-        let fill =
-            |bytes: &mut [u8]| fill_probe(bytes, ids, params_off, pairs_off, &params, pending);
-        let (recorded, filled) = entry.write(|bytes| rayon::join(record, || fill(bytes)))?;
+        // The commands are recorded on this thread while the pool's threads write the ids
+        // into staging (hundreds of thousands of them in a W6 step; each half takes tens of
+        // microseconds). wgpu checks that the entry is unmapped only at submission.
+        let (recorded, filled) = entry.write(|bytes| {
+            rayon::join(
+                || parts.record(ctx, &copier, &lay, bw, pending.len()),
+                || fill_probe(bytes, ids, lay.params_off, lay.pairs_off, &params, pending),
+            )
+        })?;
         filled?;
         let (enc, readback) = recorded?;
         Ok(Probe {
             commands: enc.finish(),
             entry,
             readback,
-            out_bytes,
+            out_bytes: lay.out_bytes,
             room,
-            removals,
+            removals: pending.len(),
         })
     }
 
@@ -342,8 +400,12 @@ mod tests {
     #[test]
     fn a_probe_stages_its_ids_params_and_pending_removals() {
         let ids: Vec<u32> = (0..37).map(|i| i * 3).collect();
-        let params_off = align16(37 * 4);
-        let pairs_off = align16(params_off + 2 * kernels::PARAMS_BYTES);
+        let lay = ProbeLayout::new(37, 10, 5, 3);
+        let (params_off, pairs_off) = (lay.params_off, lay.pairs_off);
+        assert!(params_off >= 37 * 4 && params_off % 16 == 0 && pairs_off % 16 == 0);
+        assert_eq!(pairs_off, params_off + 2 * kernels::PARAMS_BYTES);
+        assert_eq!(lay.total, pairs_off + 3 * 8);
+        assert_eq!(lay.out_bytes, (HEADER_WORDS + 5 + 10) * 4);
         let params: [MapParams; 2] = [bytemuck::cast([4u32; 8]), bytemuck::cast([5u32; 8])];
         let pending = [11u32, 12, 13];
         let mut staging = vec![u32::MAX; (pairs_off as usize + 3 * 8) / 4 + 4];

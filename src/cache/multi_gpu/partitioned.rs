@@ -330,43 +330,15 @@ impl<S: RowSource> PartitionedCache<S> {
             cache.lookup_bags_into(&s.ids, &s.offsets, pool, w, partial)
         })?;
         let dim = self.devices.dim();
-        self.host.clear();
-        self.host.resize(bags * dim, 0.0);
-        // Whether a bag already has a value (Max: the first device with ids in it sets it).
-        let mut set = vec![false; if pooling == Pooling::Max { bags } else { 0 }];
-        for (s, part) in self.shares.iter().zip(&parts) {
-            let Some(rows) = part else { continue };
-            for b in 0..bags {
-                let count = s.offsets.get(b + 1).map_or(s.ids.len() as u32, |&e| e) - s.offsets[b];
-                let (acc, part) = (
-                    &mut self.host[b * dim..(b + 1) * dim],
-                    &rows[b * dim..(b + 1) * dim],
-                );
-                match pooling {
-                    Pooling::Max if count > 0 => {
-                        if set[b] {
-                            acc.iter_mut().zip(part).for_each(|(a, &v)| *a = a.max(v));
-                        } else {
-                            acc.copy_from_slice(part);
-                            set[b] = true;
-                        }
-                    }
-                    Pooling::Max => {}
-                    _ => acc.iter_mut().zip(part).for_each(|(a, &v)| *a += v),
-                }
-            }
-        }
-        if pooling == Pooling::Mean {
-            for b in 0..bags {
-                let len = offsets.get(b + 1).map_or(ids.len() as u32, |&e| e) - offsets[b];
-                if len > 0 {
-                    let inv = 1.0 / len as f32;
-                    self.host[b * dim..(b + 1) * dim]
-                        .iter_mut()
-                        .for_each(|v| *v *= inv);
-                }
-            }
-        }
+        combine_bags(
+            &mut self.host,
+            &self.shares,
+            &parts,
+            ids.len(),
+            offsets,
+            pooling,
+            dim,
+        );
         self.finish(on, bags, dim, out)
     }
 
@@ -523,5 +495,57 @@ impl<S: RowSource> PartitionedCache<S> {
         self.traffic.bytes_from_host += self.host.len() as u64 * 4;
         self.traffic.calls += 1;
         Ok(())
+    }
+}
+
+/// The host's combination of the devices' partial bags (`parts[d]`: device `d`'s `bags x
+/// dim` partial results, `None` when it had no ids) into `host`: sums (then divided by each
+/// bag's length for a mean) or maxima over the devices that had ids in the bag.
+fn combine_bags(
+    host: &mut Vec<f32>,
+    shares: &[Share],
+    parts: &[Option<Vec<f32>>],
+    ids: usize,
+    offsets: &[u32],
+    pooling: Pooling,
+    dim: usize,
+) {
+    let bags = offsets.len();
+    host.clear();
+    host.resize(bags * dim, 0.0);
+    // Whether a bag already has a value (Max: the first device with ids in it sets it).
+    let mut set = vec![false; if pooling == Pooling::Max { bags } else { 0 }];
+    for (s, part) in shares.iter().zip(parts) {
+        let Some(rows) = part else { continue };
+        for b in 0..bags {
+            let count = s.offsets.get(b + 1).map_or(s.ids.len() as u32, |&e| e) - s.offsets[b];
+            let (acc, part) = (
+                &mut host[b * dim..(b + 1) * dim],
+                &rows[b * dim..(b + 1) * dim],
+            );
+            match pooling {
+                Pooling::Max if count > 0 => {
+                    if set[b] {
+                        acc.iter_mut().zip(part).for_each(|(a, &v)| *a = a.max(v));
+                    } else {
+                        acc.copy_from_slice(part);
+                        set[b] = true;
+                    }
+                }
+                Pooling::Max => {}
+                _ => acc.iter_mut().zip(part).for_each(|(a, &v)| *a += v),
+            }
+        }
+    }
+    if pooling == Pooling::Mean {
+        for b in 0..bags {
+            let len = offsets.get(b + 1).map_or(ids as u32, |&e| e) - offsets[b];
+            if len > 0 {
+                let inv = 1.0 / len as f32;
+                host[b * dim..(b + 1) * dim]
+                    .iter_mut()
+                    .for_each(|v| *v *= inv);
+            }
+        }
     }
 }
