@@ -187,7 +187,9 @@ impl LaunchState {
             bytes[params_at as usize..total as usize].copy_from_slice(params);
         })?;
         let buf = self.input.get(ctx, in_bytes.max(4))?.clone();
-        entry.copy_to(enc, 0, &buf, 0, in_bytes.next_multiple_of(4));
+        entry
+            .copier()
+            .copy_to(enc, 0, &buf, 0, in_bytes.next_multiple_of(4));
         Ok(Staged {
             input: buf,
             entry,

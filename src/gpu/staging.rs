@@ -2,7 +2,7 @@
 //! values.
 //!
 //! An entry is mapped for writing while the host fills it; its copies into device buffers
-//! are recorded by the entry itself ([`StagingEntry::copy_to`], as wgpu's `StagingBelt`
+//! are recorded by the entry itself ([`StagingEntry::copier`], as wgpu's `StagingBelt`
 //! does); the one submit path ([`crate::gpu::submit`]) unmaps it, submits, and asks for it
 //! to be mapped again, which completes only once the GPU has finished that submission, so an
 //! entry is never overwritten while a copy may still read it. With `n` entries the host can
@@ -166,21 +166,9 @@ impl StagingEntry {
         Ok(fill(bytes_mut))
     }
 
-    /// Records in `enc` the copy of `size` bytes at `offset` of this entry into `dst` at
-    /// `dst_offset`; it runs in the submission this entry is given to.
-    pub(crate) fn copy_to(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        offset: u64,
-        dst: &wgpu::Buffer,
-        dst_offset: u64,
-        size: u64,
-    ) {
-        self.copier().copy_to(enc, offset, dst, dst_offset, size);
-    }
-
-    /// The copy side of this entry, for recording commands on one thread while others
-    /// write the entry.
+    /// The copy side of this entry: records its copies into device buffers (they run in
+    /// the submission this entry is given to), also on one thread while others write the
+    /// entry.
     pub(crate) fn copier(&self) -> StagingCopier {
         StagingCopier {
             buffer: self.buffer.clone(),
@@ -219,7 +207,8 @@ impl StagingCopier {
         &self.buffer
     }
 
-    /// As [`StagingEntry::copy_to`].
+    /// Records in `enc` the copy of `size` bytes at `offset` of the entry into `dst` at
+    /// `dst_offset`.
     pub(crate) fn copy_to(
         &self,
         enc: &mut wgpu::CommandEncoder,

@@ -229,7 +229,7 @@ impl RowBuffer {
             })?;
             let ids_buf = input.get(ctx, ids_bytes)?;
             let mut enc = encoder(ctx, "hotrow gather");
-            entry.copy_to(&mut enc, 0, ids_buf, 0, ids_bytes);
+            entry.copier().copy_to(&mut enc, 0, ids_buf, 0, ids_bytes);
             encode(
                 ctx,
                 &mut enc,
