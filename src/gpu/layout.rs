@@ -288,7 +288,10 @@ impl RowLayout {
     /// as long as the range is at most `255 * scale_max` (about `f32::MAX`, `scale_max`
     /// the largest scale whose `255 * scale` is finite). A wider row (values of both signs
     /// beyond about `f32::MAX / 2`) saturates: its scale is `scale_max`, so that no decode
-    /// overflows, and values above `bias + 255 * scale_max` decode to that. A constant
+    /// overflows, and values above `bias + 255 * scale_max` decode to that. On the GPU the
+    /// same multiply-add may be fused, and may flush subnormal values to zero (WGSL allows
+    /// it; NVIDIA's Vulkan driver does): a kernel's decoded value can then differ from this
+    /// CPU decode by up to `f32::MIN_POSITIVE` (1.2e-38) more. A constant
     /// row decodes exactly, the sign of a zero included (its scale is a zero of the same
     /// sign). A row with a NaN or an infinity gets a NaN scale and bias: decoded, all its
     /// values are NaN.

@@ -1,0 +1,345 @@
+// Zero-copy probe (the project's shared probe, extended for issue 19's open questions):
+// rows read per thread (1, 4 or all the vec4s of a row) and random rows confined to a window
+// of the table (2 MiB .. the whole table: if a GPU TLB miss per 4 KiB host page is what
+// bounds random reads, a window within TLB reach reads faster).
+// Build: `cargo bench --bench zc_probe --no-run`; run the binary (ROWS, ZC_QUICK=1).
+//
+// Original notes: can a WGSL kernel read rows straight out of host memory (a MAP_READ |
+// STORAGE buffer, wgpu feature MAPPABLE_PRIMARY_BUFFERS -> gpu-allocator GpuToCpu ->
+// HOST_VISIBLE|HOST_COHERENT|HOST_CACHED, i.e. system RAM), and how fast, beside a
+// device-local table and beside copy-engine copies from the same memory.
+// ROWS (default 4,000,000) x 128 f32 table (1,953 MiB, under the H200's 2047 MiB binding);
+// the first loop copies the same random rows every iteration, the second ("ZC2") fresh rows
+// each iteration (random or sequential, 512- and 256-byte rows), the last ("CE") contiguous
+// copy_buffer_to_buffer from the host buffer. Measured on an H100 (2026-12-06), first loop:
+// 8,192 rows 43 GB/s, 16,384 19, 65,536 13 GB/s; device-local table up to 680 GB/s.
+use std::time::Instant;
+
+const D: u64 = 128;
+const SRC: &str = r#"
+struct P { seed: u32, n: u32, mode: u32, v: u32, rows: u32, per: u32, window: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read> table: array<vec4<f32>>;
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read_write> cache: array<vec4<f32>>;
+fn hash(x0: u32) -> u32 { var x = x0; x ^= x >> 16u; x *= 0x7feb352du; x ^= x >> 15u; x *= 0x846ca68bu; x ^= x >> 16u; return x; }
+// Thread t copies `per` consecutive vec4s of one row (per = v: a whole row per thread).
+@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let t = g.x + g.y * nw.x * 256u;
+  let chunks = p.v / p.per;
+  let row = t / chunks; let c0 = (t % chunks) * p.per;
+  if row < p.n {
+    var id: u32;
+    if p.mode == 0u { id = hash(p.seed * 2654435761u + row) % p.rows; }
+    else if p.mode == 1u { id = (p.seed * p.n + row) % p.rows; }
+    else { let base = (hash(p.seed) % (p.rows / p.window)) * p.window; id = base + hash(p.seed * 2654435761u + row) % p.window; }
+    for (var k = 0u; k < p.per; k++) { cache[row * p.v + c0 + k] = table[id * p.v + c0 + k]; }
+  }
+}"#;
+
+fn main() {
+    let inst = {
+        let mut d = wgpu::InstanceDescriptor::new_without_display_handle();
+        d.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        wgpu::Instance::new(d)
+    };
+    let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .expect("no adapter");
+    println!("adapter: {:?}", adapter.get_info());
+    let af = adapter.features();
+    println!(
+        "MAPPABLE_PRIMARY_BUFFERS={} TIMESTAMP_QUERY={}",
+        af.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+        af.contains(wgpu::Features::TIMESTAMP_QUERY)
+    );
+    let al = adapter.limits();
+    println!(
+        "max_storage_buffer_binding_size={} max_buffer_size={}",
+        al.max_storage_buffer_binding_size, al.max_buffer_size
+    );
+    let feats = wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
+        | (af
+            & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS));
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: al.clone(),
+        required_features: feats,
+        ..Default::default()
+    }))
+    .expect("device");
+    let ts = feats.contains(wgpu::Features::TIMESTAMP_QUERY);
+    let rows: u64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000_000);
+    let bytes = rows * D * 4;
+
+    // Host-memory table: mapped at creation, filled by the CPU, then unmapped.
+    let t0 = Instant::now();
+    let host = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host table"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::MAP_READ
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: true,
+    });
+    {
+        let mut m = host.slice(..).get_mapped_range_mut().unwrap();
+        let mut w = m.slice(..);
+        let mut ptr = w.as_raw_ptr();
+        // SAFETY: the mapped range is ours until `m` drops; we only write.
+        let bytes_mut: &mut [u8] = unsafe { ptr.as_mut() };
+        let f: &mut [f32] = bytemuck::cast_slice_mut(bytes_mut);
+        for (r, row) in f.chunks_mut(D as usize).enumerate() {
+            row.fill(r as f32);
+        }
+    }
+    host.unmap();
+    println!(
+        "host table {} MiB created+filled in {:.2} s",
+        bytes >> 20,
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Device-local table with the same rows.
+    let dev = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("device table"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let chunk = 1u64 << 16;
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = chunk.min(rows - r0);
+        let v: Vec<f32> = (0..n * D).map(|i| (r0 + i / D) as f32).collect();
+        queue.write_buffer(&dev, r0 * D * 4, bytemuck::cast_slice(&v));
+        r0 += n;
+    }
+    queue.submit([]);
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+
+    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(SRC.into()),
+    });
+    let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &m,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let maxn: u64 = 65536;
+    let cache = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: maxn * D * 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let qs = ts.then(|| {
+        device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: None,
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        })
+    });
+    let qb = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let qrb = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let ub = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 32,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let enc_ts = device
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+    let hash = |x0: u32| {
+        let mut x = x0;
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846ca68b);
+        x ^= x >> 16;
+        x
+    };
+    let read_ts = || -> f64 {
+        qrb.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        let v: Vec<u64> = bytemuck::cast_slice(&qrb.slice(..).get_mapped_range().unwrap()).to_vec();
+        qrb.unmap();
+        (v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64
+    };
+    let quick = std::env::var_os("ZC_QUICK").is_some();
+    let sizes: &[u64] = if quick { &[2048] } else { &[8192, 32768] };
+    let iters = if quick { 8u32 } else { 30 };
+    for (v, row_bytes) in [(32u32, 512u64), (16u32, 256u64)] {
+        let trows = (bytes / row_bytes) as u32;
+        for &n in sizes {
+            if n * row_bytes > maxn * D * 4 {
+                continue;
+            }
+            // (name, table, mode, vec4s per thread, window in rows)
+            let mib = |m: u64| ((m << 20) / row_bytes).min(trows as u64) as u32;
+            let mut cases: Vec<(String, &wgpu::Buffer, u32, u32, u32)> = vec![
+                ("host_rand".into(), &host, 0, 1, trows),
+                ("host_seq".into(), &host, 1, 1, trows),
+                ("dev_rand".into(), &dev, 0, 1, trows),
+                ("host_rand_per4".into(), &host, 0, 4, trows),
+                (format!("host_rand_per{v}"), &host, 0, v, trows),
+            ];
+            for w in [2u64, 32, 256] {
+                if mib(w) < trows && mib(w) >= n as u32 {
+                    cases.push((format!("host_win{w}MiB"), &host, 2, 1, mib(w)));
+                }
+            }
+            for (name, table, mode, per, window) in cases {
+                let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &p.get_bind_group_layout(0),
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: table.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: ub.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: cache.as_entire_binding(),
+                        },
+                    ],
+                });
+                let wgs = (n * (v / per) as u64).div_ceil(256);
+                let mut gpu = vec![];
+                let mut seed = 1u32;
+                for i in 0..iters {
+                    seed = 1000 + i * 7 + n as u32;
+                    queue.write_buffer(
+                        &ub,
+                        0,
+                        bytemuck::cast_slice(&[seed, n as u32, mode, v, trows, per, window, 0]),
+                    );
+                    let mut enc = device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: qs.as_ref().map(|q| {
+                                wgpu::ComputePassTimestampWrites {
+                                    query_set: q,
+                                    beginning_of_pass_write_index: Some(0),
+                                    end_of_pass_write_index: Some(1),
+                                }
+                            }),
+                        });
+                        pass.set_pipeline(&p);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(
+                            wgs.min(65535) as u32,
+                            wgs.div_ceil(65535) as u32,
+                            1,
+                        );
+                    }
+                    if let Some(q) = &qs {
+                        enc.resolve_query_set(q, 0..2, &qb, 0);
+                        enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
+                    }
+                    queue.submit([enc.finish()]);
+                    let t = if ts {
+                        read_ts()
+                    } else {
+                        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                        1.0
+                    };
+                    if i >= 3 {
+                        gpu.push(t);
+                    }
+                }
+                gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let med = gpu[gpu.len() / 2];
+                // check the last iteration's rows
+                let rb = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: n * row_bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut enc = device.create_command_encoder(&Default::default());
+                enc.copy_buffer_to_buffer(&cache, 0, &rb, 0, n * row_bytes);
+                queue.submit([enc.finish()]);
+                rb.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                let ok = {
+                    let out = rb.slice(..).get_mapped_range().unwrap();
+                    let out: &[f32] = bytemuck::cast_slice(&out);
+                    let fl = (row_bytes / 4) as usize;
+                    (0..n as u32).all(|r| {
+                        let id = match mode {
+                            0 => hash(seed.wrapping_mul(2654435761).wrapping_add(r)) % trows,
+                            1 => (seed.wrapping_mul(n as u32).wrapping_add(r)) % trows,
+                            _ => {
+                                (hash(seed) % (trows / window)) * window
+                                    + hash(seed.wrapping_mul(2654435761).wrapping_add(r)) % window
+                            }
+                        };
+                        let want = (id as u64 * row_bytes / 512) as f32;
+                        out[r as usize * fl] == want && out[r as usize * fl + fl - 1] == want
+                    })
+                };
+                println!("ZC2 row_bytes={row_bytes} {name:16} rows={n:6} MB={:.1} gpu_median_us={:.1} GB/s={:.1} Mrows/s={:.1} correct={ok}", (n * row_bytes) as f64 / 1e6, med / 1e3, (n * row_bytes) as f64 / med, n as f64 * 1e3 / med);
+            }
+        }
+    }
+    // Copy engine: contiguous host -> device copies of the same sizes, fresh offsets.
+    if enc_ts {
+        for mb in [2u64, 4, 8, 16, 32] {
+            let len = mb << 20;
+            if len * 2 > bytes {
+                continue;
+            }
+            let mut t = vec![];
+            for i in 0..30u64 {
+                let off = ((i * 97) % ((bytes - len) >> 20)) << 20;
+                let q = qs.as_ref().unwrap();
+                let mut enc = device.create_command_encoder(&Default::default());
+                enc.write_timestamp(q, 0);
+                enc.copy_buffer_to_buffer(&host, off, &cache, 0, len);
+                enc.write_timestamp(q, 1);
+                enc.resolve_query_set(q, 0..2, &qb, 0);
+                enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
+                queue.submit([enc.finish()]);
+                let x = read_ts();
+                if i >= 5 {
+                    t.push(x);
+                }
+            }
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let med = t[t.len() / 2];
+            println!(
+                "CE host->device MB={mb} gpu_median_us={:.1} GB/s={:.1}",
+                med / 1e3,
+                len as f64 / med
+            );
+        }
+    } else {
+        println!("CE: no TIMESTAMP_QUERY_INSIDE_ENCODERS");
+    }
+}
