@@ -79,6 +79,15 @@ pub enum HotrowError {
     /// A size or shape argument is invalid (zero dim, zero capacity, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The device lacks a feature the call needs (e.g. storage buffers in host memory on
+    /// GL or in a browser); nothing was allocated.
+    #[error("{what} needs the device feature {feature}, which this device lacks")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// The `wgpu::Features` flag it needs.
+        feature: &'static str,
+    },
     /// A buffer would exceed an adapter limit that cannot be worked around by splitting.
     #[error("{what} needs {bytes} bytes, over the adapter limit {limit_name} = {limit}")]
     ExceedsLimit {

@@ -56,8 +56,8 @@ pub use cache::{
 };
 pub use error::{FileProblem, HotrowError, RemoteProblem, Result};
 pub use gpu::{
-    AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, RowBuffer,
-    RowBufferOptions, RowFormat, RowLayout,
+    AdapterSummary, Embeddings, GpuContext, GpuOptions, MemoryStats, PassTiming, Placement,
+    RowBuffer, RowBufferOptions, RowFormat, RowLayout,
 };
 /// The `half` crate, whose `f16` and `bf16` types [`HostTable`] takes.
 pub use half;

@@ -28,7 +28,7 @@ pub use stats::CacheStats;
 
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
-use crate::gpu::{Embeddings, GpuContext, LaunchState, RowBuffer, RowLayout};
+use crate::gpu::{Embeddings, GpuContext, LaunchState, Placement, RowBuffer, RowLayout};
 use crate::table::RowSource;
 use engine::PassEngine;
 use host_pool::guarded_on_host_pool;
@@ -130,7 +130,13 @@ impl<S: RowSource> EmbeddingCache<S> {
             let cap = capacity_rows(&config.capacity, rows, layout.row_bytes())?;
             let capacity = cap.min(rows as u64) as usize;
             let row_bytes = layout.row_bytes();
-            let slots = RowBuffer::with_layout(ctx, capacity, layout, config.slot_buffer.clone())?;
+            let slots = RowBuffer::with_layout(
+                ctx,
+                capacity,
+                layout,
+                config.slot_buffer.clone(),
+                Placement::Device,
+            )?;
             let max_upload = config
                 .max_upload_bytes_per_pass
                 .min(ctx.max_binding())

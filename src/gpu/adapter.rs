@@ -63,6 +63,10 @@ pub struct AdapterSummary {
     pub timestamps: bool,
     /// `f16` in shaders is available.
     pub shader_f16: bool,
+    /// Kernels can read storage buffers that live in host memory
+    /// (`wgpu::Features::MAPPABLE_PRIMARY_BUFFERS`: Vulkan, Metal, DX12; not GL or browsers):
+    /// [`crate::RowBuffer::in_host_memory`].
+    pub host_visible_storage: bool,
 }
 
 impl fmt::Display for AdapterSummary {
@@ -209,5 +213,6 @@ pub(crate) fn summarize(
         max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        host_visible_storage: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
     }
 }

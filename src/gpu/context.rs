@@ -140,7 +140,9 @@ impl GpuContext {
 
     /// Opens a device on `adapter`, owned by hotrow (its loss and uncaptured errors).
     async fn open(adapter: wgpu::Adapter, memory_budget: Option<u64>) -> Result<Self> {
-        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let optional = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("hotrow"),

@@ -4,6 +4,16 @@
 use crate::error::{HotrowError, Result};
 use crate::gpu::{readback, GpuContext, LaunchState, RowLayout, TrackedBuffer};
 
+/// Where a [`RowBuffer`]'s rows live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// GPU memory (the default).
+    #[default]
+    Device,
+    /// Host memory that kernels read across the bus ([`RowBuffer::in_host_memory`]).
+    Host,
+}
+
 /// Options for [`RowBuffer::with_options`].
 #[derive(Clone, Debug, Default)]
 pub struct RowBufferOptions {
@@ -36,6 +46,7 @@ pub struct RowBuffer {
     shard_rows: usize,
     rows: usize,
     layout: RowLayout,
+    placement: Placement,
     /// Launch state of [`RowBuffer::gather_into`] (ids buffer, uniforms, bind groups),
     /// reused across calls.
     pub(crate) gather: std::sync::Mutex<LaunchState>,
@@ -47,6 +58,7 @@ impl std::fmt::Debug for RowBuffer {
             .field("rows", &self.rows)
             .field("dim", &self.layout.dim())
             .field("shards", &self.shards.len())
+            .field("placement", &self.placement)
             .finish()
     }
 }
@@ -64,7 +76,44 @@ impl RowBuffer {
         dim: usize,
         options: RowBufferOptions,
     ) -> Result<Self> {
-        Self::with_layout(ctx, rows, RowLayout::f32(dim)?, options)
+        Self::with_layout(ctx, rows, RowLayout::f32(dim)?, options, Placement::Device)
+    }
+
+    /// `rows x dim` f32 values in **host memory** that kernels read directly across the bus
+    /// (zero-filled; fill them with [`RowBuffer::write_rows`]). Every op over the buffer,
+    /// [`RowBuffer::gather`] first, then reads each row it needs from host memory at that
+    /// moment, with no copy kept on the GPU: a table larger than GPU memory served without a
+    /// cache, and the baseline a cache is measured against.
+    ///
+    /// Costs: the rows' bytes of host memory (on Vulkan, host-visible cached memory the
+    /// driver pins for the buffer's life; counted in [`crate::MemoryStats`] like GPU
+    /// buffers) and no GPU memory for them; each read crosses the bus (PCIe), so a random
+    /// row costs far more than from GPU memory. Sharded like any `RowBuffer`. Needs
+    /// [`crate::AdapterSummary::host_visible_storage`]; without it (GL, browsers) the error
+    /// is [`HotrowError::Unsupported`] and nothing is allocated.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// let ctx = hotrow::GpuContext::new()?;
+    /// let table = hotrow::RowBuffer::in_host_memory(&ctx, 1_000, 8, Default::default())?;
+    /// table.write_rows(0, &vec![0.5f32; 1_000 * 8])?;
+    /// let rows = table.gather(&[999, 3, 999])?; // read from host memory, output on the GPU
+    /// assert_eq!(rows.to_host()?[0], 0.5);
+    /// # Ok(()) }
+    /// ```
+    pub fn in_host_memory(
+        ctx: &GpuContext,
+        rows: usize,
+        dim: usize,
+        options: RowBufferOptions,
+    ) -> Result<Self> {
+        if !ctx.adapter().host_visible_storage {
+            return Err(HotrowError::Unsupported {
+                what: "a row buffer in host memory",
+                feature: "MAPPABLE_PRIMARY_BUFFERS",
+            });
+        }
+        Self::with_layout(ctx, rows, RowLayout::f32(dim)?, options, Placement::Host)
     }
 
     /// Rows stored as `layout` says (the cache's slots in a compact format).
@@ -73,6 +122,7 @@ impl RowBuffer {
         rows: usize,
         layout: RowLayout,
         options: RowBufferOptions,
+        placement: Placement,
     ) -> Result<Self> {
         ctx.guarded(|| {
             if rows == 0 {
@@ -117,9 +167,15 @@ impl RowBuffer {
             let mut left = rows;
             while left > 0 {
                 let n = left.min(shard_rows);
-                let usage = wgpu::BufferUsages::STORAGE
+                let mut usage = wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC;
+                if placement == Placement::Host {
+                    // A buffer mappable for reading (and not for writing) is placed in
+                    // host memory the device reads (wgpu-hal: GPU-to-CPU memory, on Vulkan
+                    // host-visible and host-cached); it is never mapped by hotrow.
+                    usage |= wgpu::BufferUsages::MAP_READ;
+                }
                 let b = ctx
                     .create_buffer("hotrow rows", layout.bytes(n), usage, false)
                     .map_err(|e| match e {
@@ -142,6 +198,7 @@ impl RowBuffer {
                 shard_rows,
                 rows,
                 layout,
+                placement,
                 gather: Default::default(),
             })
         })
@@ -251,6 +308,11 @@ impl RowBuffer {
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Where the rows live.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// f32 values per row.
