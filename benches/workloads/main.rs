@@ -16,6 +16,7 @@ mod w2;
 mod w2multi;
 #[cfg(feature = "redis")]
 mod w2redis;
+mod w2zc;
 mod w3;
 mod w4;
 mod w5;
@@ -48,6 +49,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w1" => w1::run(&ctx, &a, &mut part).map(|_| None)?,
             "w2" => Some(w2::run(&ctx, &a, &mut part, take())?),
             "w2multi" => Some(w2multi::run(&a, &mut part, take())?),
+            "w2zc" => Some(w2zc::run(&ctx, &a, &mut part, take())?),
             #[cfg(feature = "redis")]
             "w2redis" => Some(w2redis::run(&ctx, &a, &mut part, take())?),
             "w3" => Some(w3::run(&ctx, &a, &mut part, take())?),
@@ -57,7 +59,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w6pools" => w6::pools(&a, &mut part).map(|_| None)?,
             "w6copy" => w6::copy_floor(&ctx, &a, &mut part).map(|_| None)?,
             other => {
-                eprintln!("unknown workload {other} (w1-w6, w2multi, w2redis with --features redis, w6pools, w6copy)");
+                eprintln!("unknown workload {other} (w1-w6, w2multi, w2zc, w2redis with --features redis, w6pools, w6copy)");
                 std::process::exit(2);
             }
         };
