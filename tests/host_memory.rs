@@ -1,21 +1,46 @@
-//! Rows in host memory read by kernels directly (`RowBuffer::in_host_memory`): on an adapter
-//! with host-visible storage (lavapipe, Vulkan/Metal/DX12 GPUs) they gather exactly like rows
-//! in GPU memory, across shards; elsewhere (GL) the call is a typed error that allocates
-//! nothing.
+//! Rows in host memory read by kernels directly (`RowBuffer::in_host_memory`): on a context
+//! that asked for host-visible storage on an adapter that has it (lavapipe, Vulkan/Metal/DX12
+//! GPUs) they gather exactly like rows in GPU memory, across shards; elsewhere (not asked
+//! for, or GL) the call is a typed error that allocates nothing.
 
 mod common;
 
 use common::workload::{random_values, Rng};
 use common::{assert_rows_eq, ctx, seed};
-use hotrow::{reference, HotrowError, Placement, RowBuffer, RowBufferOptions};
+use hotrow::{
+    reference, GpuContext, GpuOptions, HotrowError, Placement, RowBuffer, RowBufferOptions,
+};
+
+fn unsupported<T: std::fmt::Debug>(made: hotrow::Result<T>) -> bool {
+    matches!(made, Err(HotrowError::Unsupported { feature, .. }) if feature == "MAPPABLE_PRIMARY_BUFFERS")
+}
 
 #[test]
 fn rows_in_host_memory_gather_like_rows_in_gpu_memory() {
     let _serial = common::serial();
     let mut rng = Rng::new(seed("host_memory"));
+    let (rows, dim) = (3000, 12);
+    // Not asked for: refused, whatever the adapter.
+    assert!(!ctx().adapter().host_visible_storage);
+    let before = ctx().allocated_bytes();
+    assert!(unsupported(RowBuffer::in_host_memory(
+        ctx(),
+        rows,
+        dim,
+        Default::default()
+    )));
+    assert_eq!(ctx().allocated_bytes(), before, "nothing allocated");
+    // Asked for (on the adapter the other tests use).
+    let asked = GpuContext::with_options(GpuOptions {
+        backends: Some(ctx().adapter().backend.into()),
+        adapter_name: Some(ctx().adapter().name.clone()),
+        host_visible_storage: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let ctx = || &asked;
     let supported = ctx().adapter().host_visible_storage;
     eprintln!("host-visible storage: {supported}");
-    let (rows, dim) = (3000, 12);
     let before = ctx().allocated_bytes();
     // shards of 700 rows: every op dispatches over several host-memory buffers
     let options = RowBufferOptions {
@@ -23,10 +48,7 @@ fn rows_in_host_memory_gather_like_rows_in_gpu_memory() {
     };
     let made = RowBuffer::in_host_memory(ctx(), rows, dim, options);
     if !supported {
-        assert!(
-            matches!(made, Err(HotrowError::Unsupported { feature, .. }) if feature == "MAPPABLE_PRIMARY_BUFFERS"),
-            "{made:?}"
-        );
+        assert!(unsupported(made));
         assert_eq!(ctx().allocated_bytes(), before, "nothing allocated");
         eprintln!("skipped the gathers: this adapter has no host-visible storage");
         return;

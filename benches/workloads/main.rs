@@ -30,7 +30,12 @@ use hotrow::{GpuContext, HostTable};
 fn main() -> Result<(), hotrow::HotrowError> {
     env_logger::init();
     let mut a = Args::parse();
-    let ctx = GpuContext::new()?;
+    // Storage in host memory only for the workload that reads it (wgpu warns against the
+    // feature on a discrete GPU otherwise).
+    let ctx = GpuContext::with_options(hotrow::GpuOptions {
+        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc"),
+        ..Default::default()
+    })?;
     println!("adapter: {}", ctx.adapter());
     if a.warmup_secs > 0.0 {
         a.heater = Some(harness::Heater::new(&ctx)?);

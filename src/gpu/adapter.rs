@@ -23,6 +23,11 @@ pub struct GpuOptions {
     /// hotrow above this many bytes. `None`: only the adapter's own limits apply (and an
     /// out-of-memory from the driver is reported as [`HotrowError::OutOfMemory`]).
     pub memory_budget: Option<u64>,
+    /// Ask for storage buffers in host memory (wgpu's `MAPPABLE_PRIMARY_BUFFERS`) where the
+    /// adapter has them, for [`crate::RowBuffer::in_host_memory`]. Off by default: wgpu
+    /// warns (a `log` warning) that the feature is a performance trap on a discrete GPU for
+    /// buffers made mappable and usable at once; hotrow makes such buffers only where asked.
+    pub host_visible_storage: bool,
 }
 
 impl Default for GpuOptions {
@@ -33,6 +38,7 @@ impl Default for GpuOptions {
             force_software: false,
             use_env: true,
             memory_budget: None,
+            host_visible_storage: false,
         }
     }
 }
@@ -64,8 +70,9 @@ pub struct AdapterSummary {
     /// `f16` in shaders is available.
     pub shader_f16: bool,
     /// Kernels can read storage buffers that live in host memory
-    /// (`wgpu::Features::MAPPABLE_PRIMARY_BUFFERS`: Vulkan, Metal, DX12; not GL or browsers):
-    /// [`crate::RowBuffer::in_host_memory`].
+    /// (`wgpu::Features::MAPPABLE_PRIMARY_BUFFERS`, in force when asked for with
+    /// [`GpuOptions::host_visible_storage`] and the adapter has it: Vulkan, Metal, DX12; not
+    /// GL or browsers): [`crate::RowBuffer::in_host_memory`].
     pub host_visible_storage: bool,
 }
 

@@ -90,7 +90,8 @@ impl GpuContext {
 
     /// Picks an adapter as `options` say and opens a device on it, requesting the adapter's
     /// own limits (not wgpu's 128 MiB defaults) and the optional features it has
-    /// (timestamp queries, `f16`).
+    /// (timestamp queries, `f16`, and storage in host memory when
+    /// [`GpuOptions::host_visible_storage`] asks).
     pub fn with_options(options: GpuOptions) -> Result<Self> {
         pollster::block_on(Self::with_options_async(options))
     }
@@ -117,7 +118,7 @@ impl GpuContext {
             let mut first_error = None;
             for adapter in adapter::candidates(&options).await? {
                 let name = adapter.get_info().name;
-                match Self::open(adapter, options.memory_budget).await {
+                match Self::open(adapter, &options).await {
                     Ok(ctx) => out.push(ctx),
                     Err(e) => {
                         log::warn!("hotrow: adapter {name} left out: {e}");
@@ -135,14 +136,16 @@ impl GpuContext {
     /// Async form of [`GpuContext::with_options`].
     pub async fn with_options_async(options: GpuOptions) -> Result<Self> {
         let adapter = adapter::choose(&options).await?;
-        Self::open(adapter, options.memory_budget).await
+        Self::open(adapter, &options).await
     }
 
     /// Opens a device on `adapter`, owned by hotrow (its loss and uncaptured errors).
-    async fn open(adapter: wgpu::Adapter, memory_budget: Option<u64>) -> Result<Self> {
-        let optional = wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+    async fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Self> {
+        let memory_budget = options.memory_budget;
+        let mut optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        if options.host_visible_storage {
+            optional |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("hotrow"),

@@ -89,12 +89,14 @@ impl RowBuffer {
     /// driver pins for the buffer's life; counted in [`crate::MemoryStats`] like GPU
     /// buffers) and no GPU memory for them; each read crosses the bus (PCIe), so a random
     /// row costs far more than from GPU memory. Sharded like any `RowBuffer`. Needs
-    /// [`crate::AdapterSummary::host_visible_storage`]; without it (GL, browsers) the error
-    /// is [`HotrowError::Unsupported`] and nothing is allocated.
+    /// [`crate::AdapterSummary::host_visible_storage`], asked for with
+    /// [`crate::GpuOptions::host_visible_storage`]; without it (not asked for, or GL and
+    /// browsers) the error is [`HotrowError::Unsupported`] and nothing is allocated.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), hotrow::HotrowError> {
-    /// let ctx = hotrow::GpuContext::new()?;
+    /// use hotrow::{GpuContext, GpuOptions};
+    /// let ctx = GpuContext::with_options(GpuOptions { host_visible_storage: true, ..Default::default() })?;
     /// let table = hotrow::RowBuffer::in_host_memory(&ctx, 1_000, 8, Default::default())?;
     /// table.write_rows(0, &vec![0.5f32; 1_000 * 8])?;
     /// let rows = table.gather(&[999, 3, 999])?; // read from host memory, output on the GPU
@@ -109,7 +111,7 @@ impl RowBuffer {
     ) -> Result<Self> {
         if !ctx.adapter().host_visible_storage {
             return Err(HotrowError::Unsupported {
-                what: "a row buffer in host memory",
+                what: "a row buffer in host memory (GpuOptions::host_visible_storage)",
                 feature: "MAPPABLE_PRIMARY_BUFFERS",
             });
         }
