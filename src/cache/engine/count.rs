@@ -29,10 +29,9 @@ impl PassEngine {
         self.stats.resolve_time += resolve;
     }
 
-    /// Counts a batch whose first pass served `first` positions of `ids`; `uploaded`: the
-    /// distinct ids uploaded over all passes of a batch that took several.
-    pub(super) fn count_batch(&mut self, ids: &[u32], first: usize, uploaded: Option<u64>) {
-        debug_assert_eq!(first == ids.len(), uploaded.is_none());
+    /// Counts a batch of `ids`; `uploaded`: the distinct ids uploaded over all passes of a
+    /// batch that took several (`None`: the last plan was its only pass).
+    pub(super) fn count_batch(&mut self, ids: &[u32], uploaded: Option<u64>) {
         count_batch(&mut self.stats, ids, &self.plan, uploaded);
     }
 }

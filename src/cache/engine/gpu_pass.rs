@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use super::overlap::copy_while_resolving;
-use super::take_back::Reached;
+use super::slot_index::Probe;
 use super::{PassEngine, PassTimes, RecordedPass, Target};
 use crate::cache::host_pool::wake_host_pool;
 use crate::error::Result;
@@ -75,15 +75,8 @@ impl PassEngine {
         index.miss_estimate = m.max(est - est / 16).max(1);
         self.queue_removals();
         times.resolve = t1.elapsed() - times.wait;
-        let fit = match copied.map(|c| (c.outcome, c.thread_time)) {
-            Some((Err(e), _)) => {
-                self.take_back(Reached::Host);
-                return Err(e);
-            }
-            Some((Ok(fit), thread_time)) => {
-                self.stats.resolve_copy_thread_time += thread_time;
-                fit
-            }
+        let fit = match copied {
+            Some(copied) => self.settle_copy(copied)?,
             None => false,
         };
         let n = ids.len();
@@ -100,8 +93,11 @@ impl PassEngine {
     fn probe(&mut self, ids: &[u32]) -> Result<bool> {
         let t0 = Instant::now();
         let index = self.index.as_mut().expect("a slot index");
-        let probe = index.record_probe(&self.ctx, &mut self.ring, ids)?;
-        let (commands, entry, answer) = probe.into_parts();
+        let Probe {
+            commands,
+            entry,
+            answer,
+        } = index.record_probe(&self.ctx, &mut self.ring, ids)?;
         self.submit([commands], Some(entry))?;
         // Woken now, the pool's threads are still looking for work when the answer comes
         // back a fraction of a millisecond later (and woken again then, in case it was late).

@@ -78,20 +78,20 @@ impl<'e> OpRows<'e> {
         staged: StagingEntry,
     ) -> Result<wgpu::SubmissionIndex> {
         let t = std::time::Instant::now();
-        let held = self.held.take();
+        let pass = self.held.take().map(|held| held.pass);
         let engine = &mut *self.engine;
-        let Some(Held { pass, .. }) = held else {
-            let sent = engine.submit([commands], [staged]);
-            engine.stats.submit_time += t.elapsed();
-            return sent;
-        };
-        let removals = pass.removals;
-        let sent = engine.submit([pass.commands, commands], [pass.entry, staged]);
+        let removals = pass.as_ref().map(|p| p.removals);
+        let (pass_commands, pass_entry) = pass.map(|p| (p.commands, p.entry)).unzip();
+        let sent = engine.submit(
+            pass_commands.into_iter().chain([commands]),
+            pass_entry.into_iter().chain([staged]),
+        );
         engine.stats.submit_time += t.elapsed();
-        match &sent {
+        match (&sent, removals) {
+            (_, None) => {}
             // (The pass was counted when it was held, evictions included.)
-            Err(_) => engine.map.forget(&engine.plan.misses),
-            Ok(_) => {
+            (Err(_), Some(_)) => engine.map.forget(&engine.plan.misses),
+            (Ok(_), Some(removals)) => {
                 if let Some(index) = engine.index.as_mut() {
                     index.applied(removals);
                 }

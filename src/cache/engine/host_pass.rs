@@ -10,7 +10,7 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use super::overlap::copy_while_resolving;
+use super::overlap::{copy_while_resolving, Copied};
 use super::take_back::Reached;
 use super::{PassEngine, PassTimes, RecordedPass, Target};
 use crate::error::Result;
@@ -47,18 +47,8 @@ impl PassEngine {
             })?;
             self.queue_removals();
             times.resolve = t1.elapsed();
-            match copied.outcome {
-                Err(e) => {
-                    // The rows were not all copied: the map must not claim them.
-                    self.take_back(Reached::Host);
-                    return Err(e);
-                }
-                Ok(fit) => {
-                    self.stats.resolve_copy_thread_time += copied.thread_time;
-                    // (With no room, the entry goes back to the ring, still mapped.)
-                    staged = fit.then_some((entry, lay));
-                }
-            }
+            // (With no room, the entry goes back to the ring, still mapped.)
+            staged = self.settle_copy(copied)?.then_some((entry, lay));
             n
         } else {
             let n = self.map.resolve(window, &mut self.plan);
@@ -77,6 +67,22 @@ impl PassEngine {
             None => e.record_serially(source, n, target, false, times),
         })?;
         Ok((n, Some(recorded)))
+    }
+
+    /// What the overlapped copy of the last pass came to: whether every missed row fit and
+    /// was copied; a row source's error or panic takes the pass back (the map must not
+    /// claim rows that were not copied). The copy's thread time counts only then.
+    pub(super) fn settle_copy(&mut self, copied: Copied) -> Result<bool> {
+        match copied.outcome {
+            Err(e) => {
+                self.take_back(Reached::Host);
+                Err(e)
+            }
+            Ok(fit) => {
+                self.stats.resolve_copy_thread_time += copied.thread_time;
+                Ok(fit)
+            }
+        }
     }
 
     /// The slot index (if any) is told of the last pass's evictions as soon as it resolved,

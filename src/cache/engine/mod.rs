@@ -282,7 +282,7 @@ impl PassEngine {
             if let Some(pass) = &recorded {
                 self.count_pass(pass.times, pass.on_gpu);
             }
-            self.count_batch(ids, n, None);
+            self.count_batch(ids, None);
             let held = recorded.map(|pass| held::Held { pass, before });
             return Ok(OpRows::direct(self, held));
         }
@@ -354,7 +354,7 @@ impl PassEngine {
         target: impl Fn(usize) -> Target<'t>,
     ) -> Result<()> {
         if n == ids.len() {
-            self.count_batch(ids, n, None);
+            self.count_batch(ids, None);
             return Ok(());
         }
         // A batch bigger than one pass: count its distinct ids and the ids it uploaded at
@@ -370,7 +370,7 @@ impl PassEngine {
             start += served;
             uploaded.extend(self.plan.misses.iter().map(|&(id, _)| id));
         }
-        self.count_batch(ids, n, Some(uploaded.len() as u64));
+        self.count_batch(ids, Some(uploaded.len() as u64));
         Ok(())
     }
 
@@ -380,7 +380,7 @@ impl PassEngine {
         let t = std::time::Instant::now();
         let (times, on_gpu, removals) = (pass.times, pass.on_gpu, pass.removals);
         if let Err(e) = self.submit([pass.commands], Some(pass.entry)) {
-            self.take_back_submitted();
+            self.take_back(take_back::Reached::Queue);
             return Err(e);
         }
         if let Some(index) = self.index.as_mut() {

@@ -144,15 +144,11 @@ impl ProbeParts<'_> {
     }
 }
 
-/// A probe recorded and written, waiting for its submission.
+/// A probe recorded and written: what its submission takes, and the answer to read after it.
 pub(super) struct Probe {
     pub(super) commands: wgpu::CommandBuffer,
     pub(super) entry: StagingEntry,
-    readback: wgpu::Buffer,
-    out_bytes: u64,
-    room: usize,
-    /// Pending removals the probe applies.
-    removals: usize,
+    pub(super) answer: ProbeAnswer,
 }
 
 impl SlotIndex {
@@ -284,10 +280,12 @@ impl SlotIndex {
         Ok(Probe {
             commands: enc.finish(),
             entry,
-            readback,
-            out_bytes: lay.out_bytes,
-            room,
-            removals: pending.len(),
+            answer: ProbeAnswer {
+                readback,
+                out_bytes: lay.out_bytes,
+                room,
+                removals: pending.len(),
+            },
         })
     }
 
@@ -338,6 +336,7 @@ pub(super) struct ProbeAnswer {
     readback: wgpu::Buffer,
     out_bytes: u64,
     room: usize,
+    /// Pending removals the probe applies.
     removals: usize,
 }
 
@@ -345,19 +344,6 @@ impl ProbeAnswer {
     /// Pending removals the probe's submission applied.
     pub(super) fn removals(&self) -> usize {
         self.removals
-    }
-}
-
-impl Probe {
-    /// Splits the probe into what its submission takes and the answer to read after it.
-    pub(super) fn into_parts(self) -> (wgpu::CommandBuffer, StagingEntry, ProbeAnswer) {
-        let answer = ProbeAnswer {
-            readback: self.readback,
-            out_bytes: self.out_bytes,
-            room: self.room,
-            removals: self.removals,
-        };
-        (self.commands, self.entry, answer)
     }
 }
 

@@ -45,12 +45,6 @@ impl PassEngine {
         self.stats.evictions += self.plan.evictions - back as u64;
     }
 
-    /// A submitted pass whose submission failed: [`PassEngine::take_back`] with
-    /// [`Reached::Queue`].
-    pub(super) fn take_back_submitted(&mut self) {
-        self.take_back(Reached::Queue);
-    }
-
     /// Takes back a pass held for an op that will not be submitted: its commands are
     /// dropped unsubmitted (its staging entry goes back to the ring still mapped), the pass
     /// is undone as one that never reached the GPU, the upload log forgets its rows and the
