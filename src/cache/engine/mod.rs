@@ -120,6 +120,8 @@ pub(crate) struct PassEngine {
     buffers: PassBuffers,
     /// The slot index, with resolution on the GPU.
     index: Option<SlotIndex>,
+    /// The copy kernels' params blocks of the pass being recorded.
+    copy_params: Vec<copy_rows::CopyParams>,
     max_misses: usize,
     /// Misses a pass resolved on the host is expected to have (a decaying high-water mark);
     /// 0 before any pass.
@@ -171,6 +173,7 @@ impl PassEngine {
                 miss_ids: Vec::new(),
             },
             index,
+            copy_params: Vec::new(),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
             stats: CacheStats::default(),

@@ -141,8 +141,10 @@ impl PassEngine {
         let (slots, plan) = (&self.slots, &self.plan);
         let m = plan.misses.len();
         let pos_bytes = if target.positions() { n as u64 * 4 } else { 0 };
-        let mut copy_params: Vec<CopyParams> =
-            copy_rows::params(ctx, Direction::Scatter, slots, m, 0).collect();
+        // (Kept in the engine, so a pass allocates nothing for them.)
+        let copy_params = &mut self.copy_params;
+        copy_params.clear();
+        copy_params.extend(copy_rows::params(ctx, Direction::Scatter, slots, m, 0));
         if let Target::Gather(_, offset) = target {
             copy_params.extend(copy_rows::params(ctx, Direction::Gather, slots, n, offset));
         }
@@ -154,20 +156,20 @@ impl PassEngine {
             None => (None, None),
         };
         let removals = pending.map_or(0, <[u32]>::len);
-        let mut index_params = vec![
+        // Removals, insertions, and with resolution on the GPU the slot list.
+        let index_params = [
             kernels::params(ctx, removals, 0),
             kernels::params(ctx, m, removals),
+            kernels::params(ctx, n, 0),
         ];
-        if on_gpu {
-            index_params.push(kernels::params(ctx, n, 0));
-        }
+        let index_params = &index_params[..if on_gpu { 3 } else { 2 }];
         let fill = Fill {
             slot_list: (pos_bytes > 0 && !on_gpu).then(|| &plan.slots[..n]),
-            copy_params: &copy_params,
+            copy_params,
             index: pending.map(|removals| IndexFill {
                 removals,
                 misses: &plan.misses,
-                params: &index_params,
+                params: index_params,
             }),
         };
         let copier = entry.copier();
