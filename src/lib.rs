@@ -50,9 +50,9 @@ mod util;
 
 pub use batch::CompactBatch;
 pub use cache::{
-    CacheConfig, CacheMemory, CacheStats, Capacity, EmbeddingCache, EvictionPolicy, HostTraffic,
-    OwnedRows, PartitionedCache, PartitionedSlotMap, PassPlan, Queries, ReplicatedCache,
-    Resolution, SlotMap, TableBags, TableBatchedCache, TableStats,
+    BatchPath, CacheConfig, CacheMemory, CacheStats, Capacity, DrivenState, EmbeddingCache,
+    EvictionPolicy, HostTraffic, OwnedRows, PartitionedCache, PartitionedSlotMap, PassPlan,
+    Queries, ReplicatedCache, Resolution, SlotMap, TableBags, TableBatchedCache, TableStats,
 };
 pub use error::{FileProblem, HotrowError, RemoteProblem, Result};
 pub use gpu::{

@@ -249,7 +249,7 @@ fn inputs_past_one_binding_are_refused_before_any_work() {
         cache.combine(&x, &many),
         Err(HotrowError::ExceedsLimit { .. })
     ));
-    assert_eq!(cache.stats(), &stats, "counters unchanged");
+    assert_eq!(cache.stats(), stats, "counters unchanged");
     assert_eq!(cache.slot_map().resident(), resident, "residency unchanged");
     // Resolution on the GPU needs the slot index (2,000 rows x 4 bytes) in one binding.
     let config = CacheConfig::default()

@@ -10,8 +10,8 @@ use common::workload::{random_values, Rng, ZipfIds};
 use common::{assert_rows_eq, ctx, seed};
 use half::{bf16, f16};
 use hotrow::{
-    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, FileProblem, FileTable,
-    HostTable, HotrowError, Resolution, RowSource, ValueType,
+    reference, BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, FileProblem,
+    FileTable, HostTable, HotrowError, Resolution, RowSource, ValueType,
 };
 use safetensors::{Dtype, View};
 
@@ -404,7 +404,9 @@ fn a_changed_file_fails_cleanly_and_a_replaced_one_keeps_its_rows() {
     let mut cache = EmbeddingCache::new(
         ctx(),
         FileTable::open_npy(&path).unwrap(),
-        CacheConfig::default().capacity(Capacity::Rows(64)),
+        CacheConfig::default()
+            .path(BatchPath::Host)
+            .capacity(Capacity::Rows(64)),
     )
     .unwrap();
     cache.lookup(&ids[..10]).unwrap();

@@ -8,8 +8,9 @@ use std::time::Instant;
 use clap::Parser;
 
 use hotrow::{
-    reference, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy, GpuContext,
-    HostTable, HotrowError, PassTiming, Resolution, RowBuffer, RowFormat, RowLayout, RowSource,
+    reference, BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, EvictionPolicy,
+    GpuContext, HostTable, HotrowError, PassTiming, Resolution, RowBuffer, RowFormat, RowLayout,
+    RowSource,
 };
 
 use crate::gen::fill_random;
@@ -36,6 +37,8 @@ pub struct Args {
     pub resolution: Resolution,
     /// How the caches store rows (`--row-format f32|f16|int8`, default f32).
     pub row_format: RowFormat,
+    /// Who serves the caches' batches (`--path host|gpu|auto`, default host).
+    pub path: BatchPath,
     /// Where W2's table lives (`--table host|npy|f16`).
     pub table: TableKind,
     /// GPUs of `w2multi` (`--devices`, default 2).
@@ -125,6 +128,11 @@ impl Args {
                 ResolutionArg::Host => Resolution::Host,
                 ResolutionArg::Device => Resolution::Device,
             },
+            path: match c.path {
+                PathArg::Host => BatchPath::Host,
+                PathArg::Gpu => BatchPath::Gpu,
+                PathArg::Auto => BatchPath::Auto,
+            },
             row_format: match c.row_format {
                 FormatArg::F32 => RowFormat::F32,
                 FormatArg::F16 => RowFormat::F16,
@@ -171,6 +179,10 @@ struct Cli {
     /// How the caches store rows.
     #[arg(long, value_enum, default_value = "f32")]
     row_format: FormatArg,
+    /// Who serves the caches' batches: the host, the GPU (the GPU-driven path; the context
+    /// then asks for host-visible storage), or the library's choice.
+    #[arg(long, value_enum, default_value = "host")]
+    path: PathArg,
     /// Where W2's table lives.
     #[arg(long, value_enum, default_value = "host")]
     table: TableArg,
@@ -192,6 +204,13 @@ struct Cli {
 enum ResolutionArg {
     Host,
     Device,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PathArg {
+    Host,
+    Gpu,
+    Auto,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -235,8 +254,28 @@ pub fn tenth_cache<S: RowSource>(
         .capacity(Capacity::Rows(n / 10))
         .policy(policy)
         .resolution(a.resolution)
-        .row_format(a.row_format);
-    EmbeddingCache::new(ctx, table, a.with_partitions(config))
+        .row_format(a.row_format)
+        // (The GPU-driven path evicts by CLOCK: W5's LRU point stays on the host.)
+        .path(match (a.path, policy) {
+            (BatchPath::Gpu, EvictionPolicy::Lru) => BatchPath::Host,
+            (path, _) => path,
+        });
+    let t = Instant::now();
+    let cache =
+        EmbeddingCache::with_progress(ctx, table, a.with_partitions(config), |done, all| {
+            if done == all && all > 0 && t.elapsed().as_secs_f64() > 1.0 {
+                eprintln!(
+                    "table in host memory: {all} rows in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        })?;
+    eprintln!(
+        "cache path: {:?} ({})",
+        cache.config().path,
+        cache.config().path_reason
+    );
+    Ok(cache)
 }
 
 pub fn median(v: &mut [f64]) -> f64 {

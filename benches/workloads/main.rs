@@ -33,7 +33,8 @@ fn main() -> Result<(), hotrow::HotrowError> {
     // Storage in host memory only for the workload that reads it (wgpu warns against the
     // feature on a discrete GPU otherwise).
     let ctx = GpuContext::with_options(hotrow::GpuOptions {
-        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc"),
+        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc")
+            || a.path != hotrow::BatchPath::Host,
         ..Default::default()
     })?;
     println!("adapter: {}", ctx.adapter());

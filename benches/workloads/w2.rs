@@ -124,7 +124,7 @@ fn run_on<T: RowSource + 'static>(
         (harness::minor_faults() - faults) as f64 / steady.len() as f64,
     );
     check(&cache, &stream[batches - 1], &out)?;
-    let st = cache.stats().clone();
+    let st = cache.stats();
     let per = steady.len() as f64;
     // Synchronous: each batch waited for (latency of one batch end to end).
     let mut sync_ms = Vec::new();
@@ -181,7 +181,18 @@ fn run_on<T: RowSource + 'static>(
         "W2_resolution_device".into(),
         f64::from(u8::from(cache.config().resolution == Resolution::Device)),
     );
+    rep.insert(
+        "W2_path_gpu".into(),
+        f64::from(u8::from(cache.config().path == hotrow::BatchPath::Gpu)),
+    );
+    rep.insert("W2_evictions_per_batch".into(), st.evictions as f64 / per);
     if timing {
+        for phase in ["find", "tally", "plan", "evict", "fetch", "position"] {
+            let ms = harness::gpu_sum(&times, phase, per);
+            if ms > 0.0 {
+                rep.insert(format!("W2_gpu_{phase}_ms"), ms);
+            }
+        }
         rep.insert(
             "W2_gpu_scatter_ms".into(),
             harness::gpu_sum(&times, "scatter_rows", per),

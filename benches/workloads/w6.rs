@@ -110,7 +110,8 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
     let config = CacheConfig::default()
         .capacity(Capacity::Fraction(0.1))
         .resolution(a.resolution)
-        .row_format(a.row_format);
+        .row_format(a.row_format)
+        .path(a.path);
     let mut cache = TableBatchedCache::new(ctx, tables, a.with_partitions(config))?;
     let zipf = id_streams(&rows);
     let mut rng = Rng::new(61);

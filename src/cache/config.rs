@@ -39,6 +39,37 @@ pub enum Resolution {
     Device,
 }
 
+/// Who serves a batch: the host (it resolves the ids and uploads the missed rows) or the
+/// GPU itself (it finds, evicts and fetches from a table in host memory it reads directly).
+///
+/// **Host** works on every adapter (GL and browsers included); every missed row passes
+/// through a CPU core into an upload buffer. **Gpu** (the GPU-driven path) keeps the whole
+/// table in host memory the GPU reads across the bus (filled once at construction, in the
+/// slot row format), and the id -> slot array (4 bytes per table row), the slots' rows and
+/// stamps (8 bytes per slot) and the eviction hand on the GPU; a batch is one submission
+/// of kernels with nothing read back (see ARCHITECTURE.md). It needs host-visible storage
+/// buffers ([`crate::AdapterSummary::host_visible_storage`], asked for with
+/// [`crate::GpuOptions::host_visible_storage`]; Vulkan, Metal and DX12 have them, GL and
+/// browsers do not), evicts by CLOCK, and finds hits itself ([`Resolution`] does not
+/// apply). Its costs: host memory for the whole table (on Vulkan the driver pins it for the
+/// cache's life), the table's fill at construction, and a batch longer than the cache's
+/// slots is served in several passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchPath {
+    /// The GPU-driven path where the context has host-visible storage and the settings
+    /// allow it (CLOCK, [`Resolution::Host`], an id -> slot array within one storage
+    /// binding), else the host path. [`crate::EmbeddingCache::config`] tells which was
+    /// taken and why. The default.
+    #[default]
+    Auto,
+    /// The host resolves ids and uploads missed rows (every adapter).
+    Host,
+    /// The GPU serves the batch end to end; an adapter or settings that cannot is an error
+    /// at construction ([`crate::HotrowError::Unsupported`] /
+    /// [`crate::HotrowError::InvalidArgument`] / [`crate::HotrowError::ExceedsLimit`]).
+    Gpu,
+}
+
 /// Settings of an [`crate::EmbeddingCache`], built from [`CacheConfig::default`] with the
 /// builder methods (the struct may gain fields, so it cannot be written as a literal):
 ///
@@ -85,6 +116,12 @@ pub struct CacheConfig {
     /// or without the feature, f16 rows are unpacked with integer operations (the same
     /// values, on every adapter).
     pub shader_f16: bool,
+    /// Who serves a batch (default [`BatchPath::Auto`]). In the settings a cache reports
+    /// ([`crate::EmbeddingCache::config`]) it is the path taken, `Host` or `Gpu`.
+    pub path: BatchPath,
+    /// Why the cache took its path (set in the settings a cache reports; ignored when
+    /// building).
+    pub path_reason: &'static str,
 }
 
 impl Default for CacheConfig {
@@ -99,6 +136,8 @@ impl Default for CacheConfig {
             resolution: Resolution::default(),
             row_format: RowFormat::F32,
             shader_f16: true,
+            path: BatchPath::Auto,
+            path_reason: "",
         }
     }
 }
@@ -146,6 +185,12 @@ impl CacheConfig {
         self
     }
 
+    /// Sets [`CacheConfig::path`].
+    pub fn path(mut self, path: BatchPath) -> Self {
+        self.path = path;
+        self
+    }
+
     /// Sets [`CacheConfig::shader_f16`].
     pub fn shader_f16(mut self, on: bool) -> Self {
         self.shader_f16 = on;
@@ -179,6 +224,9 @@ pub struct CacheMemory {
     pub scratch: u64,
     /// Host-visible staging buffers of the upload ring.
     pub staging: u64,
+    /// Host memory the GPU reads: the GPU-driven path's table (0 on the host path). Not
+    /// in [`CacheMemory::total`], which is what the cache holds on the GPU and for uploads.
+    pub host_table: u64,
 }
 
 impl CacheMemory {

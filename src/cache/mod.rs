@@ -15,12 +15,14 @@ mod config;
 mod engine;
 mod host_pool;
 mod multi_gpu;
+mod path;
 mod products;
 mod slot_map;
 mod stats;
 
 pub use batched::{TableBags, TableBatchedCache, TableStats};
-pub use config::{CacheConfig, CacheMemory, Capacity, Resolution};
+pub use config::{BatchPath, CacheConfig, CacheMemory, Capacity, Resolution};
+pub use engine::DrivenState;
 pub use multi_gpu::{HostTraffic, OwnedRows, PartitionedCache, ReplicatedCache};
 pub use products::Queries;
 pub use slot_map::{EvictionPolicy, PartitionedSlotMap, PassPlan, SlotMap};
@@ -30,7 +32,7 @@ use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext, LaunchState, Placement, RowBuffer, RowLayout};
 use crate::table::RowSource;
-use engine::PassEngine;
+use engine::{fill_host_table, Driven, PassEngine};
 use host_pool::guarded_on_host_pool;
 
 /// A GPU cache of table rows: `lookup(&ids)` returns `table[ids[i]]` for every position as
@@ -87,7 +89,7 @@ impl<S: RowSource> std::fmt::Debug for EmbeddingCache<S> {
             .field("rows", &self.source.rows())
             .field("dim", &self.layout.dim())
             .field("config", &self.config)
-            .field("stats", self.engine.stats())
+            .field("stats", &self.engine.stats())
             .finish()
     }
 }
@@ -96,8 +98,36 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// Builds a cache over `source` on `ctx`. Errors: a capacity of 0 rows
     /// ([`HotrowError::InvalidArgument`]), or more than the adapter can allocate
     /// ([`HotrowError::ExceedsLimit`] / [`HotrowError::OutOfMemory`]).
+    ///
+    /// On the GPU-driven path ([`BatchPath`]) the whole table is first copied into host
+    /// memory the GPU reads; [`EmbeddingCache::with_progress`] reports that fill.
     pub fn new(ctx: &GpuContext, source: S, config: CacheConfig) -> Result<Self> {
-        Self::build(ctx, source, config, false)
+        Self::build(ctx, source, config, false, &mut |_, _| {})
+    }
+
+    /// [`EmbeddingCache::new`], calling `progress(rows done, rows)` as the GPU-driven
+    /// path's table fills (a big table takes seconds; not called on the host path).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{BatchPath, CacheConfig, EmbeddingCache, GpuContext, GpuOptions, HostTable};
+    /// let ctx = GpuContext::with_options(GpuOptions { host_visible_storage: true, ..Default::default() })?;
+    /// let data = vec![0.25f32; 100_000 * 32];
+    /// let table = HostTable::borrowed(&data, 32)?;
+    /// let config = CacheConfig::default().path(BatchPath::Gpu);
+    /// let cache = EmbeddingCache::with_progress(&ctx, table, config, |done, rows| {
+    ///     eprintln!("table in host memory: {done} / {rows} rows");
+    /// })?;
+    /// assert_eq!(cache.config().path, BatchPath::Gpu);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_progress(
+        ctx: &GpuContext,
+        source: S,
+        config: CacheConfig,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::build(ctx, source, config, false, &mut progress)
     }
 
     /// [`EmbeddingCache::new`]; with `scalar`, kernels read rows one value at a time.
@@ -106,6 +136,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         source: S,
         config: CacheConfig,
         scalar: bool,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         ctx.guarded(|| {
             let (rows, dim) = (source.rows(), source.dim());
@@ -129,6 +160,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
             let cap = capacity_rows(&config.capacity, rows, layout.row_bytes())?;
             let capacity = cap.min(rows as u64) as usize;
+            let (path, path_reason) = path::choose_path(ctx, &config, rows, capacity)?;
             let row_bytes = layout.row_bytes();
             let slots = RowBuffer::with_layout(
                 ctx,
@@ -157,14 +189,26 @@ impl<S: RowSource> EmbeddingCache<S> {
                 });
             }
             let index_rows = device.then_some(rows);
-            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, index_rows)?;
+            let driven = match path {
+                BatchPath::Gpu => {
+                    let table = fill_host_table(ctx, &source, layout, progress)?;
+                    Some(Driven::new(ctx, table, capacity)?)
+                }
+                _ => None,
+            };
+            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, index_rows, driven)?;
             let effective = config
                 .clone()
                 .capacity(Capacity::Rows(capacity))
                 .partitions(engine.map().partitions())
                 .staging_buffers(staging)
                 .max_upload_bytes_per_pass(engine.max_upload_bytes())
-                .shader_f16(layout.native_f16());
+                .shader_f16(layout.native_f16())
+                .path(path);
+            let effective = CacheConfig {
+                path_reason,
+                ..effective
+            };
             Ok(Self {
                 ctx: ctx.clone(),
                 source,
@@ -215,8 +259,11 @@ impl<S: RowSource> EmbeddingCache<S> {
         })
     }
 
-    /// Counters since construction or the last [`EmbeddingCache::reset_stats`].
-    pub fn stats(&self) -> &CacheStats {
+    /// Counters since construction or the last [`EmbeddingCache::reset_stats`]. On the
+    /// GPU-driven path the GPU keeps what it decided (distinct ids, hits, misses,
+    /// evictions): this waits for the batches submitted so far and reads them back, once
+    /// per call after a batch ran (call it between batches, not inside a hot loop).
+    pub fn stats(&self) -> CacheStats {
         self.engine.stats()
     }
 
@@ -276,6 +323,30 @@ impl<S: RowSource> EmbeddingCache<S> {
         &self.ctx
     }
 
+    /// The ids of the resident rows: the slot map's, or on the GPU-driven path the GPU's
+    /// (read back, waiting for the batches submitted so far).
+    pub(crate) fn resident_ids(&self) -> Result<Vec<u32>> {
+        match self.engine.driven() {
+            Some(d) => Ok(d
+                .read_state(&self.ctx)?
+                .id_of
+                .iter()
+                .filter(|&&v| v != 0)
+                .map(|&v| v - 1)
+                .collect()),
+            None => Ok(self.engine.map().resident()),
+        }
+    }
+
+    /// Test hook: a copy of the GPU-driven path's state (`None` on the host path).
+    #[doc(hidden)]
+    pub fn driven_state(&self) -> Result<Option<DrivenState>> {
+        self.engine
+            .driven()
+            .map(|d| d.read_state(&self.ctx))
+            .transpose()
+    }
+
     /// Test hook: checks that the GPU's slot index ([`crate::Resolution::Device`]) agrees
     /// with the slot map (rows whose removal is still queued excepted).
     #[doc(hidden)]
@@ -296,6 +367,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             slots: self.engine.slots().bytes(),
             scratch: scratch + self.bag_launch.input.bytes() + self.product_launch.input.bytes(),
             staging,
+            host_table: self.engine.driven().map_or(0, Driven::host_bytes),
         }
     }
 }

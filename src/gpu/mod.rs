@@ -26,7 +26,7 @@ pub use layout::{RowFormat, RowLayout};
 pub use memory::MemoryStats;
 pub(crate) use memory::{GrowBuffer, TrackedBuffer};
 pub use pipelines::Shader;
-pub(crate) use readback::{map_read_with, read_f32, MAP_TIMEOUT};
+pub(crate) use readback::{map_read_with, read_f32, read_u32, MAP_TIMEOUT};
 pub use rows::{Embeddings, Placement, RowBuffer, RowBufferOptions};
 pub(crate) use staging::{StagingCopier, StagingEntry, StagingRing};
 pub(crate) use submit::{submit, submit_encoder};

@@ -88,6 +88,16 @@ pub(crate) fn read_f32(
     Ok(bytemuck::pod_collect_to_vec(&bytes))
 }
 
+/// Reads `len` u32 words from `src` at byte `offset` (after all work submitted so far).
+pub(crate) fn read_u32(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u32>> {
+    Ok(bytemuck::cast_vec(read_f32(ctx, src, offset, len)?))
+}
+
 /// Async form of [`read_f32`]: the copy is submitted now; the context's poller drives the
 /// device until the map callback completes the future, so the caller never polls wgpu.
 pub(crate) fn read_f32_async(

@@ -4,6 +4,7 @@
 
 pub(crate) mod bag;
 pub(crate) mod copy_rows;
+pub(crate) mod driven;
 pub(crate) mod matmul;
 pub(crate) mod slot_index;
 
@@ -15,6 +16,9 @@ pub(crate) const KERNELS: &[&Shader] = &[
     &bag::SHADER,
     &matmul::SHADER,
     &slot_index::SHADER,
+    &driven::FIND,
+    &driven::EVICT,
+    &driven::FETCH,
 ];
 
 /// Every WGSL module the crate can build: `(file, complete source)` for each kernel file
@@ -70,6 +74,7 @@ pub fn params_layouts() -> Vec<(&'static str, usize, Vec<usize>)> {
         bag::BagParams::layout(),
         matmul::MatmulParams::layout(),
         slot_index::MapParams::layout(),
+        driven::DrivenParams::layout(),
     ]
 }
 

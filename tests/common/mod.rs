@@ -9,13 +9,35 @@ use hotrow::GpuContext;
 pub use hotrow_workloads as workload;
 
 /// One context per test binary, on whatever adapter this machine has (software on CI).
+/// With `HOTROW_TEST_PATH=gpu` it asks for host-visible storage, so every cache built with
+/// the default `BatchPath::Auto` takes the GPU-driven path where the adapter has it (CI
+/// runs the suite that way on lavapipe); caches whose settings are host-only (exact LRU,
+/// `Resolution::Device`) stay on the host path.
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        let ctx = GpuContext::new().expect("a GPU or software adapter");
-        eprintln!("hotrow tests: adapter = {}", ctx.adapter());
+        let ctx = GpuContext::with_options(hotrow::GpuOptions {
+            host_visible_storage: gpu_path_run(),
+            ..Default::default()
+        })
+        .expect("a GPU or software adapter");
+        eprintln!(
+            "hotrow tests: adapter = {}; GPU-driven path by default: {}",
+            ctx.adapter(),
+            ctx.adapter().host_visible_storage
+        );
         ctx
     })
+}
+
+/// Whether this run asks for the GPU-driven path (`HOTROW_TEST_PATH=gpu`).
+pub fn gpu_path_run() -> bool {
+    std::env::var("HOTROW_TEST_PATH").is_ok_and(|v| v == "gpu")
+}
+
+/// Whether caches built with the default path take the GPU-driven one in this run.
+pub fn on_gpu_path() -> bool {
+    ctx().adapter().host_visible_storage
 }
 
 /// A seed that differs per run (time and process), printed so a failure can be replayed
@@ -151,6 +173,31 @@ pub fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
         .collect();
     v.sort_unstable();
     v
+}
+
+/// The rows a cache holds and their slots, sorted: from the GPU's state on the GPU-driven
+/// path (checked: slot_of and id_of inverse, no miss without a slot), else the slot map's.
+pub fn resident<S: hotrow::RowSource>(cache: &hotrow::EmbeddingCache<S>) -> Vec<(u32, u32)> {
+    match cache.driven_state().expect("the GPU's state") {
+        Some(s) => {
+            assert_eq!(s.fault, 0, "a miss found no slot");
+            let mut v = Vec::new();
+            for (slot, &id1) in s.id_of.iter().enumerate() {
+                if id1 != 0 {
+                    assert_eq!(s.slot_of[id1 as usize - 1], slot as u32 + 1, "slot {slot}");
+                    v.push((id1 - 1, slot as u32));
+                }
+            }
+            let listed = s.slot_of.iter().filter(|&&x| x != 0).count();
+            assert_eq!(listed, v.len(), "slot_of lists rows no slot holds");
+            v.sort_unstable();
+            v
+        }
+        None => {
+            cache.slot_map().check_invariants().unwrap();
+            held(cache.slot_map())
+        }
+    }
 }
 
 /// A row source whose reads can be made to fail (`mode` 1) or panic (`mode` 2); with

@@ -39,7 +39,9 @@ pub struct TableStats {
     pub bags: u64,
     /// Ids requested (repeats included).
     pub requests: u64,
-    /// Rows of this table uploaded to the GPU.
+    /// Rows of this table uploaded to the GPU, counted on the host path; on the GPU-driven
+    /// path the GPU counts uploads per row width only (in
+    /// [`TableBatchedCache::stats`]) and this stays 0.
     pub rows_uploaded: u64,
 }
 
@@ -145,8 +147,13 @@ impl<S: RowSource> Width<S> {
             bases: bases.clone(),
             dim: d,
         };
-        let mut cache =
-            EmbeddingCache::build(ctx, source, config.clone().capacity(capacity), scalar)?;
+        let mut cache = EmbeddingCache::build(
+            ctx,
+            source,
+            config.clone().capacity(capacity),
+            scalar,
+            &mut |_, _| {},
+        )?;
         let tally = SharedTally::new(bases.clone());
         cache.log_uploads(Box::new(tally.clone()));
         Ok(Self {
@@ -361,7 +368,7 @@ impl<S: RowSource> TableBatchedCache<S> {
     pub fn stats(&self) -> CacheStats {
         let mut all = CacheStats::default();
         for g in &self.widths {
-            all += g.cache.stats();
+            all += &g.cache.stats();
         }
         all
     }
@@ -388,11 +395,12 @@ impl<S: RowSource> TableBatchedCache<S> {
         let &(g, k) = self.place.get(t)?;
         let width = &self.widths[g];
         let (lo, hi) = (width.bases[k], width.bases[k + 1]);
+        let resident = width.cache.resident_ids().unwrap_or_else(|e| {
+            log::warn!("hotrow: reading the GPU's resident rows failed: {e}");
+            Vec::new()
+        });
         Some(
-            width
-                .cache
-                .slot_map()
-                .resident()
+            resident
                 .iter()
                 .filter(|&&id| (lo..hi).contains(&(id as u64)))
                 .count(),

@@ -31,7 +31,14 @@ impl PassEngine {
 
     /// Counts a batch of `ids`; `uploaded`: the distinct ids uploaded over all passes of a
     /// batch that took several (`None`: the last plan was its only pass).
+    /// On the GPU-driven path the GPU counts what it decided: only the batch and its
+    /// positions are counted here.
     pub(super) fn count_batch(&mut self, ids: &[u32], uploaded: Option<u64>) {
+        if self.driven.is_some() {
+            self.stats.batches += 1;
+            self.stats.requests += ids.len() as u64;
+            return;
+        }
         count_batch(&mut self.stats, ids, &self.plan, uploaded);
     }
 }

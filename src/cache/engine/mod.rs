@@ -19,6 +19,7 @@
 //! GPU runs them in submission order, so a pass may evict an earlier pass's rows.
 
 mod count;
+mod driven;
 mod gpu_pass;
 mod held;
 mod host_pass;
@@ -31,6 +32,8 @@ mod take_back;
 
 use std::time::Duration;
 
+pub use driven::DrivenState;
+pub(crate) use driven::{fill_host_table, Driven};
 pub(crate) use held::OpRows;
 
 use super::slot_map::PartitionedSlotMap;
@@ -120,6 +123,8 @@ pub(crate) struct PassEngine {
     buffers: PassBuffers,
     /// The slot index, with resolution on the GPU.
     index: Option<SlotIndex>,
+    /// The GPU's own cache state, on the GPU-driven path (every pass is then driven).
+    driven: Option<Driven>,
     /// The copy kernels' params blocks of the pass being recorded.
     copy_params: Vec<copy_rows::CopyParams>,
     max_misses: usize,
@@ -140,6 +145,7 @@ impl PassEngine {
         staging_buffers: usize,
         max_upload_bytes: u64,
         index_rows: Option<usize>,
+        driven: Option<Driven>,
     ) -> Result<Self> {
         let layout = slots.layout();
         // Build the pass's pipeline now, so a kernel this device cannot run is refused at
@@ -173,6 +179,7 @@ impl PassEngine {
                 miss_ids: Vec::new(),
             },
             index,
+            driven,
             copy_params: Vec::new(),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
@@ -189,12 +196,27 @@ impl PassEngine {
         &self.map
     }
 
-    pub(crate) fn stats(&self) -> &CacheStats {
-        &self.stats
+    /// The counters; on the GPU-driven path this waits for the passes submitted so far
+    /// when one ran since the last call (the GPU keeps what it decided).
+    pub(crate) fn stats(&self) -> CacheStats {
+        let mut stats = self.stats.clone();
+        if let Some(d) = &self.driven {
+            d.totals()
+                .add_to(&self.ctx, d.work(), self.layout.row_bytes(), &mut stats);
+        }
+        stats
     }
 
     pub(crate) fn reset_stats(&mut self) {
         self.stats = CacheStats::default();
+        if let Some(d) = &self.driven {
+            d.totals().reset(&self.ctx, d.work());
+        }
+    }
+
+    /// The GPU-driven path's state, when the cache takes it.
+    pub(crate) fn driven(&self) -> Option<&Driven> {
+        self.driven.as_ref()
     }
 
     /// Has every uploaded row told to `log` from now on.
@@ -223,7 +245,8 @@ impl PassEngine {
                 + b.miss_slots.bytes()
                 + b.upload.bytes()
                 + b.gathered.bytes()
-                + self.index.as_ref().map_or(0, SlotIndex::bytes),
+                + self.index.as_ref().map_or(0, SlotIndex::bytes)
+                + self.driven.as_ref().map_or(0, Driven::bytes),
             self.ring.bytes(),
         )
     }
@@ -268,9 +291,12 @@ impl PassEngine {
             gathered_layout = gathered_layout.scalar();
         }
         let bytes = gathered_layout.bytes(ids.len());
-        let per_part = self.map.capacity() / self.map.partitions();
+        let per_pass = match &self.driven {
+            Some(d) => d.max_positions(),
+            None => (self.map.capacity() / self.map.partitions()).min(self.max_misses),
+        };
         let sharded = self.slots.shards().len() > 1;
-        let may_split = sharded || ids.len() > per_part.min(self.max_misses);
+        let may_split = sharded || ids.len() > per_pass;
         if may_split && bytes > self.ctx.max_binding() {
             return Err(HotrowError::ExceedsLimit {
                 what: "rows of an op's batch bigger than the cache (split the batch)",
@@ -341,6 +367,10 @@ impl PassEngine {
         ids: &[u32],
         target: Target<'_>,
     ) -> Result<(usize, Option<RecordedPass>)> {
+        if self.driven.is_some() {
+            let (n, pass) = self.driven_pass(ids, target, true)?;
+            return Ok((n, Some(pass)));
+        }
         if let Some(recorded) = self.gpu_pass(source, ids, target)? {
             return Ok((ids.len(), Some(recorded)));
         }
@@ -356,7 +386,13 @@ impl PassEngine {
         n: usize,
         target: impl Fn(usize) -> Target<'t>,
     ) -> Result<()> {
-        if n == ids.len() {
+        if n == ids.len() || self.driven.is_some() {
+            let mut start = n;
+            while start < ids.len() {
+                let (served, pass) = self.driven_pass(&ids[start..], target(start), false)?;
+                self.send(pass)?;
+                start += served;
+            }
             self.count_batch(ids, None);
             return Ok(());
         }

@@ -154,7 +154,7 @@ impl<R: RowSource> Devices<R> {
     pub(super) fn stats(&self) -> CacheStats {
         let mut all = CacheStats::default();
         for c in &self.caches {
-            all += c.stats();
+            all += &c.stats();
         }
         all
     }

@@ -79,7 +79,7 @@ pub struct PassPlan {
 }
 
 impl PassPlan {
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.misses.clear();
         self.hits = 0;

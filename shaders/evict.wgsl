@@ -1,0 +1,298 @@
+// evict.wgsl: the second phase of a batch served by the GPU: victims for the pass's misses,
+// chosen by a parallel CLOCK sweep. Positions 0 .. capacity count slots from the hand
+// (slot = (hand + position) mod capacity). A slot stamped with this pass's epoch is in use
+// by the pass and never chosen; the others are class A (reference bit clear: taken first,
+// in position order) or class B (bit set: CLOCK's second chance, taken in position order
+// only when the A slots do not suffice, as a hand going round a second time would). The
+// reference bits of the B slots the hand passed are cleared, and the hand stops after the
+// last victim. With at most `capacity` positions a pass (the host splits longer batches),
+// the misses never outnumber the slots not in use, so every miss gets a slot (FAULT counts
+// a shortfall, which would be a bug, and the tests check it stays 0).
+//
+//   tally: per block of BLOCK positions, the A and B counts (into the block lists);
+//   plan:  one workgroup: the lists become exclusive prefixes; the victims, the fetch
+//          phase's indirect grid, the 64-bit totals; the hand stays unless evict moves it;
+//   evict: per block, each A/B slot's rank; a slot whose rank falls among the victims
+//          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
+//          stamped (no reference bit: a new row earns it by a hit, as on the host).
+//
+// Encodings and the work layout: see find.wgsl.
+//
+// Bindings (group 0):
+//   0  p        uniform              DrivenParams
+//   1  slot_of  storage, read_write  array<atomic<u32>>
+//   2  state    storage, read_write  array<atomic<u32>>
+//   3  work     storage, read_write  array<atomic<u32>>
+//   4  args     storage, read_write  array<u32>: the fetch phase's indirect dispatch (x, y, z)
+//
+// Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one.
+
+struct DrivenParams {
+    n: u32,
+    groups_x: u32,
+    epoch: u32,
+    capacity: u32,
+    blocks: u32,
+    words: u32,
+    table_base: u32,
+    table_rows: u32,
+    slot_base: u32,
+    slot_rows: u32,
+    max_groups: u32,
+    batch_epoch: u32,
+}
+
+const REF: u32 = 0x80000000u;
+const EPOCH: u32 = 0x7fffffffu;
+const BLOCK: u32 = 1024u;
+const PER_THREAD: u32 = 4u;
+const NO_CUT: u32 = 0xffffffffu;
+const MISSES: u32 = 0u;
+const HITS: u32 = 1u;
+const EVICTED: u32 = 2u;
+const VICTIMS: u32 = 3u;
+const TOTAL_A: u32 = 4u;
+const FETCH_GX: u32 = 5u;
+const HAND: u32 = 16u;
+const NEXT_HAND: u32 = 17u;
+const T_DISTINCT: u32 = 18u;
+const T_HITS: u32 = 20u;
+const T_MISSES: u32 = 22u;
+const T_EVICTIONS: u32 = 24u;
+const FAULT: u32 = 26u;
+const LISTS: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> p: DrivenParams;
+@group(0) @binding(1) var<storage, read_write> slot_of: array<atomic<u32>>;
+@group(0) @binding(2) var<storage, read_write> state: array<atomic<u32>>;
+@group(0) @binding(3) var<storage, read_write> work: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read_write> args: array<u32>;
+
+var<workgroup> sa: array<u32, 256>;
+var<workgroup> sb: array<u32, 256>;
+var<workgroup> cut: atomic<u32>;
+var<workgroup> group_evicted: atomic<u32>;
+
+fn slot_at(pos: u32, hand: u32) -> u32 {
+    let s = hand + pos;
+    return select(s, s - p.capacity, s >= p.capacity);
+}
+
+// 0: in use by this pass; 1: class A; 2: class B.
+fn class_of(slot: u32) -> u32 {
+    let w = atomicLoad(&state[p.capacity + slot]);
+    if ((w & EPOCH) == p.epoch) {
+        return 0u;
+    }
+    return select(1u, 2u, (w & REF) != 0u);
+}
+
+// Inclusive scan of sa and sb over the workgroup.
+fn scan(lid: u32) {
+    for (var d = 1u; d < 256u; d = d << 1u) {
+        var a = 0u;
+        var b = 0u;
+        if (lid >= d) {
+            a = sa[lid - d];
+            b = sb[lid - d];
+        }
+        workgroupBarrier();
+        sa[lid] += a;
+        sb[lid] += b;
+        workgroupBarrier();
+    }
+}
+
+// 64-bit counter at (lo, lo + 1): the add that wraps the low word carries.
+fn add64(at: u32, x: u32) {
+    if (x == 0u) {
+        return;
+    }
+    let old = atomicAdd(&work[at], x);
+    if (old + x < old) {
+        atomicAdd(&work[at + 1u], 1u);
+    }
+}
+
+@compute @workgroup_size(256)
+fn tally(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wid.y * p.groups_x + wid.x;
+    let hand = atomicLoad(&work[HAND]);
+    var ca = 0u;
+    var cb = 0u;
+    if (b < p.blocks) {
+        for (var j = 0u; j < PER_THREAD; j++) {
+            let pos = b * BLOCK + lid * PER_THREAD + j;
+            if (pos < p.capacity) {
+                let c = class_of(slot_at(pos, hand));
+                ca += u32(c == 1u);
+                cb += u32(c == 2u);
+            }
+        }
+    }
+    sa[lid] = ca;
+    sb[lid] = cb;
+    scan(lid);
+    if (b < p.blocks && lid == 255u) {
+        atomicStore(&work[LISTS + b], sa[255]);
+        atomicStore(&work[LISTS + p.blocks + b], sb[255]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn plan(@builtin(local_invocation_index) lid: u32) {
+    var run_a = 0u;
+    var run_b = 0u;
+    for (var base = 0u; base < p.blocks; base += 256u) {
+        let b = base + lid;
+        var ca = 0u;
+        var cb = 0u;
+        if (b < p.blocks) {
+            ca = atomicLoad(&work[LISTS + b]);
+            cb = atomicLoad(&work[LISTS + p.blocks + b]);
+        }
+        sa[lid] = ca;
+        sb[lid] = cb;
+        scan(lid);
+        if (b < p.blocks) {
+            atomicStore(&work[LISTS + b], run_a + sa[lid] - ca);
+            atomicStore(&work[LISTS + p.blocks + b], run_b + sb[lid] - cb);
+        }
+        run_a += sa[255];
+        run_b += sb[255];
+        workgroupBarrier();
+    }
+    if (lid != 0u) {
+        return;
+    }
+    let m = atomicLoad(&work[MISSES]);
+    let avail = run_a + run_b;
+    let victims = min(m, avail);
+    if (m > avail) {
+        atomicAdd(&work[FAULT], m - avail);
+    }
+    atomicStore(&work[VICTIMS], victims);
+    atomicStore(&work[TOTAL_A], run_a);
+    atomicStore(&work[NEXT_HAND], atomicLoad(&work[HAND]));
+    let groups = (victims * p.words + 255u) / 256u;
+    var gx = groups;
+    var gy = 1u;
+    if (groups > p.max_groups) {
+        gy = (groups + p.max_groups - 1u) / p.max_groups;
+        gx = (groups + gy - 1u) / gy;
+    }
+    args[0] = gx;
+    args[1] = gy;
+    args[2] = 1u;
+    atomicStore(&work[FETCH_GX], gx);
+    let hits = atomicLoad(&work[HITS]);
+    add64(T_DISTINCT, hits + m);
+    add64(T_HITS, hits);
+    add64(T_MISSES, m);
+}
+
+@compute @workgroup_size(256)
+fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wid.y * p.groups_x + wid.x;
+    let hand = atomicLoad(&work[HAND]);
+    let victims = atomicLoad(&work[VICTIMS]);
+    let total_a = atomicLoad(&work[TOTAL_A]);
+    let miss_ids = LISTS + 2u * p.blocks;
+    let miss_slots = miss_ids + p.capacity;
+    if (lid == 0u) {
+        atomicStore(&cut, NO_CUT);
+        atomicStore(&group_evicted, 0u);
+    }
+    var cls = array<u32, 4>(0u, 0u, 0u, 0u);
+    var ca = 0u;
+    var cb = 0u;
+    if (b < p.blocks) {
+        for (var j = 0u; j < PER_THREAD; j++) {
+            let pos = b * BLOCK + lid * PER_THREAD + j;
+            if (pos < p.capacity) {
+                cls[j] = class_of(slot_at(pos, hand));
+                ca += u32(cls[j] == 1u);
+                cb += u32(cls[j] == 2u);
+            }
+        }
+    }
+    sa[lid] = ca;
+    sb[lid] = cb;
+    scan(lid);
+    let in_block = b < p.blocks;
+    var pa = 0u;
+    var pb = 0u;
+    if (in_block) {
+        pa = atomicLoad(&work[LISTS + b]);
+        pb = atomicLoad(&work[LISTS + p.blocks + b]);
+    }
+    let block_a = sa[255];
+    var ra = pa + sa[lid] - ca;
+    var rb = pb + sb[lid] - cb;
+    var taken = array<bool, 4>(false, false, false, false);
+    var evicted = 0u;
+    for (var j = 0u; j < PER_THREAD; j++) {
+        if (cls[j] == 0u) {
+            continue;
+        }
+        var v = victims;
+        if (cls[j] == 1u) {
+            v = ra;
+            ra += 1u;
+        } else {
+            if (victims > total_a) {
+                v = total_a + rb;
+            }
+            rb += 1u;
+        }
+        if (v >= victims) {
+            continue;
+        }
+        taken[j] = true;
+        let local = lid * PER_THREAD + j;
+        let slot = slot_at(b * BLOCK + local, hand);
+        let id = atomicLoad(&work[miss_ids + v]);
+        let old = atomicLoad(&state[slot]);
+        if (old != 0u) {
+            atomicStore(&slot_of[old - 1u], 0u);
+            evicted += 1u;
+        }
+        atomicStore(&state[slot], id + 1u);
+        atomicStore(&state[p.capacity + slot], p.epoch);
+        atomicStore(&slot_of[id], slot + 1u);
+        atomicStore(&work[miss_slots + v], slot);
+        if (v + 1u == victims) {
+            atomicStore(&work[NEXT_HAND], select(slot + 1u, 0u, slot + 1u == p.capacity));
+            if (cls[j] == 1u) {
+                atomicStore(&cut, local);
+            }
+        }
+    }
+    if (evicted != 0u) {
+        atomicAdd(&group_evicted, evicted);
+    }
+    workgroupBarrier();
+    // Reference bits the hand passed: every B slot when the sweep went round (victims past
+    // the A slots); else those before the last victim.
+    let c = atomicLoad(&cut);
+    for (var j = 0u; j < PER_THREAD; j++) {
+        if (cls[j] != 2u || taken[j] || victims == 0u) {
+            continue;
+        }
+        let local = lid * PER_THREAD + j;
+        var passed = victims > total_a || pa + block_a < victims;
+        if (!passed && pa < victims && c != NO_CUT) {
+            passed = local < c;
+        }
+        if (passed) {
+            atomicAnd(&state[p.capacity + slot_at(b * BLOCK + local, hand)], EPOCH);
+        }
+    }
+    if (lid == 0u) {
+        let e = atomicLoad(&group_evicted);
+        if (e != 0u) {
+            atomicAdd(&work[EVICTED], e);
+            add64(T_EVICTIONS, e);
+        }
+    }
+}

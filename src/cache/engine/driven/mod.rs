@@ -1,0 +1,382 @@
+//! The GPU-driven path: the GPU serves a batch end to end. The table lives in host memory
+//! the GPU reads directly (filled once at construction, [`fill`]); the id -> slot array,
+//! each slot's row and stamp, and the eviction hand live on the GPU. A pass is one chain
+//! of kernels in one submission, with nothing read back:
+//!
+//! 1. the host copies the ids into a mapped staging entry (they were checked against the
+//!    table's rows before);
+//! 2. **find** (`find.wgsl`): hits stamped, misses claimed once each and listed;
+//! 3. **evict** (`evict.wgsl`): a parallel CLOCK sweep gives each miss a slot no position
+//!    of the pass uses; the evicted rows leave the id -> slot array;
+//! 4. **fetch** (`fetch.wgsl`): the missed rows are copied from host memory into their
+//!    slots, in a dispatch the GPU sized;
+//! 5. the slot list (`slot_index.wgsl`'s `position`) and, for a lookup, the gather.
+//!
+//! A pass holds at most as many positions as the cache has slots, so its misses always
+//! find slots; a longer batch takes several passes, run in order. The counters of what the
+//! GPU decided (distinct ids, hits, misses, evictions) are kept on the GPU and read by
+//! [`PassEngine::stats`] when asked ([`totals`]).
+
+mod fill;
+mod totals;
+
+pub(crate) use fill::fill_host_table;
+pub(crate) use totals::GpuTotals;
+
+use std::time::Instant;
+
+use super::{PassEngine, PassTimes, RecordedPass, Target};
+use crate::error::{HotrowError, Result};
+use crate::gpu::{
+    encoder, grid, grid_for_threads, GpuContext, GrowBuffer, Launch, RowBuffer, TrackedBuffer,
+};
+use crate::ops::copy_rows::{self, Direction};
+use crate::ops::driven::{self as kernels, DrivenBuffers, DrivenParams, Phase};
+use crate::ops::slot_index::{self, Kernel};
+
+/// The GPU's side of the GPU-driven path, and the launch state of its kernels.
+pub(crate) struct Driven {
+    /// The table in host memory, stored as the slots store rows.
+    table: RowBuffer,
+    /// slot + 1 of each table row (0: not resident).
+    slot_of: TrackedBuffer,
+    /// id + 1 of each slot's row, then each slot's stamp (see find.wgsl).
+    state: TrackedBuffer,
+    /// Counters and lists of the phases (see find.wgsl).
+    work: TrackedBuffer,
+    /// The fetch's indirect grid.
+    args: TrackedBuffer,
+    /// The ids of the pass.
+    ids: GrowBuffer,
+    phases: [Launch; 4],
+    fetch: Vec<Launch>,
+    position: Launch,
+    /// The epoch of the last pass (1 ..= EPOCH; 0 before any), and of its batch's first.
+    epoch: u32,
+    batch_epoch: u32,
+    capacity: usize,
+    /// Most positions a pass takes.
+    max_positions: usize,
+    totals: GpuTotals,
+}
+
+impl Driven {
+    /// The GPU state over `table` (filled) for `capacity` slots, all empty.
+    pub(crate) fn new(ctx: &GpuContext, table: RowBuffer, capacity: usize) -> Result<Self> {
+        let rows = table.rows();
+        let row_words = table.layout().words_per_row();
+        if rows as u64 * 4 > ctx.max_binding() {
+            return Err(HotrowError::ExceedsLimit {
+                what: "the GPU-driven path's id -> slot array (4 bytes per table row)",
+                bytes: rows as u64 * 4,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: ctx.max_binding(),
+            });
+        }
+        let work_bytes = kernels::work_words(capacity) as u64 * 4;
+        for (what, bytes) in [
+            (
+                "the GPU-driven path's slot state (8 bytes per slot)",
+                capacity as u64 * 8,
+            ),
+            (
+                "the GPU-driven path's work lists (8 bytes per slot)",
+                work_bytes,
+            ),
+        ] {
+            if bytes > ctx.max_binding() {
+                return Err(HotrowError::ExceedsLimit {
+                    what,
+                    bytes,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: ctx.max_binding(),
+                });
+            }
+        }
+        kernels::prepare(ctx, row_words)?;
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let copy_src = wgpu::BufferUsages::COPY_SRC;
+        let slot_of =
+            ctx.create_buffer("hotrow slot_of", rows as u64 * 4, storage | copy_src, false)?;
+        let state = ctx.create_buffer(
+            "hotrow slot state",
+            capacity as u64 * 8,
+            storage | copy_src,
+            false,
+        )?;
+        let work =
+            ctx.create_buffer("hotrow driven work", work_bytes, storage | copy_src, false)?;
+        let args = ctx.create_buffer(
+            "hotrow fetch grid",
+            16,
+            storage | wgpu::BufferUsages::INDIRECT,
+            false,
+        )?;
+        let mut enc = encoder(ctx, "hotrow driven init");
+        for b in [&slot_of, &state, &work, &args] {
+            enc.clear_buffer(b, 0, None);
+        }
+        crate::gpu::submit_encoder(ctx, enc)?;
+        // Positions of a pass: at most the slots (so misses always find one), and few
+        // enough that the fetch's threads (misses x words) count in a u32.
+        let words = kernels::fetch_word(row_words).1 as usize;
+        let max_positions = capacity.min((u32::MAX as usize / 2) / words).max(1);
+        Ok(Self {
+            table,
+            slot_of,
+            state,
+            work,
+            args,
+            ids: GrowBuffer::storage("hotrow driven ids"),
+            phases: Default::default(),
+            fetch: Vec::new(),
+            position: Launch::default(),
+            epoch: 0,
+            batch_epoch: 0,
+            capacity,
+            max_positions,
+            totals: GpuTotals::default(),
+        })
+    }
+
+    /// Bytes of GPU memory held (the table is in host memory: [`Driven::host_bytes`]).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.slot_of.size()
+            + self.state.size()
+            + self.work.size()
+            + self.args.size()
+            + self.ids.bytes()
+    }
+
+    /// Bytes of the table in host memory.
+    pub(crate) fn host_bytes(&self) -> u64 {
+        self.table.bytes()
+    }
+
+    /// Most positions one pass takes.
+    pub(crate) fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    pub(crate) fn totals(&self) -> &GpuTotals {
+        &self.totals
+    }
+
+    /// The work buffer (the kept counters live in it).
+    pub(crate) fn work(&self) -> &wgpu::Buffer {
+        &self.work
+    }
+
+    /// The GPU's state for the tests: (slot + 1 of each row, id + 1 of each slot, each
+    /// slot's stamp, the hand, the fault count).
+    pub(crate) fn read_state(&self, ctx: &GpuContext) -> Result<DrivenState> {
+        let rows = self.table.rows();
+        let slot_of = crate::gpu::read_u32(ctx, &self.slot_of, 0, rows)?;
+        let state = crate::gpu::read_u32(ctx, &self.state, 0, 2 * self.capacity)?;
+        let head = crate::gpu::read_u32(ctx, &self.work, 0, kernels::HEADER_WORDS)?;
+        let (ids, stamps) = state.split_at(self.capacity);
+        Ok(DrivenState {
+            slot_of,
+            id_of: ids.to_vec(),
+            stamps: stamps.to_vec(),
+            hand: head[kernels::word::HAND + 1],
+            fault: head[kernels::word::FAULT],
+        })
+    }
+}
+
+/// A copy of the GPU-driven path's state (test hook): the encodings of find.wgsl.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct DrivenState {
+    /// slot + 1 of each table row, 0 when not resident.
+    pub slot_of: Vec<u32>,
+    /// id + 1 of each slot's row, 0 when empty.
+    pub id_of: Vec<u32>,
+    /// Each slot's stamp: the epoch of the last pass that used it, bit 31 its reference bit.
+    pub stamps: Vec<u32>,
+    /// Where the next pass's sweep starts.
+    pub hand: u32,
+    /// Misses that found no slot (a bug if ever non-zero).
+    pub fault: u32,
+}
+
+impl PassEngine {
+    /// One GPU-driven pass over a prefix of `ids` (checked, non-empty; the batch's first
+    /// pass when `batch_start`): returns the positions it served and the pass, recorded and
+    /// not yet submitted.
+    pub(super) fn driven_pass(
+        &mut self,
+        ids: &[u32],
+        target: Target<'_>,
+        batch_start: bool,
+    ) -> Result<(usize, RecordedPass)> {
+        let ctx = self.ctx.clone();
+        let d = self.driven.as_mut().expect("a GPU-driven engine");
+        let n = ids.len().min(d.max_positions);
+        let ids = &ids[..n];
+        let mut enc = encoder(&ctx, "hotrow driven pass");
+        if batch_start {
+            let passes = ids.len().div_ceil(d.max_positions) as u64;
+            if u64::from(d.epoch) + passes >= u64::from(kernels::EPOCH) {
+                // Stamps compare with epochs that only grow: before they would wrap, the
+                // old stamps go (and the reference bits with them, once per 2^31 passes).
+                enc.clear_buffer(&d.state, d.capacity as u64 * 4, None);
+                d.epoch = 0;
+            }
+            d.batch_epoch = d.epoch + 1;
+        }
+        d.epoch += 1;
+        let row_words = self.layout.words_per_row();
+        let base = kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words);
+        let sweep = kernels::sweep_params(&ctx, base);
+        let table_shards = d.table.shards().len();
+        let slot_shards = self.slots.shards().len();
+        let pairs = table_shards * slot_shards;
+        let fetch_blocks = (0..pairs).map(|k| {
+            let (t, s) = (k / slot_shards, k % slot_shards);
+            let tr = d.table.shard_rows();
+            let sr = self.slots.shard_rows();
+            kernels::fetch_params(
+                base,
+                (t * tr, tr.min(d.table.rows() - t * tr)),
+                (s * sr, sr.min(self.slots.rows() - s * sr)),
+            )
+        });
+        let gather = match target {
+            Target::Gather(_, offset) => Some(offset),
+            _ => None,
+        };
+        let copy_blocks = gather
+            .map(|offset| copy_rows::params(&ctx, Direction::Gather, &self.slots, n, offset))
+            .into_iter()
+            .flatten();
+        // Staging: the ids, then 16-byte aligned params blocks: base, sweep, fetch pairs,
+        // position, gather shards.
+        let ids_bytes = n as u64 * 4;
+        let params_at = ids_bytes.next_multiple_of(16);
+        let pb = kernels::PARAMS_BYTES;
+        let fetch_at = params_at + 2 * pb;
+        let position_at = fetch_at + pairs as u64 * pb;
+        let gather_at = position_at + slot_index::PARAMS_BYTES;
+        let total = gather_at + slot_shards as u64 * copy_rows::PARAMS_BYTES;
+        let t0 = Instant::now();
+        let mut entry = self.ring.acquire(&ctx, total)?;
+        let t1 = Instant::now();
+        let position = slot_index::params(&ctx, n, 0);
+        entry.write(|bytes| {
+            crate::util::copy_parallel(
+                bytemuck::cast_slice_mut(&mut bytes[..ids_bytes as usize]),
+                ids,
+            );
+            let mut at = params_at as usize;
+            let mut put = |b: &[u8]| {
+                bytes[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            };
+            put(bytemuck::bytes_of(&base));
+            put(bytemuck::bytes_of(&sweep));
+            for b in fetch_blocks {
+                put(bytemuck::bytes_of::<DrivenParams>(&b));
+            }
+            put(bytemuck::bytes_of(&position));
+            for b in copy_blocks {
+                put(bytemuck::bytes_of(&b));
+            }
+        })?;
+        let copier = entry.copier();
+        let staged = copier.buffer().clone();
+        let ids_buf = d.ids.get(&ctx, ids_bytes)?.clone();
+        copier.copy_to(&mut enc, 0, &ids_buf, 0, ids_bytes);
+        // This pass's counters start at 0; the kept ones (from word 16) stay.
+        enc.clear_buffer(&d.work, 0, Some(64));
+        let bufs = DrivenBuffers {
+            ids: &ids_buf,
+            slot_of: &d.slot_of,
+            state: &d.state,
+            work: &d.work,
+            args: &d.args,
+        };
+        let max = ctx.limits().max_compute_workgroups_per_dimension;
+        let sweep_grid = grid(sweep.blocks, max);
+        let [find, tally, plan, evict] = &mut d.phases;
+        let steps: [(Phase, (u32, u32), &mut Launch, u64); 4] = [
+            (
+                Phase::Find,
+                grid_for_threads(&ctx, n as u64),
+                find,
+                params_at,
+            ),
+            (Phase::Tally, sweep_grid, tally, params_at + pb),
+            (Phase::Plan, (1, 1), plan, params_at + pb),
+            (Phase::Evict, sweep_grid, evict, params_at + pb),
+        ];
+        for (phase, groups, launch, at) in steps {
+            kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, (&staged, at))?;
+        }
+        let shard_pairs: Vec<(&wgpu::Buffer, &wgpu::Buffer)> = d
+            .table
+            .shards()
+            .flat_map(|t| self.slots.shards().map(move |s| (t, s)))
+            .collect();
+        if d.fetch.len() < pairs {
+            d.fetch.resize_with(pairs, Launch::default);
+        }
+        kernels::encode_fetch(
+            &ctx,
+            &mut enc,
+            row_words,
+            &d.work,
+            &d.args,
+            &shard_pairs,
+            &mut d.fetch[..pairs],
+            (&staged, fetch_at),
+        )?;
+        if target.positions() {
+            let pos = self.buffers.pos_slots.get(&ctx, ids_bytes)?.clone();
+            slot_index::encode(
+                &ctx,
+                &mut enc,
+                Kernel::Position,
+                n,
+                &ids_buf,
+                &d.slot_of,
+                &pos,
+                &mut d.position,
+                (&staged, position_at),
+            )?;
+            if let Target::Gather(out, offset) = target {
+                copy_rows::encode(
+                    &ctx,
+                    &mut enc,
+                    Direction::Gather,
+                    &self.slots,
+                    &pos,
+                    n,
+                    out,
+                    offset,
+                    &mut self.buffers.gather,
+                    Some((&staged, gather_at)),
+                )?;
+            }
+        }
+        d.totals.changed();
+        // A driven pass changes nothing on the host the counters read: an empty plan.
+        self.plan.clear();
+        let times = PassTimes {
+            wait: t1 - t0,
+            copy: t1.elapsed(),
+            ..Default::default()
+        };
+        Ok((
+            n,
+            RecordedPass {
+                commands: enc.finish(),
+                entry,
+                removals: 0,
+                times,
+                on_gpu: true,
+            },
+        ))
+    }
+}

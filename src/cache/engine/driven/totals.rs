@@ -1,0 +1,69 @@
+//! The GPU-driven path's counters: what the GPU decided (distinct ids, hits, misses,
+//! evictions) is summed on the GPU (64-bit, in the work buffer) and read only when the
+//! counters are asked for, so the steady stream reads nothing back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::cache::stats::CacheStats;
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::ops::driven::word;
+
+/// The last totals read, and whether a pass ran since.
+#[derive(Default)]
+pub(crate) struct GpuTotals {
+    last: Mutex<[u64; 4]>,
+    stale: AtomicBool,
+}
+
+impl GpuTotals {
+    /// A pass was recorded: the next read goes to the GPU.
+    pub(super) fn changed(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Adds the GPU's totals (read from `work`, waiting for the passes submitted so far,
+    /// when a pass ran since the last read) into `stats`. A failed read (device lost)
+    /// leaves the last totals read.
+    pub(crate) fn add_to(
+        &self,
+        ctx: &GpuContext,
+        work: &wgpu::Buffer,
+        row_bytes: u64,
+        stats: &mut CacheStats,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stale.swap(false, Ordering::AcqRel) {
+            match read(ctx, work) {
+                Ok(now) => *last = now,
+                Err(e) => {
+                    self.stale.store(true, Ordering::Release);
+                    log::warn!("hotrow: reading the GPU's counters failed: {e}");
+                }
+            }
+        }
+        let [distinct, hits, misses, evictions] = *last;
+        stats.distinct += distinct;
+        stats.hits += hits;
+        stats.misses += misses;
+        stats.rows_uploaded += misses;
+        stats.bytes_uploaded += misses * row_bytes;
+        stats.evictions += evictions;
+    }
+
+    /// Zeroes the GPU's totals (a queue write, ordered after every pass submitted so far).
+    pub(crate) fn reset(&self, ctx: &GpuContext, work: &wgpu::Buffer) {
+        ctx.queue()
+            .write_buffer(work, word::TOTALS as u64 * 4, &[0u8; 32]);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = [0; 4];
+        self.stale.store(false, Ordering::Release);
+    }
+}
+
+fn read(ctx: &GpuContext, work: &wgpu::Buffer) -> Result<[u64; 4]> {
+    let w = crate::gpu::read_u32(ctx, work, word::TOTALS as u64 * 4, 8)?;
+    Ok(std::array::from_fn(|k| {
+        u64::from(w[2 * k]) | (u64::from(w[2 * k + 1]) << 32)
+    }))
+}

@@ -1,0 +1,317 @@
+//! The GPU-driven path (`BatchPath::Gpu`): the GPU finds, evicts and fetches rows from the
+//! table in host memory. On an adapter with host-visible storage (lavapipe, Vulkan/Metal/DX12
+//! GPUs) every output is checked against the CPU after every batch, and the GPU's id -> slot
+//! state against a host model of it; elsewhere (GL) the path is refused with a typed error and
+//! `Auto` falls back to the host path.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::workload::{random_values, Rng, ZipfIds};
+use common::{assert_rows_eq, poisoned, seed, stored};
+use hotrow::{
+    BatchPath, CacheConfig, Capacity, DrivenState, EmbeddingCache, EvictionPolicy, GpuContext,
+    GpuOptions, HostTable, HotrowError, Pooling, Queries, Resolution, RowFormat,
+};
+
+/// A context on the tests' adapter that asks for host-visible storage; `None` (with a
+/// line saying so) where the adapter has none.
+fn host_storage_ctx() -> Option<&'static GpuContext> {
+    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        let base = common::ctx();
+        GpuContext::with_options(GpuOptions {
+            backends: Some(base.adapter().backend.into()),
+            adapter_name: Some(base.adapter().name.clone()),
+            host_visible_storage: true,
+            ..Default::default()
+        })
+        .unwrap()
+    });
+    if ctx.adapter().host_visible_storage {
+        Some(ctx)
+    } else {
+        eprintln!(
+            "skipped: {} has no host-visible storage (the GPU-driven path needs it)",
+            ctx.adapter()
+        );
+        None
+    }
+}
+
+/// Checks the GPU's state: slot_of and id_of are inverse maps, no miss lacked a slot, and
+/// the resident set is `expect` when given.
+fn check_state(s: &DrivenState, capacity: usize) -> HashSet<u32> {
+    assert_eq!(s.fault, 0, "a miss found no slot");
+    assert!(
+        (s.hand as usize) < capacity,
+        "hand {} past the slots",
+        s.hand
+    );
+    let mut resident = HashSet::new();
+    for (slot, &v) in s.id_of.iter().enumerate() {
+        if v != 0 {
+            let id = v - 1;
+            assert_eq!(
+                s.slot_of[id as usize],
+                slot as u32 + 1,
+                "slot {slot} holds {id}"
+            );
+            assert!(resident.insert(id), "id {id} twice");
+        }
+    }
+    let listed = s.slot_of.iter().filter(|&&v| v != 0).count();
+    assert_eq!(listed, resident.len(), "slot_of lists rows no slot holds");
+    resident
+}
+
+#[test]
+fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_stream"));
+    for (format, dim) in [
+        (RowFormat::F32, 8),
+        (RowFormat::F32, 3),
+        (RowFormat::F16, 6),
+        (RowFormat::Int8, 16),
+    ] {
+        let rows = 2_000;
+        let capacity = 150 + rng.below(100) as usize;
+        let data = random_values(rows * dim, rng.next_u64());
+        let (want_rows, _) = stored(&data, dim, format);
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(capacity))
+            .row_format(format)
+            .path(BatchPath::Gpu);
+        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+        assert_eq!(cache.config().path, BatchPath::Gpu);
+        let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        let mut resident: HashSet<u32> = HashSet::new();
+        let (mut distinct, mut hits, mut evictions_floor) = (0u64, 0u64, 0u64);
+        for batch in 0..40 {
+            // a moving hot set, repeats, now and then a batch longer than the cache
+            let n = match batch % 10 {
+                9 => capacity + 1 + rng.below(3 * capacity as u64) as usize,
+                _ => 1 + rng.below(capacity as u64) as usize,
+            };
+            let shift = (batch / 8) * 300;
+            let ids: Vec<u32> = (0..n)
+                .map(|_| ((zipf.sample(&mut rng) as usize + shift) % rows) as u32)
+                .collect();
+            let mut out = poisoned(ctx, n, dim);
+            cache.lookup_into(&ids, &mut out).unwrap();
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(|&id| want_rows[id as usize * dim..][..dim].to_vec())
+                .collect();
+            let what = format!("{format:?} dim {dim} batch {batch} ({n} ids)");
+            assert_rows_eq(&out.to_host().unwrap(), &want, dim, &what);
+            let state = cache.driven_state().unwrap().expect("GPU-driven");
+            let now = check_state(&state, capacity);
+            let set: HashSet<u32> = ids.iter().copied().collect();
+            if n <= capacity {
+                // one pass: every id resident now, the misses exactly those not resident
+                // before, and the rows that left were not in the batch
+                assert!(
+                    set.iter().all(|id| now.contains(id)),
+                    "{what}: ids not resident"
+                );
+                let batch_hits = set.iter().filter(|id| resident.contains(id)).count() as u64;
+                hits += batch_hits;
+                distinct += set.len() as u64;
+                let left: Vec<_> = resident.difference(&now).collect();
+                assert!(
+                    left.iter().all(|id| !set.contains(id)),
+                    "{what}: evicted a row in use"
+                );
+                evictions_floor += left.len() as u64;
+                let s = cache.stats();
+                assert_eq!(s.hits, hits, "{what}: hits");
+                assert_eq!(s.distinct, distinct, "{what}: distinct");
+                assert_eq!(s.misses, distinct - hits, "{what}: misses");
+                assert_eq!(
+                    s.rows_uploaded - s.evictions,
+                    now.len() as u64,
+                    "{what}: resident count"
+                );
+            } else {
+                // several passes, counted per pass: resync the model's counters
+                let s = cache.stats();
+                hits = s.hits;
+                distinct = s.distinct;
+                assert_eq!(
+                    s.rows_uploaded - s.evictions,
+                    now.len() as u64,
+                    "{what}: resident count"
+                );
+            }
+            resident = now;
+        }
+        let s = cache.stats();
+        assert!(s.evictions >= evictions_floor);
+        assert_eq!(s.batches, 40);
+        assert!(s.hits > 0 && s.evictions > 0, "{format:?}: {s:?}");
+    }
+}
+
+#[test]
+fn ops_on_the_gpu_path_match_the_cpu() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_ops"));
+    let (rows, dim, capacity) = (1_500, 8, 200);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(capacity))
+        .path(BatchPath::Gpu);
+    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    for round in 0..6 {
+        // bags with repeats; every third round more ids than slots
+        let bags = 1 + rng.below(40) as usize;
+        let mut offsets = vec![0u32];
+        let mut ids = Vec::new();
+        for _ in 0..bags {
+            let len = rng.below(if round % 3 == 2 { 30 } else { 6 }) as usize;
+            ids.extend((0..len).map(|_| rng.below(rows as u64 / 3) as u32));
+            offsets.push(ids.len() as u32);
+        }
+        for (code, mode) in [(0, Pooling::Sum), (1, Pooling::Mean), (2, Pooling::Max)] {
+            let got = cache.lookup_bags(&ids, &offsets, mode, None).unwrap();
+            let want = common::bags_ref(&data, dim, &ids, &offsets, code, None);
+            common::check_close(&got, want, &format!("round {round} {mode:?} bags"));
+        }
+        let q = random_values(3 * dim, rng.next_u64());
+        let cand: Vec<u32> = (0..1 + rng.below(300))
+            .map(|_| rng.below(rows as u64) as u32)
+            .collect();
+        let got = cache
+            .scores(Queries::Host { data: &q, dim }, &cand)
+            .unwrap();
+        common::check_close(
+            &got,
+            common::scores_ref(&data, dim, &q, &cand),
+            &format!("round {round} scores"),
+        );
+        let x = random_values(2 * cand.len(), rng.next_u64());
+        let got = cache.combine(&x, &cand).unwrap();
+        common::check_close(
+            &got,
+            common::combine_ref(&data, dim, &x, &cand),
+            &format!("round {round} combine"),
+        );
+        let state = cache.driven_state().unwrap().unwrap();
+        check_state(&state, capacity);
+    }
+}
+
+#[test]
+fn the_choice_of_path_and_its_refusals() {
+    let _serial = common::serial();
+    let data = vec![0.5f32; 100 * 4];
+    let plain = common::ctx();
+    let table = || HostTable::borrowed(&data, 4).unwrap();
+    let rows = Capacity::Rows(10);
+    if !plain.adapter().host_visible_storage {
+        // Auto on a context without host-visible storage: the host path, and why
+        let cache =
+            EmbeddingCache::new(plain, table(), CacheConfig::default().capacity(rows)).unwrap();
+        assert_eq!(cache.config().path, BatchPath::Host);
+        assert!(
+            cache.config().path_reason.contains("host-visible"),
+            "{}",
+            cache.config().path_reason
+        );
+        assert_eq!(cache.memory().host_table, 0);
+        let before = plain.allocated_bytes();
+        let err = EmbeddingCache::new(
+            plain,
+            table(),
+            CacheConfig::default().capacity(rows).path(BatchPath::Gpu),
+        )
+        .unwrap_err();
+        assert!(matches!(err, HotrowError::Unsupported { .. }), "{err:?}");
+        assert_eq!(plain.allocated_bytes(), before, "nothing left allocated");
+    }
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let auto = EmbeddingCache::new(ctx, table(), CacheConfig::default().capacity(rows)).unwrap();
+    assert_eq!(
+        auto.config().path,
+        BatchPath::Gpu,
+        "{}",
+        auto.config().path_reason
+    );
+    assert_eq!(auto.memory().host_table, 100 * 16);
+    // settings only the host path has: Auto takes the host path, Gpu is refused
+    for config in [
+        CacheConfig::default().policy(EvictionPolicy::Lru),
+        CacheConfig::default().resolution(Resolution::Device),
+    ] {
+        let config = config.capacity(rows);
+        let cache = EmbeddingCache::new(ctx, table(), config.clone()).unwrap();
+        assert_eq!(cache.config().path, BatchPath::Host);
+        let err = EmbeddingCache::new(ctx, table(), config.path(BatchPath::Gpu)).unwrap_err();
+        assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    }
+    // Host asked for on a context that could do either
+    let host = EmbeddingCache::new(
+        ctx,
+        table(),
+        CacheConfig::default().capacity(rows).path(BatchPath::Host),
+    )
+    .unwrap();
+    assert_eq!(host.config().path, BatchPath::Host);
+}
+
+#[test]
+fn bad_input_changes_nothing_on_the_gpu_path() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_misuse"));
+    let (rows, dim) = (500, 4);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(50))
+        .path(BatchPath::Gpu);
+    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    let ids: Vec<u32> = (0..40).map(|_| rng.below(rows as u64) as u32).collect();
+    cache.lookup(&ids).unwrap();
+    let (stats, state) = (cache.stats(), cache.driven_state().unwrap().unwrap());
+    let bad = [3, rows as u32, 7];
+    assert!(matches!(
+        cache.lookup(&bad),
+        Err(HotrowError::IdOutOfRange { .. })
+    ));
+    assert!(cache
+        .lookup_bags(&bad, &[0, 3], Pooling::Sum, None)
+        .is_err());
+    assert!(
+        cache.combine(&[1.0; 3], &[1, 2]).is_err(),
+        "x of the wrong length"
+    );
+    assert_eq!(cache.stats(), stats, "counters unchanged");
+    let after = cache.driven_state().unwrap().unwrap();
+    assert_eq!(
+        (after.slot_of, after.id_of, after.hand),
+        (state.slot_of, state.id_of, state.hand)
+    );
+    // empty batches are served
+    assert_eq!(cache.lookup(&[]).unwrap().rows(), 0);
+    cache.preload(&[]).unwrap();
+    // preload makes rows resident with no output
+    cache.preload(&[11, 12, 11]).unwrap();
+    let s = cache.driven_state().unwrap().unwrap();
+    assert!(s.slot_of[11] != 0 && s.slot_of[12] != 0);
+}
