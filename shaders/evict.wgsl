@@ -16,7 +16,7 @@
 //          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
 //          stamped (no reference bit: a new row earns it by a hit, as on the host).
 //
-// Encodings and the work layout: see find.wgsl.
+// Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
 // Bindings (group 0):
 //   0  p        uniform              DrivenParams
@@ -27,40 +27,9 @@
 //
 // Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one.
 
-struct DrivenParams {
-    n: u32,
-    groups_x: u32,
-    epoch: u32,
-    capacity: u32,
-    blocks: u32,
-    words: u32,
-    table_base: u32,
-    table_rows: u32,
-    slot_base: u32,
-    slot_rows: u32,
-    max_groups: u32,
-    batch_epoch: u32,
-}
-
-const REF: u32 = 0x80000000u;
-const EPOCH: u32 = 0x7fffffffu;
 const BLOCK: u32 = 1024u;
 const PER_THREAD: u32 = 4u;
 const NO_CUT: u32 = 0xffffffffu;
-const MISSES: u32 = 0u;
-const HITS: u32 = 1u;
-const EVICTED: u32 = 2u;
-const VICTIMS: u32 = 3u;
-const TOTAL_A: u32 = 4u;
-const FETCH_GX: u32 = 5u;
-const HAND: u32 = 16u;
-const NEXT_HAND: u32 = 17u;
-const T_DISTINCT: u32 = 18u;
-const T_HITS: u32 = 20u;
-const T_MISSES: u32 = 22u;
-const T_EVICTIONS: u32 = 24u;
-const FAULT: u32 = 26u;
-const LISTS: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: DrivenParams;
 @group(0) @binding(1) var<storage, read_write> slot_of: array<atomic<u32>>;
@@ -103,6 +72,29 @@ fn scan(lid: u32) {
     }
 }
 
+// The classes of this thread's PER_THREAD positions of block b, and the workgroup's
+// inclusive scan of each thread's A and B counts in sa and sb (positions past the slots,
+// and blocks past the last, count as in use).
+fn classes(b: u32, lid: u32, hand: u32) -> array<u32, 4> {
+    var cls = array<u32, 4>(0u, 0u, 0u, 0u);
+    var ca = 0u;
+    var cb = 0u;
+    if (b < p.blocks) {
+        for (var j = 0u; j < PER_THREAD; j++) {
+            let pos = b * BLOCK + lid * PER_THREAD + j;
+            if (pos < p.capacity) {
+                cls[j] = class_of(slot_at(pos, hand));
+                ca += u32(cls[j] == 1u);
+                cb += u32(cls[j] == 2u);
+            }
+        }
+    }
+    sa[lid] = ca;
+    sb[lid] = cb;
+    scan(lid);
+    return cls;
+}
+
 // 64-bit counter at (lo, lo + 1): the add that wraps the low word carries.
 fn add64(at: u32, x: u32) {
     if (x == 0u) {
@@ -118,21 +110,7 @@ fn add64(at: u32, x: u32) {
 fn tally(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.y * p.groups_x + wid.x;
     let hand = atomicLoad(&work[HAND]);
-    var ca = 0u;
-    var cb = 0u;
-    if (b < p.blocks) {
-        for (var j = 0u; j < PER_THREAD; j++) {
-            let pos = b * BLOCK + lid * PER_THREAD + j;
-            if (pos < p.capacity) {
-                let c = class_of(slot_at(pos, hand));
-                ca += u32(c == 1u);
-                cb += u32(c == 2u);
-            }
-        }
-    }
-    sa[lid] = ca;
-    sb[lid] = cb;
-    scan(lid);
+    classes(b, lid, hand);
     if (b < p.blocks && lid == 255u) {
         atomicStore(&work[LISTS + b], sa[255]);
         atomicStore(&work[LISTS + p.blocks + b], sb[255]);
@@ -197,28 +175,13 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let hand = atomicLoad(&work[HAND]);
     let victims = atomicLoad(&work[VICTIMS]);
     let total_a = atomicLoad(&work[TOTAL_A]);
-    let miss_ids = LISTS + 2u * p.blocks;
-    let miss_slots = miss_ids + p.capacity;
     if (lid == 0u) {
         atomicStore(&cut, NO_CUT);
         atomicStore(&group_evicted, 0u);
     }
-    var cls = array<u32, 4>(0u, 0u, 0u, 0u);
-    var ca = 0u;
-    var cb = 0u;
-    if (b < p.blocks) {
-        for (var j = 0u; j < PER_THREAD; j++) {
-            let pos = b * BLOCK + lid * PER_THREAD + j;
-            if (pos < p.capacity) {
-                cls[j] = class_of(slot_at(pos, hand));
-                ca += u32(cls[j] == 1u);
-                cb += u32(cls[j] == 2u);
-            }
-        }
-    }
-    sa[lid] = ca;
-    sb[lid] = cb;
-    scan(lid);
+    var cls = classes(b, lid, hand);
+    let ca = u32(cls[0] == 1u) + u32(cls[1] == 1u) + u32(cls[2] == 1u) + u32(cls[3] == 1u);
+    let cb = u32(cls[0] == 2u) + u32(cls[1] == 2u) + u32(cls[2] == 2u) + u32(cls[3] == 2u);
     let in_block = b < p.blocks;
     var pa = 0u;
     var pb = 0u;
@@ -251,7 +214,7 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         taken[j] = true;
         let local = lid * PER_THREAD + j;
         let slot = slot_at(b * BLOCK + local, hand);
-        let id = atomicLoad(&work[miss_ids + v]);
+        let id = atomicLoad(&work[miss_ids_at() + v]);
         let old = atomicLoad(&state[slot]);
         if (old != 0u) {
             atomicStore(&slot_of[old - 1u], 0u);
@@ -260,7 +223,7 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         atomicStore(&state[slot], id + 1u);
         atomicStore(&state[p.capacity + slot], p.epoch);
         atomicStore(&slot_of[id], slot + 1u);
-        atomicStore(&work[miss_slots + v], slot);
+        atomicStore(&work[miss_slots_at() + v], slot);
         if (v + 1u == victims) {
             atomicStore(&work[NEXT_HAND], select(slot + 1u, 0u, slot + 1u == p.capacity));
             if (cls[j] == 1u) {

@@ -11,28 +11,9 @@
 //
 // Bindings (group 0):
 //   0  p      uniform              DrivenParams
-//   1  work   storage, read        array<u32> (layout: find.wgsl)
+//   1  work   storage, read        array<u32> (layout: driven_common.wgsl)
 //   2  table  storage, read        array<Word>: one table shard (host memory)
 //   3  slots  storage, read_write  array<Word>: one slot shard
-
-struct DrivenParams {
-    n: u32,
-    groups_x: u32,
-    epoch: u32,
-    capacity: u32,
-    blocks: u32,
-    words: u32,
-    table_base: u32,
-    table_rows: u32,
-    slot_base: u32,
-    slot_rows: u32,
-    max_groups: u32,
-    batch_epoch: u32,
-}
-
-const VICTIMS: u32 = 3u;
-const FETCH_GX: u32 = 5u;
-const LISTS: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: DrivenParams;
 @group(0) @binding(1) var<storage, read> work: array<u32>;
@@ -47,9 +28,8 @@ fn fetch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     let w = t - v * p.words;
-    let miss_ids = LISTS + 2u * p.blocks;
-    let id = work[miss_ids + v];
-    let slot = work[miss_ids + p.capacity + v];
+    let id = work[miss_ids_at() + v];
+    let slot = work[miss_slots_at() + v];
     // Unsigned wrap-around sends rows below a shard past its size too.
     let r = id - p.table_base;
     let s = slot - p.slot_base;

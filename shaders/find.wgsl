@@ -7,17 +7,7 @@
 // stamp's exchange tells the first position of a slot from its repeats, and epochs grow,
 // so a stamp from an earlier pass of the same batch is at least the batch's first epoch.
 //
-// Encodings (every buffer starts zeroed, which is the empty cache):
-//   slot_of[id]         slot + 1; 0 not resident; PENDING claimed by this pass
-//   state[s]            id + 1 of the row in slot s (0: empty)       (evict.wgsl)
-//   state[capacity + s] epoch of the last pass that used slot s | REF (bit 31)
-//   work                counters and lists shared by the phases (layout below)
-//
-// Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
-// pass: MISSES, HITS, EVICTED, VICTIMS, TOTAL_A, FETCH_GX; [16, 32) kept across passes:
-// HAND, NEXT_HAND, then the 64-bit totals (lo, hi) of distinct ids, hits, misses,
-// evictions, and FAULT; then the eviction phase's block counts (2 * blocks words), the miss
-// ids (capacity words) and their slots (capacity words).
+// Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
 // Bindings (group 0):
 //   0  p        uniform              DrivenParams
@@ -27,30 +17,6 @@
 //   4  work     storage, read_write  array<atomic<u32>>
 //
 // Dispatch: one thread per position, 256-thread workgroups in a (groups_x, y) grid.
-
-struct DrivenParams {
-    n: u32,          // positions of the pass
-    groups_x: u32,   // workgroups along x in the dispatch grid
-    epoch: u32,      // the pass's epoch, 1 ..= EPOCH
-    capacity: u32,   // slots
-    blocks: u32,     // eviction blocks: ceil(capacity / BLOCK)
-    words: u32,      // Words per row (fetch)
-    table_base: u32, // first table row of the bound table shard (fetch)
-    table_rows: u32, // rows of the bound table shard (fetch)
-    slot_base: u32,  // first slot of the bound slot shard (fetch)
-    slot_rows: u32,  // slots of the bound slot shard (fetch)
-    max_groups: u32, // the adapter's max workgroups per dimension
-    batch_epoch: u32, // the epoch of the batch's first pass
-}
-
-const PENDING: u32 = 0xffffffffu;
-const REF: u32 = 0x80000000u;
-const EPOCH: u32 = 0x7fffffffu;
-const MISSES: u32 = 0u;
-const HITS: u32 = 1u;
-const HAND: u32 = 16u;
-const NEXT_HAND: u32 = 17u;
-const LISTS: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: DrivenParams;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
@@ -79,14 +45,13 @@ fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 atomicAdd(&group_hits, 1u);
             }
         } else if (v == 0u) {
-            let miss_ids = LISTS + 2u * p.blocks;
             loop {
                 // (weak: it may fail spuriously, so retry until it succeeds or another
                 // position has claimed the row)
                 let r = atomicCompareExchangeWeak(&slot_of[id], 0u, PENDING);
                 if (r.exchanged) {
                     let k = atomicAdd(&work[MISSES], 1u);
-                    atomicStore(&work[miss_ids + k], id);
+                    atomicStore(&work[miss_ids_at() + k], id);
                     break;
                 }
                 if (r.old_value != 0u) {

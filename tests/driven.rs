@@ -40,30 +40,13 @@ fn host_storage_ctx() -> Option<&'static GpuContext> {
     }
 }
 
-/// Checks the GPU's state: slot_of and id_of are inverse maps, no miss lacked a slot, and
-/// the resident set is `expect` when given.
+/// The ids the GPU's state holds (checked by `common::driven_resident`).
 fn check_state(s: &DrivenState, capacity: usize) -> HashSet<u32> {
-    assert_eq!(s.fault, 0, "a miss found no slot");
-    assert!(
-        (s.hand as usize) < capacity,
-        "hand {} past the slots",
-        s.hand
-    );
-    let mut resident = HashSet::new();
-    for (slot, &v) in s.id_of.iter().enumerate() {
-        if v != 0 {
-            let id = v - 1;
-            assert_eq!(
-                s.slot_of[id as usize],
-                slot as u32 + 1,
-                "slot {slot} holds {id}"
-            );
-            assert!(resident.insert(id), "id {id} twice");
-        }
-    }
-    let listed = s.slot_of.iter().filter(|&&v| v != 0).count();
-    assert_eq!(listed, resident.len(), "slot_of lists rows no slot holds");
-    resident
+    assert_eq!(s.id_of.len(), capacity);
+    common::driven_resident(s)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
 
 #[test]
@@ -156,6 +139,122 @@ fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
         assert!(s.evictions >= evictions_floor);
         assert_eq!(s.batches, 40);
         assert!(s.hits > 0 && s.evictions > 0, "{format:?}: {s:?}");
+    }
+}
+
+/// The host model of one GPU-driven pass (evict.wgsl's parallel CLOCK, serially): from
+/// the state before the pass and its ids (at most the slots), the state after, except
+/// which miss went to which victim slot (the GPU pairs them in the order its find phase
+/// listed them, which varies). Returns the victim slots, in sweep order.
+fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
+    const REF: u32 = 1 << 31;
+    let cap = s.id_of.len();
+    let mut misses = Vec::new();
+    let mut seen = HashSet::new();
+    for &id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        match s.slot_of[id as usize] {
+            0 => misses.push(id),
+            v => s.stamps[v as usize - 1] = epoch | REF,
+        }
+    }
+    let order: Vec<usize> = (0..cap).map(|p| (s.hand as usize + p) % cap).collect();
+    let free = |stamps: &[u32], slot: usize| stamps[slot] & !REF != epoch;
+    let a: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&x| free(&s.stamps, x) && s.stamps[x] & REF == 0)
+        .collect();
+    let b: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&x| free(&s.stamps, x) && s.stamps[x] & REF != 0)
+        .collect();
+    let m = misses.len();
+    let mut victims: Vec<usize> = a.iter().copied().take(m).collect();
+    victims.extend(b.iter().copied().take(m - victims.len()));
+    assert_eq!(victims.len(), m, "the model found too few slots");
+    if let Some(&last) = victims.last() {
+        let last_pos = order.iter().position(|&x| x == last).unwrap();
+        for (pos, &slot) in order.iter().enumerate() {
+            let passed = m > a.len() || pos < last_pos;
+            if passed
+                && free(&s.stamps, slot)
+                && s.stamps[slot] & REF != 0
+                && !victims.contains(&slot)
+            {
+                s.stamps[slot] &= !REF;
+            }
+        }
+        s.hand = ((last + 1) % cap) as u32;
+    }
+    for (&slot, &id) in victims.iter().zip(&misses) {
+        let old = s.id_of[slot];
+        if old != 0 {
+            s.slot_of[old as usize - 1] = 0;
+        }
+        s.id_of[slot] = id + 1;
+        s.slot_of[id as usize] = slot as u32 + 1;
+        s.stamps[slot] = epoch;
+    }
+    victims
+}
+
+/// The GPU's state after every pass equals the host model's (up to which miss went to which
+/// victim slot): the same victim slots, stamps, reference bits and hand.
+#[test]
+fn the_gpu_state_follows_the_host_model_of_clock() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_model"));
+    let (rows, dim) = (3_000, 4);
+    for capacity in [1usize, 37, 1024, 1500] {
+        let data = random_values(rows * dim, rng.next_u64());
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(capacity))
+            .path(BatchPath::Gpu);
+        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+        let zipf = ZipfIds::new(rows, 1.1, rng.next_u64());
+        let mut model = cache.driven_state().unwrap().unwrap();
+        for batch in 0..25 {
+            let n = 1 + rng.below(capacity as u64) as usize;
+            let ids: Vec<u32> = if batch % 5 == 4 {
+                (0..n).map(|_| rng.below(rows as u64) as u32).collect()
+            } else {
+                zipf.batch(n, &mut rng)
+            };
+            cache.preload(&ids).unwrap();
+            let epoch = cache.stats().passes as u32;
+            let victims = model_pass(&mut model, &ids, epoch);
+            let gpu = cache.driven_state().unwrap().unwrap();
+            let what = format!(
+                "capacity {capacity} batch {batch} ({n} ids, {} misses)",
+                victims.len()
+            );
+            assert_eq!(gpu.fault, 0, "{what}");
+            assert_eq!(
+                gpu.stamps, model.stamps,
+                "{what}: stamps and reference bits"
+            );
+            assert_eq!(gpu.hand, model.hand, "{what}: hand");
+            // the same rows resident, in the same slots but for the victims' pairing
+            let victim_set: HashSet<usize> = victims.iter().copied().collect();
+            for slot in 0..capacity {
+                if !victim_set.contains(&slot) {
+                    assert_eq!(gpu.id_of[slot], model.id_of[slot], "{what}: slot {slot}");
+                }
+            }
+            let got: HashSet<u32> = victims.iter().map(|&x| gpu.id_of[x]).collect();
+            let want: HashSet<u32> = victims.iter().map(|&x| model.id_of[x]).collect();
+            assert_eq!(got, want, "{what}: the misses' rows");
+            check_state(&gpu, capacity);
+            model = gpu;
+        }
     }
 }
 
@@ -314,4 +413,53 @@ fn bad_input_changes_nothing_on_the_gpu_path() {
     cache.preload(&[11, 12, 11]).unwrap();
     let s = cache.driven_state().unwrap().unwrap();
     assert!(s.slot_of[11] != 0 && s.slot_of[12] != 0);
+}
+
+/// Replicated and partitioned caches over two devices, each on the GPU-driven path (two
+/// devices of the tests' adapter): every device serves its share with no host work per row.
+#[test]
+fn multi_gpu_caches_on_the_gpu_path_match_the_cpu() {
+    let _serial = common::serial();
+    let Some(first) = host_storage_ctx() else {
+        return;
+    };
+    let second = GpuContext::with_options(GpuOptions {
+        backends: Some(first.adapter().backend.into()),
+        adapter_name: Some(first.adapter().name.clone()),
+        host_visible_storage: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let devices = [first.clone(), second];
+    let mut rng = Rng::new(seed("driven_multi"));
+    let (rows, dim) = (1_200, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let config = CacheConfig::default().capacity(Capacity::Fraction(0.1));
+    let mut rep = hotrow::ReplicatedCache::new(
+        &devices,
+        HostTable::borrowed(&data, dim).unwrap(),
+        config.clone(),
+    )
+    .unwrap();
+    let mut part =
+        hotrow::PartitionedCache::new(&devices, HostTable::borrowed(&data, dim).unwrap(), config)
+            .unwrap();
+    for d in 0..2 {
+        assert_eq!(rep.cache(d).unwrap().config().path, BatchPath::Gpu);
+        assert_eq!(part.cache(d).unwrap().config().path, BatchPath::Gpu);
+    }
+    for round in 0..5 {
+        let n = 1 + rng.below(400) as usize;
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64 / 2) as u32).collect();
+        let want = hotrow::reference::gather(&data, dim, &ids);
+        let parts = rep.lookup(&ids).unwrap();
+        let got = hotrow::ReplicatedCache::<HostTable<'_>>::to_host(&parts).unwrap();
+        assert_rows_eq(&got, &want, dim, &format!("replicated round {round}"));
+        let on = round % 2;
+        let got = part.lookup(&ids, on).unwrap().to_host().unwrap();
+        assert_rows_eq(&got, &want, dim, &format!("partitioned round {round}"));
+    }
+    let s = rep.stats();
+    assert_eq!(s.hits + s.misses, s.distinct);
+    assert!(s.hits > 0, "{s:?}");
 }

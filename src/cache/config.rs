@@ -92,7 +92,8 @@ pub struct CacheConfig {
     pub staging_buffers: usize,
     /// Most row bytes uploaded in one pass; a batch missing more is served in several
     /// passes. Default 256 MiB (and never more than the adapter's largest storage binding,
-    /// nor half its largest buffer).
+    /// nor half its largest buffer). The host path's: the GPU-driven path fetches every
+    /// miss of a pass (at most `capacity` positions) in that pass.
     pub max_upload_bytes_per_pass: u64,
     /// Options of the slot buffer (e.g. a cap on shard size).
     pub slot_buffer: RowBufferOptions,

@@ -308,7 +308,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.source
     }
 
-    /// The slot map (which id is in which slot).
+    /// The slot map (which id is in which slot) of the host path. On the GPU-driven path
+    /// the GPU keeps that state and this map stays empty.
     pub fn slot_map(&self) -> &PartitionedSlotMap {
         self.engine.map()
     }

@@ -7,13 +7,20 @@ use std::time::Duration;
 /// Invariants: `hits + misses == distinct`; `bytes_uploaded == rows_uploaded * dim * 4`;
 /// `rows_uploaded - evictions` is the number of resident rows (when counted from an empty
 /// cache; a failed batch counts the evictions it made and none of its uploads).
+///
+/// On the GPU-driven path ([`crate::BatchPath::Gpu`]) the GPU counts distinct ids, hits,
+/// misses and evictions itself; the host times (`resolve_time`, `probe_time`, ...) stay 0
+/// but for staging and submission, and `max_upload_bytes_per_pass` does not apply. A row
+/// evicted by its own batch's later pass and missed again (a batch longer than the cache)
+/// counts as a distinct id and a miss each time it is fetched.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheStats {
     /// Batches served (`lookup`, `preload` and op calls with at least one id).
     pub batches: u64,
     /// Passes run (a batch with more distinct ids than slots takes several).
     pub passes: u64,
-    /// Passes whose hits the GPU found ([`crate::Resolution::Device`]).
+    /// Passes whose hits the GPU found ([`crate::Resolution::Device`], and every pass of the
+    /// GPU-driven path).
     pub device_passes: u64,
     /// Ids requested (positions, repeats included).
     pub requests: u64,

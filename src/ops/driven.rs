@@ -13,21 +13,29 @@ use crate::gpu::{
 };
 use crate::ops::params_layout;
 
+/// The params block and work layout the three files share, prepended to each.
+macro_rules! common {
+    () => {
+        include_str!("../../shaders/driven_common.wgsl")
+    };
+}
+pub(crate) const COMMON: &str = common!();
+
 pub(crate) const FIND: Shader = Shader {
     file: "find.wgsl",
     source: include_str!("../../shaders/find.wgsl"),
-    prefixes: &[""],
+    prefixes: &[COMMON],
 };
 
 pub(crate) const EVICT: Shader = Shader {
     file: "evict.wgsl",
     source: include_str!("../../shaders/evict.wgsl"),
-    prefixes: &[""],
+    prefixes: &[COMMON],
 };
 
 /// Rows moved a `vec4<u32>` at a time (rows of whole 16-byte units), or a word at a time.
-const WORD_VEC4: &str = "alias Word = vec4<u32>;\n";
-const WORD_U32: &str = "alias Word = u32;\n";
+const WORD_VEC4: &str = concat!(common!(), "alias Word = vec4<u32>;\n");
+const WORD_U32: &str = concat!(common!(), "alias Word = u32;\n");
 
 pub(crate) const FETCH: Shader = Shader {
     file: "fetch.wgsl",
@@ -38,10 +46,10 @@ pub(crate) const FETCH: Shader = Shader {
 /// Slots swept by one workgroup of `tally` and `evict` (`BLOCK` in evict.wgsl).
 pub(crate) const BLOCK: usize = 1024;
 
-/// Words of the work buffer before its lists (see find.wgsl).
+/// Words of the work buffer before its lists (see driven_common.wgsl).
 pub(crate) const HEADER_WORDS: usize = 32;
 
-/// Where the kept counters sit in the work buffer (see find.wgsl): the hand, then 64-bit
+/// Where the kept counters sit in the work buffer (see driven_common.wgsl): the hand, then 64-bit
 /// totals (lo, hi) of distinct ids, hits, misses and evictions, then the fault count.
 pub(crate) mod word {
     pub(crate) const HAND: usize = 16;
@@ -52,7 +60,7 @@ pub(crate) mod word {
 /// The reference bit of a slot's stamp, and the epoch bits beside it.
 pub(crate) const EPOCH: u32 = 0x7fff_ffff;
 
-/// Mirror of `DrivenParams` in find.wgsl, evict.wgsl and fetch.wgsl.
+/// Mirror of `DrivenParams` in driven_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct DrivenParams {
@@ -186,7 +194,7 @@ pub(crate) fn fetch_params(
 /// Builds the family's pipelines ahead of the first batch.
 pub(crate) fn prepare(ctx: &GpuContext, row_words: usize) -> Result<()> {
     for phase in [Phase::Find, Phase::Tally, Phase::Plan, Phase::Evict] {
-        ctx.pipeline(phase.shader(), phase.entry(), "")?;
+        ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
     }
     ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
     Ok(())
@@ -212,7 +220,7 @@ pub(crate) fn encode(
     launch: &mut Launch,
     staged: (&wgpu::Buffer, u64),
 ) -> Result<()> {
-    let pipeline = ctx.pipeline(phase.shader(), phase.entry(), "")?;
+    let pipeline = ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
     let from = ParamsFrom::Staged {
         enc: &mut *enc,
         src: staged.0,

@@ -37,9 +37,15 @@ pub fn shader_modules() -> Vec<(&'static str, String)> {
         .collect()
 }
 
-/// Every embedded kernel file, `(file name, text)` (without prefixes).
+/// Every embedded WGSL file, `(file name, text)`: the kernel files (without prefixes) and
+/// the declarations some of them share.
 pub fn shader_files() -> Vec<(&'static str, &'static str)> {
-    KERNELS.iter().map(|s| (s.file, s.source)).collect()
+    KERNELS
+        .iter()
+        .map(|s| (s.file, s.source))
+        // (declarations the GPU-driven path's kernels share, prepended to each)
+        .chain([("driven_common.wgsl", driven::COMMON)])
+        .collect()
 }
 
 /// Rows an op reads, as plain buffers: row `i` of the batch is row `slots[i]` of `rows`

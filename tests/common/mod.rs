@@ -179,25 +179,34 @@ pub fn held(map: &hotrow::PartitionedSlotMap) -> Vec<(u32, u32)> {
 /// path (checked: slot_of and id_of inverse, no miss without a slot), else the slot map's.
 pub fn resident<S: hotrow::RowSource>(cache: &hotrow::EmbeddingCache<S>) -> Vec<(u32, u32)> {
     match cache.driven_state().expect("the GPU's state") {
-        Some(s) => {
-            assert_eq!(s.fault, 0, "a miss found no slot");
-            let mut v = Vec::new();
-            for (slot, &id1) in s.id_of.iter().enumerate() {
-                if id1 != 0 {
-                    assert_eq!(s.slot_of[id1 as usize - 1], slot as u32 + 1, "slot {slot}");
-                    v.push((id1 - 1, slot as u32));
-                }
-            }
-            let listed = s.slot_of.iter().filter(|&&x| x != 0).count();
-            assert_eq!(listed, v.len(), "slot_of lists rows no slot holds");
-            v.sort_unstable();
-            v
-        }
+        Some(s) => driven_resident(&s),
         None => {
             cache.slot_map().check_invariants().unwrap();
             held(cache.slot_map())
         }
     }
+}
+
+/// The rows the GPU-driven path's state holds and their slots, sorted, checked: slot_of and
+/// id_of are inverse maps, no miss lacked a slot, the hand is within the slots.
+pub fn driven_resident(s: &hotrow::DrivenState) -> Vec<(u32, u32)> {
+    assert_eq!(s.fault, 0, "a miss found no slot");
+    assert!(
+        (s.hand as usize) < s.id_of.len(),
+        "hand {} past the slots",
+        s.hand
+    );
+    let mut v = Vec::new();
+    for (slot, &id1) in s.id_of.iter().enumerate() {
+        if id1 != 0 {
+            assert_eq!(s.slot_of[id1 as usize - 1], slot as u32 + 1, "slot {slot}");
+            v.push((id1 - 1, slot as u32));
+        }
+    }
+    let listed = s.slot_of.iter().filter(|&&x| x != 0).count();
+    assert_eq!(listed, v.len(), "slot_of lists rows no slot holds");
+    v.sort_unstable();
+    v
 }
 
 /// A row source whose reads can be made to fail (`mode` 1) or panic (`mode` 2); with
@@ -258,6 +267,8 @@ pub fn open_two() -> Vec<GpuContext> {
     let options = hotrow::GpuOptions {
         backends: Some(wgpu::Backends::all()),
         use_env: false,
+        // (a GPU-driven run: the devices that have host-visible storage take that path)
+        host_visible_storage: gpu_path_run(),
         ..hotrow::GpuOptions::default()
     };
     let mut all = GpuContext::every(options.clone()).expect("an adapter");

@@ -1,0 +1,57 @@
+// driven_common.wgsl: prepended by the host to find.wgsl, evict.wgsl and fetch.wgsl (the
+// GPU-driven path): the params block every dispatch of a pass reads, and the layout of the
+// work buffer the phases share.
+//
+// Encodings (every buffer starts zeroed, which is the empty cache):
+//   slot_of[id]         slot + 1; 0 not resident; PENDING claimed by this pass
+//   state[s]            id + 1 of the row in slot s (0: empty)
+//   state[capacity + s] epoch of the last pass that used slot s | REF (bit 31)
+//
+// Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
+// pass; [16, 32) kept across passes: the hand, then the 64-bit totals (lo, hi) of distinct
+// ids, hits, misses and evictions, and FAULT; then the eviction phase's block counts
+// (2 * blocks words), the miss ids (capacity words) and their slots (capacity words).
+
+struct DrivenParams {
+    n: u32,           // positions of the pass
+    groups_x: u32,    // workgroups along x in the dispatch grid
+    epoch: u32,       // the pass's epoch, 1 ..= EPOCH
+    capacity: u32,    // slots
+    blocks: u32,      // eviction blocks: ceil(capacity / BLOCK)
+    words: u32,       // Words per row (fetch)
+    table_base: u32,  // first table row of the bound table shard (fetch)
+    table_rows: u32,  // rows of the bound table shard (fetch)
+    slot_base: u32,   // first slot of the bound slot shard (fetch)
+    slot_rows: u32,   // slots of the bound slot shard (fetch)
+    max_groups: u32,  // the adapter's max workgroups per dimension
+    batch_epoch: u32, // the epoch of the batch's first pass
+}
+
+const PENDING: u32 = 0xffffffffu;
+const REF: u32 = 0x80000000u;
+const EPOCH: u32 = 0x7fffffffu;
+// this pass's counters
+const MISSES: u32 = 0u;
+const HITS: u32 = 1u;
+const EVICTED: u32 = 2u;
+const VICTIMS: u32 = 3u;
+const TOTAL_A: u32 = 4u;
+const FETCH_GX: u32 = 5u;
+// kept across passes
+const HAND: u32 = 16u;
+const NEXT_HAND: u32 = 17u;
+const T_DISTINCT: u32 = 18u;
+const T_HITS: u32 = 20u;
+const T_MISSES: u32 = 22u;
+const T_EVICTIONS: u32 = 24u;
+const FAULT: u32 = 26u;
+// the lists
+const LISTS: u32 = 32u;
+
+fn miss_ids_at() -> u32 {
+    return LISTS + 2u * p.blocks;
+}
+
+fn miss_slots_at() -> u32 {
+    return LISTS + 2u * p.blocks + p.capacity;
+}
