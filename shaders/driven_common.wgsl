@@ -23,7 +23,7 @@ struct DrivenParams {
     table_rows: u32,  // rows of the bound table shard (fetch)
     slot_base: u32,   // first slot of the bound slot shard (fetch)
     slot_rows: u32,   // slots of the bound slot shard (fetch)
-    max_groups: u32,  // the adapter's max workgroups per dimension
+    _pad: u32,
     batch_epoch: u32, // the epoch of the batch's first pass
 }
 
@@ -36,7 +36,6 @@ const HITS: u32 = 1u;
 const EVICTED: u32 = 2u;
 const VICTIMS: u32 = 3u;
 const TOTAL_A: u32 = 4u;
-const FETCH_GX: u32 = 5u;
 // kept across passes
 const HAND: u32 = 16u;
 const NEXT_HAND: u32 = 17u;

@@ -10,8 +10,8 @@
 // a shortfall, which would be a bug, and the tests check it stays 0).
 //
 //   tally: per block of BLOCK positions, the A and B counts (into the block lists);
-//   plan:  one workgroup: the lists become exclusive prefixes; the victims, the fetch
-//          phase's indirect grid, the 64-bit totals; the hand stays unless evict moves it;
+//   plan:  one workgroup: the lists become exclusive prefixes; the victims, the 64-bit
+//          totals; the hand stays unless evict moves it;
 //   evict: per block, each A/B slot's rank; a slot whose rank falls among the victims
 //          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
 //          stamped (no reference bit: a new row earns it by a hit, as on the host).
@@ -23,7 +23,6 @@
 //   1  slot_of  storage, read_write  array<atomic<u32>>
 //   2  state    storage, read_write  array<atomic<u32>>
 //   3  work     storage, read_write  array<atomic<u32>>
-//   4  args     storage, read_write  array<u32>: the fetch phase's indirect dispatch (x, y, z)
 //
 // Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one.
 
@@ -35,7 +34,6 @@ const NO_CUT: u32 = 0xffffffffu;
 @group(0) @binding(1) var<storage, read_write> slot_of: array<atomic<u32>>;
 @group(0) @binding(2) var<storage, read_write> state: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> work: array<atomic<u32>>;
-@group(0) @binding(4) var<storage, read_write> args: array<u32>;
 
 var<workgroup> sa: array<u32, 256>;
 var<workgroup> sb: array<u32, 256>;
@@ -152,17 +150,6 @@ fn plan(@builtin(local_invocation_index) lid: u32) {
     atomicStore(&work[VICTIMS], victims);
     atomicStore(&work[TOTAL_A], run_a);
     atomicStore(&work[NEXT_HAND], atomicLoad(&work[HAND]));
-    let groups = (victims * p.words + 255u) / 256u;
-    var gx = groups;
-    var gy = 1u;
-    if (groups > p.max_groups) {
-        gy = (groups + p.max_groups - 1u) / p.max_groups;
-        gx = (groups + gy - 1u) / gy;
-    }
-    args[0] = gx;
-    args[1] = gy;
-    args[2] = 1u;
-    atomicStore(&work[FETCH_GX], gx);
     let hits = atomicLoad(&work[HITS]);
     add64(T_DISTINCT, hits + m);
     add64(T_HITS, hits);

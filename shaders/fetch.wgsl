@@ -6,8 +6,9 @@
 // binding each); the host dispatches once per (table shard, slot shard) pair and a thread
 // copies its word only when both fall in the bound shards.
 //
-// The dispatch is indirect: its grid was written by evict.wgsl's plan, which also left
-// the grid's x size in FETCH_GX, so the host needs no count back from the GPU.
+// The host does not know how many rows missed (nothing is read back): it dispatches a grid
+// sized for the pass's positions (capped), and the threads stride over `VICTIMS x words`
+// words, so the grid needs no count from the GPU and idle threads cost one check.
 //
 // Bindings (group 0):
 //   0  p      uniform              DrivenParams
@@ -21,20 +22,23 @@
 @group(0) @binding(3) var<storage, read_write> slots: array<Word>;
 
 @compute @workgroup_size(256)
-fn fetch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = grid_thread(wid, lid, work[FETCH_GX]);
-    let v = t / p.words;
-    if (v >= work[VICTIMS]) {
-        return;
+fn fetch(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let stride = groups.x * groups.y * 256u;
+    let total = work[VICTIMS] * p.words;
+    for (var t = grid_thread(wid, lid, p.groups_x); t < total; t += stride) {
+        let v = t / p.words;
+        let w = t - v * p.words;
+        let id = work[miss_ids_at() + v];
+        let slot = work[miss_slots_at() + v];
+        // Unsigned wrap-around sends rows below a shard past its size too.
+        let r = id - p.table_base;
+        let s = slot - p.slot_base;
+        if (r < p.table_rows && s < p.slot_rows) {
+            slots[s * p.words + w] = table[r * p.words + w];
+        }
     }
-    let w = t - v * p.words;
-    let id = work[miss_ids_at() + v];
-    let slot = work[miss_slots_at() + v];
-    // Unsigned wrap-around sends rows below a shard past its size too.
-    let r = id - p.table_base;
-    let s = slot - p.slot_base;
-    if (r >= p.table_rows || s >= p.slot_rows) {
-        return;
-    }
-    slots[s * p.words + w] = table[r * p.words + w];
 }

@@ -463,3 +463,37 @@ fn multi_gpu_caches_on_the_gpu_path_match_the_cpu() {
     assert_eq!(s.hits + s.misses, s.distinct);
     assert!(s.hits > 0, "{s:?}");
 }
+
+/// A table over several storage bindings (lavapipe's 128 MiB) and a cache of more than 256
+/// sweep blocks (the plan phase's scan goes round in chunks).
+#[test]
+fn a_sharded_table_and_a_large_cache() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_large"));
+    let dim = 64;
+    let rows = (ctx.adapter().max_storage_buffer_binding_size as usize / (dim * 4)) * 3 / 2;
+    let rows = rows.min(1_200_000);
+    let data = random_values(rows * dim, rng.next_u64());
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let capacity = 300_000.min(rows / 2);
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(capacity))
+        .path(BatchPath::Gpu);
+    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+    for batch in 0..4 {
+        let ids = zipf.batch(20_000, &mut rng);
+        let out = cache.lookup(&ids).unwrap();
+        let want = hotrow::reference::gather(&data, dim, &ids);
+        assert_rows_eq(
+            &out.to_host().unwrap(),
+            &want,
+            dim,
+            &format!("batch {batch}"),
+        );
+    }
+    common::resident(&cache);
+}

@@ -1,7 +1,8 @@
 //! The kernels of the GPU-driven path, one shader per phase of a batch: `find.wgsl` (hits
 //! stamped, misses claimed and listed), `evict.wgsl` (a parallel CLOCK sweep: `tally`,
 //! `plan`, `evict`) and `fetch.wgsl` (missed rows copied from the table in host memory into
-//! their slots, an indirect dispatch sized by the GPU). The slot list an op reads is written
+//! their slots by a grid the host sizes from the pass's positions, striding over the
+//! misses the GPU counted). The slot list an op reads is written
 //! by `slot_index.wgsl`'s `position`, whose encoding (slot + 1) these kernels share.
 //!
 //! One params block (`DrivenParams`) serves every dispatch; the caller writes the blocks
@@ -9,7 +10,8 @@
 
 use crate::error::Result;
 use crate::gpu::{
-    encode as encode_pass, grid, grid_for_threads, GpuContext, Launch, ParamsFrom, Shader,
+    encode as encode_pass, grid, grid_for_threads, GpuContext, Launch, ParamsFrom, RowBuffer,
+    Shader,
 };
 use crate::ops::params_layout;
 
@@ -74,7 +76,7 @@ pub(crate) struct DrivenParams {
     pub(crate) table_rows: u32,
     pub(crate) slot_base: u32,
     pub(crate) slot_rows: u32,
-    pub(crate) max_groups: u32,
+    pub(crate) _pad: u32,
     pub(crate) batch_epoch: u32,
 }
 params_layout!(
@@ -90,7 +92,7 @@ params_layout!(
     table_rows,
     slot_base,
     slot_rows,
-    max_groups,
+    _pad,
     batch_epoch
 );
 
@@ -153,7 +155,6 @@ pub(crate) fn params(
     capacity: usize,
     row_words: usize,
 ) -> DrivenParams {
-    let max = ctx.limits().max_compute_workgroups_per_dimension;
     DrivenParams {
         n: n as u32,
         groups_x: grid_for_threads(ctx, n as u64).0,
@@ -162,7 +163,6 @@ pub(crate) fn params(
         capacity: capacity as u32,
         blocks: blocks(capacity) as u32,
         words: fetch_word(row_words).1,
-        max_groups: max,
         ..Default::default()
     }
 }
@@ -176,13 +176,27 @@ pub(crate) fn sweep_params(ctx: &GpuContext, base: DrivenParams) -> DrivenParams
     }
 }
 
-/// `base` for the fetch from table rows `table` (first, count) into slots `slots`.
+/// Most workgroups of the fetch's grid: its threads stride over the missed words, so a few
+/// thousand workgroups keep any GPU busy, and a pass that misses little wastes little.
+const FETCH_GROUPS: u64 = 4096;
+
+/// The fetch's grid for a pass of `n` positions of `words` Words: one thread per word of
+/// every position, capped at [`FETCH_GROUPS`] workgroups.
+pub(crate) fn fetch_grid(ctx: &GpuContext, n: usize, words: u32) -> (u32, u32) {
+    let threads = (n as u64 * words as u64).min(FETCH_GROUPS * 256);
+    grid_for_threads(ctx, threads)
+}
+
+/// `base` for the fetch from table rows `table` (first, count) into slots `slots`, over a
+/// grid `groups_x` workgroups wide.
 pub(crate) fn fetch_params(
     base: DrivenParams,
+    groups_x: u32,
     table: (usize, usize),
     slots: (usize, usize),
 ) -> DrivenParams {
     DrivenParams {
+        groups_x,
         table_base: table.0 as u32,
         table_rows: table.1 as u32,
         slot_base: slots.0 as u32,
@@ -206,7 +220,6 @@ pub(crate) struct DrivenBuffers<'a> {
     pub(crate) slot_of: &'a wgpu::Buffer,
     pub(crate) state: &'a wgpu::Buffer,
     pub(crate) work: &'a wgpu::Buffer,
-    pub(crate) args: &'a wgpu::Buffer,
 }
 
 /// Encodes one phase (its params block at `params_at` of staging buffer `staged`), with
@@ -226,69 +239,81 @@ pub(crate) fn encode(
         src: staged.0,
         offset: staged.1,
     };
-    fn whole(n: u32, buf: &wgpu::Buffer) -> (u32, &wgpu::Buffer, u64) {
-        (n, buf, buf.size())
-    }
-    let storage: Vec<_> = match phase {
-        Phase::Find => vec![
-            whole(1, b.ids),
-            whole(2, b.slot_of),
-            whole(3, b.state),
-            whole(4, b.work),
-        ],
-        // (Each entry point's layout has only the bindings it uses.)
-        Phase::Tally => vec![whole(2, b.state), whole(3, b.work)],
-        Phase::Plan => vec![whole(3, b.work), whole(4, b.args)],
-        Phase::Evict => vec![whole(1, b.slot_of), whole(2, b.state), whole(3, b.work)],
+    let whole = |n: u32, buf: &'_ wgpu::Buffer| (n, buf.clone(), buf.size());
+    // (Each entry point's layout has only the bindings it uses; a fixed array, so a pass
+    // allocates nothing for them.)
+    let all = [
+        whole(
+            1,
+            if phase == Phase::Find {
+                b.ids
+            } else {
+                b.slot_of
+            },
+        ),
+        whole(
+            2,
+            if phase == Phase::Find {
+                b.slot_of
+            } else {
+                b.state
+            },
+        ),
+        whole(
+            3,
+            if phase == Phase::Find {
+                b.state
+            } else {
+                b.work
+            },
+        ),
+        whole(4, b.work),
+    ];
+    let used = match phase {
+        Phase::Find => 0..4,
+        Phase::Tally => 1..3,
+        Phase::Plan => 2..3,
+        Phase::Evict => 0..3,
     };
+    let bound = all.each_ref().map(|(n, buf, size)| (*n, buf, *size));
+    let storage = &bound[used];
     let group = launch
-        .bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
+        .bind::<DrivenParams>(ctx, &pipeline, from, storage)?
         .clone();
     encode_pass(ctx, enc, phase.entry(), &pipeline, [(&group, groups)]);
     Ok(())
 }
 
-/// Encodes the fetch: one indirect dispatch per (table shard, slot shard) pair, each with
-/// its params block at `staged.1 + k * PARAMS_BYTES` in pair order (table shard major).
+/// Encodes the fetch: one dispatch of `grid` per (table shard, slot shard) pair, each in a
+/// compute pass of its own (so nothing is collected per pass), with its params block at
+/// `staged.1 + k * PARAMS_BYTES` in pair order (table shard major).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_fetch(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
-    row_words: usize,
+    table: &RowBuffer,
+    slots: &RowBuffer,
     work: &wgpu::Buffer,
-    args: &wgpu::Buffer,
-    pairs: &[(&wgpu::Buffer, &wgpu::Buffer)],
+    grid: (u32, u32),
     launches: &mut [Launch],
     staged: (&wgpu::Buffer, u64),
 ) -> Result<()> {
+    let row_words = slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
-    let mut groups = Vec::with_capacity(pairs.len());
-    for (k, ((table, slots), launch)) in pairs.iter().zip(launches.iter_mut()).enumerate() {
+    let pairs = table
+        .shards()
+        .flat_map(|t| slots.shards().map(move |s| (t, s)));
+    for (k, ((t, s), launch)) in pairs.zip(launches.iter_mut()).enumerate() {
         let from = ParamsFrom::Staged {
             enc: &mut *enc,
             src: staged.0,
             offset: staged.1 + k as u64 * PARAMS_BYTES,
         };
-        let storage = [
-            (1, work, work.size()),
-            (2, *table, table.size()),
-            (3, *slots, slots.size()),
-        ];
-        groups.push(
-            launch
-                .bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
-                .clone(),
-        );
-    }
-    let ts = ctx.next_timestamps("fetch");
-    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("fetch"),
-        timestamp_writes: crate::gpu::pass_writes(&ts),
-    });
-    pass.set_pipeline(&pipeline);
-    for group in &groups {
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups_indirect(args, 0);
+        let storage = [(1, work, work.size()), (2, t, t.size()), (3, s, s.size())];
+        let group = launch
+            .bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
+            .clone();
+        encode_pass(ctx, enc, "fetch", &pipeline, [(&group, grid)]);
     }
     Ok(())
 }

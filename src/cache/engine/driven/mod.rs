@@ -9,7 +9,7 @@
 //! 3. **evict** (`evict.wgsl`): a parallel CLOCK sweep gives each miss a slot no position
 //!    of the pass uses; the evicted rows leave the id -> slot array;
 //! 4. **fetch** (`fetch.wgsl`): the missed rows are copied from host memory into their
-//!    slots, in a dispatch the GPU sized;
+//!    slots by threads striding over the misses the GPU counted;
 //! 5. the slot list (`slot_index.wgsl`'s `position`) and, for a lookup, the gather.
 //!
 //! A pass holds at most as many positions as the cache has slots, so its misses always
@@ -44,8 +44,6 @@ pub(crate) struct Driven {
     state: TrackedBuffer,
     /// Counters and lists of the phases (see find.wgsl).
     work: TrackedBuffer,
-    /// The fetch's indirect grid.
-    args: TrackedBuffer,
     /// The ids of the pass.
     ids: GrowBuffer,
     phases: [Launch; 4],
@@ -106,14 +104,8 @@ impl Driven {
         )?;
         let work =
             ctx.create_buffer("hotrow driven work", work_bytes, storage | copy_src, false)?;
-        let args = ctx.create_buffer(
-            "hotrow fetch grid",
-            16,
-            storage | wgpu::BufferUsages::INDIRECT,
-            false,
-        )?;
         let mut enc = encoder(ctx, "hotrow driven init");
-        for b in [&slot_of, &state, &work, &args] {
+        for b in [&slot_of, &state, &work] {
             enc.clear_buffer(b, 0, None);
         }
         crate::gpu::submit_encoder(ctx, enc)?;
@@ -126,7 +118,6 @@ impl Driven {
             slot_of,
             state,
             work,
-            args,
             ids: GrowBuffer::storage("hotrow driven ids"),
             phases: Default::default(),
             fetch: Vec::new(),
@@ -141,11 +132,7 @@ impl Driven {
 
     /// Bytes of GPU memory held (the table is in host memory: [`Driven::host_bytes`]).
     pub(crate) fn bytes(&self) -> u64 {
-        self.slot_of.size()
-            + self.state.size()
-            + self.work.size()
-            + self.args.size()
-            + self.ids.bytes()
+        self.slot_of.size() + self.state.size() + self.work.size() + self.ids.bytes()
     }
 
     /// Bytes of the table in host memory.
@@ -233,12 +220,14 @@ impl PassEngine {
         let table_shards = d.table.shards().len();
         let slot_shards = self.slots.shards().len();
         let pairs = table_shards * slot_shards;
+        let fetch_grid = kernels::fetch_grid(&ctx, n, base.words);
         let fetch_blocks = (0..pairs).map(|k| {
             let (t, s) = (k / slot_shards, k % slot_shards);
             let tr = d.table.shard_rows();
             let sr = self.slots.shard_rows();
             kernels::fetch_params(
                 base,
+                fetch_grid.0,
                 (t * tr, tr.min(d.table.rows() - t * tr)),
                 (s * sr, sr.min(self.slots.rows() - s * sr)),
             )
@@ -295,7 +284,6 @@ impl PassEngine {
             slot_of: &d.slot_of,
             state: &d.state,
             work: &d.work,
-            args: &d.args,
         };
         let max = ctx.limits().max_compute_workgroups_per_dimension;
         let sweep_grid = grid(sweep.blocks, max);
@@ -314,21 +302,16 @@ impl PassEngine {
         for (phase, groups, launch, at) in steps {
             kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, (&staged, at))?;
         }
-        let shard_pairs: Vec<(&wgpu::Buffer, &wgpu::Buffer)> = d
-            .table
-            .shards()
-            .flat_map(|t| self.slots.shards().map(move |s| (t, s)))
-            .collect();
         if d.fetch.len() < pairs {
             d.fetch.resize_with(pairs, Launch::default);
         }
         kernels::encode_fetch(
             &ctx,
             &mut enc,
-            row_words,
+            &d.table,
+            &self.slots,
             &d.work,
-            &d.args,
-            &shard_pairs,
+            fetch_grid,
             &mut d.fetch[..pairs],
             (&staged, fetch_at),
         )?;
