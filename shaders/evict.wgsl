@@ -54,8 +54,10 @@ fn class_of(slot: u32) -> u32 {
     return select(1u, 2u, (w & REF) != 0u);
 }
 
-// Inclusive scan of sa and sb over the workgroup.
+// Inclusive scan of sa and sb over the workgroup (each thread has written its own entry).
 fn scan(lid: u32) {
+    // Every entry written before any thread reads its neighbours'.
+    workgroupBarrier();
     for (var d = 1u; d < 256u; d = d << 1u) {
         var a = 0u;
         var b = 0u;
