@@ -2,7 +2,7 @@
 //! resolves its ids through the pass engine, then launches its kernel over the plain rows
 //! view the engine returns.
 
-use super::engine::OpRows;
+use super::engine::{submit_together, OpRows};
 use super::host_pool::guarded_on_host_pool;
 use super::EmbeddingCache;
 use crate::batch::{check_finite, check_ids};
@@ -40,6 +40,17 @@ impl RecordedBags<'_> {
     /// Submits the held pass and the bags in one submission.
     pub(crate) fn submit(self) -> Result<()> {
         self.rows.submit(self.commands, self.entry).map(drop)
+    }
+
+    /// Submits every recorded op's held pass and bags (caches of one context) in one
+    /// submission.
+    pub(crate) fn submit_all(all: Vec<Self>) -> Result<()> {
+        submit_together(
+            all.into_iter()
+                .map(|r| (r.rows, r.commands, r.entry))
+                .collect(),
+        )
+        .map(drop)
     }
 }
 

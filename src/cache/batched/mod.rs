@@ -54,7 +54,8 @@ pub struct TableStats {
 /// (`B x (dim_0 + dim_1 + ...)`, as FBGEMM's table-batched embedding bags).
 ///
 /// Per step and width there is one slot resolution (all that width's ids at once: a row
-/// repeated across bags is uploaded once) and one pooling kernel over all its tables.
+/// repeated across bags is uploaded once) and one pooling kernel over all its tables; every
+/// width's pass and kernel go to the GPU in one submission.
 ///
 /// Bad input to any table is [`HotrowError::InTable`] naming the table (ids out of its
 /// range, bad offsets, weights), found before any work; so is a table's row source that
@@ -322,10 +323,20 @@ impl<S: RowSource> TableBatchedCache<S> {
                 drop(r);
             }
         }
-        for (r, tally) in recorded {
-            // A width's uploads are counted by table on the pool's other threads while
-            // this one submits (tens of thousands of ids a step).
-            let (sent, ()) = rayon::join(|| r.submit(), || tally.lock().count_logged());
+        // Every width in one submission; their uploads are counted by table on the pool's
+        // other threads meanwhile (tens of thousands of ids a step).
+        let (bags, tallies): (Vec<_>, Vec<_>) = recorded.into_iter().unzip();
+        if bags.is_empty() {
+            drop(bags);
+        } else {
+            let (sent, ()) = rayon::join(
+                || RecordedBags::submit_all(bags),
+                || {
+                    for t in &tallies {
+                        t.lock().count_logged();
+                    }
+                },
+            );
             result = result.and(sent);
         }
         // Uploaded rows that stand, counted per table.

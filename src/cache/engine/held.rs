@@ -22,7 +22,8 @@ pub(super) struct Held {
 /// counters as before the op).
 #[must_use = "an op's rows hold its pass: submit them, or drop them to take the pass back"]
 pub(crate) struct OpRows<'e> {
-    engine: &'e mut PassEngine,
+    /// The engine, borrowed for the op (taken out only by a submission).
+    engine: Option<&'e mut PassEngine>,
     /// How the op reads the rows: `None`, the slots through the pass's slot list; else
     /// gathered rows in batch order, stored as this layout.
     gathered: Option<RowLayout>,
@@ -33,7 +34,7 @@ impl<'e> OpRows<'e> {
     /// The op reads the slots through the slot list of the pass `held` (if any).
     pub(super) fn direct(engine: &'e mut PassEngine, held: Option<Held>) -> Self {
         Self {
-            engine,
+            engine: Some(engine),
             gathered: None,
             held,
         }
@@ -42,7 +43,7 @@ impl<'e> OpRows<'e> {
     /// The op reads rows gathered in order (their passes already submitted).
     pub(super) fn gathered(engine: &'e mut PassEngine, layout: RowLayout) -> Self {
         Self {
-            engine,
+            engine: Some(engine),
             gathered: Some(layout),
             held: None,
         }
@@ -50,7 +51,7 @@ impl<'e> OpRows<'e> {
 
     /// The rows view the op's kernel reads.
     pub(crate) fn view(&self) -> RowsView<'_> {
-        let e = &*self.engine;
+        let e = self.engine.as_deref().expect("the op's engine");
         let slots = e
             .buffers
             .pos_slots
@@ -73,38 +74,98 @@ impl<'e> OpRows<'e> {
     /// Submits the held pass (if any) and then the op's `commands` reading `staged`, in one
     /// submission. If it fails, the pass's misses leave the map.
     pub(crate) fn submit(
-        mut self,
+        self,
         commands: wgpu::CommandBuffer,
         staged: StagingEntry,
     ) -> Result<wgpu::SubmissionIndex> {
         let t = std::time::Instant::now();
-        let pass = self.held.take().map(|held| held.pass);
-        let engine = &mut *self.engine;
-        let removals = pass.as_ref().map(|p| p.removals);
-        let (pass_commands, pass_entry) = pass.map(|p| (p.commands, p.entry)).unzip();
-        let sent = engine.submit(
+        let (pass, unsettled) = self.into_parts();
+        let (pass_commands, pass_entry) = pass.unzip();
+        let sent = unsettled.engine.submit(
             pass_commands.into_iter().chain([commands]),
             pass_entry.into_iter().chain([staged]),
         );
-        engine.stats.submit_time += t.elapsed();
-        match (&sent, removals) {
+        unsettled.engine.stats.submit_time += t.elapsed();
+        unsettled.settle(sent.is_ok());
+        sent
+    }
+
+    /// The held pass's commands and entry (if any), and what is settled after their
+    /// submission (with no held pass left, dropping `self` takes nothing back).
+    fn into_parts(mut self) -> (Option<(wgpu::CommandBuffer, StagingEntry)>, Unsettled<'e>) {
+        let pass = self.held.take().map(|held| held.pass);
+        let removals = pass.as_ref().map(|p| p.removals);
+        let engine = self.engine.take().expect("the op's engine");
+        (
+            pass.map(|p| (p.commands, p.entry)),
+            Unsettled { engine, removals },
+        )
+    }
+}
+
+/// A held pass handed to the queue: what its engine settles once the submission is made.
+struct Unsettled<'e> {
+    engine: &'e mut PassEngine,
+    removals: Option<usize>,
+}
+
+impl Unsettled<'_> {
+    fn settle(self, ok: bool) {
+        let engine = self.engine;
+        match (ok, self.removals) {
             (_, None) => {}
             // (The pass was counted when it was held, evictions included.)
-            (Err(_), Some(_)) => engine.map.forget(&engine.plan.misses),
-            (Ok(_), Some(removals)) => {
+            (false, Some(_)) => engine.map.forget(&engine.plan.misses),
+            (true, Some(removals)) => {
                 if let Some(index) = engine.index.as_mut() {
                     index.applied(removals);
                 }
             }
         }
-        sent
     }
+}
+
+/// Submits several ops' rows (each with its held pass, of caches on one context) and their
+/// commands in **one** submission: a table-batched step's widths. The submission is
+/// counted once, by the first op's engine; if it fails, every held pass's misses leave its
+/// map.
+pub(crate) fn submit_together(
+    ops: Vec<(OpRows<'_>, wgpu::CommandBuffer, StagingEntry)>,
+) -> Result<wgpu::SubmissionIndex> {
+    let t = std::time::Instant::now();
+    let mut commands = Vec::new();
+    let mut entries = Vec::new();
+    let mut unsettled = Vec::with_capacity(ops.len());
+    for (rows, cmds, staged) in ops {
+        let (pass, u) = rows.into_parts();
+        if let Some((c, e)) = pass {
+            commands.push(c);
+            entries.push(e);
+        }
+        commands.push(cmds);
+        entries.push(staged);
+        unsettled.push(u);
+    }
+    let mut parts = unsettled.into_iter();
+    let Some(first) = parts.next() else {
+        return Err(crate::error::HotrowError::InvalidArgument(
+            "nothing to submit".into(),
+        ));
+    };
+    let sent = first.engine.submit(commands, entries);
+    first.engine.stats.submit_time += t.elapsed();
+    let ok = sent.is_ok();
+    first.settle(ok);
+    for u in parts {
+        u.settle(ok);
+    }
+    sent
 }
 
 impl Drop for OpRows<'_> {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.engine.take_back_held(held);
+        if let (Some(held), Some(engine)) = (self.held.take(), self.engine.as_deref_mut()) {
+            engine.take_back_held(held);
         }
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use driven::DrivenState;
 pub(crate) use driven::{fill_host_table, Driven};
-pub(crate) use held::OpRows;
+pub(crate) use held::{submit_together, OpRows};
 
 use super::slot_map::PartitionedSlotMap;
 use super::slot_map::PassPlan;
