@@ -317,3 +317,57 @@ pub(crate) fn encode_fetch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_buffer_holds_header_block_lists_and_miss_lists() {
+        for (capacity, blocks_want) in [(1usize, 1usize), (1024, 1), (1025, 2), (838_861, 820)] {
+            assert_eq!(blocks(capacity), blocks_want, "{capacity}");
+            assert_eq!(
+                work_words(capacity),
+                HEADER_WORDS + 2 * blocks_want + 2 * capacity
+            );
+        }
+        // the kept words sit past the per-pass counters the host clears (16 words)
+        assert!(word::HAND >= 16 && word::TOTALS > word::HAND && word::FAULT < HEADER_WORDS);
+        assert_eq!(
+            word::FAULT,
+            word::TOTALS + 8,
+            "four 64-bit totals, then the fault count"
+        );
+    }
+
+    #[test]
+    fn rows_move_as_vec4_words_when_they_are_whole_16_byte_units() {
+        assert_eq!(fetch_word(128), (WORD_VEC4, 32));
+        assert_eq!(fetch_word(4), (WORD_VEC4, 1));
+        assert_eq!(fetch_word(3), (WORD_U32, 3));
+        assert_eq!(fetch_word(66), (WORD_U32, 66));
+    }
+
+    #[test]
+    fn params_blocks_are_16_byte_multiples() {
+        // (each is copied into a uniform buffer from a 16-byte aligned staging offset)
+        assert_eq!(PARAMS_BYTES % 16, 0);
+        let base = DrivenParams {
+            blocks: 3,
+            words: 8,
+            ..Default::default()
+        };
+        let f = fetch_params(base, 7, (100, 50), (0, 20));
+        assert_eq!(
+            (
+                f.groups_x,
+                f.table_base,
+                f.table_rows,
+                f.slot_base,
+                f.slot_rows
+            ),
+            (7, 100, 50, 0, 20)
+        );
+        assert_eq!((f.blocks, f.words), (3, 8), "the rest kept");
+    }
+}
