@@ -51,6 +51,15 @@ pub(crate) const BLOCK: usize = 1024;
 /// Words of the work buffer before its lists (see driven_common.wgsl).
 pub(crate) const HEADER_WORDS: usize = 32;
 
+// The kept words sit past the 16 per-pass counters the host clears each pass, and before
+// the lists; four 64-bit totals come before the fault count.
+const _: () = assert!(
+    word::HAND >= 16
+        && word::TOTALS > word::HAND
+        && word::FAULT == word::TOTALS + 8
+        && word::FAULT < HEADER_WORDS
+);
+
 /// Where the kept counters sit in the work buffer (see driven_common.wgsl): the hand, then 64-bit
 /// totals (lo, hi) of distinct ids, hits, misses and evictions, then the fault count.
 pub(crate) mod word {
@@ -331,13 +340,6 @@ mod tests {
                 HEADER_WORDS + 2 * blocks_want + 2 * capacity
             );
         }
-        // the kept words sit past the per-pass counters the host clears (16 words)
-        assert!(word::HAND >= 16 && word::TOTALS > word::HAND && word::FAULT < HEADER_WORDS);
-        assert_eq!(
-            word::FAULT,
-            word::TOTALS + 8,
-            "four 64-bit totals, then the fault count"
-        );
     }
 
     #[test]
