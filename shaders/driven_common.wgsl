@@ -10,7 +10,9 @@
 // Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
 // pass; [16, 32) kept across passes: the hand, then the 64-bit totals (lo, hi) of distinct
 // ids, hits, misses and evictions, and FAULT; then the eviction phase's block counts
-// (2 * blocks words), the miss ids (capacity words) and their slots (capacity words).
+// (2 * blocks words), the miss ids (capacity words) and their slots (capacity words); then,
+// when misses are counted by id range (a table-batched width's tables), the `bins + 1`
+// range boundaries and a 64-bit count per range.
 
 struct DrivenParams {
     n: u32,           // positions of the pass
@@ -23,7 +25,7 @@ struct DrivenParams {
     table_rows: u32,  // rows of the bound table shard (fetch)
     slot_base: u32,   // first slot of the bound slot shard (fetch)
     slot_rows: u32,   // slots of the bound slot shard (fetch)
-    _pad: u32,
+    bins: u32,        // id ranges whose misses find.wgsl counts (0: none)
     batch_epoch: u32, // the epoch of the batch's first pass
 }
 
@@ -53,4 +55,8 @@ fn miss_ids_at() -> u32 {
 
 fn miss_slots_at() -> u32 {
     return LISTS + 2u * p.blocks + p.capacity;
+}
+
+fn bins_at() -> u32 {
+    return LISTS + 2u * p.blocks + 2u * p.capacity;
 }

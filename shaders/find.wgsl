@@ -26,6 +26,27 @@
 
 var<workgroup> group_hits: atomic<u32>;
 
+// One more miss in the id range (bin) holding `id`: the boundaries are sorted, bin j
+// holds ids in [bound[j], bound[j + 1]); its 64-bit count carries on a wrapping add.
+fn count_in_bin(id: u32) {
+    let bounds = bins_at();
+    var lo = 0u;
+    var hi = p.bins;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (id >= atomicLoad(&work[bounds + mid])) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let at = bounds + p.bins + 1u + 2u * lo;
+    let old = atomicAdd(&work[at], 1u);
+    if (old == 0xffffffffu) {
+        atomicAdd(&work[at + 1u], 1u);
+    }
+}
+
 @compute @workgroup_size(256)
 fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, lid, p.groups_x);
@@ -52,6 +73,9 @@ fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (r.exchanged) {
                     let k = atomicAdd(&work[MISSES], 1u);
                     atomicStore(&work[miss_ids_at() + k], id);
+                    if (p.bins != 0u) {
+                        count_in_bin(id);
+                    }
                     break;
                 }
                 if (r.old_value != 0u) {

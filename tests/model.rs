@@ -559,9 +559,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
             let rows = s.shapes[t].0 as u32;
             let bad_ids: Vec<u32> = batch[t].ids.iter().map(|_| rows).chain([rows]).collect();
             let bad_offsets: Vec<u32> = vec![1; bags];
-            let before: Vec<_> = (0..batch.len())
-                .map(|t| cache.table_stats(t).cloned())
-                .collect();
+            let before: Vec<_> = (0..batch.len()).map(|t| cache.table_stats(t)).collect();
             let stats = cache.stats();
             let mut bad = batch.clone();
             if bags == 0 || rng.below(2) == 0 {
@@ -574,9 +572,7 @@ fn run_tables(s: &Tables) -> Result<(), TestCaseError> {
             let named = matches!(&err, Err(HotrowError::InTable { table, .. }) if *table == t);
             prop_assert!(named, "step {}: bad table {}: {:?}", step, t, err);
             prop_assert_eq!(cache.stats(), stats);
-            let after: Vec<_> = (0..batch.len())
-                .map(|t| cache.table_stats(t).cloned())
-                .collect();
+            let after: Vec<_> = (0..batch.len()).map(|t| cache.table_stats(t)).collect();
             prop_assert_eq!(after, before);
         }
         // Now and then one table's source fails or panics: a typed error naming it (or

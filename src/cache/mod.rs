@@ -355,10 +355,28 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.engine.check_slot_index()
     }
 
-    /// Has every row this cache uploads told to `log` (a table-batched cache counts its
-    /// uploads by table this way).
-    pub(crate) fn log_uploads(&mut self, log: Box<dyn engine::UploadLog>) {
-        self.engine.set_upload_log(log);
+    /// Counts the rows this cache uploads by id range, `bounds[j]..bounds[j + 1]` (a
+    /// table-batched cache's tables): on the host path every uploaded row is told to `log`;
+    /// on the GPU-driven path the GPU counts them ([`EmbeddingCache::uploads_by_range`]).
+    pub(crate) fn count_uploads_by_range(
+        &mut self,
+        bounds: &[u64],
+        log: Box<dyn engine::UploadLog>,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        match self.engine.driven_mut() {
+            Some(d) => d.count_misses_by_range(&ctx, bounds),
+            None => {
+                self.engine.set_upload_log(log);
+                Ok(())
+            }
+        }
+    }
+
+    /// On the GPU-driven path, the rows uploaded in each range given to
+    /// [`EmbeddingCache::count_uploads_by_range`] (read back); `None` on the host path.
+    pub(crate) fn uploads_by_range(&self) -> Option<Result<Vec<u64>>> {
+        self.engine.driven().map(|d| d.misses_by_range(&self.ctx))
     }
 
     /// GPU memory this cache holds.

@@ -85,7 +85,7 @@ pub(crate) struct DrivenParams {
     pub(crate) table_rows: u32,
     pub(crate) slot_base: u32,
     pub(crate) slot_rows: u32,
-    pub(crate) _pad: u32,
+    pub(crate) bins: u32,
     pub(crate) batch_epoch: u32,
 }
 params_layout!(
@@ -101,7 +101,7 @@ params_layout!(
     table_rows,
     slot_base,
     slot_rows,
-    _pad,
+    bins,
     batch_epoch
 );
 
@@ -113,9 +113,15 @@ pub(crate) fn blocks(capacity: usize) -> usize {
     capacity.div_ceil(BLOCK)
 }
 
-/// Words of the work buffer of a cache of `capacity` slots: header, block lists, miss ids
-/// and their slots.
-pub(crate) fn work_words(capacity: usize) -> usize {
+/// Words of the work buffer of a cache of `capacity` slots whose misses are counted in
+/// `bins` id ranges (0: not counted): header, block lists, miss ids and their slots, then
+/// the ranges' boundaries and 64-bit counts.
+pub(crate) fn work_words(capacity: usize, bins: usize) -> usize {
+    bins_at(capacity) + if bins == 0 { 0 } else { 3 * bins + 1 }
+}
+
+/// Where the id ranges' boundaries start in the work buffer (their counts follow them).
+pub(crate) fn bins_at(capacity: usize) -> usize {
     HEADER_WORDS + 2 * blocks(capacity) + 2 * capacity
 }
 
@@ -335,10 +341,10 @@ mod tests {
     fn the_work_buffer_holds_header_block_lists_and_miss_lists() {
         for (capacity, blocks_want) in [(1usize, 1usize), (1024, 1), (1025, 2), (838_861, 820)] {
             assert_eq!(blocks(capacity), blocks_want, "{capacity}");
-            assert_eq!(
-                work_words(capacity),
-                HEADER_WORDS + 2 * blocks_want + 2 * capacity
-            );
+            let lists = HEADER_WORDS + 2 * blocks_want + 2 * capacity;
+            assert_eq!(work_words(capacity, 0), lists);
+            // 26 ranges: 27 boundaries and 26 64-bit counts
+            assert_eq!(work_words(capacity, 26), lists + 27 + 52);
         }
     }
 

@@ -39,9 +39,7 @@ pub struct TableStats {
     pub bags: u64,
     /// Ids requested (repeats included).
     pub requests: u64,
-    /// Rows of this table uploaded to the GPU, counted on the host path; on the GPU-driven
-    /// path the GPU counts uploads per row width only (in
-    /// [`TableBatchedCache::stats`]) and this stays 0.
+    /// Rows of this table uploaded to the GPU.
     pub rows_uploaded: u64,
 }
 
@@ -156,7 +154,7 @@ impl<S: RowSource> Width<S> {
             &mut |_, _| {},
         )?;
         let tally = SharedTally::new(bases.clone());
-        cache.log_uploads(Box::new(tally.clone()));
+        cache.count_uploads_by_range(&bases, Box::new(tally.clone()))?;
         Ok(Self {
             cache,
             members,
@@ -370,9 +368,18 @@ impl<S: RowSource> TableBatchedCache<S> {
         self.cols.get(t).copied()
     }
 
-    /// Counters of table `t`.
-    pub fn table_stats(&self, t: usize) -> Option<&TableStats> {
-        self.stats.get(t)
+    /// Counters of table `t`. On the GPU-driven path the GPU counts each table's uploads:
+    /// this then waits for the steps submitted so far and reads them back.
+    pub fn table_stats(&self, t: usize) -> Option<TableStats> {
+        let mut stats = self.stats.get(t)?.clone();
+        let &(g, k) = self.place.get(t)?;
+        if let Some(read) = self.widths[g].cache.uploads_by_range() {
+            match read {
+                Ok(counts) => stats.rows_uploaded += counts.get(k).copied().unwrap_or(0),
+                Err(e) => log::warn!("hotrow: reading the GPU's upload counts failed: {e}"),
+            }
+        }
+        Some(stats)
     }
 
     /// Counters over all tables (slot resolution counts distinct rows per pool and step).

@@ -219,6 +219,11 @@ impl PassEngine {
         self.driven.as_ref()
     }
 
+    /// The same, to change.
+    pub(crate) fn driven_mut(&mut self) -> Option<&mut Driven> {
+        self.driven.as_mut()
+    }
+
     /// Has every uploaded row told to `log` from now on.
     pub(crate) fn set_upload_log(&mut self, log: Box<dyn UploadLog>) {
         self.upload_log = Some(log);

@@ -55,6 +55,8 @@ pub(crate) struct Driven {
     capacity: usize,
     /// Most positions a pass takes.
     max_positions: usize,
+    /// Id ranges whose misses the GPU counts (0: none).
+    bins: usize,
     totals: GpuTotals,
 }
 
@@ -71,7 +73,7 @@ impl Driven {
                 limit: ctx.max_binding(),
             });
         }
-        let work_bytes = kernels::work_words(capacity) as u64 * 4;
+        let work_bytes = kernels::work_words(capacity, 0) as u64 * 4;
         for (what, bytes) in [
             (
                 "the GPU-driven path's slot state (8 bytes per slot)",
@@ -126,6 +128,7 @@ impl Driven {
             batch_epoch: 0,
             capacity,
             max_positions,
+            bins: 0,
             totals: GpuTotals::default(),
         })
     }
@@ -152,6 +155,52 @@ impl Driven {
     /// The work buffer (the kept counters live in it).
     pub(crate) fn work(&self) -> &wgpu::Buffer {
         &self.work
+    }
+
+    /// Has the GPU count misses by id range from now on: range `j` holds ids
+    /// `bounds[j]..bounds[j + 1]` (sorted; a table-batched width's tables). Called before
+    /// any pass: the work buffer is made again, with room for the ranges.
+    pub(crate) fn count_misses_by_range(&mut self, ctx: &GpuContext, bounds: &[u64]) -> Result<()> {
+        let bins = bounds.len().saturating_sub(1);
+        if bins == 0 {
+            return Ok(());
+        }
+        let bytes = kernels::work_words(self.capacity, bins) as u64 * 4;
+        if bytes > ctx.max_binding() {
+            return Err(HotrowError::ExceedsLimit {
+                what: "the GPU-driven path's work lists with per-table counts",
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: ctx.max_binding(),
+            });
+        }
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let work = ctx.create_buffer("hotrow driven work", bytes, usage, false)?;
+        let words: Vec<u32> = bounds.iter().map(|&b| b as u32).collect();
+        let at = kernels::bins_at(self.capacity) as u64 * 4;
+        let mut enc = encoder(ctx, "hotrow driven work");
+        enc.clear_buffer(&work, 0, None);
+        crate::gpu::submit_encoder(ctx, enc)?;
+        ctx.queue()
+            .write_buffer(&work, at, bytemuck::cast_slice(&words));
+        self.work = work;
+        self.bins = bins;
+        Ok(())
+    }
+
+    /// Misses counted in each id range since construction (read back, waiting for the
+    /// passes submitted so far); empty when not counted by range.
+    pub(crate) fn misses_by_range(&self, ctx: &GpuContext) -> Result<Vec<u64>> {
+        if self.bins == 0 {
+            return Ok(Vec::new());
+        }
+        let at = (kernels::bins_at(self.capacity) + self.bins + 1) as u64 * 4;
+        let w = crate::gpu::read_u32(ctx, &self.work, at, 2 * self.bins)?;
+        Ok(w.chunks_exact(2)
+            .map(|c| u64::from(c[0]) | (u64::from(c[1]) << 32))
+            .collect())
     }
 
     /// The GPU's state for the tests: (slot + 1 of each row, id + 1 of each slot, each
@@ -215,7 +264,10 @@ impl PassEngine {
         }
         d.epoch += 1;
         let row_words = self.layout.words_per_row();
-        let base = kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words);
+        let base = DrivenParams {
+            bins: d.bins as u32,
+            ..kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words)
+        };
         let sweep = kernels::sweep_params(&ctx, base);
         let table_shards = d.table.shards().len();
         let slot_shards = self.slots.shards().len();
