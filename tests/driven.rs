@@ -40,6 +40,25 @@ fn host_storage_ctx() -> Option<&'static GpuContext> {
     }
 }
 
+/// A cache on the GPU-driven path over `data` (`dim` values a row), `capacity` slots
+/// stored as `format`.
+fn gpu_cache<'d>(
+    ctx: &GpuContext,
+    data: &'d [f32],
+    dim: usize,
+    capacity: usize,
+    format: RowFormat,
+) -> EmbeddingCache<HostTable<'d>> {
+    let table = HostTable::borrowed(data, dim).unwrap();
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(capacity))
+        .row_format(format)
+        .path(BatchPath::Gpu);
+    let cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    assert_eq!(cache.config().path, BatchPath::Gpu);
+    cache
+}
+
 /// The ids the GPU's state holds (checked by `common::driven_resident`).
 fn check_state(s: &DrivenState, capacity: usize) -> HashSet<u32> {
     assert_eq!(s.id_of.len(), capacity);
@@ -66,13 +85,7 @@ fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
         let capacity = 150 + rng.below(100) as usize;
         let data = random_values(rows * dim, rng.next_u64());
         let (want_rows, _) = stored(&data, dim, format);
-        let table = HostTable::borrowed(&data, dim).unwrap();
-        let config = CacheConfig::default()
-            .capacity(Capacity::Rows(capacity))
-            .row_format(format)
-            .path(BatchPath::Gpu);
-        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
-        assert_eq!(cache.config().path, BatchPath::Gpu);
+        let mut cache = gpu_cache(ctx, &data, dim, capacity, format);
         let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
         let mut resident: HashSet<u32> = HashSet::new();
         let (mut distinct, mut hits, mut evictions_floor) = (0u64, 0u64, 0u64);
@@ -214,11 +227,7 @@ fn the_gpu_state_follows_the_host_model_of_clock() {
     let (rows, dim) = (3_000, 4);
     for capacity in [1usize, 37, 1024, 1500] {
         let data = random_values(rows * dim, rng.next_u64());
-        let table = HostTable::borrowed(&data, dim).unwrap();
-        let config = CacheConfig::default()
-            .capacity(Capacity::Rows(capacity))
-            .path(BatchPath::Gpu);
-        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+        let mut cache = gpu_cache(ctx, &data, dim, capacity, RowFormat::F32);
         let zipf = ZipfIds::new(rows, 1.1, rng.next_u64());
         let mut model = cache.driven_state().unwrap().unwrap();
         for batch in 0..25 {
@@ -267,11 +276,7 @@ fn ops_on_the_gpu_path_match_the_cpu() {
     let mut rng = Rng::new(seed("driven_ops"));
     let (rows, dim, capacity) = (1_500, 8, 200);
     let data = random_values(rows * dim, rng.next_u64());
-    let table = HostTable::borrowed(&data, dim).unwrap();
-    let config = CacheConfig::default()
-        .capacity(Capacity::Rows(capacity))
-        .path(BatchPath::Gpu);
-    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    let mut cache = gpu_cache(ctx, &data, dim, capacity, RowFormat::F32);
     for round in 0..6 {
         // bags with repeats; every third round more ids than slots
         let bags = 1 + rng.below(40) as usize;
@@ -380,11 +385,7 @@ fn bad_input_changes_nothing_on_the_gpu_path() {
     let mut rng = Rng::new(seed("driven_misuse"));
     let (rows, dim) = (500, 4);
     let data = random_values(rows * dim, rng.next_u64());
-    let table = HostTable::borrowed(&data, dim).unwrap();
-    let config = CacheConfig::default()
-        .capacity(Capacity::Rows(50))
-        .path(BatchPath::Gpu);
-    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    let mut cache = gpu_cache(ctx, &data, dim, 50, RowFormat::F32);
     let ids: Vec<u32> = (0..40).map(|_| rng.below(rows as u64) as u32).collect();
     cache.lookup(&ids).unwrap();
     let (stats, state) = (cache.stats(), cache.driven_state().unwrap().unwrap());
@@ -477,12 +478,7 @@ fn a_sharded_table_and_a_large_cache() {
     let rows = (ctx.adapter().max_storage_buffer_binding_size as usize / (dim * 4)) * 3 / 2;
     let rows = rows.min(1_200_000);
     let data = random_values(rows * dim, rng.next_u64());
-    let table = HostTable::borrowed(&data, dim).unwrap();
-    let capacity = 300_000.min(rows / 2);
-    let config = CacheConfig::default()
-        .capacity(Capacity::Rows(capacity))
-        .path(BatchPath::Gpu);
-    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    let mut cache = gpu_cache(ctx, &data, dim, 300_000.min(rows / 2), RowFormat::F32);
     let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
     for batch in 0..4 {
         let ids = zipf.batch(20_000, &mut rng);
