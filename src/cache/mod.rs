@@ -328,13 +328,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// (read back, waiting for the batches submitted so far).
     pub(crate) fn resident_ids(&self) -> Result<Vec<u32>> {
         match self.engine.driven() {
-            Some(d) => Ok(d
-                .read_state(&self.ctx)?
-                .id_of
-                .iter()
-                .filter(|&&v| v != 0)
-                .map(|&v| v - 1)
-                .collect()),
+            Some(d) => d.resident_ids(&self.ctx),
             None => Ok(self.engine.map().resident()),
         }
     }

@@ -65,52 +65,22 @@ impl Driven {
     pub(crate) fn new(ctx: &GpuContext, table: RowBuffer, capacity: usize) -> Result<Self> {
         let rows = table.rows();
         let row_words = table.layout().words_per_row();
-        if rows as u64 * 4 > ctx.max_binding() {
-            return Err(HotrowError::ExceedsLimit {
-                what: "the GPU-driven path's id -> slot array (4 bytes per table row)",
-                bytes: rows as u64 * 4,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: ctx.max_binding(),
-            });
-        }
-        let work_bytes = kernels::work_words(capacity, 0) as u64 * 4;
-        for (what, bytes) in [
-            (
-                "the GPU-driven path's slot state (8 bytes per slot)",
-                capacity as u64 * 8,
-            ),
-            (
-                "the GPU-driven path's work lists (8 bytes per slot)",
-                work_bytes,
-            ),
-        ] {
-            if bytes > ctx.max_binding() {
-                return Err(HotrowError::ExceedsLimit {
-                    what,
-                    bytes,
-                    limit_name: "max_storage_buffer_binding_size",
-                    limit: ctx.max_binding(),
-                });
-            }
-        }
-        kernels::prepare(ctx, row_words)?;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let copy_src = wgpu::BufferUsages::COPY_SRC;
-        let slot_of =
-            ctx.create_buffer("hotrow slot_of", rows as u64 * 4, storage | copy_src, false)?;
-        let state = ctx.create_buffer(
-            "hotrow slot state",
-            capacity as u64 * 8,
-            storage | copy_src,
-            false,
+        let slot_of = zeroed_binding(
+            ctx,
+            "the GPU-driven path's id -> slot array (4 bytes per table row)",
+            rows as u64 * 4,
         )?;
-        let work =
-            ctx.create_buffer("hotrow driven work", work_bytes, storage | copy_src, false)?;
-        let mut enc = encoder(ctx, "hotrow driven init");
-        for b in [&slot_of, &state, &work] {
-            enc.clear_buffer(b, 0, None);
-        }
-        crate::gpu::submit_encoder(ctx, enc)?;
+        let state = zeroed_binding(
+            ctx,
+            "the GPU-driven path's slot state (8 bytes per slot)",
+            capacity as u64 * 8,
+        )?;
+        let work = zeroed_binding(
+            ctx,
+            "the GPU-driven path's work lists (8 bytes per slot)",
+            kernels::work_words(capacity, 0) as u64 * 4,
+        )?;
+        kernels::prepare(ctx, row_words)?;
         // Positions of a pass: at most the slots (so misses always find one), and few
         // enough that the fetch's threads (misses x words) count in a u32.
         let words = kernels::fetch_word(row_words).1 as usize;
@@ -165,24 +135,13 @@ impl Driven {
         if bins == 0 {
             return Ok(());
         }
-        let bytes = kernels::work_words(self.capacity, bins) as u64 * 4;
-        if bytes > ctx.max_binding() {
-            return Err(HotrowError::ExceedsLimit {
-                what: "the GPU-driven path's work lists with per-table counts",
-                bytes,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: ctx.max_binding(),
-            });
-        }
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let work = ctx.create_buffer("hotrow driven work", bytes, usage, false)?;
+        let work = zeroed_binding(
+            ctx,
+            "the GPU-driven path's work lists with per-table counts",
+            kernels::work_words(self.capacity, bins) as u64 * 4,
+        )?;
         let words: Vec<u32> = bounds.iter().map(|&b| b as u32).collect();
         let at = kernels::bins_at(self.capacity) as u64 * 4;
-        let mut enc = encoder(ctx, "hotrow driven work");
-        enc.clear_buffer(&work, 0, None);
-        crate::gpu::submit_encoder(ctx, enc)?;
         ctx.queue()
             .write_buffer(&work, at, bytemuck::cast_slice(&words));
         self.work = work;
@@ -196,10 +155,18 @@ impl Driven {
         if self.bins == 0 {
             return Ok(Vec::new());
         }
-        let at = (kernels::bins_at(self.capacity) + self.bins + 1) as u64 * 4;
-        let w = crate::gpu::read_u32(ctx, &self.work, at, 2 * self.bins)?;
-        Ok(w.chunks_exact(2)
-            .map(|c| u64::from(c[0]) | (u64::from(c[1]) << 32))
+        let at = kernels::bins_at(self.capacity) + self.bins + 1;
+        totals::read_u64s(ctx, &self.work, at, self.bins)
+    }
+
+    /// The ids of the resident rows (read back from the slots' ids, waiting for the passes
+    /// submitted so far).
+    pub(crate) fn resident_ids(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        let id_of = crate::gpu::read_u32(ctx, &self.state, 0, self.capacity)?;
+        Ok(id_of
+            .into_iter()
+            .filter(|&v| v != 0)
+            .map(|v| v - 1)
             .collect())
     }
 
@@ -219,6 +186,27 @@ impl Driven {
             fault: head[kernels::word::FAULT],
         })
     }
+}
+
+/// A storage buffer of the GPU-driven state (`what`, `bytes`), bound whole by its kernels,
+/// read back by the counters and tests, and zeroed by the GPU before its first use (the
+/// empty cache); past one storage binding, [`HotrowError::ExceedsLimit`].
+fn zeroed_binding(ctx: &GpuContext, what: &'static str, bytes: u64) -> Result<TrackedBuffer> {
+    if bytes > ctx.max_binding() {
+        return Err(HotrowError::ExceedsLimit {
+            what,
+            bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: ctx.max_binding(),
+        });
+    }
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = ctx.create_buffer(what, bytes, usage, false)?;
+    let mut enc = encoder(ctx, "hotrow driven init");
+    enc.clear_buffer(&buffer, 0, None);
+    crate::gpu::submit_encoder(ctx, enc)?;
+    Ok(buffer)
 }
 
 /// A copy of the GPU-driven path's state (test hook): the encodings of find.wgsl.
@@ -250,9 +238,9 @@ impl PassEngine {
         let ctx = self.ctx.clone();
         let d = self.driven.as_mut().expect("a GPU-driven engine");
         let n = ids.len().min(d.max_positions);
-        let ids = &ids[..n];
         let mut enc = encoder(&ctx, "hotrow driven pass");
         if batch_start {
+            // (all the batch's passes, not only this one's positions)
             let passes = ids.len().div_ceil(d.max_positions) as u64;
             if u64::from(d.epoch) + passes >= u64::from(kernels::EPOCH) {
                 // Stamps compare with epochs that only grow: before they would wrap, the
@@ -263,6 +251,7 @@ impl PassEngine {
             d.batch_epoch = d.epoch + 1;
         }
         d.epoch += 1;
+        let ids = &ids[..n];
         let row_words = self.layout.words_per_row();
         let base = DrivenParams {
             bins: d.bins as u32,

@@ -62,8 +62,20 @@ impl GpuTotals {
 }
 
 fn read(ctx: &GpuContext, work: &wgpu::Buffer) -> Result<[u64; 4]> {
-    let w = crate::gpu::read_u32(ctx, work, word::TOTALS as u64 * 4, 8)?;
-    Ok(std::array::from_fn(|k| {
-        u64::from(w[2 * k]) | (u64::from(w[2 * k + 1]) << 32)
-    }))
+    let t = read_u64s(ctx, work, word::TOTALS, 4)?;
+    Ok([t[0], t[1], t[2], t[3]])
+}
+
+/// `n` 64-bit counters, each a (lo, hi) pair of u32 words, from word `at` of `work`
+/// (waiting for the passes submitted so far).
+pub(super) fn read_u64s(
+    ctx: &GpuContext,
+    work: &wgpu::Buffer,
+    at: usize,
+    n: usize,
+) -> Result<Vec<u64>> {
+    let w = crate::gpu::read_u32(ctx, work, at as u64 * 4, 2 * n)?;
+    Ok(w.chunks_exact(2)
+        .map(|c| u64::from(c[0]) | (u64::from(c[1]) << 32))
+        .collect())
 }
