@@ -62,12 +62,21 @@ fn main() {
     let feats = wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
         | (af
             & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS));
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: al.clone(),
-        required_features: feats,
-        ..Default::default()
-    }))
-    .expect("device");
+    // With VK_EXT_external_memory_host (Vulkan), tables can also be made over host memory
+    // the probe allocates itself: 4 KiB pages, or 2 MiB transparent huge pages.
+    let (device, queue, import) = match unsafe { import::open(&adapter, feats, &al) } {
+        Some((d, q)) => (d, q, std::env::var_os("ZC_NO_IMPORT").is_none()),
+        None => {
+            let (d, q) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                required_limits: al.clone(),
+                required_features: feats,
+                ..Default::default()
+            }))
+            .expect("device");
+            (d, q, false)
+        }
+    };
+    println!("VK_EXT_external_memory_host import: {import}");
     let ts = feats.contains(wgpu::Features::TIMESTAMP_QUERY);
     let rows: u64 = std::env::var("ROWS")
         .ok()
@@ -102,6 +111,31 @@ fn main() {
         bytes >> 20,
         t0.elapsed().as_secs_f64()
     );
+
+    // The same rows in imported host memory, 4 KiB pages and 2 MiB pages.
+    let fill = |f: &mut [f32]| {
+        for (r, row) in f.chunks_mut(D as usize).enumerate() {
+            row.fill(r as f32);
+        }
+    };
+    let imported: Vec<(&str, wgpu::Buffer)> = if import {
+        [("imp4k", false), ("imp2m", true)]
+            .into_iter()
+            .filter_map(|(name, huge)| {
+                let t = Instant::now();
+                let b = unsafe { import::table(&device, bytes, huge, &fill) };
+                println!(
+                    "{name}: {} in {:.2} s; AnonHugePages now {} MiB",
+                    if b.is_some() { "imported" } else { "refused" },
+                    t.elapsed().as_secs_f64(),
+                    import::anon_huge_mib()
+                );
+                b.map(|b| (name, b))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // Device-local table with the same rows.
     let dev = device.create_buffer(&wgpu::BufferDescriptor {
@@ -207,6 +241,15 @@ fn main() {
             for w in [2u64, 32, 256] {
                 if mib(w) < trows && mib(w) >= n as u32 {
                     cases.push((format!("host_win{w}MiB"), &host, 2, 1, mib(w)));
+                }
+            }
+            for (name, b) in &imported {
+                cases.push((format!("{name}_rand"), b, 0, 1, trows));
+                cases.push((format!("{name}_seq"), b, 1, 1, trows));
+                for w in [32u64, 256] {
+                    if mib(w) < trows && mib(w) >= n as u32 {
+                        cases.push((format!("{name}_win{w}MiB"), b, 2, 1, mib(w)));
+                    }
                 }
             }
             for (name, table, mode, per, window) in cases {
@@ -341,5 +384,164 @@ fn main() {
         }
     } else {
         println!("CE: no TIMESTAMP_QUERY_INSIDE_ENCODERS");
+    }
+}
+
+/// Host memory the probe allocates itself, imported into Vulkan (VK_EXT_external_memory_host).
+mod import {
+    use ash::vk;
+    use wgpu::hal::api::Vulkan;
+
+    const NAME: &std::ffi::CStr = ash::ext::external_memory_host::NAME;
+
+    /// A device with VK_EXT_external_memory_host enabled, when the adapter is Vulkan and has it.
+    pub unsafe fn open(
+        adapter: &wgpu::Adapter,
+        feats: wgpu::Features,
+        limits: &wgpu::Limits,
+    ) -> Option<(wgpu::Device, wgpu::Queue)> {
+        unsafe {
+            let hal = adapter.as_hal::<Vulkan>()?;
+            let inst = hal.shared_instance().raw_instance();
+            let exts = inst
+                .enumerate_device_extension_properties(hal.raw_physical_device())
+                .ok()?;
+            if !exts.iter().any(|e| e.extension_name_as_c_str() == Ok(NAME)) {
+                println!("adapter lacks VK_EXT_external_memory_host");
+                return None;
+            }
+            let cb: Box<wgpu::hal::vulkan::CreateDeviceCallback<'static>> =
+                Box::new(|args| args.extensions.push(NAME));
+            let open = hal
+                .open_with_callback(feats, limits, &wgpu::MemoryHints::Performance, Some(cb))
+                .ok()?;
+            drop(hal);
+            adapter
+                .create_device_from_hal::<Vulkan>(
+                    open,
+                    &wgpu::DeviceDescriptor {
+                        required_features: feats,
+                        required_limits: limits.clone(),
+                        ..Default::default()
+                    },
+                )
+                .ok()
+        }
+    }
+
+    /// Anonymous memory in 2 MiB-aligned chunks (huge pages advised or refused), filled,
+    /// then imported as a storage buffer. The memory is never unmapped (a probe).
+    pub unsafe fn table(
+        device: &wgpu::Device,
+        bytes: u64,
+        huge: bool,
+        fill: &dyn Fn(&mut [f32]),
+    ) -> Option<wgpu::Buffer> {
+        unsafe {
+            let align = 2u64 << 20;
+            let size = bytes.next_multiple_of(align);
+            let raw = libc::mmap(
+                std::ptr::null_mut(),
+                (size + align) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if raw == libc::MAP_FAILED {
+                return None;
+            }
+            let ptr = (raw as usize).next_multiple_of(align as usize) as *mut u8;
+            let advice = if huge {
+                libc::MADV_HUGEPAGE
+            } else {
+                libc::MADV_NOHUGEPAGE
+            };
+            libc::madvise(ptr.cast(), size as usize, advice);
+            fill(std::slice::from_raw_parts_mut(
+                ptr.cast::<f32>(),
+                (bytes / 4) as usize,
+            ));
+            let hal = device.as_hal::<Vulkan>()?;
+            let dev = hal.raw_device();
+            let inst = hal.shared_instance().raw_instance();
+            let ext = ash::ext::external_memory_host::Device::new(inst, dev);
+            let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+            let r = (ext.fp().get_memory_host_pointer_properties_ext)(
+                dev.handle(),
+                vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT,
+                ptr.cast(),
+                &mut props,
+            );
+            if r != vk::Result::SUCCESS {
+                println!("vkGetMemoryHostPointerPropertiesEXT: {r:?}");
+                return None;
+            }
+            let mut ext_info = vk::ExternalMemoryBufferCreateInfo::default()
+                .handle_types(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT);
+            let info = vk::BufferCreateInfo::default()
+                .size(size)
+                .usage(
+                    vk::BufferUsageFlags::STORAGE_BUFFER
+                        | vk::BufferUsageFlags::TRANSFER_SRC
+                        | vk::BufferUsageFlags::TRANSFER_DST,
+                )
+                .sharing_mode(vk::SharingMode::EXCLUSIVE)
+                .push_next(&mut ext_info);
+            let buffer = dev.create_buffer(&info, None).ok()?;
+            let req = dev.get_buffer_memory_requirements(buffer);
+            let mp = inst.get_physical_device_memory_properties(hal.raw_physical_device());
+            let bits = req.memory_type_bits & props.memory_type_bits;
+            let types = mp.memory_types_as_slice();
+            let cached = vk::MemoryPropertyFlags::HOST_CACHED;
+            let ty = (0..types.len())
+                .filter(|&i| bits & (1 << i) != 0)
+                .max_by_key(|&i| types[i].property_flags.contains(cached))?;
+            println!(
+                "import: host pointer types {:#x}, buffer types {:#x}, chose {ty} ({:?}), alignment of size {}",
+                props.memory_type_bits, req.memory_type_bits, types[ty].property_flags, req.alignment
+            );
+            let mut imp = vk::ImportMemoryHostPointerInfoEXT::default()
+                .handle_type(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT)
+                .host_pointer(ptr.cast());
+            let alloc = vk::MemoryAllocateInfo::default()
+                .allocation_size(size)
+                .memory_type_index(ty as u32)
+                .push_next(&mut imp);
+            let memory = match dev.allocate_memory(&alloc, None) {
+                Ok(m) => m,
+                Err(e) => {
+                    println!("vkAllocateMemory (import): {e:?}");
+                    dev.destroy_buffer(buffer, None);
+                    return None;
+                }
+            };
+            dev.bind_buffer_memory(buffer, memory, 0).ok()?;
+            drop(hal);
+            let hal_buffer = wgpu::hal::vulkan::Buffer::from_raw_managed(buffer, memory, 0, size);
+            Some(device.create_buffer_from_hal::<Vulkan>(
+                hal_buffer,
+                &wgpu::BufferDescriptor {
+                    label: Some("imported table"),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                },
+            ))
+        }
+    }
+
+    /// AnonHugePages of this process, MiB.
+    pub fn anon_huge_mib() -> u64 {
+        std::fs::read_to_string("/proc/self/smaps_rollup")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("AnonHugePages:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024)
     }
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::workload::{random_values, Rng, ZipfIds};
-use common::{assert_rows_eq, poisoned, seed, stored};
+use common::{assert_rows_decoded, assert_rows_eq, poisoned, seed, stored};
 use hotrow::{
     BatchPath, CacheConfig, Capacity, DrivenState, EmbeddingCache, EvictionPolicy, GpuContext,
     GpuOptions, HostTable, HotrowError, Pooling, Queries, Resolution, RowFormat,
@@ -106,7 +106,7 @@ fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
                 .flat_map(|&id| want_rows[id as usize * dim..][..dim].to_vec())
                 .collect();
             let what = format!("{format:?} dim {dim} batch {batch} ({n} ids)");
-            assert_rows_eq(&out.to_host().unwrap(), &want, dim, &what);
+            assert_rows_decoded(&out.to_host().unwrap(), &want, dim, format, &what);
             let state = cache.driven_state().unwrap().expect("GPU-driven");
             let now = check_state(&state, capacity);
             let set: HashSet<u32> = ids.iter().copied().collect();
@@ -354,7 +354,13 @@ fn the_choice_of_path_and_its_refusals() {
         "{}",
         auto.config().path_reason
     );
-    assert_eq!(auto.memory().host_table, 100 * 16);
+    // hotrow's own imported memory comes in whole 2 MiB huge pages; wgpu's buffers in 16 bytes
+    let host_table = if ctx.adapter().host_memory_import {
+        2 << 20
+    } else {
+        100 * 16
+    };
+    assert_eq!(auto.memory().host_table, host_table);
     // settings only the host path has: Auto takes the host path, Gpu is refused
     for config in [
         CacheConfig::default().policy(EvictionPolicy::Lru),
@@ -492,4 +498,80 @@ fn a_sharded_table_and_a_large_cache() {
         );
     }
     common::resident(&cache);
+}
+
+/// The table in hotrow's own imported huge-page memory (the default where the adapter has
+/// `VK_EXT_external_memory_host`) and in wgpu's mappable buffers: both serve a stream with
+/// evictions, sharded, equal to the CPU; the context says which it took.
+#[test]
+fn both_kinds_of_host_memory_serve_the_stream() {
+    let _serial = common::serial();
+    let Some(first) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_host_memory"));
+    let (rows, dim) = (3_000, 12);
+    let data = random_values(rows * dim, rng.next_u64());
+    for import in [true, false] {
+        let ctx = GpuContext::with_options(GpuOptions {
+            backends: Some(first.adapter().backend.into()),
+            adapter_name: Some(first.adapter().name.clone()),
+            host_visible_storage: true,
+            host_memory_import: import,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!import || ctx.adapter().host_memory_import == first.adapter().host_memory_import);
+        if !import {
+            assert!(
+                !ctx.adapter().host_memory_import,
+                "import off, yet imported"
+            );
+        }
+        eprintln!("import asked {import}: {}", ctx.adapter());
+        // rows in host memory, sharded at 40 KiB (48-byte rows: 853 a shard, 4 shards),
+        // written by the queue and gathered across the shards
+        let table = hotrow::RowBuffer::in_host_memory(
+            &ctx,
+            rows,
+            dim,
+            hotrow::RowBufferOptions {
+                max_shard_bytes: Some(40 << 10),
+            },
+        )
+        .unwrap();
+        assert_eq!(table.shards().len(), 4);
+        table.write_rows(0, &data).unwrap();
+        let ids: Vec<u32> = (0..500).map(|_| rng.below(rows as u64) as u32).collect();
+        let got = table.gather(&ids).unwrap().to_host().unwrap();
+        let want = hotrow::reference::gather(&data, dim, &ids);
+        assert_rows_eq(
+            &got,
+            &want,
+            dim,
+            &format!("import {import}: sharded host rows"),
+        );
+        let mut cache = gpu_cache(&ctx, &data, dim, 200, RowFormat::F32);
+        let zipf = ZipfIds::new(rows, 1.05, rng.next_u64());
+        for batch in 0..12 {
+            let n = 1 + rng.below(600) as usize;
+            let ids: Vec<u32> = (0..n).map(|_| zipf.sample(&mut rng)).collect();
+            let mut out = poisoned(&ctx, n, dim);
+            cache.lookup_into(&ids, &mut out).unwrap();
+            let want = hotrow::reference::gather(&data, dim, &ids);
+            let what = format!("import {import} batch {batch}");
+            assert_rows_eq(&out.to_host().unwrap(), &want, dim, &what);
+        }
+        let s = cache.stats();
+        assert!(
+            s.evictions > 0,
+            "import {import}: the stream evicted nothing"
+        );
+        let expected = if ctx.adapter().host_memory_import {
+            ((rows * dim * 4) as u64).next_multiple_of(2 << 20)
+        } else {
+            (rows * dim * 4) as u64
+        };
+        assert_eq!(cache.memory().host_table, expected, "import {import}");
+    }
 }

@@ -35,6 +35,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     let ctx = GpuContext::with_options(hotrow::GpuOptions {
         host_visible_storage: a.workloads.iter().any(|w| w == "w2zc")
             || a.path != hotrow::BatchPath::Host,
+        host_memory_import: a.host_import,
         ..Default::default()
     })?;
     println!("adapter: {}", ctx.adapter());

@@ -185,6 +185,10 @@ fn run_on<T: RowSource + 'static>(
         "W2_path_gpu".into(),
         f64::from(u8::from(cache.config().path == hotrow::BatchPath::Gpu)),
     );
+    rep.insert(
+        "W2_host_import".into(),
+        f64::from(u8::from(ctx.adapter().host_memory_import)),
+    );
     rep.insert("W2_evictions_per_batch".into(), st.evictions as f64 / per);
     if timing {
         for phase in ["find", "tally", "plan", "evict", "fetch", "position"] {

@@ -51,6 +51,14 @@ pub fn run(
                 format!("W3_hotrow_{name}_GBps_nominal"),
                 ((bags * l * d * 4) + bags * d * 4) as f64 / g / 1e6,
             );
+            // The GPU-driven path's phases (absent on the host path), per call.
+            let calls = times.iter().filter(|t| t.label == "bag").count().max(1) as f64;
+            for phase in ["find", "tally", "plan", "evict", "fetch", "position"] {
+                let ms = harness::gpu_sum(&times, phase, calls);
+                if ms > 0.0 {
+                    rep.insert(format!("W3_hotrow_{name}_gpu_{phase}_ms"), ms);
+                }
+            }
             let iso = harness::isolated_gpu_ms(ctx, "bag", 30, || op(1))?;
             rep.insert(format!("W3_hotrow_{name}_gpu_bag_isolated_ms"), iso);
         }

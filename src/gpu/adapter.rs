@@ -28,6 +28,14 @@ pub struct GpuOptions {
     /// warns (a `log` warning) that the feature is a performance trap on a discrete GPU for
     /// buffers made mappable and usable at once; hotrow makes such buffers only where asked.
     pub host_visible_storage: bool,
+    /// With [`GpuOptions::host_visible_storage`], on Vulkan: make host-memory rows from
+    /// hotrow's own memory, in 2 MiB huge pages where the OS gives them, imported into the
+    /// device (`VK_EXT_external_memory_host`, when the adapter has it), instead of wgpu's
+    /// mappable buffers (which the driver backs with 4 KiB pages: a kernel reading random
+    /// rows then misses the GPU's address translation on nearly every row). On by default;
+    /// anything missing falls back to wgpu's buffers
+    /// ([`AdapterSummary::host_memory_import`] says which is in force).
+    pub host_memory_import: bool,
 }
 
 impl Default for GpuOptions {
@@ -39,6 +47,7 @@ impl Default for GpuOptions {
             use_env: true,
             memory_budget: None,
             host_visible_storage: false,
+            host_memory_import: true,
         }
     }
 }
@@ -74,13 +83,17 @@ pub struct AdapterSummary {
     /// [`GpuOptions::host_visible_storage`] and the adapter has it: Vulkan, Metal, DX12; not
     /// GL or browsers): [`crate::RowBuffer::in_host_memory`].
     pub host_visible_storage: bool,
+    /// Host-memory rows ([`crate::RowBuffer::in_host_memory`]) are hotrow's own memory in
+    /// 2 MiB pages where the OS gives them, imported into the device
+    /// ([`GpuOptions::host_memory_import`]); else wgpu's mappable buffers.
+    pub host_memory_import: bool,
 }
 
 impl fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ({:?}, {:?}{}; driver {}; max binding {} MiB, max buffer {} MiB, timestamps {})",
+            "{} ({:?}, {:?}{}; driver {}; max binding {} MiB, max buffer {} MiB, timestamps {}{})",
             self.name,
             self.backend,
             self.device_type,
@@ -93,6 +106,11 @@ impl fmt::Display for AdapterSummary {
             self.max_storage_buffer_binding_size >> 20,
             self.max_buffer_size >> 20,
             if self.timestamps { "yes" } else { "no" },
+            match (self.host_visible_storage, self.host_memory_import) {
+                (false, _) => "",
+                (true, false) => "; host-memory storage",
+                (true, true) => "; host-memory storage, imported",
+            },
         )
     }
 }
@@ -221,5 +239,6 @@ pub(crate) fn summarize(
         timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         host_visible_storage: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+        host_memory_import: false,
     }
 }

@@ -13,6 +13,7 @@ const SPIN_WAIT: Duration = Duration::from_millis(1);
 
 use crate::error::{HotrowError, Result};
 use crate::gpu::adapter::{self, AdapterSummary, GpuOptions};
+use crate::gpu::host_import;
 use crate::gpu::memory::Memory;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::readback::Poller;
@@ -146,17 +147,36 @@ impl GpuContext {
         if options.host_visible_storage {
             optional |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
         }
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("hotrow"),
-                required_features: adapter.features() & optional,
-                required_limits: adapter.limits(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::Performance,
-                trace: wgpu::Trace::Off,
-            })
-            .await?;
-        let ctx = Self::build(adapter.get_info(), device, queue, memory_budget, true);
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("hotrow"),
+            required_features: adapter.features() & optional,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        // Host-memory rows in hotrow's own huge pages need the device opened with an extra
+        // Vulkan extension; without it (or on any failure) the device opens as usual.
+        let imported = (options.host_visible_storage
+            && options.host_memory_import
+            && desc
+                .required_features
+                .contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS))
+        .then(|| host_import::open(&adapter, &desc))
+        .flatten();
+        let import = imported.is_some();
+        let (device, queue) = match imported {
+            Some(opened) => opened,
+            None => adapter.request_device(&desc).await?,
+        };
+        let ctx = Self::build(
+            adapter.get_info(),
+            device,
+            queue,
+            memory_budget,
+            true,
+            import,
+        );
         // hotrow owns this device, so it also takes its loss and uncaptured errors.
         let state = Arc::downgrade(&ctx.inner.state);
         ctx.inner
@@ -206,7 +226,7 @@ impl GpuContext {
     /// # }
     /// ```
     pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(adapter.get_info(), device, queue, None, false)
+        Self::build(adapter.get_info(), device, queue, None, false, false)
     }
 
     fn build(
@@ -215,9 +235,13 @@ impl GpuContext {
         queue: wgpu::Queue,
         memory_budget: Option<u64>,
         owned: bool,
+        host_memory_import: bool,
     ) -> Self {
         let limits = device.limits();
-        let summary = adapter::summarize(info, &limits, device.features());
+        let summary = AdapterSummary {
+            host_memory_import,
+            ..adapter::summarize(info, &limits, device.features())
+        };
         let pipelines = Pipelines::new(&device);
         Self {
             inner: Arc::new(Inner {

@@ -110,18 +110,7 @@ impl GpuContext {
                 limit: limits.max_buffer_size,
             });
         }
-        let m = &self.inner.memory;
-        if let Some(budget) = m.budget {
-            let now = m.bytes.load(Ordering::Relaxed);
-            if now + size > budget {
-                return Err(HotrowError::ExceedsLimit {
-                    what,
-                    bytes: now + size,
-                    limit_name: "GpuOptions::memory_budget",
-                    limit: budget,
-                });
-            }
-        }
+        self.check_budget(what, size)?;
         self.check()?;
         let scope = self
             .inner
@@ -136,13 +125,37 @@ impl GpuContext {
         if pollster::block_on(scope.pop()).is_some() {
             return Err(HotrowError::OutOfMemory { what, bytes: size });
         }
-        m.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(self.adopt(buffer))
+    }
+
+    /// [`HotrowError::ExceedsLimit`] when `size` more bytes would pass the context's budget.
+    pub(crate) fn check_budget(&self, what: &'static str, size: u64) -> Result<()> {
+        let m = &self.inner.memory;
+        if let Some(budget) = m.budget {
+            let now = m.bytes.load(Ordering::Relaxed);
+            if now + size > budget {
+                return Err(HotrowError::ExceedsLimit {
+                    what,
+                    bytes: now + size,
+                    limit_name: "GpuOptions::memory_budget",
+                    limit: budget,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a buffer made on this context (by [`GpuContext::create_buffer`], or over
+    /// imported host memory) while it lives.
+    pub(crate) fn adopt(&self, buffer: wgpu::Buffer) -> TrackedBuffer {
+        let m = &self.inner.memory;
+        m.bytes.fetch_add(buffer.size(), Ordering::Relaxed);
         m.live.fetch_add(1, Ordering::Relaxed);
         m.created.fetch_add(1, Ordering::Relaxed);
-        Ok(TrackedBuffer {
+        TrackedBuffer {
             buffer,
             ctx: Arc::downgrade(&self.inner),
-        })
+        }
     }
 
     fn readback_pool(&self) -> std::sync::MutexGuard<'_, Vec<TrackedBuffer>> {

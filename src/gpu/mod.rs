@@ -4,6 +4,7 @@
 
 mod adapter;
 mod context;
+mod host_import;
 mod int8;
 mod launch;
 mod layout;

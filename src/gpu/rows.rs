@@ -2,7 +2,7 @@
 //! (an op's output, left on the GPU). Ops over them live in `crate::ops`.
 
 use crate::error::{HotrowError, Result};
-use crate::gpu::{readback, GpuContext, LaunchState, RowLayout, TrackedBuffer};
+use crate::gpu::{host_import, readback, GpuContext, LaunchState, RowLayout, TrackedBuffer};
 
 /// Where a [`RowBuffer`]'s rows live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub struct RowBuffer {
     rows: usize,
     layout: RowLayout,
     placement: Placement,
+    /// With [`Placement::Host`] on a context that imports host memory: each shard's
+    /// memory, mapped for the host too (empty otherwise).
+    host: Vec<std::sync::Arc<host_import::Mapping>>,
     /// Launch state of [`RowBuffer::gather_into`] (ids buffer, uniforms, bind groups),
     /// reused across calls.
     pub(crate) gather: std::sync::Mutex<LaunchState>,
@@ -166,9 +169,33 @@ impl RowBuffer {
             }
             let total = layout.bytes(rows);
             let mut shards = Vec::new();
+            let mut host = Vec::new();
+            let mut import = placement == Placement::Host && ctx.adapter().host_memory_import;
             let mut left = rows;
             while left > 0 {
                 let n = left.min(shard_rows);
+                if import {
+                    let usage = wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC;
+                    ctx.check_budget("row buffer", layout.bytes(n))?;
+                    let made = host_import::imported_buffer(
+                        ctx.device(),
+                        "hotrow rows (imported host memory)",
+                        layout.bytes(n),
+                        usage,
+                    );
+                    if let Some((buffer, mapping)) = made {
+                        shards.push(ctx.adopt(buffer));
+                        host.push(mapping);
+                        left -= n;
+                        continue;
+                    }
+                    // (Refused: this shard and the rest in wgpu's mappable buffers.)
+                    log::warn!("hotrow: host memory import refused; using wgpu's mappable buffers");
+                    import = false;
+                    host.clear();
+                }
                 let mut usage = wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC;
@@ -201,6 +228,7 @@ impl RowBuffer {
                 rows,
                 layout,
                 placement,
+                host,
                 gather: Default::default(),
             })
         })
@@ -331,6 +359,33 @@ impl RowBuffer {
     /// `k * shard_rows() ..` (the last one may hold fewer).
     pub fn shards(&self) -> impl ExactSizeIterator<Item = &wgpu::Buffer> {
         self.shards.iter().map(|b| &b.buffer)
+    }
+
+    /// Whether the rows are hotrow's own host memory imported into the device (the host
+    /// then writes them directly: [`RowBuffer::host_words`]).
+    pub(crate) fn host_mapped(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    /// The stored words of shard `shard`, as the host sees the imported memory (`None`
+    /// unless [`RowBuffer::host_mapped`]).
+    ///
+    /// # Safety
+    /// No submission that reads or writes the shard may be in flight while the slice is
+    /// used, and no two such slices of one shard may be alive at once.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn host_words(&self, shard: usize) -> Option<&mut [u32]> {
+        let m = self.host.get(shard)?;
+        let words = self.layout.words_per_row() * self.shard_len(shard);
+        debug_assert!(words * 4 <= m.len());
+        // SAFETY: the mapping holds at least the shard's rows (made for them, rounded up to
+        // whole huge pages) and lives as long as `self`; exclusivity is the caller's.
+        Some(unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u32>(), words) })
+    }
+
+    /// Rows held by shard `shard`.
+    fn shard_len(&self, shard: usize) -> usize {
+        (self.rows - shard * self.shard_rows).min(self.shard_rows)
     }
 
     /// Rows per shard (all shards but the last hold exactly this many).

@@ -72,6 +72,34 @@ pub fn assert_rows_eq(got: &[f32], want: &[f32], dim: usize, what: &str) {
     }
 }
 
+/// [`assert_rows_eq`] for rows decoded from slots stored as `format`: bitwise for f32 and
+/// f16; for int8 within the decode's documented bound (`RowLayout::encode_rows`): a GPU
+/// may fuse the multiply-add the CPU rounds twice (an NVIDIA driver does), which moves a
+/// value by a few ulps of the larger of it and the row's bias (its minimum), and may flush
+/// subnormal values to zero.
+pub fn assert_rows_decoded(
+    got: &[f32],
+    want: &[f32],
+    dim: usize,
+    format: hotrow::RowFormat,
+    what: &str,
+) {
+    if format != hotrow::RowFormat::Int8 {
+        return assert_rows_eq(got, want, dim, what);
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (r, (g_row, w_row)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
+        let largest = w_row.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        for (c, (&g, &w)) in g_row.iter().zip(w_row).enumerate() {
+            let tol = 4.0 * f32::EPSILON * (w.abs() + largest) + f32::MIN_POSITIVE;
+            assert!(
+                (g - w).abs() <= tol,
+                "{what}: row {r} col {c}: got {g}, want {w} (int8 tolerance {tol:e})"
+            );
+        }
+    }
+}
+
 /// Serialises the GPU tests of one binary. wgpu's GL backend funnels every call through one
 /// context lock and panics when a call waits more than 6 s for it, which parallel tests on a
 /// slow software adapter can cause; the adapter is the bottleneck anyway, so running the

@@ -1,7 +1,8 @@
 //! The GPU-driven path's table: every row of a [`RowSource`], encoded as the slots store
 //! rows, in host memory the GPU reads (`RowBuffer` with [`Placement::Host`]). Filled once,
-//! in chunks read from the source (in parallel, panics caught) and written by the queue;
-//! at most a few chunks are in flight, so the fill needs little memory beyond the table.
+//! in chunks read from the source (in parallel, panics caught) and written straight into it
+//! where it is hotrow's own imported memory, else by the queue with at most a few chunks in
+//! flight, so the fill needs little memory beyond the table.
 
 use super::super::read::read_rows_encoded;
 use crate::error::{HotrowError, Result};
@@ -39,6 +40,31 @@ pub(crate) fn fill_host_table<S: RowSource>(
         Placement::Host,
     )?;
     let words = layout.words_per_row();
+    if table.host_mapped() {
+        // hotrow's own memory: rows read and encoded straight into it, chunk by chunk (no
+        // submission has seen the table yet).
+        let chunk = ((CHUNK_BYTES / layout.row_bytes()) as usize).max(1);
+        let mut ids: Vec<u32> = Vec::with_capacity(chunk);
+        progress(0, rows);
+        for shard in 0..table.shards().len() {
+            // SAFETY: the table is new; nothing has been submitted that uses it, and this
+            // is the only slice of the shard alive.
+            let Some(out) = (unsafe { table.host_words(shard) }) else {
+                break;
+            };
+            let base = shard * table.shard_rows();
+            for (k, out) in out.chunks_mut(chunk * words).enumerate() {
+                let first = base + k * chunk;
+                let n = out.len() / words;
+                ids.clear();
+                ids.extend(first as u32..(first + n) as u32);
+                read_rows_encoded(source, layout, &ids, out)?;
+                progress(first + n, rows);
+            }
+        }
+        ctx.check()?;
+        return Ok(table);
+    }
     let chunk = ((CHUNK_BYTES / layout.row_bytes()) as usize).clamp(1, table.shard_rows());
     let mut ids: Vec<u32> = Vec::with_capacity(chunk);
     let mut encoded = vec![0u32; chunk * words];
