@@ -521,12 +521,14 @@ fn both_kinds_of_host_memory_serve_the_stream() {
             ..Default::default()
         })
         .unwrap();
-        assert!(!import || ctx.adapter().host_memory_import == first.adapter().host_memory_import);
         if !import {
             assert!(
                 !ctx.adapter().host_memory_import,
                 "import off, yet imported"
             );
+        } else if ctx.adapter().backend == wgpu::Backend::Vulkan && ctx.adapter().software {
+            // lavapipe (CI) has VK_EXT_external_memory_host: the import must take there
+            assert!(ctx.adapter().host_memory_import, "{}", ctx.adapter());
         }
         eprintln!("import asked {import}: {}", ctx.adapter());
         // rows in host memory, sharded at 40 KiB (48-byte rows: 853 a shard, 4 shards),

@@ -39,7 +39,7 @@ pub struct Args {
     pub row_format: RowFormat,
     /// Who serves the caches' batches (`--path host|gpu|auto`, default host).
     pub path: BatchPath,
-    /// GpuOptions::host_memory_import (`--no-host-import` turns it off).
+    /// GpuOptions::host_memory_import (`--host-import`).
     pub host_import: bool,
     /// Where W2's table lives (`--table host|npy|f16`).
     pub table: TableKind,
@@ -148,7 +148,7 @@ impl Args {
             devices: c.devices,
             cache_frac: c.cache_frac,
             partitions: c.partitions,
-            host_import: !c.no_host_import,
+            host_import: c.host_import,
         }
     }
 }
@@ -198,10 +198,11 @@ struct Cli {
     /// Slot-map partitions of W2's and W6's caches (0: the library's default).
     #[arg(long, default_value_t = 0)]
     partitions: usize,
-    /// Host-memory tables (the GPU-driven path, w2zc) in wgpu's mappable buffers instead of
-    /// hotrow's own imported huge-page memory (GpuOptions::host_memory_import off).
+    /// Host-memory tables (the GPU-driven path, w2zc) in hotrow's own huge-page memory
+    /// imported into the device instead of wgpu's mappable buffers
+    /// (GpuOptions::host_memory_import).
     #[arg(long)]
-    no_host_import: bool,
+    host_import: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,

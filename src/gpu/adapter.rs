@@ -31,10 +31,12 @@ pub struct GpuOptions {
     /// With [`GpuOptions::host_visible_storage`], on Vulkan: make host-memory rows from
     /// hotrow's own memory, in 2 MiB huge pages where the OS gives them, imported into the
     /// device (`VK_EXT_external_memory_host`, when the adapter has it), instead of wgpu's
-    /// mappable buffers (which the driver backs with 4 KiB pages: a kernel reading random
-    /// rows then misses the GPU's address translation on nearly every row). On by default;
-    /// anything missing falls back to wgpu's buffers
-    /// ([`AdapterSummary::host_memory_import`] says which is in force).
+    /// mappable buffers (which the driver allocates itself, in small pages: a kernel
+    /// reading random rows from them reads rows confined to a 2 MiB window 4x faster than
+    /// rows spread over the table, which points at address translation). The table is
+    /// then also filled directly, without the queue. Off by default until its speed on
+    /// real GPUs is measured (BENCHMARKS.md); anything missing falls back to wgpu's
+    /// buffers ([`AdapterSummary::host_memory_import`] says which is in force).
     pub host_memory_import: bool,
 }
 
@@ -47,7 +49,7 @@ impl Default for GpuOptions {
             use_env: true,
             memory_budget: None,
             host_visible_storage: false,
-            host_memory_import: true,
+            host_memory_import: false,
         }
     }
 }
