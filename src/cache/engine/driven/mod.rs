@@ -80,7 +80,11 @@ impl Driven {
             "the GPU-driven path's work lists (8 bytes per slot)",
             kernels::work_words(capacity, 0) as u64 * 4,
         )?;
+        // Every pipeline a pass runs is built now, not by the first batch (on an H200 the
+        // first batch of a fresh machine took 14.8 ms, 11.7 of them recording: the slot
+        // list's kernel compiled on first use; the driver caches it on disk afterwards).
         kernels::prepare(ctx, row_words)?;
+        slot_index::prepare(ctx)?;
         // Positions of a pass: at most the slots (so misses always find one), and few
         // enough that the fetch's threads (misses x words) count in a u32.
         let words = kernels::fetch_word(row_words).1 as usize;
