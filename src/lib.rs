@@ -62,6 +62,7 @@ pub use gpu::{
 /// The `half` crate, whose `f16` and `bf16` types [`HostTable`] takes.
 pub use half;
 pub use ops::bag::Pooling;
+pub use ops::update::Optimizer;
 pub use ops::{params_layouts, shader_files, shader_modules};
 pub use table::{FileTable, HostTable, HostTier, MemoryRows, RowSource, TierStats, ValueType};
 #[cfg(feature = "redis")]

@@ -101,3 +101,116 @@ pub fn combine(table: &[f32], dim: usize, x: &[f32], ids: &[u32]) -> Vec<f64> {
     }
     out
 }
+
+/// The gradient of `sum(out * grad)` with respect to each row a lookup read
+/// (`out[p] = table[ids[p]]`, `grad` row-major, `dim` per position): `(id, gradient)` for
+/// each distinct id, ascending, the positions of an id summed in f64.
+pub fn lookup_grads(dim: usize, ids: &[u32], grad: &[f32]) -> Vec<(u32, Vec<f64>)> {
+    let mut by_id = std::collections::BTreeMap::<u32, Vec<f64>>::new();
+    for (p, &id) in ids.iter().enumerate() {
+        let g = by_id.entry(id).or_insert_with(|| vec![0.0; dim]);
+        for (acc, &v) in g.iter_mut().zip(&grad[p * dim..(p + 1) * dim]) {
+            *acc += v as f64;
+        }
+    }
+    by_id.into_iter().collect()
+}
+
+/// The gradient of `sum(out * grad)` with respect to each row pooled bags read (`out` as
+/// [`bags`] computes it over `table`, `grad` one row per bag): `(id, gradient)` for each
+/// distinct id of a non-empty bag, ascending. Sum and mean spread a bag's gradient over its
+/// positions (times the position's weight, over the bag's length for mean); max sends
+/// each column's gradient to the first position holding the bag's maximum there.
+pub fn bags_grads(
+    table: &[f64],
+    dim: usize,
+    ids: &[u32],
+    offsets: &[u32],
+    mode: u32,
+    weights: Option<&[f32]>,
+    grad: &[f32],
+) -> Vec<(u32, Vec<f64>)> {
+    let mut by_id = std::collections::BTreeMap::<u32, Vec<f64>>::new();
+    for b in 0..offsets.len() {
+        let start = offsets[b] as usize;
+        let end = offsets.get(b + 1).map_or(ids.len(), |&e| e as usize);
+        let gb = &grad[b * dim..(b + 1) * dim];
+        if mode == 2 {
+            for (c, &g) in gb.iter().enumerate() {
+                let row = |j: usize| table[ids[j] as usize * dim + c];
+                let Some(best) = (start..end).reduce(|a, j| if row(j) > row(a) { j } else { a })
+                else {
+                    continue;
+                };
+                by_id.entry(ids[best]).or_insert_with(|| vec![0.0; dim])[c] += g as f64;
+            }
+            continue;
+        }
+        for j in start..end {
+            let mut scale = weights.map_or(1.0, |w| w[j] as f64);
+            if mode == 1 {
+                scale /= (end - start) as f64;
+            }
+            let g = by_id.entry(ids[j]).or_insert_with(|| vec![0.0; dim]);
+            for (acc, &v) in g.iter_mut().zip(gb) {
+                *acc += scale * v as f64;
+            }
+        }
+    }
+    by_id.into_iter().collect()
+}
+
+/// A plain CPU trainer in f64: the table and its optimizer state, updated as the cache's
+/// training updates them (the oracle of the training tests).
+#[derive(Clone, Debug)]
+pub struct Trainer {
+    /// The rows, row-major.
+    pub rows: Vec<f64>,
+    /// [`crate::Optimizer::state_values`] values per row.
+    pub state: Vec<f64>,
+    /// Values per row.
+    pub dim: usize,
+    /// The update applied.
+    pub optimizer: crate::Optimizer,
+}
+
+impl Trainer {
+    /// A trainer starting from `table` (`dim` per row), every state value 0.
+    pub fn new(table: &[f32], dim: usize, optimizer: crate::Optimizer) -> Self {
+        let n = table.len() / dim;
+        Self {
+            rows: table.iter().map(|&v| v as f64).collect(),
+            state: vec![0.0; n * optimizer.state_values()],
+            dim,
+            optimizer,
+        }
+    }
+
+    /// Applies the optimizer to each `(id, gradient)` once.
+    pub fn apply(&mut self, grads: &[(u32, Vec<f64>)]) {
+        let dim = self.dim;
+        for (id, g) in grads {
+            let row = &mut self.rows[*id as usize * dim..(*id as usize + 1) * dim];
+            match self.optimizer {
+                crate::Optimizer::Sgd { lr } => {
+                    for (w, &gv) in row.iter_mut().zip(g) {
+                        *w -= lr as f64 * gv;
+                    }
+                }
+                crate::Optimizer::RowWiseAdagrad { lr, eps } => {
+                    let acc = &mut self.state[*id as usize];
+                    *acc += g.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+                    let step = lr as f64 / (*acc + eps as f64).sqrt();
+                    for (w, &gv) in row.iter_mut().zip(g) {
+                        *w -= step * gv;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rows rounded to f32.
+    pub fn rows_f32(&self) -> Vec<f32> {
+        self.rows.iter().map(|&v| v as f32).collect()
+    }
+}

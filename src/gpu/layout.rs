@@ -118,6 +118,20 @@ macro_rules! row_prefix {
             "let words = (width + 3u) / 4u;\nlet base = row * (words + 2u);\nlet q = f32((rows[base + c / 4u] >> (8u * (c & 3u))) & 0xffu);\nreturn q * bitcast<f32>(rows[base + words]) + bitcast<f32>(rows[base + words + 1u]);"
         )
     };
+    // f32 rows followed by their optimizer state (training): one Elem of state after each
+    // row, so a row is `width + 1` Elems apart (4 words of state room when read as vec4,
+    // else 1; a scalar read of a row whose dim is a multiple of 4 keeps the vec4 layout's
+    // 4 words, so both reads agree on where rows start).
+    (F32_STATE_V4) => {
+        $crate::gpu::wgsl_rows!(vec4, "vec4<f32>", "return rows[row * (width + 1u) + c];")
+    };
+    (F32_STATE_S) => {
+        $crate::gpu::wgsl_rows!(
+            scalar,
+            "f32",
+            "return rows[row * (width + select(1u, 4u, (width & 3u) == 0u)) + c];"
+        )
+    };
     // Raw 4-byte words (moving compact rows between buffers unchanged).
     (RAW_WORDS) => {
         "alias Elem = u32;\nconst ELEM_LANES: u32 = 1u;\nfn elem_lane(v: Elem, c: u32) -> f32 { return bitcast<f32>(v); }\nalias RowWord = u32;\nfn load_row(row: u32, c: u32, width: u32) -> Elem { return rows[row * width + c]; }\n"
@@ -141,6 +155,8 @@ pub(crate) const F16_NATIVE_S: &str = row_prefix!(F16_NATIVE_S);
 pub(crate) const INT8_V4: &str = row_prefix!(INT8_V4);
 pub(crate) const INT8_S: &str = row_prefix!(INT8_S);
 pub(crate) const RAW_WORDS: &str = row_prefix!(RAW_WORDS);
+pub(crate) const F32_STATE_V4: &str = row_prefix!(F32_STATE_V4);
+pub(crate) const F32_STATE_S: &str = row_prefix!(F32_STATE_S);
 
 /// Every row prefix a kernel that decodes rows is compiled with, indexed by
 /// [`RowLayout::prefix_index`].
@@ -153,6 +169,8 @@ pub(crate) const ROW_PREFIXES: &[&str] = &[
     F16_NATIVE_S,
     INT8_V4,
     INT8_S,
+    F32_STATE_V4,
+    F32_STATE_S,
 ];
 
 /// [`ROW_PREFIXES`] and [`RAW_WORDS`]: the prefixes of copy_rows.wgsl.
@@ -165,6 +183,8 @@ pub(crate) const COPY_PREFIXES: &[&str] = &[
     F16_NATIVE_S,
     INT8_V4,
     INT8_S,
+    F32_STATE_V4,
+    F32_STATE_S,
     RAW_WORDS,
 ];
 
@@ -188,6 +208,8 @@ pub struct RowLayout {
     /// Kernels may read whole `vec4`s (when `dim % 4 == 0`); off where an op's output
     /// columns are not 4-aligned (table-batched bags of mixed widths).
     vec4: bool,
+    /// f32 rows followed by their optimizer state ([`RowLayout::with_state`]).
+    state: bool,
 }
 
 impl RowLayout {
@@ -208,7 +230,34 @@ impl RowLayout {
             format,
             native_f16: false,
             vec4: true,
+            state: false,
         })
+    }
+
+    /// The same f32 layout with room for a row's optimizer state after each row (training):
+    /// 4 words when `dim % 4 == 0` (rows stay 16-byte aligned), else 1. Kernels read the
+    /// values as before; the state travels with the row wherever rows are moved as words.
+    #[cfg_attr(not(test), allow(dead_code))] // (the training engine's, issue 20)
+    pub(crate) fn with_state(self) -> Self {
+        debug_assert_eq!(self.format, RowFormat::F32, "state rides on f32 rows only");
+        Self {
+            state: self.format == RowFormat::F32,
+            ..self
+        }
+    }
+
+    /// Whether each row carries optimizer state after its values.
+    pub(crate) fn has_state(&self) -> bool {
+        self.state
+    }
+
+    /// Words of optimizer-state room after each row (0 without state).
+    pub(crate) fn state_words(&self) -> usize {
+        match (self.state, self.dim % 4) {
+            (false, _) => 0,
+            (true, 0) => 4,
+            (true, _) => 1,
+        }
     }
 
     /// The same layout, read one value at a time by kernels (never as `vec4`s).
@@ -246,7 +295,7 @@ impl RowLayout {
     /// 4-byte words of one stored row.
     pub fn words_per_row(&self) -> usize {
         match self.format {
-            RowFormat::F32 => self.dim,
+            RowFormat::F32 => self.dim + self.state_words(),
             RowFormat::F16 => self.dim.div_ceil(2),
             RowFormat::Int8 => self.dim.div_ceil(4) + 2,
         }
@@ -313,9 +362,12 @@ impl RowLayout {
         match self.format {
             RowFormat::F32 => {
                 for (src, dst) in rows {
-                    for (d, v) in dst.iter_mut().zip(src) {
+                    let (values, state) = dst.split_at_mut(dim);
+                    for (d, v) in values.iter_mut().zip(src) {
                         *d = v.to_bits();
                     }
+                    // (a fresh row's optimizer state starts at 0)
+                    state.fill(0);
                 }
             }
             RowFormat::F16 if cfg!(target_endian = "little") => {
@@ -381,6 +433,7 @@ impl RowLayout {
     pub(crate) fn prefix_index(&self) -> usize {
         let scalar = usize::from(self.vector_width() != 4);
         let format = match (self.format, self.native_f16) {
+            (RowFormat::F32, _) if self.state => 4,
             (RowFormat::F32, _) => 0,
             (RowFormat::F16, false) => 1,
             (RowFormat::F16, true) => 2,

@@ -61,7 +61,8 @@ pub(crate) enum Direction {
 /// gathers read (and decode) rows as the layout says; scatters of compact rows move them
 /// as raw words, so what the host encoded lands in the slots unchanged.
 fn variant(dir: Direction, layout: RowLayout) -> (&'static str, u32) {
-    if dir == Direction::Scatter && layout.format() != RowFormat::F32 {
+    // (Compact rows, and f32 rows with their optimizer state, move as stored words.)
+    if dir == Direction::Scatter && (layout.format() != RowFormat::F32 || layout.has_state()) {
         (RAW_WORDS, layout.words_per_row() as u32)
     } else {
         (layout.elem_prefix(), layout.width())

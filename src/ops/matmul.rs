@@ -38,7 +38,7 @@ macro_rules! matmul_rows {
 
 /// Every variant, indexed by `variant()`: row prefixes in [`crate::gpu::ROW_PREFIXES`]
 /// order, each with A vec4 / f32 for scores, then combine.
-const PREFIXES: [[&str; 4]; 8] = [
+const PREFIXES: [[&str; 4]; 10] = [
     matmul_rows!(F32_V4),
     matmul_rows!(F32_S),
     matmul_rows!(F16_V4),
@@ -47,13 +47,15 @@ const PREFIXES: [[&str; 4]; 8] = [
     matmul_rows!(F16_NATIVE_S),
     matmul_rows!(INT8_V4),
     matmul_rows!(INT8_S),
+    matmul_rows!(F32_STATE_V4),
+    matmul_rows!(F32_STATE_S),
 ];
 
 /// [`PREFIXES`] flattened (for the shader list).
-const ALL_PREFIXES: [&str; 32] = {
-    let mut all = [""; 32];
+const ALL_PREFIXES: [&str; 40] = {
+    let mut all = [""; 40];
     let mut i = 0;
-    while i < 32 {
+    while i < 40 {
         all[i] = PREFIXES[i / 4][i % 4];
         i += 1;
     }

@@ -7,6 +7,7 @@ pub(crate) mod copy_rows;
 pub(crate) mod driven;
 pub(crate) mod matmul;
 pub(crate) mod slot_index;
+pub(crate) mod update;
 
 use crate::gpu::{RowLayout, Shader};
 
@@ -19,6 +20,7 @@ pub(crate) const KERNELS: &[&Shader] = &[
     &driven::FIND,
     &driven::EVICT,
     &driven::FETCH,
+    &update::SHADER,
 ];
 
 /// Every WGSL module the crate can build: `(file, complete source)` for each kernel file
@@ -81,6 +83,7 @@ pub fn params_layouts() -> Vec<(&'static str, usize, Vec<usize>)> {
         matmul::MatmulParams::layout(),
         slot_index::MapParams::layout(),
         driven::DrivenParams::layout(),
+        update::UpdateParams::layout(),
     ]
 }
 

@@ -23,7 +23,7 @@ pub(super) fn read_rows_encoded<S: RowSource>(
     ids: &[u32],
     out: &mut [u32],
 ) -> Result<()> {
-    if layout.format() == RowFormat::F32 {
+    if layout.format() == RowFormat::F32 && !layout.has_state() {
         return caught(|| source.read_rows(ids, bytemuck::cast_slice_mut(out)));
     }
     // f16 slots of an even width hold exactly the f16 rows (little-endian): a source that

@@ -1,0 +1,174 @@
+// update.wgsl: training's backward and optimizer step over the rows of a batch, in place in
+// their cache slots. One workgroup per distinct row `k` of the dispatch: its gradient is the
+// sum, in position order (so results are deterministic; no float atomics), of what every
+// position that read the row contributes; the optimizer then updates the row in its slot.
+//
+// Contribution of position `j` (batch[order_at + i] for i in the row's group) to column c:
+//   mode 0 (lookup):   grad[j * dim + c]
+//   mode 1 (bags):     scale(j) * grad[bag(j) * dim + c], scale = weight (1 without),
+//                      over the bag's length for mean
+//   mode 2 (max bags): grad[bag(j) * dim + c] when j is the bag's argmax in column c
+//                      (batch[argmax_at + bag(j) * dim + c], written by `argmax` below)
+//
+// Rows are f32, `stride` words apart; the row's optimizer state (row-wise Adagrad's
+// accumulator) is word `state_at` of its row.
+//
+// Bindings (group 0): 0 p uniform; 1 slots (slot of each distinct row of the dispatch);
+// 2 batch (the batch's groups, order, offsets, weights, argmax; read_write for `argmax`);
+// 3 grad; 4 rows (read_write). `argmax` binds 0, 1, 2 and 4.
+
+struct UpdateParams {
+    n: u32,          // distinct rows of this dispatch
+    groups_x: u32,
+    dim: u32,
+    stride: u32,     // f32 words per stored row
+    state_at: u32,   // word of the row's optimizer state
+    mode: u32,       // 0 lookup, 1 bags (sum / mean), 2 bags (max)
+    mean: u32,
+    has_weights: u32,
+    n_bags: u32,
+    n_ids: u32,
+    optimizer: u32,  // 0 SGD, 1 row-wise Adagrad
+    first: u32,      // first distinct row of this dispatch (index into the groups)
+    starts_at: u32,  // batch: group starts (distinct + 1)
+    order_at: u32,   // batch: positions grouped by distinct row
+    offsets_at: u32, // batch: bag offsets (n_bags + 1)
+    weights_at: u32, // batch: per-position weights (bits)
+    argmax_at: u32,  // batch: argmax positions (n_bags x dim)
+    lr: f32,
+    eps: f32,
+    identity: u32,   // argmax: the rows are the batch's, in order (no slot list)
+}
+
+@group(0) @binding(0) var<uniform> p: UpdateParams;
+@group(0) @binding(1) var<storage, read> slots: array<u32>;
+@group(0) @binding(2) var<storage, read_write> batch: array<u32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rows: array<f32>;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
+var<workgroup> shared_step: f32;
+
+// The bag holding position j: the last bag whose offset is <= j (empty bags share their
+// offset with the next one, and hold no position).
+fn bag_of(j: u32) -> u32 {
+    var lo = 0u;
+    var hi = p.n_bags; // batch[offsets_at + n_bags] == n_ids > j
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (batch[p.offsets_at + mid] <= j) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// Column c of the row's gradient: the contributions of positions order[begin..end].
+fn gradient(begin: u32, end: u32, c: u32) -> f32 {
+    var g = 0.0;
+    for (var i = begin; i < end; i = i + 1u) {
+        let j = batch[p.order_at + i];
+        if (p.mode == 0u) {
+            g = g + grad[j * p.dim + c];
+            continue;
+        }
+        let b = bag_of(j);
+        if (p.mode == 2u) {
+            if (batch[p.argmax_at + b * p.dim + c] == j) {
+                g = g + grad[b * p.dim + c];
+            }
+            continue;
+        }
+        var s = 1.0;
+        if (p.has_weights != 0u) {
+            s = bitcast<f32>(batch[p.weights_at + j]);
+        }
+        if (p.mean != 0u) {
+            s = s / f32(batch[p.offsets_at + b + 1u] - batch[p.offsets_at + b]);
+        }
+        g = g + s * grad[b * p.dim + c];
+    }
+    return g;
+}
+
+@compute @workgroup_size(64)
+fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let k = wid.x + wid.y * p.groups_x;
+    // (k is the same for the whole workgroup: the barriers below stay uniform.)
+    let live = k < p.n;
+    var begin = 0u;
+    var end = 0u;
+    var base = 0u;
+    if (live) {
+        let d = p.first + k;
+        begin = batch[p.starts_at + d];
+        end = batch[p.starts_at + d + 1u];
+        base = slots[k] * p.stride;
+    }
+    // Row-wise Adagrad: the row's mean squared gradient, reduced over the workgroup in a
+    // fixed order.
+    var sq = 0.0;
+    if (live && p.optimizer == 1u) {
+        for (var c = lid; c < p.dim; c = c + WG) {
+            let g = gradient(begin, end, c);
+            sq = sq + g * g;
+        }
+    }
+    partial[lid] = sq;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            partial[lid] = partial[lid] + partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    // Thread 0 alone reads and writes the accumulator, then shares the step.
+    if (live && lid == 0u) {
+        var step = p.lr;
+        if (p.optimizer == 1u) {
+            let acc = rows[base + p.state_at] + partial[0] / f32(p.dim);
+            rows[base + p.state_at] = acc;
+            step = p.lr / sqrt(acc + p.eps);
+        }
+        shared_step = step;
+    }
+    workgroupBarrier();
+    if (!live) {
+        return;
+    }
+    let step = shared_step;
+    for (var c = lid; c < p.dim; c = c + WG) {
+        rows[base + c] = rows[base + c] - step * gradient(begin, end, c);
+    }
+}
+
+// argmax: for max bags, the first position of bag b holding the bag's largest value in
+// column c, into batch[argmax_at + b * dim + c] (0xffffffff for an empty bag). Run over the
+// batch's rows before `update` changes them. One thread per (bag, column); slots[j] is the
+// slot of position j (or j itself with `identity`).
+@compute @workgroup_size(256)
+fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * p.groups_x) * 256u + lid;
+    if (t >= p.n_bags * p.dim) {
+        return;
+    }
+    let b = t / p.dim;
+    let c = t - b * p.dim;
+    var best = 0xffffffffu;
+    var top = 0.0;
+    for (var j = batch[p.offsets_at + b]; j < batch[p.offsets_at + b + 1u]; j = j + 1u) {
+        var s = j;
+        if (p.identity == 0u) {
+            s = slots[j];
+        }
+        let v = rows[s * p.stride + c];
+        if (best == 0xffffffffu || v > top) {
+            best = j;
+            top = v;
+        }
+    }
+    batch[p.argmax_at + t] = best;
+}

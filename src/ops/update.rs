@@ -1,0 +1,545 @@
+//! Training's kernels: the gradient of each distinct row of a batch, summed over the
+//! positions that read it, and the optimizer's update of that row where it is cached
+//! (shaders/update.wgsl), with the batch grouped on the host by its CPU twin [`Groups`].
+//!
+//! The training engine over the cache (passes of distinct ids, dirty slots written back
+//! to the table, `flush`) is issue 20's next step; until it lands these are reached only
+//! by their tests.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use crate::error::{HotrowError, Result};
+
+/// How a training step changes the rows a batch reached, applied once per distinct row
+/// with that row's gradient summed over every position that read it (sparse updates:
+/// rows the batch did not read are left as they are, their state too).
+///
+/// ```
+/// use hotrow::Optimizer;
+/// let opt = Optimizer::RowWiseAdagrad { lr: 0.01, eps: 1e-8 };
+/// assert_eq!(opt.state_values(), 1);
+/// assert_eq!(Optimizer::Sgd { lr: 0.1 }.state_values(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// Plain gradient descent: `row -= lr * g`.
+    Sgd {
+        /// Learning rate (finite, >= 0).
+        lr: f32,
+    },
+    /// Row-wise Adagrad (FBGEMM's exact row-wise Adagrad, TorchRec's default for
+    /// embeddings): one accumulator per row, `acc += mean(g * g)` over the row's values,
+    /// then `row -= lr * g / sqrt(acc + eps)`. The accumulator is the row's optimizer
+    /// state: it travels with the row (cache slot, host table) and starts at 0.
+    RowWiseAdagrad {
+        /// Learning rate (finite, >= 0).
+        lr: f32,
+        /// Added to the accumulator under the square root (finite, > 0).
+        eps: f32,
+    },
+}
+
+impl Optimizer {
+    /// f32 values of optimizer state kept per row.
+    pub fn state_values(&self) -> usize {
+        match self {
+            Optimizer::Sgd { .. } => 0,
+            Optimizer::RowWiseAdagrad { .. } => 1,
+        }
+    }
+
+    /// [`HotrowError::InvalidArgument`] for a learning rate that is negative or not
+    /// finite, or an `eps` that is not finite and positive.
+    pub(crate) fn check(&self) -> Result<()> {
+        let (lr, eps) = match *self {
+            Optimizer::Sgd { lr } => (lr, 1.0),
+            Optimizer::RowWiseAdagrad { lr, eps } => (lr, eps),
+        };
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(HotrowError::InvalidArgument(format!(
+                "learning rate must be finite and >= 0, got {lr}"
+            )));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(HotrowError::InvalidArgument(format!(
+                "eps must be finite and > 0, got {eps}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+use crate::batch::CompactBatch;
+use crate::gpu::{
+    encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, LaunchState,
+    ParamsFrom, Shader, Staged,
+};
+use crate::ops::bag::Pooling;
+use crate::ops::params_layout;
+
+pub(crate) const SHADER: Shader = Shader {
+    file: "update.wgsl",
+    source: include_str!("../../shaders/update.wgsl"),
+    prefixes: &[""],
+};
+
+/// Mirror of `UpdateParams` in update.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct UpdateParams {
+    n: u32,
+    groups_x: u32,
+    dim: u32,
+    stride: u32,
+    state_at: u32,
+    mode: u32,
+    mean: u32,
+    has_weights: u32,
+    n_bags: u32,
+    n_ids: u32,
+    optimizer: u32,
+    first: u32,
+    starts_at: u32,
+    order_at: u32,
+    offsets_at: u32,
+    weights_at: u32,
+    argmax_at: u32,
+    lr: f32,
+    eps: f32,
+    identity: u32,
+}
+params_layout!(
+    UpdateParams,
+    "UpdateParams",
+    n,
+    groups_x,
+    dim,
+    stride,
+    state_at,
+    mode,
+    mean,
+    has_weights,
+    n_bags,
+    n_ids,
+    optimizer,
+    first,
+    starts_at,
+    order_at,
+    offsets_at,
+    weights_at,
+    argmax_at,
+    lr,
+    eps,
+    identity
+);
+
+/// What produced the output whose gradient comes back: a lookup (one output row per
+/// position) or pooled bags (one per bag, PyTorch's offsets convention).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Produced<'a> {
+    Lookup,
+    Bags {
+        offsets: &'a [u32],
+        pooling: Pooling,
+        weights: Option<&'a [f32]>,
+    },
+}
+
+/// A batch grouped by distinct id, as `update` reads it: the distinct ids (first seen
+/// first), and the `meta` words: each distinct id's positions (ascending) as a run of
+/// `order`, the bag offsets, the weights, and room for the argmax.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Groups {
+    pub(crate) distinct: Vec<u32>,
+    pub(crate) meta: Vec<u32>,
+    params: UpdateParams,
+}
+
+impl PartialEq for UpdateParams {
+    fn eq(&self, other: &Self) -> bool {
+        bytemuck::bytes_of(self) == bytemuck::bytes_of(other)
+    }
+}
+
+impl Groups {
+    /// Groups `ids` (checked) for the gradient of what `produced` made from them, over rows
+    /// of `dim` values. A counting sort: positions stay in ascending order within a group,
+    /// so every row's gradient is summed in one fixed order (deterministic results).
+    pub(crate) fn new(ids: &[u32], produced: Produced<'_>, dim: usize) -> Self {
+        let batch = CompactBatch::new(ids);
+        let d = batch.distinct().len();
+        let mut meta = vec![0u32; d + 1];
+        for &k in batch.inverse() {
+            meta[k as usize + 1] += 1;
+        }
+        for k in 0..d {
+            meta[k + 1] += meta[k];
+        }
+        let order_at = meta.len();
+        meta.resize(order_at + ids.len(), 0);
+        let mut next: Vec<u32> = meta[..d].to_vec();
+        for (j, &k) in batch.inverse().iter().enumerate() {
+            meta[order_at + next[k as usize] as usize] = j as u32;
+            next[k as usize] += 1;
+        }
+        let offsets_at = meta.len();
+        let mut params = UpdateParams {
+            dim: dim as u32,
+            n_ids: ids.len() as u32,
+            order_at: order_at as u32,
+            offsets_at: offsets_at as u32,
+            ..Default::default()
+        };
+        if let Produced::Bags {
+            offsets,
+            pooling,
+            weights,
+        } = produced
+        {
+            meta.extend_from_slice(offsets);
+            meta.push(ids.len() as u32);
+            params.n_bags = offsets.len() as u32;
+            params.mode = if pooling == Pooling::Max { 2 } else { 1 };
+            params.mean = u32::from(pooling == Pooling::Mean);
+            params.weights_at = meta.len() as u32;
+            if let Some(w) = weights {
+                meta.extend(w.iter().map(|x| x.to_bits()));
+                params.has_weights = 1;
+            }
+            params.argmax_at = meta.len() as u32;
+            if pooling == Pooling::Max {
+                meta.resize(meta.len() + offsets.len() * dim, u32::MAX);
+            }
+        }
+        Self {
+            distinct: batch.distinct().to_vec(),
+            meta,
+            params,
+        }
+    }
+
+    /// The positions of distinct id `k`, ascending.
+    pub(crate) fn positions(&self, k: usize) -> &[u32] {
+        let at = self.params.order_at as usize;
+        &self.meta[at + self.meta[k] as usize..at + self.meta[k + 1] as usize]
+    }
+}
+
+/// Encodes the update of rows `first..first + n` of `groups.distinct`, whose slots are
+/// `slots[0..n]` in `rows` (f32 rows `stride` words apart, the state at word `state_at`),
+/// with the output's gradient `grad` (one row of `dim` per position for a lookup, per bag
+/// for bags), applying `optimizer`; for max bags, first the argmax over the batch's rows as
+/// `argmax_over` reads them (a slot per position, or the rows in order when its flag is
+/// set), which must be the rows before this update. `meta` and both params blocks go up
+/// through `state`'s staging ring: submit `enc` with the returned entry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    state: &mut LaunchState,
+    groups: &Groups,
+    (first, n): (usize, usize),
+    slots: &wgpu::Buffer,
+    rows: &wgpu::Buffer,
+    (stride, state_at): (usize, usize),
+    grad: &wgpu::Buffer,
+    optimizer: Optimizer,
+    argmax_over: Option<(&wgpu::Buffer, bool)>,
+) -> Result<Staged> {
+    let (code, lr, eps) = match optimizer {
+        Optimizer::Sgd { lr } => (0, lr, 1.0),
+        Optimizer::RowWiseAdagrad { lr, eps } => (1, lr, eps),
+    };
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let (gx, gy) = grid(n as u32, max);
+    let update = UpdateParams {
+        n: n as u32,
+        groups_x: gx,
+        stride: stride as u32,
+        state_at: state_at as u32,
+        optimizer: code,
+        first: first as u32,
+        lr,
+        eps,
+        ..groups.params
+    };
+    let threads = u64::from(update.n_bags) * u64::from(update.dim);
+    let (ax, ay) = grid_for_threads(ctx, threads);
+    let argmax = UpdateParams {
+        groups_x: ax,
+        identity: u32::from(argmax_over.is_some_and(|(_, identity)| identity)),
+        ..update
+    };
+    let staged = state.stage(
+        ctx,
+        enc,
+        bytemuck::cast_slice(&groups.meta),
+        bytemuck::cast_slice(&[update, argmax]),
+    )?;
+    let meta = &staged.input;
+    let src = staged.entry.buffer().clone();
+    let [update_launch, argmax_launch] = first_launches(&mut state.launches, 2) else {
+        unreachable!("two launches")
+    };
+    if let Some((view_slots, _)) = argmax_over {
+        let pipeline = ctx.pipeline(&SHADER, "argmax", "")?;
+        let from = ParamsFrom::Staged {
+            enc,
+            src: &src,
+            offset: staged.params_at + PARAMS_BYTES,
+        };
+        let group = argmax_launch
+            .bind::<UpdateParams>(
+                ctx,
+                &pipeline,
+                from,
+                &[
+                    (1, view_slots, view_slots.size()),
+                    (2, meta, meta.size()),
+                    (4, rows, rows.size()),
+                ],
+            )?
+            .clone();
+        encode_pass(ctx, enc, "argmax", &pipeline, [(&group, (ax, ay))]);
+    }
+    let pipeline = ctx.pipeline(&SHADER, "update", "")?;
+    let from = ParamsFrom::Staged {
+        enc,
+        src: &src,
+        offset: staged.params_at,
+    };
+    let group = update_launch
+        .bind::<UpdateParams>(
+            ctx,
+            &pipeline,
+            from,
+            &[
+                (1, slots, slots.size()),
+                (2, meta, meta.size()),
+                (3, grad, grad.size()),
+                (4, rows, rows.size()),
+            ],
+        )?
+        .clone();
+    encode_pass(ctx, enc, "update", &pipeline, [(&group, (gx, gy))]);
+    Ok(staged)
+}
+
+/// Bytes of one [`UpdateParams`] block.
+const PARAMS_BYTES: u64 = std::mem::size_of::<UpdateParams>() as u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{encoder, submit, Placement, RowBuffer, RowBufferOptions, RowLayout};
+    use crate::reference::{bags_grads, lookup_grads, Trainer};
+    use hotrow_workloads::Rng;
+
+    #[test]
+    fn groups_list_each_ids_positions_in_order() {
+        let ids = [7u32, 3, 7, 9, 3, 7];
+        let g = Groups::new(&ids, Produced::Lookup, 4);
+        assert_eq!(g.distinct, vec![7, 3, 9]);
+        assert_eq!(g.positions(0), &[0, 2, 5]);
+        assert_eq!(g.positions(1), &[1, 4]);
+        assert_eq!(g.positions(2), &[3]);
+        let offsets = [0u32, 2, 2];
+        let w = [0.5f32; 6];
+        let bags = Produced::Bags {
+            offsets: &offsets,
+            pooling: Pooling::Max,
+            weights: None,
+        };
+        let g = Groups::new(&ids, bags, 4);
+        let p = g.params;
+        assert_eq!((p.mode, p.n_bags, p.has_weights), (2, 3, 0));
+        assert_eq!(&g.meta[p.offsets_at as usize..][..4], &[0, 2, 2, 6]);
+        assert_eq!(g.meta.len(), p.argmax_at as usize + 3 * 4, "argmax room");
+        let weighted = Produced::Bags {
+            offsets: &offsets,
+            pooling: Pooling::Mean,
+            weights: Some(&w),
+        };
+        let g = Groups::new(&ids, weighted, 4);
+        assert_eq!(
+            (g.params.mode, g.params.mean, g.params.has_weights),
+            (1, 1, 1)
+        );
+        assert_eq!(g.meta[g.params.weights_at as usize], 0.5f32.to_bits());
+    }
+
+    #[test]
+    fn rows_with_state_keep_room_after_their_values() {
+        for (dim, words) in [(3usize, 4usize), (8, 12), (1, 2), (4, 8)] {
+            let l = RowLayout::f32(dim).unwrap().with_state();
+            assert_eq!(l.words_per_row(), words, "dim {dim}");
+            let values: Vec<f32> = (0..2 * dim).map(|i| i as f32 + 0.5).collect();
+            let mut out = vec![u32::MAX; 2 * words];
+            l.encode_rows(&values, &mut out);
+            for r in 0..2 {
+                let row = &out[r * words..][..words];
+                assert!(
+                    row[dim..].iter().all(|&w| w == 0),
+                    "a fresh row's state is 0"
+                );
+                let back: Vec<f32> = row[..dim].iter().map(|&w| f32::from_bits(w)).collect();
+                assert_eq!(back, values[r * dim..][..dim]);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_optimizer_settings_are_refused() {
+        assert!(Optimizer::Sgd { lr: f32::NAN }.check().is_err());
+        assert!(Optimizer::Sgd { lr: -1.0 }.check().is_err());
+        let eps = |eps| Optimizer::RowWiseAdagrad { lr: 0.1, eps }.check();
+        assert!(eps(0.0).is_err() && eps(f32::INFINITY).is_err() && eps(1e-8).is_ok());
+    }
+
+    /// Several steps of each kind of gradient and each optimizer, on rows with their state
+    /// in place (slots = the rows themselves), against the f64 reference trainer.
+    #[test]
+    fn updates_match_the_reference_trainer() {
+        let Ok(ctx) = GpuContext::new() else {
+            eprintln!("skipped: no adapter");
+            return;
+        };
+        let mut rng = Rng::new(0x7e57 ^ std::process::id() as u64);
+        for dim in [3usize, 8] {
+            for optimizer in [
+                Optimizer::Sgd { lr: 0.3 },
+                Optimizer::RowWiseAdagrad {
+                    lr: 0.05,
+                    eps: 1e-8,
+                },
+            ] {
+                for kind in 0..4 {
+                    run_steps(&ctx, &mut rng, dim, optimizer, kind);
+                }
+            }
+        }
+    }
+
+    fn run_steps(ctx: &GpuContext, rng: &mut Rng, dim: usize, optimizer: Optimizer, kind: u32) {
+        let rows = 40usize;
+        let table: Vec<f32> = (0..rows * dim)
+            .map(|_| rng.unit() as f32 * 2.0 - 1.0)
+            .collect();
+        let layout = RowLayout::f32(dim).unwrap().with_state();
+        let (stride, state_at) = (layout.words_per_row(), dim);
+        let mut words = vec![0u32; rows * stride];
+        layout.encode_rows(&table, &mut words);
+        let buf = RowBuffer::with_layout(
+            ctx,
+            rows,
+            layout,
+            RowBufferOptions::default(),
+            Placement::Device,
+        )
+        .unwrap();
+        let shard = buf.shards().next().unwrap();
+        ctx.queue()
+            .write_buffer(shard, 0, bytemuck::cast_slice(&words));
+        let mut reference = Trainer::new(&table, dim, optimizer);
+        let mut state = LaunchState::default();
+        for step in 0..4 {
+            let n = 1 + rng.below(60) as usize;
+            // repeats: ids from a small range
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64 / 2) as u32).collect();
+            let n_bags = 1 + rng.below(8) as usize;
+            let mut offsets: Vec<u32> = (0..n_bags)
+                .map(|_| rng.below(n as u64 + 1) as u32)
+                .collect();
+            offsets.sort_unstable();
+            offsets[0] = 0;
+            let weights: Vec<f32> = (0..n).map(|_| rng.unit() as f32 + 0.25).collect();
+            let (produced, out_rows, mode) = match kind {
+                0 => (Produced::Lookup, n, None),
+                1 => (
+                    bags(&offsets, Pooling::Sum, Some(&weights)),
+                    n_bags,
+                    Some(0),
+                ),
+                2 => (bags(&offsets, Pooling::Mean, None), n_bags, Some(1)),
+                _ => (bags(&offsets, Pooling::Max, None), n_bags, Some(2)),
+            };
+            let grad: Vec<f32> = (0..out_rows * dim)
+                .map(|_| rng.unit() as f32 - 0.5)
+                .collect();
+            let want = match mode {
+                None => lookup_grads(dim, &ids, &grad),
+                Some(m) => {
+                    let w = (kind == 1).then_some(&weights[..]);
+                    bags_grads(&reference.rows, dim, &ids, &offsets, m, w, &grad)
+                }
+            };
+            reference.apply(&want);
+            let groups = Groups::new(&ids, produced, dim);
+            let slots = upload(ctx, bytemuck::cast_slice(&groups.distinct));
+            let positions = upload(ctx, bytemuck::cast_slice(&ids));
+            let grad_buf = upload(ctx, bytemuck::cast_slice(&grad));
+            let mut enc = encoder(ctx, "update test");
+            let staged = encode(
+                ctx,
+                &mut enc,
+                &mut state,
+                &groups,
+                (0, groups.distinct.len()),
+                &slots,
+                shard,
+                (stride, state_at),
+                &grad_buf,
+                optimizer,
+                (kind == 3).then_some((&positions, false)),
+            )
+            .unwrap();
+            submit(ctx, [enc.finish()], [staged.entry]).unwrap();
+            let got = crate::gpu::read_u32(ctx, shard, 0, rows * stride).unwrap();
+            // The kernels' row prefix for rows with state reads the values where they are.
+            let some: Vec<u32> = (0..rows as u32).step_by(3).collect();
+            let read = buf.gather(&some).unwrap().to_host().unwrap();
+            for (k, &r) in some.iter().enumerate() {
+                let stored = &got[r as usize * stride..][..dim];
+                let stored: Vec<f32> = stored.iter().map(|&w| f32::from_bits(w)).collect();
+                assert_eq!(read[k * dim..][..dim], stored[..], "gathered row {r}");
+            }
+            for r in 0..rows {
+                let row = &got[r * stride..][..stride];
+                for (c, &word) in row[..dim].iter().enumerate() {
+                    let (g, w) = (f32::from_bits(word) as f64, reference.rows[r * dim + c]);
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{optimizer:?} kind {kind} dim {dim} step {step}: row {r} col {c}: GPU {g}, CPU {w}"
+                    );
+                }
+                if optimizer.state_values() == 1 {
+                    let (g, w) = (f32::from_bits(row[state_at]) as f64, reference.state[r]);
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{optimizer:?} kind {kind} step {step}: row {r} accumulator GPU {g}, CPU {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn bags<'a>(offsets: &'a [u32], pooling: Pooling, weights: Option<&'a [f32]>) -> Produced<'a> {
+        Produced::Bags {
+            offsets,
+            pooling,
+            weights,
+        }
+    }
+
+    fn upload(ctx: &GpuContext, words: &[u32]) -> wgpu::Buffer {
+        let b = ctx
+            .create_buffer(
+                "test input",
+                (words.len().max(1) * 4) as u64,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                false,
+            )
+            .unwrap();
+        ctx.queue().write_buffer(&b, 0, bytemuck::cast_slice(words));
+        b.buffer.clone()
+    }
+}
