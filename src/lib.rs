@@ -64,7 +64,9 @@ pub use half;
 pub use ops::bag::Pooling;
 pub use ops::update::Optimizer;
 pub use ops::{params_layouts, shader_files, shader_modules};
-pub use table::{FileTable, HostTable, HostTier, MemoryRows, RowSource, TierStats, ValueType};
+pub use table::{
+    FileTable, HostTable, HostTier, MemoryRows, RowSource, TierStats, ValueType, WritableRowSource,
+};
 #[cfg(feature = "redis")]
 pub use table::{RedisOptions, RedisStats, RedisTable, RedisTarget};
 

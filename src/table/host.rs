@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use half::{bf16, f16};
 
-use super::{MemoryRows, RowBytes, RowSource, ValueType};
+use super::{MemoryRows, RowBytes, RowSource, ValueType, WritableRowSource};
 use crate::error::{FileProblem, HotrowError, Result};
 
 /// Rows in host memory, row-major: f32, f16 or bf16 values, owned (`Vec`) or borrowed
@@ -172,5 +172,104 @@ impl RowSource for HostTable<'_> {
 
     fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
         Ok(Some(MemoryRows(self.row_bytes())))
+    }
+}
+
+impl WritableRowSource for HostTable<'_> {
+    /// Writes into an owned table, in its own value type (f16 and bf16 rounded to nearest
+    /// even). A borrowed table is refused ([`HotrowError::InvalidArgument`]: the caller's
+    /// slice is not writable through it, and a silent copy of the whole table is not what a
+    /// write should cost); so are ids out of range and a row count that does not match,
+    /// before anything is written.
+    fn write_rows(&mut self, ids: &[u32], rows: &[f32]) -> Result<()> {
+        crate::batch::check_ids(ids, self.rows())?;
+        let dim = self.dim;
+        if rows.len() != ids.len() * dim {
+            return Err(HotrowError::LengthMismatch {
+                what: "rows to write (dim values per id)",
+                expected: ids.len() * dim,
+                got: rows.len(),
+            });
+        }
+        fn owned<'v, T: Clone>(v: &'v mut Cow<'_, [T]>) -> Result<&'v mut [T]> {
+            match v {
+                Cow::Owned(values) => Ok(values),
+                Cow::Borrowed(_) => Err(HotrowError::InvalidArgument(
+                    "writing rows needs an owned HostTable (HostTable::owned*): this one borrows its values".into(),
+                )),
+            }
+        }
+        let each = ids.iter().zip(rows.chunks_exact(dim));
+        match &mut self.values {
+            Values::F32(v) => {
+                let v = owned(v)?;
+                for (&id, row) in each {
+                    v[id as usize * dim..][..dim].copy_from_slice(row);
+                }
+            }
+            Values::F16(v) => {
+                let v = owned(v)?;
+                for (&id, row) in each {
+                    for (d, &x) in v[id as usize * dim..][..dim].iter_mut().zip(row) {
+                        *d = f16::from_f32(x);
+                    }
+                }
+            }
+            Values::BF16(v) => {
+                let v = owned(v)?;
+                for (&id, row) in each {
+                    for (d, &x) in v[id as usize * dim..][..dim].iter_mut().zip(row) {
+                        *d = bf16::from_f32(x);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_tables_take_rows_back_in_their_own_value_type() {
+        let rows = 6;
+        let dim = 3;
+        let new_rows = [0.5f32, -1.25, 3.0, 7.0, 8.0, -9.5];
+        let tables = [
+            HostTable::owned(vec![1.0; rows * dim], dim).unwrap(),
+            HostTable::owned_f16(vec![f16::ONE; rows * dim], dim).unwrap(),
+            HostTable::owned_bf16(vec![bf16::ONE; rows * dim], dim).unwrap(),
+        ];
+        for mut t in tables {
+            t.write_rows(&[4, 0], &new_rows).unwrap();
+            // (every value above is exact in f16 and bf16)
+            assert_eq!(t.read_row(4).unwrap(), new_rows[..3]);
+            assert_eq!(t.read_row(0).unwrap(), new_rows[3..]);
+            assert_eq!(t.read_row(1).unwrap(), vec![1.0; 3], "other rows untouched");
+        }
+    }
+
+    #[test]
+    fn bad_writes_change_nothing() {
+        let data = vec![2.0f32; 4 * 2];
+        let mut t = HostTable::owned(data.clone(), 2).unwrap();
+        let before = t.data().unwrap().to_vec();
+        // out of range (the bad id last: nothing before it may be written either)
+        let err = t.write_rows(&[1, 4], &[9.0; 4]).unwrap_err();
+        assert!(
+            matches!(err, HotrowError::IdOutOfRange { id: 4, .. }),
+            "{err:?}"
+        );
+        // a row count that does not match the ids
+        let err = t.write_rows(&[1], &[9.0; 3]).unwrap_err();
+        assert!(matches!(err, HotrowError::LengthMismatch { .. }), "{err:?}");
+        assert_eq!(t.data().unwrap(), &before[..]);
+        // a borrowed table is not written through
+        let mut b = HostTable::borrowed(&data, 2).unwrap();
+        let err = b.write_rows(&[0], &[9.0; 2]).unwrap_err();
+        assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+        assert_eq!(b.data().unwrap(), &data[..]);
     }
 }

@@ -68,6 +68,23 @@ pub trait RowSource: Send + Sync {
     }
 }
 
+/// A row source that also takes rows back: where training writes the rows it changed,
+/// when they leave the cache and on `flush`.
+///
+/// ```
+/// use hotrow::{HostTable, RowSource, WritableRowSource};
+/// let mut t = HostTable::owned(vec![0.0; 4 * 2], 2).unwrap();
+/// t.write_rows(&[3, 1], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+/// assert_eq!(t.read_row(3).unwrap(), vec![1.0, 2.0]);
+/// assert!(t.write_rows(&[4], &[0.0, 0.0]).is_err()); // out of range: nothing written
+/// ```
+pub trait WritableRowSource: RowSource {
+    /// Writes `rows` (`ids.len() * dim` values, row-major) to the rows `ids` (distinct).
+    /// On an error the caller treats every row of the call as not written (and keeps it
+    /// to write again), so a partial write is allowed but never relied on.
+    fn write_rows(&mut self, ids: &[u32], rows: &[f32]) -> Result<()>;
+}
+
 /// A source's rows in host memory, as stored ([`RowSource::memory_rows`]): made only by the
 /// built-in sources, so what it points at is always a whole, live table.
 #[derive(Clone, Copy)]
