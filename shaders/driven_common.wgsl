@@ -6,13 +6,17 @@
 //   slot_of[id]         slot + 1; 0 not resident; PENDING claimed by this pass
 //   state[s]            id + 1 of the row in slot s (0: empty)
 //   state[capacity + s] epoch of the last pass that used slot s | REF (bit 31)
+//   state[2 capacity + s] (training caches only) 1 when slot s's row changed since it was
+//                       last written back to the table
 //
 // Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
 // pass; [16, 32) kept across passes: the hand, then the 64-bit totals (lo, hi) of distinct
 // ids, hits, misses and evictions, and FAULT; then the eviction phase's block counts
-// (2 * blocks words), the miss ids (capacity words) and their slots (capacity words); then,
-// when misses are counted by id range (a table-batched width's tables), the `bins + 1`
-// range boundaries and a 64-bit count per range.
+// (2 * blocks words), the miss ids (capacity words), their slots (capacity words) and the
+// id + 1 of the row each of those slots held (0: empty); then, when misses are counted by
+// id range (a table-batched width's tables), the `bins + 1` range boundaries and a 64-bit
+// count per range; then, for a training cache, one bit per table row written back to the
+// table since the last flush (from word `written_at`).
 
 struct DrivenParams {
     n: u32,           // positions of the pass
@@ -27,6 +31,10 @@ struct DrivenParams {
     slot_rows: u32,   // slots of the bound slot shard (fetch)
     bins: u32,        // id ranges whose misses find.wgsl counts (0: none)
     batch_epoch: u32, // the epoch of the batch's first pass
+    written_at: u32,  // word of the written-rows bitmap (training caches)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const PENDING: u32 = 0xffffffffu;
@@ -57,6 +65,10 @@ fn miss_slots_at() -> u32 {
     return LISTS + 2u * p.blocks + p.capacity;
 }
 
-fn bins_at() -> u32 {
+fn evicted_at() -> u32 {
     return LISTS + 2u * p.blocks + 2u * p.capacity;
+}
+
+fn bins_at() -> u32 {
+    return LISTS + 2u * p.blocks + 3u * p.capacity;
 }

@@ -213,6 +213,7 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         atomicStore(&state[p.capacity + slot], p.epoch);
         atomicStore(&slot_of[id], slot + 1u);
         atomicStore(&work[miss_slots_at() + v], slot);
+        atomicStore(&work[evicted_at() + v], old);
         if (v + 1u == victims) {
             atomicStore(&work[NEXT_HAND], select(slot + 1u, 0u, slot + 1u == p.capacity));
             if (cls[j] == 1u) {

@@ -123,6 +123,11 @@ pub struct CacheConfig {
     /// Why the cache took its path (set in the settings a cache reports; ignored when
     /// building).
     pub path_reason: &'static str,
+    /// A training cache: [`crate::EmbeddingCache::backward_bags`] and
+    /// [`crate::EmbeddingCache::backward_lookup`] update the rows where they are cached with
+    /// this optimizer, and changed rows go back to the table (`flush` writes them to the
+    /// row source). Needs f32 rows and, for now, the GPU-driven path (default `None`).
+    pub training: Option<crate::Optimizer>,
 }
 
 impl Default for CacheConfig {
@@ -139,6 +144,7 @@ impl Default for CacheConfig {
             shader_f16: true,
             path: BatchPath::Auto,
             path_reason: "",
+            training: None,
         }
     }
 }
@@ -189,6 +195,12 @@ impl CacheConfig {
     /// Sets [`CacheConfig::path`].
     pub fn path(mut self, path: BatchPath) -> Self {
         self.path = path;
+        self
+    }
+
+    /// Sets [`CacheConfig::training`]: a cache that trains its rows with `optimizer`.
+    pub fn training(mut self, optimizer: crate::Optimizer) -> Self {
+        self.training = Some(optimizer);
         self
     }
 

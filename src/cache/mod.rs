@@ -19,6 +19,7 @@ mod path;
 mod products;
 mod slot_map;
 mod stats;
+mod train;
 
 pub use batched::{TableBags, TableBatchedCache, TableStats};
 pub use config::{BatchPath, CacheConfig, CacheMemory, Capacity, Resolution};
@@ -81,6 +82,9 @@ pub struct EmbeddingCache<S: RowSource> {
     /// Launch state of the ops over the cache.
     bag_launch: LaunchState,
     product_launch: LaunchState,
+    /// Training: the update's launch state, and whether rows changed since the last flush.
+    train_launch: LaunchState,
+    unflushed: train::Unflushed,
 }
 
 impl<S: RowSource> std::fmt::Debug for EmbeddingCache<S> {
@@ -147,6 +151,12 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
             let native = config.shader_f16 && ctx.adapter().shader_f16;
             let mut layout = RowLayout::new(dim, config.row_format)?.with_native_f16(native);
+            if let Some(optimizer) = config.training {
+                train::check_settings(optimizer, &config)?;
+                if optimizer.state_values() > 0 {
+                    layout = layout.with_state();
+                }
+            }
             if scalar {
                 layout = layout.scalar();
             }
@@ -161,6 +171,9 @@ impl<S: RowSource> EmbeddingCache<S> {
             let cap = capacity_rows(&config.capacity, rows, layout.row_bytes())?;
             let capacity = cap.min(rows as u64) as usize;
             let (path, path_reason) = path::choose_path(ctx, &config, rows, capacity)?;
+            if config.training.is_some() {
+                train::check_path(ctx, path, layout.bytes(capacity))?;
+            }
             let row_bytes = layout.row_bytes();
             let slots = RowBuffer::with_layout(
                 ctx,
@@ -192,7 +205,12 @@ impl<S: RowSource> EmbeddingCache<S> {
             let driven = match path {
                 BatchPath::Gpu => {
                     let table = fill_host_table(ctx, &source, layout, progress)?;
-                    Some(Driven::new(ctx, table, capacity)?)
+                    Some(Driven::new(
+                        ctx,
+                        table,
+                        capacity,
+                        config.training.is_some(),
+                    )?)
                 }
                 _ => None,
             };
@@ -217,6 +235,8 @@ impl<S: RowSource> EmbeddingCache<S> {
                 config: effective,
                 bag_launch: LaunchState::default(),
                 product_launch: LaunchState::default(),
+                train_launch: LaunchState::default(),
+                unflushed: train::Unflushed::default(),
             })
         })
     }

@@ -237,7 +237,6 @@ impl RowLayout {
     /// The same f32 layout with room for a row's optimizer state after each row (training):
     /// 4 words when `dim % 4 == 0` (rows stay 16-byte aligned), else 1. Kernels read the
     /// values as before; the state travels with the row wherever rows are moved as words.
-    #[cfg_attr(not(test), allow(dead_code))] // (the training engine's, issue 20)
     pub(crate) fn with_state(self) -> Self {
         debug_assert_eq!(self.format, RowFormat::F32, "state rides on f32 rows only");
         Self {

@@ -437,6 +437,32 @@ impl Embeddings {
         })
     }
 
+    /// Rows uploaded from row-major host `data` of width `dim` (e.g. a loss's gradient for
+    /// [`crate::EmbeddingCache::backward_bags`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// let ctx = hotrow::GpuContext::new()?;
+    /// let g = hotrow::Embeddings::from_host(&ctx, &[1.0, 2.0, 3.0, 4.0], 2)?;
+    /// assert_eq!((g.rows(), g.dim()), (2, 2));
+    /// # Ok(()) }
+    /// ```
+    pub fn from_host(ctx: &GpuContext, data: &[f32], dim: usize) -> Result<Self> {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
+            return Err(HotrowError::LengthMismatch {
+                what: "row data (a multiple of dim >= 1)",
+                expected: data.len() / dim.max(1) * dim.max(1),
+                got: data.len(),
+            });
+        }
+        let out = Self::new(ctx, data.len() / dim, dim)?;
+        if !data.is_empty() {
+            ctx.queue()
+                .write_buffer(&out.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(out)
+    }
+
     fn alloc(ctx: &GpuContext, bytes: u64) -> Result<TrackedBuffer> {
         ctx.create_buffer(
             "hotrow output",

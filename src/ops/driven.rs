@@ -45,6 +45,13 @@ pub(crate) const FETCH: Shader = Shader {
     prefixes: &[WORD_VEC4, WORD_U32],
 };
 
+/// A training cache's changed rows back into the table (write_back.wgsl).
+pub(crate) const WRITE_BACK: Shader = Shader {
+    file: "write_back.wgsl",
+    source: include_str!("../../shaders/write_back.wgsl"),
+    prefixes: &[WORD_VEC4, WORD_U32],
+};
+
 /// Slots swept by one workgroup of `tally` and `evict` (`BLOCK` in evict.wgsl).
 pub(crate) const BLOCK: usize = 1024;
 
@@ -87,6 +94,10 @@ pub(crate) struct DrivenParams {
     pub(crate) slot_rows: u32,
     pub(crate) bins: u32,
     pub(crate) batch_epoch: u32,
+    pub(crate) written_at: u32,
+    pub(crate) _pad0: u32,
+    pub(crate) _pad1: u32,
+    pub(crate) _pad2: u32,
 }
 params_layout!(
     DrivenParams,
@@ -102,7 +113,11 @@ params_layout!(
     slot_base,
     slot_rows,
     bins,
-    batch_epoch
+    batch_epoch,
+    written_at,
+    _pad0,
+    _pad1,
+    _pad2
 );
 
 /// Bytes of one [`DrivenParams`] block.
@@ -114,15 +129,21 @@ pub(crate) fn blocks(capacity: usize) -> usize {
 }
 
 /// Words of the work buffer of a cache of `capacity` slots whose misses are counted in
-/// `bins` id ranges (0: not counted): header, block lists, miss ids and their slots, then
-/// the ranges' boundaries and 64-bit counts.
-pub(crate) fn work_words(capacity: usize, bins: usize) -> usize {
-    bins_at(capacity) + if bins == 0 { 0 } else { 3 * bins + 1 }
+/// `bins` id ranges (0: not counted): header, block lists, miss ids, their slots and the
+/// rows those slots held, then the ranges' boundaries and 64-bit counts; then, for a
+/// training cache over `rows` table rows, one bit per row (see [`written_at`]).
+pub(crate) fn work_words(capacity: usize, bins: usize, training_rows: Option<usize>) -> usize {
+    written_at(capacity, bins) + training_rows.map_or(0, |rows| rows.div_ceil(32))
 }
 
 /// Where the id ranges' boundaries start in the work buffer (their counts follow them).
 pub(crate) fn bins_at(capacity: usize) -> usize {
-    HEADER_WORDS + 2 * blocks(capacity) + 2 * capacity
+    HEADER_WORDS + 2 * blocks(capacity) + 3 * capacity
+}
+
+/// Where a training cache's written-rows bitmap starts in the work buffer.
+pub(crate) fn written_at(capacity: usize, bins: usize) -> usize {
+    bins_at(capacity) + if bins == 0 { 0 } else { 3 * bins + 1 }
 }
 
 /// How fetch moves a row of `row_words` u32 words: (shader prefix, Words per row).
@@ -226,6 +247,113 @@ pub(crate) fn prepare(ctx: &GpuContext, row_words: usize) -> Result<()> {
         ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
     }
     ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
+    Ok(())
+}
+
+/// Builds the write-back pipelines of a training cache ahead of its first batch.
+pub(crate) fn prepare_write_back(ctx: &GpuContext, row_words: usize) -> Result<()> {
+    for entry in ["write_back", "clean_victims", "mark", "flush", "clean"] {
+        ctx.pipeline(&WRITE_BACK, entry, fetch_word(row_words).0)?;
+    }
+    Ok(())
+}
+
+/// A training cache's GPU state a write-back kernel binds.
+pub(crate) struct WriteBackBuffers<'a> {
+    pub(crate) table: &'a RowBuffer,
+    pub(crate) slots: &'a RowBuffer,
+    pub(crate) work: &'a wgpu::Buffer,
+    pub(crate) state: &'a wgpu::Buffer,
+}
+
+/// Encodes `entry` ("write_back" or "flush") once per (table shard, slot shard) pair, the
+/// pair's params block `k` at `params.1 + k * PARAMS_BYTES` of `params.0` (or these
+/// values), over a `grid`.
+pub(crate) fn encode_copy_out(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    entry: &'static str,
+    b: &WriteBackBuffers<'_>,
+    grid: (u32, u32),
+    launches: &mut [Launch],
+    params: ParamsSource<'_>,
+) -> Result<()> {
+    let row_words = b.slots.layout().words_per_row();
+    let pipeline = ctx.pipeline(&WRITE_BACK, entry, fetch_word(row_words).0)?;
+    let pairs = b
+        .table
+        .shards()
+        .flat_map(|t| b.slots.shards().map(move |s| (t, s)));
+    for (k, ((t, s), launch)) in pairs.zip(launches.iter_mut()).enumerate() {
+        let storage = [
+            (1, b.work, b.work.size()),
+            (2, t, t.size()),
+            (3, s, s.size()),
+            (4, b.state, b.state.size()),
+        ];
+        let group = match params {
+            ParamsSource::Staged(src, at) => {
+                let from = ParamsFrom::Staged {
+                    enc: &mut *enc,
+                    src,
+                    offset: at + k as u64 * PARAMS_BYTES,
+                };
+                launch.bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
+            }
+            ParamsSource::Host(blocks) => {
+                launch.bind(ctx, &pipeline, ParamsFrom::Host(&blocks[k]), &storage)?
+            }
+        }
+        .clone();
+        encode_pass(ctx, enc, entry, &pipeline, [(&group, grid)]);
+    }
+    Ok(())
+}
+
+/// Where a dispatch's params blocks come from.
+#[derive(Clone, Copy)]
+pub(crate) enum ParamsSource<'a> {
+    /// A staging buffer, from this offset.
+    Staged(&'a wgpu::Buffer, u64),
+    /// These blocks, written by queue writes.
+    Host(&'a [DrivenParams]),
+}
+
+/// Encodes one dispatch of `entry` ("clean_victims", "mark" or "clean") binding the slot
+/// state (and for the first two the work buffer, or the `list` of changed slots), over a
+/// `grid`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_marks(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    entry: &'static str,
+    row_words: usize,
+    state: &wgpu::Buffer,
+    other: Option<(u32, &wgpu::Buffer)>,
+    grid: (u32, u32),
+    launch: &mut Launch,
+    params: ParamsSource<'_>,
+) -> Result<()> {
+    let pipeline = ctx.pipeline(&WRITE_BACK, entry, fetch_word(row_words).0)?;
+    let mut storage = vec![(4, state, state.size())];
+    if let Some((binding, buffer)) = other {
+        storage.insert(0, (binding, buffer, buffer.size()));
+    }
+    let group = match params {
+        ParamsSource::Staged(src, offset) => {
+            let from = ParamsFrom::Staged {
+                enc: &mut *enc,
+                src,
+                offset,
+            };
+            launch.bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
+        }
+        ParamsSource::Host(blocks) => {
+            launch.bind(ctx, &pipeline, ParamsFrom::Host(&blocks[0]), &storage)?
+        }
+    }
+    .clone();
+    encode_pass(ctx, enc, entry, &pipeline, [(&group, grid)]);
     Ok(())
 }
 
@@ -341,10 +469,13 @@ mod tests {
     fn the_work_buffer_holds_header_block_lists_and_miss_lists() {
         for (capacity, blocks_want) in [(1usize, 1usize), (1024, 1), (1025, 2), (838_861, 820)] {
             assert_eq!(blocks(capacity), blocks_want, "{capacity}");
-            let lists = HEADER_WORDS + 2 * blocks_want + 2 * capacity;
-            assert_eq!(work_words(capacity, 0), lists);
+            let lists = HEADER_WORDS + 2 * blocks_want + 3 * capacity;
+            assert_eq!(work_words(capacity, 0, None), lists);
             // 26 ranges: 27 boundaries and 26 64-bit counts
-            assert_eq!(work_words(capacity, 26), lists + 27 + 52);
+            assert_eq!(work_words(capacity, 26, None), lists + 27 + 52);
+            // a training cache over 100 rows: 4 words of bits after them
+            assert_eq!(work_words(capacity, 26, Some(100)), lists + 27 + 52 + 4);
+            assert_eq!(written_at(capacity, 26), lists + 27 + 52);
         }
     }
 

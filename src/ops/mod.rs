@@ -20,6 +20,7 @@ pub(crate) const KERNELS: &[&Shader] = &[
     &driven::FIND,
     &driven::EVICT,
     &driven::FETCH,
+    &driven::WRITE_BACK,
     &update::SHADER,
 ];
 

@@ -1,11 +1,7 @@
 //! Training's kernels: the gradient of each distinct row of a batch, summed over the
 //! positions that read it, and the optimizer's update of that row where it is cached
 //! (shaders/update.wgsl), with the batch grouped on the host by its CPU twin [`Groups`].
-//!
-//! The training engine over the cache (passes of distinct ids, dirty slots written back
-//! to the table, `flush`) is issue 20's next step; until it lands these are reached only
-//! by their tests.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The cache's side (passes of distinct ids, dirty slots, `flush`): `crate::cache::train`.
 
 use crate::error::{HotrowError, Result};
 
@@ -218,19 +214,31 @@ impl Groups {
     }
 
     /// The positions of distinct id `k`, ascending.
+    #[cfg(test)]
     pub(crate) fn positions(&self, k: usize) -> &[u32] {
         let at = self.params.order_at as usize;
         &self.meta[at + self.meta[k] as usize..at + self.meta[k + 1] as usize]
     }
 }
 
+/// The batch's rows as an argmax reads them: a slot per position into `rows` (or the rows
+/// themselves in batch order, `identity`), `stride` words apart.
+#[derive(Clone, Copy)]
+pub(crate) struct ArgmaxRows<'a> {
+    pub(crate) slots: &'a wgpu::Buffer,
+    pub(crate) rows: &'a wgpu::Buffer,
+    pub(crate) identity: bool,
+    pub(crate) stride: usize,
+}
+
 /// Encodes the update of rows `first..first + n` of `groups.distinct`, whose slots are
 /// `slots[0..n]` in `rows` (f32 rows `stride` words apart, the state at word `state_at`),
 /// with the output's gradient `grad` (one row of `dim` per position for a lookup, per bag
 /// for bags), applying `optimizer`; for max bags, first the argmax over the batch's rows as
-/// `argmax_over` reads them (a slot per position, or the rows in order when its flag is
-/// set), which must be the rows before this update. `meta` and both params blocks go up
-/// through `state`'s staging ring: submit `enc` with the returned entry.
+/// `argmax_over` reads them, which must be the rows before any update of this batch. The
+/// batch's words go up through `state`'s staging ring when `upload` (else the ones an
+/// earlier call of this batch uploaded are read again, the argmax's results among them),
+/// with both params blocks: submit `enc` with the returned entry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
@@ -243,7 +251,8 @@ pub(crate) fn encode(
     (stride, state_at): (usize, usize),
     grad: &wgpu::Buffer,
     optimizer: Optimizer,
-    argmax_over: Option<(&wgpu::Buffer, bool)>,
+    argmax_over: Option<ArgmaxRows<'_>>,
+    upload: bool,
 ) -> Result<Staged> {
     let (code, lr, eps) = match optimizer {
         Optimizer::Sgd { lr } => (0, lr, 1.0),
@@ -266,21 +275,37 @@ pub(crate) fn encode(
     let (ax, ay) = grid_for_threads(ctx, threads);
     let argmax = UpdateParams {
         groups_x: ax,
-        identity: u32::from(argmax_over.is_some_and(|(_, identity)| identity)),
+        identity: u32::from(argmax_over.is_some_and(|a| a.identity)),
+        stride: argmax_over.map_or(stride, |a| a.stride) as u32,
         ..update
     };
-    let staged = state.stage(
-        ctx,
-        enc,
-        bytemuck::cast_slice(&groups.meta),
-        bytemuck::cast_slice(&[update, argmax]),
-    )?;
+    let blocks = [update, argmax];
+    let staged = match (upload, state.input.current()) {
+        (false, Some(input)) => {
+            let input = input.clone();
+            let mut entry = state.ring.acquire(ctx, 2 * PARAMS_BYTES)?;
+            entry.write(|bytes| {
+                bytes[..2 * PARAMS_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&blocks))
+            })?;
+            Staged {
+                input,
+                entry,
+                params_at: 0,
+            }
+        }
+        _ => state.stage(
+            ctx,
+            enc,
+            bytemuck::cast_slice(&groups.meta),
+            bytemuck::cast_slice(&blocks),
+        )?,
+    };
     let meta = &staged.input;
     let src = staged.entry.buffer().clone();
     let [update_launch, argmax_launch] = first_launches(&mut state.launches, 2) else {
         unreachable!("two launches")
     };
-    if let Some((view_slots, _)) = argmax_over {
+    if let Some(over) = argmax_over {
         let pipeline = ctx.pipeline(&SHADER, "argmax", "")?;
         let from = ParamsFrom::Staged {
             enc,
@@ -293,9 +318,9 @@ pub(crate) fn encode(
                 &pipeline,
                 from,
                 &[
-                    (1, view_slots, view_slots.size()),
+                    (1, over.slots, over.slots.size()),
                     (2, meta, meta.size()),
-                    (4, rows, rows.size()),
+                    (4, over.rows, over.rows.size()),
                 ],
             )?
             .clone();
@@ -489,7 +514,13 @@ mod tests {
                 (stride, state_at),
                 &grad_buf,
                 optimizer,
-                (kind == 3).then_some((&positions, false)),
+                (kind == 3).then_some(ArgmaxRows {
+                    slots: &positions,
+                    rows: shard,
+                    identity: false,
+                    stride,
+                }),
+                true,
             )
             .unwrap();
             submit(ctx, [enc.finish()], [staged.entry]).unwrap();

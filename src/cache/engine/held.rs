@@ -71,6 +71,19 @@ impl<'e> OpRows<'e> {
         }
     }
 
+    /// Records, in `enc`, that an update changed the rows of the first `n` positions of the
+    /// slot list (a training cache on the GPU-driven path).
+    pub(crate) fn mark_changed(&mut self, enc: &mut wgpu::CommandEncoder, n: usize) -> Result<()> {
+        let e = self.engine.as_deref_mut().expect("the op's engine");
+        let list = e
+            .buffers
+            .pos_slots
+            .current()
+            .expect("slot list of the pass")
+            .clone();
+        e.mark_changed(enc, &list, n)
+    }
+
     /// Submits the held pass (if any) and then the op's `commands` reading `staged`, in one
     /// submission. If it fails, the pass's misses leave the map.
     pub(crate) fn submit(

@@ -273,6 +273,16 @@ impl PassEngine {
         self.run_remaining_passes(source, ids, n, target)
     }
 
+    /// Most positions an op's batch may have and still be served in one pass over
+    /// unsharded slots (a training update's chunk of distinct ids).
+    pub(crate) fn positions_per_op_pass(&self) -> usize {
+        match &self.driven {
+            Some(d) => d.max_positions(),
+            None => (self.map.capacity() / self.map.partitions()).min(self.max_misses),
+        }
+        .max(1)
+    }
+
     /// Resolves checked, non-empty `ids` for an op. Common case: one pass covers the batch
     /// and the slots are one buffer; the op then reads the slots through the pass's slot
     /// list, touching only the rows the batch names, and the pass is held in the returned
@@ -296,10 +306,7 @@ impl PassEngine {
             gathered_layout = gathered_layout.scalar();
         }
         let bytes = gathered_layout.bytes(ids.len());
-        let per_pass = match &self.driven {
-            Some(d) => d.max_positions(),
-            None => (self.map.capacity() / self.map.partitions()).min(self.max_misses),
-        };
+        let per_pass = self.positions_per_op_pass();
         let sharded = self.slots.shards().len() > 1;
         let may_split = sharded || ids.len() > per_pass;
         if may_split && bytes > self.ctx.max_binding() {

@@ -58,11 +58,24 @@ pub(crate) struct Driven {
     /// Id ranges whose misses the GPU counts (0: none).
     bins: usize,
     totals: GpuTotals,
+    /// A training cache: slots carry dirty marks, and dirty rows go back to the table.
+    training: bool,
+    write_back: Vec<Launch>,
+    clean_victims: Launch,
+    mark: Launch,
+    flush: Vec<Launch>,
+    clean: Launch,
 }
 
 impl Driven {
-    /// The GPU state over `table` (filled) for `capacity` slots, all empty.
-    pub(crate) fn new(ctx: &GpuContext, table: RowBuffer, capacity: usize) -> Result<Self> {
+    /// The GPU state over `table` (filled) for `capacity` slots, all empty; with
+    /// `training`, room for the slots' dirty marks and the written-rows bitmap.
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        table: RowBuffer,
+        capacity: usize,
+        training: bool,
+    ) -> Result<Self> {
         let rows = table.rows();
         let row_words = table.layout().words_per_row();
         let slot_of = zeroed_binding(
@@ -72,14 +85,17 @@ impl Driven {
         )?;
         let state = zeroed_binding(
             ctx,
-            "the GPU-driven path's slot state (8 bytes per slot)",
-            capacity as u64 * 8,
+            "the GPU-driven path's slot state (8 bytes per slot, 12 training)",
+            capacity as u64 * if training { 12 } else { 8 },
         )?;
         let work = zeroed_binding(
             ctx,
-            "the GPU-driven path's work lists (8 bytes per slot)",
-            kernels::work_words(capacity, 0) as u64 * 4,
+            "the GPU-driven path's work lists (12 bytes per slot; training, a bit per row)",
+            kernels::work_words(capacity, 0, training.then_some(rows)) as u64 * 4,
         )?;
+        if training {
+            kernels::prepare_write_back(ctx, row_words)?;
+        }
         // Every pipeline a pass runs is built now, not by the first batch (on an H200 the
         // first batch of a fresh machine took 14.8 ms, 11.7 of them recording: the slot
         // list's kernel compiled on first use; the driver caches it on disk afterwards).
@@ -104,6 +120,12 @@ impl Driven {
             max_positions,
             bins: 0,
             totals: GpuTotals::default(),
+            training,
+            write_back: Vec::new(),
+            clean_victims: Launch::default(),
+            mark: Launch::default(),
+            flush: Vec::new(),
+            clean: Launch::default(),
         })
     }
 
@@ -139,10 +161,11 @@ impl Driven {
         if bins == 0 {
             return Ok(());
         }
+        let training_rows = self.training.then_some(self.table.rows());
         let work = zeroed_binding(
             ctx,
             "the GPU-driven path's work lists with per-table counts",
-            kernels::work_words(self.capacity, bins) as u64 * 4,
+            kernels::work_words(self.capacity, bins, training_rows) as u64 * 4,
         )?;
         let words: Vec<u32> = bounds.iter().map(|&b| b as u32).collect();
         let at = kernels::bins_at(self.capacity) as u64 * 4;
@@ -259,6 +282,7 @@ impl PassEngine {
         let row_words = self.layout.words_per_row();
         let base = DrivenParams {
             bins: d.bins as u32,
+            written_at: kernels::written_at(d.capacity, d.bins) as u32,
             ..kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words)
         };
         let sweep = kernels::sweep_params(&ctx, base);
@@ -350,6 +374,41 @@ impl PassEngine {
         if d.fetch.len() < pairs {
             d.fetch.resize_with(pairs, Launch::default);
         }
+        if d.training {
+            // Dirty victims' rows go back to the table before the fetch overwrites them (the
+            // fetch's params blocks and grid serve these dispatches too).
+            if d.write_back.len() < pairs {
+                d.write_back.resize_with(pairs, Launch::default);
+            }
+            let b = kernels::WriteBackBuffers {
+                table: &d.table,
+                slots: &self.slots,
+                work: &d.work,
+                state: &d.state,
+            };
+            let params = kernels::ParamsSource::Staged(&staged, fetch_at);
+            let launches = &mut d.write_back[..pairs];
+            kernels::encode_copy_out(
+                &ctx,
+                &mut enc,
+                "write_back",
+                &b,
+                fetch_grid,
+                launches,
+                params,
+            )?;
+            kernels::encode_marks(
+                &ctx,
+                &mut enc,
+                "clean_victims",
+                row_words,
+                &d.state,
+                Some((1, &d.work)),
+                fetch_grid,
+                &mut d.clean_victims,
+                params,
+            )?;
+        }
         kernels::encode_fetch(
             &ctx,
             &mut enc,
@@ -407,4 +466,168 @@ impl PassEngine {
             },
         ))
     }
+}
+
+/// What a flush of a training cache read back: the table rows written since the last
+/// flush, ascending, and their stored words (values, then optimizer state).
+pub(crate) struct Written {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) words: Vec<u32>,
+}
+
+impl PassEngine {
+    /// Marks the slots `list[0..n]` (the rows an update changed) dirty, recorded in `enc`.
+    pub(crate) fn mark_changed(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        list: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let row_words = self.layout.words_per_row();
+        let d = self.driven.as_mut().expect("a GPU-driven engine");
+        let groups = grid_for_threads(&ctx, n as u64);
+        let p = DrivenParams {
+            n: n as u32,
+            groups_x: groups.0,
+            capacity: d.capacity as u32,
+            ..Default::default()
+        };
+        kernels::encode_marks(
+            &ctx,
+            enc,
+            "mark",
+            row_words,
+            &d.state,
+            Some((5, list)),
+            groups,
+            &mut d.mark,
+            kernels::ParamsSource::Host(&[p]),
+        )
+    }
+
+    /// Writes every dirty resident row back to the table and clears the marks, waits, and
+    /// reads back the rows written since the last [`PassEngine::written_done`].
+    pub(crate) fn flush_written(&mut self) -> Result<Written> {
+        let ctx = self.ctx.clone();
+        let row_words = self.layout.words_per_row();
+        let d = self.driven.as_mut().expect("a GPU-driven engine");
+        let written_at = kernels::written_at(d.capacity, d.bins);
+        let words = kernels::fetch_word(row_words).1;
+        let grid = kernels::fetch_grid(&ctx, d.capacity, words);
+        let base = DrivenParams {
+            groups_x: grid.0,
+            capacity: d.capacity as u32,
+            words,
+            written_at: written_at as u32,
+            ..Default::default()
+        };
+        let (tr, sr) = (d.table.shard_rows(), self.slots.shard_rows());
+        let (rows, slots) = (d.table.rows(), self.slots.rows());
+        let pairs: Vec<DrivenParams> = (0..d.table.shards().len())
+            .flat_map(|t| (0..self.slots.shards().len()).map(move |s| (t, s)))
+            .map(|(t, s)| {
+                kernels::fetch_params(
+                    base,
+                    grid.0,
+                    (t * tr, tr.min(rows - t * tr)),
+                    (s * sr, sr.min(slots - s * sr)),
+                )
+            })
+            .collect();
+        if d.flush.len() < pairs.len() {
+            d.flush.resize_with(pairs.len(), Launch::default);
+        }
+        let mut enc = encoder(&ctx, "hotrow flush");
+        let b = kernels::WriteBackBuffers {
+            table: &d.table,
+            slots: &self.slots,
+            work: &d.work,
+            state: &d.state,
+        };
+        let launches = &mut d.flush[..pairs.len()];
+        let params = kernels::ParamsSource::Host(&pairs);
+        kernels::encode_copy_out(&ctx, &mut enc, "flush", &b, grid, launches, params)?;
+        let groups = grid_for_threads(&ctx, d.capacity as u64);
+        let clean = DrivenParams {
+            groups_x: groups.0,
+            ..base
+        };
+        kernels::encode_marks(
+            &ctx,
+            &mut enc,
+            "clean",
+            row_words,
+            &d.state,
+            None,
+            groups,
+            &mut d.clean,
+            kernels::ParamsSource::Host(&[clean]),
+        )?;
+        crate::gpu::submit_encoder(&ctx, enc)?;
+        ctx.wait_idle()?;
+        let bits = crate::gpu::read_u32(&ctx, &d.work, written_at as u64 * 4, rows.div_ceil(32))?;
+        let ids: Vec<u32> = bits
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &b)| {
+                (0..32)
+                    .filter(move |k| b >> k & 1 == 1)
+                    .map(move |k| (w * 32 + k) as u32)
+            })
+            .collect();
+        let words = read_table_rows(&ctx, &d.table, &ids)?;
+        Ok(Written { ids, words })
+    }
+
+    /// Forgets the written-rows bitmap once a flush's rows are safe in the row source.
+    pub(crate) fn written_done(&mut self) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let d = self.driven.as_mut().expect("a GPU-driven engine");
+        let at = kernels::written_at(d.capacity, d.bins) as u64 * 4;
+        let mut enc = encoder(&ctx, "hotrow flush done");
+        enc.clear_buffer(&d.work, at, Some(d.table.rows().div_ceil(32) as u64 * 4));
+        crate::gpu::submit_encoder(&ctx, enc)?;
+        Ok(())
+    }
+}
+
+/// The stored words of table rows `ids` (ascending), read from host memory: directly where
+/// the table is hotrow's own imported memory, else through a mapping of each shard's range
+/// (no submission uses the table meanwhile: the caller waited for the GPU).
+fn read_table_rows(ctx: &GpuContext, table: &RowBuffer, ids: &[u32]) -> Result<Vec<u32>> {
+    let words = table.layout().words_per_row();
+    let shard_rows = table.shard_rows();
+    let mut out = Vec::with_capacity(ids.len() * words);
+    let shards: Vec<&wgpu::Buffer> = table.shards().collect();
+    let mut at = 0;
+    while at < ids.len() {
+        let shard = ids[at] as usize / shard_rows;
+        let end = at + ids[at..].partition_point(|&id| (id as usize) / shard_rows == shard);
+        let local = |id: u32| id as usize - shard * shard_rows;
+        // SAFETY: the caller waited for the GPU; no other slice of the shard is alive.
+        if let Some(host) = unsafe { table.host_words(shard) } {
+            for &id in &ids[at..end] {
+                out.extend_from_slice(&host[local(id) * words..][..words]);
+            }
+        } else {
+            let row_bytes = words as u64 * 4;
+            let first = local(ids[at]) as u64 * row_bytes;
+            let start = first / 8 * 8; // (map offsets are 8-byte aligned)
+            let stop = ((local(ids[end - 1]) as u64 + 1) * row_bytes).next_multiple_of(4);
+            crate::gpu::map_read_with(ctx, shards[shard], start, stop - start, |bytes| {
+                let all: &[u8] = bytes;
+                for &id in &ids[at..end] {
+                    let from = (local(id) as u64 * row_bytes - start) as usize;
+                    let row = &all[from..from + row_bytes as usize];
+                    out.extend(
+                        row.chunks_exact(4)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    );
+                }
+            })?;
+        }
+        at = end;
+    }
+    Ok(out)
 }

@@ -1,0 +1,292 @@
+//! Training on the cache: the backward of lookups and pooled bags fused with the optimizer,
+//! applied to the rows where they are cached, and the changed rows written back: by the GPU
+//! into the table in host memory when they leave the cache, and to the row source at
+//! [`EmbeddingCache::flush`].
+//!
+//! A backward call groups the batch by distinct id on the host ([`Groups`], a counting
+//! sort), then serves the distinct ids in passes of at most a pass's positions: each pass
+//! makes its rows resident (a row evicted since the forward comes back from the table)
+//! and, in the same submission, `update` sums each row's gradient over its positions and
+//! applies the optimizer in the slot, and `mark` flags the slot dirty. For max bags an
+//! `argmax` over the batch's rows, as they are before the update, goes first.
+
+use super::{BatchPath, CacheConfig, EmbeddingCache};
+use crate::batch::check_ids;
+use crate::error::{HotrowError, Result};
+use crate::gpu::{encoder, Embeddings, GpuContext, RowFormat};
+use crate::ops::bag::Pooling;
+use crate::ops::update::{self, ArgmaxRows, Groups, Optimizer, Produced};
+use crate::table::{RowSource, WritableRowSource};
+
+/// Refusals of a training configuration that need no device: a bad optimizer setting, and
+/// rows not stored as f32.
+pub(super) fn check_settings(optimizer: Optimizer, config: &CacheConfig) -> Result<()> {
+    optimizer.check()?;
+    if config.row_format != RowFormat::F32 {
+        return Err(HotrowError::InvalidArgument(format!(
+            "training needs f32 rows (RowFormat::F32), not {:?}",
+            config.row_format
+        )));
+    }
+    Ok(())
+}
+
+/// Training runs on the GPU-driven path (the host path's write-back is not built yet), with
+/// the slots in one storage binding (`update` binds them whole).
+pub(super) fn check_path(ctx: &GpuContext, path: BatchPath, slot_bytes: u64) -> Result<()> {
+    if path != BatchPath::Gpu {
+        if !ctx.adapter().host_visible_storage {
+            return Err(HotrowError::Unsupported {
+                what: "training (it runs on the GPU-driven path)",
+                feature: "MAPPABLE_PRIMARY_BUFFERS (GpuOptions::host_visible_storage)",
+            });
+        }
+        return Err(HotrowError::InvalidArgument(
+            "training runs on the GPU-driven path only: leave the path Auto or Gpu, with CLOCK \
+             and resolution on the host"
+                .into(),
+        ));
+    }
+    if slot_bytes > ctx.max_binding() {
+        return Err(HotrowError::ExceedsLimit {
+            what: "a training cache's slots (one storage binding)",
+            bytes: slot_bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: ctx.max_binding(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether rows changed since the last flush; dropped while they have, it says so in the
+/// log (the rows left in the cache and the host table are lost with it).
+#[derive(Default)]
+pub(super) struct Unflushed(pub(super) bool);
+
+impl Drop for Unflushed {
+    fn drop(&mut self) {
+        if self.0 {
+            log::warn!(
+                "hotrow: a training cache was dropped with rows changed since its last flush(); \
+                 they were not written to the row source"
+            );
+        }
+    }
+}
+
+impl<S: RowSource> EmbeddingCache<S> {
+    /// The backward of [`EmbeddingCache::lookup`] fused with the optimizer of a training
+    /// cache ([`CacheConfig::training`]): `grad` holds the gradient of the loss with respect
+    /// to the lookup's output (`ids.len() x dim`); each distinct row's gradient (summed over
+    /// the positions that read it, in position order: deterministic) updates the row where
+    /// it is cached. Call it with the ids of the forward lookup, before any other call that
+    /// changes the rows.
+    ///
+    /// Errors, before any work: not a training cache, an id out of range, `grad` of another
+    /// context or of the wrong shape.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, EmbeddingCache, Embeddings, GpuContext, GpuOptions, HostTable, Optimizer};
+    /// let ctx = GpuContext::with_options(GpuOptions { host_visible_storage: true, ..Default::default() })?;
+    /// let table = HostTable::owned(vec![0.5f32; 1000 * 8], 8)?;
+    /// let config = CacheConfig::default().training(Optimizer::Sgd { lr: 0.1 });
+    /// let mut cache = EmbeddingCache::new(&ctx, table, config)?;
+    /// let ids = [3u32, 7, 3];
+    /// let out = cache.lookup(&ids)?;
+    /// let grad = Embeddings::from_host(&ctx, &vec![1.0f32; ids.len() * 8], 8)?;
+    /// cache.backward_lookup(&ids, &grad)?;
+    /// cache.flush()?; // the trained rows into the table
+    /// assert_eq!(cache.source().read_row(3)?, vec![0.5 - 0.2; 8]);
+    /// # let _ = out;
+    /// # Ok(()) }
+    /// ```
+    pub fn backward_lookup(&mut self, ids: &[u32], grad: &Embeddings) -> Result<()> {
+        let optimizer = self.optimizer()?;
+        check_ids(ids, self.rows())?;
+        self.check_grad(grad, ids.len(), "a lookup's gradient (one row per id)")?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.backward(ids, Produced::Lookup, grad, optimizer)
+    }
+
+    /// The backward of [`EmbeddingCache::lookup_bags`] fused with the optimizer of a training
+    /// cache: `grad` holds the gradient with respect to the bags' output (`offsets.len() x
+    /// dim`). Sum and mean spread a bag's gradient over its positions (times each position's
+    /// weight, over the bag's length for mean); max sends each column's gradient to the
+    /// first position holding the bag's maximum there (found again over the rows as they
+    /// are: call it before anything else changes them). Empty bags contribute nothing;
+    /// bags with more distinct rows than the cache are served in several passes.
+    ///
+    /// Errors, before any work: not a training cache, the input errors of `lookup_bags`,
+    /// `grad` of another context or of the wrong shape.
+    pub fn backward_bags(
+        &mut self,
+        ids: &[u32],
+        offsets: &[u32],
+        pooling: Pooling,
+        weights: Option<&[f32]>,
+        grad: &Embeddings,
+    ) -> Result<()> {
+        let optimizer = self.optimizer()?;
+        self.check_bags(ids, offsets, pooling, weights)?;
+        self.check_grad(grad, offsets.len(), "a bags' gradient (one row per bag)")?;
+        if ids.is_empty() || offsets.is_empty() {
+            return Ok(());
+        }
+        let produced = Produced::Bags {
+            offsets,
+            pooling,
+            weights,
+        };
+        self.backward(ids, produced, grad, optimizer)
+    }
+
+    /// The optimizer of a training cache, or [`HotrowError::InvalidArgument`].
+    fn optimizer(&self) -> Result<Optimizer> {
+        self.config.training.ok_or_else(|| {
+            HotrowError::InvalidArgument(
+                "not a training cache (CacheConfig::training sets an optimizer)".into(),
+            )
+        })
+    }
+
+    /// `grad` is of this context, `rows x dim`.
+    fn check_grad(&self, grad: &Embeddings, rows: usize, what: &'static str) -> Result<()> {
+        if !grad.context().same_as(&self.ctx) {
+            return Err(HotrowError::ForeignContext { what });
+        }
+        if grad.dim() != self.dim() {
+            return Err(HotrowError::DimMismatch {
+                what,
+                expected: self.dim(),
+                got: grad.dim(),
+            });
+        }
+        if grad.rows() != rows {
+            return Err(HotrowError::LengthMismatch {
+                what,
+                expected: rows,
+                got: grad.rows(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checked, non-empty input: the argmax pass (max bags), then a pass per chunk of the
+    /// distinct ids with the update and the dirty marks in its submission.
+    fn backward(
+        &mut self,
+        ids: &[u32],
+        produced: Produced<'_>,
+        grad: &Embeddings,
+        optimizer: Optimizer,
+    ) -> Result<()> {
+        let dim = self.dim();
+        let groups = Groups::new(ids, produced, dim);
+        let bytes = groups.meta.len() as u64 * 4;
+        if bytes > self.ctx.max_binding() {
+            return Err(HotrowError::ExceedsLimit {
+                what: "a backward's batch (split it)",
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: self.ctx.max_binding(),
+            });
+        }
+        let stride = self.layout.words_per_row();
+        let per_pass = self.engine.positions_per_op_pass();
+        let max = matches!(
+            produced,
+            Produced::Bags {
+                pooling: Pooling::Max,
+                ..
+            }
+        );
+        let ctx = self.ctx.clone();
+        let mut uploaded = false;
+        if max {
+            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let view = rows.view();
+            let over = ArgmaxRows {
+                slots: view.slots,
+                rows: view.rows,
+                identity: view.identity,
+                stride: view.layout.words_per_row(),
+            };
+            let (slots, table) = (view.slots.clone(), view.rows.clone());
+            let mut enc = encoder(&ctx, "hotrow argmax");
+            let staged = update::encode(
+                &ctx,
+                &mut enc,
+                &mut self.train_launch,
+                &groups,
+                (0, 0),
+                &slots,
+                &table,
+                (stride, dim),
+                grad.buffer(),
+                optimizer,
+                Some(over),
+                true,
+            )?;
+            rows.submit(enc.finish(), staged.entry)?;
+            uploaded = true;
+        }
+        for (c, chunk) in groups.distinct.chunks(per_pass).enumerate() {
+            let mut rows = self.engine.rows_for_op(&self.source, chunk)?;
+            let view = rows.view();
+            debug_assert!(!view.identity, "a chunk is one pass over unsharded slots");
+            let (slots, table) = (view.slots.clone(), view.rows.clone());
+            let mut enc = encoder(&ctx, "hotrow update");
+            let staged = update::encode(
+                &ctx,
+                &mut enc,
+                &mut self.train_launch,
+                &groups,
+                (c * per_pass, chunk.len()),
+                &slots,
+                &table,
+                (stride, dim),
+                grad.buffer(),
+                optimizer,
+                None,
+                !uploaded,
+            )?;
+            uploaded = true;
+            rows.mark_changed(&mut enc, chunk.len())?;
+            rows.submit(enc.finish(), staged.entry)?;
+            self.unflushed.0 = true;
+        }
+        Ok(())
+    }
+}
+
+impl<S: WritableRowSource> EmbeddingCache<S> {
+    /// Writes every row training changed since the last flush into the row source: the
+    /// rows still cached are first written back to the table in host memory, then the
+    /// table's changed rows (values only: the optimizer state stays with the table) go to
+    /// [`WritableRowSource::write_rows`]. Returns how many rows were written (0 for a cache
+    /// that does not train).
+    ///
+    /// If the write fails, the error is returned and the rows stay marked as changed: the
+    /// next flush writes them again (nothing is dropped).
+    pub fn flush(&mut self) -> Result<usize> {
+        if self.config.training.is_none() {
+            return Ok(0);
+        }
+        let written = self.engine.flush_written()?;
+        let (dim, stride) = (self.dim(), self.layout.words_per_row());
+        let values: Vec<f32> = written
+            .words
+            .chunks_exact(stride)
+            .flat_map(|row| row[..dim].iter().map(|&w| f32::from_bits(w)))
+            .collect();
+        if !written.ids.is_empty() {
+            self.source.write_rows(&written.ids, &values)?;
+        }
+        self.engine.written_done()?;
+        self.unflushed.0 = false;
+        Ok(written.ids.len())
+    }
+}

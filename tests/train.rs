@@ -1,0 +1,331 @@
+//! Training (`CacheConfig::training`): the backward of lookups and bags fused with SGD or
+//! row-wise Adagrad on the cached rows, changed rows written back to the table when they
+//! leave the cache and to the row source at `flush`, checked against the f64 CPU trainer
+//! (`hotrow::reference::Trainer`) through streams with evictions, repeats, empty bags and
+//! batches bigger than the cache. Training runs on the GPU-driven path: on an adapter
+//! without host-visible storage (GL) it is refused with a typed error, which is tested.
+
+mod common;
+
+use common::workload::{random_values, Rng};
+use common::{assert_close_host, seed};
+use hotrow::reference::{bags, bags_grads, lookup_grads, Trainer};
+use hotrow::{
+    BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, GpuOptions,
+    HostTable, HotrowError, Optimizer, Pooling, RowFormat, RowSource, WritableRowSource,
+};
+
+/// A context on the tests' adapter that asks for host-visible storage; `None` (with a line
+/// saying so) where the adapter has none.
+fn host_storage_ctx() -> Option<&'static GpuContext> {
+    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        let base = common::ctx();
+        GpuContext::with_options(GpuOptions {
+            backends: Some(base.adapter().backend.into()),
+            adapter_name: Some(base.adapter().name.clone()),
+            host_visible_storage: true,
+            ..Default::default()
+        })
+        .unwrap()
+    });
+    if ctx.adapter().host_visible_storage {
+        Some(ctx)
+    } else {
+        eprintln!(
+            "skipped: {} has no host-visible storage (training needs it)",
+            ctx.adapter()
+        );
+        None
+    }
+}
+
+/// A host table whose writes fail while `fail` is set (a full disk, a lost connection).
+struct Flaky {
+    table: HostTable<'static>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl RowSource for Flaky {
+    fn rows(&self) -> usize {
+        self.table.rows()
+    }
+    fn dim(&self) -> usize {
+        self.table.dim()
+    }
+    fn read_rows(&self, ids: &[u32], out: &mut [f32]) -> hotrow::Result<()> {
+        self.table.read_rows(ids, out)
+    }
+}
+
+impl WritableRowSource for Flaky {
+    fn write_rows(&mut self, ids: &[u32], rows: &[f32]) -> hotrow::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(HotrowError::RowSource("the disk is full".into()));
+        }
+        self.table.write_rows(ids, rows)
+    }
+}
+
+/// `got` (f32) within `tol * (1 + |want|)` of the f64 reference, each value; returns the
+/// largest error seen.
+fn assert_rows_near(got: &[f32], want: &[f64], tol: f64, what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f64;
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "{what}: value {k}: got {g}, want {w} (error {err:e})"
+        );
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// Random bags over `rows` rows: 1-12 bags of 0-`max_len` ids, repeats within and across
+/// bags (ids from a hot range and the whole table), PyTorch's offsets.
+fn random_bags(rng: &mut Rng, rows: usize, max_len: u64) -> (Vec<u32>, Vec<u32>) {
+    let n_bags = 1 + rng.below(12) as usize;
+    let mut ids = Vec::new();
+    let mut offsets = Vec::with_capacity(n_bags);
+    for _ in 0..n_bags {
+        offsets.push(ids.len() as u32);
+        for _ in 0..rng.below(max_len + 1) {
+            let hot = rng.below(3) != 0;
+            let id = if hot {
+                rng.below(20)
+            } else {
+                rng.below(rows as u64)
+            };
+            ids.push(id as u32);
+        }
+    }
+    (ids, offsets)
+}
+
+/// A stream of forward + backward steps (lookups and every pooling, weighted and not) on a
+/// cache much smaller than the table: every forward output against the reference
+/// trainer's rows, a flush midway and at the end against its table, for both optimizers
+/// and a row width read as vec4 and one read as scalars.
+#[test]
+fn training_matches_the_cpu_trainer_through_evictions() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("train_stream"));
+    let rows = 300;
+    for dim in [8usize, 3] {
+        for optimizer in [
+            Optimizer::Sgd { lr: 0.2 },
+            Optimizer::RowWiseAdagrad {
+                lr: 0.05,
+                eps: 1e-8,
+            },
+        ] {
+            let data = random_values(rows * dim, rng.next_u64());
+            let mut reference = Trainer::new(&data, dim, optimizer);
+            let table = HostTable::owned(data.clone(), dim).unwrap();
+            let config = CacheConfig::default()
+                .capacity(Capacity::Rows(40))
+                .training(optimizer);
+            let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+            assert_eq!(cache.config().path, BatchPath::Gpu);
+            let mut worst = 0f64;
+            for step in 0..24 {
+                let what = format!("{optimizer:?} dim {dim} step {step}");
+                let current = reference.rows_f32();
+                // every 6th step a lookup; now and then bags with more rows than the cache
+                let max_len = if step % 5 == 4 { 40 } else { 8 };
+                let (ids, offsets) = random_bags(&mut rng, rows, max_len);
+                if step % 6 == 5 {
+                    let out = cache.lookup(&ids).unwrap().to_host().unwrap();
+                    let want: Vec<f64> = ids
+                        .iter()
+                        .flat_map(|&id| reference.rows[id as usize * dim..][..dim].to_vec())
+                        .collect();
+                    assert_rows_near(&out, &want, 2e-5, &format!("{what}: lookup"));
+                    let g = random_values(ids.len() * dim, rng.next_u64());
+                    let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                    cache.backward_lookup(&ids, &grad).unwrap();
+                    reference.apply(&lookup_grads(dim, &ids, &g));
+                    continue;
+                }
+                let (pooling, mode) = match step % 3 {
+                    0 => (Pooling::Sum, 0),
+                    1 => (Pooling::Mean, 1),
+                    _ => (Pooling::Max, 2),
+                };
+                let w: Vec<f32> = (0..ids.len()).map(|_| rng.unit() as f32 + 0.5).collect();
+                let weights = (mode != 2 && step % 2 == 0).then_some(&w[..]);
+                let out = cache
+                    .lookup_bags(&ids, &offsets, pooling, weights)
+                    .unwrap()
+                    .to_host()
+                    .unwrap();
+                let want = bags(&current, dim, &ids, &offsets, mode, weights);
+                let abs: Vec<f32> = current.iter().map(|v| v.abs()).collect();
+                let abs_w: Option<Vec<f32>> = weights.map(|w| w.iter().map(|v| v.abs()).collect());
+                let scale = bags(&abs, dim, &ids, &offsets, mode, abs_w.as_deref());
+                assert_close_host(&out, &want, &scale, &format!("{what}: forward {pooling:?}"));
+                let g = random_values(offsets.len() * dim, rng.next_u64());
+                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                cache
+                    .backward_bags(&ids, &offsets, pooling, weights, &grad)
+                    .unwrap();
+                let grads = bags_grads(&reference.rows, dim, &ids, &offsets, mode, weights, &g);
+                reference.apply(&grads);
+                if step == 11 {
+                    cache.flush().unwrap();
+                    let table = cache.source().data().unwrap();
+                    worst = worst.max(assert_rows_near(table, &reference.rows, 2e-5, &what));
+                }
+            }
+            let written = cache.flush().unwrap();
+            assert!(written > 0, "the last flush wrote nothing");
+            let what = format!("{optimizer:?} dim {dim}: flushed table");
+            let table = cache.source().data().unwrap();
+            worst = worst.max(assert_rows_near(table, &reference.rows, 2e-5, &what));
+            eprintln!("{optimizer:?} dim {dim}: max abs error {worst:e} against the f64 trainer");
+            // nothing changed since: a second flush writes nothing
+            assert_eq!(cache.flush().unwrap(), 0);
+            let s = cache.stats();
+            assert!(s.evictions > 0, "the stream evicted nothing");
+        }
+    }
+}
+
+/// A failing write keeps the rows: the flush says so, and the next one writes them.
+#[test]
+fn a_failed_flush_loses_nothing() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let (rows, dim) = (100, 4);
+    let data = random_values(rows * dim, seed("train_flaky"));
+    let optimizer = Optimizer::Sgd { lr: 0.5 };
+    let mut reference = Trainer::new(&data, dim, optimizer);
+    let source = Flaky {
+        table: HostTable::owned(data.clone(), dim).unwrap(),
+        fail: true.into(),
+    };
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(10))
+        .training(optimizer);
+    let mut cache = EmbeddingCache::new(ctx, source, config).unwrap();
+    for step in 0..6u32 {
+        // 15 distinct rows a step through 10 slots: rows leave the cache changed
+        let ids: Vec<u32> = (0..15).map(|k| (k * 7 + step * 3) % rows as u32).collect();
+        let g = vec![0.25f32; ids.len() * dim];
+        let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+        cache.lookup(&ids).unwrap();
+        cache.backward_lookup(&ids, &grad).unwrap();
+        reference.apply(&lookup_grads(dim, &ids, &g));
+    }
+    let err = cache.flush().unwrap_err();
+    assert!(matches!(err, HotrowError::RowSource(_)), "{err:?}");
+    assert_eq!(
+        cache.source().table.data().unwrap(),
+        &data[..],
+        "nothing written"
+    );
+    // more training after the failure, then a flush that works: everything arrives
+    let ids = [1u32, 2, 3];
+    let g = vec![1.0f32; 3 * dim];
+    cache.lookup(&ids).unwrap();
+    cache
+        .backward_lookup(&ids, &Embeddings::from_host(ctx, &g, dim).unwrap())
+        .unwrap();
+    reference.apply(&lookup_grads(dim, &ids, &g));
+    cache
+        .source()
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let written = cache.flush().unwrap();
+    assert!(written >= 15, "{written} rows written");
+    let table = cache.source().table.data().unwrap();
+    assert_rows_near(table, &reference.rows, 1e-6, "after the retried flush");
+}
+
+/// What training refuses, with a typed error and nothing changed.
+#[test]
+fn training_refusals() {
+    let _serial = common::serial();
+    let data = random_values(50 * 4, seed("train_refusals"));
+    let table = || HostTable::owned(data.clone(), 4).unwrap();
+    let sgd = Optimizer::Sgd { lr: 0.1 };
+    let plain = common::ctx();
+    // bad optimizer settings, compact rows
+    for config in [
+        CacheConfig::default().training(Optimizer::Sgd { lr: f32::NAN }),
+        CacheConfig::default().training(Optimizer::RowWiseAdagrad { lr: 0.1, eps: 0.0 }),
+        CacheConfig::default()
+            .training(sgd)
+            .row_format(RowFormat::F16),
+        CacheConfig::default()
+            .training(sgd)
+            .row_format(RowFormat::Int8),
+    ] {
+        let err = EmbeddingCache::new(plain, table(), config).unwrap_err();
+        assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    }
+    // no host-visible storage: Unsupported; the host path asked for: InvalidArgument
+    if !plain.adapter().host_visible_storage {
+        let err =
+            EmbeddingCache::new(plain, table(), CacheConfig::default().training(sgd)).unwrap_err();
+        assert!(matches!(err, HotrowError::Unsupported { .. }), "{err:?}");
+    }
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let host = CacheConfig::default().training(sgd).path(BatchPath::Host);
+    let err = EmbeddingCache::new(ctx, table(), host).unwrap_err();
+    assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    // a cache that does not train
+    let mut cache = EmbeddingCache::new(ctx, table(), CacheConfig::default()).unwrap();
+    let grad = Embeddings::from_host(ctx, &[0.0; 4], 4).unwrap();
+    let err = cache.backward_lookup(&[1], &grad).unwrap_err();
+    assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    assert_eq!(cache.flush().unwrap(), 0);
+    // bad gradients and ids: refused before any work, nothing written by a flush
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(8))
+        .training(sgd);
+    let mut cache = EmbeddingCache::new(ctx, table(), config).unwrap();
+    let two = Embeddings::from_host(ctx, &[1.0; 8], 4).unwrap();
+    let wide = Embeddings::from_host(ctx, &[1.0; 10], 5).unwrap();
+    let other = common::ctx();
+    let cases: Vec<(&str, hotrow::Result<()>)> = vec![
+        ("rows", cache.backward_lookup(&[1, 2, 3], &two)),
+        ("dim", cache.backward_lookup(&[1, 2], &wide)),
+        ("id", cache.backward_lookup(&[1, 50], &two)),
+        (
+            "bags",
+            cache.backward_bags(&[1, 2], &[0], Pooling::Sum, None, &two),
+        ),
+        (
+            "offsets",
+            cache.backward_bags(&[1, 2], &[1, 0], Pooling::Sum, None, &two),
+        ),
+        (
+            "weights",
+            cache.backward_bags(&[1, 2], &[0, 1], Pooling::Max, Some(&[1.0, 1.0]), &two),
+        ),
+    ];
+    for (what, r) in cases {
+        assert!(r.is_err(), "{what}: accepted");
+    }
+    if !other.same_as(ctx) {
+        let foreign = Embeddings::from_host(other, &[1.0; 8], 4).unwrap();
+        let err = cache.backward_lookup(&[1, 2], &foreign).unwrap_err();
+        assert!(matches!(err, HotrowError::ForeignContext { .. }), "{err:?}");
+    }
+    assert_eq!(cache.flush().unwrap(), 0, "a refused call changed rows");
+    assert_eq!(cache.source().data().unwrap(), &data[..]);
+    // empty input is served: nothing to do
+    let none = Embeddings::from_host(ctx, &[], 4).unwrap();
+    cache.backward_lookup(&[], &none).unwrap();
+    assert_eq!(cache.flush().unwrap(), 0);
+}
