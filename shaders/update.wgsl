@@ -172,3 +172,25 @@ fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     batch[p.argmax_at + t] = best;
 }
+
+// a_t_b: out[j * dim + c] = sum over i < m of left[i * n + j] * right[i * dim + c], in i
+// order (deterministic): the per-position gradient of a product, A^T B. For scores
+// (out = Q E^T) left is the gradient (m x n) and right the queries (m x dim); for combine
+// (out = X E) left is X (m x n) and right the gradient (m x dim). m = `n_bags`, n = `n`;
+// left is binding 3, right binding 5, out binding 4; one thread per output value.
+@group(0) @binding(5) var<storage, read> right: array<f32>;
+
+@compute @workgroup_size(256)
+fn a_t_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * p.groups_x) * 256u + lid;
+    if (t >= p.n * p.dim) {
+        return;
+    }
+    let j = t / p.dim;
+    let c = t - j * p.dim;
+    var acc = 0.0;
+    for (var i = 0u; i < p.n_bags; i = i + 1u) {
+        acc = acc + grad[i * p.n + j] * right[i * p.dim + c];
+    }
+    rows[t] = acc;
+}

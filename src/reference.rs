@@ -160,6 +160,44 @@ pub fn bags_grads(
     by_id.into_iter().collect()
 }
 
+/// The gradient of `sum(out * grad)` with respect to each candidate row of
+/// [`scores`] (`out[i][j] = <q[i], table[cand[j]]>`, `grad` `m x cand.len()`): row
+/// `cand[j]` gets `sum_i grad[i][j] * q[i]`, repeats summed; `(id, gradient)` ascending.
+pub fn scores_grads(dim: usize, q: &[f32], cand: &[u32], grad: &[f32]) -> Vec<(u32, Vec<f64>)> {
+    let m = q.len() / dim;
+    let n = cand.len();
+    let mut by_id = std::collections::BTreeMap::<u32, Vec<f64>>::new();
+    for (j, &id) in cand.iter().enumerate() {
+        let g = by_id.entry(id).or_insert_with(|| vec![0.0; dim]);
+        for i in 0..m {
+            let w = grad[i * n + j] as f64;
+            for (acc, &v) in g.iter_mut().zip(&q[i * dim..(i + 1) * dim]) {
+                *acc += w * v as f64;
+            }
+        }
+    }
+    by_id.into_iter().collect()
+}
+
+/// The gradient of `sum(out * grad)` with respect to each row of [`combine`]
+/// (`out[i] = sum_p x[i][p] * table[ids[p]]`, `grad` `m x dim`): row `ids[p]` gets
+/// `sum_i x[i][p] * grad[i]`, repeats summed; `(id, gradient)` ascending.
+pub fn combine_grads(dim: usize, x: &[f32], ids: &[u32], grad: &[f32]) -> Vec<(u32, Vec<f64>)> {
+    let k = ids.len();
+    let m = x.len() / k;
+    let mut by_id = std::collections::BTreeMap::<u32, Vec<f64>>::new();
+    for (p, &id) in ids.iter().enumerate() {
+        let g = by_id.entry(id).or_insert_with(|| vec![0.0; dim]);
+        for i in 0..m {
+            let w = x[i * k + p] as f64;
+            for (acc, &v) in g.iter_mut().zip(&grad[i * dim..(i + 1) * dim]) {
+                *acc += w * v as f64;
+            }
+        }
+    }
+    by_id.into_iter().collect()
+}
+
 /// A plain CPU trainer in f64: the table and its optimizer state, updated as the cache's
 /// training updates them (the oracle of the training tests).
 #[derive(Clone, Debug)]

@@ -329,3 +329,90 @@ fn training_refusals() {
     cache.backward_lookup(&[], &none).unwrap();
     assert_eq!(cache.flush().unwrap(), 0);
 }
+
+/// The backward of scores (host and GPU queries) and of combine, through a small cache,
+/// against the f64 trainer, for both optimizers (SGD first: row-wise Adagrad is blind to a
+/// gradient's scale on a row's first step); a flush at the end.
+#[test]
+fn products_train_their_rows() {
+    let _serial = common::serial();
+    let Some(ctx) = host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("train_products"));
+    let (rows, dim) = (120, 4);
+    for optimizer in [
+        Optimizer::Sgd { lr: 0.1 },
+        Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 },
+    ] {
+        let mut cache = train_products(ctx, &mut rng, (rows, dim), optimizer);
+        // a gradient of the wrong shape is refused
+        let bad = Embeddings::from_host(ctx, &[0.0; 6], 3).unwrap();
+        let q = [0.0f32; 8];
+        let err = cache
+            .backward_scores(hotrow::Queries::Host { data: &q, dim }, &[1, 2], &bad)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HotrowError::LengthMismatch { .. } | HotrowError::DimMismatch { .. }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+/// Twelve steps of scores and combine backwards with `optimizer`, each followed by a
+/// lookup of the whole table (more rows than the cache) against the f64 trainer, then a
+/// flush against it; returns the cache.
+fn train_products(
+    ctx: &GpuContext,
+    rng: &mut Rng,
+    (rows, dim): (usize, usize),
+    optimizer: Optimizer,
+) -> EmbeddingCache<HostTable<'static>> {
+    let data = random_values(rows * dim, rng.next_u64());
+    let mut reference = Trainer::new(&data, dim, optimizer);
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(16))
+        .training(optimizer);
+    let mut cache = EmbeddingCache::new(ctx, HostTable::owned(data, dim).unwrap(), config).unwrap();
+    for step in 0..12 {
+        let what = format!("{optimizer:?} step {step}");
+        let n = 1 + rng.below(30) as usize;
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+        let m = 1 + rng.below(5) as usize;
+        if step % 2 == 0 {
+            let q = random_values(m * dim, rng.next_u64());
+            let g = random_values(m * n, rng.next_u64());
+            let grad = Embeddings::from_host(ctx, &g, n).unwrap();
+            let gpu_q = Embeddings::from_host(ctx, &q, dim).unwrap();
+            let queries = if step % 4 == 0 {
+                hotrow::Queries::Host { data: &q, dim }
+            } else {
+                hotrow::Queries::Gpu(&gpu_q)
+            };
+            cache.backward_scores(queries, &ids, &grad).unwrap();
+            reference.apply(&hotrow::reference::scores_grads(dim, &q, &ids, &g));
+        } else {
+            let x = random_values(m * n, rng.next_u64());
+            let g = random_values(m * dim, rng.next_u64());
+            let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+            cache.backward_combine(&x, &ids, &grad).unwrap();
+            reference.apply(&hotrow::reference::combine_grads(dim, &x, &ids, &g));
+        }
+        // the trained rows as the cache serves them now
+        let all: Vec<u32> = (0..rows as u32).collect();
+        let out = cache.lookup(&all).unwrap().to_host().unwrap();
+        assert_rows_near(&out, &reference.rows, 2e-5, &what);
+    }
+    cache.flush().unwrap();
+    let table = cache.source().data().unwrap();
+    assert_rows_near(
+        table,
+        &reference.rows,
+        2e-5,
+        &format!("{optimizer:?}: flushed"),
+    );
+    cache
+}

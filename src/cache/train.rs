@@ -10,6 +10,7 @@
 //! applies the optimizer in the slot, and `mark` flags the slot dirty. For max bags an
 //! `argmax` over the batch's rows, as they are before the update, goes first.
 
+use super::host_pool::guarded_on_host_pool;
 use super::{BatchPath, CacheConfig, EmbeddingCache};
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
@@ -104,7 +105,8 @@ impl<S: RowSource> EmbeddingCache<S> {
     pub fn backward_lookup(&mut self, ids: &[u32], grad: &Embeddings) -> Result<()> {
         let optimizer = self.optimizer()?;
         check_ids(ids, self.rows())?;
-        self.check_grad(grad, ids.len(), "a lookup's gradient (one row per id)")?;
+        let what = "a lookup's gradient (one row per id)";
+        self.check_grad(grad, (ids.len(), self.dim()), what)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -131,7 +133,8 @@ impl<S: RowSource> EmbeddingCache<S> {
     ) -> Result<()> {
         let optimizer = self.optimizer()?;
         self.check_bags(ids, offsets, pooling, weights)?;
-        self.check_grad(grad, offsets.len(), "a bags' gradient (one row per bag)")?;
+        let what = "a bags' gradient (one row per bag)";
+        self.check_grad(grad, (offsets.len(), self.dim()), what)?;
         if ids.is_empty() || offsets.is_empty() {
             return Ok(());
         }
@@ -152,15 +155,99 @@ impl<S: RowSource> EmbeddingCache<S> {
         })
     }
 
-    /// `grad` is of this context, `rows x dim`.
-    fn check_grad(&self, grad: &Embeddings, rows: usize, what: &'static str) -> Result<()> {
+    /// The backward of [`EmbeddingCache::scores`] fused with the optimizer, for the rows
+    /// (the candidates' side): `grad` is the gradient with respect to the scores (`m x
+    /// cand.len()`), and candidate `j`'s row gets `sum_i grad[i][j] * queries[i]` (repeats
+    /// summed). The queries are not trained (they are the caller's).
+    ///
+    /// Errors, before any work: not a training cache, the input errors of `scores`, `grad`
+    /// of another context or of the wrong shape.
+    pub fn backward_scores(
+        &mut self,
+        queries: super::Queries<'_>,
+        cand: &[u32],
+        grad: &Embeddings,
+    ) -> Result<()> {
+        let optimizer = self.optimizer()?;
+        let m = self.check_scores(queries, cand)?;
+        self.check_grad(
+            grad,
+            (m, cand.len()),
+            "a scores' gradient (queries x candidates)",
+        )?;
+        if m == 0 {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let uploaded;
+        let q = match queries {
+            super::Queries::Host { data, dim } => {
+                uploaded = Embeddings::from_host(&ctx, data, dim)?;
+                &uploaded
+            }
+            super::Queries::Gpu(e) => e,
+        };
+        self.backward_product(cand, (grad, q), m, optimizer)
+    }
+
+    /// The backward of [`EmbeddingCache::combine`] fused with the optimizer, for the rows:
+    /// `grad` is the gradient with respect to the combination (`m x dim`), and row `ids[p]`
+    /// gets `sum_i x[i][p] * grad[i]` (repeats summed). `x` is not trained.
+    ///
+    /// Errors, before any work: not a training cache, the input errors of `combine`, `grad`
+    /// of another context or of the wrong shape.
+    pub fn backward_combine(&mut self, x: &[f32], ids: &[u32], grad: &Embeddings) -> Result<()> {
+        let optimizer = self.optimizer()?;
+        let m = self.check_combine(x, ids)?;
+        self.check_grad(grad, (m, self.dim()), "a combination's gradient (m x dim)")?;
+        if m == 0 {
+            return Ok(());
+        }
+        let xs = Embeddings::from_host(&self.ctx, x, ids.len())?;
+        self.backward_product(ids, (&xs, grad), m, optimizer)
+    }
+
+    /// The rows' side of a product's backward: the per-position gradient `left^T right`
+    /// (left `m x ids.len()`, right `m x dim`) on the GPU, then the lookup's backward.
+    fn backward_product(
+        &mut self,
+        ids: &[u32],
+        (left, right): (&Embeddings, &Embeddings),
+        m: usize,
+        optimizer: Optimizer,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let dim = self.dim();
+        let per_position = Embeddings::new(&ctx, ids.len(), dim)?;
+        let mut enc = encoder(&ctx, "hotrow product gradient");
+        let buffers = (left.buffer(), right.buffer(), per_position.buffer());
+        update::encode_a_t_b(
+            &ctx,
+            &mut enc,
+            &mut self.train_launch,
+            buffers,
+            m,
+            ids.len(),
+            dim,
+        )?;
+        crate::gpu::submit_encoder(&ctx, enc)?;
+        self.backward(ids, Produced::Lookup, &per_position, optimizer)
+    }
+
+    /// `grad` is of this context, `rows x cols`.
+    fn check_grad(
+        &self,
+        grad: &Embeddings,
+        (rows, cols): (usize, usize),
+        what: &'static str,
+    ) -> Result<()> {
         if !grad.context().same_as(&self.ctx) {
             return Err(HotrowError::ForeignContext { what });
         }
-        if grad.dim() != self.dim() {
+        if grad.dim() != cols {
             return Err(HotrowError::DimMismatch {
                 what,
-                expected: self.dim(),
+                expected: cols,
                 got: grad.dim(),
             });
         }
@@ -177,6 +264,19 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// Checked, non-empty input: the argmax pass (max bags), then a pass per chunk of the
     /// distinct ids with the update and the dirty marks in its submission.
     fn backward(
+        &mut self,
+        ids: &[u32],
+        produced: Produced<'_>,
+        grad: &Embeddings,
+        optimizer: Optimizer,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        guarded_on_host_pool(&ctx, || {
+            self.backward_checked(ids, produced, grad, optimizer)
+        })
+    }
+
+    fn backward_checked(
         &mut self,
         ids: &[u32],
         produced: Produced<'_>,
@@ -275,7 +375,8 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
         if self.config.training.is_none() {
             return Ok(0);
         }
-        let written = self.engine.flush_written()?;
+        let ctx = self.ctx.clone();
+        let written = ctx.guarded(|| self.engine.flush_written())?;
         let (dim, stride) = (self.dim(), self.layout.words_per_row());
         let values: Vec<f32> = written
             .words

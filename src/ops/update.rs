@@ -349,6 +349,44 @@ pub(crate) fn encode(
     Ok(staged)
 }
 
+/// Encodes `out = left^T right` (left `m x n`, right `m x dim`, out `n x dim`, f32,
+/// row-major): the per-position gradient of a product (see update.wgsl's `a_t_b`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_a_t_b(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    state: &mut LaunchState,
+    (left, right, out): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    m: usize,
+    n: usize,
+    dim: usize,
+) -> Result<()> {
+    let (gx, gy) = grid_for_threads(ctx, n as u64 * dim as u64);
+    let p = UpdateParams {
+        n: n as u32,
+        groups_x: gx,
+        dim: dim as u32,
+        n_bags: m as u32,
+        ..Default::default()
+    };
+    let pipeline = ctx.pipeline(&SHADER, "a_t_b", "")?;
+    let launch = &mut first_launches(&mut state.launches, 3)[2];
+    let group = launch
+        .bind(
+            ctx,
+            &pipeline,
+            ParamsFrom::Host(&p),
+            &[
+                (3, left, left.size()),
+                (4, out, out.size()),
+                (5, right, right.size()),
+            ],
+        )?
+        .clone();
+    encode_pass(ctx, enc, "a_t_b", &pipeline, [(&group, (gx, gy))]);
+    Ok(())
+}
+
 /// Bytes of one [`UpdateParams`] block.
 const PARAMS_BYTES: u64 = std::mem::size_of::<UpdateParams>() as u64;
 
