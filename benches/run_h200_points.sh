@@ -28,8 +28,14 @@ num = {k: v for k, v in d.items() if isinstance(v, (int, float)) and not any(s i
 print(sys.argv[1], " ".join(f"{k}={num[k]:.4g}" for k in sorted(num)))
 PY
 done < "$POINTS"
-# W6's peer is its own script (torch_peer_w67.py); the rest go to torch_peer.py.
+# W6's and W7's peers are their own script (torch_peer_w67.py); the rest go to torch_peer.py.
 case ",$PEER," in
+  *,w7,*)
+    echo "== torch peer W6 and W7 from $(date +%T.%N)" >> "$LOG"
+    PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer_w67.py --json "$OUT/torch_w67.json" > /tmp/t7.log 2>&1
+    grep -E "W6|W7|Error" /tmp/t7.log >> "$LOG"
+    PEER=$(echo ",$PEER," | sed 's/,w6,/,/; s/,w7,/,/; s/^,//; s/,$//')
+    ;;
   *,w6,*)
     echo "== torch peer W6 from $(date +%T.%N)" >> "$LOG"
     PYTHONUNBUFFERED=1 python3 benches/peers/torch_peer_w67.py --w6-only --json "$OUT/torch_w6.json" > /tmp/t6.log 2>&1
@@ -49,7 +55,7 @@ import glob, json, os, sys
 out = sys.argv[1]
 merged = {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
-    if os.path.basename(f) in ("torch.json", "torch_w6.json", "points.json"):
+    if os.path.basename(f) in ("torch.json", "torch_w6.json", "torch_w67.json", "points.json"):
         continue
     merged[os.path.basename(f)[:-5]] = json.load(open(f))
     os.remove(f)

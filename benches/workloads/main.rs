@@ -21,6 +21,7 @@ mod w3;
 mod w4;
 mod w5;
 mod w6;
+mod w7;
 
 use std::time::Instant;
 
@@ -33,7 +34,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     // Storage in host memory only for the workload that reads it (wgpu warns against the
     // feature on a discrete GPU otherwise).
     let ctx = GpuContext::with_options(hotrow::GpuOptions {
-        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc")
+        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc" || w == "w7")
             || a.path != hotrow::BatchPath::Host,
         host_memory_import: a.host_import,
         ..Default::default()
@@ -65,8 +66,9 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w6" => w6::run(&ctx, &a, &mut part).map(|_| None)?,
             "w6pools" => w6::pools(&a, &mut part).map(|_| None)?,
             "w6copy" => w6::copy_floor(&ctx, &a, &mut part).map(|_| None)?,
+            "w7" => Some(w7::run(&ctx, &a, &mut part, take())?),
             other => {
-                eprintln!("unknown workload {other} (w1-w6, w2multi, w2zc, w2redis with --features redis, w6pools, w6copy)");
+                eprintln!("unknown workload {other} (w1-w7, w2multi, w2zc, w2redis with --features redis, w6pools, w6copy)");
                 std::process::exit(2);
             }
         };

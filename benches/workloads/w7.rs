@@ -1,0 +1,165 @@
+//! W7: a training step (WORKLOADS.md): W2's table behind a 10% training cache (row-wise
+//! Adagrad, lr 0.01, eps 1e-8, on the GPU-driven path), W3's bags forward (4,096 x 32,
+//! weighted sum), the gradient of `sum(out * G)` (G a fixed random 4,096 x 128: the
+//! gradient with respect to the output is G itself) back to the rows, fused with the
+//! update. Wall ms per step: the median of synchronous steps and a stream's mean, after 20
+//! warm-up steps. After every step (warm-up included) a flush at the end leaves the table
+//! equal to a CPU reference training; checked on a sample of rows (each row's update
+//! depends on its own positions only, so a sample is exact), max abs and rel error.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hotrow::{
+    BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, HostTable, Optimizer,
+    Pooling,
+};
+
+use crate::gen::{Rng, ZipfIds};
+use crate::harness::{self, Args, Report, Result, S};
+
+const LR: f32 = 0.01;
+const EPS: f32 = 1e-8;
+
+pub fn run(
+    ctx: &GpuContext,
+    a: &Args,
+    rep: &mut Report,
+    table: HostTable<'static>,
+) -> Result<HostTable<'static>> {
+    let (n, _, d) = harness::cached_shapes(a);
+    let (bags, l) = if a.small { (256, 32) } else { (4096, 32) };
+    let optimizer = Optimizer::RowWiseAdagrad { lr: LR, eps: EPS };
+    let start = table.data().expect("W2's f32 table").to_vec();
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(n / 10))
+        .path(BatchPath::Gpu)
+        .training(optimizer);
+    let t = Instant::now();
+    let mut cache = match EmbeddingCache::new(ctx, table, config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("w7: skipped, training needs the GPU-driven path here: {e}");
+            rep.insert("W7_supported".into(), 0.0);
+            return HostTable::owned(start, d);
+        }
+    };
+    rep.insert("W7_build_s".into(), t.elapsed().as_secs_f64());
+    let zipf = ZipfIds::new(n, S, 72);
+    let mut rng = Rng::new(73);
+    let steps = 40;
+    let ids: Vec<Vec<u32>> = (0..steps).map(|_| zipf.batch(bags * l, &mut rng)).collect();
+    let weights: Vec<Vec<f32>> = (0..steps)
+        .map(|_| (0..bags * l).map(|_| rng.unit() as f32).collect())
+        .collect();
+    let offsets: Vec<u32> = (0..bags as u32).map(|b| b * l as u32).collect();
+    let g: Vec<f32> = (0..bags * d).map(|_| rng.unit() as f32 - 0.5).collect();
+    let grad = Embeddings::from_host(ctx, &g, d)?;
+    let mut out = Embeddings::new(ctx, bags, d)?;
+    // The CPU reference on a sample of rows: every 97th distinct id of the first step, and
+    // as many random rows (most never touched: they must stay as they were).
+    let mut sample: Vec<u32> = {
+        let mut first: Vec<u32> = ids[0].clone();
+        first.sort_unstable();
+        first.dedup();
+        first.into_iter().step_by(97).collect()
+    };
+    let extra: Vec<u32> = (0..sample.len())
+        .map(|_| rng.below(n as u64) as u32)
+        .collect();
+    sample.extend(extra);
+    sample.sort_unstable();
+    sample.dedup();
+    let mut reference: HashMap<u32, (Vec<f64>, f64)> = sample
+        .iter()
+        .map(|&id| {
+            let row = start[id as usize * d..][..d]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            (id, (row, 0.0))
+        })
+        .collect();
+    let mut step_no = 0usize;
+    let mut step = |cache: &mut EmbeddingCache<HostTable<'static>>,
+                    out: &mut Embeddings,
+                    k: usize|
+     -> Result<()> {
+        let (ids, w) = (&ids[k % steps], &weights[k % steps]);
+        cache.lookup_bags_into(ids, &offsets, Pooling::Sum, Some(w), out)?;
+        cache.backward_bags(ids, &offsets, Pooling::Sum, Some(w), &grad)?;
+        // the reference: each sampled row's gradient over its positions, then Adagrad
+        let mut grads: HashMap<u32, Vec<f64>> = HashMap::new();
+        for (p, &id) in ids.iter().enumerate() {
+            if reference.contains_key(&id) {
+                let b = p / l;
+                let acc = grads.entry(id).or_insert_with(|| vec![0.0; d]);
+                for (x, &gv) in acc.iter_mut().zip(&g[b * d..][..d]) {
+                    *x += w[p] as f64 * gv as f64;
+                }
+            }
+        }
+        for (id, gr) in grads {
+            let (row, acc) = reference.get_mut(&id).expect("sampled");
+            *acc += gr.iter().map(|v| v * v).sum::<f64>() / d as f64;
+            let s = LR as f64 / (*acc + EPS as f64).sqrt();
+            for (x, gv) in row.iter_mut().zip(&gr) {
+                *x -= s * gv;
+            }
+        }
+        step_no += 1;
+        Ok(())
+    };
+    let warm = if a.small { 5 } else { 20 };
+    for k in 0..warm {
+        step(&mut cache, &mut out, k)?;
+    }
+    let timed = if a.small { 20 } else { 200 };
+    let mut sync_ms = Vec::with_capacity(timed / 2);
+    for k in 0..timed / 2 {
+        let t = Instant::now();
+        step(&mut cache, &mut out, warm + k)?;
+        ctx.wait_idle()?;
+        sync_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let t = Instant::now();
+    for k in timed / 2..timed {
+        step(&mut cache, &mut out, warm + k)?;
+    }
+    ctx.wait_idle()?;
+    let stream_ms = t.elapsed().as_secs_f64() * 1e3 / (timed - timed / 2) as f64;
+    rep.insert("W7_supported".into(), 1.0);
+    rep.insert(
+        "W7_hotrow_step_sync_median_ms".into(),
+        harness::median(&mut sync_ms),
+    );
+    rep.insert("W7_hotrow_step_stream_ms".into(), stream_ms);
+    let t = Instant::now();
+    let written = cache.flush()?;
+    rep.insert("W7_flush_ms".into(), t.elapsed().as_secs_f64() * 1e3);
+    rep.insert("W7_flushed_rows".into(), written as f64);
+    let mem = cache.memory();
+    rep.insert(
+        "W7_gpu_bytes_frac_of_table".into(),
+        mem.total() as f64 / (n as f64 * d as f64 * 4.0),
+    );
+    rep.insert("W7_steps".into(), step_no as f64);
+    let table = cache.into_source();
+    let data = table.data().expect("f32");
+    let (mut max_abs, mut max_rel) = (0f64, 0f64);
+    for (&id, (row, _)) in &reference {
+        for (c, &want) in row.iter().enumerate() {
+            let got = data[id as usize * d + c] as f64;
+            max_abs = max_abs.max((got - want).abs());
+            max_rel = max_rel.max((got - want).abs() / want.abs().max(1e-3));
+        }
+    }
+    rep.insert("W7_sample_rows".into(), reference.len() as f64);
+    rep.insert("W7_max_abs_error".into(), max_abs);
+    rep.insert("W7_max_rel_error".into(), max_rel);
+    if max_rel.is_nan() || max_rel > 1e-4 {
+        eprintln!("w7: WRONG RESULT: the flushed table is {max_rel:e} from the CPU reference");
+        std::process::exit(1);
+    }
+    Ok(table)
+}
