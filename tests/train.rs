@@ -283,6 +283,16 @@ fn training_refusals() {
     let host = CacheConfig::default().training(sgd).path(BatchPath::Host);
     let err = EmbeddingCache::new(ctx, table(), host).unwrap_err();
     assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    // caches that cannot train yet: table-batched, multi-GPU
+    let tb =
+        hotrow::TableBatchedCache::new(ctx, vec![table()], CacheConfig::default().training(sgd));
+    assert!(matches!(tb.unwrap_err(), HotrowError::InvalidArgument(_)));
+    let rep = hotrow::ReplicatedCache::new(
+        std::slice::from_ref(ctx),
+        table(),
+        CacheConfig::default().training(sgd),
+    );
+    assert!(matches!(rep.unwrap_err(), HotrowError::InvalidArgument(_)));
     // a cache that does not train
     let mut cache = EmbeddingCache::new(ctx, table(), CacheConfig::default()).unwrap();
     let grad = Embeddings::from_host(ctx, &[0.0; 4], 4).unwrap();
@@ -415,4 +425,59 @@ fn train_products(
         &format!("{optimizer:?}: flushed"),
     );
     cache
+}
+
+/// Training over a table in hotrow's own imported host memory (its rows read back by the
+/// host directly at a flush, not through a mapping).
+#[test]
+fn training_on_imported_host_memory() {
+    let _serial = common::serial();
+    let Some(first) = host_storage_ctx() else {
+        return;
+    };
+    let ctx = GpuContext::with_options(GpuOptions {
+        backends: Some(first.adapter().backend.into()),
+        adapter_name: Some(first.adapter().name.clone()),
+        host_visible_storage: true,
+        host_memory_import: true,
+        ..Default::default()
+    })
+    .unwrap();
+    eprintln!("imported: {}", ctx.adapter().host_memory_import);
+    let mut rng = Rng::new(seed("train_imported"));
+    let (rows, dim) = (200, 8);
+    let data = random_values(rows * dim, rng.next_u64());
+    let optimizer = Optimizer::RowWiseAdagrad {
+        lr: 0.05,
+        eps: 1e-8,
+    };
+    let mut reference = Trainer::new(&data, dim, optimizer);
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(24))
+        .training(optimizer);
+    let mut cache =
+        EmbeddingCache::new(&ctx, HostTable::owned(data, dim).unwrap(), config).unwrap();
+    for _ in 0..10 {
+        let (ids, offsets) = random_bags(&mut rng, rows, 10);
+        cache
+            .lookup_bags(&ids, &offsets, Pooling::Sum, None)
+            .unwrap();
+        let g = random_values(offsets.len() * dim, rng.next_u64());
+        let grad = Embeddings::from_host(&ctx, &g, dim).unwrap();
+        cache
+            .backward_bags(&ids, &offsets, Pooling::Sum, None, &grad)
+            .unwrap();
+        reference.apply(&bags_grads(
+            &reference.rows,
+            dim,
+            &ids,
+            &offsets,
+            0,
+            None,
+            &g,
+        ));
+    }
+    assert!(cache.flush().unwrap() > 0);
+    let table = cache.source().data().unwrap();
+    assert_rows_near(table, &reference.rows, 2e-5, "imported table, flushed");
 }

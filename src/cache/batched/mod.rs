@@ -187,6 +187,13 @@ impl<S: RowSource> TableBatchedCache<S> {
                 "a table-batched cache needs at least one table".into(),
             ));
         }
+        if config.training.is_some() {
+            return Err(HotrowError::InvalidArgument(
+                "training a table-batched cache is not built yet (train an EmbeddingCache per \
+                 table)"
+                    .into(),
+            ));
+        }
         // (Each table checked by itself, so the error names it; an empty table could serve
         // no id, and was certainly not meant.)
         for (table, t) in tables.iter().enumerate() {

@@ -34,6 +34,11 @@ impl<R: RowSource> Devices<R> {
                 "a multi-GPU cache needs at least one GpuContext".into(),
             ));
         }
+        if config.training.is_some() {
+            return Err(HotrowError::InvalidArgument(
+                "training a multi-GPU cache is not built yet".into(),
+            ));
+        }
         if rows == 0 {
             return Err(HotrowError::InvalidArgument(
                 "row source must have rows and dim >= 1 (got 0 rows)".into(),
