@@ -481,3 +481,71 @@ fn training_on_imported_host_memory() {
     let table = cache.source().data().unwrap();
     assert_rows_near(table, &reference.rows, 2e-5, "imported table, flushed");
 }
+
+/// A device lost mid-stream: the rows the GPU wrote back to the table before the loss are
+/// saved by the flush (from hotrow's own host memory), which then reports the loss.
+#[test]
+fn a_lost_device_keeps_the_rows_written_back_before_it() {
+    let _serial = common::serial();
+    let Some(first) = host_storage_ctx() else {
+        return;
+    };
+    let ctx = GpuContext::with_options(GpuOptions {
+        backends: Some(first.adapter().backend.into()),
+        adapter_name: Some(first.adapter().name.clone()),
+        host_visible_storage: true,
+        host_memory_import: true,
+        ..Default::default()
+    })
+    .unwrap();
+    if !ctx.adapter().host_memory_import {
+        eprintln!("skipped: no host memory import on {}", ctx.adapter());
+        return;
+    }
+    let (rows, dim) = (400, 4);
+    let data = random_values(rows * dim, seed("train_lost"));
+    let optimizer = Optimizer::Sgd { lr: 0.5 };
+    let mut reference = Trainer::new(&data, dim, optimizer);
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(16))
+        .training(optimizer);
+    let mut cache =
+        EmbeddingCache::new(&ctx, HostTable::owned(data.clone(), dim).unwrap(), config).unwrap();
+    // train ten rows, then read 300 others: every trained row leaves the cache (written back)
+    let trained: Vec<u32> = (0..10).map(|k| k * 3).collect();
+    for step in 0..3 {
+        let g = vec![0.1 * (step + 1) as f32; trained.len() * dim];
+        cache.lookup(&trained).unwrap();
+        let grad = Embeddings::from_host(&ctx, &g, dim).unwrap();
+        cache.backward_lookup(&trained, &grad).unwrap();
+        reference.apply(&lookup_grads(dim, &trained, &g));
+    }
+    for k in 0..30u32 {
+        let other: Vec<u32> = (0..10).map(|j| 100 + k * 10 + j).collect();
+        cache.lookup(&other).unwrap();
+    }
+    // train one more row, still in the cache when the device goes
+    let last = [1u32];
+    cache.lookup(&last).unwrap();
+    let grad = Embeddings::from_host(&ctx, &[1.0; 4], dim).unwrap();
+    cache.backward_lookup(&last, &grad).unwrap();
+    ctx.wait_idle().unwrap();
+    ctx.device_lost("the test pulled the card");
+    let err = cache.flush().unwrap_err();
+    let HotrowError::DeviceLost(msg) = err else {
+        panic!("not a device loss: {err:?}");
+    };
+    assert!(msg.contains("wrote the 10 rows"), "{msg}");
+    assert!(msg.contains("are lost"), "{msg}");
+    let table = cache.source().data().unwrap();
+    for id in 0..rows {
+        let got = &table[id * dim..][..dim];
+        if trained.contains(&(id as u32)) {
+            let want = &reference.rows[id * dim..][..dim];
+            assert_rows_near(got, want, 1e-6, &format!("written-back row {id}"));
+        } else {
+            // untouched rows, and row 1 (lost with the device) as they were
+            assert_eq!(got, &data[id * dim..][..dim], "row {id}");
+        }
+    }
+}

@@ -371,12 +371,51 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
     ///
     /// If the write fails, the error is returned and the rows stay marked as changed: the
     /// next flush writes them again (nothing is dropped).
+    ///
+    /// If the device is lost, the rows the GPU wrote back to the table before the loss are
+    /// still in host memory: where that memory is hotrow's own
+    /// ([`crate::GpuOptions::host_memory_import`]) the flush finds them by comparing the
+    /// table with the row source, writes them, and returns
+    /// [`HotrowError::DeviceLost`] saying how many it saved; rows changed in the cache and
+    /// not yet written back (at most the cache's capacity) are lost with the device, and
+    /// the error says so. Over wgpu's buffers nothing can be read after the loss.
     pub fn flush(&mut self) -> Result<usize> {
         if self.config.training.is_none() {
             return Ok(0);
         }
         let ctx = self.ctx.clone();
-        let written = ctx.guarded(|| self.engine.flush_written())?;
+        let written = match ctx.guarded(|| self.engine.flush_written()) {
+            Err(HotrowError::DeviceLost(reason)) => return Err(self.salvage(reason)),
+            other => other?,
+        };
+        let rows = self.write_flushed(written)?;
+        self.engine.written_done()?;
+        self.unflushed.0 = false;
+        Ok(rows)
+    }
+
+    /// A flush after the device is lost: what the table in host memory still holds goes
+    /// to the row source; the error to return says what was saved and what was not.
+    fn salvage(&mut self, reason: String) -> HotrowError {
+        let capacity = self.capacity();
+        let saved = match self.engine.salvage_written(&self.source) {
+            Ok(Some(written)) => match self.write_flushed(written) {
+                Ok(rows) => {
+                    format!("flush wrote the {rows} rows written back to the table before the loss")
+                }
+                Err(e) => format!("writing the rows written back before the loss failed: {e}"),
+            },
+            Ok(None) => "the table in wgpu's host buffers cannot be read after the loss".into(),
+            Err(e) => format!("reading the table after the loss failed: {e}"),
+        };
+        HotrowError::DeviceLost(format!(
+            "{reason}; {saved}; rows changed in the cache and not yet written back (at most \
+             {capacity}) are lost"
+        ))
+    }
+
+    /// Hands flushed rows (their values) to the row source; returns how many.
+    fn write_flushed(&mut self, written: super::engine::Written) -> Result<usize> {
         let (dim, stride) = (self.dim(), self.layout.words_per_row());
         let values: Vec<f32> = written
             .words
@@ -386,8 +425,6 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
         if !written.ids.is_empty() {
             self.source.write_rows(&written.ids, &values)?;
         }
-        self.engine.written_done()?;
-        self.unflushed.0 = false;
         Ok(written.ids.len())
     }
 }

@@ -33,7 +33,7 @@ mod take_back;
 use std::time::Duration;
 
 pub use driven::DrivenState;
-pub(crate) use driven::{fill_host_table, Driven};
+pub(crate) use driven::{fill_host_table, Driven, Written};
 pub(crate) use held::{submit_together, OpRows};
 
 use super::slot_map::PartitionedSlotMap;

@@ -33,6 +33,7 @@ use crate::gpu::{
 use crate::ops::copy_rows::{self, Direction};
 use crate::ops::driven::{self as kernels, DrivenBuffers, DrivenParams, Phase};
 use crate::ops::slot_index::{self, Kernel};
+use crate::table::RowSource;
 
 /// The GPU's side of the GPU-driven path, and the launch state of its kernels.
 pub(crate) struct Driven {
@@ -630,4 +631,54 @@ fn read_table_rows(ctx: &GpuContext, table: &RowBuffer, ids: &[u32]) -> Result<V
         at = end;
     }
     Ok(out)
+}
+
+/// Rows compared per chunk when a flush salvages the table after a device loss.
+const SALVAGE_ROWS: usize = 1 << 14;
+
+impl PassEngine {
+    /// After the device is lost: the table rows that differ from `source` (bitwise), read
+    /// by the host from hotrow's own imported table memory, with their stored words; the
+    /// rows written back before the loss are among them, found without the GPU's bitmap.
+    /// `None` when the table is not host-mapped (wgpu's buffers cannot be mapped then).
+    pub(crate) fn salvage_written<S: RowSource>(&self, source: &S) -> Result<Option<Written>> {
+        let d = self.driven.as_ref().expect("a GPU-driven engine");
+        if !d.table.host_mapped() {
+            return Ok(None);
+        }
+        let (dim, words) = (self.layout.dim(), self.layout.words_per_row());
+        let mut out = Written {
+            ids: Vec::new(),
+            words: Vec::new(),
+        };
+        let mut values = vec![0f32; SALVAGE_ROWS * dim];
+        let mut ids: Vec<u32> = Vec::with_capacity(SALVAGE_ROWS);
+        for shard in 0..d.table.shards().len() {
+            // SAFETY: the device is lost: no submission reads or writes the table any more,
+            // and this is the only slice of the shard alive.
+            let Some(host) = (unsafe { d.table.host_words(shard) }) else {
+                return Ok(None);
+            };
+            let base = shard * d.table.shard_rows();
+            for (k, chunk) in host.chunks(SALVAGE_ROWS * words).enumerate() {
+                let first = base + k * SALVAGE_ROWS;
+                let n = chunk.len() / words;
+                ids.clear();
+                ids.extend(first as u32..(first + n) as u32);
+                crate::cache::caught::caught(|| source.read_rows(&ids, &mut values[..n * dim]))?;
+                for (r, row) in chunk.chunks_exact(words).enumerate() {
+                    let stored = &values[r * dim..][..dim];
+                    if row[..dim]
+                        .iter()
+                        .zip(stored)
+                        .any(|(&w, v)| w != v.to_bits())
+                    {
+                        out.ids.push((first + r) as u32);
+                        out.words.extend_from_slice(row);
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
 }
