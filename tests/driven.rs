@@ -12,33 +12,8 @@ use common::workload::{random_values, Rng, ZipfIds};
 use common::{assert_rows_decoded, assert_rows_eq, poisoned, seed, stored};
 use hotrow::{
     BatchPath, CacheConfig, Capacity, DrivenState, EmbeddingCache, EvictionPolicy, GpuContext,
-    GpuOptions, HostTable, HotrowError, Pooling, Queries, Resolution, RowFormat,
+    HostTable, HotrowError, Pooling, Queries, Resolution, RowFormat,
 };
-
-/// A context on the tests' adapter that asks for host-visible storage; `None` (with a
-/// line saying so) where the adapter has none.
-fn host_storage_ctx() -> Option<&'static GpuContext> {
-    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
-    let ctx = CTX.get_or_init(|| {
-        let base = common::ctx();
-        GpuContext::with_options(GpuOptions {
-            backends: Some(base.adapter().backend.into()),
-            adapter_name: Some(base.adapter().name.clone()),
-            host_visible_storage: true,
-            ..Default::default()
-        })
-        .unwrap()
-    });
-    if ctx.adapter().host_visible_storage {
-        Some(ctx)
-    } else {
-        eprintln!(
-            "skipped: {} has no host-visible storage (the GPU-driven path needs it)",
-            ctx.adapter()
-        );
-        None
-    }
-}
 
 /// A cache on the GPU-driven path over `data` (`dim` values a row), `capacity` slots
 /// stored as `format`.
@@ -71,7 +46,7 @@ fn check_state(s: &DrivenState, capacity: usize) -> HashSet<u32> {
 #[test]
 fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("driven_stream"));
@@ -220,7 +195,7 @@ fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
 #[test]
 fn the_gpu_state_follows_the_host_model_of_clock() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("driven_model"));
@@ -270,7 +245,7 @@ fn the_gpu_state_follows_the_host_model_of_clock() {
 #[test]
 fn ops_on_the_gpu_path_match_the_cpu() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("driven_ops"));
@@ -344,7 +319,7 @@ fn the_choice_of_path_and_its_refusals() {
         assert!(matches!(err, HotrowError::Unsupported { .. }), "{err:?}");
         assert_eq!(plain.allocated_bytes(), before, "nothing left allocated");
     }
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let auto = EmbeddingCache::new(ctx, table(), CacheConfig::default().capacity(rows)).unwrap();
@@ -385,7 +360,7 @@ fn the_choice_of_path_and_its_refusals() {
 #[test]
 fn bad_input_changes_nothing_on_the_gpu_path() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("driven_misuse"));
@@ -427,16 +402,10 @@ fn bad_input_changes_nothing_on_the_gpu_path() {
 #[test]
 fn multi_gpu_caches_on_the_gpu_path_match_the_cpu() {
     let _serial = common::serial();
-    let Some(first) = host_storage_ctx() else {
+    let Some(first) = common::host_storage_ctx() else {
         return;
     };
-    let second = GpuContext::with_options(GpuOptions {
-        backends: Some(first.adapter().backend.into()),
-        adapter_name: Some(first.adapter().name.clone()),
-        host_visible_storage: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let second = common::host_storage_ctx_with(false);
     let devices = [first.clone(), second];
     let mut rng = Rng::new(seed("driven_multi"));
     let (rows, dim) = (1_200, 8);
@@ -476,7 +445,7 @@ fn multi_gpu_caches_on_the_gpu_path_match_the_cpu() {
 #[test]
 fn a_sharded_table_and_a_large_cache() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("driven_large"));
@@ -506,21 +475,14 @@ fn a_sharded_table_and_a_large_cache() {
 #[test]
 fn both_kinds_of_host_memory_serve_the_stream() {
     let _serial = common::serial();
-    let Some(first) = host_storage_ctx() else {
+    if common::host_storage_ctx().is_none() {
         return;
-    };
+    }
     let mut rng = Rng::new(seed("driven_host_memory"));
     let (rows, dim) = (3_000, 12);
     let data = random_values(rows * dim, rng.next_u64());
     for import in [true, false] {
-        let ctx = GpuContext::with_options(GpuOptions {
-            backends: Some(first.adapter().backend.into()),
-            adapter_name: Some(first.adapter().name.clone()),
-            host_visible_storage: true,
-            host_memory_import: import,
-            ..Default::default()
-        })
-        .unwrap();
+        let ctx = common::host_storage_ctx_with(import);
         if !import {
             assert!(
                 !ctx.adapter().host_memory_import,

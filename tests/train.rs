@@ -11,34 +11,9 @@ use common::workload::{random_values, Rng};
 use common::{assert_close_host, seed};
 use hotrow::reference::{bags, bags_grads, lookup_grads, Trainer};
 use hotrow::{
-    BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, GpuOptions,
-    HostTable, HotrowError, Optimizer, Pooling, RowFormat, RowSource, WritableRowSource,
+    BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, HostTable,
+    HotrowError, Optimizer, Pooling, RowFormat, RowSource, WritableRowSource,
 };
-
-/// A context on the tests' adapter that asks for host-visible storage; `None` (with a line
-/// saying so) where the adapter has none.
-fn host_storage_ctx() -> Option<&'static GpuContext> {
-    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
-    let ctx = CTX.get_or_init(|| {
-        let base = common::ctx();
-        GpuContext::with_options(GpuOptions {
-            backends: Some(base.adapter().backend.into()),
-            adapter_name: Some(base.adapter().name.clone()),
-            host_visible_storage: true,
-            ..Default::default()
-        })
-        .unwrap()
-    });
-    if ctx.adapter().host_visible_storage {
-        Some(ctx)
-    } else {
-        eprintln!(
-            "skipped: {} has no host-visible storage (training needs it)",
-            ctx.adapter()
-        );
-        None
-    }
-}
 
 /// A host table whose writes fail while `fail` is set (a full disk, a lost connection).
 struct Flaky {
@@ -111,7 +86,7 @@ fn random_bags(rng: &mut Rng, rows: usize, max_len: u64) -> (Vec<u32>, Vec<u32>)
 #[test]
 fn training_matches_the_cpu_trainer_through_evictions() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("train_stream"));
@@ -200,7 +175,7 @@ fn training_matches_the_cpu_trainer_through_evictions() {
 #[test]
 fn a_failed_flush_loses_nothing() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let (rows, dim) = (100, 4);
@@ -277,7 +252,7 @@ fn training_refusals() {
             EmbeddingCache::new(plain, table(), CacheConfig::default().training(sgd)).unwrap_err();
         assert!(matches!(err, HotrowError::Unsupported { .. }), "{err:?}");
     }
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let host = CacheConfig::default().training(sgd).path(BatchPath::Host);
@@ -346,7 +321,7 @@ fn training_refusals() {
 #[test]
 fn products_train_their_rows() {
     let _serial = common::serial();
-    let Some(ctx) = host_storage_ctx() else {
+    let Some(ctx) = common::host_storage_ctx() else {
         return;
     };
     let mut rng = Rng::new(seed("train_products"));
@@ -432,17 +407,10 @@ fn train_products(
 #[test]
 fn training_on_imported_host_memory() {
     let _serial = common::serial();
-    let Some(first) = host_storage_ctx() else {
+    if common::host_storage_ctx().is_none() {
         return;
-    };
-    let ctx = GpuContext::with_options(GpuOptions {
-        backends: Some(first.adapter().backend.into()),
-        adapter_name: Some(first.adapter().name.clone()),
-        host_visible_storage: true,
-        host_memory_import: true,
-        ..Default::default()
-    })
-    .unwrap();
+    }
+    let ctx = common::host_storage_ctx_with(true);
     eprintln!("imported: {}", ctx.adapter().host_memory_import);
     let mut rng = Rng::new(seed("train_imported"));
     let (rows, dim) = (200, 8);
@@ -487,17 +455,10 @@ fn training_on_imported_host_memory() {
 #[test]
 fn a_lost_device_keeps_the_rows_written_back_before_it() {
     let _serial = common::serial();
-    let Some(first) = host_storage_ctx() else {
+    if common::host_storage_ctx().is_none() {
         return;
-    };
-    let ctx = GpuContext::with_options(GpuOptions {
-        backends: Some(first.adapter().backend.into()),
-        adapter_name: Some(first.adapter().name.clone()),
-        host_visible_storage: true,
-        host_memory_import: true,
-        ..Default::default()
-    })
-    .unwrap();
+    }
+    let ctx = common::host_storage_ctx_with(true);
     if !ctx.adapter().host_memory_import {
         eprintln!("skipped: no host memory import on {}", ctx.adapter());
         return;

@@ -304,6 +304,13 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
         );
         let ctx = self.ctx.clone();
+        let step = update::Step {
+            groups: &groups,
+            grad: grad.buffer(),
+            optimizer,
+            stride,
+            state_at: dim,
+        };
         let mut uploaded = false;
         if max {
             let rows = self.engine.rows_for_op(&self.source, ids)?;
@@ -316,17 +323,15 @@ impl<S: RowSource> EmbeddingCache<S> {
             };
             let (slots, table) = (view.slots.clone(), view.rows.clone());
             let mut enc = encoder(&ctx, "hotrow argmax");
+            let launch = &mut self.train_launch;
+            let buffers = (&slots, &table);
             let staged = update::encode(
                 &ctx,
                 &mut enc,
-                &mut self.train_launch,
-                &groups,
+                launch,
+                &step,
                 (0, 0),
-                &slots,
-                &table,
-                (stride, dim),
-                grad.buffer(),
-                optimizer,
+                buffers,
                 Some(over),
                 true,
             )?;
@@ -339,19 +344,11 @@ impl<S: RowSource> EmbeddingCache<S> {
             debug_assert!(!view.identity, "a chunk is one pass over unsharded slots");
             let (slots, table) = (view.slots.clone(), view.rows.clone());
             let mut enc = encoder(&ctx, "hotrow update");
+            let chunk_rows = (c * per_pass, chunk.len());
+            let launch = &mut self.train_launch;
+            let buffers = (&slots, &table);
             let staged = update::encode(
-                &ctx,
-                &mut enc,
-                &mut self.train_launch,
-                &groups,
-                (c * per_pass, chunk.len()),
-                &slots,
-                &table,
-                (stride, dim),
-                grad.buffer(),
-                optimizer,
-                None,
-                !uploaded,
+                &ctx, &mut enc, launch, &step, chunk_rows, buffers, None, !uploaded,
             )?;
             uploaded = true;
             rows.mark_changed(&mut enc, chunk.len())?;

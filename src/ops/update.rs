@@ -231,10 +231,20 @@ pub(crate) struct ArgmaxRows<'a> {
     pub(crate) stride: usize,
 }
 
-/// Encodes the update of rows `first..first + n` of `groups.distinct`, whose slots are
-/// `slots[0..n]` in `rows` (f32 rows `stride` words apart, the state at word `state_at`),
-/// with the output's gradient `grad` (one row of `dim` per position for a lookup, per bag
-/// for bags), applying `optimizer`; for max bags, first the argmax over the batch's rows as
+/// What every dispatch of one backward shares: the batch grouped, the gradient of the
+/// output (one row of `dim` per position for a lookup, per bag for bags), the optimizer,
+/// and where a stored row's values and state sit (rows `stride` words apart, the state at
+/// word `state_at`).
+pub(crate) struct Step<'a> {
+    pub(crate) groups: &'a Groups,
+    pub(crate) grad: &'a wgpu::Buffer,
+    pub(crate) optimizer: Optimizer,
+    pub(crate) stride: usize,
+    pub(crate) state_at: usize,
+}
+
+/// Encodes `step`'s update of rows `first..first + n` of its distinct ids, whose slots are
+/// `slots[0..n]` in `rows`; for max bags, first the argmax over the batch's rows as
 /// `argmax_over` reads them, which must be the rows before any update of this batch. The
 /// batch's words go up through `state`'s staging ring when `upload` (else the ones an
 /// earlier call of this batch uploaded are read again, the argmax's results among them),
@@ -244,16 +254,19 @@ pub(crate) fn encode(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
     state: &mut LaunchState,
-    groups: &Groups,
+    step: &Step<'_>,
     (first, n): (usize, usize),
-    slots: &wgpu::Buffer,
-    rows: &wgpu::Buffer,
-    (stride, state_at): (usize, usize),
-    grad: &wgpu::Buffer,
-    optimizer: Optimizer,
+    (slots, rows): (&wgpu::Buffer, &wgpu::Buffer),
     argmax_over: Option<ArgmaxRows<'_>>,
     upload: bool,
 ) -> Result<Staged> {
+    let Step {
+        groups,
+        grad,
+        optimizer,
+        stride,
+        state_at,
+    } = *step;
     let (code, lr, eps) = match optimizer {
         Optimizer::Sgd { lr } => (0, lr, 1.0),
         Optimizer::RowWiseAdagrad { lr, eps } => (1, lr, eps),
@@ -541,17 +554,20 @@ mod tests {
             let positions = upload(ctx, bytemuck::cast_slice(&ids));
             let grad_buf = upload(ctx, bytemuck::cast_slice(&grad));
             let mut enc = encoder(ctx, "update test");
+            let batch = Step {
+                groups: &groups,
+                grad: &grad_buf,
+                optimizer,
+                stride,
+                state_at,
+            };
             let staged = encode(
                 ctx,
                 &mut enc,
                 &mut state,
-                &groups,
+                &batch,
                 (0, groups.distinct.len()),
-                &slots,
-                shard,
-                (stride, state_at),
-                &grad_buf,
-                optimizer,
+                (&slots, shard),
                 (kind == 3).then_some(ArgmaxRows {
                     slots: &positions,
                     rows: shard,

@@ -30,6 +30,36 @@ pub fn ctx() -> &'static GpuContext {
     })
 }
 
+/// A context on the tests' adapter that asks for host-visible storage (one per test
+/// binary); `None`, with a line saying so, where the adapter has none (GL).
+pub fn host_storage_ctx() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    let ctx = CTX.get_or_init(|| host_storage_ctx_with(false));
+    if ctx.adapter().host_visible_storage {
+        Some(ctx)
+    } else {
+        eprintln!(
+            "skipped: {} has no host-visible storage (the GPU-driven path needs it)",
+            ctx.adapter()
+        );
+        None
+    }
+}
+
+/// A new context on the tests' adapter with host-visible storage asked for, and hotrow's
+/// own imported host memory when `import`.
+pub fn host_storage_ctx_with(import: bool) -> GpuContext {
+    let base = ctx();
+    GpuContext::with_options(hotrow::GpuOptions {
+        backends: Some(base.adapter().backend.into()),
+        adapter_name: Some(base.adapter().name.clone()),
+        host_visible_storage: true,
+        host_memory_import: import,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// Whether this run asks for the GPU-driven path (`HOTROW_TEST_PATH=gpu`).
 pub fn gpu_path_run() -> bool {
     std::env::var("HOTROW_TEST_PATH").is_ok_and(|v| v == "gpu")
