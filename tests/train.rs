@@ -510,3 +510,68 @@ fn a_lost_device_keeps_the_rows_written_back_before_it() {
         }
     }
 }
+
+/// A table bigger than one storage binding (two shards in host memory on lavapipe's 128
+/// MiB limit): rows trained in both shards leave the cache, are written back into their
+/// own shard, and flush to the source; rows not trained stay as they were.
+#[test]
+fn training_writes_back_across_table_shards() {
+    let _serial = common::serial();
+    let Some(ctx) = common::host_storage_ctx() else {
+        return;
+    };
+    let dim = 64;
+    // rows of 64 values and 4 words of state: two shards where the binding is 128 MiB
+    let row_bytes = (dim as u64 + 4) * 4;
+    let rows =
+        (ctx.adapter().max_storage_buffer_binding_size / row_bytes + 1000).min(4_000_000) as usize;
+    let mut rng = Rng::new(seed("train_shards"));
+    let data = random_values(rows * dim, rng.next_u64());
+    // the rows trained: spread over the whole table (both shards), in a compact reference
+    let trained: Vec<u32> = (0..120u64)
+        .map(|k| (k * rows as u64 / 120) as u32 + 7)
+        .collect();
+    let compact: Vec<f32> = trained
+        .iter()
+        .flat_map(|&id| data[id as usize * dim..][..dim].to_vec())
+        .collect();
+    let optimizer = Optimizer::RowWiseAdagrad {
+        lr: 0.05,
+        eps: 1e-8,
+    };
+    let mut reference = Trainer::new(&compact, dim, optimizer);
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(32))
+        .training(optimizer);
+    let mut cache =
+        EmbeddingCache::new(ctx, HostTable::owned(data.clone(), dim).unwrap(), config).unwrap();
+    assert!(
+        cache.memory().host_table > ctx.adapter().max_storage_buffer_binding_size,
+        "one shard only"
+    );
+    for _ in 0..20 {
+        let picks: Vec<u32> = (0..40)
+            .map(|_| rng.below(trained.len() as u64) as u32)
+            .collect();
+        let ids: Vec<u32> = picks.iter().map(|&k| trained[k as usize]).collect();
+        cache.lookup(&ids).unwrap();
+        let g = random_values(ids.len() * dim, rng.next_u64());
+        let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+        cache.backward_lookup(&ids, &grad).unwrap();
+        reference.apply(&lookup_grads(dim, &picks, &g));
+    }
+    cache.flush().unwrap();
+    let table = cache.source().data().unwrap();
+    for (k, &id) in trained.iter().enumerate() {
+        let got = &table[id as usize * dim..][..dim];
+        let want = &reference.rows[k * dim..][..dim];
+        assert_rows_near(got, want, 2e-5, &format!("trained row {id}"));
+    }
+    for id in [0usize, rows / 2 + 1, rows - 1] {
+        assert_eq!(
+            &table[id * dim..][..dim],
+            &data[id * dim..][..dim],
+            "row {id}"
+        );
+    }
+}

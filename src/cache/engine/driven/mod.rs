@@ -272,8 +272,10 @@ impl PassEngine {
             let passes = ids.len().div_ceil(d.max_positions) as u64;
             if u64::from(d.epoch) + passes >= u64::from(kernels::EPOCH) {
                 // Stamps compare with epochs that only grow: before they would wrap, the
-                // old stamps go (and the reference bits with them, once per 2^31 passes).
-                enc.clear_buffer(&d.state, d.capacity as u64 * 4, None);
+                // old stamps go (and the reference bits with them, once per 2^31 passes);
+                // a training cache's dirty marks after them stay.
+                let stamps = d.capacity as u64 * 4;
+                enc.clear_buffer(&d.state, stamps, Some(stamps));
                 d.epoch = 0;
             }
             d.batch_epoch = d.epoch + 1;
