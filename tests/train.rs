@@ -523,8 +523,11 @@ fn training_writes_back_across_table_shards() {
     let dim = 64;
     // rows of 64 values and 4 words of state: two shards where the binding is 128 MiB
     let row_bytes = (dim as u64 + 4) * 4;
-    let rows =
-        (ctx.adapter().max_storage_buffer_binding_size / row_bytes + 1000).min(4_000_000) as usize;
+    let rows = (ctx.adapter().max_storage_buffer_binding_size / row_bytes + 1000) as usize;
+    if rows > 1_000_000 {
+        eprintln!("skipped: two table shards take {rows} rows here (a test for small bindings)");
+        return;
+    }
     let mut rng = Rng::new(seed("train_shards"));
     let data = random_values(rows * dim, rng.next_u64());
     // the rows trained: spread over the whole table (both shards), in a compact reference
