@@ -151,12 +151,12 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 // slot of position j (or j itself with `identity`).
 @compute @workgroup_size(256)
 fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * p.groups_x) * 256u + lid;
-    if (t >= p.n_bags * p.dim) {
+    let at = grid_element(wid, lid, p.groups_x, p.n_bags, p.dim);
+    if (at.x == 0xffffffffu) {
         return;
     }
-    let b = t / p.dim;
-    let c = t - b * p.dim;
+    let b = at.x;
+    let c = at.y;
     var best = 0xffffffffu;
     var top = 0.0;
     for (var j = batch[p.offsets_at + b]; j < batch[p.offsets_at + b + 1u]; j = j + 1u) {
@@ -170,7 +170,7 @@ fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             top = v;
         }
     }
-    batch[p.argmax_at + t] = best;
+    batch[p.argmax_at + b * p.dim + c] = best;
 }
 
 // a_t_b: out[j * dim + c] = sum over i < m of left[i * n + j] * right[i * dim + c], in i
@@ -182,15 +182,15 @@ fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 
 @compute @workgroup_size(256)
 fn a_t_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * p.groups_x) * 256u + lid;
-    if (t >= p.n * p.dim) {
+    let at = grid_element(wid, lid, p.groups_x, p.n, p.dim);
+    if (at.x == 0xffffffffu) {
         return;
     }
-    let j = t / p.dim;
-    let c = t - j * p.dim;
+    let j = at.x;
+    let c = at.y;
     var acc = 0.0;
     for (var i = 0u; i < p.n_bags; i = i + 1u) {
         acc = acc + grad[i * p.n + j] * right[i * p.dim + c];
     }
-    rows[t] = acc;
+    rows[j * p.dim + c] = acc;
 }

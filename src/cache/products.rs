@@ -133,7 +133,7 @@ impl<S: RowSource> EmbeddingCache<S> {
     }
 
     /// [`HotrowError::ExceedsLimit`] when `bytes` do not fit one storage binding.
-    fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+    pub(super) fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
         let limit = self.ctx.max_binding();
         if bytes > limit {
             return Err(HotrowError::ExceedsLimit {

@@ -241,9 +241,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         (rows, cols): (usize, usize),
         what: &'static str,
     ) -> Result<()> {
-        if !grad.context().same_as(&self.ctx) {
-            return Err(HotrowError::ForeignContext { what });
-        }
+        self.ctx.check_same(grad.context(), what)?;
         if grad.dim() != cols {
             return Err(HotrowError::DimMismatch {
                 what,
@@ -286,14 +284,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         let dim = self.dim();
         let groups = Groups::new(ids, produced, dim);
         let bytes = groups.meta.len() as u64 * 4;
-        if bytes > self.ctx.max_binding() {
-            return Err(HotrowError::ExceedsLimit {
-                what: "a backward's batch (split it)",
-                bytes,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: self.ctx.max_binding(),
-            });
-        }
+        self.check_binding("a backward's batch (split it)", bytes)?;
         let stride = self.layout.words_per_row();
         let per_pass = self.engine.positions_per_op_pass();
         let max = matches!(
@@ -311,7 +302,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             stride,
             state_at: dim,
         };
-        let mut uploaded = false;
+        // The batch's words go up once: with the argmax (whose results they then hold), or
+        // with the first chunk's update.
         if max {
             let rows = self.engine.rows_for_op(&self.source, ids)?;
             let view = rows.view();
@@ -336,7 +328,6 @@ impl<S: RowSource> EmbeddingCache<S> {
                 true,
             )?;
             rows.submit(enc.finish(), staged.entry)?;
-            uploaded = true;
         }
         for (c, chunk) in groups.distinct.chunks(per_pass).enumerate() {
             let mut rows = self.engine.rows_for_op(&self.source, chunk)?;
@@ -347,10 +338,10 @@ impl<S: RowSource> EmbeddingCache<S> {
             let chunk_rows = (c * per_pass, chunk.len());
             let launch = &mut self.train_launch;
             let buffers = (&slots, &table);
+            let upload = c == 0 && !max;
             let staged = update::encode(
-                &ctx, &mut enc, launch, &step, chunk_rows, buffers, None, !uploaded,
+                &ctx, &mut enc, launch, &step, chunk_rows, buffers, None, upload,
             )?;
-            uploaded = true;
             rows.mark_changed(&mut enc, chunk.len())?;
             rows.submit(enc.finish(), staged.entry)?;
             self.unflushed.0 = true;

@@ -10,8 +10,8 @@
 
 use crate::error::Result;
 use crate::gpu::{
-    encode as encode_pass, grid, grid_for_threads, GpuContext, Launch, ParamsFrom, RowBuffer,
-    Shader,
+    encode as encode_pass, grid, grid_for_threads, Bound, GpuContext, Launch, ParamsFrom,
+    RowBuffer, Shader,
 };
 use crate::ops::params_layout;
 
@@ -266,9 +266,8 @@ pub(crate) struct WriteBackBuffers<'a> {
     pub(crate) state: &'a wgpu::Buffer,
 }
 
-/// Encodes `entry` ("write_back" or "flush") once per (table shard, slot shard) pair, the
-/// pair's params block `k` at `params.1 + k * PARAMS_BYTES` of `params.0` (or these
-/// values), over a `grid`.
+/// Encodes `entry` ("write_back" or "flush") once per (table shard, slot shard) pair,
+/// the pair's params block `k` from `params`, over a `grid`.
 pub(crate) fn encode_copy_out(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -280,48 +279,76 @@ pub(crate) fn encode_copy_out(
 ) -> Result<()> {
     let row_words = b.slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&WRITE_BACK, entry, fetch_word(row_words).0)?;
-    let pairs = b
-        .table
-        .shards()
-        .flat_map(|t| b.slots.shards().map(move |s| (t, s)));
-    for (k, ((t, s), launch)) in pairs.zip(launches.iter_mut()).enumerate() {
-        let storage = [
-            (1, b.work, b.work.size()),
-            (2, t, t.size()),
-            (3, s, s.size()),
-            (4, b.state, b.state.size()),
-        ];
-        let group = match params {
-            ParamsSource::Staged(src, at) => {
-                let from = ParamsFrom::Staged {
-                    enc: &mut *enc,
-                    src,
-                    offset: at + k as u64 * PARAMS_BYTES,
-                };
-                launch.bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
-            }
-            ParamsSource::Host(blocks) => {
-                launch.bind(ctx, &pipeline, ParamsFrom::Host(&blocks[k]), &storage)?
-            }
-        }
-        .clone();
-        encode_pass(ctx, enc, entry, &pipeline, [(&group, grid)]);
-    }
-    Ok(())
+    let state = [(4, b.state, b.state.size())];
+    let pairs = (b.table, b.slots, b.work);
+    encode_pairs(
+        ctx,
+        enc,
+        (entry, &pipeline),
+        pairs,
+        &state,
+        grid,
+        launches,
+        params,
+    )
 }
 
 /// Where a dispatch's params blocks come from.
 #[derive(Clone, Copy)]
 pub(crate) enum ParamsSource<'a> {
-    /// A staging buffer, from this offset.
+    /// A staging buffer: block `k` at this offset plus `k` blocks.
     Staged(&'a wgpu::Buffer, u64),
     /// These blocks, written by queue writes.
     Host(&'a [DrivenParams]),
 }
 
+impl<'a> ParamsSource<'a> {
+    /// Where block `k` comes from, copied by `enc` when staged.
+    fn block<'e>(&self, enc: &'e mut wgpu::CommandEncoder, k: usize) -> ParamsFrom<'e, DrivenParams>
+    where
+        'a: 'e,
+    {
+        match *self {
+            ParamsSource::Staged(src, at) => ParamsFrom::Staged {
+                enc,
+                src,
+                offset: at + k as u64 * PARAMS_BYTES,
+            },
+            ParamsSource::Host(blocks) => ParamsFrom::Host(&blocks[k]),
+        }
+    }
+}
+
+/// Encodes `pipeline` once per (table shard, slot shard) pair, table shard major: the work
+/// buffer at binding 1, the pair's table shard at 2 and slot shard at 3, then `extra`; the
+/// pair's params block `k` from `params`; each dispatch in a compute pass of its own.
+#[allow(clippy::too_many_arguments)]
+fn encode_pairs(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    (label, pipeline): (&'static str, &wgpu::ComputePipeline),
+    (table, slots, work): (&RowBuffer, &RowBuffer, &wgpu::Buffer),
+    extra: &[Bound<'_>],
+    grid: (u32, u32),
+    launches: &mut [Launch],
+    params: ParamsSource<'_>,
+) -> Result<()> {
+    let pairs = table
+        .shards()
+        .flat_map(|t| slots.shards().map(move |s| (t, s)));
+    for (k, ((t, s), launch)) in pairs.zip(launches.iter_mut()).enumerate() {
+        let mut storage = vec![(1, work, work.size()), (2, t, t.size()), (3, s, s.size())];
+        storage.extend_from_slice(extra);
+        let from = params.block(&mut *enc, k);
+        let group = launch.bind(ctx, pipeline, from, &storage)?.clone();
+        encode_pass(ctx, enc, label, pipeline, [(&group, grid)]);
+    }
+    Ok(())
+}
+
 /// Encodes one dispatch of `entry` ("clean_victims", "mark" or "clean") binding the slot
 /// state (and for the first two the work buffer, or the `list` of changed slots), over a
-/// `grid`.
+/// `grid`, with the first block of `params`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_marks(
     ctx: &GpuContext,
@@ -339,20 +366,8 @@ pub(crate) fn encode_marks(
     if let Some((binding, buffer)) = other {
         storage.insert(0, (binding, buffer, buffer.size()));
     }
-    let group = match params {
-        ParamsSource::Staged(src, offset) => {
-            let from = ParamsFrom::Staged {
-                enc: &mut *enc,
-                src,
-                offset,
-            };
-            launch.bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
-        }
-        ParamsSource::Host(blocks) => {
-            launch.bind(ctx, &pipeline, ParamsFrom::Host(&blocks[0]), &storage)?
-        }
-    }
-    .clone();
+    let from = params.block(&mut *enc, 0);
+    let group = launch.bind(ctx, &pipeline, from, &storage)?.clone();
     encode_pass(ctx, enc, entry, &pipeline, [(&group, grid)]);
     Ok(())
 }
@@ -443,22 +458,18 @@ pub(crate) fn encode_fetch(
 ) -> Result<()> {
     let row_words = slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
-    let pairs = table
-        .shards()
-        .flat_map(|t| slots.shards().map(move |s| (t, s)));
-    for (k, ((t, s), launch)) in pairs.zip(launches.iter_mut()).enumerate() {
-        let from = ParamsFrom::Staged {
-            enc: &mut *enc,
-            src: staged.0,
-            offset: staged.1 + k as u64 * PARAMS_BYTES,
-        };
-        let storage = [(1, work, work.size()), (2, t, t.size()), (3, s, s.size())];
-        let group = launch
-            .bind::<DrivenParams>(ctx, &pipeline, from, &storage)?
-            .clone();
-        encode_pass(ctx, enc, "fetch", &pipeline, [(&group, grid)]);
-    }
-    Ok(())
+    let params = ParamsSource::Staged(staged.0, staged.1);
+    let pairs = (table, slots, work);
+    encode_pairs(
+        ctx,
+        enc,
+        ("fetch", &pipeline),
+        pairs,
+        &[],
+        grid,
+        launches,
+        params,
+    )
 }
 
 #[cfg(test)]

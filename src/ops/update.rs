@@ -339,6 +339,9 @@ pub(crate) fn encode(
             .clone();
         encode_pass(ctx, enc, "argmax", &pipeline, [(&group, (ax, ay))]);
     }
+    if n == 0 {
+        return Ok(staged); // (the argmax alone)
+    }
     let pipeline = ctx.pipeline(&SHADER, "update", "")?;
     let from = ParamsFrom::Staged {
         enc,

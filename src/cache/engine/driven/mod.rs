@@ -293,17 +293,7 @@ impl PassEngine {
         let slot_shards = self.slots.shards().len();
         let pairs = table_shards * slot_shards;
         let fetch_grid = kernels::fetch_grid(&ctx, n, base.words);
-        let fetch_blocks = (0..pairs).map(|k| {
-            let (t, s) = (k / slot_shards, k % slot_shards);
-            let tr = d.table.shard_rows();
-            let sr = self.slots.shard_rows();
-            kernels::fetch_params(
-                base,
-                fetch_grid.0,
-                (t * tr, tr.min(d.table.rows() - t * tr)),
-                (s * sr, sr.min(self.slots.rows() - s * sr)),
-            )
-        });
+        let fetch_blocks = pair_params(base, fetch_grid.0, &d.table, &self.slots);
         let gather = match target {
             Target::Gather(_, offset) => Some(offset),
             _ => None,
@@ -471,6 +461,26 @@ impl PassEngine {
     }
 }
 
+/// `base` for each (table shard, slot shard) pair, table shard major, over a grid
+/// `groups_x` workgroups wide: the params blocks of the dispatches that move rows between
+/// the table in host memory and the slots (fetch, write-back, flush).
+fn pair_params<'a>(
+    base: DrivenParams,
+    groups_x: u32,
+    table: &'a RowBuffer,
+    slots: &'a RowBuffer,
+) -> impl Iterator<Item = DrivenParams> + 'a {
+    let range = |b: &RowBuffer, k: usize| {
+        let per = b.shard_rows();
+        (k * per, per.min(b.rows() - k * per))
+    };
+    let slot_shards = slots.shards().len();
+    (0..table.shards().len() * slot_shards).map(move |k| {
+        let (t, s) = (k / slot_shards, k % slot_shards);
+        kernels::fetch_params(base, groups_x, range(table, t), range(slots, s))
+    })
+}
+
 /// What a flush of a training cache read back: the table rows written since the last
 /// flush, ascending, and their stored words (values, then optimizer state).
 pub(crate) struct Written {
@@ -525,19 +535,8 @@ impl PassEngine {
             written_at: written_at as u32,
             ..Default::default()
         };
-        let (tr, sr) = (d.table.shard_rows(), self.slots.shard_rows());
-        let (rows, slots) = (d.table.rows(), self.slots.rows());
-        let pairs: Vec<DrivenParams> = (0..d.table.shards().len())
-            .flat_map(|t| (0..self.slots.shards().len()).map(move |s| (t, s)))
-            .map(|(t, s)| {
-                kernels::fetch_params(
-                    base,
-                    grid.0,
-                    (t * tr, tr.min(rows - t * tr)),
-                    (s * sr, sr.min(slots - s * sr)),
-                )
-            })
-            .collect();
+        let rows = d.table.rows();
+        let pairs: Vec<DrivenParams> = pair_params(base, grid.0, &d.table, &self.slots).collect();
         if d.flush.len() < pairs.len() {
             d.flush.resize_with(pairs.len(), Launch::default);
         }
