@@ -97,9 +97,8 @@ impl Driven {
         if training {
             kernels::prepare_write_back(ctx, row_words)?;
         }
-        // Every pipeline a pass runs is built now, not by the first batch (on an H200 the
-        // first batch of a fresh machine took 14.8 ms, 11.7 of them recording: the slot
-        // list's kernel compiled on first use; the driver caches it on disk afterwards).
+        // Every pipeline a pass runs is built now, so the first batch compiles nothing (the
+        // cold first batch has a 5 ms goal).
         kernels::prepare(ctx, row_words)?;
         slot_index::prepare(ctx)?;
         // Positions of a pass: at most the slots (so misses always find one), and few
