@@ -505,6 +505,15 @@ fn both_kinds_of_host_memory_serve_the_stream() {
         )
         .unwrap();
         assert_eq!(table.shards().len(), 4);
+        // each shard's buffer is the size asked for (imported memory is whole 2 MiB pages,
+        // but a binding of the buffer must stay within the limit it was sharded for)
+        for shard in table.shards() {
+            assert!(
+                shard.size() <= 40 << 10,
+                "a shard of {} bytes",
+                shard.size()
+            );
+        }
         table.write_rows(0, &data).unwrap();
         let ids: Vec<u32> = (0..500).map(|_| rng.below(rows as u64) as u32).collect();
         let got = table.gather(&ids).unwrap().to_host().unwrap();

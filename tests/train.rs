@@ -2,8 +2,10 @@
 //! row-wise Adagrad on the cached rows, changed rows written back to the table when they
 //! leave the cache and to the row source at `flush`, checked against the f64 CPU trainer
 //! (`hotrow::reference::Trainer`) through streams with evictions, repeats, empty bags and
-//! batches bigger than the cache. Training runs on the GPU-driven path: on an adapter
-//! without host-visible storage (GL) it is refused with a typed error, which is tested.
+//! batches bigger than the cache. Training runs on both paths: the host path on every
+//! adapter (GL included: changed rows leave the slots through readback copies), the
+//! GPU-driven path where the context has host-visible storage; each test runs on each
+//! path this adapter has.
 
 mod common;
 
@@ -40,6 +42,17 @@ impl WritableRowSource for Flaky {
         }
         self.table.write_rows(ids, rows)
     }
+}
+
+/// The contexts and paths training is tested on: the host path on the plain test context
+/// (every adapter, GL too), and the GPU-driven path where a context has host-visible
+/// storage.
+fn training_paths() -> Vec<(&'static GpuContext, BatchPath)> {
+    let mut paths = vec![(common::ctx(), BatchPath::Host)];
+    if let Some(ctx) = common::host_storage_ctx() {
+        paths.push((ctx, BatchPath::Gpu));
+    }
+    paths
 }
 
 /// `got` (f32) within `tol * (1 + |want|)` of the f64 reference, each value; returns the
@@ -86,9 +99,12 @@ fn random_bags(rng: &mut Rng, rows: usize, max_len: u64) -> (Vec<u32>, Vec<u32>)
 #[test]
 fn training_matches_the_cpu_trainer_through_evictions() {
     let _serial = common::serial();
-    let Some(ctx) = common::host_storage_ctx() else {
-        return;
-    };
+    for (ctx, path) in training_paths() {
+        train_stream(ctx, path);
+    }
+}
+
+fn train_stream(ctx: &GpuContext, path: BatchPath) {
     let mut rng = Rng::new(seed("train_stream"));
     let rows = 300;
     for dim in [8usize, 3] {
@@ -104,12 +120,13 @@ fn training_matches_the_cpu_trainer_through_evictions() {
             let table = HostTable::owned(data.clone(), dim).unwrap();
             let config = CacheConfig::default()
                 .capacity(Capacity::Rows(40))
-                .training(optimizer);
+                .training(optimizer)
+                .path(path);
             let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
-            assert_eq!(cache.config().path, BatchPath::Gpu);
+            assert_eq!(cache.config().path, path);
             let mut worst = 0f64;
             for step in 0..200 {
-                let what = format!("{optimizer:?} dim {dim} step {step}");
+                let what = format!("{path:?} {optimizer:?} dim {dim} step {step}");
                 let current = reference.rows_f32();
                 // every 6th step a lookup; now and then bags with more rows than the cache
                 let max_len = if step % 5 == 4 { 40 } else { 8 };
@@ -159,10 +176,12 @@ fn training_matches_the_cpu_trainer_through_evictions() {
             }
             let written = cache.flush().unwrap();
             assert!(written > 0, "the last flush wrote nothing");
-            let what = format!("{optimizer:?} dim {dim}: flushed table");
+            let what = format!("{path:?} {optimizer:?} dim {dim}: flushed table");
             let table = cache.source().data().unwrap();
             worst = worst.max(assert_rows_near(table, &reference.rows, 2e-5, &what));
-            eprintln!("{optimizer:?} dim {dim}: max abs error {worst:e} against the f64 trainer");
+            eprintln!(
+                "{path:?} {optimizer:?} dim {dim}: max abs error {worst:e} against the f64 trainer"
+            );
             // nothing changed since: a second flush writes nothing
             assert_eq!(cache.flush().unwrap(), 0);
             let s = cache.stats();
@@ -175,9 +194,12 @@ fn training_matches_the_cpu_trainer_through_evictions() {
 #[test]
 fn a_failed_flush_loses_nothing() {
     let _serial = common::serial();
-    let Some(ctx) = common::host_storage_ctx() else {
-        return;
-    };
+    for (ctx, path) in training_paths() {
+        failed_flush(ctx, path);
+    }
+}
+
+fn failed_flush(ctx: &GpuContext, path: BatchPath) {
     let (rows, dim) = (100, 4);
     let data = random_values(rows * dim, seed("train_flaky"));
     let optimizer = Optimizer::Sgd { lr: 0.5 };
@@ -188,7 +210,8 @@ fn a_failed_flush_loses_nothing() {
     };
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(10))
-        .training(optimizer);
+        .training(optimizer)
+        .path(path);
     let mut cache = EmbeddingCache::new(ctx, source, config).unwrap();
     for step in 0..6u32 {
         // 15 distinct rows a step through 10 slots: rows leave the cache changed
@@ -219,9 +242,10 @@ fn a_failed_flush_loses_nothing() {
         .fail
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let written = cache.flush().unwrap();
-    assert!(written >= 15, "{written} rows written");
+    assert!(written >= 15, "{path:?}: {written} rows written");
     let table = cache.source().table.data().unwrap();
-    assert_rows_near(table, &reference.rows, 1e-6, "after the retried flush");
+    let what = format!("{path:?}: after the retried flush");
+    assert_rows_near(table, &reference.rows, 1e-6, &what);
 }
 
 /// What training refuses, with a typed error and nothing changed.
@@ -246,18 +270,12 @@ fn training_refusals() {
         let err = EmbeddingCache::new(plain, table(), config).unwrap_err();
         assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
     }
-    // no host-visible storage: Unsupported; the host path asked for: InvalidArgument
+    // without host-visible storage (GL) a training cache takes the host path
     if !plain.adapter().host_visible_storage {
-        let err =
-            EmbeddingCache::new(plain, table(), CacheConfig::default().training(sgd)).unwrap_err();
-        assert!(matches!(err, HotrowError::Unsupported { .. }), "{err:?}");
+        let cache = EmbeddingCache::new(plain, table(), CacheConfig::default().training(sgd));
+        assert_eq!(cache.unwrap().config().path, BatchPath::Host);
     }
-    let Some(ctx) = common::host_storage_ctx() else {
-        return;
-    };
-    let host = CacheConfig::default().training(sgd).path(BatchPath::Host);
-    let err = EmbeddingCache::new(ctx, table(), host).unwrap_err();
-    assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    let ctx = common::ctx();
     // caches that cannot train yet: table-batched, multi-GPU
     let tb =
         hotrow::TableBatchedCache::new(ctx, vec![table()], CacheConfig::default().training(sgd));
@@ -321,16 +339,27 @@ fn training_refusals() {
 #[test]
 fn products_train_their_rows() {
     let _serial = common::serial();
-    let Some(ctx) = common::host_storage_ctx() else {
-        return;
-    };
     let mut rng = Rng::new(seed("train_products"));
     let (rows, dim) = (120, 4);
-    for optimizer in [
-        Optimizer::Sgd { lr: 0.1 },
-        Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 },
-    ] {
-        let mut cache = train_products(ctx, &mut rng, (rows, dim), optimizer);
+    for (ctx, path) in training_paths() {
+        for optimizer in [
+            Optimizer::Sgd { lr: 0.1 },
+            Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 },
+        ] {
+            products_on(ctx, path, &mut rng, (rows, dim), optimizer);
+        }
+    }
+}
+
+fn products_on(
+    ctx: &GpuContext,
+    path: BatchPath,
+    rng: &mut Rng,
+    (rows, dim): (usize, usize),
+    optimizer: Optimizer,
+) {
+    {
+        let mut cache = train_products(ctx, path, rng, (rows, dim), optimizer);
         // a gradient of the wrong shape is refused
         let bad = Embeddings::from_host(ctx, &[0.0; 6], 3).unwrap();
         let q = [0.0f32; 8];
@@ -352,6 +381,7 @@ fn products_train_their_rows() {
 /// flush against it; returns the cache.
 fn train_products(
     ctx: &GpuContext,
+    path: BatchPath,
     rng: &mut Rng,
     (rows, dim): (usize, usize),
     optimizer: Optimizer,
@@ -360,10 +390,11 @@ fn train_products(
     let mut reference = Trainer::new(&data, dim, optimizer);
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(16))
-        .training(optimizer);
+        .training(optimizer)
+        .path(path);
     let mut cache = EmbeddingCache::new(ctx, HostTable::owned(data, dim).unwrap(), config).unwrap();
     for step in 0..12 {
-        let what = format!("{optimizer:?} step {step}");
+        let what = format!("{path:?} {optimizer:?} step {step}");
         let n = 1 + rng.below(30) as usize;
         let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
         let m = 1 + rng.below(5) as usize;
@@ -397,7 +428,7 @@ fn train_products(
         table,
         &reference.rows,
         2e-5,
-        &format!("{optimizer:?}: flushed"),
+        &format!("{path:?} {optimizer:?}: flushed"),
     );
     cache
 }
@@ -450,11 +481,21 @@ fn training_on_imported_host_memory() {
     assert_rows_near(table, &reference.rows, 2e-5, "imported table, flushed");
 }
 
-/// A device lost mid-stream: the rows the GPU wrote back to the table before the loss are
-/// saved by the flush (from hotrow's own host memory), which then reports the loss.
+/// A device lost mid-stream: the rows that left the cache before the loss are saved by the
+/// flush (on the host path from the cache's own host memory, on the GPU-driven path from
+/// hotrow's own table memory), which then reports the loss. Each path on a context of its
+/// own (the loss is for good).
 #[test]
 fn a_lost_device_keeps_the_rows_written_back_before_it() {
     let _serial = common::serial();
+    let base = common::ctx();
+    let own = GpuContext::with_options(hotrow::GpuOptions {
+        backends: Some(base.adapter().backend.into()),
+        adapter_name: Some(base.adapter().name.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    lost_device(&own, BatchPath::Host);
     if common::host_storage_ctx().is_none() {
         return;
     }
@@ -463,21 +504,26 @@ fn a_lost_device_keeps_the_rows_written_back_before_it() {
         eprintln!("skipped: no host memory import on {}", ctx.adapter());
         return;
     }
+    lost_device(&ctx, BatchPath::Gpu);
+}
+
+fn lost_device(ctx: &GpuContext, path: BatchPath) {
     let (rows, dim) = (400, 4);
     let data = random_values(rows * dim, seed("train_lost"));
     let optimizer = Optimizer::Sgd { lr: 0.5 };
     let mut reference = Trainer::new(&data, dim, optimizer);
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(16))
-        .training(optimizer);
+        .training(optimizer)
+        .path(path);
     let mut cache =
-        EmbeddingCache::new(&ctx, HostTable::owned(data.clone(), dim).unwrap(), config).unwrap();
+        EmbeddingCache::new(ctx, HostTable::owned(data.clone(), dim).unwrap(), config).unwrap();
     // train ten rows, then read 300 others: every trained row leaves the cache (written back)
     let trained: Vec<u32> = (0..10).map(|k| k * 3).collect();
     for step in 0..3 {
         let g = vec![0.1 * (step + 1) as f32; trained.len() * dim];
         cache.lookup(&trained).unwrap();
-        let grad = Embeddings::from_host(&ctx, &g, dim).unwrap();
+        let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
         cache.backward_lookup(&trained, &grad).unwrap();
         reference.apply(&lookup_grads(dim, &trained, &g));
     }
@@ -488,7 +534,7 @@ fn a_lost_device_keeps_the_rows_written_back_before_it() {
     // train one more row, still in the cache when the device goes
     let last = [1u32];
     cache.lookup(&last).unwrap();
-    let grad = Embeddings::from_host(&ctx, &[1.0; 4], dim).unwrap();
+    let grad = Embeddings::from_host(ctx, &[1.0; 4], dim).unwrap();
     cache.backward_lookup(&last, &grad).unwrap();
     ctx.wait_idle().unwrap();
     ctx.device_lost("the test pulled the card");
@@ -496,8 +542,11 @@ fn a_lost_device_keeps_the_rows_written_back_before_it() {
     let HotrowError::DeviceLost(msg) = err else {
         panic!("not a device loss: {err:?}");
     };
-    assert!(msg.contains("wrote the 10 rows"), "{msg}");
-    assert!(msg.contains("are lost"), "{msg}");
+    assert!(msg.contains("wrote the 10 rows"), "{path:?}: {msg}");
+    assert!(msg.contains("are lost"), "{path:?}: {msg}");
+    if path == BatchPath::Host {
+        assert!(msg.contains("(1 rows)"), "{path:?}: {msg}");
+    }
     let table = cache.source().data().unwrap();
     for id in 0..rows {
         let got = &table[id * dim..][..dim];
@@ -576,5 +625,133 @@ fn training_writes_back_across_table_shards() {
             &data[id * dim..][..dim],
             "row {id}"
         );
+    }
+}
+
+/// Whole-table lookups through a cache of exactly one step's rows, after every step: a
+/// pass may evict a row it then loads again (the slot map pins a row only when it reaches
+/// its position), so a changed row leaving and coming back in one pass must keep its
+/// training. One and two slot-map partitions.
+#[test]
+fn a_row_evicted_and_loaded_again_in_one_pass_keeps_its_training() {
+    let _serial = common::serial();
+    let (rows, dim) = (40usize, 4usize);
+    let data = random_values(rows * dim, seed("train_reload"));
+    for (ctx, path) in training_paths() {
+        for partitions in [1usize, 2] {
+            let optimizer = Optimizer::Sgd { lr: 1.0 };
+            let config = CacheConfig::default()
+                .capacity(Capacity::Rows(4))
+                .training(optimizer)
+                .path(path)
+                .partitions(partitions);
+            let table = HostTable::owned(data.clone(), dim).unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+            let mut reference = Trainer::new(&data, dim, optimizer);
+            let mut rng = Rng::new(seed("train_reload_ids"));
+            let all: Vec<u32> = (0..rows as u32).collect();
+            for step in 0..30 {
+                let n = 1 + step % 5;
+                let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64) as u32).collect();
+                cache.lookup(&ids).unwrap();
+                let g = random_values(ids.len() * dim, rng.next_u64());
+                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                cache.backward_lookup(&ids, &grad).unwrap();
+                reference.apply(&lookup_grads(dim, &ids, &g));
+                let out = cache.lookup(&all).unwrap().to_host().unwrap();
+                let what = format!("{path:?} partitions {partitions} step {step} ids {ids:?}");
+                assert_rows_near(&out, &reference.rows, 1e-6, &what);
+            }
+            cache.flush().unwrap();
+            let table = cache.source().data().unwrap();
+            let what = format!("{path:?} partitions {partitions}: flushed");
+            assert_rows_near(table, &reference.rows, 1e-6, &what);
+        }
+    }
+}
+
+/// Training into a `.npy` file opened writable (f32 and f16 files): flushed rows land in
+/// the file (read again by a fresh open), a read-only file table and a file changed behind
+/// the table's back are refused with typed errors, and the refusal keeps the rows for the
+/// next flush.
+#[test]
+fn training_writes_into_a_memory_mapped_file() {
+    let _serial = common::serial();
+    let (rows, dim) = (60usize, 4usize);
+    let data = random_values(rows * dim, seed("train_file"));
+    let dir = tempfile::Builder::new()
+        .prefix("hotrow-train-file")
+        .tempdir()
+        .unwrap();
+    for (ctx, path) in training_paths() {
+        for f16 in [false, true] {
+            let file = dir.path().join(format!("{path:?}-{f16}.npy"));
+            let stored: Vec<f32> = if f16 {
+                let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let t = HostTable::owned_f16(halves.clone(), dim).unwrap();
+                t.save_npy(&file).unwrap();
+                halves.iter().map(|h| h.to_f32()).collect()
+            } else {
+                HostTable::owned(data.clone(), dim)
+                    .unwrap()
+                    .save_npy(&file)
+                    .unwrap();
+                data.clone()
+            };
+            let optimizer = Optimizer::Sgd { lr: 0.5 };
+            let config = CacheConfig::default()
+                .capacity(Capacity::Rows(8))
+                .training(optimizer)
+                .path(path);
+            // read-only: the flush is refused, and the rows stay for the next one
+            let table = hotrow::FileTable::open_npy(&file).unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config.clone()).unwrap();
+            let ids: Vec<u32> = (0..20).map(|k| (k * 7 % rows) as u32).collect();
+            let g = random_values(ids.len() * dim, seed("train_file_grad"));
+            cache.lookup(&ids).unwrap();
+            let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+            cache.backward_lookup(&ids, &grad).unwrap();
+            let err = cache.flush().unwrap_err();
+            assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+            drop(cache);
+            // writable: everything reaches the file
+            let table = hotrow::FileTable::open_npy(&file)
+                .unwrap()
+                .writable()
+                .unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+            cache.lookup(&ids).unwrap();
+            cache.backward_lookup(&ids, &grad).unwrap();
+            let written = cache.flush().unwrap();
+            assert!(written >= 15, "{written} rows written");
+            let mut once = Trainer::new(&stored, dim, optimizer);
+            once.apply(&lookup_grads(dim, &ids, &g));
+            let fresh = hotrow::FileTable::open_npy(&file).unwrap();
+            let all: Vec<u32> = (0..rows as u32).collect();
+            let mut got = vec![0f32; rows * dim];
+            fresh.read_rows(&all, &mut got).unwrap();
+            // f16 files round each written value once (half an f16 ulp)
+            let tol = if f16 { 1e-3 } else { 1e-6 };
+            let what = format!("{path:?} f16 {f16}: the file after the flush");
+            assert_rows_near(&got, &once.rows, tol, &what);
+            // the file changed behind the table's back: refused, rows kept
+            cache.lookup(&ids).unwrap();
+            cache.backward_lookup(&ids, &grad).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes.push(0);
+            std::fs::write(&file, &bytes).unwrap();
+            let err = cache.flush().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HotrowError::File {
+                        problem: hotrow::FileProblem::Changed,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
     }
 }

@@ -160,7 +160,7 @@ struct Cli {
     /// CI shapes (N / 64, B / 16, 20 batches, no warm-up): a check, never a speed figure.
     #[arg(long)]
     small: bool,
-    /// Workloads to run: w1-w7 (w7: training, on the GPU-driven path), w2multi, w2zc (W2
+    /// Workloads to run: w1-w7 (w7: training, on the path `--path` names), w2multi, w2zc (W2
     /// with no cache, rows read from host memory), w2redis (feature redis), w6pools, w6copy.
     #[arg(long, value_delimiter = ',', default_value = "w1")]
     workloads: Vec<String>,

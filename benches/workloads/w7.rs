@@ -1,5 +1,5 @@
 //! W7: a training step (WORKLOADS.md): W2's table behind a 10% training cache (row-wise
-//! Adagrad, lr 0.01, eps 1e-8, on the GPU-driven path), W3's bags forward (4,096 x 32,
+//! Adagrad, lr 0.01, eps 1e-8, on the path `--path` names), W3's bags forward (4,096 x 32,
 //! weighted sum), the gradient of `sum(out * G)` (G a fixed random 4,096 x 128: the
 //! gradient with respect to the output is G itself) back to the rows, fused with the
 //! update. Wall ms per step: the median of synchronous steps and a stream's mean, after 20
@@ -33,18 +33,20 @@ pub fn run(
     let start = table.data().expect("W2's f32 table").to_vec();
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(n / 10))
-        .path(BatchPath::Gpu)
+        .path(a.path)
         .training(optimizer);
     let t = Instant::now();
     let mut cache = match EmbeddingCache::new(ctx, table, config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("w7: skipped, training needs the GPU-driven path here: {e}");
+            eprintln!("w7: skipped, this cache cannot train here: {e}");
             rep.insert("W7_supported".into(), 0.0);
             return HostTable::owned(start, d);
         }
     };
     rep.insert("W7_build_s".into(), t.elapsed().as_secs_f64());
+    let on_gpu = cache.config().path == BatchPath::Gpu;
+    rep.insert("W7_path_gpu".into(), f64::from(u8::from(on_gpu)));
     let zipf = ZipfIds::new(n, S, 72);
     let mut rng = Rng::new(73);
     let steps = 40;

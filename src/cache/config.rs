@@ -240,6 +240,11 @@ pub struct CacheMemory {
     /// Host memory the GPU reads: the GPU-driven path's table (0 on the host path). Not
     /// in [`CacheMemory::total`], which is what the cache holds on the GPU and for uploads.
     pub host_table: u64,
+    /// Host memory of a training cache on the host path: the rows training changed that
+    /// left the cache (values and optimizer state; rows with state stay after a flush, as
+    /// the row source keeps values only) and the dirty marks. Not in
+    /// [`CacheMemory::total`].
+    pub host_trained: u64,
 }
 
 impl CacheMemory {

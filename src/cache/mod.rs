@@ -33,7 +33,7 @@ use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext, LaunchState, Placement, RowBuffer, RowLayout};
 use crate::table::RowSource;
-use engine::{fill_host_table, Driven, PassEngine};
+use engine::{fill_host_table, CopyBack, Driven, PassEngine};
 use host_pool::guarded_on_host_pool;
 
 /// A GPU cache of table rows: `lookup(&ids)` returns `table[ids[i]]` for every position as
@@ -172,7 +172,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             let capacity = cap.min(rows as u64) as usize;
             let (path, path_reason) = path::choose_path(ctx, &config, rows, capacity)?;
             if config.training.is_some() {
-                train::check_path(ctx, path, layout.bytes(capacity))?;
+                train::check_slots(ctx, layout.bytes(capacity))?;
             }
             let row_bytes = layout.row_bytes();
             let slots = RowBuffer::with_layout(
@@ -214,7 +214,13 @@ impl<S: RowSource> EmbeddingCache<S> {
                 }
                 _ => None,
             };
-            let engine = PassEngine::new(ctx, slots, map, staging, max_upload, index_rows, driven)?;
+            let mut engine =
+                PassEngine::new(ctx, slots, map, staging, max_upload, index_rows, driven)?;
+            if config.training.is_some() && path == BatchPath::Host {
+                let state = layout.has_state();
+                let words = layout.words_per_row();
+                engine.set_copy_back(CopyBack::new(capacity, rows, words, state));
+            }
             let effective = config
                 .clone()
                 .capacity(Capacity::Rows(capacity))
@@ -401,6 +407,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             scratch: scratch + self.bag_launch.input.bytes() + self.product_launch.input.bytes(),
             staging,
             host_table: self.engine.driven().map_or(0, Driven::host_bytes),
+            host_trained: self.engine.copy_back().map_or(0, CopyBack::host_bytes),
         }
     }
 }

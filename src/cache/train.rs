@@ -11,7 +11,7 @@
 //! `argmax` over the batch's rows, as they are before the update, goes first.
 
 use super::host_pool::guarded_on_host_pool;
-use super::{BatchPath, CacheConfig, EmbeddingCache};
+use super::{CacheConfig, EmbeddingCache};
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, Embeddings, GpuContext, RowFormat};
@@ -32,22 +32,8 @@ pub(super) fn check_settings(optimizer: Optimizer, config: &CacheConfig) -> Resu
     Ok(())
 }
 
-/// Training runs on the GPU-driven path (the host path's write-back is not built yet), with
-/// the slots in one storage binding (`update` binds them whole).
-pub(super) fn check_path(ctx: &GpuContext, path: BatchPath, slot_bytes: u64) -> Result<()> {
-    if path != BatchPath::Gpu {
-        if !ctx.adapter().host_visible_storage {
-            return Err(HotrowError::Unsupported {
-                what: "training (it runs on the GPU-driven path)",
-                feature: "MAPPABLE_PRIMARY_BUFFERS (GpuOptions::host_visible_storage)",
-            });
-        }
-        return Err(HotrowError::InvalidArgument(
-            "training runs on the GPU-driven path only: leave the path Auto or Gpu, with CLOCK \
-             and resolution on the host"
-                .into(),
-        ));
-    }
+/// Training needs the slots in one storage binding (`update` binds them whole).
+pub(super) fn check_slots(ctx: &GpuContext, slot_bytes: u64) -> Result<()> {
     if slot_bytes > ctx.max_binding() {
         return Err(HotrowError::ExceedsLimit {
             what: "a training cache's slots (one storage binding)",
@@ -342,7 +328,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             let staged = update::encode(
                 &ctx, &mut enc, launch, &step, chunk_rows, buffers, None, upload,
             )?;
-            rows.mark_changed(&mut enc, chunk.len())?;
+            rows.mark_changed(&mut enc, chunk)?;
             rows.submit(enc.finish(), staged.entry)?;
             self.unflushed.0 = true;
         }
@@ -352,21 +338,23 @@ impl<S: RowSource> EmbeddingCache<S> {
 
 impl<S: WritableRowSource> EmbeddingCache<S> {
     /// Writes every row training changed since the last flush into the row source: the
-    /// rows still cached are first written back to the table in host memory, then the
-    /// table's changed rows (values only: the optimizer state stays with the table) go to
-    /// [`WritableRowSource::write_rows`]. Returns how many rows were written (0 for a cache
-    /// that does not train).
+    /// rows still cached are first copied out of the slots (on the GPU-driven path into the
+    /// table in host memory; on the host path into host memory of the cache's own, where
+    /// rows that left the cache already wait), then the changed rows (values only: the
+    /// optimizer state stays with the cache) go to [`WritableRowSource::write_rows`].
+    /// Returns how many rows were written (0 for a cache that does not train).
     ///
     /// If the write fails, the error is returned and the rows stay marked as changed: the
     /// next flush writes them again (nothing is dropped).
     ///
-    /// If the device is lost, the rows the GPU wrote back to the table before the loss are
-    /// still in host memory: where that memory is hotrow's own
-    /// ([`crate::GpuOptions::host_memory_import`]) the flush finds them by comparing the
-    /// table with the row source, writes them, and returns
-    /// [`HotrowError::DeviceLost`] saying how many it saved; rows changed in the cache and
-    /// not yet written back (at most the cache's capacity) are lost with the device, and
-    /// the error says so. Over wgpu's buffers nothing can be read after the loss.
+    /// If the device is lost, the rows that left the cache before the loss are still in
+    /// host memory: on the host path always, on the GPU-driven path where the table is
+    /// hotrow's own memory ([`crate::GpuOptions::host_memory_import`]; the flush finds them
+    /// by comparing the table with the row source). The flush writes them and returns
+    /// [`HotrowError::DeviceLost`] saying how many it saved and how many rows changed in
+    /// the cache were lost with the device (at most the capacity, plus on the host path the
+    /// rows in copies not yet arrived). Over wgpu's host buffers nothing can be read after
+    /// the loss.
     pub fn flush(&mut self) -> Result<usize> {
         if self.config.training.is_none() {
             return Ok(0);
@@ -376,8 +364,8 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
             Err(HotrowError::DeviceLost(reason)) => return Err(self.salvage(reason)),
             other => other?,
         };
-        let rows = self.write_flushed(written)?;
-        self.engine.written_done()?;
+        let rows = self.write_flushed(&written)?;
+        self.engine.written_done(&written.ids)?;
         self.unflushed.0 = false;
         Ok(rows)
     }
@@ -385,25 +373,30 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
     /// A flush after the device is lost: what the table in host memory still holds goes
     /// to the row source; the error to return says what was saved and what was not.
     fn salvage(&mut self, reason: String) -> HotrowError {
-        let capacity = self.capacity();
         let saved = match self.engine.salvage_written(&self.source) {
-            Ok(Some(written)) => match self.write_flushed(written) {
+            Ok(Some(written)) => match self.write_flushed(&written) {
                 Ok(rows) => {
-                    format!("flush wrote the {rows} rows written back to the table before the loss")
+                    // (The GPU-driven path's own marks are gone with the device.)
+                    let _ = self.engine.written_done(&written.ids);
+                    format!("flush wrote the {rows} rows that had left the cache before the loss")
                 }
                 Err(e) => format!("writing the rows written back before the loss failed: {e}"),
             },
             Ok(None) => "the table in wgpu's host buffers cannot be read after the loss".into(),
             Err(e) => format!("reading the table after the loss failed: {e}"),
         };
+        let lost = match self.engine.copy_back() {
+            Some(copy_back) => format!("{} rows", copy_back.at_risk()),
+            None => format!("at most {}", self.capacity()),
+        };
         HotrowError::DeviceLost(format!(
-            "{reason}; {saved}; rows changed in the cache and not yet written back (at most \
-             {capacity}) are lost"
+            "{reason}; {saved}; rows changed in the cache and not yet out of it ({lost}) are \
+             lost"
         ))
     }
 
     /// Hands flushed rows (their values) to the row source; returns how many.
-    fn write_flushed(&mut self, written: super::engine::Written) -> Result<usize> {
+    fn write_flushed(&mut self, written: &super::engine::Written) -> Result<usize> {
         let (dim, stride) = (self.dim(), self.layout.words_per_row());
         let values: Vec<f32> = written
             .words

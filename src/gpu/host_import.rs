@@ -135,7 +135,10 @@ mod vulkan {
         size: u64,
         usage: wgpu::BufferUsages,
     ) -> Option<(wgpu::Buffer, std::sync::Arc<Mapping>)> {
-        let len = usize::try_from(size).ok()?.max(1).next_multiple_of(HUGE);
+        // The memory is whole huge pages; the buffer is the size asked for (a binding of
+        // the whole buffer must stay within the binding limit the caller sized it for).
+        let size = size.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let len = usize::try_from(size).ok()?.next_multiple_of(HUGE);
         let mapping = std::sync::Arc::new(Mapping::new(len)?);
         // SAFETY: every Vulkan object made here is either handed to wgpu (with a callback
         // that destroys it) or destroyed before returning `None`; the imported memory is
@@ -161,7 +164,7 @@ mod vulkan {
             }
             let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle);
             let info = vk::BufferCreateInfo::default()
-                .size(len as u64)
+                .size(size)
                 .usage(
                     vk::BufferUsageFlags::STORAGE_BUFFER
                         | vk::BufferUsageFlags::TRANSFER_SRC
@@ -215,7 +218,7 @@ mod vulkan {
                 hal_buffer,
                 &wgpu::BufferDescriptor {
                     label: Some(label),
-                    size: len as u64,
+                    size,
                     usage,
                     mapped_at_creation: false,
                 },

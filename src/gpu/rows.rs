@@ -393,8 +393,12 @@ impl RowBuffer {
         self.shard_rows
     }
 
-    /// Bytes of GPU memory the rows take.
+    /// Bytes of memory the rows take (GPU memory, or host memory for rows there; imported
+    /// host memory is whole 2 MiB pages per shard).
     pub fn bytes(&self) -> u64 {
+        if !self.host.is_empty() {
+            return self.host.iter().map(|m| m.len() as u64).sum();
+        }
         self.shards.iter().map(|b| b.size()).sum()
     }
 

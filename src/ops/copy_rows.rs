@@ -55,6 +55,9 @@ pub(crate) enum Direction {
     Gather,
     /// `table[slots[i]] = plain[offset + i]`
     Scatter,
+    /// `plain[offset + i] = table[slots[i]]` as stored (compact rows undecoded, f32 rows
+    /// with their optimizer state): training's rows leaving the slots on the host path.
+    GatherStored,
 }
 
 /// The prefix and elements per row of a copy in direction `dir` over rows of `layout`:
@@ -62,14 +65,16 @@ pub(crate) enum Direction {
 /// as raw words, so what the host encoded lands in the slots unchanged.
 fn variant(dir: Direction, layout: RowLayout) -> (&'static str, u32) {
     // (Compact rows, and f32 rows with their optimizer state, move as stored words.)
-    if dir == Direction::Scatter && (layout.format() != RowFormat::F32 || layout.has_state()) {
+    let stored = matches!(dir, Direction::Scatter | Direction::GatherStored);
+    if stored && (layout.format() != RowFormat::F32 || layout.has_state()) {
         (RAW_WORDS, layout.words_per_row() as u32)
     } else {
         (layout.elem_prefix(), layout.width())
     }
 }
 
-/// Builds the pipelines for rows of `layout` ahead of the first copy.
+/// Builds the pipelines for rows of `layout` ahead of the first copy (a stored-words
+/// gather uses one of these two).
 pub(crate) fn prepare(ctx: &GpuContext, layout: RowLayout) -> Result<()> {
     for dir in [Direction::Gather, Direction::Scatter] {
         ctx.pipeline(&SHADER, "copy_rows", variant(dir, layout).0)?;
@@ -140,7 +145,7 @@ pub(crate) fn encode(
         .zip(blocks)
     {
         let (src, dst) = match dir {
-            Direction::Gather => (shard, plain),
+            Direction::Gather | Direction::GatherStored => (shard, plain),
             Direction::Scatter => (plain, shard),
         };
         let from = match staged {
@@ -166,6 +171,7 @@ pub(crate) fn encode(
     let label = match dir {
         Direction::Gather => "gather",
         Direction::Scatter => "scatter_rows",
+        Direction::GatherStored => "gather_stored",
     };
     encode_pass(
         ctx,

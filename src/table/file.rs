@@ -56,8 +56,10 @@ pub struct FileTable {
     ty: ValueType,
     rows: usize,
     dim: usize,
-    /// Size and modification time when opened.
+    /// Size and modification time when opened (and after each of its own writes).
     opened: (u64, Option<SystemTime>),
+    /// The file opened for writing as well ([`FileTable::writable`]).
+    writer: Option<File>,
 }
 
 impl FileTable {
@@ -149,7 +151,40 @@ impl FileTable {
             rows,
             dim,
             opened,
+            writer: None,
         })
+    }
+
+    /// The same table, writable: training's [`crate::WritableRowSource`] writes rows into
+    /// the file in place (in its own value type: f16 and bf16 rounded to nearest even),
+    /// seen at once by the mapping, and syncs them to disk before returning. The file is
+    /// opened again for writing, and refused ([`FileProblem::Changed`]) if it changed since
+    /// this table opened it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, EmbeddingCache, FileTable, GpuContext, Optimizer};
+    /// let table = FileTable::open_npy("emb.npy")?.writable()?;
+    /// let ctx = GpuContext::new()?;
+    /// let config = CacheConfig::default().training(Optimizer::Sgd { lr: 0.01 });
+    /// let mut cache = EmbeddingCache::new(&ctx, table, config)?;
+    /// // ... forward, backward_bags ...
+    /// cache.flush()?; // the trained rows are in emb.npy
+    /// # Ok(()) }
+    /// ```
+    pub fn writable(mut self) -> Result<Self> {
+        let io = |e: std::io::Error| file_error(&self.path, FileProblem::Io(e.to_string()));
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let now = stamp(&writer).map_err(|e| file_error(&self.path, FileProblem::Io(e)))?;
+        if now != self.opened {
+            return Err(file_error(&self.path, FileProblem::Changed));
+        }
+        self.writer = Some(writer);
+        Ok(self)
     }
 
     /// The file's path.
@@ -193,6 +228,76 @@ impl RowSource for FileTable {
     fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
         Ok(Some(MemoryRows(self.rows_checked()?)))
     }
+}
+
+impl crate::table::WritableRowSource for FileTable {
+    /// Writes rows into the file ([`FileTable::writable`]; a table opened read-only is
+    /// refused with [`HotrowError::InvalidArgument`]), runs of consecutive ids in one write
+    /// each, then syncs the file's data. Ids out of range, a row count that does not match,
+    /// and a file changed by someone else since opening are refused before anything is
+    /// written.
+    fn write_rows(&mut self, ids: &[u32], rows: &[f32]) -> Result<()> {
+        crate::batch::check_ids(ids, self.rows)?;
+        let dim = self.dim;
+        if rows.len() != ids.len() * dim {
+            return Err(HotrowError::LengthMismatch {
+                what: "rows to write (dim values per id)",
+                expected: ids.len() * dim,
+                got: rows.len(),
+            });
+        }
+        self.rows_checked()?;
+        let path = self.path.clone();
+        let io = |e: std::io::Error| file_error(&path, FileProblem::Io(e.to_string()));
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(HotrowError::InvalidArgument(format!(
+                "{} is open read-only: FileTable::writable opens it for training's writes",
+                self.path.display()
+            )));
+        };
+        let row_bytes = dim * self.ty.bytes();
+        let mut bytes = Vec::new();
+        let mut k = 0;
+        while k < ids.len() {
+            // a run of consecutive ids: one write
+            let mut end = k + 1;
+            while end < ids.len() && ids[end] == ids[end - 1].wrapping_add(1) {
+                end += 1;
+            }
+            bytes.clear();
+            encode_values(self.ty, &rows[k * dim..end * dim], &mut bytes);
+            let at = (self.start + ids[k] as usize * row_bytes) as u64;
+            write_at(writer, at, &bytes).map_err(io)?;
+            k = end;
+        }
+        writer.sync_data().map_err(io)?;
+        self.opened = stamp(writer).map_err(|e| file_error(&path, FileProblem::Io(e)))?;
+        Ok(())
+    }
+}
+
+/// `values` stored as `ty` (little-endian; f16 and bf16 rounded to nearest even).
+fn encode_values(ty: ValueType, values: &[f32], out: &mut Vec<u8>) {
+    match ty {
+        ValueType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        ValueType::F16 => out.extend(
+            values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes()),
+        ),
+        ValueType::BF16 => out.extend(
+            values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()),
+        ),
+    }
+}
+
+/// Writes all of `bytes` at byte `at` of `file`.
+fn write_at(file: &mut File, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(at))?;
+    file.write_all(bytes)
 }
 
 impl FileTable {

@@ -406,6 +406,8 @@ impl<S: RowSource> TableBatchedCache<S> {
             m.slots += x.slots;
             m.scratch += x.scratch;
             m.staging += x.staging;
+            m.host_table += x.host_table;
+            m.host_trained += x.host_trained;
         }
         m
     }

@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use super::copy_back::CopyBack;
 use super::overlap::copy_while_resolving;
 use super::slot_index::Probe;
 use super::{PassEngine, PassTimes, RecordedPass, Target};
@@ -31,6 +32,7 @@ impl PassEngine {
         {
             return Ok(None);
         }
+        self.before_pass(ids)?;
         if !self.probe(ids)? {
             return Ok(None);
         }
@@ -53,11 +55,12 @@ impl PassEngine {
         let index = self.index.as_mut().expect("checked above");
         let (map, plan, layout, max_misses) =
             (&mut self.map, &mut self.plan, self.layout, self.max_misses);
+        let kept = self.copy_back.as_ref().map(CopyBack::kept);
         let (touched, missing) = (&index.touched, &index.missing);
         let (fits, copied) = match entry.as_mut() {
             Some(entry) => {
                 let (fits, copied) = entry.write(|bytes| {
-                    copy_while_resolving(bytes, &lay, source, layout, |on_misses| {
+                    copy_while_resolving(bytes, &lay, (source, kept), layout, |on_misses| {
                         map.resolve_on_gpu(touched, missing, max_misses, plan, on_misses)
                     })
                 })?;

@@ -71,17 +71,25 @@ impl<'e> OpRows<'e> {
         }
     }
 
-    /// Records, in `enc`, that an update changed the rows of the first `n` positions of the
-    /// slot list (a training cache on the GPU-driven path).
-    pub(crate) fn mark_changed(&mut self, enc: &mut wgpu::CommandEncoder, n: usize) -> Result<()> {
+    /// Marks the rows of `ids` (the first positions of the slot list, distinct) as changed
+    /// by an update: recorded in `enc` on the GPU-driven path, on the host on the host path.
+    pub(crate) fn mark_changed(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        ids: &[u32],
+    ) -> Result<()> {
         let e = self.engine.as_deref_mut().expect("the op's engine");
+        if let Some(copy_back) = e.copy_back.as_mut() {
+            copy_back.mark(&e.map, ids);
+            return Ok(());
+        }
         let list = e
             .buffers
             .pos_slots
             .current()
             .expect("slot list of the pass")
             .clone();
-        e.mark_changed(enc, &list, n)
+        e.mark_changed(enc, &list, ids.len())
     }
 
     /// Submits the held pass (if any) and then the op's `commands` reading `staged`, in one
@@ -128,8 +136,16 @@ impl Unsettled<'_> {
         match (ok, self.removals) {
             (_, None) => {}
             // (The pass was counted when it was held, evictions included.)
-            (false, Some(_)) => engine.map.forget(&engine.plan.misses),
+            (false, Some(_)) => {
+                engine.map.forget(&engine.plan.misses);
+                if let Some(copy_back) = engine.copy_back.as_mut() {
+                    copy_back.taken_back(&engine.ctx, false);
+                }
+            }
             (true, Some(removals)) => {
+                if let Some(copy_back) = engine.copy_back.as_mut() {
+                    copy_back.sent();
+                }
                 if let Some(index) = engine.index.as_mut() {
                     index.applied(removals);
                 }

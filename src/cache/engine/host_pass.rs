@@ -10,6 +10,7 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use super::copy_back::CopyBack;
 use super::overlap::{copy_while_resolving, Copied};
 use super::take_back::Reached;
 use super::{PassEngine, PassTimes, RecordedPass, Target};
@@ -26,6 +27,7 @@ impl PassEngine {
         target: Target<'_>,
     ) -> Result<(usize, Option<RecordedPass>)> {
         let window = &ids[..ids.len().min(self.max_misses)];
+        self.before_pass(window)?;
         let mut times = PassTimes::default();
         let t0 = Instant::now();
         let mut staged = None;
@@ -40,8 +42,9 @@ impl PassEngine {
             times.wait = t0.elapsed();
             let t1 = Instant::now();
             let (map, plan, layout) = (&mut self.map, &mut self.plan, self.layout);
+            let kept = self.copy_back.as_ref().map(CopyBack::kept);
             let (n, copied) = entry.write(|bytes| {
-                copy_while_resolving(bytes, &lay, source, layout, |on_misses| {
+                copy_while_resolving(bytes, &lay, (source, kept), layout, |on_misses| {
                     map.resolve_with(window, plan, on_misses)
                 })
             })?;

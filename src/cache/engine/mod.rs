@@ -15,9 +15,14 @@
 //!    its misses and, if it never reached the GPU, restores the rows it evicted;
 //! 5. **count** ([`count`]): the pass's and then the batch's counters.
 //!
+//! Training on the host path adds [`copy_back`]: the dirty rows a pass evicts are copied
+//! out in its own submission and kept on the host ([`trained_rows`]), where later passes
+//! read them before the row source.
+//!
 //! A batch with more distinct ids than one pass can hold runs several passes in order; the
 //! GPU runs them in submission order, so a pass may evict an earlier pass's rows.
 
+mod copy_back;
 mod count;
 mod driven;
 mod gpu_pass;
@@ -29,9 +34,11 @@ mod record;
 mod slot_index;
 mod stage;
 mod take_back;
+mod trained_rows;
 
 use std::time::Duration;
 
+pub(crate) use copy_back::CopyBack;
 pub use driven::DrivenState;
 pub(crate) use driven::{fill_host_table, Driven, Written};
 pub(crate) use held::{submit_together, OpRows};
@@ -125,6 +132,9 @@ pub(crate) struct PassEngine {
     index: Option<SlotIndex>,
     /// The GPU's own cache state, on the GPU-driven path (every pass is then driven).
     driven: Option<Driven>,
+    /// Training on the host path: the dirty marks, the copies of rows leaving, the rows
+    /// kept on the host.
+    copy_back: Option<CopyBack>,
     /// The copy kernels' params blocks of the pass being recorded.
     copy_params: Vec<copy_rows::CopyParams>,
     max_misses: usize,
@@ -180,6 +190,7 @@ impl PassEngine {
             },
             index,
             driven,
+            copy_back: None,
             copy_params: Vec::new(),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
@@ -211,6 +222,25 @@ impl PassEngine {
         self.stats = CacheStats::default();
         if let Some(d) = &self.driven {
             d.totals().reset(&self.ctx, d.work());
+        }
+    }
+
+    /// Has a training cache on the host path copy its changed rows out as they leave.
+    pub(crate) fn set_copy_back(&mut self, copy_back: CopyBack) {
+        self.copy_back = Some(copy_back);
+    }
+
+    /// The host path's training state, for a training cache.
+    pub(crate) fn copy_back(&self) -> Option<&CopyBack> {
+        self.copy_back.as_ref()
+    }
+
+    /// Before a pass over `ids`: training on the host path takes in the rows copied out
+    /// so far, waiting only for copies carrying rows of `ids`.
+    fn before_pass(&mut self, ids: &[u32]) -> Result<()> {
+        match self.copy_back.as_mut() {
+            Some(copy_back) => copy_back.before_pass(&self.ctx, ids),
+            None => Ok(()),
         }
     }
 
@@ -251,7 +281,8 @@ impl PassEngine {
                 + b.upload.bytes()
                 + b.gathered.bytes()
                 + self.index.as_ref().map_or(0, SlotIndex::bytes)
-                + self.driven.as_ref().map_or(0, Driven::bytes),
+                + self.driven.as_ref().map_or(0, Driven::bytes)
+                + self.copy_back.as_ref().map_or(0, CopyBack::device_bytes),
             self.ring.bytes(),
         )
     }
@@ -433,6 +464,9 @@ impl PassEngine {
         if let Err(e) = self.submit([pass.commands], Some(pass.entry)) {
             self.take_back(take_back::Reached::Queue);
             return Err(e);
+        }
+        if let Some(copy_back) = self.copy_back.as_mut() {
+            copy_back.sent();
         }
         if let Some(index) = self.index.as_mut() {
             index.applied(removals);

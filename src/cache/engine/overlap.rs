@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::read::read_rows_encoded;
 use super::stage::{RawBytes, StagingLayout};
+use super::trained_rows::TrainedRows;
 use crate::cache::slot_map::OnMisses;
 use crate::error::{HotrowError, Result};
 use crate::gpu::RowLayout;
@@ -23,12 +24,13 @@ pub(super) struct Copied {
 }
 
 /// Resolves a pass with `resolve` while the partitions copy their missed rows and slots into
-/// `bytes` (a staging entry laid out as `lay`, with room for `lay.rows_cap` rows). Returns
-/// what `resolve` returned and what was copied.
+/// `bytes` (a staging entry laid out as `lay`, with room for `lay.rows_cap` rows), rows
+/// in `kept` (training on the host path) taken from there. Returns what `resolve`
+/// returned and what was copied.
 pub(super) fn copy_while_resolving<S: RowSource, R>(
     bytes: &mut [u8],
     lay: &StagingLayout,
-    source: &S,
+    (source, kept): (&S, Option<&TrainedRows>),
     layout: RowLayout,
     resolve: impl FnOnce(OnMisses<'_>) -> R,
 ) -> (R, Copied) {
@@ -68,6 +70,9 @@ pub(super) fn copy_while_resolving<S: RowSource, R>(
             ids.push(id);
         }
         let copied = read_rows_encoded(source, layout, &ids, rows_out);
+        if let (Ok(()), Some(kept)) = (&copied, kept) {
+            kept.patch(&ids, rows_out);
+        }
         copy_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Err(err) = copied {
             failure
@@ -138,7 +143,7 @@ mod tests {
         let (r, copied) = copy_while_resolving(
             bytemuck::cast_slice_mut(&mut words),
             &lay,
-            &table,
+            (&table, None),
             layout,
             resolve_in_parts(&parts),
         );
@@ -175,7 +180,7 @@ mod tests {
         let (_, copied) = copy_while_resolving(
             bytemuck::cast_slice_mut(&mut words),
             &lay,
-            &table,
+            (&table, None),
             layout,
             resolve_in_parts(&parts),
         );
@@ -209,7 +214,7 @@ mod tests {
         let (r, copied) = copy_while_resolving(
             bytemuck::cast_slice_mut(&mut words),
             &lay,
-            &Fails,
+            (&Fails, None),
             layout,
             resolve_in_parts(&parts),
         );

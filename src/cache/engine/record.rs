@@ -6,10 +6,12 @@
 
 use std::time::Instant;
 
+use super::copy_back::CopyBack;
 use super::read::read_rows_encoded;
 use super::slot_index::IndexParts;
 use super::stage::{cast_mut, put_params, write_pairs, Room, StagingLayout};
 use super::{PassBuffers, PassEngine, PassTimes, RecordedPass, Target};
+use crate::cache::slot_map::PassPlan;
 use crate::error::Result;
 use crate::gpu::{encoder, GpuContext, RowBuffer, StagingCopier, StagingEntry};
 use crate::ops::copy_rows::{self, CopyParams, Direction};
@@ -110,6 +112,7 @@ impl PassEngine {
         miss_ids.clear();
         miss_ids.extend(self.plan.misses.iter().map(|&(id, _)| id));
         let (plan, layout, miss_ids) = (&self.plan, self.layout, &*miss_ids);
+        let kept = self.copy_back.as_ref().map(CopyBack::kept);
         entry.write(|bytes| -> Result<()> {
             let (head, rows) = bytes.split_at_mut(lay.rows_off as usize);
             let misses = &mut head[lay.miss_off as usize..lay.params_off as usize];
@@ -117,7 +120,11 @@ impl PassEngine {
                 *dst = slot;
             }
             let rows = &mut cast_mut::<u32>(rows)?[..m * layout.words_per_row()];
-            read_rows_encoded(source, layout, miss_ids, rows)
+            read_rows_encoded(source, layout, miss_ids, rows)?;
+            if let Some(kept) = kept {
+                kept.patch(miss_ids, rows);
+            }
+            Ok(())
         })??;
         times.wait += t1 - t0;
         times.copy += t1.elapsed();
@@ -175,6 +182,7 @@ impl PassEngine {
         let copier = entry.copier();
         let cmds = Commands {
             ctx,
+            plan,
             slots,
             copier: &copier,
             lay,
@@ -185,10 +193,10 @@ impl PassEngine {
             target,
             on_gpu,
         };
-        let buffers = &mut self.buffers;
+        let (buffers, copy_back) = (&mut self.buffers, self.copy_back.as_mut());
         let (recorded, filled) = entry.write(|bytes| {
             rayon::join(
-                || cmds.record(buffers, index),
+                || cmds.record(buffers, copy_back, index),
                 || fill_staging(bytes, lay, &fill),
             )
         })?;
@@ -209,6 +217,7 @@ impl PassEngine {
 /// The commands of one pass (see the module's description).
 struct Commands<'a> {
     ctx: &'a GpuContext,
+    plan: &'a PassPlan,
     slots: &'a RowBuffer,
     copier: &'a StagingCopier,
     lay: &'a StagingLayout,
@@ -224,10 +233,19 @@ impl Commands<'_> {
     fn record(
         &self,
         buffers: &mut PassBuffers,
+        copy_back: Option<&mut CopyBack>,
         mut index: Option<IndexParts<'_>>,
     ) -> Result<wgpu::CommandEncoder> {
         let mut enc = encoder(self.ctx, "hotrow cache pass");
-        self.scatter(&mut enc, buffers)?;
+        // Training on the host path: the dirty rows this pass evicts leave their slots
+        // before the missed rows overwrite them (and those it loads again come back).
+        if let Some(copy_back) = copy_back {
+            copy_back.encode_victims(self.ctx, &mut enc, self.slots, self.plan)?;
+            self.scatter(&mut enc, buffers)?;
+            copy_back.encode_reloads(&mut enc, self.slots, self.plan);
+        } else {
+            self.scatter(&mut enc, buffers)?;
+        }
         if let Some(index) = index.as_mut() {
             self.change_index(&mut enc, index)?;
         }

@@ -34,6 +34,9 @@ impl PassEngine {
     /// Takes back the last pass, which failed having got to `reached`.
     pub(super) fn take_back(&mut self, reached: Reached) {
         let back = undo(&mut self.map, &self.plan, reached);
+        if let Some(copy_back) = self.copy_back.as_mut() {
+            copy_back.taken_back(&self.ctx, reached == Reached::Host);
+        }
         if back > 0 {
             if let Some(index) = self.index.as_mut() {
                 let (map, plan) = (&self.map, &self.plan);

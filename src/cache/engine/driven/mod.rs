@@ -520,7 +520,7 @@ impl PassEngine {
 
     /// Writes every dirty resident row back to the table and clears the marks, waits, and
     /// reads back the rows written since the last [`PassEngine::written_done`].
-    pub(crate) fn flush_written(&mut self) -> Result<Written> {
+    pub(super) fn flush_table(&mut self) -> Result<Written> {
         let ctx = self.ctx.clone();
         let row_words = self.layout.words_per_row();
         let d = self.driven.as_mut().expect("a GPU-driven engine");
@@ -582,7 +582,7 @@ impl PassEngine {
     }
 
     /// Forgets the written-rows bitmap once a flush's rows are safe in the row source.
-    pub(crate) fn written_done(&mut self) -> Result<()> {
+    pub(super) fn table_flushed(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
         let d = self.driven.as_mut().expect("a GPU-driven engine");
         let at = kernels::written_at(d.capacity, d.bins) as u64 * 4;
@@ -641,7 +641,7 @@ impl PassEngine {
     /// by the host from hotrow's own imported table memory, with their stored words; the
     /// rows written back before the loss are among them, found without the GPU's bitmap.
     /// `None` when the table is not host-mapped (wgpu's buffers cannot be mapped then).
-    pub(crate) fn salvage_written<S: RowSource>(&self, source: &S) -> Result<Option<Written>> {
+    pub(super) fn salvage_table<S: RowSource>(&self, source: &S) -> Result<Option<Written>> {
         let d = self.driven.as_ref().expect("a GPU-driven engine");
         if !d.table.host_mapped() {
             return Ok(None);
