@@ -5,10 +5,13 @@
 //
 // Contribution of position `j` (batch[order_at + i] for i in the row's group) to column c:
 //   mode 0 (lookup):   grad[j * dim + c]
-//   mode 1 (bags):     scale(j) * grad[bag(j) * dim + c], scale = weight (1 without),
+//   mode 1 (bags):     scale(j) * grad[row(bag(j)) + c], scale = weight (1 without),
 //                      over the bag's length for mean
-//   mode 2 (max bags): grad[bag(j) * dim + c] when j is the bag's argmax in column c
+//   mode 2 (max bags): grad[row(bag(j)) + c] when j is the bag's argmax in column c
 //                      (batch[argmax_at + bag(j) * dim + c], written by `argmax` below)
+// where row(b) = (b % per_table) * grad_stride + cols[b / per_table]: one table's bags
+// (per_table = bags, grad_stride = dim, cols = [0]), or a table-batched step's, several
+// tables' bags table-major with each table's pooled rows in its own columns.
 //
 // Rows are f32, `stride` words apart; the row's optimizer state (row-wise Adagrad's
 // accumulator) is word `state_at` of its row.
@@ -38,6 +41,10 @@ struct UpdateParams {
     lr: f32,
     eps: f32,
     identity: u32,   // argmax: the rows are the batch's, in order (no slot list)
+    grad_stride: u32, // f32 values per gradient row (bags)
+    per_table: u32,  // bags per table (bags)
+    cols_at: u32,    // batch: each table's first gradient column (bags)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: UpdateParams;
@@ -66,6 +73,11 @@ fn bag_of(j: u32) -> u32 {
     return lo;
 }
 
+// First value of bag b's gradient row.
+fn grad_row(b: u32) -> u32 {
+    return (b % p.per_table) * p.grad_stride + batch[p.cols_at + b / p.per_table];
+}
+
 // Column c of the row's gradient: the contributions of positions order[begin..end].
 fn gradient(begin: u32, end: u32, c: u32) -> f32 {
     var g = 0.0;
@@ -78,7 +90,7 @@ fn gradient(begin: u32, end: u32, c: u32) -> f32 {
         let b = bag_of(j);
         if (p.mode == 2u) {
             if (batch[p.argmax_at + b * p.dim + c] == j) {
-                g = g + grad[b * p.dim + c];
+                g = g + grad[grad_row(b) + c];
             }
             continue;
         }
@@ -89,7 +101,7 @@ fn gradient(begin: u32, end: u32, c: u32) -> f32 {
         if (p.mean != 0u) {
             s = s / f32(batch[p.offsets_at + b + 1u] - batch[p.offsets_at + b]);
         }
-        g = g + s * grad[b * p.dim + c];
+        g = g + s * grad[grad_row(b) + c];
     }
     return g;
 }

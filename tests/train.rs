@@ -276,10 +276,7 @@ fn training_refusals() {
         assert_eq!(cache.unwrap().config().path, BatchPath::Host);
     }
     let ctx = common::ctx();
-    // caches that cannot train yet: table-batched, multi-GPU
-    let tb =
-        hotrow::TableBatchedCache::new(ctx, vec![table()], CacheConfig::default().training(sgd));
-    assert!(matches!(tb.unwrap_err(), HotrowError::InvalidArgument(_)));
+    // caches that cannot train: multi-GPU
     let rep = hotrow::ReplicatedCache::new(
         std::slice::from_ref(ctx),
         table(),
@@ -753,5 +750,150 @@ fn training_writes_into_a_memory_mapped_file() {
                 "{err:?}"
             );
         }
+    }
+}
+
+/// One table's share of a step: ids, offsets, weights.
+type TablePart = (Vec<u32>, Vec<u32>, Option<Vec<f32>>);
+
+/// A table-batched cache trains every table: tables of two widths (one read as vec4, one
+/// as scalars) sharing pools a fifth of their rows, steps of every pooling (weights on
+/// some tables only), each step's output against the f64 trainers' tables and its
+/// backward from a random gradient of the whole `B x width` output; then a flush writes
+/// each table's rows into that table.
+#[test]
+fn a_table_batched_cache_trains_every_table() {
+    let _serial = common::serial();
+    let dims = [8usize, 3, 8, 3];
+    let rows = [120usize, 40, 70, 200];
+    for (ctx, path) in training_paths() {
+        let mut rng = Rng::new(seed("train_batched"));
+        let optimizer = Optimizer::RowWiseAdagrad {
+            lr: 0.05,
+            eps: 1e-8,
+        };
+        let data: Vec<Vec<f32>> = dims
+            .iter()
+            .zip(rows)
+            .map(|(&d, r)| random_values(r * d, rng.next_u64()))
+            .collect();
+        let mut reference: Vec<Trainer> = data
+            .iter()
+            .zip(dims)
+            .map(|(v, d)| Trainer::new(v, d, optimizer))
+            .collect();
+        let tables: Vec<HostTable<'static>> = data
+            .iter()
+            .zip(dims)
+            .map(|(v, d)| HostTable::owned(v.clone(), d).unwrap())
+            .collect();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Fraction(0.2))
+            .training(optimizer)
+            .path(path);
+        let mut cache = hotrow::TableBatchedCache::new(ctx, tables, config).unwrap();
+        let width: usize = dims.iter().sum();
+        for step in 0..40 {
+            let what = format!("{path:?} step {step}");
+            let n_bags = 1 + rng.below(6) as usize;
+            let (pooling, mode) = match step % 3 {
+                0 => (Pooling::Sum, 0),
+                1 => (Pooling::Mean, 1),
+                _ => (Pooling::Max, 2),
+            };
+            let mut parts: Vec<TablePart> = Vec::new();
+            for (t, &r) in rows.iter().enumerate() {
+                let mut ids = Vec::new();
+                let mut offsets = Vec::new();
+                for _ in 0..n_bags {
+                    offsets.push(ids.len() as u32);
+                    for _ in 0..rng.below(9) {
+                        let hot = rng.below(2) == 0;
+                        let id = if hot {
+                            rng.below(10)
+                        } else {
+                            rng.below(r as u64)
+                        };
+                        ids.push(id as u32);
+                    }
+                }
+                let weights = (mode != 2 && t % 2 == 0)
+                    .then(|| (0..ids.len()).map(|_| rng.unit() as f32 + 0.5).collect());
+                parts.push((ids, offsets, weights));
+            }
+            let batch: Vec<hotrow::TableBags<'_>> = parts
+                .iter()
+                .map(|(ids, offsets, w)| hotrow::TableBags {
+                    ids,
+                    offsets,
+                    weights: w.as_deref(),
+                })
+                .collect();
+            let out = cache
+                .lookup_bags(&batch, pooling)
+                .unwrap()
+                .to_host()
+                .unwrap();
+            let g = random_values(n_bags * width, rng.next_u64());
+            let grad = Embeddings::from_host(ctx, &g, width).unwrap();
+            cache.backward_bags(&batch, pooling, &grad).unwrap();
+            let mut col = 0;
+            for (t, (ids, offsets, w)) in parts.iter().enumerate() {
+                let d = dims[t];
+                let current = reference[t].rows_f32();
+                let want = bags(&current, d, ids, offsets, mode, w.as_deref());
+                let got: Vec<f32> = (0..n_bags)
+                    .flat_map(|b| out[b * width + col..][..d].to_vec())
+                    .collect();
+                assert_rows_near(&got, &want, 2e-5, &format!("{what}: table {t} forward"));
+                let gt: Vec<f32> = (0..n_bags)
+                    .flat_map(|b| g[b * width + col..][..d].to_vec())
+                    .collect();
+                let grads =
+                    bags_grads(&reference[t].rows, d, ids, offsets, mode, w.as_deref(), &gt);
+                reference[t].apply(&grads);
+                col += d;
+            }
+        }
+        assert!(cache.flush().unwrap() > 0, "{path:?}: nothing flushed");
+        for (t, table) in cache.sources().iter().enumerate() {
+            let what = format!("{path:?} table {t}: flushed");
+            assert_rows_near(table.data().unwrap(), &reference[t].rows, 2e-5, &what);
+        }
+        assert!(cache.stats().evictions > 0, "{path:?}: nothing evicted");
+        assert_eq!(cache.flush().unwrap(), 0, "{path:?}: a second flush");
+        // a gradient of the wrong shape is refused before any work
+        let step = [
+            hotrow::TableBags {
+                ids: &[1],
+                offsets: &[0],
+                weights: None,
+            },
+            hotrow::TableBags {
+                ids: &[1],
+                offsets: &[0],
+                weights: None,
+            },
+            hotrow::TableBags {
+                ids: &[1],
+                offsets: &[0],
+                weights: None,
+            },
+            hotrow::TableBags {
+                ids: &[1],
+                offsets: &[0],
+                weights: None,
+            },
+        ];
+        let narrow = Embeddings::from_host(ctx, &vec![1.0; width - 1], width - 1).unwrap();
+        let err = cache
+            .backward_bags(&step, Pooling::Sum, &narrow)
+            .unwrap_err();
+        assert!(matches!(err, HotrowError::DimMismatch { .. }), "{err:?}");
+        assert_eq!(
+            cache.flush().unwrap(),
+            0,
+            "{path:?}: a refused step changed rows"
+        );
     }
 }

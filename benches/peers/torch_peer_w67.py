@@ -67,7 +67,28 @@ def w6_gpu():
                       for t in range(len(rows))], dim=1)
 out["W6_torch_gpu_resident_step_ms"] = median_wall(w6_gpu, 40, 10)
 out["W6_gpu_resident_bytes"] = out["W6_table_bytes"]
-del gpu6, ids6g
+
+# W6 training (issue 20): the same step, then the gradient of sum(out * G) (G a fixed random
+# B x 26*64) back to every table with sparse gradients, row-wise Adagrad by hand (lr 0.01,
+# eps 1e-8) per table: the GPU-resident peer of hotrow's w6train.
+for t in gpu6:
+    t.requires_grad_(True)
+acc6 = [torch.zeros(t.shape[0], device=dev) for t in gpu6]
+G6 = torch.randn(BAGS6, len(rows) * D6, device=dev)
+def w6_train():
+    k[0] = (k[0] + 1) % steps6
+    o = torch.cat([F.embedding_bag(ids6g[k[0]][t], gpu6[t], offs6g, mode="sum", sparse=True)
+                   for t in range(len(rows))], dim=1)
+    (o * G6).sum().backward()
+    with torch.no_grad():
+        for t in range(len(rows)):
+            g = gpu6[t].grad.coalesce(); gpu6[t].grad = None
+            idx, val = g.indices()[0], g.values()
+            acc6[t][idx] += val.pow(2).mean(1)
+            gpu6[t][idx] -= 0.01 * val / torch.sqrt(acc6[t][idx] + 1e-8).unsqueeze(1)
+out["W6T_torch_gpu_resident_step_ms"] = median_wall(w6_train, 40, 10)
+out["W6T_gpu_resident_bytes"] = out["W6_table_bytes"] + sum(rows) * 4
+del gpu6, ids6g, acc6, G6
 torch.cuda.empty_cache()
 
 pin6 = torch.empty(len(rows) * BAGS6 * L6, D6).pin_memory()

@@ -161,7 +161,8 @@ struct Cli {
     #[arg(long)]
     small: bool,
     /// Workloads to run: w1-w7 (w7: training, on the path `--path` names), w2multi, w2zc (W2
-    /// with no cache, rows read from host memory), w2redis (feature redis), w6pools, w6copy.
+    /// with no cache, rows read from host memory), w2redis (feature redis), w6pools, w6copy, w6train
+    /// (W6 shapes trained through a TableBatchedCache, on the path `--path` names).
     #[arg(long, value_delimiter = ',', default_value = "w1")]
     workloads: Vec<String>,
     /// Timed batches (default 200; 20 with --small).

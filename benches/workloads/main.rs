@@ -21,6 +21,7 @@ mod w3;
 mod w4;
 mod w5;
 mod w6;
+mod w6train;
 mod w7;
 
 use std::time::Instant;
@@ -34,7 +35,7 @@ fn main() -> Result<(), hotrow::HotrowError> {
     // Storage in host memory only for the workload that reads it (wgpu warns against the
     // feature on a discrete GPU otherwise).
     let ctx = GpuContext::with_options(hotrow::GpuOptions {
-        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc" || w == "w7")
+        host_visible_storage: a.workloads.iter().any(|w| w == "w2zc")
             || a.path != hotrow::BatchPath::Host,
         host_memory_import: a.host_import,
         ..Default::default()
@@ -46,7 +47,8 @@ fn main() -> Result<(), hotrow::HotrowError> {
     let mut rep = Report::new();
     let mut table: Option<HostTable<'static>> = None;
     for w in &a.workloads {
-        if !["w1", "w6", "w6pools", "w6copy"].contains(&w.as_str()) && table.is_none() {
+        let own_tables = ["w1", "w6", "w6pools", "w6copy", "w6train"];
+        if !own_tables.contains(&w.as_str()) && table.is_none() {
             let (n, _, d) = harness::cached_shapes(&a);
             table = Some(harness::host_table(n, d));
         }
@@ -66,9 +68,10 @@ fn main() -> Result<(), hotrow::HotrowError> {
             "w6" => w6::run(&ctx, &a, &mut part).map(|_| None)?,
             "w6pools" => w6::pools(&a, &mut part).map(|_| None)?,
             "w6copy" => w6::copy_floor(&ctx, &a, &mut part).map(|_| None)?,
+            "w6train" => w6train::run(&ctx, &a, &mut part).map(|_| None)?,
             "w7" => Some(w7::run(&ctx, &a, &mut part, take())?),
             other => {
-                eprintln!("unknown workload {other} (w1-w7, w2multi, w2zc, w2redis with --features redis, w6pools, w6copy)");
+                eprintln!("unknown workload {other} (w1-w7, w2multi, w2zc, w2redis with --features redis, w6pools, w6copy, w6train)");
                 std::process::exit(2);
             }
         };

@@ -13,7 +13,7 @@ use crate::gen::{Rng, ZipfIds};
 use crate::harness::{self, Args, Report, Result, S};
 
 /// W6's table sizes and step shape (bags per table, ids per bag).
-fn shapes(a: &Args) -> (Vec<usize>, usize, usize, usize) {
+pub fn shapes(a: &Args) -> (Vec<usize>, usize, usize, usize) {
     let (div_rows, div_bags) = if a.small { (64, 16) } else { (1, 1) };
     let rows: Vec<usize> = [(4, 4_000_000), (6, 1_000_000), (8, 100_000), (8, 10_000)]
         .iter()
@@ -24,7 +24,7 @@ fn shapes(a: &Args) -> (Vec<usize>, usize, usize, usize) {
 
 /// Each table's ids: its own Zipf(1.05) over its own permutation (the same streams for
 /// `run` and `pools`).
-fn id_streams(rows: &[usize]) -> Vec<ZipfIds> {
+pub fn id_streams(rows: &[usize]) -> Vec<ZipfIds> {
     rows.iter()
         .enumerate()
         .map(|(k, &n)| ZipfIds::new(n, S, 700 + k as u64))

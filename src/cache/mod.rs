@@ -329,6 +329,11 @@ impl<S: RowSource> EmbeddingCache<S> {
         &self.source
     }
 
+    /// The row source, to change (a table-batched cache's tables, during its flush).
+    pub(crate) fn source_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+
     /// Gives the row source back, dropping the cache.
     pub fn into_source(self) -> S {
         self.source

@@ -128,12 +128,29 @@ impl<S: RowSource> EmbeddingCache<S> {
             offsets,
             pooling,
             weights,
+            tables: None,
         };
         self.backward(ids, produced, grad, optimizer)
     }
 
+    /// The backward of bags checked by the caller (a table-batched step's width: its
+    /// tables' bags table-major, `produced` saying where each table's gradient columns
+    /// are), fused with the optimizer.
+    pub(crate) fn backward_checked_bags(
+        &mut self,
+        ids: &[u32],
+        produced: Produced<'_>,
+        grad: &Embeddings,
+    ) -> Result<()> {
+        let optimizer = self.optimizer()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.backward(ids, produced, grad, optimizer)
+    }
+
     /// The optimizer of a training cache, or [`HotrowError::InvalidArgument`].
-    fn optimizer(&self) -> Result<Optimizer> {
+    pub(crate) fn optimizer(&self) -> Result<Optimizer> {
         self.config.training.ok_or_else(|| {
             HotrowError::InvalidArgument(
                 "not a training cache (CacheConfig::training sets an optimizer)".into(),
@@ -356,15 +373,25 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
     /// rows in copies not yet arrived). Over wgpu's host buffers nothing can be read after
     /// the loss.
     pub fn flush(&mut self) -> Result<usize> {
+        self.flush_into(&mut |source, ids, rows| source.write_rows(ids, rows))
+    }
+}
+
+/// How a flush hands rows to a row source: `write(source, ids, values)`.
+pub(crate) type WriteRows<'a, S> = dyn FnMut(&mut S, &[u32], &[f32]) -> Result<()> + 'a;
+
+impl<S: RowSource> EmbeddingCache<S> {
+    /// [`EmbeddingCache::flush`], the rows handed to `write`.
+    pub(crate) fn flush_into(&mut self, write: &mut WriteRows<'_, S>) -> Result<usize> {
         if self.config.training.is_none() {
             return Ok(0);
         }
         let ctx = self.ctx.clone();
         let written = match ctx.guarded(|| self.engine.flush_written()) {
-            Err(HotrowError::DeviceLost(reason)) => return Err(self.salvage(reason)),
+            Err(HotrowError::DeviceLost(reason)) => return Err(self.salvage(reason, write)),
             other => other?,
         };
-        let rows = self.write_flushed(&written)?;
+        let rows = self.write_flushed(&written, write)?;
         self.engine.written_done(&written.ids)?;
         self.unflushed.0 = false;
         Ok(rows)
@@ -372,9 +399,9 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
 
     /// A flush after the device is lost: what the table in host memory still holds goes
     /// to the row source; the error to return says what was saved and what was not.
-    fn salvage(&mut self, reason: String) -> HotrowError {
+    fn salvage(&mut self, reason: String, write: &mut WriteRows<'_, S>) -> HotrowError {
         let saved = match self.engine.salvage_written(&self.source) {
-            Ok(Some(written)) => match self.write_flushed(&written) {
+            Ok(Some(written)) => match self.write_flushed(&written, write) {
                 Ok(rows) => {
                     // (The GPU-driven path's own marks are gone with the device.)
                     let _ = self.engine.written_done(&written.ids);
@@ -396,7 +423,11 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
     }
 
     /// Hands flushed rows (their values) to the row source; returns how many.
-    fn write_flushed(&mut self, written: &super::engine::Written) -> Result<usize> {
+    fn write_flushed(
+        &mut self,
+        written: &super::engine::Written,
+        write: &mut WriteRows<'_, S>,
+    ) -> Result<usize> {
         let (dim, stride) = (self.dim(), self.layout.words_per_row());
         let values: Vec<f32> = written
             .words
@@ -404,7 +435,7 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
             .flat_map(|row| row[..dim].iter().map(|&w| f32::from_bits(w)))
             .collect();
         if !written.ids.is_empty() {
-            self.source.write_rows(&written.ids, &values)?;
+            write(&mut self.source, &written.ids, &values)?;
         }
         Ok(written.ids.len())
     }

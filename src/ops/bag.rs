@@ -87,6 +87,7 @@ params_layout!(
 /// Where table-batched bags land: the bags are `cols.len()` tables of `per_table` bags each,
 /// table-major; bag `b` of table `t` is written to output row `b` (`out_stride` Elems wide)
 /// from Elem column `cols[t]`.
+#[derive(Clone, Copy)]
 pub(crate) struct TableOutput<'a> {
     pub(crate) per_table: usize,
     pub(crate) out_stride: u32,

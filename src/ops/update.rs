@@ -69,7 +69,7 @@ use crate::gpu::{
     encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, LaunchState,
     ParamsFrom, Shader, Staged,
 };
-use crate::ops::bag::Pooling;
+use crate::ops::bag::{Pooling, TableOutput};
 use crate::ops::params_layout;
 
 pub(crate) const SHADER: Shader = Shader {
@@ -102,6 +102,10 @@ pub(crate) struct UpdateParams {
     lr: f32,
     eps: f32,
     identity: u32,
+    grad_stride: u32,
+    per_table: u32,
+    cols_at: u32,
+    _pad: u32,
 }
 params_layout!(
     UpdateParams,
@@ -125,18 +129,26 @@ params_layout!(
     argmax_at,
     lr,
     eps,
-    identity
+    identity,
+    grad_stride,
+    per_table,
+    cols_at,
+    _pad
 );
 
 /// What produced the output whose gradient comes back: a lookup (one output row per
-/// position) or pooled bags (one per bag, PyTorch's offsets convention).
-#[derive(Clone, Copy, Debug)]
+/// position) or pooled bags (one per bag, PyTorch's offsets convention; with `tables`,
+/// several tables' bags table-major, each table's pooled rows in its own columns of one
+/// output row per sample, as a table-batched step writes them: `out_stride` and `cols` in
+/// f32 values).
+#[derive(Clone, Copy)]
 pub(crate) enum Produced<'a> {
     Lookup,
     Bags {
         offsets: &'a [u32],
         pooling: Pooling,
         weights: Option<&'a [f32]>,
+        tables: Option<TableOutput<'a>>,
     },
 }
 
@@ -189,6 +201,7 @@ impl Groups {
             offsets,
             pooling,
             weights,
+            tables,
         } = produced
         {
             meta.extend_from_slice(offsets);
@@ -201,6 +214,16 @@ impl Groups {
                 meta.extend(w.iter().map(|x| x.to_bits()));
                 params.has_weights = 1;
             }
+            // Bag b's gradient row: (b % per_table) * grad_stride + cols[b / per_table].
+            let one = [0u32];
+            let (per_table, stride, cols) = match tables {
+                Some(t) => (t.per_table, t.out_stride as usize, t.cols),
+                None => (offsets.len(), dim, &one[..]),
+            };
+            params.per_table = per_table.max(1) as u32;
+            params.grad_stride = stride as u32;
+            params.cols_at = meta.len() as u32;
+            meta.extend_from_slice(cols);
             params.argmax_at = meta.len() as u32;
             if pooling == Pooling::Max {
                 meta.resize(meta.len() + offsets.len() * dim, u32::MAX);
@@ -427,16 +450,21 @@ mod tests {
             offsets: &offsets,
             pooling: Pooling::Max,
             weights: None,
+            tables: None,
         };
         let g = Groups::new(&ids, bags, 4);
         let p = g.params;
         assert_eq!((p.mode, p.n_bags, p.has_weights), (2, 3, 0));
         assert_eq!(&g.meta[p.offsets_at as usize..][..4], &[0, 2, 2, 6]);
         assert_eq!(g.meta.len(), p.argmax_at as usize + 3 * 4, "argmax room");
+        // one table: bag b's gradient row is b * dim
+        assert_eq!((p.per_table, p.grad_stride), (3, 4));
+        assert_eq!(g.meta[p.cols_at as usize], 0);
         let weighted = Produced::Bags {
             offsets: &offsets,
             pooling: Pooling::Mean,
             weights: Some(&w),
+            tables: None,
         };
         let g = Groups::new(&ids, weighted, 4);
         assert_eq!(
@@ -444,6 +472,24 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(g.meta[g.params.weights_at as usize], 0.5f32.to_bits());
+        // two tables' bags table-major (2 per table) in a 10-wide gradient, at columns 0
+        // and 6: bag 3 (table 1, sample 1) reads row 1 from column 6
+        let offsets = [0u32, 1, 3, 4];
+        let tables = Produced::Bags {
+            offsets: &offsets,
+            pooling: Pooling::Sum,
+            weights: None,
+            tables: Some(TableOutput {
+                per_table: 2,
+                out_stride: 10,
+                cols: &[0, 6],
+            }),
+        };
+        let g = Groups::new(&ids, tables, 4);
+        let p = g.params;
+        assert_eq!((p.per_table, p.grad_stride), (2, 10));
+        assert_eq!(&g.meta[p.cols_at as usize..][..2], &[0, 6]);
+        assert_eq!(p.argmax_at, p.cols_at + 2);
     }
 
     #[test]
@@ -615,6 +661,7 @@ mod tests {
             offsets,
             pooling,
             weights,
+            tables: None,
         }
     }
 

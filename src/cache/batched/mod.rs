@@ -4,6 +4,7 @@
 mod step;
 mod tables;
 mod tally;
+mod train;
 
 use std::sync::Arc;
 
@@ -185,13 +186,6 @@ impl<S: RowSource> TableBatchedCache<S> {
         if tables.is_empty() {
             return Err(HotrowError::InvalidArgument(
                 "a table-batched cache needs at least one table".into(),
-            ));
-        }
-        if config.training.is_some() {
-            return Err(HotrowError::InvalidArgument(
-                "training a table-batched cache is not built yet (train an EmbeddingCache per \
-                 table)"
-                    .into(),
             ));
         }
         // (Each table checked by itself, so the error names it; an empty table could serve
