@@ -126,7 +126,7 @@ pub struct CacheConfig {
     /// A training cache: [`crate::EmbeddingCache::backward_bags`] and
     /// [`crate::EmbeddingCache::backward_lookup`] update the rows where they are cached with
     /// this optimizer, and changed rows go back to the table (`flush` writes them to the
-    /// row source). Needs f32 rows and, for now, the GPU-driven path (default `None`).
+    /// row source). Needs f32 rows; either path (default `None`).
     pub training: Option<crate::Optimizer>,
 }
 
