@@ -36,13 +36,35 @@ pub fn run(
     let timing = ctx.enable_timing(16 * a.batches as u32 + 4096);
     for (mode, pooling) in modes {
         let weights = (mode != 2).then_some(&w[..]);
+        // (Time inside the calls, summed: with the wall per call it says whether the stream
+        // is bound by the host's work or by the GPU.)
+        let in_calls = std::cell::Cell::new(std::time::Duration::ZERO);
         let mut op = |k: usize| {
-            cache.lookup_bags_into(&sets[k % sets.len()], &offsets, pooling, weights, &mut out)
+            let t = std::time::Instant::now();
+            let r =
+                cache.lookup_bags_into(&sets[k % sets.len()], &offsets, pooling, weights, &mut out);
+            in_calls.set(in_calls.get() + t.elapsed());
+            r
         };
         harness::warm_up(ctx, a, 8, &mut op)?;
-        let (wall, times) = harness::stream(ctx, a.batches.min(100), &mut op)?;
+        in_calls.set(std::time::Duration::ZERO);
+        let reps = a.batches.min(100);
+        let (wall, times) = harness::stream(ctx, reps, &mut op)?;
         let name = format!("{pooling:?}").to_lowercase();
         rep.insert(format!("W3_hotrow_{name}_wall_ms"), wall);
+        let call_ms = in_calls.get().as_secs_f64() * 1e3 / reps as f64;
+        rep.insert(format!("W3_hotrow_{name}_in_call_ms"), call_ms);
+        let mut sync = Vec::new();
+        for k in 0..20 {
+            let t = std::time::Instant::now();
+            op(k)?;
+            ctx.wait_idle()?;
+            sync.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        rep.insert(
+            format!("W3_hotrow_{name}_sync_median_ms"),
+            harness::median(&mut sync),
+        );
         if timing {
             let g = harness::gpu_median(&times, "bag");
             rep.insert(format!("W3_hotrow_{name}_gpu_bag_ms"), g);
