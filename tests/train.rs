@@ -897,3 +897,102 @@ fn a_table_batched_cache_trains_every_table() {
         );
     }
 }
+
+/// Optimizer state goes to the row source with the rows (`write_state`) and comes back
+/// from it (`read_state`): row-wise Adagrad trained through one cache, flushed, then
+/// resumed through a new cache over the same table (and over a table rebuilt from the
+/// saved rows and state) equals one uninterrupted reference training. A source that keeps
+/// no state (the default) restarts the accumulators at zero, as the reference says.
+#[test]
+fn optimizer_state_travels_with_the_rows() {
+    let _serial = common::serial();
+    let (rows, dim) = (80usize, 4usize);
+    let data = random_values(rows * dim, seed("train_state"));
+    let optimizer = Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 };
+    for (ctx, path) in training_paths() {
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(10))
+            .training(optimizer)
+            .path(path);
+        let mut reference = Trainer::new(&data, dim, optimizer);
+        let mut rng = Rng::new(seed("train_state_ids"));
+        let mut train = |cache: &mut EmbeddingCache<HostTable<'static>>,
+                         reference: &mut Trainer,
+                         rng: &mut Rng| {
+            for _ in 0..8 {
+                let ids: Vec<u32> = (0..24).map(|_| rng.below(rows as u64) as u32).collect();
+                cache.lookup(&ids).unwrap();
+                let g = random_values(ids.len() * dim, rng.next_u64());
+                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                cache.backward_lookup(&ids, &grad).unwrap();
+                reference.apply(&lookup_grads(dim, &ids, &g));
+            }
+        };
+        let table = HostTable::owned(data.clone(), dim).unwrap();
+        let mut cache = EmbeddingCache::new(ctx, table, config.clone()).unwrap();
+        train(&mut cache, &mut reference, &mut rng);
+        cache.flush().unwrap();
+        let table = cache.into_source();
+        let (per_row, state) = table.state().expect("the flush kept the state");
+        assert_eq!(per_row, 1);
+        for (id, (&got, &want)) in state.iter().zip(&reference.state).enumerate() {
+            let err = (got as f64 - want).abs();
+            assert!(
+                err <= 1e-5 * (1.0 + want),
+                "{path:?}: row {id} state {got} vs {want}"
+            );
+        }
+        // saved and rebuilt: the values and the state, as a user would store them
+        let rebuilt = HostTable::owned(table.data().unwrap().to_vec(), dim)
+            .unwrap()
+            .with_state(per_row, state.to_vec())
+            .unwrap();
+        for table in [table, rebuilt] {
+            let mut cache = EmbeddingCache::new(ctx, table, config.clone()).unwrap();
+            let mut resumed = Trainer {
+                rows: reference.rows.clone(),
+                state: reference.state.clone(),
+                dim,
+                optimizer,
+            };
+            let mut r = Rng::new(seed("train_state_resume"));
+            train(&mut cache, &mut resumed, &mut r);
+            cache.flush().unwrap();
+            let what = format!("{path:?}: resumed training");
+            assert_rows_near(cache.source().data().unwrap(), &resumed.rows, 2e-5, &what);
+        }
+        // a source keeping no state (the trait's default): the accumulators restart at 0
+        let mut plain = Flaky {
+            table: HostTable::owned(data.clone(), dim).unwrap(),
+            fail: false.into(),
+        };
+        for round in 0..2 {
+            let mut cache = EmbeddingCache::new(ctx, plain, config.clone()).unwrap();
+            let values = cache.source().table.data().unwrap().to_vec();
+            let mut fresh = Trainer::new(&values, dim, optimizer);
+            let ids: Vec<u32> = (0..20).collect();
+            let g = random_values(ids.len() * dim, seed("train_state_plain"));
+            cache.lookup(&ids).unwrap();
+            let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+            cache.backward_lookup(&ids, &grad).unwrap();
+            fresh.apply(&lookup_grads(dim, &ids, &g));
+            cache.flush().unwrap();
+            let what = format!("{path:?}: round {round} over a source without state");
+            assert_rows_near(
+                cache.source().table.data().unwrap(),
+                &fresh.rows,
+                2e-5,
+                &what,
+            );
+            plain = cache.into_source();
+        }
+        let mut table = HostTable::owned(data.clone(), dim).unwrap();
+        // a state of another shape is refused, nothing kept
+        let err = table.write_state(&[1, 2], &[1.0; 3]).unwrap_err();
+        assert!(matches!(err, HotrowError::LengthMismatch { .. }), "{err:?}");
+        let err = HostTable::owned(data.clone(), dim)
+            .unwrap()
+            .with_state(1, vec![0.0; 5]);
+        assert!(matches!(err, Err(HotrowError::LengthMismatch { .. })));
+    }
+}

@@ -373,12 +373,20 @@ impl<S: WritableRowSource> EmbeddingCache<S> {
     /// rows in copies not yet arrived). Over wgpu's host buffers nothing can be read after
     /// the loss.
     pub fn flush(&mut self) -> Result<usize> {
-        self.flush_into(&mut |source, ids, rows| source.write_rows(ids, rows))
+        self.flush_into(&mut |source, ids, rows, state| {
+            source.write_rows(ids, rows)?;
+            if let Some(state) = state {
+                source.write_state(ids, state)?;
+            }
+            Ok(())
+        })
     }
 }
 
-/// How a flush hands rows to a row source: `write(source, ids, values)`.
-pub(crate) type WriteRows<'a, S> = dyn FnMut(&mut S, &[u32], &[f32]) -> Result<()> + 'a;
+/// How a flush hands rows to a row source: `write(source, ids, values, state)` (the
+/// optimizer state of each row, for an optimizer with state).
+pub(crate) type WriteRows<'a, S> =
+    dyn FnMut(&mut S, &[u32], &[f32], Option<&[f32]>) -> Result<()> + 'a;
 
 impl<S: RowSource> EmbeddingCache<S> {
     /// [`EmbeddingCache::flush`], the rows handed to `write`.
@@ -434,8 +442,19 @@ impl<S: RowSource> EmbeddingCache<S> {
             .chunks_exact(stride)
             .flat_map(|row| row[..dim].iter().map(|&w| f32::from_bits(w)))
             .collect();
+        let state_values = self.optimizer()?.state_values();
+        let state: Vec<f32> = written
+            .words
+            .chunks_exact(stride)
+            .flat_map(|row| {
+                row[dim..dim + state_values]
+                    .iter()
+                    .map(|&w| f32::from_bits(w))
+            })
+            .collect();
+        let state = (state_values > 0).then_some(&state[..]);
         if !written.ids.is_empty() {
-            write(&mut self.source, &written.ids, &values)?;
+            write(&mut self.source, &written.ids, &values, state)?;
         }
         Ok(written.ids.len())
     }

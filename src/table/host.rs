@@ -27,6 +27,8 @@ use crate::error::{FileProblem, HotrowError, Result};
 pub struct HostTable<'a> {
     values: Values<'a>,
     dim: usize,
+    /// Optimizer state a training cache flushed (values per row, then the values).
+    state: Option<(usize, Vec<f32>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +63,33 @@ impl<'a> HostTable<'a> {
                 got: len,
             });
         }
-        Ok(Self { values, dim })
+        Ok(Self {
+            values,
+            dim,
+            state: None,
+        })
+    }
+
+    /// The same table with optimizer state to start training from (`per_row` values a row,
+    /// as [`HostTable::state`] gave them: row-wise Adagrad's accumulators). A training
+    /// cache over it loads each row's state with the row.
+    pub fn with_state(mut self, per_row: usize, state: Vec<f32>) -> Result<Self> {
+        if per_row == 0 || state.len() != self.rows() * per_row {
+            return Err(HotrowError::LengthMismatch {
+                what: "optimizer state (per_row values for every row, per_row >= 1)",
+                expected: self.rows() * per_row.max(1),
+                got: state.len(),
+            });
+        }
+        self.state = Some((per_row, state));
+        Ok(self)
+    }
+
+    /// The optimizer state a training cache flushed into this table, if any: values per
+    /// row, and the values (row-major). Save it with the rows to resume training later
+    /// ([`HostTable::with_state`]).
+    pub fn state(&self) -> Option<(usize, &[f32])> {
+        self.state.as_ref().map(|(k, v)| (*k, &v[..]))
     }
 
     /// Takes ownership of row-major f32 `data` of width `dim`.
@@ -173,9 +201,49 @@ impl RowSource for HostTable<'_> {
     fn memory_rows(&self) -> Result<Option<MemoryRows<'_>>> {
         Ok(Some(MemoryRows(self.row_bytes())))
     }
+
+    fn read_state(&self, ids: &[u32], out: &mut [f32]) -> Result<bool> {
+        let Some((per_row, state)) = &self.state else {
+            return Ok(false);
+        };
+        if ids.is_empty() || out.len() != ids.len() * per_row {
+            return Ok(false);
+        }
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(*per_row)) {
+            dst.copy_from_slice(&state[id as usize * per_row..][..*per_row]);
+        }
+        Ok(true)
+    }
 }
 
 impl WritableRowSource for HostTable<'_> {
+    /// Keeps the state beside the values (any table, borrowed ones too: the state is the
+    /// table's own memory), created at the first write; a write with another number of
+    /// values per row than the state kept is refused ([`HotrowError::LengthMismatch`]).
+    fn write_state(&mut self, ids: &[u32], state: &[f32]) -> Result<bool> {
+        crate::batch::check_ids(ids, self.rows())?;
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        let per_row = state.len() / ids.len();
+        let want = self.state.as_ref().map_or(per_row.max(1), |s| s.0);
+        if per_row != want || state.len() != ids.len() * per_row {
+            return Err(HotrowError::LengthMismatch {
+                what: "optimizer state to write (the same values per row for every row)",
+                expected: ids.len() * want,
+                got: state.len(),
+            });
+        }
+        let rows = self.rows();
+        let (_, kept) = self
+            .state
+            .get_or_insert_with(|| (per_row, vec![0.0; rows * per_row]));
+        for (&id, row) in ids.iter().zip(state.chunks_exact(per_row)) {
+            kept[id as usize * per_row..][..per_row].copy_from_slice(row);
+        }
+        Ok(true)
+    }
+
     /// Writes into an owned table, in its own value type (f16 and bf16 rounded to nearest
     /// even). A borrowed table is refused ([`HotrowError::InvalidArgument`]: the caller's
     /// slice is not writable through it, and a silent copy of the whole table is not what a

@@ -41,6 +41,17 @@ pub trait RowSource: Send + Sync {
         Ok(false)
     }
 
+    /// Writes the optimizer state of row `ids[k]` (`out.len() / ids.len()` values a row:
+    /// row-wise Adagrad's accumulator) to `out`, when the source keeps state a training
+    /// cache gave it ([`WritableRowSource::write_state`]): a training cache loads it with
+    /// the row, so training resumes where it stopped. Returns `Ok(false)`, having written
+    /// nothing, when it keeps none (the default): the rows then start with zero state.
+    /// Same preconditions as `read_rows`.
+    fn read_state(&self, ids: &[u32], out: &mut [f32]) -> Result<bool> {
+        let _ = (ids, out);
+        Ok(false)
+    }
+
     /// Whether each call costs a round trip to another process or machine (a network
     /// store such as Redis: `RedisTable`, feature `redis`). The cache then reads a pass's missed rows in
     /// one call after resolving them, instead of one call per slot-map partition while it
@@ -83,6 +94,16 @@ pub trait WritableRowSource: RowSource {
     /// On an error the caller treats every row of the call as not written (and keeps it
     /// to write again), so a partial write is allowed but never relied on.
     fn write_rows(&mut self, ids: &[u32], rows: &[f32]) -> Result<()>;
+
+    /// Keeps the optimizer state of rows `ids` (`state.len() / ids.len()` values a row),
+    /// written by a flush right after their values; [`RowSource::read_state`] gives it
+    /// back. Returns `Ok(false)` when the source keeps no state (the default: the state
+    /// then lives as long as the cache, and a new cache over the source starts from zero).
+    /// Errors as `write_rows`: the rows stay to be written again.
+    fn write_state(&mut self, ids: &[u32], state: &[f32]) -> Result<bool> {
+        let _ = (ids, state);
+        Ok(false)
+    }
 }
 
 /// A source's rows in host memory, as stored ([`RowSource::memory_rows`]): made only by the

@@ -180,6 +180,38 @@ impl<S: RowSource> RowSource for Tables<S> {
     fn remote(&self) -> bool {
         self.sources.iter().any(RowSource::remote)
     }
+
+    /// Each member's rows' state from that member (one call per member read); members
+    /// keeping none leave their rows' state at zero.
+    fn read_state(&self, ids: &[u32], out: &mut [f32]) -> Result<bool> {
+        if ids.is_empty() || !out.len().is_multiple_of(ids.len()) {
+            return Ok(false);
+        }
+        let per_row = out.len() / ids.len();
+        let rows = self.locate(ids);
+        let mut any = false;
+        for k in 0..self.members.len() {
+            let at: Vec<usize> = (0..rows.len())
+                .filter(|&p| rows[p].0 as usize == k)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let local: Vec<u32> = at.iter().map(|&p| rows[p].1).collect();
+            let mut state = vec![0f32; local.len() * per_row];
+            if self.member_call(k, |source| source.read_state(&local, &mut state))? {
+                any = true;
+                for (&p, s) in at.iter().zip(state.chunks_exact(per_row)) {
+                    out[p * per_row..][..per_row].copy_from_slice(s);
+                }
+            } else {
+                for &p in &at {
+                    out[p * per_row..][..per_row].fill(0.0);
+                }
+            }
+        }
+        Ok(any)
+    }
 }
 
 #[cfg(test)]

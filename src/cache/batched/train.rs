@@ -128,45 +128,65 @@ impl<S: WritableRowSource> TableBatchedCache<S> {
         let mut total = 0;
         for w in &mut self.widths {
             let (members, bases) = (&w.members, &w.bases);
-            let mut write = |_: &mut Tables<S>, ids: &[u32], values: &[f32]| {
-                write_members(tables, members, bases, ids, values)
-            };
+            let mut write =
+                |_: &mut Tables<S>, ids: &[u32], values: &[f32], state: Option<&[f32]>| {
+                    write_members(tables, members, bases, ids, values, state)
+                };
             total += w.cache.flush_into(&mut write)?;
         }
         Ok(total)
     }
 }
 
-/// Writes rows `ids` of a width (its global rows) with `values` into the member tables
-/// they belong to, each member's rows in one call.
+/// One member table's share of a flush: its rows, their values and state.
+#[derive(Default, Clone)]
+struct MemberRows {
+    ids: Vec<u32>,
+    values: Vec<f32>,
+    state: Vec<f32>,
+}
+
+/// Writes rows `ids` of a width (its global rows) with `values` (and `state`) into the
+/// member tables they belong to, each member's rows in one call.
 fn write_members<S: WritableRowSource>(
     tables: &mut [S],
     members: &[usize],
     bases: &[u64],
     ids: &[u32],
     values: &[f32],
+    state: Option<&[f32]>,
 ) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     let dim = values.len() / ids.len();
-    let mut by_member: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); members.len()];
-    for (&id, row) in ids.iter().zip(values.chunks_exact(dim)) {
+    let per_row = state.map_or(0, |s| s.len() / ids.len());
+    let mut by_member = vec![MemberRows::default(); members.len()];
+    for (p, (&id, row)) in ids.iter().zip(values.chunks_exact(dim)).enumerate() {
         let k = member_of(bases, id);
-        let (local, rows) = &mut by_member[k];
-        local.push((id as u64 - bases[k]) as u32);
-        rows.extend_from_slice(row);
+        let m = &mut by_member[k];
+        m.ids.push((id as u64 - bases[k]) as u32);
+        m.values.extend_from_slice(row);
+        if let Some(s) = state {
+            m.state.extend_from_slice(&s[p * per_row..][..per_row]);
+        }
     }
-    for (k, (local, rows)) in by_member.iter().enumerate() {
-        if local.is_empty() {
+    for (k, m) in by_member.iter().enumerate() {
+        if m.ids.is_empty() {
             continue;
         }
         let table = members[k];
-        caught(|| tables[table].write_rows(local, rows)).map_err(|source| {
-            HotrowError::InTable {
-                table,
-                source: Box::new(source),
+        let t = &mut tables[table];
+        caught(|| {
+            t.write_rows(&m.ids, &m.values)?;
+            if state.is_some() {
+                t.write_state(&m.ids, &m.state)?;
             }
+            Ok(())
+        })
+        .map_err(|source| HotrowError::InTable {
+            table,
+            source: Box::new(source),
         })?;
     }
     Ok(())

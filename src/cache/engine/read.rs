@@ -66,7 +66,39 @@ fn encode_chunk<S: RowSource>(
         layout.encode_rows(&values, out);
     }
     SCRATCH.with(|s| s.set(values));
-    result
+    result?;
+    if layout.has_state() {
+        read_state(source, layout, ids, out)?;
+    }
+    Ok(())
+}
+
+/// Optimizer state values a stored row carries (row-wise Adagrad's accumulator, the one
+/// optimizer with state), after its values.
+const STATE_VALUES: usize = 1;
+
+/// The rows' optimizer state from the source, where it keeps some, into their stored
+/// words (else they keep the zero state `encode_rows` gave them).
+fn read_state<S: RowSource>(
+    source: &S,
+    layout: RowLayout,
+    ids: &[u32],
+    out: &mut [u32],
+) -> Result<()> {
+    let mut state = vec![0f32; ids.len() * STATE_VALUES];
+    if !caught(|| source.read_state(ids, &mut state))? {
+        return Ok(());
+    }
+    let (dim, words) = (layout.dim(), layout.words_per_row());
+    for (row, s) in out
+        .chunks_exact_mut(words)
+        .zip(state.chunks_exact(STATE_VALUES))
+    {
+        for (w, v) in row[dim..dim + STATE_VALUES].iter_mut().zip(s) {
+            *w = v.to_bits();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
