@@ -916,7 +916,7 @@ fn optimizer_state_travels_with_the_rows() {
             .path(path);
         let mut reference = Trainer::new(&data, dim, optimizer);
         let mut rng = Rng::new(seed("train_state_ids"));
-        let mut train = |cache: &mut EmbeddingCache<HostTable<'static>>,
+        let train = |cache: &mut EmbeddingCache<HostTable<'static>>,
                          reference: &mut Trainer,
                          rng: &mut Rng| {
             for _ in 0..8 {
