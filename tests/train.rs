@@ -628,20 +628,33 @@ fn training_writes_back_across_table_shards() {
 /// Whole-table lookups through a cache of exactly one step's rows, after every step: a
 /// pass may evict a row it then loads again (the slot map pins a row only when it reaches
 /// its position), so a changed row leaving and coming back in one pass must keep its
-/// training. One and two slot-map partitions.
+/// training. One and two slot-map partitions; on the host path also with resolution on
+/// the GPU (`Resolution::Device`) and exact LRU.
 #[test]
 fn a_row_evicted_and_loaded_again_in_one_pass_keeps_its_training() {
     let _serial = common::serial();
     let (rows, dim) = (40usize, 4usize);
     let data = random_values(rows * dim, seed("train_reload"));
+    let mut runs: Vec<(&GpuContext, BatchPath, usize, u8)> = Vec::new();
     for (ctx, path) in training_paths() {
-        for partitions in [1usize, 2] {
+        runs.extend([(ctx, path, 1, 0), (ctx, path, 2, 0)]);
+        if path == BatchPath::Host {
+            runs.extend([(ctx, path, 2, 1), (ctx, path, 2, 2)]);
+        }
+    }
+    for (ctx, path, partitions, variant) in runs {
+        {
             let optimizer = Optimizer::Sgd { lr: 1.0 };
-            let config = CacheConfig::default()
+            let mut config = CacheConfig::default()
                 .capacity(Capacity::Rows(4))
                 .training(optimizer)
                 .path(path)
                 .partitions(partitions);
+            if variant == 1 {
+                config = config.resolution(hotrow::Resolution::Device);
+            } else if variant == 2 {
+                config = config.policy(hotrow::EvictionPolicy::Lru);
+            }
             let table = HostTable::owned(data.clone(), dim).unwrap();
             let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
             let mut reference = Trainer::new(&data, dim, optimizer);
@@ -656,7 +669,9 @@ fn a_row_evicted_and_loaded_again_in_one_pass_keeps_its_training() {
                 cache.backward_lookup(&ids, &grad).unwrap();
                 reference.apply(&lookup_grads(dim, &ids, &g));
                 let out = cache.lookup(&all).unwrap().to_host().unwrap();
-                let what = format!("{path:?} partitions {partitions} step {step} ids {ids:?}");
+                let what = format!(
+                    "{path:?} partitions {partitions} variant {variant} step {step} ids {ids:?}"
+                );
                 assert_rows_near(&out, &reference.rows, 1e-6, &what);
             }
             cache.flush().unwrap();
@@ -917,8 +932,8 @@ fn optimizer_state_travels_with_the_rows() {
         let mut reference = Trainer::new(&data, dim, optimizer);
         let mut rng = Rng::new(seed("train_state_ids"));
         let train = |cache: &mut EmbeddingCache<HostTable<'static>>,
-                         reference: &mut Trainer,
-                         rng: &mut Rng| {
+                     reference: &mut Trainer,
+                     rng: &mut Rng| {
             for _ in 0..8 {
                 let ids: Vec<u32> = (0..24).map(|_| rng.below(rows as u64) as u32).collect();
                 cache.lookup(&ids).unwrap();
