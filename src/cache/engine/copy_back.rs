@@ -7,7 +7,7 @@
 //! pass misses the row again, a flush, or too many copies in flight. Arrived rows go to
 //! [`TrainedRows`], which the passes read before the row source.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use futures::channel::oneshot;
 
@@ -28,6 +28,8 @@ const MAX_IN_FLIGHT: usize = 8;
 struct Returning {
     /// The rows' ids and the slots they left.
     rows: Vec<(u32, u32)>,
+    /// Its number among the copies sent ([`InFlightRows`]); set when sent.
+    sent: u64,
     buffer: TrackedBuffer,
     bytes: u64,
     mapping: Mapping,
@@ -62,8 +64,7 @@ pub(crate) struct CopyBack {
     /// The copy recorded with the pass not yet submitted (its rows' marks cleared).
     recorded: Option<Returning>,
     in_flight: VecDeque<Returning>,
-    /// Bit per table row: in a copy in flight.
-    returning: Vec<u64>,
+    returning: InFlightRows,
     kept: TrainedRows,
     row_bytes: u64,
     slot_list: GrowBuffer,
@@ -79,7 +80,7 @@ impl CopyBack {
             dirty: vec![false; capacity],
             recorded: None,
             in_flight: VecDeque::new(),
-            returning: vec![0; rows.div_ceil(64)],
+            returning: InFlightRows::new(rows),
             kept: TrainedRows::new(words, state),
             row_bytes: words as u64 * 4,
             slot_list: GrowBuffer::storage("hotrow copy-back slots"),
@@ -98,7 +99,7 @@ impl CopyBack {
 
     /// Host bytes held (kept rows, marks and the in-flight bitmap).
     pub(crate) fn host_bytes(&self) -> u64 {
-        self.kept.bytes() + self.dirty.len() as u64 + self.returning.len() as u64 * 8
+        self.kept.bytes() + self.dirty.len() as u64 + self.returning.bytes()
     }
 
     /// Device scratch held.
@@ -112,19 +113,6 @@ impl CopyBack {
             if let Some(slot) = map.slot_of(id) {
                 self.dirty[slot as usize] = true;
             }
-        }
-    }
-
-    fn is_returning(&self, id: u32) -> bool {
-        self.returning[id as usize / 64] >> (id % 64) & 1 == 1
-    }
-
-    fn set_returning(&mut self, id: u32, on: bool) {
-        let (w, b) = (id as usize / 64, id % 64);
-        if on {
-            self.returning[w] |= 1 << b;
-        } else {
-            self.returning[w] &= !(1 << b);
         }
     }
 
@@ -142,7 +130,7 @@ impl CopyBack {
         if self.in_flight.is_empty() {
             return Ok(());
         }
-        if ids.iter().any(|&id| self.is_returning(id)) {
+        if ids.iter().any(|&id| self.returning.contains(id)) {
             return self.wait_all(ctx);
         }
         while self.in_flight.len() > MAX_IN_FLIGHT {
@@ -181,9 +169,8 @@ impl CopyBack {
             }
         }
         copy.buffer.unmap();
-        for &(id, _) in &copy.rows {
-            self.set_returning(id, false);
-        }
+        self.returning
+            .arrived(copy.sent, copy.rows.iter().map(|&(id, _)| id));
         ctx.return_readback(copy.buffer);
         Ok(())
     }
@@ -291,6 +278,7 @@ impl CopyBack {
         enc.copy_buffer_to_buffer(&scratch, 0, &buffer, 0, bytes);
         Ok(Returning {
             rows,
+            sent: 0,
             buffer,
             bytes,
             mapping: Mapping::NotAsked,
@@ -308,9 +296,7 @@ impl CopyBack {
                 let _ = tx.send(r);
             });
         copy.mapping = Mapping::Pending(rx);
-        for &(id, _) in &copy.rows {
-            self.set_returning(id, true);
-        }
+        copy.sent = self.returning.send(copy.rows.iter().map(|&(id, _)| id));
         self.in_flight.push_back(copy);
     }
 
@@ -395,6 +381,55 @@ impl CopyBack {
     }
 }
 
+/// The table rows in copies in flight: a bit per row for the check every pass makes, and
+/// the newest copy carrying each. A row evicted, loaded again in the same pass (from the
+/// copy's scratch) and evicted again sits in two copies at once; the older copy's arrival
+/// must not clear it, or a pass would read the older words while the newer are in flight.
+struct InFlightRows {
+    bits: Vec<u64>,
+    newest: HashMap<u32, u64>,
+    sent: u64,
+}
+
+impl InFlightRows {
+    fn new(rows: usize) -> Self {
+        Self {
+            bits: vec![0; rows.div_ceil(64)],
+            newest: HashMap::new(),
+            sent: 0,
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.bits[id as usize / 64] >> (id % 64) & 1 == 1
+    }
+
+    /// A copy of rows `ids` was sent; returns its number.
+    fn send(&mut self, ids: impl Iterator<Item = u32>) -> u64 {
+        self.sent += 1;
+        for id in ids {
+            self.bits[id as usize / 64] |= 1 << (id % 64);
+            self.newest.insert(id, self.sent);
+        }
+        self.sent
+    }
+
+    /// Copy number `sent` (of rows `ids`) arrived: its rows no newer copy carries are no
+    /// longer in flight.
+    fn arrived(&mut self, sent: u64, ids: impl Iterator<Item = u32>) {
+        for id in ids {
+            if self.newest.get(&id) == Some(&sent) {
+                self.newest.remove(&id);
+                self.bits[id as usize / 64] &= !(1 << (id % 64));
+            }
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bits.len() as u64 * 8 + self.newest.capacity() as u64 * 16
+    }
+}
+
 impl PassEngine {
     /// A training cache's flush, either path: writes every changed resident row where the
     /// rows that left are (the table in host memory; the kept rows), waits, and returns the
@@ -424,5 +459,26 @@ impl PassEngine {
             Some(copy_back) => Ok(Some(copy_back.salvage(&self.ctx))),
             None => self.salvage_table(source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlightRows;
+
+    #[test]
+    fn a_row_in_two_copies_stays_in_flight_until_the_newer_arrives() {
+        let mut f = InFlightRows::new(200);
+        let a = f.send([1u32, 2, 130].into_iter());
+        // row 1 loaded again in the pass that evicted it, trained, evicted again
+        let b = f.send([1u32, 7].into_iter());
+        assert!(f.contains(1) && f.contains(2) && f.contains(130) && f.contains(7));
+        f.arrived(a, [1u32, 2, 130].into_iter());
+        assert!(f.contains(1), "the newer copy still carries row 1");
+        assert!(f.contains(7));
+        assert!(!f.contains(2) && !f.contains(130));
+        f.arrived(b, [1u32, 7].into_iter());
+        assert!((0..200).all(|id| !f.contains(id)));
+        assert!(f.newest.is_empty());
     }
 }
