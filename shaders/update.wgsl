@@ -3,6 +3,14 @@
 // sum, in position order (so results are deterministic; no float atomics), of what every
 // position that read the row contributes; the optimizer then updates the row in its slot.
 //
+// A skewed batch reads a few rows thousands of times (W7's hottest row: ~10k of 131k
+// positions), and one workgroup summing such a row alone held the whole step (51 ms on an
+// H100). Rows read more than `split_over` times are therefore split by the host into chunks
+// of consecutive positions (`chunks_at`: begin, end per chunk; `split_at`: k, first chunk,
+// end chunk per split row, ascending k); `partial_sums` sums each chunk into `partials`, one
+// workgroup per chunk, and `update` sums a split row's chunks in chunk order: still one
+// fixed order, so results stay deterministic.
+//
 // Contribution of position `j` (batch[order_at + i] for i in the row's group) to column c:
 //   mode 0 (lookup):   grad[j * dim + c]
 //   mode 1 (bags):     scale(j) * grad[row(bag(j)) + c], scale = weight (1 without),
@@ -18,7 +26,8 @@
 //
 // Bindings (group 0): 0 p uniform; 1 slots (slot of each distinct row of the dispatch);
 // 2 batch (the batch's groups, order, offsets, weights, argmax; read_write for `argmax`);
-// 3 grad; 4 rows (read_write). `argmax` binds 0, 1, 2 and 4.
+// 3 grad; 4 rows (read_write); 6 partials (read_write). `argmax` binds 0, 1, 2 and 4;
+// `partial_sums` 0, 2, 3 and 6.
 
 struct UpdateParams {
     n: u32,          // distinct rows of this dispatch
@@ -44,7 +53,11 @@ struct UpdateParams {
     grad_stride: u32, // f32 values per gradient row (bags)
     per_table: u32,  // bags per table (bags)
     cols_at: u32,    // batch: each table's first gradient column (bags)
-    _pad: u32,
+    n_split: u32,    // rows split into chunks
+    n_chunks: u32,
+    split_at: u32,   // batch: (k, first chunk, end chunk) per split row, ascending k
+    chunks_at: u32,  // batch: (begin, end) into the grouped positions, per chunk
+    split_over: u32, // a row with more positions than this is split
 }
 
 @group(0) @binding(0) var<uniform> p: UpdateParams;
@@ -52,15 +65,23 @@ struct UpdateParams {
 @group(0) @binding(2) var<storage, read_write> batch: array<u32>;
 @group(0) @binding(3) var<storage, read> grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rows: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> shared_step: f32;
 
-// The bag holding position j: the last bag whose offset is <= j (empty bags share their
-// offset with the next one, and hold no position).
-fn bag_of(j: u32) -> u32 {
-    var lo = 0u;
+// The bag holding position j, at or after bag `start`: the last bag whose offset is <= j
+// (empty bags share their offset with the next one, and hold no position). A row's
+// positions ascend, so each search starts at the previous one's bag, a few steps first.
+fn bag_of(start: u32, j: u32) -> u32 {
+    var lo = start;
+    for (var t = 0u; t < 4u; t = t + 1u) {
+        if (batch[p.offsets_at + lo + 1u] > j) {
+            return lo;
+        }
+        lo = lo + 1u;
+    }
     var hi = p.n_bags; // batch[offsets_at + n_bags] == n_ids > j
     while (hi - lo > 1u) {
         let mid = (lo + hi) / 2u;
@@ -81,13 +102,14 @@ fn grad_row(b: u32) -> u32 {
 // Column c of the row's gradient: the contributions of positions order[begin..end].
 fn gradient(begin: u32, end: u32, c: u32) -> f32 {
     var g = 0.0;
+    var b = 0u;
     for (var i = begin; i < end; i = i + 1u) {
         let j = batch[p.order_at + i];
         if (p.mode == 0u) {
             g = g + grad[j * p.dim + c];
             continue;
         }
-        let b = bag_of(j);
+        b = bag_of(b, j);
         if (p.mode == 2u) {
             if (batch[p.argmax_at + b * p.dim + c] == j) {
                 g = g + grad[grad_row(b) + c];
@@ -106,6 +128,54 @@ fn gradient(begin: u32, end: u32, c: u32) -> f32 {
     return g;
 }
 
+// partial_sums: chunk q's contributions, column by column, into partials[q * dim + c].
+// One workgroup per chunk.
+@compute @workgroup_size(64)
+fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = wid.x + wid.y * p.groups_x;
+    if (q >= p.n_chunks) {
+        return;
+    }
+    let begin = batch[p.chunks_at + 2u * q];
+    let end = batch[p.chunks_at + 2u * q + 1u];
+    for (var c = lid; c < p.dim; c = c + WG) {
+        partials[q * p.dim + c] = gradient(begin, end, c);
+    }
+}
+
+// Row k's chunks [q0, q1) if it was split (q1 > q0), found by binary search over the split
+// rows (a few hundred at most in practice; searched only for rows read that often).
+fn chunks_of(k: u32) -> vec2<u32> {
+    var lo = 0u;
+    var hi = p.n_split;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        let at = batch[p.split_at + 3u * mid];
+        if (at == k) {
+            return vec2<u32>(batch[p.split_at + 3u * mid + 1u], batch[p.split_at + 3u * mid + 2u]);
+        }
+        if (at < k) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return vec2<u32>(0u, 0u);
+}
+
+// Column c of row k's gradient: from its chunks' partial sums if it was split, else summed
+// over its positions.
+fn row_gradient(begin: u32, end: u32, chunks: vec2<u32>, c: u32) -> f32 {
+    if (chunks.y == chunks.x) {
+        return gradient(begin, end, c);
+    }
+    var g = 0.0;
+    for (var q = chunks.x; q < chunks.y; q = q + 1u) {
+        g = g + partials[q * p.dim + c];
+    }
+    return g;
+}
+
 @compute @workgroup_size(64)
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x + wid.y * p.groups_x;
@@ -114,18 +184,22 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var begin = 0u;
     var end = 0u;
     var base = 0u;
+    var chunks = vec2<u32>(0u, 0u);
     if (live) {
         let d = p.first + k;
         begin = batch[p.starts_at + d];
         end = batch[p.starts_at + d + 1u];
         base = slots[k] * p.stride;
+        if (end - begin > p.split_over) {
+            chunks = chunks_of(d);
+        }
     }
     // Row-wise Adagrad: the row's mean squared gradient, reduced over the workgroup in a
     // fixed order.
     var sq = 0.0;
     if (live && p.optimizer == 1u) {
         for (var c = lid; c < p.dim; c = c + WG) {
-            let g = gradient(begin, end, c);
+            let g = row_gradient(begin, end, chunks, c);
             sq = sq + g * g;
         }
     }
@@ -153,7 +227,7 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     let step = shared_step;
     for (var c = lid; c < p.dim; c = c + WG) {
-        rows[base + c] = rows[base + c] - step * gradient(begin, end, c);
+        rows[base + c] = rows[base + c] - step * row_gradient(begin, end, chunks, c);
     }
 }
 

@@ -72,17 +72,17 @@ fn assert_rows_near(got: &[f32], want: &[f64], tol: f64, what: &str) -> f64 {
 }
 
 /// Random bags over `rows` rows: 1-12 bags of 0-`max_len` ids, repeats within and across
-/// bags (ids from a hot range and the whole table), PyTorch's offsets.
-fn random_bags(rng: &mut Rng, rows: usize, max_len: u64) -> (Vec<u32>, Vec<u32>) {
+/// bags (two thirds from the first `hot` rows, the rest from the whole table), PyTorch's
+/// offsets.
+fn random_bags(rng: &mut Rng, rows: usize, max_len: u64, hot: u64) -> (Vec<u32>, Vec<u32>) {
     let n_bags = 1 + rng.below(12) as usize;
     let mut ids = Vec::new();
     let mut offsets = Vec::with_capacity(n_bags);
     for _ in 0..n_bags {
         offsets.push(ids.len() as u32);
         for _ in 0..rng.below(max_len + 1) {
-            let hot = rng.below(3) != 0;
-            let id = if hot {
-                rng.below(20)
+            let id = if rng.below(3) != 0 {
+                rng.below(hot)
             } else {
                 rng.below(rows as u64)
             };
@@ -128,9 +128,11 @@ fn train_stream(ctx: &GpuContext, path: BatchPath) {
             for step in 0..200 {
                 let what = format!("{path:?} {optimizer:?} dim {dim} step {step}");
                 let current = reference.rows_f32();
-                // every 6th step a lookup; now and then bags with more rows than the cache
+                // every 6th step a lookup; now and then bags with more rows than the cache,
+                // some of whose rows are read so often their gradients are summed in chunks
                 let max_len = if step % 5 == 4 { 40 } else { 8 };
-                let (ids, offsets) = random_bags(&mut rng, rows, max_len);
+                let hot = if step % 10 == 9 { 2 } else { 20 };
+                let (ids, offsets) = random_bags(&mut rng, rows, max_len, hot);
                 if step % 6 == 5 {
                     let out = cache.lookup(&ids).unwrap().to_host().unwrap();
                     let want: Vec<f64> = ids
@@ -454,7 +456,7 @@ fn training_on_imported_host_memory() {
     let mut cache =
         EmbeddingCache::new(&ctx, HostTable::owned(data, dim).unwrap(), config).unwrap();
     for _ in 0..10 {
-        let (ids, offsets) = random_bags(&mut rng, rows, 10);
+        let (ids, offsets) = random_bags(&mut rng, rows, 10, 20);
         cache
             .lookup_bags(&ids, &offsets, Pooling::Sum, None)
             .unwrap();

@@ -83,7 +83,7 @@ pub struct EmbeddingCache<S: RowSource> {
     bag_launch: LaunchState,
     product_launch: LaunchState,
     /// Training: the update's launch state, and whether rows changed since the last flush.
-    train_launch: LaunchState,
+    train_launch: crate::ops::update::TrainState,
     unflushed: train::Unflushed,
 }
 
@@ -241,7 +241,7 @@ impl<S: RowSource> EmbeddingCache<S> {
                 config: effective,
                 bag_launch: LaunchState::default(),
                 product_launch: LaunchState::default(),
-                train_launch: LaunchState::default(),
+                train_launch: Default::default(),
                 unflushed: train::Unflushed::default(),
             })
         })
@@ -409,7 +409,10 @@ impl<S: RowSource> EmbeddingCache<S> {
         let (scratch, staging) = self.engine.scratch_bytes();
         CacheMemory {
             slots: self.engine.slots().bytes(),
-            scratch: scratch + self.bag_launch.input.bytes() + self.product_launch.input.bytes(),
+            scratch: scratch
+                + self.bag_launch.input.bytes()
+                + self.product_launch.input.bytes()
+                + self.train_launch.bytes(),
             staging,
             host_table: self.engine.driven().map_or(0, Driven::host_bytes),
             host_trained: self.engine.copy_back().map_or(0, CopyBack::host_bytes),

@@ -227,7 +227,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         update::encode_a_t_b(
             &ctx,
             &mut enc,
-            &mut self.train_launch,
+            &mut self.train_launch.launch,
             buffers,
             m,
             ids.len(),
@@ -288,6 +288,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         let groups = Groups::new(ids, produced, dim);
         let bytes = groups.meta.len() as u64 * 4;
         self.check_binding("a backward's batch (split it)", bytes)?;
+        let partials = update::partials_bytes(&groups, dim);
+        self.check_binding("a backward's partial sums of its most-read rows", partials)?;
         let stride = self.layout.words_per_row();
         let per_pass = self.engine.positions_per_op_pass();
         let max = matches!(

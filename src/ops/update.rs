@@ -66,8 +66,8 @@ impl Optimizer {
 
 use crate::batch::CompactBatch;
 use crate::gpu::{
-    encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, LaunchState,
-    ParamsFrom, Shader, Staged,
+    encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, GrowBuffer,
+    LaunchState, ParamsFrom, Shader, Staged,
 };
 use crate::ops::bag::{Pooling, TableOutput};
 use crate::ops::params_layout;
@@ -105,7 +105,11 @@ pub(crate) struct UpdateParams {
     grad_stride: u32,
     per_table: u32,
     cols_at: u32,
-    _pad: u32,
+    n_split: u32,
+    n_chunks: u32,
+    split_at: u32,
+    chunks_at: u32,
+    split_over: u32,
 }
 params_layout!(
     UpdateParams,
@@ -133,8 +137,22 @@ params_layout!(
     grad_stride,
     per_table,
     cols_at,
-    _pad
+    n_split,
+    n_chunks,
+    split_at,
+    chunks_at,
+    split_over
 );
+
+/// A distinct row read at more positions than this is split into chunks summed in parallel
+/// (update.wgsl's `partial_sums`).
+const SPLIT_OVER: u32 = 32;
+
+/// Positions per chunk of a split row read `count` times: about its square root (at least
+/// `SPLIT_OVER`), which balances a chunk's serial sum against the row's sum of its chunks.
+fn chunk_len(count: u32) -> u32 {
+    ((count as f64).sqrt().ceil() as u32).max(SPLIT_OVER)
+}
 
 /// What produced the output whose gradient comes back: a lookup (one output row per
 /// position) or pooled bags (one per bag, PyTorch's offsets convention; with `tables`,
@@ -154,7 +172,8 @@ pub(crate) enum Produced<'a> {
 
 /// A batch grouped by distinct id, as `update` reads it: the distinct ids (first seen
 /// first), and the `meta` words: each distinct id's positions (ascending) as a run of
-/// `order`, the bag offsets, the weights, and room for the argmax.
+/// `order`, the bag offsets, the weights, room for the argmax, and the chunks of the rows
+/// read more than `SPLIT_OVER` times.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Groups {
     pub(crate) distinct: Vec<u32>,
@@ -229,11 +248,17 @@ impl Groups {
                 meta.resize(meta.len() + offsets.len() * dim, u32::MAX);
             }
         }
+        split_hot_rows(&mut meta, &mut params, d);
         Self {
             distinct: batch.distinct().to_vec(),
             meta,
             params,
         }
+    }
+
+    /// Chunks the partial sums need room for.
+    pub(crate) fn chunks(&self) -> usize {
+        self.params.n_chunks as usize
     }
 
     /// The positions of distinct id `k`, ascending.
@@ -244,6 +269,37 @@ impl Groups {
     }
 }
 
+/// Appends to `meta` the chunks of the rows (of `d` distinct, whose group starts open
+/// `meta`) read more than `SPLIT_OVER` times: `split_at` (k, first chunk, end chunk) per
+/// split row, ascending k, then `chunks_at` (begin, end) per chunk, consecutive positions
+/// of the row's group.
+fn split_hot_rows(meta: &mut Vec<u32>, params: &mut UpdateParams, d: usize) {
+    let mut split = Vec::new();
+    let mut chunks = Vec::new();
+    for k in 0..d {
+        let (begin, end) = (meta[k], meta[k + 1]);
+        if end - begin <= SPLIT_OVER {
+            continue;
+        }
+        let len = chunk_len(end - begin);
+        let first = (chunks.len() / 2) as u32;
+        let mut at = begin;
+        while at < end {
+            let to = (at + len).min(end);
+            chunks.extend([at, to]);
+            at = to;
+        }
+        split.extend([k as u32, first, (chunks.len() / 2) as u32]);
+    }
+    params.split_over = SPLIT_OVER;
+    params.n_split = (split.len() / 3) as u32;
+    params.n_chunks = (chunks.len() / 2) as u32;
+    params.split_at = meta.len() as u32;
+    meta.extend_from_slice(&split);
+    params.chunks_at = meta.len() as u32;
+    meta.extend_from_slice(&chunks);
+}
+
 /// The batch's rows as an argmax reads them: a slot per position into `rows` (or the rows
 /// themselves in batch order, `identity`), `stride` words apart.
 #[derive(Clone, Copy)]
@@ -252,6 +308,35 @@ pub(crate) struct ArgmaxRows<'a> {
     pub(crate) rows: &'a wgpu::Buffer,
     pub(crate) identity: bool,
     pub(crate) stride: usize,
+}
+
+/// A training cache's state between backward calls: its dispatches' launches and staging,
+/// and the room for the partial sums of split rows (written by a backward's first dispatch,
+/// read by all of its updates).
+pub(crate) struct TrainState {
+    pub(crate) launch: LaunchState,
+    partials: GrowBuffer,
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            launch: LaunchState::default(),
+            partials: GrowBuffer::storage("hotrow partial sums"),
+        }
+    }
+}
+
+impl TrainState {
+    /// Device bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.launch.input.bytes() + self.partials.bytes()
+    }
+}
+
+/// Bytes of `groups`' partial sums for rows of `dim` values.
+pub(crate) fn partials_bytes(groups: &Groups, dim: usize) -> u64 {
+    (groups.chunks() * dim * 4).max(4) as u64
 }
 
 /// What every dispatch of one backward shares: the batch grouped, the gradient of the
@@ -271,12 +356,13 @@ pub(crate) struct Step<'a> {
 /// `argmax_over` reads them, which must be the rows before any update of this batch. The
 /// batch's words go up through `state`'s staging ring when `upload` (else the ones an
 /// earlier call of this batch uploaded are read again, the argmax's results among them),
-/// with both params blocks: submit `enc` with the returned entry.
+/// with both params blocks: submit `enc` with the returned entry. The call that uploads
+/// also sums the split rows' chunks (after the argmax, which they read).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
-    state: &mut LaunchState,
+    train: &mut TrainState,
     step: &Step<'_>,
     (first, n): (usize, usize),
     (slots, rows): (&wgpu::Buffer, &wgpu::Buffer),
@@ -290,6 +376,16 @@ pub(crate) fn encode(
         stride,
         state_at,
     } = *step;
+    let TrainState {
+        launch: state,
+        partials,
+    } = train;
+    let partials = match (upload, partials.current()) {
+        (false, Some(b)) => b.clone(),
+        _ => partials
+            .get(ctx, partials_bytes(groups, groups.params.dim as usize))?
+            .clone(),
+    };
     let (code, lr, eps) = match optimizer {
         Optimizer::Sgd { lr } => (0, lr, 1.0),
         Optimizer::RowWiseAdagrad { lr, eps } => (1, lr, eps),
@@ -315,13 +411,19 @@ pub(crate) fn encode(
         stride: argmax_over.map_or(stride, |a| a.stride) as u32,
         ..update
     };
-    let blocks = [update, argmax];
+    let (qx, qy) = grid(groups.params.n_chunks, max);
+    let sums = UpdateParams {
+        groups_x: qx,
+        ..update
+    };
+    let blocks = [update, argmax, sums];
+    let blocks_bytes = std::mem::size_of_val(&blocks);
     let staged = match (upload, state.input.current()) {
         (false, Some(input)) => {
             let input = input.clone();
-            let mut entry = state.ring.acquire(ctx, 2 * PARAMS_BYTES)?;
+            let mut entry = state.ring.acquire(ctx, blocks_bytes as u64)?;
             entry.write(|bytes| {
-                bytes[..2 * PARAMS_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&blocks))
+                bytes[..blocks_bytes].copy_from_slice(bytemuck::cast_slice(&blocks))
             })?;
             Staged {
                 input,
@@ -338,8 +440,9 @@ pub(crate) fn encode(
     };
     let meta = &staged.input;
     let src = staged.entry.buffer().clone();
-    let [update_launch, argmax_launch] = first_launches(&mut state.launches, 2) else {
-        unreachable!("two launches")
+    let [update_launch, argmax_launch, _, sums_launch] = first_launches(&mut state.launches, 4)
+    else {
+        unreachable!("four launches")
     };
     if let Some(over) = argmax_over {
         let pipeline = ctx.pipeline(&SHADER, "argmax", "")?;
@@ -362,8 +465,29 @@ pub(crate) fn encode(
             .clone();
         encode_pass(ctx, enc, "argmax", &pipeline, [(&group, (ax, ay))]);
     }
+    if upload && groups.params.n_chunks > 0 {
+        let pipeline = ctx.pipeline(&SHADER, "partial_sums", "")?;
+        let from = ParamsFrom::Staged {
+            enc,
+            src: &src,
+            offset: staged.params_at + 2 * PARAMS_BYTES,
+        };
+        let group = sums_launch
+            .bind::<UpdateParams>(
+                ctx,
+                &pipeline,
+                from,
+                &[
+                    (2, meta, meta.size()),
+                    (3, grad, grad.size()),
+                    (6, &partials, partials.size()),
+                ],
+            )?
+            .clone();
+        encode_pass(ctx, enc, "partial_sums", &pipeline, [(&group, (qx, qy))]);
+    }
     if n == 0 {
-        return Ok(staged); // (the argmax alone)
+        return Ok(staged); // (the argmax alone, and the partial sums)
     }
     let pipeline = ctx.pipeline(&SHADER, "update", "")?;
     let from = ParamsFrom::Staged {
@@ -381,6 +505,7 @@ pub(crate) fn encode(
                 (2, meta, meta.size()),
                 (3, grad, grad.size()),
                 (4, rows, rows.size()),
+                (6, &partials, partials.size()),
             ],
         )?
         .clone();
@@ -565,11 +690,22 @@ mod tests {
         ctx.queue()
             .write_buffer(shard, 0, bytemuck::cast_slice(&words));
         let mut reference = Trainer::new(&table, dim, optimizer);
-        let mut state = LaunchState::default();
-        for step in 0..4 {
-            let n = 1 + rng.below(60) as usize;
-            // repeats: ids from a small range
-            let ids: Vec<u32> = (0..n).map(|_| rng.below(rows as u64 / 2) as u32).collect();
+        let mut state = TrainState::default();
+        for step in 0..6 {
+            // repeats: ids from a small range; from step 3 on a skewed batch whose two
+            // hottest rows are read hundreds of times (split into chunks)
+            let hot = step >= 3;
+            let n = if hot {
+                40 + rng.below(1500) as usize
+            } else {
+                1 + rng.below(60) as usize
+            };
+            let ids: Vec<u32> = (0..n)
+                .map(|_| match rng.below(10) {
+                    0..=5 if hot => rng.below(2) as u32,
+                    _ => rng.below(rows as u64 / 2) as u32,
+                })
+                .collect();
             let n_bags = 1 + rng.below(8) as usize;
             let mut offsets: Vec<u32> = (0..n_bags)
                 .map(|_| rng.below(n as u64 + 1) as u32)
@@ -599,10 +735,13 @@ mod tests {
             };
             reference.apply(&want);
             let groups = Groups::new(&ids, produced, dim);
-            let slots = upload(ctx, bytemuck::cast_slice(&groups.distinct));
+            let most = (0..rows as u32)
+                .map(|r| ids.iter().filter(|&&id| id == r).count())
+                .max()
+                .unwrap_or(0);
+            assert_eq!(most > 32, groups.chunks() > 0, "rows read often are split");
             let positions = upload(ctx, bytemuck::cast_slice(&ids));
             let grad_buf = upload(ctx, bytemuck::cast_slice(&grad));
-            let mut enc = encoder(ctx, "update test");
             let batch = Step {
                 groups: &groups,
                 grad: &grad_buf,
@@ -610,23 +749,42 @@ mod tests {
                 stride,
                 state_at,
             };
-            let staged = encode(
-                ctx,
-                &mut enc,
-                &mut state,
-                &batch,
-                (0, groups.distinct.len()),
-                (&slots, shard),
-                (kind == 3).then_some(ArgmaxRows {
-                    slots: &positions,
-                    rows: shard,
-                    identity: false,
-                    stride,
-                }),
-                true,
-            )
-            .unwrap();
-            submit(ctx, [enc.finish()], [staged.entry]).unwrap();
+            // As a cache runs it: max bags' argmax alone first; then the distinct rows in
+            // one to three dispatches, the batch uploaded (and the partial sums made) once.
+            let d = groups.distinct.len();
+            let parts = 1 + rng.below(3) as usize;
+            let mut calls: Vec<(usize, usize)> = Vec::new();
+            if kind == 3 {
+                calls.push((0, 0));
+            }
+            let per = d.div_ceil(parts);
+            calls.extend((0..d).step_by(per).map(|first| (first, per.min(d - first))));
+            for (c, &(first, len)) in calls.iter().enumerate() {
+                let slot_ids = if len == 0 {
+                    vec![0u32]
+                } else {
+                    groups.distinct[first..first + len].to_vec()
+                };
+                let slots = upload(ctx, bytemuck::cast_slice(&slot_ids));
+                let mut enc = encoder(ctx, "update test");
+                let staged = encode(
+                    ctx,
+                    &mut enc,
+                    &mut state,
+                    &batch,
+                    (first, len),
+                    (&slots, shard),
+                    (kind == 3 && c == 0).then_some(ArgmaxRows {
+                        slots: &positions,
+                        rows: shard,
+                        identity: false,
+                        stride,
+                    }),
+                    c == 0,
+                )
+                .unwrap();
+                submit(ctx, [enc.finish()], [staged.entry]).unwrap();
+            }
             let got = crate::gpu::read_u32(ctx, shard, 0, rows * stride).unwrap();
             // The kernels' row prefix for rows with state reads the values where they are.
             let some: Vec<u32> = (0..rows as u32).step_by(3).collect();
