@@ -1013,3 +1013,53 @@ fn optimizer_state_travels_with_the_rows() {
         assert!(matches!(err, Err(HotrowError::LengthMismatch { .. })));
     }
 }
+
+/// Skewed batches of 40,000 ids (grouped in parallel shards on the host; the hottest rows
+/// read thousands of times, their gradients summed in chunks) through a cache smaller than
+/// a batch's distinct rows, for both optimizers: the flushed table against the reference.
+#[test]
+fn large_skewed_batches_train_like_the_reference() {
+    let _serial = common::serial();
+    let (rows, dim, bags_n, per_bag) = (3_000usize, 4usize, 1_000usize, 40usize);
+    let mut rng = Rng::new(seed("train_large"));
+    for (ctx, path) in training_paths() {
+        for optimizer in [
+            Optimizer::Sgd { lr: 0.05 },
+            Optimizer::RowWiseAdagrad {
+                lr: 0.05,
+                eps: 1e-8,
+            },
+        ] {
+            let data = random_values(rows * dim, rng.next_u64());
+            let mut reference = Trainer::new(&data, dim, optimizer);
+            let config = CacheConfig::default()
+                .capacity(Capacity::Rows(300))
+                .training(optimizer)
+                .path(path);
+            let table = HostTable::owned(data, dim).unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+            let zipf = common::workload::ZipfIds::new(rows, 1.05, rng.next_u64());
+            let offsets: Vec<u32> = (0..bags_n as u32).map(|b| b * per_bag as u32).collect();
+            for step in 0..3 {
+                let ids = zipf.batch(bags_n * per_bag, &mut rng);
+                let w: Vec<f32> = (0..ids.len()).map(|_| rng.unit() as f32 + 0.5).collect();
+                let g = random_values(bags_n * dim, rng.next_u64());
+                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                cache
+                    .lookup_bags(&ids, &offsets, Pooling::Sum, Some(&w))
+                    .unwrap();
+                cache
+                    .backward_bags(&ids, &offsets, Pooling::Sum, Some(&w), &grad)
+                    .unwrap();
+                let grads = bags_grads(&reference.rows, dim, &ids, &offsets, 0, Some(&w), &g);
+                reference.apply(&grads);
+                let _ = step;
+            }
+            cache.flush().unwrap();
+            let what = format!("{path:?} {optimizer:?}: flushed after large batches");
+            let worst =
+                assert_rows_near(cache.source().data().unwrap(), &reference.rows, 1e-4, &what);
+            eprintln!("{what}: max abs error {worst:e}");
+        }
+    }
+}

@@ -284,11 +284,26 @@ impl<S: RowSource> EmbeddingCache<S> {
         grad: &Embeddings,
         optimizer: Optimizer,
     ) -> Result<()> {
+        // (The grouping's buffers are kept from call to call.)
+        let mut groups = std::mem::take(&mut self.train_launch.groups);
+        groups.build(ids, produced, self.dim());
+        let result = self.backward_grouped(ids, &groups, produced, grad, optimizer);
+        self.train_launch.groups = groups;
+        result
+    }
+
+    fn backward_grouped(
+        &mut self,
+        ids: &[u32],
+        groups: &Groups,
+        produced: Produced<'_>,
+        grad: &Embeddings,
+        optimizer: Optimizer,
+    ) -> Result<()> {
         let dim = self.dim();
-        let groups = Groups::new(ids, produced, dim);
         let bytes = groups.meta.len() as u64 * 4;
         self.check_binding("a backward's batch (split it)", bytes)?;
-        let partials = update::partials_bytes(&groups, dim);
+        let partials = update::partials_bytes(groups, dim);
         self.check_binding("a backward's partial sums of its most-read rows", partials)?;
         let stride = self.layout.words_per_row();
         let per_pass = self.engine.positions_per_op_pass();
@@ -301,7 +316,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         );
         let ctx = self.ctx.clone();
         let step = update::Step {
-            groups: &groups,
+            groups,
             grad: grad.buffer(),
             optimizer,
             stride,

@@ -5,6 +5,7 @@
 pub(crate) mod bag;
 pub(crate) mod copy_rows;
 pub(crate) mod driven;
+pub(crate) mod groups;
 pub(crate) mod matmul;
 pub(crate) mod slot_index;
 pub(crate) mod update;

@@ -64,12 +64,12 @@ impl Optimizer {
     }
 }
 
-use crate::batch::CompactBatch;
 use crate::gpu::{
     encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, GrowBuffer,
     LaunchState, ParamsFrom, Shader, Staged,
 };
 use crate::ops::bag::{Pooling, TableOutput};
+pub(crate) use crate::ops::groups::Groups;
 use crate::ops::params_layout;
 
 pub(crate) const SHADER: Shader = Shader {
@@ -82,34 +82,34 @@ pub(crate) const SHADER: Shader = Shader {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct UpdateParams {
-    n: u32,
-    groups_x: u32,
-    dim: u32,
-    stride: u32,
-    state_at: u32,
-    mode: u32,
-    mean: u32,
-    has_weights: u32,
-    n_bags: u32,
-    n_ids: u32,
-    optimizer: u32,
-    first: u32,
-    starts_at: u32,
-    order_at: u32,
-    offsets_at: u32,
-    weights_at: u32,
-    argmax_at: u32,
-    lr: f32,
-    eps: f32,
-    identity: u32,
-    grad_stride: u32,
-    per_table: u32,
-    cols_at: u32,
-    n_split: u32,
-    n_chunks: u32,
-    split_at: u32,
-    chunks_at: u32,
-    split_over: u32,
+    pub(crate) n: u32,
+    pub(crate) groups_x: u32,
+    pub(crate) dim: u32,
+    pub(crate) stride: u32,
+    pub(crate) state_at: u32,
+    pub(crate) mode: u32,
+    pub(crate) mean: u32,
+    pub(crate) has_weights: u32,
+    pub(crate) n_bags: u32,
+    pub(crate) n_ids: u32,
+    pub(crate) optimizer: u32,
+    pub(crate) first: u32,
+    pub(crate) starts_at: u32,
+    pub(crate) order_at: u32,
+    pub(crate) offsets_at: u32,
+    pub(crate) weights_at: u32,
+    pub(crate) argmax_at: u32,
+    pub(crate) lr: f32,
+    pub(crate) eps: f32,
+    pub(crate) identity: u32,
+    pub(crate) grad_stride: u32,
+    pub(crate) per_table: u32,
+    pub(crate) cols_at: u32,
+    pub(crate) n_split: u32,
+    pub(crate) n_chunks: u32,
+    pub(crate) split_at: u32,
+    pub(crate) chunks_at: u32,
+    pub(crate) split_over: u32,
 }
 params_layout!(
     UpdateParams,
@@ -144,16 +144,6 @@ params_layout!(
     split_over
 );
 
-/// A distinct row read at more positions than this is split into chunks summed in parallel
-/// (update.wgsl's `partial_sums`).
-const SPLIT_OVER: u32 = 32;
-
-/// Positions per chunk of a split row read `count` times: about its square root (at least
-/// `SPLIT_OVER`), which balances a chunk's serial sum against the row's sum of its chunks.
-fn chunk_len(count: u32) -> u32 {
-    ((count as f64).sqrt().ceil() as u32).max(SPLIT_OVER)
-}
-
 /// What produced the output whose gradient comes back: a lookup (one output row per
 /// position) or pooled bags (one per bag, PyTorch's offsets convention; with `tables`,
 /// several tables' bags table-major, each table's pooled rows in its own columns of one
@@ -170,134 +160,10 @@ pub(crate) enum Produced<'a> {
     },
 }
 
-/// A batch grouped by distinct id, as `update` reads it: the distinct ids (first seen
-/// first), and the `meta` words: each distinct id's positions (ascending) as a run of
-/// `order`, the bag offsets, the weights, room for the argmax, and the chunks of the rows
-/// read more than `SPLIT_OVER` times.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Groups {
-    pub(crate) distinct: Vec<u32>,
-    pub(crate) meta: Vec<u32>,
-    params: UpdateParams,
-}
-
 impl PartialEq for UpdateParams {
     fn eq(&self, other: &Self) -> bool {
         bytemuck::bytes_of(self) == bytemuck::bytes_of(other)
     }
-}
-
-impl Groups {
-    /// Groups `ids` (checked) for the gradient of what `produced` made from them, over rows
-    /// of `dim` values. A counting sort: positions stay in ascending order within a group,
-    /// so every row's gradient is summed in one fixed order (deterministic results).
-    pub(crate) fn new(ids: &[u32], produced: Produced<'_>, dim: usize) -> Self {
-        let batch = CompactBatch::new(ids);
-        let d = batch.distinct().len();
-        let mut meta = vec![0u32; d + 1];
-        for &k in batch.inverse() {
-            meta[k as usize + 1] += 1;
-        }
-        for k in 0..d {
-            meta[k + 1] += meta[k];
-        }
-        let order_at = meta.len();
-        meta.resize(order_at + ids.len(), 0);
-        let mut next: Vec<u32> = meta[..d].to_vec();
-        for (j, &k) in batch.inverse().iter().enumerate() {
-            meta[order_at + next[k as usize] as usize] = j as u32;
-            next[k as usize] += 1;
-        }
-        let offsets_at = meta.len();
-        let mut params = UpdateParams {
-            dim: dim as u32,
-            n_ids: ids.len() as u32,
-            order_at: order_at as u32,
-            offsets_at: offsets_at as u32,
-            ..Default::default()
-        };
-        if let Produced::Bags {
-            offsets,
-            pooling,
-            weights,
-            tables,
-        } = produced
-        {
-            meta.extend_from_slice(offsets);
-            meta.push(ids.len() as u32);
-            params.n_bags = offsets.len() as u32;
-            params.mode = if pooling == Pooling::Max { 2 } else { 1 };
-            params.mean = u32::from(pooling == Pooling::Mean);
-            params.weights_at = meta.len() as u32;
-            if let Some(w) = weights {
-                meta.extend(w.iter().map(|x| x.to_bits()));
-                params.has_weights = 1;
-            }
-            // Bag b's gradient row: (b % per_table) * grad_stride + cols[b / per_table].
-            let one = [0u32];
-            let (per_table, stride, cols) = match tables {
-                Some(t) => (t.per_table, t.out_stride as usize, t.cols),
-                None => (offsets.len(), dim, &one[..]),
-            };
-            params.per_table = per_table.max(1) as u32;
-            params.grad_stride = stride as u32;
-            params.cols_at = meta.len() as u32;
-            meta.extend_from_slice(cols);
-            params.argmax_at = meta.len() as u32;
-            if pooling == Pooling::Max {
-                meta.resize(meta.len() + offsets.len() * dim, u32::MAX);
-            }
-        }
-        split_hot_rows(&mut meta, &mut params, d);
-        Self {
-            distinct: batch.distinct().to_vec(),
-            meta,
-            params,
-        }
-    }
-
-    /// Chunks the partial sums need room for.
-    pub(crate) fn chunks(&self) -> usize {
-        self.params.n_chunks as usize
-    }
-
-    /// The positions of distinct id `k`, ascending.
-    #[cfg(test)]
-    pub(crate) fn positions(&self, k: usize) -> &[u32] {
-        let at = self.params.order_at as usize;
-        &self.meta[at + self.meta[k] as usize..at + self.meta[k + 1] as usize]
-    }
-}
-
-/// Appends to `meta` the chunks of the rows (of `d` distinct, whose group starts open
-/// `meta`) read more than `SPLIT_OVER` times: `split_at` (k, first chunk, end chunk) per
-/// split row, ascending k, then `chunks_at` (begin, end) per chunk, consecutive positions
-/// of the row's group.
-fn split_hot_rows(meta: &mut Vec<u32>, params: &mut UpdateParams, d: usize) {
-    let mut split = Vec::new();
-    let mut chunks = Vec::new();
-    for k in 0..d {
-        let (begin, end) = (meta[k], meta[k + 1]);
-        if end - begin <= SPLIT_OVER {
-            continue;
-        }
-        let len = chunk_len(end - begin);
-        let first = (chunks.len() / 2) as u32;
-        let mut at = begin;
-        while at < end {
-            let to = (at + len).min(end);
-            chunks.extend([at, to]);
-            at = to;
-        }
-        split.extend([k as u32, first, (chunks.len() / 2) as u32]);
-    }
-    params.split_over = SPLIT_OVER;
-    params.n_split = (split.len() / 3) as u32;
-    params.n_chunks = (chunks.len() / 2) as u32;
-    params.split_at = meta.len() as u32;
-    meta.extend_from_slice(&split);
-    params.chunks_at = meta.len() as u32;
-    meta.extend_from_slice(&chunks);
 }
 
 /// The batch's rows as an argmax reads them: a slot per position into `rows` (or the rows
@@ -316,6 +182,8 @@ pub(crate) struct ArgmaxRows<'a> {
 pub(crate) struct TrainState {
     pub(crate) launch: LaunchState,
     partials: GrowBuffer,
+    /// The last backward's grouping, its buffers reused.
+    pub(crate) groups: Groups,
 }
 
 impl Default for TrainState {
@@ -323,6 +191,7 @@ impl Default for TrainState {
         Self {
             launch: LaunchState::default(),
             partials: GrowBuffer::storage("hotrow partial sums"),
+            groups: Groups::default(),
         }
     }
 }
@@ -379,6 +248,7 @@ pub(crate) fn encode(
     let TrainState {
         launch: state,
         partials,
+        ..
     } = train;
     let partials = match (upload, partials.current()) {
         (false, Some(b)) => b.clone(),
@@ -560,62 +430,6 @@ mod tests {
     use crate::gpu::{encoder, submit, Placement, RowBuffer, RowBufferOptions, RowLayout};
     use crate::reference::{bags_grads, lookup_grads, Trainer};
     use hotrow_workloads::Rng;
-
-    #[test]
-    fn groups_list_each_ids_positions_in_order() {
-        let ids = [7u32, 3, 7, 9, 3, 7];
-        let g = Groups::new(&ids, Produced::Lookup, 4);
-        assert_eq!(g.distinct, vec![7, 3, 9]);
-        assert_eq!(g.positions(0), &[0, 2, 5]);
-        assert_eq!(g.positions(1), &[1, 4]);
-        assert_eq!(g.positions(2), &[3]);
-        let offsets = [0u32, 2, 2];
-        let w = [0.5f32; 6];
-        let bags = Produced::Bags {
-            offsets: &offsets,
-            pooling: Pooling::Max,
-            weights: None,
-            tables: None,
-        };
-        let g = Groups::new(&ids, bags, 4);
-        let p = g.params;
-        assert_eq!((p.mode, p.n_bags, p.has_weights), (2, 3, 0));
-        assert_eq!(&g.meta[p.offsets_at as usize..][..4], &[0, 2, 2, 6]);
-        assert_eq!(g.meta.len(), p.argmax_at as usize + 3 * 4, "argmax room");
-        // one table: bag b's gradient row is b * dim
-        assert_eq!((p.per_table, p.grad_stride), (3, 4));
-        assert_eq!(g.meta[p.cols_at as usize], 0);
-        let weighted = Produced::Bags {
-            offsets: &offsets,
-            pooling: Pooling::Mean,
-            weights: Some(&w),
-            tables: None,
-        };
-        let g = Groups::new(&ids, weighted, 4);
-        assert_eq!(
-            (g.params.mode, g.params.mean, g.params.has_weights),
-            (1, 1, 1)
-        );
-        assert_eq!(g.meta[g.params.weights_at as usize], 0.5f32.to_bits());
-        // two tables' bags table-major (2 per table) in a 10-wide gradient, at columns 0
-        // and 6: bag 3 (table 1, sample 1) reads row 1 from column 6
-        let offsets = [0u32, 1, 3, 4];
-        let tables = Produced::Bags {
-            offsets: &offsets,
-            pooling: Pooling::Sum,
-            weights: None,
-            tables: Some(TableOutput {
-                per_table: 2,
-                out_stride: 10,
-                cols: &[0, 6],
-            }),
-        };
-        let g = Groups::new(&ids, tables, 4);
-        let p = g.params;
-        assert_eq!((p.per_table, p.grad_stride), (2, 10));
-        assert_eq!(&g.meta[p.cols_at as usize..][..2], &[0, 6]);
-        assert_eq!(p.argmax_at, p.cols_at + 2);
-    }
 
     #[test]
     fn rows_with_state_keep_room_after_their_values() {
