@@ -39,18 +39,35 @@ pub fn run(
         // (Time inside the calls, summed: with the wall per call it says whether the stream
         // is bound by the host's work or by the GPU.)
         let in_calls = std::cell::Cell::new(std::time::Duration::ZERO);
+        // (The cache's staging-wait and submit totals after the last call.)
+        let totals = std::cell::Cell::new((std::time::Duration::ZERO, std::time::Duration::ZERO));
         let mut op = |k: usize| {
             let t = std::time::Instant::now();
             let r =
                 cache.lookup_bags_into(&sets[k % sets.len()], &offsets, pooling, weights, &mut out);
             in_calls.set(in_calls.get() + t.elapsed());
+            let s = cache.stats();
+            totals.set((s.staging_wait_time, s.submit_time));
             r
         };
         harness::warm_up(ctx, a, 8, &mut op)?;
         in_calls.set(std::time::Duration::ZERO);
         let reps = a.batches.min(100);
+        let before = totals.get();
         let (wall, times) = harness::stream(ctx, reps, &mut op)?;
+        let after = totals.get();
         let name = format!("{pooling:?}").to_lowercase();
+        // Of the time in the calls: waiting for a staging entry (the GPU behind), and
+        // submitting; the rest is the host's own work.
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e3 / reps as f64;
+        rep.insert(
+            format!("W3_hotrow_{name}_staging_wait_ms"),
+            per(after.0 - before.0),
+        );
+        rep.insert(
+            format!("W3_hotrow_{name}_submit_ms"),
+            per(after.1 - before.1),
+        );
         rep.insert(format!("W3_hotrow_{name}_wall_ms"), wall);
         let call_ms = in_calls.get().as_secs_f64() * 1e3 / reps as f64;
         rep.insert(format!("W3_hotrow_{name}_in_call_ms"), call_ms);
