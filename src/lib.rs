@@ -45,6 +45,7 @@ mod error;
 mod gpu;
 mod ops;
 pub mod reference;
+pub mod sizing;
 mod table;
 mod util;
 

@@ -128,6 +128,12 @@ pub struct CacheConfig {
     /// this optimizer, and changed rows go back to the table (`flush` writes them to the
     /// row source). Needs f32 rows; either path (default `None`).
     pub training: Option<crate::Optimizer>,
+    /// Estimate the miss-ratio curve of the traffic online
+    /// ([`crate::CacheStats::miss_ratio_curve`], [`crate::sizing`]): every id of every
+    /// batch is hashed on the calling thread, and a hashed sample of the ids is followed:
+    /// all of them at first, fewer as more distinct ids appear, so that at most 16,384 are
+    /// tracked at once (about 1 MB however big the table). Default off.
+    pub miss_ratio_curve: bool,
 }
 
 impl Default for CacheConfig {
@@ -145,6 +151,7 @@ impl Default for CacheConfig {
             path: BatchPath::Auto,
             path_reason: "",
             training: None,
+            miss_ratio_curve: false,
         }
     }
 }
@@ -195,6 +202,12 @@ impl CacheConfig {
     /// Sets [`CacheConfig::path`].
     pub fn path(mut self, path: BatchPath) -> Self {
         self.path = path;
+        self
+    }
+
+    /// Sets [`CacheConfig::miss_ratio_curve`].
+    pub fn miss_ratio_curve(mut self, on: bool) -> Self {
+        self.miss_ratio_curve = on;
         self
     }
 

@@ -216,6 +216,9 @@ impl<S: RowSource> EmbeddingCache<S> {
             };
             let mut engine =
                 PassEngine::new(ctx, slots, map, staging, max_upload, index_rows, driven)?;
+            if config.miss_ratio_curve {
+                engine.estimate_curve(rows);
+            }
             if config.training.is_some() && path == BatchPath::Host {
                 let state = layout.has_state();
                 let words = layout.words_per_row();

@@ -64,6 +64,11 @@ pub struct CacheStats {
     /// Host time of the first submission of resolution on the GPU: uploading the ids, the GPU's
     /// probe and reading back its misses and touched slots (one round trip per batch).
     pub probe_time: Duration,
+    /// The hit rate an LRU cache of any size would have had on the batches counted here,
+    /// estimated online from a hashed sample of their ids ([`crate::sizing`]), when
+    /// [`crate::CacheConfig::miss_ratio_curve`] is on (else `None`). One cache's own:
+    /// not summed by `+=` (a sum of caches has none).
+    pub miss_ratio_curve: Option<crate::sizing::MissRatioCurve>,
 }
 
 impl CacheStats {
@@ -100,7 +105,9 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
             submit_time,
             submissions,
             probe_time,
+            miss_ratio_curve: _,
         } = o;
+        self.miss_ratio_curve = None;
         self.batches += batches;
         self.passes += passes;
         self.device_passes += device_passes;

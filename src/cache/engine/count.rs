@@ -34,6 +34,9 @@ impl PassEngine {
     /// On the GPU-driven path the GPU counts what it decided: only the batch and its
     /// positions are counted here.
     pub(super) fn count_batch(&mut self, ids: &[u32], uploaded: Option<u64>) {
+        if let Some(curve) = self.curve.as_mut() {
+            curve.batch(ids);
+        }
         if self.driven.is_some() {
             self.stats.batches += 1;
             self.stats.requests += ids.len() as u64;

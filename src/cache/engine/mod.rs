@@ -52,6 +52,7 @@ use crate::gpu::{
     StagingEntry, StagingRing,
 };
 use crate::ops::copy_rows::{self, Direction};
+use crate::sizing::Shards;
 use crate::table::RowSource;
 use slot_index::SlotIndex;
 
@@ -135,6 +136,8 @@ pub(crate) struct PassEngine {
     /// Training on the host path: the dirty marks, the copies of rows leaving, the rows
     /// kept on the host.
     copy_back: Option<CopyBack>,
+    /// The online miss-ratio curve of the batches counted, when asked for.
+    curve: Option<Shards>,
     /// The copy kernels' params blocks of the pass being recorded.
     copy_params: Vec<copy_rows::CopyParams>,
     max_misses: usize,
@@ -191,6 +194,7 @@ impl PassEngine {
             index,
             driven,
             copy_back: None,
+            curve: None,
             copy_params: Vec::new(),
             max_misses: ((max_upload_bytes / layout.row_bytes()) as usize).max(1),
             miss_estimate: 0,
@@ -211,6 +215,7 @@ impl PassEngine {
     /// when one ran since the last call (the GPU keeps what it decided).
     pub(crate) fn stats(&self) -> CacheStats {
         let mut stats = self.stats.clone();
+        stats.miss_ratio_curve = self.curve.as_ref().map(|c| c.curve().clone());
         if let Some(d) = &self.driven {
             d.totals()
                 .add_to(&self.ctx, d.work(), self.layout.row_bytes(), &mut stats);
@@ -220,9 +225,20 @@ impl PassEngine {
 
     pub(crate) fn reset_stats(&mut self) {
         self.stats = CacheStats::default();
+        if let Some(curve) = self.curve.as_mut() {
+            *curve = curve.emptied();
+        }
         if let Some(d) = &self.driven {
             d.totals().reset(&self.ctx, d.work());
         }
+    }
+
+    /// Estimates the miss-ratio curve of the traffic over a table of `rows` rows from now
+    /// on: every id sampled to start, the rate falling as needed to track 16,384 ids at
+    /// most (fixed-size SHARDS), distances in 4,096 buckets over the table.
+    pub(crate) fn estimate_curve(&mut self, rows: usize) {
+        let rows = rows as u64;
+        self.curve = Some(Shards::new(1.0, 16_384, rows, rows.div_ceil(4_096)));
     }
 
     /// Has a training cache on the host path copy its changed rows out as they leave.

@@ -1,0 +1,30 @@
+//! Sizing a cache from its traffic: the online miss-ratio curve ([`MissRatioCurve`],
+//! SHARDS sampling), the hit rate an LRU cache of every size would have had on the
+//! batches a cache served, kept in fixed memory while the cache runs.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), hotrow::HotrowError> {
+//! use hotrow::{CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
+//! let ctx = GpuContext::new()?;
+//! let dim = 16;
+//! let data = vec![0.5f32; 100_000 * dim];
+//! let table = HostTable::borrowed(&data, dim)?;
+//! let config = CacheConfig::default()
+//!     .capacity(Capacity::Fraction(0.05))
+//!     .miss_ratio_curve(true);
+//! let mut cache = EmbeddingCache::new(&ctx, table, config)?;
+//! for batch in 0..100u32 {
+//!     let ids: Vec<u32> = (0..4_096).map(|i| (i * 7 + batch * 13) % 20_000).collect();
+//!     cache.lookup(&ids)?;
+//! }
+//! let curve = cache.stats().miss_ratio_curve.expect("asked for");
+//! for (rows, hit) in curve.points(100_000, 10) {
+//!     println!("{rows:>7} rows: hit rate {hit:.3}");
+//! }
+//! # Ok(()) }
+//! ```
+
+mod shards;
+
+pub use shards::MissRatioCurve;
+pub(crate) use shards::Shards;

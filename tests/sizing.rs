@@ -1,0 +1,101 @@
+//! Sizing a cache from its traffic: the online miss-ratio curve
+//! (`CacheConfig::miss_ratio_curve`, `CacheStats::miss_ratio_curve`) against an exact LRU
+//! simulation of the same batches and against the hit rate caches of those sizes really
+//! had, on both paths.
+
+mod common;
+
+use common::seed;
+use common::workload::{random_values, Rng, ZipfIds};
+use hotrow::{BatchPath, CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
+
+/// The exact unique-row hit rate of an LRU cache of `cap` rows over `batches` updated
+/// batch by batch, as the cache counts hits: a batch's distinct rows hit when resident as
+/// it arrived, then become the most recent in their batch order.
+fn lru_hit_rate(batches: &[Vec<u32>], cap: usize) -> f64 {
+    let mut lru = lru::LruCache::<u32, ()>::new(std::num::NonZeroUsize::new(cap).unwrap());
+    let (mut hits, mut refs) = (0u64, 0u64);
+    for b in batches {
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<u32> = b.iter().copied().filter(|&id| seen.insert(id)).collect();
+        refs += distinct.len() as u64;
+        hits += distinct.iter().filter(|id| lru.contains(id)).count() as u64;
+        for id in distinct {
+            lru.put(id, ());
+        }
+    }
+    hits as f64 / refs as f64
+}
+
+/// The contexts and paths to run on: the host path, and the GPU-driven path where a
+/// context has host-visible storage.
+fn paths() -> Vec<(&'static GpuContext, BatchPath)> {
+    let mut paths = vec![(common::ctx(), BatchPath::Host)];
+    if let Some(ctx) = common::host_storage_ctx() {
+        paths.push((ctx, BatchPath::Gpu));
+    }
+    paths
+}
+
+/// A Zipf stream (W2's shape scaled down: batches far smaller than the caches) through a
+/// cache with the curve on: the curve at 1%, 5%, 10% and 20% of the table within 2 points
+/// of an exact LRU over the same batches, and within 3 points of the hit rate a cache of
+/// that size measured (CLOCK, which is not exactly LRU); the curve rises with the capacity;
+/// `reset_stats` empties it; off by default.
+#[test]
+fn the_online_curve_matches_exact_lru_and_real_caches() {
+    let _serial = common::serial();
+    let (rows, dim) = (1_000_000usize, 4usize);
+    let data = random_values(rows * dim, seed("sizing_table"));
+    let zipf = ZipfIds::new(rows, 1.05, seed("sizing_zipf"));
+    let mut rng = Rng::new(seed("sizing_ids"));
+    let batches: Vec<Vec<u32>> = (0..100).map(|_| zipf.batch(4_096, &mut rng)).collect();
+    for (ctx, path) in paths() {
+        let mut measured = Vec::new();
+        let mut curve = None;
+        for frac in [0.01, 0.05, 0.1, 0.2] {
+            let config = CacheConfig::default()
+                .capacity(Capacity::Fraction(frac))
+                .path(path)
+                .miss_ratio_curve(true);
+            let table = HostTable::borrowed(&data, dim).unwrap();
+            let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+            for b in &batches {
+                cache.preload(b).unwrap();
+            }
+            let s = cache.stats();
+            measured.push((frac, s.hit_rate()));
+            curve = s.miss_ratio_curve;
+            cache.reset_stats();
+            assert!(cache.stats().miss_ratio_curve.unwrap().samples() == 0);
+        }
+        let curve = curve.expect("the curve is on");
+        assert!(
+            curve.samples() > 1_000,
+            "{path:?}: {} samples",
+            curve.samples()
+        );
+        let mut last = 0.0;
+        for (frac, real) in measured {
+            let cap = (rows as f64 * frac) as u64;
+            let est = curve.hit_rate(cap);
+            let exact = lru_hit_rate(&batches, cap as usize);
+            eprintln!("{path:?} {frac}: curve {est:.4}, exact LRU {exact:.4}, cache {real:.4}");
+            assert!(
+                (est - exact).abs() < 0.02,
+                "{path:?} {frac}: {est} vs LRU {exact}"
+            );
+            assert!(
+                (est - real).abs() < 0.03,
+                "{path:?} {frac}: {est} vs cache {real}"
+            );
+            assert!(est >= last, "the curve falls at {frac}");
+            last = est;
+        }
+    }
+    // off by default
+    let table = HostTable::borrowed(&data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(common::ctx(), table, CacheConfig::default()).unwrap();
+    cache.preload(&batches[0]).unwrap();
+    assert!(cache.stats().miss_ratio_curve.is_none());
+}
