@@ -24,7 +24,41 @@
 //! # Ok(()) }
 //! ```
 
+mod belady;
 mod shards;
 
+pub use belady::optimal_hits;
 pub use shards::MissRatioCurve;
 pub(crate) use shards::Shards;
+
+/// The estimator a cache runs with [`crate::CacheConfig::miss_ratio_curve`], fed by hand:
+/// the miss-ratio curve of an id trace with no GPU and no cache (the sizing tool,
+/// `examples/size_cache.rs`, runs it beside the policies).
+///
+/// ```
+/// let mut est = hotrow::sizing::CurveEstimator::new(1_000);
+/// for b in 0..50u32 {
+///     let ids: Vec<u32> = (0..100).map(|i| (i * 3 + b) % 400).collect();
+///     est.batch(&ids);
+/// }
+/// let curve = est.curve();
+/// assert!(curve.hit_rate(400) > curve.hit_rate(50));
+/// ```
+pub struct CurveEstimator(Shards);
+
+impl CurveEstimator {
+    /// An estimator for ids below `rows`, with a cache's settings.
+    pub fn new(rows: usize) -> Self {
+        Self(Shards::for_table(rows))
+    }
+
+    /// One batch's ids, in order.
+    pub fn batch(&mut self, ids: &[u32]) {
+        self.0.batch(ids);
+    }
+
+    /// The curve so far.
+    pub fn curve(&self) -> &MissRatioCurve {
+        self.0.curve()
+    }
+}

@@ -153,6 +153,14 @@ impl Shards {
         }
     }
 
+    /// A cache's estimator over a table of `rows` rows: every id sampled to start, the
+    /// rate falling as needed to track 16,384 ids at most, distances in 4,096 buckets over
+    /// the table.
+    pub(crate) fn for_table(rows: usize) -> Self {
+        let rows = rows as u64;
+        Self::new(1.0, 16_384, rows, rows.div_ceil(4_096))
+    }
+
     /// A new estimator with this one's settings, nothing seen.
     pub(crate) fn emptied(&self) -> Self {
         let c = &self.curve;

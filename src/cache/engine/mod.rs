@@ -234,11 +234,9 @@ impl PassEngine {
     }
 
     /// Estimates the miss-ratio curve of the traffic over a table of `rows` rows from now
-    /// on: every id sampled to start, the rate falling as needed to track 16,384 ids at
-    /// most (fixed-size SHARDS), distances in 4,096 buckets over the table.
+    /// on ([`Shards::for_table`]).
     pub(crate) fn estimate_curve(&mut self, rows: usize) {
-        let rows = rows as u64;
-        self.curve = Some(Shards::new(1.0, 16_384, rows, rows.div_ceil(4_096)));
+        self.curve = Some(Shards::for_table(rows));
     }
 
     /// Has a training cache on the host path copy its changed rows out as they leave.
