@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use hotrow::sizing::{optimal_hits, CurveEstimator};
+use hotrow::sizing::{optimal_hits, AdmissionSim, CurveEstimator};
 use hotrow::{EvictionPolicy, PassPlan, SlotMap};
 use hotrow_workloads::{Rng, ZipfIds};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -31,6 +31,10 @@ struct Args {
     /// W2's trace instead (Zipf s = 1.05 over 8,388,608 rows, batches of 65,536 ids).
     #[arg(long)]
     w2: bool,
+    /// With `--w2`: W5's instead, the hot set moved every 50 batches (the rank-to-id
+    /// permutation redrawn).
+    #[arg(long)]
+    w5: bool,
     /// With `--w2`: N / 64 rows and batches of 4,096 (seconds instead of minutes).
     #[arg(long)]
     small: bool,
@@ -72,9 +76,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 (8_388_608, 65_536)
             };
-            let zipf = ZipfIds::new(rows, 1.05, 22);
             let mut rng = Rng::new(23);
-            let ids = zipf.batch(a.batches * batch, &mut rng);
+            let ids = if a.w5 {
+                (0..a.batches)
+                    .flat_map(|k| {
+                        let moved = ZipfIds::new(rows, 1.05, 50 + k as u64 / 50);
+                        moved.batch(batch, &mut rng)
+                    })
+                    .collect()
+            } else {
+                ZipfIds::new(rows, 1.05, 22).batch(a.batches * batch, &mut rng)
+            };
             (ids, Some(batch), rows as u32 - 1)
         }
         _ => return Err("give a trace (.npy) or --w2, not both".into()),
@@ -107,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|&pct| (pct, ((rows as f64 * pct / 100.0) as usize).clamp(1, rows)))
         .collect();
-    let bar = ProgressBar::new((batches.len() * (2 * caps.len() + 1)) as u64);
+    let bar = ProgressBar::new((batches.len() * (3 * caps.len() + 1)) as u64);
     bar.set_style(ProgressStyle::with_template(
         "{msg:>22} [{bar:40}] {pos}/{len} batches, {eta} left",
     )?);
@@ -120,9 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let curve = estimator.curve().clone();
     // Each policy at each capacity: (hit rate, MB uploaded per batch).
-    let mut table: Vec<[(f64, f64); 4]> = Vec::new();
+    let mut table: Vec<[(f64, f64); 5]> = Vec::new();
     for &(pct, cap) in &caps {
-        let mut row = [(0.0, 0.0); 4];
+        let mut row = [(0.0, 0.0); 5];
         for (k, policy) in [EvictionPolicy::Clock, EvictionPolicy::Lru]
             .into_iter()
             .enumerate()
@@ -135,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         bar.set_message(format!("optimum at {pct}%"));
-        let (hits, refs) = optimal_hits(&batches, rows, cap, None);
+        let (hits, refs) = optimal_hits(&batches, rows, cap, None)?;
         row[2] = (
             hits as f64 / refs as f64,
             mb(refs - hits, &batches, row_bytes),
@@ -146,26 +158,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             est,
             mb(((1.0 - est) * refs as f64) as u64, &batches, row_bytes),
         );
+        bar.set_message(format!("admission at {pct}%"));
+        let mut sim = AdmissionSim::new(cap);
+        let (mut hits, mut refs) = (0, 0);
+        for b in &batches {
+            let (h, r) = sim.batch(b);
+            hits += h;
+            refs += r;
+            bar.inc(1);
+        }
+        row[4] = (
+            hits as f64 / refs as f64,
+            mb(refs - hits, &batches, row_bytes),
+        );
         table.push(row);
     }
     bar.finish_and_clear();
 
     println!(
-        "\n{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>16}",
-        "capacity", "rows", "CLOCK (default)", "LRU", "optimum (Belady)", "online curve"
+        "\n{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
+        "capacity",
+        "rows",
+        "CLOCK (default)",
+        "LRU",
+        "W-TinyLFU (simulated)",
+        "optimum (Belady)",
+        "online curve"
     );
     println!(
-        "{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>16}",
-        "", "", "hit / MB per batch", "", "", "hit rate"
+        "{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
+        "", "", "hit / MB per batch", "", "", "", "hit rate"
     );
     for ((pct, cap), row) in caps.iter().zip(&table) {
         let cell = |(h, m): (f64, f64)| format!("{:>6.1}% / {:>8.2} MB", h * 100.0, m);
         println!(
-            "{:>8}% {:>9} | {:>22} | {:>22} | {:>22} | {:>15.1}%",
+            "{:>8}% {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>11.1}%",
             pct,
             cap,
             cell(row[0]),
             cell(row[1]),
+            cell(row[4]),
             cell(row[2]),
             row[3].0 * 100.0
         );
@@ -175,8 +207,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Hits and references of the library's slot map with `policy` over the batches (a batch
-/// bigger than the cache served in several passes, as the cache does).
+/// "Hits" and references of the library's slot map with `policy` over the batches: the
+/// references are each batch's distinct ids, the hits those not uploaded. A batch bigger
+/// than the cache is served in several passes, as the cache serves it, and a row two of
+/// its passes need may be uploaded twice: such a batch's rows uploaded count as its misses
+/// (what crosses the bus), capped at its distinct ids.
 fn replay(
     batches: &[Vec<u32>],
     rows: usize,
@@ -186,14 +221,24 @@ fn replay(
 ) -> (u64, u64) {
     let mut map = SlotMap::new(rows, cap, policy);
     let mut plan = PassPlan::default();
+    let mut seen = vec![u32::MAX; rows];
     let (mut hits, mut refs) = (0u64, 0u64);
-    for ids in batches {
+    for (b, ids) in batches.iter().enumerate() {
+        let mut distinct = 0u64;
+        for &id in ids {
+            if seen[id as usize] != b as u32 {
+                seen[id as usize] = b as u32;
+                distinct += 1;
+            }
+        }
+        let mut uploads = 0u64;
         let mut at = 0;
         while at < ids.len() {
             at += map.resolve(&ids[at..], &mut plan);
-            hits += plan.hits;
-            refs += plan.distinct();
+            uploads += plan.misses.len() as u64;
         }
+        refs += distinct;
+        hits += distinct - uploads.min(distinct);
         bar.inc(1);
     }
     (hits, refs)
@@ -297,7 +342,7 @@ fn write_ids(path: &Path, ids: &[u32], batch: usize) -> std::io::Result<()> {
 fn plot(
     out: &Path,
     caps: &[(f64, usize)],
-    table: &[[(f64, f64); 4]],
+    table: &[[(f64, f64); 5]],
     curve: &hotrow::sizing::MissRatioCurve,
     rows: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -305,8 +350,13 @@ fn plot(
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(450);
     let max_pct = caps.iter().map(|c| c.0).fold(1.0, f64::max);
-    let names = ["CLOCK (default)", "LRU", "optimum (Belady)"];
-    let colors = [BLUE, GREEN, RED];
+    // (columns of `table`: CLOCK, LRU, optimum, curve, admission)
+    let lines = [
+        (0, "CLOCK (default)", BLUE),
+        (1, "LRU", GREEN),
+        (4, "W-TinyLFU (simulated)", MAGENTA),
+        (2, "optimum (Belady)", RED),
+    ];
     let mut hit = ChartBuilder::on(&top)
         .caption("hit rate against cache size", ("sans-serif", 20))
         .margin(15)
@@ -317,14 +367,14 @@ fn plot(
         .x_desc("cache, % of the table's rows")
         .y_desc("hit rate, %")
         .draw()?;
-    for (k, (name, color)) in names.iter().zip(colors).enumerate() {
+    for &(k, name, color) in &lines {
         let pts: Vec<(f64, f64)> = caps
             .iter()
             .zip(table)
             .map(|(c, r)| (c.0, r[k].0 * 100.0))
             .collect();
         hit.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         hit.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     }
@@ -345,7 +395,7 @@ fn plot(
         .draw()?;
     let max_mb = table
         .iter()
-        .flat_map(|r| r.iter().take(3).map(|x| x.1))
+        .flat_map(|r| lines.iter().map(|l| r[l.0].1))
         .fold(0.0, f64::max)
         * 1.1;
     let mut up = ChartBuilder::on(&bottom)
@@ -358,7 +408,7 @@ fn plot(
         .x_desc("cache, % of the table's rows")
         .y_desc("MB per batch")
         .draw()?;
-    for (k, color) in colors.iter().enumerate() {
+    for &(k, _, color) in &lines {
         let pts: Vec<(f64, f64)> = caps.iter().zip(table).map(|(c, r)| (c.0, r[k].1)).collect();
         up.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
         up.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;

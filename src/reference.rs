@@ -11,6 +11,32 @@ pub fn gather(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
     out
 }
 
+/// Hits and references of an exact LRU cache of `capacity` rows (at least 1) updated
+/// batch by batch, as a cache counts them: a batch's distinct ids are its references, they
+/// hit when resident as the batch arrived, then become the most recent in their batch
+/// order. The oracle of the miss-ratio curve and of the policies' simulations.
+///
+/// ```
+/// let batches = vec![vec![1, 2, 1], vec![2, 3], vec![1, 2]];
+/// // two rows: after [2, 3], 1 is gone and 2 stays
+/// assert_eq!(hotrow::reference::batch_lru_hits(&batches, 2), (2, 6));
+/// ```
+pub fn batch_lru_hits(batches: &[Vec<u32>], capacity: usize) -> (u64, u64) {
+    let cap = std::num::NonZeroUsize::new(capacity.max(1)).expect("at least 1");
+    let mut lru = lru::LruCache::<u32, ()>::new(cap);
+    let (mut hits, mut refs) = (0u64, 0u64);
+    for b in batches {
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<u32> = b.iter().copied().filter(|&id| seen.insert(id)).collect();
+        refs += distinct.len() as u64;
+        hits += distinct.iter().filter(|id| lru.contains(id)).count() as u64;
+        for id in distinct {
+            lru.put(id, ());
+        }
+    }
+    (hits, refs)
+}
+
 /// Relative error `||a - b|| / ||b||` (0 when both are empty or `b` is zero and `a == b`).
 pub fn relative_error(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "relative_error: lengths differ");

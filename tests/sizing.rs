@@ -10,20 +10,9 @@ use common::workload::{random_values, Rng, ZipfIds};
 use hotrow::{BatchPath, CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
 
 /// The exact unique-row hit rate of an LRU cache of `cap` rows over `batches` updated
-/// batch by batch, as the cache counts hits: a batch's distinct rows hit when resident as
-/// it arrived, then become the most recent in their batch order.
+/// batch by batch, as the cache counts hits (`hotrow::reference::batch_lru_hits`).
 fn lru_hit_rate(batches: &[Vec<u32>], cap: usize) -> f64 {
-    let mut lru = lru::LruCache::<u32, ()>::new(std::num::NonZeroUsize::new(cap).unwrap());
-    let (mut hits, mut refs) = (0u64, 0u64);
-    for b in batches {
-        let mut seen = std::collections::HashSet::new();
-        let distinct: Vec<u32> = b.iter().copied().filter(|&id| seen.insert(id)).collect();
-        refs += distinct.len() as u64;
-        hits += distinct.iter().filter(|id| lru.contains(id)).count() as u64;
-        for id in distinct {
-            lru.put(id, ());
-        }
-    }
+    let (hits, refs) = hotrow::reference::batch_lru_hits(batches, cap);
     hits as f64 / refs as f64
 }
 

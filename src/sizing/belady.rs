@@ -6,16 +6,31 @@
 
 use std::collections::BTreeSet;
 
+use crate::batch::check_ids;
+use crate::error::Result;
+
 /// Hits and references of the optimum with `capacity` rows over `batches` of ids below
 /// `rows` (each batch's distinct ids are its references, as a cache counts them; repeats
 /// within a batch are one reference). Per batch, the misses (rows uploaded) go to
-/// `misses` when given.
+/// `misses` when given. An id not below `rows` is
+/// [`crate::HotrowError::IdOutOfRange`] (its position within its batch).
+///
+/// ```
+/// let batches = vec![vec![1, 2, 3], vec![1, 2, 4], vec![3, 1]];
+/// // two rows: the optimum keeps 1 and 2 (both used next): 1, 2, then 1 hit
+/// assert_eq!(hotrow::sizing::optimal_hits(&batches, 5, 2, None)?, (3, 8));
+/// assert!(hotrow::sizing::optimal_hits(&batches, 4, 2, None).is_err());
+/// # Ok::<(), hotrow::HotrowError>(())
+/// ```
 pub fn optimal_hits(
     batches: &[Vec<u32>],
     rows: usize,
     capacity: usize,
     mut misses: Option<&mut Vec<u64>>,
-) -> (u64, u64) {
+) -> Result<(u64, u64)> {
+    for b in batches {
+        check_ids(b, rows)?;
+    }
     // Each batch's distinct ids, and the batch of each one's next use (u32::MAX: never).
     let mut stamp = vec![u32::MAX; rows];
     let distinct: Vec<Vec<u32>> = batches
@@ -66,7 +81,7 @@ pub fn optimal_hits(
             m.push(missed);
         }
     }
-    (hits, refs)
+    Ok((hits, refs))
 }
 
 #[cfg(test)]
@@ -75,17 +90,21 @@ mod tests {
     use crate::{EvictionPolicy, PassPlan, SlotMap};
     use hotrow_workloads::{Rng, ZipfIds};
 
-    /// Hits and references of the library's own slot map over the batches.
+    /// Hits of the library's own slot map over the batches: each batch's distinct ids
+    /// less the rows it uploaded (a batch bigger than the cache, served in several
+    /// passes, may upload a row twice).
     fn slot_map_hits(batches: &[Vec<u32>], rows: usize, cap: usize, p: EvictionPolicy) -> u64 {
         let mut map = SlotMap::new(rows, cap, p);
         let mut plan = PassPlan::default();
         let mut hits = 0;
         for ids in batches {
-            let mut at = 0;
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+            let (mut at, mut uploads) = (0, 0u64);
             while at < ids.len() {
                 at += map.resolve(&ids[at..], &mut plan);
-                hits += plan.hits;
+                uploads += plan.misses.len() as u64;
             }
+            hits += distinct - uploads.min(distinct);
         }
         hits
     }
@@ -108,7 +127,7 @@ mod tests {
             let all: std::collections::HashSet<u32> = batches.iter().flatten().copied().collect();
             for cap in [1usize, rows / 50 + 1, rows / 10 + 1, rows / 3 + 1] {
                 let mut misses = Vec::new();
-                let (opt, refs) = optimal_hits(&batches, rows, cap, Some(&mut misses));
+                let (opt, refs) = optimal_hits(&batches, rows, cap, Some(&mut misses)).unwrap();
                 assert_eq!(refs, distinct, "round {round}");
                 assert_eq!(misses.iter().sum::<u64>(), refs - opt);
                 for p in [EvictionPolicy::Lru, EvictionPolicy::Clock] {
@@ -119,7 +138,7 @@ mod tests {
                     );
                 }
             }
-            let (opt, refs) = optimal_hits(&batches, rows, all.len(), None);
+            let (opt, refs) = optimal_hits(&batches, rows, all.len(), None).unwrap();
             assert_eq!(refs - opt, all.len() as u64, "only first uses miss");
         }
     }

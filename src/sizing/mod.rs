@@ -1,6 +1,9 @@
 //! Sizing a cache from its traffic: the online miss-ratio curve ([`MissRatioCurve`],
 //! SHARDS sampling), the hit rate an LRU cache of every size would have had on the
-//! batches a cache served, kept in fixed memory while the cache runs.
+//! batches a cache served, kept in fixed memory while the cache runs; and, over a whole
+//! trace, the offline optimum ([`optimal_hits`]) and frequency-aware admission simulated
+//! ([`AdmissionSim`], W-TinyLFU with a [`FrequencySketch`]: the CPU twin of a policy the
+//! cache does not run yet).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hotrow::HotrowError> {
@@ -24,9 +27,11 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod belady;
 mod shards;
 
+pub use admission::{AdmissionSim, FrequencySketch};
 pub use belady::optimal_hits;
 pub use shards::MissRatioCurve;
 pub(crate) use shards::Shards;

@@ -285,18 +285,8 @@ mod tests {
     use super::*;
     use hotrow_workloads::{Rng, ZipfIds};
 
-    /// Exact unique-row hit rate of an LRU cache of `cap` rows over batches of distinct
-    /// ids, a batch's hits being its rows resident as it arrived.
     fn lru_hit_rate(batches: &[Vec<u32>], cap: usize) -> f64 {
-        let mut lru = lru::LruCache::<u32, ()>::new(std::num::NonZeroUsize::new(cap).unwrap());
-        let (mut hits, mut refs) = (0u64, 0u64);
-        for b in batches {
-            refs += b.len() as u64;
-            hits += b.iter().filter(|id| lru.contains(id)).count() as u64;
-            for &id in b {
-                lru.put(id, ());
-            }
-        }
+        let (hits, refs) = crate::reference::batch_lru_hits(batches, cap);
         hits as f64 / refs as f64
     }
 
