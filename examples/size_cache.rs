@@ -31,14 +31,14 @@ struct Args {
     /// W2's trace instead (Zipf s = 1.05 over 8,388,608 rows, batches of 65,536 ids).
     #[arg(long)]
     w2: bool,
-    /// With `--w2`: W5's instead, the hot set moved every 50 batches (the rank-to-id
+    /// W5's trace instead: W2's, the hot set moved every 50 batches (the rank-to-id
     /// permutation redrawn).
     #[arg(long)]
     w5: bool,
-    /// With `--w2`: N / 64 rows and batches of 4,096 (seconds instead of minutes).
+    /// With `--w2` / `--w5`: N / 64 rows and batches of 4,096 (seconds, not minutes).
     #[arg(long)]
     small: bool,
-    /// Batches of `--w2`'s trace.
+    /// Batches of `--w2` / `--w5`'s trace.
     #[arg(long, default_value_t = 200)]
     batches: usize,
     /// Ids per batch (a 2-D trace's row length when not given).
@@ -64,7 +64,7 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
-    let (ids, given_batch, max_id) = match (&a.trace, a.w2) {
+    let (ids, given_batch, max_id) = match (&a.trace, a.w2 || a.w5) {
         (Some(path), false) => {
             let (ids, batch) = read_ids(path)?;
             let max = ids.iter().copied().max().unwrap_or(0);
@@ -89,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             (ids, Some(batch), rows as u32 - 1)
         }
-        _ => return Err("give a trace (.npy) or --w2, not both".into()),
+        _ => return Err("give one trace: a .npy file, --w2 or --w5".into()),
     };
     let rows = a.rows.unwrap_or(max_id as usize + 1);
     if (max_id as usize) >= rows {
