@@ -132,7 +132,9 @@ pub struct CacheConfig {
     /// ([`crate::CacheStats::miss_ratio_curve`], [`crate::sizing`]): every id of every
     /// batch is hashed on the calling thread, and a hashed sample of the ids is followed:
     /// all of them at first, fewer as more distinct ids appear, so that at most 16,384 are
-    /// tracked at once (about 1 MB however big the table). Default off.
+    /// tracked at once (about 1 MB however big the table). Default off: it costs the
+    /// calling thread ~0.2 ms per 65,536-id batch (`examples/size_cache.rs` prints the
+    /// figure on your machine).
     pub miss_ratio_curve: bool,
 }
 
