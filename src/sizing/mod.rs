@@ -67,3 +67,36 @@ impl CurveEstimator {
         self.0.curve()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Awkward but valid input is served, never a panic: empty traces and batches, zero
+    /// rows or capacity, ids past the estimator's table (sampled, their distances clamped
+    /// into the curve's range).
+    #[test]
+    fn awkward_input_is_served() {
+        let mut est = CurveEstimator::new(0);
+        est.batch(&[]);
+        est.batch(&[5, u32::MAX, 5]);
+        est.batch(&[u32::MAX, 7]);
+        let c = est.curve();
+        assert!(
+            (0.0..=1.0).contains(&c.hit_rate(0)) && (0.0..=1.0).contains(&c.hit_rate(u64::MAX))
+        );
+        assert!(c.points(0, 0).is_empty());
+        assert_eq!(optimal_hits(&[], 10, 0, None).unwrap(), (0, 0));
+        assert_eq!(
+            optimal_hits(&[vec![], vec![1, 1]], 2, 0, None).unwrap(),
+            (0, 1)
+        );
+        let mut sim = AdmissionSim::new(0);
+        assert_eq!(sim.batch(&[]), (0, 0));
+        assert_eq!(sim.batch(&[3, 3, u32::MAX]), (0, 2));
+        assert!(sim.len() <= 2);
+        let mut sketch = FrequencySketch::new(0);
+        sketch.increment(u32::MAX);
+        assert!(sketch.frequency(u32::MAX) >= 1);
+    }
+}

@@ -377,3 +377,45 @@ mod tests {
         }
     }
 }
+
+/// Model-checked: on any small trace (repeats within and across batches, any capacity),
+/// the estimator with every id tracked equals the exact batch-LRU oracle, and with few ids
+/// tracked (the threshold falling mid-stream) it stays a fraction that rises with the
+/// capacity and never panics.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn trace() -> impl Strategy<Value = Vec<Vec<u32>>> {
+        prop::collection::vec(prop::collection::vec(0u32..60, 0..25), 1..40)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn every_id_tracked_is_exact_lru(batches in trace(), cap in 1usize..70) {
+            let mut s = Shards::new(1.0, 1 << 12, 64, 1);
+            for b in &batches {
+                s.batch(b);
+            }
+            let (hits, refs) = crate::reference::batch_lru_hits(&batches, cap);
+            let want = if refs == 0 { 0.0 } else { hits as f64 / refs as f64 };
+            prop_assert!((s.curve().hit_rate(cap as u64) - want).abs() < 1e-9);
+        }
+
+        #[test]
+        fn a_small_estimator_stays_a_rising_fraction(batches in trace(), tracked in 1usize..20) {
+            let mut s = Shards::new(1.0, tracked, 64, 1);
+            for b in &batches {
+                s.batch(b);
+            }
+            let mut last = 0.0;
+            for cap in 0..70u64 {
+                let h = s.curve().hit_rate(cap);
+                prop_assert!((0.0..=1.0).contains(&h) && h >= last - 1e-12);
+                last = h;
+            }
+        }
+    }
+}
