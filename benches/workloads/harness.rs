@@ -41,6 +41,8 @@ pub struct Args {
     pub path: BatchPath,
     /// GpuOptions::host_memory_import (`--host-import`).
     pub host_import: bool,
+    /// W2's stream with `prefetch` one batch ahead (`--prefetch`).
+    pub prefetch: bool,
     /// Where W2's table lives (`--table host|npy|f16`).
     pub table: TableKind,
     /// GPUs of `w2multi` (`--devices`, default 2).
@@ -149,6 +151,7 @@ impl Args {
             cache_frac: c.cache_frac,
             partitions: c.partitions,
             host_import: c.host_import,
+            prefetch: c.prefetch,
         }
     }
 }
@@ -204,6 +207,10 @@ struct Cli {
     /// (GpuOptions::host_memory_import).
     #[arg(long)]
     host_import: bool,
+    /// W2's steady stream with `prefetch` one batch ahead: lookup(k), then prefetch(k + 1)
+    /// while the GPU runs k; `W2_prefetch_lookup_misses` checks the lookups all hit.
+    #[arg(long)]
+    prefetch: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,

@@ -116,8 +116,15 @@ fn run_on<T: RowSource + 'static>(
     harness::warm_up(ctx, a, 0, |_| Ok(()))?;
     cache.reset_stats();
     let faults = harness::minor_faults();
+    if a.prefetch {
+        cache.prefetch(&steady[0])?;
+    }
     let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
-        cache.lookup_into(&steady[k], &mut out)
+        cache.lookup_into(&steady[k], &mut out)?;
+        match steady.get(k + 1) {
+            Some(next) if a.prefetch => cache.prefetch(next),
+            _ => Ok(()),
+        }
     })?;
     rep.insert(
         "W2_minor_page_faults_per_batch".into(),
@@ -136,6 +143,25 @@ fn run_on<T: RowSource + 'static>(
     }
     let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / per;
     rep.insert("W2_hotrow_stream_ms_per_batch".into(), stream_ms);
+    if a.prefetch {
+        // Untimed: the rows the lookups themselves missed, over a few more batches.
+        let mut missed = 0;
+        let (more, _) = stream.split_at(warm.min(10));
+        cache.prefetch(&more[0])?;
+        for (k, ids) in more.iter().enumerate() {
+            let before = cache.stats().misses;
+            cache.lookup_into(ids, &mut out)?;
+            missed += cache.stats().misses - before;
+            if let Some(next) = more.get(k + 1) {
+                cache.prefetch(next)?;
+            }
+        }
+        rep.insert("W2_prefetch_lookup_misses".into(), missed as f64);
+        if missed > 0 {
+            eprintln!("w2: WRONG RESULT: {missed} rows missed by lookups after their prefetch");
+            std::process::exit(1);
+        }
+    }
     rep.insert("W2_batch".into(), b as f64);
     rep.insert(
         "W2_host_threads".into(),

@@ -288,6 +288,46 @@ impl<S: RowSource> EmbeddingCache<S> {
         })
     }
 
+    /// Lookahead: uploads the rows of `ids` (the next batch) that are not resident, and
+    /// returns once that is submitted, so it runs while the GPU works on the batch before;
+    /// the next `lookup(ids)` then finds them all resident. Call it after the current
+    /// batch's call, or before it: on the host path the prefetched rows are held (no
+    /// eviction) until the next batch has been resolved, so the current batch cannot push
+    /// them out, unless it needs their room itself (it then wins). On the GPU-driven path
+    /// they are not held: call it after the current batch's call. A batch with more
+    /// distinct rows than the cache keeps what fits (its last pass's rows). Ids are checked
+    /// first (nothing changes on an error); empty `ids` do nothing. Its uploads count in
+    /// [`EmbeddingCache::stats`] as a batch's.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
+    /// let ctx = GpuContext::new()?;
+    /// let data = vec![0.5f32; 100_000 * 64];
+    /// let table = HostTable::borrowed(&data, 64)?;
+    /// let mut cache = EmbeddingCache::new(&ctx, table, CacheConfig::default())?;
+    /// let batches: Vec<Vec<u32>> = (0..10u32).map(|b| (0..512).map(|i| i * 97 + b).collect()).collect();
+    /// cache.prefetch(&batches[0])?;
+    /// for k in 0..batches.len() {
+    ///     let out = cache.lookup(&batches[k])?; // all hits: prefetched
+    ///     if let Some(next) = batches.get(k + 1) {
+    ///         cache.prefetch(next)?; // uploads while the GPU runs batch k
+    ///     }
+    ///     // ... use `out` ...
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn prefetch(&mut self, ids: &[u32]) -> Result<()> {
+        let ctx = self.ctx.clone();
+        guarded_on_host_pool(&ctx, || {
+            check_ids(ids, self.source.rows())?;
+            if ids.is_empty() {
+                return self.ctx.check();
+            }
+            self.engine.prefetch(&self.source, ids)
+        })
+    }
+
     /// Counters since construction or the last [`EmbeddingCache::reset_stats`]. On the
     /// GPU-driven path the GPU keeps what it decided (distinct ids, hits, misses,
     /// evictions): this waits for the batches submitted so far and reads them back, once

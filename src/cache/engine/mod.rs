@@ -315,7 +315,21 @@ impl PassEngine {
             None => Target::Resident,
         };
         let n = self.first_pass(source, ids, target(0))?;
-        self.run_remaining_passes(source, ids, n, target)
+        self.run_remaining_passes(source, ids, n, target)?;
+        // (A prefetch's hold lasts until the next batch has been resolved.)
+        self.map.release();
+        Ok(())
+    }
+
+    /// Makes checked, non-empty `ids` resident as [`PassEngine::serve`] does with no
+    /// output, then, on the host path, holds the rows of its last pass (all of them when
+    /// the batch fits one pass) until the next batch has been resolved.
+    pub(crate) fn prefetch<S: RowSource>(&mut self, source: &S, ids: &[u32]) -> Result<()> {
+        self.serve(source, ids, None)?;
+        if self.driven.is_none() {
+            self.map.hold_last_pass();
+        }
+        Ok(())
     }
 
     /// Most positions an op's batch may have and still be served in one pass over
@@ -363,6 +377,9 @@ impl PassEngine {
             });
         }
         let (n, recorded) = self.resolve_and_record(source, ids, Target::SlotsOnly)?;
+        if n == ids.len() {
+            self.map.release();
+        }
         if n == ids.len() && !sharded {
             // Held for the op's submission; counted now, and back to `before` if taken back.
             if let Some(pass) = &recorded {
@@ -397,6 +414,7 @@ impl PassEngine {
         )?;
         self.submit([enc.finish()], None)?;
         self.run_remaining_passes(source, ids, n, |start| Target::Gather(&gathered, start))?;
+        self.map.release();
         Ok(OpRows::gathered(self, gathered_layout))
     }
 

@@ -58,6 +58,12 @@ pub struct SlotMap {
     hand: u32,
     pass: u32,
     len: usize,
+    /// A prefetch's hold: the pass whose rows no later pass may evict (0: none), how
+    /// many of its slots are still held (not touched by a pass since), and the distinct
+    /// ids of the last pass (what a hold of it covers).
+    held: u32,
+    held_left: usize,
+    last_distinct: usize,
 }
 
 /// What one pass of [`SlotMap::resolve`] decided.
@@ -121,7 +127,36 @@ impl SlotMap {
             hand: 0,
             pass: 0,
             len: 0,
+            held: 0,
+            held_left: 0,
+            last_distinct: 0,
         }
+    }
+
+    /// Holds the rows of the last pass: no pass evicts them until [`SlotMap::release`]
+    /// (a pass that touches one takes it over as its own), unless a pass needs their room
+    /// (every other slot pinned by it): the hold then ends. A prefetch's rows wait so for
+    /// the batch that reads them. Replaces an earlier hold.
+    pub fn hold_last_pass(&mut self) {
+        self.held = self.pass;
+        self.held_left = self.last_distinct;
+    }
+
+    /// Ends the hold (if any).
+    pub fn release(&mut self) {
+        self.held = 0;
+        self.held_left = 0;
+    }
+
+    /// Slots held and not yet touched by a pass since the hold.
+    pub fn held(&self) -> usize {
+        self.held_left
+    }
+
+    /// Whether a slot stamped `st` is held.
+    #[inline]
+    fn is_held(&self, st: u32) -> bool {
+        self.held != 0 && st & PASS_MASK == self.held
     }
 
     /// The eviction policy.
@@ -212,15 +247,22 @@ impl SlotMap {
     #[inline]
     fn victim(&mut self) -> u32 {
         match self.policy {
-            EvictionPolicy::Lru => self.next[self.capacity()],
+            EvictionPolicy::Lru => {
+                // (Held slots are skipped; the pass's own are at the recent end.)
+                let mut s = self.next[self.capacity()];
+                while self.is_held(self.stamp[s as usize]) {
+                    s = self.next[s as usize];
+                }
+                s
+            }
             EvictionPolicy::Clock => {
                 let c = self.capacity() as u32;
                 loop {
                     let s = self.hand;
                     self.hand = if s + 1 == c { 0 } else { s + 1 };
                     let st = self.stamp[s as usize];
-                    if st & PASS_MASK == self.pass {
-                        continue; // pinned by this pass
+                    if st & PASS_MASK == self.pass || self.is_held(st) {
+                        continue; // pinned by this pass, or held
                     }
                     if st & REF != 0 {
                         self.stamp[s as usize] = st & PASS_MASK; // second chance
@@ -245,6 +287,7 @@ impl SlotMap {
                 *st &= REF;
             }
             self.pass = 1;
+            self.release();
         }
         self.pass
     }
@@ -277,6 +320,9 @@ impl SlotMap {
         for s in touched {
             let st = self.stamp[s as usize];
             if st & PASS_MASK != pass && self.id_of[s as usize] != NONE {
+                if self.is_held(st) {
+                    self.held_left -= 1;
+                }
                 self.stamp[s as usize] = pass | REF;
                 if lru {
                     self.touch_lru(s);
@@ -314,6 +360,9 @@ impl SlotMap {
             if s != NONE {
                 let st = self.stamp[s as usize];
                 if st & PASS_MASK != pass {
+                    if self.is_held(st) {
+                        self.held_left -= 1;
+                    }
                     self.stamp[s as usize] = pass | REF;
                     if lru {
                         self.touch_lru(s);
@@ -323,8 +372,15 @@ impl SlotMap {
                 plan.slots.push(s);
                 continue;
             }
-            if plan.distinct() == capacity {
-                return i; // every slot is pinned by this pass
+            if plan.distinct() + self.held_left as u64 == capacity {
+                if self.held_left > 0 {
+                    // The pass needs room the hold keeps: the batch in hand wins over the
+                    // one prefetched (which then misses what this evicts).
+                    self.release();
+                } else {
+                    self.last_distinct = plan.distinct() as usize;
+                    return i; // every slot is pinned by this pass
+                }
             }
             let v = self.victim();
             let old = self.id_of[v as usize];
@@ -347,6 +403,7 @@ impl SlotMap {
             plan.misses.push((id, v));
             plan.slots.push(v);
         }
+        self.last_distinct = plan.distinct() as usize;
         ids.len()
     }
 

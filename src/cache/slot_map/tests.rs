@@ -192,3 +192,58 @@ fn clock_hit_rate_close_to_lru() {
     eprintln!("hit rate: clock {clock:.4}, lru {lru:.4}");
     assert!(clock > lru - 0.03, "clock {clock} vs lru {lru} (seed {s})");
 }
+
+/// A prefetch's hold: random streams of prefetches and batches, each policy. While held
+/// (and not released for room), a prefetched row stays resident through the batch that
+/// follows; every position of every batch gets its id's slot; the invariants hold; a
+/// batch whose rows leave no room beside the hold ends it and is still served whole.
+#[test]
+fn held_rows_survive_the_next_batch_unless_it_needs_the_room() {
+    let s = seed();
+    eprintln!("seed {s}");
+    let mut rng = Rng::new(s);
+    for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
+        for _ in 0..30 {
+            let rows = 40 + rng.below(400) as u32;
+            let cap = 2 + rng.below(rows as u64 / 3) as usize;
+            let mut map = SlotMap::new(rows as usize, cap, policy);
+            let mut plan = PassPlan::default();
+            let batch = |map: &mut SlotMap, plan: &mut PassPlan, ids: &[u32]| {
+                let mut at = 0;
+                while at < ids.len() {
+                    let n = map.resolve(&ids[at..], plan);
+                    assert!(n > 0, "a pass made no progress");
+                    for (&id, &slot) in ids[at..at + n].iter().zip(&plan.slots) {
+                        assert_eq!(map.id_in(slot), Some(id), "{policy:?}: wrong slot");
+                    }
+                    at += n;
+                }
+                map.check_invariants().unwrap();
+            };
+            for _ in 0..40 {
+                let len = rng.below(cap as u64) as usize + 1;
+                let next: Vec<u32> = (0..len).map(|_| rng.below(rows as u64) as u32).collect();
+                batch(&mut map, &mut plan, &next);
+                map.hold_last_pass();
+                let held: std::collections::HashSet<u32> = next.iter().copied().collect();
+                assert_eq!(map.held(), held.len());
+                // the current batch: sometimes small enough to leave room, sometimes not
+                let len = rng.below(2 * cap as u64) as usize + 1;
+                let cur: Vec<u32> = (0..len).map(|_| rng.below(rows as u64) as u32).collect();
+                let distinct: std::collections::HashSet<u32> = cur.iter().copied().collect();
+                let room = distinct.union(&held).count() <= cap;
+                batch(&mut map, &mut plan, &cur);
+                if room {
+                    for &id in &held {
+                        assert!(
+                            map.slot_of(id).is_some(),
+                            "{policy:?}: held row {id} evicted"
+                        );
+                    }
+                }
+                map.release();
+                assert_eq!(map.held(), 0);
+            }
+        }
+    }
+}

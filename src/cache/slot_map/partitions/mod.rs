@@ -202,6 +202,21 @@ impl PartitionedSlotMap {
         v
     }
 
+    /// Holds the last pass's rows in every partition ([`SlotMap::hold_last_pass`]).
+    pub fn hold_last_pass(&mut self) {
+        self.parts.iter_mut().for_each(SlotMap::hold_last_pass);
+    }
+
+    /// Ends every partition's hold.
+    pub fn release(&mut self) {
+        self.parts.iter_mut().for_each(SlotMap::release);
+    }
+
+    /// Slots held, over the partitions.
+    pub fn held(&self) -> usize {
+        self.parts.iter().map(SlotMap::held).sum()
+    }
+
     /// Checks every partition's invariants.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.parts.iter().try_for_each(SlotMap::check_invariants)
