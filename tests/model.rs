@@ -320,11 +320,16 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 assert_close_host(&out.to_host().unwrap(), &want, &scale, &what);
             }
             5 => {
+                // preload, or a prefetch (its rows held on the host path until the next
+                // batch: later ops check they are still served right)
                 let n = rng.below(big as u64) as usize;
                 let ids = rng.hot_ids(n, rows, &hot);
-                cache
-                    .preload(&ids)
-                    .map_err(|e| TestCaseError::fail(format!("{what} preload: {e}")))?;
+                let result = if rng.below(2) == 0 {
+                    cache.preload(&ids)
+                } else {
+                    cache.prefetch(&ids)
+                };
+                result.map_err(|e| TestCaseError::fail(format!("{what} preload/prefetch: {e}")))?;
             }
             6 => {
                 // The row source fails or panics: a typed error (or success, when nothing
@@ -337,9 +342,10 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                 let n = 1 + rng.below(big as u64) as usize;
                 let ids = rng.hot_ids(n, rows, &hot);
                 let mut out = common::poisoned(ctx(), 1, dim);
-                let result = match rng.below(3) {
+                let result = match rng.below(4) {
                     0 => cache.lookup_into(&ids, &mut out),
                     1 => cache.lookup_bags_into(&ids, &[0], Pooling::Sum, None, &mut out),
+                    2 => cache.prefetch(&ids),
                     _ => cache.preload(&ids),
                 };
                 cache.source().mode.store(0, Ordering::Relaxed);
@@ -363,7 +369,11 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
                     }
                     1 => {
                         ids[at] = rows as u32;
-                        cache.preload(&ids)
+                        if at.is_multiple_of(2) {
+                            cache.preload(&ids)
+                        } else {
+                            cache.prefetch(&ids)
+                        }
                     }
                     2 => {
                         // offsets that decrease, or run past the ids
