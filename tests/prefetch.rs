@@ -7,17 +7,7 @@ mod common;
 use common::seed;
 use common::workload::{random_values, Rng, ZipfIds};
 use hotrow::reference::gather;
-use hotrow::{
-    BatchPath, CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable, HotrowError,
-};
-
-fn paths() -> Vec<(&'static GpuContext, BatchPath)> {
-    let mut paths = vec![(common::ctx(), BatchPath::Host)];
-    if let Some(ctx) = common::host_storage_ctx() {
-        paths.push((ctx, BatchPath::Gpu));
-    }
-    paths
-}
+use hotrow::{BatchPath, CacheConfig, Capacity, EmbeddingCache, HostTable, HotrowError};
 
 #[test]
 fn a_prefetched_batch_is_all_hits_and_right() {
@@ -27,7 +17,7 @@ fn a_prefetched_batch_is_all_hits_and_right() {
     let zipf = ZipfIds::new(rows, 1.05, seed("prefetch_zipf"));
     let mut rng = Rng::new(seed("prefetch_ids"));
     let batches: Vec<Vec<u32>> = (0..30).map(|_| zipf.batch(300, &mut rng)).collect();
-    for (ctx, path) in paths() {
+    for (ctx, path) in common::paths() {
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(600))
             .path(path);

@@ -7,23 +7,13 @@ mod common;
 
 use common::seed;
 use common::workload::{random_values, Rng, ZipfIds};
-use hotrow::{BatchPath, CacheConfig, Capacity, EmbeddingCache, GpuContext, HostTable};
+use hotrow::{CacheConfig, Capacity, EmbeddingCache, HostTable};
 
 /// The exact unique-row hit rate of an LRU cache of `cap` rows over `batches` updated
 /// batch by batch, as the cache counts hits (`hotrow::reference::batch_lru_hits`).
 fn lru_hit_rate(batches: &[Vec<u32>], cap: usize) -> f64 {
     let (hits, refs) = hotrow::reference::batch_lru_hits(batches, cap);
     hits as f64 / refs as f64
-}
-
-/// The contexts and paths to run on: the host path, and the GPU-driven path where a
-/// context has host-visible storage.
-fn paths() -> Vec<(&'static GpuContext, BatchPath)> {
-    let mut paths = vec![(common::ctx(), BatchPath::Host)];
-    if let Some(ctx) = common::host_storage_ctx() {
-        paths.push((ctx, BatchPath::Gpu));
-    }
-    paths
 }
 
 /// A Zipf stream (W2's shape scaled down: batches far smaller than the caches) through a
@@ -39,7 +29,7 @@ fn the_online_curve_matches_exact_lru_and_real_caches() {
     let zipf = ZipfIds::new(rows, 1.05, seed("sizing_zipf"));
     let mut rng = Rng::new(seed("sizing_ids"));
     let batches: Vec<Vec<u32>> = (0..100).map(|_| zipf.batch(4_096, &mut rng)).collect();
-    for (ctx, path) in paths() {
+    for (ctx, path) in common::paths() {
         let mut measured = Vec::new();
         let mut curve = None;
         for frac in [0.01, 0.05, 0.1, 0.2] {

@@ -44,17 +44,6 @@ impl WritableRowSource for Flaky {
     }
 }
 
-/// The contexts and paths training is tested on: the host path on the plain test context
-/// (every adapter, GL too), and the GPU-driven path where a context has host-visible
-/// storage.
-fn training_paths() -> Vec<(&'static GpuContext, BatchPath)> {
-    let mut paths = vec![(common::ctx(), BatchPath::Host)];
-    if let Some(ctx) = common::host_storage_ctx() {
-        paths.push((ctx, BatchPath::Gpu));
-    }
-    paths
-}
-
 /// `got` (f32) within `tol * (1 + |want|)` of the f64 reference, each value; returns the
 /// largest error seen.
 fn assert_rows_near(got: &[f32], want: &[f64], tol: f64, what: &str) -> f64 {
@@ -99,7 +88,7 @@ fn random_bags(rng: &mut Rng, rows: usize, max_len: u64, hot: u64) -> (Vec<u32>,
 #[test]
 fn training_matches_the_cpu_trainer_through_evictions() {
     let _serial = common::serial();
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         train_stream(ctx, path);
     }
 }
@@ -196,7 +185,7 @@ fn train_stream(ctx: &GpuContext, path: BatchPath) {
 #[test]
 fn a_failed_flush_loses_nothing() {
     let _serial = common::serial();
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         failed_flush(ctx, path);
     }
 }
@@ -340,7 +329,7 @@ fn products_train_their_rows() {
     let _serial = common::serial();
     let mut rng = Rng::new(seed("train_products"));
     let (rows, dim) = (120, 4);
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         for optimizer in [
             Optimizer::Sgd { lr: 0.1 },
             Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 },
@@ -638,7 +627,7 @@ fn a_row_evicted_and_loaded_again_in_one_pass_keeps_its_training() {
     let (rows, dim) = (40usize, 4usize);
     let data = random_values(rows * dim, seed("train_reload"));
     let mut runs: Vec<(&GpuContext, BatchPath, usize, u8)> = Vec::new();
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         runs.extend([(ctx, path, 1, 0), (ctx, path, 2, 0)]);
         if path == BatchPath::Host {
             runs.extend([(ctx, path, 2, 1), (ctx, path, 2, 2)]);
@@ -697,7 +686,7 @@ fn training_writes_into_a_memory_mapped_file() {
         .prefix("hotrow-train-file")
         .tempdir()
         .unwrap();
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         for f16 in [false, true] {
             let file = dir.path().join(format!("{path:?}-{f16}.npy"));
             let stored: Vec<f32> = if f16 {
@@ -783,7 +772,7 @@ fn a_table_batched_cache_trains_every_table() {
     let _serial = common::serial();
     let dims = [8usize, 3, 8, 3];
     let rows = [120usize, 40, 70, 200];
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         let mut rng = Rng::new(seed("train_batched"));
         let optimizer = Optimizer::RowWiseAdagrad {
             lr: 0.05,
@@ -926,7 +915,7 @@ fn optimizer_state_travels_with_the_rows() {
     let (rows, dim) = (80usize, 4usize);
     let data = random_values(rows * dim, seed("train_state"));
     let optimizer = Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 };
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(10))
             .training(optimizer)
@@ -1022,7 +1011,7 @@ fn large_skewed_batches_train_like_the_reference() {
     let _serial = common::serial();
     let (rows, dim, bags_n, per_bag) = (3_000usize, 4usize, 1_000usize, 40usize);
     let mut rng = Rng::new(seed("train_large"));
-    for (ctx, path) in training_paths() {
+    for (ctx, path) in common::paths() {
         for optimizer in [
             Optimizer::Sgd { lr: 0.05 },
             Optimizer::RowWiseAdagrad {

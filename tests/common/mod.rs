@@ -46,6 +46,16 @@ pub fn host_storage_ctx() -> Option<&'static GpuContext> {
     }
 }
 
+/// The paths a test runs on: the host path on the tests' context, and the GPU-driven path
+/// where a context has host-visible storage.
+pub fn paths() -> Vec<(&'static GpuContext, hotrow::BatchPath)> {
+    let mut paths = vec![(ctx(), hotrow::BatchPath::Host)];
+    if let Some(ctx) = host_storage_ctx() {
+        paths.push((ctx, hotrow::BatchPath::Gpu));
+    }
+    paths
+}
+
 /// A new context on the tests' adapter with host-visible storage asked for, and hotrow's
 /// own imported host memory when `import`.
 pub fn host_storage_ctx_with(import: bool) -> GpuContext {
