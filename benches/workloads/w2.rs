@@ -116,8 +116,8 @@ fn run_on<T: RowSource + 'static>(
     harness::warm_up(ctx, a, 0, |_| Ok(()))?;
     cache.reset_stats();
     let faults = harness::minor_faults();
-    if a.prefetch {
-        cache.prefetch(&steady[0])?;
+    if let Some(first) = steady.first().filter(|_| a.prefetch) {
+        cache.prefetch(first)?;
     }
     let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
         cache.lookup_into(&steady[k], &mut out)?;
@@ -146,8 +146,10 @@ fn run_on<T: RowSource + 'static>(
     if a.prefetch {
         // Untimed: the rows the lookups themselves missed, over a few more batches.
         let mut missed = 0;
-        let (more, _) = stream.split_at(warm.min(10));
-        cache.prefetch(&more[0])?;
+        let more = &stream[..warm.min(10)];
+        if let Some(first) = more.first() {
+            cache.prefetch(first)?;
+        }
         for (k, ids) in more.iter().enumerate() {
             let before = cache.stats().misses;
             cache.lookup_into(ids, &mut out)?;

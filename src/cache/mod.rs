@@ -278,14 +278,7 @@ impl<S: RowSource> EmbeddingCache<S> {
 
     /// Makes `ids` resident (uploading those that are not), with no output.
     pub fn preload(&mut self, ids: &[u32]) -> Result<()> {
-        let ctx = self.ctx.clone();
-        guarded_on_host_pool(&ctx, || {
-            check_ids(ids, self.source.rows())?;
-            if ids.is_empty() {
-                return self.ctx.check();
-            }
-            self.engine.serve(&self.source, ids, None)
-        })
+        self.make_resident(ids, false)
     }
 
     /// Lookahead: uploads the rows of `ids` (the next batch) that are not resident, and
@@ -318,13 +311,22 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// # Ok(()) }
     /// ```
     pub fn prefetch(&mut self, ids: &[u32]) -> Result<()> {
+        self.make_resident(ids, true)
+    }
+
+    /// [`EmbeddingCache::preload`], or with `hold` [`EmbeddingCache::prefetch`].
+    fn make_resident(&mut self, ids: &[u32], hold: bool) -> Result<()> {
         let ctx = self.ctx.clone();
         guarded_on_host_pool(&ctx, || {
             check_ids(ids, self.source.rows())?;
             if ids.is_empty() {
                 return self.ctx.check();
             }
-            self.engine.prefetch(&self.source, ids)
+            if hold {
+                self.engine.prefetch(&self.source, ids)
+            } else {
+                self.engine.serve(&self.source, ids, None)
+            }
         })
     }
 

@@ -65,8 +65,8 @@ impl Optimizer {
 }
 
 use crate::gpu::{
-    encode as encode_pass, first_launches, grid, grid_for_threads, GpuContext, GrowBuffer,
-    LaunchState, ParamsFrom, Shader, Staged,
+    encode as encode_pass, first_launches, grid, grid_for_threads, Bound, GpuContext, GrowBuffer,
+    Launch, LaunchState, ParamsFrom, Shader, Staged,
 };
 use crate::ops::bag::{Pooling, TableOutput};
 pub(crate) use crate::ops::groups::Groups;
@@ -314,73 +314,74 @@ pub(crate) fn encode(
     else {
         unreachable!("four launches")
     };
+    // (Params blocks in the staged entry: update, argmax, partial sums.)
+    let at = |block: u64| staged.params_at + block * PARAMS_BYTES;
     if let Some(over) = argmax_over {
-        let pipeline = ctx.pipeline(&SHADER, "argmax", "")?;
-        let from = ParamsFrom::Staged {
-            enc,
-            src: &src,
-            offset: staged.params_at + PARAMS_BYTES,
-        };
-        let group = argmax_launch
-            .bind::<UpdateParams>(
-                ctx,
-                &pipeline,
-                from,
-                &[
-                    (1, over.slots, over.slots.size()),
-                    (2, meta, meta.size()),
-                    (4, over.rows, over.rows.size()),
-                ],
-            )?
-            .clone();
-        encode_pass(ctx, enc, "argmax", &pipeline, [(&group, (ax, ay))]);
+        let bound = [
+            (1, over.slots, over.slots.size()),
+            (2, meta, meta.size()),
+            (4, over.rows, over.rows.size()),
+        ];
+        let params = (&src, at(1));
+        staged_pass(ctx, enc, argmax_launch, "argmax", params, &bound, (ax, ay))?;
     }
     if upload && groups.params.n_chunks > 0 {
-        let pipeline = ctx.pipeline(&SHADER, "partial_sums", "")?;
-        let from = ParamsFrom::Staged {
+        let bound = [
+            (2, meta, meta.size()),
+            (3, grad, grad.size()),
+            (6, &partials, partials.size()),
+        ];
+        let params = (&src, at(2));
+        staged_pass(
+            ctx,
             enc,
-            src: &src,
-            offset: staged.params_at + 2 * PARAMS_BYTES,
-        };
-        let group = sums_launch
-            .bind::<UpdateParams>(
-                ctx,
-                &pipeline,
-                from,
-                &[
-                    (2, meta, meta.size()),
-                    (3, grad, grad.size()),
-                    (6, &partials, partials.size()),
-                ],
-            )?
-            .clone();
-        encode_pass(ctx, enc, "partial_sums", &pipeline, [(&group, (qx, qy))]);
+            sums_launch,
+            "partial_sums",
+            params,
+            &bound,
+            (qx, qy),
+        )?;
     }
     if n == 0 {
         return Ok(staged); // (the argmax alone, and the partial sums)
     }
-    let pipeline = ctx.pipeline(&SHADER, "update", "")?;
-    let from = ParamsFrom::Staged {
+    let bound = [
+        (1, slots, slots.size()),
+        (2, meta, meta.size()),
+        (3, grad, grad.size()),
+        (4, rows, rows.size()),
+        (6, &partials, partials.size()),
+    ];
+    staged_pass(
+        ctx,
         enc,
-        src: &src,
-        offset: staged.params_at,
-    };
-    let group = update_launch
-        .bind::<UpdateParams>(
-            ctx,
-            &pipeline,
-            from,
-            &[
-                (1, slots, slots.size()),
-                (2, meta, meta.size()),
-                (3, grad, grad.size()),
-                (4, rows, rows.size()),
-                (6, &partials, partials.size()),
-            ],
-        )?
-        .clone();
-    encode_pass(ctx, enc, "update", &pipeline, [(&group, (gx, gy))]);
+        update_launch,
+        "update",
+        (&src, at(0)),
+        &bound,
+        (gx, gy),
+    )?;
     Ok(staged)
+}
+
+/// One dispatch of [`encode`]: entry point `entry` over `bound`, its params block copied
+/// from `params` (the staged entry's buffer and the block's offset).
+fn staged_pass(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    launch: &mut Launch,
+    entry: &'static str,
+    (src, offset): (&wgpu::Buffer, u64),
+    bound: &[Bound<'_>],
+    grid: (u32, u32),
+) -> Result<()> {
+    let pipeline = ctx.pipeline(&SHADER, entry, "")?;
+    let from = ParamsFrom::Staged { enc, src, offset };
+    let group = launch
+        .bind::<UpdateParams>(ctx, &pipeline, from, bound)?
+        .clone();
+    encode_pass(ctx, enc, entry, &pipeline, [(&group, grid)]);
+    Ok(())
 }
 
 /// Encodes `out = left^T right` (left `m x n`, right `m x dim`, out `n x dim`, f32,
