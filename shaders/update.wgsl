@@ -4,8 +4,8 @@
 // position that read the row contributes; the optimizer then updates the row in its slot.
 //
 // A skewed batch reads a few rows thousands of times (W7's hottest row: ~10k of 131k
-// positions), and one workgroup summing such a row alone held the whole step (51 ms on an
-// H100). Rows read more than `split_over` times are therefore split by the host into chunks
+// positions), and one workgroup summing such a row alone would hold up the whole step.
+// Rows read more than `split_over` times are therefore split by the host into chunks
 // of consecutive positions (`chunks_at`: begin, end per chunk; `split_at`: k, first chunk,
 // end chunk per split row, ascending k); `partial_sums` sums each chunk into `partials`, one
 // workgroup per chunk, and `update` sums a split row's chunks in chunk order: still one

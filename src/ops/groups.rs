@@ -3,9 +3,10 @@
 //! order), the bag offsets, the weights, room for the argmax, and the chunks of the rows
 //! read so often that their sums are split (`partial_sums`).
 //!
-//! Grouping a W7 batch (131,072 ids, 46,569 distinct) took 2.2 ms on one core, most of the
-//! step's host time (1.5 ms of it with buffers reused from call to call, [`Groups::build`]).
-//! Large batches are therefore grouped in `SHARDS` shards of the id hash, in parallel: the
+//! Grouping is most of a training step's host time on one core (a W7 batch: 131,072 ids,
+//! 46,569 distinct; BENCHMARKS.md), so buffers are reused from call to call
+//! ([`Groups::build`]) and large batches are grouped in `SHARDS` shards of the id hash, in
+//! parallel: the
 //! batch, cut into `SHARDS` runs of positions, is scattered by shard (each run's positions
 //! in order), each shard hashes and counting-sorts its own positions, and the shards are
 //! laid end to end. The shard count depends on the batch length only, never on the
