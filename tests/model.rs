@@ -37,7 +37,7 @@ struct Setup {
     format: RowFormat,
     shader_f16: bool,
     capacity: usize,
-    lru: bool,
+    policy: EvictionPolicy,
     device: bool,
     partitions: usize,
     upload_rows: Option<usize>,
@@ -69,7 +69,15 @@ fn setups() -> impl Strategy<Value = Setup> {
             any::<bool>(),
             prop_oneof![4 => 1usize..500, 1 => 500usize..4000],
         ),
-        (any::<bool>(), any::<bool>(), 0usize..9),
+        (
+            prop_oneof![
+                Just(EvictionPolicy::Clock),
+                Just(EvictionPolicy::Lru),
+                Just(EvictionPolicy::TinyLfu)
+            ],
+            any::<bool>(),
+            0usize..9,
+        ),
         (
             proptest::option::of(1usize..40),
             proptest::option::of(1usize..60),
@@ -80,7 +88,7 @@ fn setups() -> impl Strategy<Value = Setup> {
         .prop_map(
             |(
                 (rows, dim, format, shader_f16, capacity),
-                (lru, device, partitions),
+                (policy, device, partitions),
                 (upload_rows, shard_rows, staging),
                 (ops, seed, source),
             )| Setup {
@@ -89,8 +97,9 @@ fn setups() -> impl Strategy<Value = Setup> {
                 format,
                 shader_f16,
                 capacity,
-                lru,
-                device,
+                policy,
+                // (TinyLFU's transient rows are not in the GPU's slot index: host only.)
+                device: device && policy != EvictionPolicy::TinyLfu,
                 partitions,
                 upload_rows,
                 shard_rows,
@@ -125,7 +134,14 @@ fn check_counters<S: hotrow::RowSource>(cache: &EmbeddingCache<S>) -> Result<(),
     let s = cache.stats();
     prop_assert_eq!(s.hits + s.misses, s.distinct, "{:?}", s);
     let resident = common::resident(cache).len();
-    prop_assert_eq!(s.rows_uploaded - s.evictions, resident as u64, "{:?}", s);
+    // (Rows served from a transient slot were uploaded and never resident.)
+    prop_assert!(s.transient <= s.refused, "{:?}", s);
+    prop_assert_eq!(
+        s.rows_uploaded - s.transient - s.evictions,
+        resident as u64,
+        "{:?}",
+        s
+    );
     prop_assert!(resident <= cache.capacity());
     cache
         .slot_map()
@@ -211,11 +227,7 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
         .capacity(Capacity::Rows(s.capacity))
         .row_format(s.format)
         .shader_f16(s.shader_f16)
-        .policy(if s.lru {
-            EvictionPolicy::Lru
-        } else {
-            EvictionPolicy::Clock
-        })
+        .policy(s.policy)
         .resolution(if s.device {
             Resolution::Device
         } else {

@@ -43,6 +43,10 @@ pub struct Args {
     pub host_import: bool,
     /// W2's stream with `prefetch` one batch ahead (`--prefetch`).
     pub prefetch: bool,
+    /// W2's eviction policy (`--policy clock|lru|tinylfu`, default clock).
+    pub policy: EvictionPolicy,
+    /// W2's and W5's cache as a fraction of the table (`--capacity`, default 0.1).
+    pub capacity: f64,
     /// Where W2's table lives (`--table host|npy|f16`).
     pub table: TableKind,
     /// GPUs of `w2multi` (`--devices`, default 2).
@@ -152,6 +156,12 @@ impl Args {
             partitions: c.partitions,
             host_import: c.host_import,
             prefetch: c.prefetch,
+            policy: match c.policy {
+                PolicyArg::Clock => EvictionPolicy::Clock,
+                PolicyArg::Lru => EvictionPolicy::Lru,
+                PolicyArg::Tinylfu => EvictionPolicy::TinyLfu,
+            },
+            capacity: c.capacity,
         }
     }
 }
@@ -211,9 +221,22 @@ struct Cli {
     /// while the GPU runs k; `W2_prefetch_lookup_misses` checks the lookups all hit.
     #[arg(long)]
     prefetch: bool,
+    /// W2's eviction policy (W5 runs each).
+    #[arg(long, value_enum, default_value = "clock")]
+    policy: PolicyArg,
+    /// W2's and W5's cache, as a fraction of the table.
+    #[arg(long, default_value_t = 0.1)]
+    capacity: f64,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Clock,
+    Lru,
+    Tinylfu,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -257,8 +280,8 @@ pub fn host_table(n: usize, d: usize) -> HostTable<'static> {
     table
 }
 
-/// The workloads' cache: 10% of the `n` rows on the GPU, with the resolution and row
-/// format of the arguments, default settings otherwise.
+/// The workloads' cache: 10% of the `n` rows on the GPU (`--capacity`), with the
+/// resolution and row format of the arguments, default settings otherwise.
 pub fn tenth_cache<S: RowSource>(
     ctx: &GpuContext,
     a: &Args,
@@ -267,13 +290,14 @@ pub fn tenth_cache<S: RowSource>(
     policy: EvictionPolicy,
 ) -> Result<EmbeddingCache<S>> {
     let config = CacheConfig::default()
-        .capacity(Capacity::Rows(n / 10))
+        .capacity(Capacity::Rows(((n as f64 * a.capacity) as usize).max(1)))
         .policy(policy)
         .resolution(a.resolution)
         .row_format(a.row_format)
-        // (The GPU-driven path evicts by CLOCK: W5's LRU point stays on the host.)
+        // (The GPU-driven path evicts by CLOCK: W5's LRU and TinyLFU points stay on the
+        // host.)
         .path(match (a.path, policy) {
-            (BatchPath::Gpu, EvictionPolicy::Lru) => BatchPath::Host,
+            (BatchPath::Gpu, EvictionPolicy::Lru | EvictionPolicy::TinyLfu) => BatchPath::Host,
             (path, _) => path,
         });
     let t = Instant::now();

@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use hotrow::half::f16;
 use hotrow::{
-    EmbeddingCache, Embeddings, EvictionPolicy, FileTable, GpuContext, HostTable, Resolution,
-    RowFormat, RowSource,
+    EmbeddingCache, Embeddings, FileTable, GpuContext, HostTable, Resolution, RowFormat, RowSource,
 };
 use rayon::prelude::*;
 
@@ -68,7 +67,7 @@ fn run_on<T: RowSource + 'static>(
     let batches = a.batches.max(40);
     let stream: Vec<Vec<u32>> = (0..batches).map(|_| zipf.batch(b, &mut rng)).collect();
     let t = Instant::now();
-    let mut cache = harness::tenth_cache(ctx, a, source, n, EvictionPolicy::Clock)?;
+    let mut cache = harness::tenth_cache(ctx, a, source, n, a.policy)?;
     rep.insert("W2_cache_new_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     let mut out = Embeddings::new(ctx, b, d)?;
     let check = |cache: &EmbeddingCache<T>, ids: &[u32], out: &Embeddings| {
@@ -192,6 +191,8 @@ fn run_on<T: RowSource + 'static>(
         st.bytes_uploaded as f64 / per,
     );
     rep.insert("W2_misses_per_batch".into(), st.misses as f64 / per);
+    rep.insert("W2_refused_per_batch".into(), st.refused as f64 / per);
+    rep.insert("W2_transient_per_batch".into(), st.transient as f64 / per);
     rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
     rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
     rep.insert(

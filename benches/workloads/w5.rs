@@ -14,7 +14,11 @@ pub fn run(
 ) -> Result<HostTable<'static>> {
     let (n, b, _) = harness::cached_shapes(a);
     let batches = a.batches.max(100);
-    for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
+    for policy in [
+        EvictionPolicy::Clock,
+        EvictionPolicy::Lru,
+        EvictionPolicy::TinyLfu,
+    ] {
         let mut zipf = ZipfIds::new(n, S, 52);
         let mut rng = Rng::new(53);
         let mut cache = harness::tenth_cache(ctx, a, table, n, policy)?;

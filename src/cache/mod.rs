@@ -175,9 +175,12 @@ impl<S: RowSource> EmbeddingCache<S> {
                 train::check_slots(ctx, layout.bytes(capacity))?;
             }
             let row_bytes = layout.row_bytes();
+            let partitions = config.partitions_for(rayon::current_num_threads());
+            let map = PartitionedSlotMap::new(rows, capacity, config.policy, partitions);
+            // (With admission, the transient slots follow the cache's own.)
             let slots = RowBuffer::with_layout(
                 ctx,
-                capacity,
+                map.slots(),
                 layout,
                 config.slot_buffer.clone(),
                 Placement::Device,
@@ -187,12 +190,17 @@ impl<S: RowSource> EmbeddingCache<S> {
                 .min(ctx.max_binding())
                 .min(ctx.limits().max_buffer_size / 2)
                 .max(row_bytes);
-            let partitions = config.partitions_for(rayon::current_num_threads());
-            let map = PartitionedSlotMap::new(rows, capacity, config.policy, partitions);
             let staging = config.staging_buffers.max(1);
             let table_bytes = rows as u64 * 4;
             let fits = table_bytes <= ctx.max_binding();
             let device = config.resolution == Resolution::Device;
+            if device && config.policy == EvictionPolicy::TinyLfu {
+                return Err(HotrowError::InvalidArgument(
+                    "Resolution::Device keeps only resident rows in the GPU's slot index: \
+                     EvictionPolicy::TinyLfu (transient slots) needs Resolution::Host"
+                        .into(),
+                ));
+            }
             if device && !fits {
                 return Err(HotrowError::ExceedsLimit {
                     what: "the GPU's slot index (Resolution::Device)",

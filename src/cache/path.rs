@@ -32,6 +32,7 @@ pub(crate) fn choose_path(
 enum Blocker {
     NoHostStorage,
     Lru,
+    Admission,
     DeviceResolution,
     TooManyRows,
     TooManySlots,
@@ -47,6 +48,8 @@ fn gpu_blocker(
         Some(Blocker::NoHostStorage)
     } else if config.policy == EvictionPolicy::Lru {
         Some(Blocker::Lru)
+    } else if config.policy == EvictionPolicy::TinyLfu {
+        Some(Blocker::Admission)
     } else if config.resolution == Resolution::Device {
         Some(Blocker::DeviceResolution)
     } else if rows as u64 * 4 > ctx.max_binding() {
@@ -63,6 +66,7 @@ impl Blocker {
         match self {
             Blocker::NoHostStorage => "no host-visible storage on this context (GpuOptions::host_visible_storage; GL and browsers have none)",
             Blocker::Lru => "exact LRU asked for: the GPU-driven path evicts by CLOCK",
+            Blocker::Admission => "EvictionPolicy::TinyLfu asked for: admission runs in the host path's slot map",
             Blocker::DeviceResolution => "Resolution::Device asked for: a host-path mode",
             Blocker::TooManyRows => "the id -> slot array (4 bytes per row) exceeds one storage binding",
             Blocker::TooManySlots => "the slot state (8 bytes per slot) exceeds one storage binding",

@@ -36,6 +36,13 @@ pub struct CacheStats {
     pub rows_uploaded: u64,
     /// Resident rows dropped to make room.
     pub evictions: u64,
+    /// Rows refused admission to the cache's main region (`EvictionPolicy::TinyLfu`): a
+    /// row the window pushed out that lost to the main region's victim, or a missed row of
+    /// a pass whose window was full that lost and was served from a transient slot.
+    pub refused: u64,
+    /// Of the rows uploaded, those served from a transient slot (never resident): the
+    /// batch got them, the cache kept the rows it had.
+    pub transient: u64,
     /// Row bytes copied from the row source to the GPU.
     pub bytes_uploaded: u64,
     /// Host time resolving ids to slots (dedup, slot map, eviction). Once the cache has a
@@ -97,6 +104,8 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
             misses,
             rows_uploaded,
             evictions,
+            refused,
+            transient,
             bytes_uploaded,
             resolve_time,
             resolve_copy_thread_time,
@@ -117,6 +126,8 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
         self.misses += misses;
         self.rows_uploaded += rows_uploaded;
         self.evictions += evictions;
+        self.refused += refused;
+        self.transient += transient;
         self.bytes_uploaded += bytes_uploaded;
         self.resolve_time += *resolve_time;
         self.resolve_copy_thread_time += *resolve_copy_thread_time;

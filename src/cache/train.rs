@@ -11,7 +11,7 @@
 //! `argmax` over the batch's rows, as they are before the update, goes first.
 
 use super::host_pool::guarded_on_host_pool;
-use super::{CacheConfig, EmbeddingCache};
+use super::{CacheConfig, EmbeddingCache, EvictionPolicy};
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, Embeddings, GpuContext, RowFormat};
@@ -28,6 +28,14 @@ pub(super) fn check_settings(optimizer: Optimizer, config: &CacheConfig) -> Resu
             "training needs f32 rows (RowFormat::F32), not {:?}",
             config.row_format
         )));
+    }
+    if config.policy == EvictionPolicy::TinyLfu {
+        return Err(HotrowError::InvalidArgument(
+            "training updates rows in their slots and writes them back when they leave: \
+             EvictionPolicy::TinyLfu serves refused rows from transient slots, never resident, \
+             so it is not offered for training (use Clock or Lru)"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! Sizing a cache from its traffic: the online miss-ratio curve ([`MissRatioCurve`],
 //! SHARDS sampling), the hit rate an LRU cache of every size would have had on the
 //! batches a cache served, kept in fixed memory while the cache runs; and, over a whole
-//! trace, the offline optimum ([`optimal_hits`]) and frequency-aware admission simulated
-//! ([`AdmissionSim`], W-TinyLFU with a [`FrequencySketch`]: the CPU twin of a policy the
-//! cache does not run yet).
+//! trace, the offline optimum ([`optimal_hits`]); and the [`FrequencySketch`] that
+//! frequency-aware admission (`EvictionPolicy::TinyLfu`) asks.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hotrow::HotrowError> {
@@ -27,14 +26,14 @@
 //! # Ok(()) }
 //! ```
 
-mod admission;
 mod belady;
 mod shards;
+mod sketch;
 
-pub use admission::{AdmissionSim, FrequencySketch};
 pub use belady::optimal_hits;
 pub use shards::MissRatioCurve;
 pub(crate) use shards::Shards;
+pub use sketch::FrequencySketch;
 
 /// The estimator a cache runs with [`crate::CacheConfig::miss_ratio_curve`], fed by hand:
 /// the miss-ratio curve of an id trace with no GPU and no cache (the sizing tool,
@@ -91,10 +90,6 @@ mod tests {
             optimal_hits(&[vec![], vec![1, 1]], 2, 0, None).unwrap(),
             (0, 1)
         );
-        let mut sim = AdmissionSim::new(0);
-        assert_eq!(sim.batch(&[]), (0, 0));
-        assert_eq!(sim.batch(&[3, 3, u32::MAX]), (0, 2));
-        assert!(sim.len() <= 2);
         let mut sketch = FrequencySketch::new(0);
         sketch.increment(u32::MAX);
         assert!(sketch.frequency(u32::MAX) >= 1);

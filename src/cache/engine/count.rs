@@ -51,6 +51,8 @@ fn count_pass(s: &mut CacheStats, plan: &PassPlan, row_bytes: u64, t: PassTimes,
     s.passes += 1;
     s.device_passes += u64::from(on_gpu);
     s.evictions += plan.evictions;
+    s.refused += plan.refused;
+    s.transient += plan.transient;
     s.rows_uploaded += m;
     s.bytes_uploaded += m * row_bytes;
     s.resolve_time += t.resolve;
@@ -89,6 +91,7 @@ mod tests {
             evictions: evicted.len() as u64,
             evicted: evicted.to_vec(),
             evicted_slots: (0..evicted.len() as u32).collect(),
+            ..PassPlan::default()
         }
     }
 

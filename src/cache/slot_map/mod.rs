@@ -1,7 +1,10 @@
 //! [`SlotMap`]: which table row sits in which GPU slot, with eviction at batch (pass)
 //! granularity, built from flat arrays (no hashing, no allocation per id).
 
+mod admission;
 mod partitions;
+
+use admission::{Admission, Place};
 
 pub(crate) use partitions::OnMisses;
 pub use partitions::PartitionedSlotMap;
@@ -29,6 +32,25 @@ pub enum EvictionPolicy {
     /// Exact least-recently-used over passes, through an intrusive doubly linked list in
     /// flat arrays (every hit relinks its slot: more random memory traffic per id).
     Lru,
+    /// W-TinyLFU: CLOCK over a small recency window that takes every missed row and a main
+    /// region that a row enters only if a frequency sketch says it is used more often than
+    /// the row it would evict; the window's share tuned against LRU on the same traffic
+    /// (so a moving hot set does not lose to recency). A row refused admission is still
+    /// served to its batch, from one of `capacity / 8` transient slots (GPU memory beside
+    /// the cache, never counted as resident); `CacheStats::refused` counts them. Pays off
+    /// on skewed traffic with a small cache (1-10% of the table). Costs about 10 bytes a
+    /// slot on the host, nothing per table row.
+    TinyLfu,
+}
+
+impl EvictionPolicy {
+    /// Transient slots a map of `capacity` slots under this policy adds past its capacity.
+    pub fn transient_slots(self, capacity: usize) -> usize {
+        match self {
+            EvictionPolicy::TinyLfu => capacity.div_ceil(8),
+            _ => 0,
+        }
+    }
 }
 
 /// id -> slot for a fixed number of GPU slots.
@@ -56,6 +78,8 @@ pub struct SlotMap {
     next: Vec<u32>,
     /// CLOCK only: next slot the hand looks at.
     hand: u32,
+    /// TinyLFU only: the window and main rings, the sketch, the window's tuning.
+    adm: Option<Box<Admission>>,
     pass: u32,
     len: usize,
     /// A prefetch's hold: the pass whose rows no later pass may evict (0: none), how
@@ -77,6 +101,12 @@ pub struct PassPlan {
     pub hits: u64,
     /// Resident rows dropped to make room.
     pub evictions: u64,
+    /// Distinct ids of the pass refused admission to the main region
+    /// ([`EvictionPolicy::TinyLfu`]): served from a transient slot, or evicted from the
+    /// window for a row the pass missed.
+    pub refused: u64,
+    /// Of the misses, those served from a transient slot (past the capacity).
+    pub transient: u64,
     /// The ids of those rows (no longer resident), in eviction order.
     pub evicted: Vec<u32>,
     /// The slot each of those rows held (aligned with `evicted`): where
@@ -90,6 +120,8 @@ impl PassPlan {
         self.misses.clear();
         self.hits = 0;
         self.evictions = 0;
+        self.refused = 0;
+        self.transient = 0;
         self.evicted.clear();
         self.evicted_slots.clear();
     }
@@ -125,6 +157,8 @@ impl SlotMap {
             prev,
             next,
             hand: 0,
+            adm: (policy == EvictionPolicy::TinyLfu)
+                .then(|| Box::new(Admission::new(capacity, policy.transient_slots(capacity)))),
             pass: 0,
             len: 0,
             held: 0,
@@ -146,6 +180,9 @@ impl SlotMap {
     pub fn release(&mut self) {
         self.held = 0;
         self.held_left = 0;
+        if let Some(a) = self.adm.as_mut() {
+            a.unblock();
+        }
     }
 
     /// Slots held and not yet touched by a pass since the hold.
@@ -169,6 +206,19 @@ impl SlotMap {
         self.id_of.len()
     }
 
+    /// Transient slots past the capacity ([`EvictionPolicy::TinyLfu`]; else 0): a pass's
+    /// slots are below `capacity() + transient_slots()`.
+    pub fn transient_slots(&self) -> usize {
+        self.adm
+            .as_ref()
+            .map_or(0, |a| a.transient_slots() as usize)
+    }
+
+    /// Slots in the recency window ([`EvictionPolicy::TinyLfu`]; else 0).
+    pub fn window(&self) -> usize {
+        self.adm.as_ref().map_or(0, |a| a.window_len())
+    }
+
     /// Number of resident ids.
     pub fn len(&self) -> usize {
         self.len
@@ -189,7 +239,7 @@ impl SlotMap {
         self.slot_of
             .get(id as usize)
             .copied()
-            .filter(|&s| s != NONE)
+            .filter(|&s| (s as usize) < self.id_of.len())
     }
 
     /// The id held by `slot`, if any.
@@ -202,7 +252,7 @@ impl SlotMap {
 
     /// Resident ids: from least to most recently used under LRU; in slot order under CLOCK.
     pub fn resident(&self) -> Vec<u32> {
-        if self.policy == EvictionPolicy::Clock {
+        if self.policy != EvictionPolicy::Lru {
             return self.id_of.iter().copied().filter(|&i| i != NONE).collect();
         }
         let sentinel = self.capacity() as u32;
@@ -255,7 +305,7 @@ impl SlotMap {
                 }
                 s
             }
-            EvictionPolicy::Clock => {
+            EvictionPolicy::Clock | EvictionPolicy::TinyLfu => {
                 let c = self.capacity() as u32;
                 loop {
                     let s = self.hand;
@@ -288,6 +338,9 @@ impl SlotMap {
             }
             self.pass = 1;
             self.release();
+        }
+        if let Some(a) = self.adm.as_mut() {
+            a.begin_pass();
         }
         self.pass
     }
@@ -327,6 +380,9 @@ impl SlotMap {
                 if lru {
                     self.touch_lru(s);
                 }
+                if let Some(a) = self.adm.as_mut() {
+                    a.seen(self.id_of[s as usize], true);
+                }
                 plan.hits += 1;
             }
         }
@@ -334,6 +390,20 @@ impl SlotMap {
     }
 
     fn resolve_in(&mut self, pass: u32, ids: &[u32], plan: &mut PassPlan) -> usize {
+        let n = self.resolve_ids(pass, ids, plan);
+        self.last_distinct = (plan.distinct() - plan.transient) as usize;
+        if let Some(a) = self.adm.as_mut() {
+            // Transient rows were marked in `slot_of` only to dedup the pass.
+            for id in a.transients.drain(..) {
+                self.slot_of[id as usize] = NONE;
+            }
+            plan.refused = a.refused;
+            a.tune();
+        }
+        n
+    }
+
+    fn resolve_ids(&mut self, pass: u32, ids: &[u32], plan: &mut PassPlan) -> usize {
         let capacity = self.capacity() as u64;
         let lru = self.policy == EvictionPolicy::Lru;
         plan.slots.reserve(ids.len());
@@ -358,6 +428,10 @@ impl SlotMap {
             }
             let s = self.slot_of[id as usize];
             if s != NONE {
+                if s as u64 >= capacity {
+                    plan.slots.push(s); // transient, already this pass's
+                    continue;
+                }
                 let st = self.stamp[s as usize];
                 if st & PASS_MASK != pass {
                     if self.is_held(st) {
@@ -367,22 +441,37 @@ impl SlotMap {
                     if lru {
                         self.touch_lru(s);
                     }
+                    if let Some(a) = self.adm.as_mut() {
+                        a.seen(id, true);
+                    }
                     plan.hits += 1;
                 }
                 plan.slots.push(s);
                 continue;
             }
-            if plan.distinct() + self.held_left as u64 == capacity {
+            if plan.distinct() - plan.transient + self.held_left as u64 == capacity {
                 if self.held_left > 0 {
                     // The pass needs room the hold keeps: the batch in hand wins over the
                     // one prefetched (which then misses what this evicts).
                     self.release();
                 } else {
-                    self.last_distinct = plan.distinct() as usize;
                     return i; // every slot is pinned by this pass
                 }
             }
-            let v = self.victim();
+            let v = match self.adm.is_some() {
+                false => self.victim(),
+                true => match self.place(id, pass) {
+                    Some(Place::Slot(v)) => v,
+                    Some(_) => {
+                        plan.transient += 1;
+                        let t = self.slot_of[id as usize];
+                        plan.misses.push((id, t));
+                        plan.slots.push(t);
+                        continue;
+                    }
+                    None => return i, // every slot is pinned by this pass
+                },
+            };
             let old = self.id_of[v as usize];
             if old != NONE {
                 self.slot_of[old as usize] = NONE;
@@ -403,8 +492,31 @@ impl SlotMap {
             plan.misses.push((id, v));
             plan.slots.push(v);
         }
-        self.last_distinct = plan.distinct() as usize;
         ids.len()
+    }
+
+    /// TinyLFU: where the missed `id` goes (a transient slot is marked in `slot_of` and
+    /// returned as `Some(Place::Transient)`); `None` when every slot is pinned by the pass
+    /// (a hold in the way is released first).
+    fn place(&mut self, id: u32, pass: u32) -> Option<Place> {
+        let a = self.adm.as_mut()?;
+        a.seen(id, false);
+        let mut place = a.place(id, &self.id_of, &mut self.stamp, pass, self.held, NONE);
+        if place == Place::Full && self.held_left > 0 {
+            self.release();
+            let a = self.adm.as_mut()?;
+            place = a.place(id, &self.id_of, &mut self.stamp, pass, 0, NONE);
+        }
+        let a = self.adm.as_mut()?;
+        match place {
+            Place::Full => None,
+            Place::Transient(t) => {
+                a.transients.push(id);
+                self.slot_of[id as usize] = t;
+                Some(place)
+            }
+            Place::Slot(_) => Some(place),
+        }
     }
 
     /// Forgets the misses of a pass whose rows could not be uploaded: their slots become
@@ -499,7 +611,10 @@ impl SlotMap {
         if resident != self.len {
             return Err(format!("len {} but {resident} resident", self.len));
         }
-        Ok(())
+        match &self.adm {
+            Some(a) => a.check(),
+            None => Ok(()),
+        }
     }
 }
 

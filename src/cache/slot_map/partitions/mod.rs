@@ -19,8 +19,10 @@ use bits::{count_bits, set_bits};
 #[derive(Debug)]
 pub struct PartitionedSlotMap {
     parts: Vec<SlotMap>,
-    /// First global slot of each partition.
-    base: Vec<u32>,
+    /// Each partition's slots in the global numbering.
+    base: Vec<Span>,
+    /// Slots with the transient ones (past the capacity, [`EvictionPolicy::TinyLfu`]).
+    slots: usize,
     bits: u32,
     capacity: usize,
     /// Per-partition plans (local slots and ids) and their misses as global (id, slot),
@@ -32,6 +34,34 @@ pub struct PartitionedSlotMap {
     local: Vec<u32>,
     /// Per (chunk, partition) counts, then write cursors, of the bucketing.
     counts: Vec<usize>,
+}
+
+/// A partition's slots in the global numbering: its own slots from `first` (`len` of
+/// them), then its transient slots (numbered past every partition's own) from `transient`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    first: u32,
+    len: u32,
+    transient: u32,
+}
+
+impl Span {
+    #[inline]
+    fn global(self, local: u32) -> u32 {
+        if local < self.len {
+            self.first + local
+        } else {
+            self.transient + (local - self.len)
+        }
+    }
+
+    fn local(self, global: u32) -> u32 {
+        if global >= self.first && global - self.first < self.len {
+            global - self.first
+        } else {
+            self.len + global.wrapping_sub(self.transient)
+        }
+    }
 }
 
 /// A u32 array written by parallel tasks at disjoint positions (the plan's slots, the
@@ -97,7 +127,7 @@ pub(crate) type OnMisses<'a> = &'a (dyn Fn(&[(u32, u32)]) + Sync);
 fn publish_misses(
     k: usize,
     bits: u32,
-    base: u32,
+    span: Span,
     plan: &PassPlan,
     global: &mut Vec<(u32, u32)>,
     on_misses: OnMisses<'_>,
@@ -106,7 +136,7 @@ fn publish_misses(
     global.extend(
         plan.misses
             .iter()
-            .map(|&(l, s)| ((l << bits) | k as u32, base + s)),
+            .map(|&(l, s)| ((l << bits) | k as u32, span.global(s))),
     );
     on_misses(global);
 }
@@ -139,17 +169,23 @@ impl PartitionedSlotMap {
         let bits = p.trailing_zeros();
         let mut base = Vec::with_capacity(p);
         let mut maps = Vec::with_capacity(p);
-        let mut next = 0u32;
+        let (mut next, mut transient) = (0u32, capacity as u32);
         for k in 0..p {
             let cap = capacity / p + usize::from(k < capacity % p);
             let local_rows = (rows >> bits) + usize::from(k < rows & (p - 1));
-            base.push(next);
+            base.push(Span {
+                first: next,
+                len: cap as u32,
+                transient,
+            });
             next += cap as u32;
+            transient += policy.transient_slots(cap) as u32;
             maps.push(SlotMap::new(local_rows.max(1), cap, policy));
         }
         Self {
             parts: maps,
             base,
+            slots: transient as usize,
             bits,
             capacity,
             plans: (0..p).map(|_| Default::default()).collect(),
@@ -169,6 +205,17 @@ impl PartitionedSlotMap {
         self.capacity
     }
 
+    /// Slots a pass may name: the capacity, then the transient slots
+    /// ([`EvictionPolicy::TinyLfu`]).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Slots in the recency windows ([`EvictionPolicy::TinyLfu`]; else 0).
+    pub fn window(&self) -> usize {
+        self.parts.iter().map(SlotMap::window).sum()
+    }
+
     /// Number of resident ids.
     pub fn len(&self) -> usize {
         self.parts.iter().map(SlotMap::len).sum()
@@ -186,7 +233,7 @@ impl PartitionedSlotMap {
     /// The slot holding `id`, if resident.
     pub fn slot_of(&self, id: u32) -> Option<u32> {
         let (p, local) = self.split(id);
-        self.parts[p].slot_of(local).map(|s| self.base[p] + s)
+        self.parts[p].slot_of(local).map(|s| self.base[p].first + s)
     }
 
     /// Resident ids (partition by partition; within one, as [`SlotMap::resident`]).
@@ -271,7 +318,7 @@ impl PartitionedSlotMap {
             for (&pos, &s) in order[..done].iter().zip(&plan.slots) {
                 // SAFETY: `pos < ids.len()` (the plan's length), and no other partition
                 // writes this position; the plan is not read until every task is done.
-                unsafe { out.write(pos as usize, base[k] + s) };
+                unsafe { out.write(pos as usize, base[k].global(s)) };
             }
             // First position this partition could not serve (ids.len() if none).
             order.get(done).map_or(ids.len(), |&pos| pos as usize)
@@ -288,6 +335,8 @@ impl PartitionedSlotMap {
     fn merge_plans(&self, plan: &mut PassPlan) {
         plan.hits = self.plans.iter().map(|(w, _)| w.hits).sum();
         plan.evictions = self.plans.iter().map(|(w, _)| w.evictions).sum();
+        plan.refused = self.plans.iter().map(|(w, _)| w.refused).sum();
+        plan.transient = self.plans.iter().map(|(w, _)| w.transient).sum();
         let misses: usize = self.plans.iter().map(|(_, g)| g.len()).sum();
         let evicted: usize = self.plans.iter().map(|(w, _)| w.evicted.len()).sum();
         // (Resized, not cleared: every position is written below.)
@@ -306,7 +355,7 @@ impl PartitionedSlotMap {
             es = rest;
             parts.push(MergePart {
                 k: k as u32,
-                base: self.base[k],
+                base: self.base[k].first,
                 misses: mine,
                 own: w,
                 global,
@@ -332,14 +381,9 @@ impl PartitionedSlotMap {
         }
     }
 
-    /// Slots of partition `k`: `base[k]..base[k] + len`.
+    /// Slots of partition `k`: its first and how many (transient ones aside).
     fn slot_range(&self, k: usize) -> (u32, u32) {
-        let end = self
-            .base
-            .get(k + 1)
-            .copied()
-            .unwrap_or(self.capacity as u32);
-        (self.base[k], end - self.base[k])
+        (self.base[k].first, self.base[k].len)
     }
 
     /// One pass whose hits the GPU found (resolution on the GPU): `touched` is a bitmap over
@@ -499,7 +543,7 @@ impl PartitionedSlotMap {
     /// numbering.
     fn local(&self, id: u32, slot: u32) -> (usize, u32, u32) {
         let (p, id) = self.split(id);
-        (p, id, slot - self.base[p])
+        (p, id, self.base[p].local(slot))
     }
 }
 
