@@ -38,7 +38,7 @@ impl FrequencySketch {
             mask: words - 1,
             doorkeeper: vec![0; (words * 4).div_ceil(64)],
             additions: 0,
-            sample: 3 * capacity.max(16),
+            sample: 10 * capacity.max(16),
         }
     }
 

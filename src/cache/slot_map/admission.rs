@@ -129,6 +129,8 @@ pub(super) struct Admission {
     sample_refs: u64,
     sample_hits: u64,
     shadow_hits: u64,
+    /// The same over a quarter of a sample, to see a moved hot set early.
+    quick: [u64; 3],
 }
 
 fn sample_hash(id: u32) -> u64 {
@@ -167,6 +169,7 @@ impl Admission {
             sample_refs: 0,
             sample_hits: 0,
             shadow_hits: 0,
+            quick: [0; 3],
         }
     }
 
@@ -208,13 +211,16 @@ impl Admission {
     pub(super) fn seen(&mut self, id: u32, hit: bool) {
         self.sketch.increment(id);
         if sample_hash(id) < self.sample_below {
-            self.sample_refs += 1;
-            self.sample_hits += u64::from(hit);
-            if self.shadow.get(&id).is_some() {
-                self.shadow_hits += 1;
-            } else {
+            let lru = self.shadow.get(&id).is_some();
+            if !lru {
                 self.shadow.put(id, ());
             }
+            self.sample_refs += 1;
+            self.sample_hits += u64::from(hit);
+            self.shadow_hits += u64::from(lru);
+            self.quick[0] += 1;
+            self.quick[1] += u64::from(hit);
+            self.quick[2] += u64::from(lru);
         }
     }
 
@@ -360,10 +366,18 @@ impl Admission {
     }
 
     /// Between passes: once a sample's worth of sampled references came in, the window
-    /// grows where the shadow LRU hit more than this map and shrinks otherwise.
+    /// grows where the shadow LRU hit more than this map and shrinks otherwise. A quarter
+    /// of a sample in which LRU hit a quarter more than this map is a hot set that moved:
+    /// the sketch forgets what was popular and the window takes the whole map at once
+    /// (recency rules until frequency wins again), without waiting for the sample's end.
     pub(super) fn tune(&mut self) {
         let period = (self.shadow.cap().get() as u64 / 4).max(1);
-        if self.sample_refs < period {
+        let [q_refs, q_ours, q_lru] = self.quick;
+        let moved = q_refs >= (period / 4).max(1) && q_lru > q_ours + q_lru / 4;
+        if q_refs >= (period / 4).max(1) {
+            self.quick = [0; 3];
+        }
+        if self.sample_refs < period && !moved {
             return;
         }
         let (ours, lru) = (self.sample_hits, self.shadow_hits);
@@ -371,9 +385,9 @@ impl Admission {
         self.sample_hits = 0;
         self.shadow_hits = 0;
         let w = self.window_target;
-        let target = if lru > ours + lru / 8 {
+        let target = if moved || lru > ours + lru / 8 {
             self.sketch.clear();
-            w * 4
+            self.capacity as usize
         } else if lru > ours {
             self.sketch.halve();
             w * 2

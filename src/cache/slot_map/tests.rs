@@ -318,3 +318,101 @@ fn tinylfu_beats_lru_on_skew_and_keeps_up_when_the_hot_set_moves() {
         );
     }
 }
+
+mod model {
+    //! The slot map against a plain model of the GPU's slots, under every policy:
+    //! random batches (some bigger than the cache), prefetches held through the next
+    //! batch, and passes that fail before reaching the GPU (undone).
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Batch(Vec<u32>),
+        Prefetch(Vec<u32>),
+        Failed(Vec<u32>),
+    }
+
+    fn steps(rows: u32) -> impl Strategy<Value = Vec<Step>> {
+        let ids = proptest::collection::vec(0..rows, 0..120);
+        let step = prop_oneof![
+            6 => ids.clone().prop_map(Step::Batch),
+            2 => ids.clone().prop_map(Step::Prefetch),
+            1 => ids.prop_map(Step::Failed),
+        ];
+        proptest::collection::vec(step, 1..40)
+    }
+
+    /// One batch through the map: every pass's positions read their own id from the model
+    /// GPU (its misses written first), a transient row is never resident, and the map's
+    /// resident rows are what the GPU holds. `fail`: the first pass is undone instead.
+    fn serve(
+        map: &mut SlotMap,
+        gpu: &mut HashMap<u32, u32>,
+        ids: &[u32],
+        fail: bool,
+    ) -> Result<(), TestCaseError> {
+        let cap = map.capacity();
+        let mut plan = PassPlan::default();
+        let mut at = 0;
+        while at < ids.len() {
+            let n = map.resolve(&ids[at..], &mut plan);
+            prop_assert!(n > 0, "a pass made no progress");
+            if fail {
+                map.forget(&plan.misses);
+                map.restore(&plan.evicted, &plan.evicted_slots);
+                return Ok(());
+            }
+            for &(id, slot) in &plan.misses {
+                prop_assert!((slot as usize) < cap + map.transient_slots());
+                gpu.insert(slot, id);
+            }
+            for (&id, &slot) in ids[at..at + n].iter().zip(&plan.slots) {
+                prop_assert_eq!(gpu.get(&slot), Some(&id), "position read another row");
+                if slot as usize >= cap {
+                    prop_assert_eq!(map.slot_of(id), None, "a transient row is resident");
+                } else {
+                    prop_assert_eq!(map.slot_of(id), Some(slot), "a pinned row moved");
+                }
+            }
+            prop_assert!(plan.transient <= plan.refused);
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn check(map: &SlotMap, gpu: &HashMap<u32, u32>) -> Result<(), TestCaseError> {
+        map.check_invariants().map_err(TestCaseError::fail)?;
+        for id in 0..map.rows() as u32 {
+            if let Some(slot) = map.slot_of(id) {
+                prop_assert!((slot as usize) < map.capacity());
+                prop_assert_eq!(gpu.get(&slot), Some(&id), "the map and the GPU disagree");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn the_map_serves_every_position_its_own_row(
+            (rows, cap, policy, steps) in (8u32..300, 1usize..40, 0usize..3)
+                .prop_flat_map(|(rows, cap, p)| (Just(rows), Just(cap), Just(p), steps(rows)))
+        ) {
+            let mut map = SlotMap::new(rows as usize, cap, super::policy(policy));
+            let mut gpu = HashMap::new();
+            for step in steps {
+                match step {
+                    Step::Batch(ids) => serve(&mut map, &mut gpu, &ids, false)?,
+                    Step::Failed(ids) => serve(&mut map, &mut gpu, &ids, true)?,
+                    Step::Prefetch(ids) => {
+                        serve(&mut map, &mut gpu, &ids, false)?;
+                        map.hold_last_pass();
+                    }
+                }
+                check(&map, &gpu)?;
+            }
+        }
+    }
+}
