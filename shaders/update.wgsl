@@ -21,8 +21,9 @@
 // (per_table = bags, grad_stride = dim, cols = [0]), or a table-batched step's, several
 // tables' bags table-major with each table's pooled rows in its own columns.
 //
-// Rows are f32, `stride` words apart; the row's optimizer state (row-wise Adagrad's
-// accumulator) is word `state_at` of its row.
+// Rows are f32, `stride` words apart; the row's optimizer state is from word `state_at` of
+// its row: row-wise Adagrad's accumulator; Adam's first moments (dim), then its second
+// moments (dim).
 //
 // Bindings (group 0): 0 p uniform; 1 slots (slot of each distinct row of the dispatch);
 // 2 batch (the batch's groups, order, offsets, weights, argmax; read_write for `argmax`);
@@ -58,6 +59,10 @@ struct UpdateParams {
     split_at: u32,   // batch: (k, first chunk, end chunk) per split row, ascending k
     chunks_at: u32,  // batch: (begin, end) into the grouped positions, per chunk
     split_over: u32, // a row with more positions than this is split
+    beta1: f32,      // Adam: the moments' decays and bias corrections 1 - beta^t
+    beta2: f32,
+    bias1: f32,
+    bias2: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: UpdateParams;
@@ -143,6 +148,20 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 }
 
+// Whether any of the positions order[begin..end] is its bag's argmax in column c (max
+// bags): the row then has a gradient there.
+fn picked(begin: u32, end: u32, c: u32) -> bool {
+    var b = 0u;
+    for (var i = begin; i < end; i = i + 1u) {
+        let j = batch[p.order_at + i];
+        b = bag_of(b, j);
+        if (batch[p.argmax_at + b * p.dim + c] == j) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // Row k's chunks [q0, q1) if it was split (q1 > q0), found by binary search over the split
 // rows (a few hundred at most in practice; searched only for rows read that often).
 fn chunks_of(k: u32) -> vec2<u32> {
@@ -222,10 +241,46 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         shared_step = step;
     }
     workgroupBarrier();
+    let step = shared_step;
+    if (p.optimizer == 2u && p.mode == 2u) {
+        // Adam moves a row even where its gradient is 0 (its moments carry on): with max
+        // bags, a row its bags' argmaxes never picked has no gradient at all, and is left
+        // as it is (as PyTorch's sparse gradient leaves it out).
+        var hits = 0.0;
+        if (live) {
+            for (var c = lid; c < p.dim; c = c + WG) {
+                hits = hits + select(0.0, 1.0, picked(begin, end, c));
+            }
+        }
+        partial[lid] = hits;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s = s / 2u) {
+            if (lid < s) {
+                partial[lid] = partial[lid] + partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (partial[0] == 0.0) {
+            return;
+        }
+    }
     if (!live) {
         return;
     }
-    let step = shared_step;
+    if (p.optimizer == 2u) {
+        // Adam: each value's moments, then its step.
+        for (var c = lid; c < p.dim; c = c + WG) {
+            let g = row_gradient(begin, end, chunks, c);
+            let at_m = base + p.state_at + c;
+            let at_v = at_m + p.dim;
+            let m = p.beta1 * rows[at_m] + (1.0 - p.beta1) * g;
+            let v = p.beta2 * rows[at_v] + (1.0 - p.beta2) * g * g;
+            rows[at_m] = m;
+            rows[at_v] = v;
+            rows[base + c] = rows[base + c] - step * (m / p.bias1) / (sqrt(v / p.bias2) + p.eps);
+        }
+        return;
+    }
     for (var c = lid; c < p.dim; c = c + WG) {
         rows[base + c] = rows[base + c] - step * row_gradient(begin, end, chunks, c);
     }

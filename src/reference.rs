@@ -230,12 +230,14 @@ pub fn combine_grads(dim: usize, x: &[f32], ids: &[u32], grad: &[f32]) -> Vec<(u
 pub struct Trainer {
     /// The rows, row-major.
     pub rows: Vec<f64>,
-    /// [`crate::Optimizer::state_values`] values per row.
+    /// [`crate::Optimizer::state_per_row`] values per row.
     pub state: Vec<f64>,
     /// Values per row.
     pub dim: usize,
     /// The update applied.
     pub optimizer: crate::Optimizer,
+    /// Steps applied that updated rows (Adam's `t` of the last one).
+    pub steps: u64,
 }
 
 impl Trainer {
@@ -244,15 +246,22 @@ impl Trainer {
         let n = table.len() / dim;
         Self {
             rows: table.iter().map(|&v| v as f64).collect(),
-            state: vec![0.0; n * optimizer.state_values()],
+            state: vec![0.0; n * optimizer.state_per_row(dim)],
             dim,
             optimizer,
+            steps: 0,
         }
     }
 
-    /// Applies the optimizer to each `(id, gradient)` once.
+    /// Applies the optimizer to each `(id, gradient)` once: one step (a step with no
+    /// gradient changes nothing, Adam's step count included).
     pub fn apply(&mut self, grads: &[(u32, Vec<f64>)]) {
         let dim = self.dim;
+        if grads.is_empty() {
+            return;
+        }
+        self.steps += 1;
+        let t = self.steps;
         for (id, g) in grads {
             let row = &mut self.rows[*id as usize * dim..(*id as usize + 1) * dim];
             match self.optimizer {
@@ -267,6 +276,22 @@ impl Trainer {
                     let step = lr as f64 / (*acc + eps as f64).sqrt();
                     for (w, &gv) in row.iter_mut().zip(g) {
                         *w -= step * gv;
+                    }
+                }
+                crate::Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                } => {
+                    let (b1, b2) = (beta1 as f64, beta2 as f64);
+                    let (bias1, bias2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+                    let state = &mut self.state[*id as usize * 2 * dim..][..2 * dim];
+                    let (m, v) = state.split_at_mut(dim);
+                    for c in 0..dim {
+                        m[c] = b1 * m[c] + (1.0 - b1) * g[c];
+                        v[c] = b2 * v[c] + (1.0 - b2) * g[c] * g[c];
+                        row[c] -= lr as f64 * (m[c] / bias1) / ((v[c] / bias2).sqrt() + eps as f64);
                     }
                 }
             }

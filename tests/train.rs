@@ -103,6 +103,12 @@ fn train_stream(ctx: &GpuContext, path: BatchPath) {
                 lr: 0.05,
                 eps: 1e-8,
             },
+            Optimizer::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
         ] {
             let data = random_values(rows * dim, rng.next_u64());
             let mut reference = Trainer::new(&data, dim, optimizer);
@@ -251,6 +257,18 @@ fn training_refusals() {
     for config in [
         CacheConfig::default().training(Optimizer::Sgd { lr: f32::NAN }),
         CacheConfig::default().training(Optimizer::RowWiseAdagrad { lr: 0.1, eps: 0.0 }),
+        CacheConfig::default().training(Optimizer::Adam {
+            lr: 0.1,
+            beta1: 1.0,
+            beta2: 0.999,
+            eps: 1e-8,
+        }),
+        CacheConfig::default().training(Optimizer::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: f32::NAN,
+            eps: 1e-8,
+        }),
         CacheConfig::default()
             .training(sgd)
             .row_format(RowFormat::F16),
@@ -280,6 +298,9 @@ fn training_refusals() {
     let err = cache.backward_lookup(&[1], &grad).unwrap_err();
     assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
     assert_eq!(cache.flush().unwrap(), 0);
+    let err = cache.set_train_steps(3).unwrap_err();
+    assert!(matches!(err, HotrowError::InvalidArgument(_)), "{err:?}");
+    assert_eq!(cache.train_steps(), 0);
     // bad gradients and ids: refused before any work, nothing written by a flush
     let config = CacheConfig::default()
         .capacity(Capacity::Rows(8))
@@ -772,12 +793,23 @@ fn a_table_batched_cache_trains_every_table() {
     let _serial = common::serial();
     let dims = [8usize, 3, 8, 3];
     let rows = [120usize, 40, 70, 200];
-    for (ctx, path) in common::paths() {
-        let mut rng = Rng::new(seed("train_batched"));
-        let optimizer = Optimizer::RowWiseAdagrad {
+    let optimizers = [
+        Optimizer::RowWiseAdagrad {
             lr: 0.05,
             eps: 1e-8,
-        };
+        },
+        Optimizer::Adam {
+            lr: 0.02,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+        },
+    ];
+    for ((ctx, path), optimizer) in common::paths()
+        .into_iter()
+        .flat_map(|p| optimizers.map(|o| (p, o)))
+    {
+        let mut rng = Rng::new(seed("train_batched"));
         let data: Vec<Vec<f32>> = dims
             .iter()
             .zip(rows)
@@ -799,8 +831,8 @@ fn a_table_batched_cache_trains_every_table() {
             .path(path);
         let mut cache = hotrow::TableBatchedCache::new(ctx, tables, config).unwrap();
         let width: usize = dims.iter().sum();
-        for step in 0..40 {
-            let what = format!("{path:?} step {step}");
+        for step in 0..40u64 {
+            let what = format!("{path:?} {optimizer:?} step {step}");
             let n_bags = 1 + rng.below(6) as usize;
             let (pooling, mode) = match step % 3 {
                 0 => (Pooling::Sum, 0),
@@ -857,6 +889,8 @@ fn a_table_batched_cache_trains_every_table() {
                     .collect();
                 let grads =
                     bags_grads(&reference[t].rows, d, ids, offsets, mode, w.as_deref(), &gt);
+                // (Adam's t is the step's, shared by every table.)
+                reference[t].steps = step;
                 reference[t].apply(&grads);
                 col += d;
             }
@@ -905,16 +939,30 @@ fn a_table_batched_cache_trains_every_table() {
 }
 
 /// Optimizer state goes to the row source with the rows (`write_state`) and comes back
-/// from it (`read_state`): row-wise Adagrad trained through one cache, flushed, then
-/// resumed through a new cache over the same table (and over a table rebuilt from the
-/// saved rows and state) equals one uninterrupted reference training. A source that keeps
-/// no state (the default) restarts the accumulators at zero, as the reference says.
+/// from it (`read_state`): row-wise Adagrad and Adam trained through one cache, flushed,
+/// then resumed through a new cache over the same table (and over a table rebuilt from the
+/// saved rows and state; Adam's step count carried over with `set_train_steps`) equals one
+/// uninterrupted reference training. A source that keeps no state (the default) restarts
+/// the state at zero, as the reference says.
 #[test]
 fn optimizer_state_travels_with_the_rows() {
     let _serial = common::serial();
+    for optimizer in [
+        Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 },
+        Optimizer::Adam {
+            lr: 0.05,
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-8,
+        },
+    ] {
+        state_travels(optimizer);
+    }
+}
+
+fn state_travels(optimizer: Optimizer) {
     let (rows, dim) = (80usize, 4usize);
     let data = random_values(rows * dim, seed("train_state"));
-    let optimizer = Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 };
     for (ctx, path) in common::paths() {
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(10))
@@ -940,12 +988,13 @@ fn optimizer_state_travels_with_the_rows() {
         cache.flush().unwrap();
         let table = cache.into_source();
         let (per_row, state) = table.state().expect("the flush kept the state");
-        assert_eq!(per_row, 1);
-        for (id, (&got, &want)) in state.iter().zip(&reference.state).enumerate() {
+        assert_eq!(per_row, optimizer.state_per_row(dim));
+        for (k, (&got, &want)) in state.iter().zip(&reference.state).enumerate() {
             let err = (got as f64 - want).abs();
             assert!(
-                err <= 1e-5 * (1.0 + want),
-                "{path:?}: row {id} state {got} vs {want}"
+                err <= 1e-5 * (1.0 + want.abs()),
+                "{path:?} {optimizer:?}: row {} state {got} vs {want}",
+                k / per_row
             );
         }
         // saved and rebuilt: the values and the state, as a user would store them
@@ -955,16 +1004,19 @@ fn optimizer_state_travels_with_the_rows() {
             .unwrap();
         for table in [table, rebuilt] {
             let mut cache = EmbeddingCache::new(ctx, table, config.clone()).unwrap();
+            assert_eq!(cache.train_steps(), 0);
+            cache.set_train_steps(reference.steps).unwrap();
             let mut resumed = Trainer {
                 rows: reference.rows.clone(),
                 state: reference.state.clone(),
                 dim,
                 optimizer,
+                steps: reference.steps,
             };
             let mut r = Rng::new(seed("train_state_resume"));
             train(&mut cache, &mut resumed, &mut r);
             cache.flush().unwrap();
-            let what = format!("{path:?}: resumed training");
+            let what = format!("{path:?} {optimizer:?}: resumed training");
             assert_rows_near(cache.source().data().unwrap(), &resumed.rows, 2e-5, &what);
         }
         // a source keeping no state (the trait's default): the accumulators restart at 0

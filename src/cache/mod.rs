@@ -154,7 +154,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             if let Some(optimizer) = config.training {
                 train::check_settings(optimizer, &config)?;
                 if optimizer.state_values() > 0 {
-                    layout = layout.with_state();
+                    layout = layout.with_state(optimizer.state_per_row(layout.dim()));
                 }
             }
             if scalar {

@@ -157,6 +157,35 @@ impl<S: RowSource> EmbeddingCache<S> {
         self.backward(ids, produced, grad, optimizer)
     }
 
+    /// The backward calls that updated rows so far: Adam's step count (`t` of the last
+    /// update; the next is `train_steps() + 1`). 0 for a new cache.
+    pub fn train_steps(&self) -> u64 {
+        self.train_launch.steps
+    }
+
+    /// Sets [`EmbeddingCache::train_steps`]: resuming Adam from a table whose moments a
+    /// flush kept, set the steps the earlier training took, so the bias corrections carry
+    /// on where they were. [`HotrowError::InvalidArgument`] for a cache that does not train.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), hotrow::HotrowError> {
+    /// use hotrow::{CacheConfig, EmbeddingCache, GpuContext, HostTable, Optimizer};
+    /// let ctx = GpuContext::new()?;
+    /// let (rows, dim) = (1_000, 8);
+    /// // values and Adam's moments (2 * dim a row) saved by an earlier run's flush
+    /// let (values, moments) = (vec![0.1f32; rows * dim], vec![0.0f32; rows * 2 * dim]);
+    /// let table = HostTable::owned(values, dim)?.with_state(2 * dim, moments)?;
+    /// let adam = Optimizer::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    /// let mut cache = EmbeddingCache::new(&ctx, table, CacheConfig::default().training(adam))?;
+    /// cache.set_train_steps(5_000)?; // the earlier run's steps
+    /// # Ok(()) }
+    /// ```
+    pub fn set_train_steps(&mut self, steps: u64) -> Result<()> {
+        self.optimizer()?;
+        self.train_launch.steps = steps;
+        Ok(())
+    }
+
     /// The optimizer of a training cache, or [`HotrowError::InvalidArgument`].
     pub(crate) fn optimizer(&self) -> Result<Optimizer> {
         self.config.training.ok_or_else(|| {
@@ -297,6 +326,9 @@ impl<S: RowSource> EmbeddingCache<S> {
         groups.build(ids, produced, self.dim());
         let result = self.backward_grouped(ids, &groups, produced, grad, optimizer);
         self.train_launch.groups = groups;
+        if result.is_ok() {
+            self.train_launch.steps += 1;
+        }
         result
     }
 
@@ -329,6 +361,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             optimizer,
             stride,
             state_at: dim,
+            t: self.train_launch.steps + 1,
         };
         // The batch's words go up once: with the argmax (whose results they then hold), or
         // with the first chunk's update.
@@ -467,7 +500,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             .chunks_exact(stride)
             .flat_map(|row| row[..dim].iter().map(|&w| f32::from_bits(w)))
             .collect();
-        let state_values = self.optimizer()?.state_values();
+        let state_values = self.optimizer()?.state_per_row(dim);
         let state: Vec<f32> = written
             .words
             .chunks_exact(stride)

@@ -132,6 +132,14 @@ macro_rules! row_prefix {
             "return rows[row * (width + select(1u, 4u, (width & 3u) == 0u)) + c];"
         )
     };
+    // f32 rows followed by two values of state per value (Adam's moments): rows `3 width`
+    // Elems apart, read as vec4 or one value at a time.
+    (F32_MOMENTS_V4) => {
+        $crate::gpu::wgsl_rows!(vec4, "vec4<f32>", "return rows[row * (3u * width) + c];")
+    };
+    (F32_MOMENTS_S) => {
+        $crate::gpu::wgsl_rows!(scalar, "f32", "return rows[row * (3u * width) + c];")
+    };
     // Raw 4-byte words (moving compact rows between buffers unchanged).
     (RAW_WORDS) => {
         "alias Elem = u32;\nconst ELEM_LANES: u32 = 1u;\nfn elem_lane(v: Elem, c: u32) -> f32 { return bitcast<f32>(v); }\nalias RowWord = u32;\nfn load_row(row: u32, c: u32, width: u32) -> Elem { return rows[row * width + c]; }\n"
@@ -157,6 +165,8 @@ pub(crate) const INT8_S: &str = row_prefix!(INT8_S);
 pub(crate) const RAW_WORDS: &str = row_prefix!(RAW_WORDS);
 pub(crate) const F32_STATE_V4: &str = row_prefix!(F32_STATE_V4);
 pub(crate) const F32_STATE_S: &str = row_prefix!(F32_STATE_S);
+pub(crate) const F32_MOMENTS_V4: &str = row_prefix!(F32_MOMENTS_V4);
+pub(crate) const F32_MOMENTS_S: &str = row_prefix!(F32_MOMENTS_S);
 
 /// Every row prefix a kernel that decodes rows is compiled with, indexed by
 /// [`RowLayout::prefix_index`].
@@ -171,6 +181,8 @@ pub(crate) const ROW_PREFIXES: &[&str] = &[
     INT8_S,
     F32_STATE_V4,
     F32_STATE_S,
+    F32_MOMENTS_V4,
+    F32_MOMENTS_S,
 ];
 
 /// [`ROW_PREFIXES`] and [`RAW_WORDS`]: the prefixes of copy_rows.wgsl.
@@ -185,6 +197,8 @@ pub(crate) const COPY_PREFIXES: &[&str] = &[
     INT8_S,
     F32_STATE_V4,
     F32_STATE_S,
+    F32_MOMENTS_V4,
+    F32_MOMENTS_S,
     RAW_WORDS,
 ];
 
@@ -208,8 +222,8 @@ pub struct RowLayout {
     /// Kernels may read whole `vec4`s (when `dim % 4 == 0`); off where an op's output
     /// columns are not 4-aligned (table-batched bags of mixed widths).
     vec4: bool,
-    /// f32 rows followed by their optimizer state ([`RowLayout::with_state`]).
-    state: bool,
+    /// f32 rows followed by this many values of optimizer state ([`RowLayout::with_state`]).
+    state: u32,
 }
 
 impl RowLayout {
@@ -230,32 +244,48 @@ impl RowLayout {
             format,
             native_f16: false,
             vec4: true,
-            state: false,
+            state: 0,
         })
     }
 
-    /// The same f32 layout with room for a row's optimizer state after each row (training):
-    /// 4 words when `dim % 4 == 0` (rows stay 16-byte aligned), else 1. Kernels read the
-    /// values as before; the state travels with the row wherever rows are moved as words.
-    pub(crate) fn with_state(self) -> Self {
+    /// The same f32 layout with room for `values` of optimizer state after each row
+    /// (training): one value (a row-wise accumulator) takes 4 words when `dim % 4 == 0`
+    /// (rows stay 16-byte aligned), else 1; two a value (`2 dim`: Adam's moments) take
+    /// `2 dim`. Kernels read the values as before; the state travels with the row wherever
+    /// rows are moved as words.
+    pub(crate) fn with_state(self, values: usize) -> Self {
         debug_assert_eq!(self.format, RowFormat::F32, "state rides on f32 rows only");
+        debug_assert!(
+            values <= 1 || values == 2 * self.dim,
+            "state of {values} values"
+        );
         Self {
-            state: self.format == RowFormat::F32,
+            state: if self.format == RowFormat::F32 {
+                values as u32
+            } else {
+                0
+            },
             ..self
         }
     }
 
     /// Whether each row carries optimizer state after its values.
     pub(crate) fn has_state(&self) -> bool {
-        self.state
+        self.state > 0
+    }
+
+    /// Values of optimizer state each row carries.
+    pub(crate) fn state_values(&self) -> usize {
+        self.state as usize
     }
 
     /// Words of optimizer-state room after each row (0 without state).
     pub(crate) fn state_words(&self) -> usize {
         match (self.state, self.dim % 4) {
-            (false, _) => 0,
-            (true, 0) => 4,
-            (true, _) => 1,
+            (0, _) => 0,
+            (1, 0) => 4,
+            (1, _) => 1,
+            (n, _) => n as usize,
         }
     }
 
@@ -432,7 +462,8 @@ impl RowLayout {
     pub(crate) fn prefix_index(&self) -> usize {
         let scalar = usize::from(self.vector_width() != 4);
         let format = match (self.format, self.native_f16) {
-            (RowFormat::F32, _) if self.state => 4,
+            (RowFormat::F32, _) if self.state > 1 => 5,
+            (RowFormat::F32, _) if self.state == 1 => 4,
             (RowFormat::F32, _) => 0,
             (RowFormat::F16, false) => 1,
             (RowFormat::F16, true) => 2,

@@ -38,7 +38,7 @@ macro_rules! matmul_rows {
 
 /// Every variant, indexed by `variant()`: row prefixes in [`crate::gpu::ROW_PREFIXES`]
 /// order, each with A vec4 / f32 for scores, then combine.
-const PREFIXES: [[&str; 4]; 10] = [
+const PREFIXES: [[&str; 4]; 12] = [
     matmul_rows!(F32_V4),
     matmul_rows!(F32_S),
     matmul_rows!(F16_V4),
@@ -49,13 +49,15 @@ const PREFIXES: [[&str; 4]; 10] = [
     matmul_rows!(INT8_S),
     matmul_rows!(F32_STATE_V4),
     matmul_rows!(F32_STATE_S),
+    matmul_rows!(F32_MOMENTS_V4),
+    matmul_rows!(F32_MOMENTS_S),
 ];
 
 /// [`PREFIXES`] flattened (for the shader list).
-const ALL_PREFIXES: [&str; 40] = {
-    let mut all = [""; 40];
+const ALL_PREFIXES: [&str; 48] = {
+    let mut all = [""; 48];
     let mut i = 0;
-    while i < 40 {
+    while i < 48 {
         all[i] = PREFIXES[i / 4][i % 4];
         i += 1;
     }

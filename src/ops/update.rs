@@ -14,6 +14,8 @@ use crate::error::{HotrowError, Result};
 /// let opt = Optimizer::RowWiseAdagrad { lr: 0.01, eps: 1e-8 };
 /// assert_eq!(opt.state_values(), 1);
 /// assert_eq!(Optimizer::Sgd { lr: 0.1 }.state_values(), 0);
+/// let adam = Optimizer::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+/// assert_eq!(adam.state_per_row(64), 128); // both moments of every value
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Optimizer {
@@ -32,14 +34,45 @@ pub enum Optimizer {
         /// Added to the accumulator under the square root (finite, > 0).
         eps: f32,
     },
+    /// Adam, sparse ("lazy") as PyTorch's `SparseAdam`: the rows a step reaches update
+    /// their two moments, `m = beta1 m + (1 - beta1) g`, `v = beta2 v + (1 - beta2) g^2`,
+    /// then `row -= lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)`; rows the
+    /// step does not reach keep their moments as they are. `t` counts the cache's backward
+    /// calls that updated rows (1 for the first), kept by the cache. Both moments travel
+    /// with the row: `2 dim` values of state a row (three times the row's own memory in the
+    /// cache and in a table that keeps state).
+    Adam {
+        /// Learning rate (finite, >= 0).
+        lr: f32,
+        /// Decay of the first moment (in [0, 1)).
+        beta1: f32,
+        /// Decay of the second moment (in [0, 1)).
+        beta2: f32,
+        /// Added to the second moment's square root (finite, > 0).
+        eps: f32,
+    },
 }
 
 impl Optimizer {
-    /// f32 values of optimizer state kept per row.
+    /// f32 values of optimizer state kept per row for the row-wise optimizers (SGD 0,
+    /// row-wise Adagrad 1); for Adam, per value of the row (2: its moments). What a row of
+    /// `dim` values keeps: [`Optimizer::state_per_row`].
     pub fn state_values(&self) -> usize {
         match self {
             Optimizer::Sgd { .. } => 0,
             Optimizer::RowWiseAdagrad { .. } => 1,
+            Optimizer::Adam { .. } => 2,
+        }
+    }
+
+    /// f32 values of optimizer state a row of `dim` values keeps (what a flush hands to
+    /// [`crate::WritableRowSource::write_state`] per row, and what
+    /// [`crate::HostTable::with_state`] takes): Adam's are the row's first moments, then
+    /// its second moments.
+    pub fn state_per_row(&self, dim: usize) -> usize {
+        match self {
+            Optimizer::Adam { .. } => 2 * dim,
+            other => other.state_values(),
         }
     }
 
@@ -49,6 +82,21 @@ impl Optimizer {
         let (lr, eps) = match *self {
             Optimizer::Sgd { lr } => (lr, 1.0),
             Optimizer::RowWiseAdagrad { lr, eps } => (lr, eps),
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(&b) {
+                        return Err(HotrowError::InvalidArgument(format!(
+                            "Adam's {name} must be in [0, 1), got {b}"
+                        )));
+                    }
+                }
+                (lr, eps)
+            }
         };
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(HotrowError::InvalidArgument(format!(
@@ -110,6 +158,10 @@ pub(crate) struct UpdateParams {
     pub(crate) split_at: u32,
     pub(crate) chunks_at: u32,
     pub(crate) split_over: u32,
+    pub(crate) beta1: f32,
+    pub(crate) beta2: f32,
+    pub(crate) bias1: f32,
+    pub(crate) bias2: f32,
 }
 params_layout!(
     UpdateParams,
@@ -141,7 +193,11 @@ params_layout!(
     n_chunks,
     split_at,
     chunks_at,
-    split_over
+    split_over,
+    beta1,
+    beta2,
+    bias1,
+    bias2
 );
 
 /// What produced the output whose gradient comes back: a lookup (one output row per
@@ -184,6 +240,8 @@ pub(crate) struct TrainState {
     partials: GrowBuffer,
     /// The last backward's grouping, its buffers reused.
     pub(crate) groups: Groups,
+    /// Backward calls that updated rows so far (Adam's `t` is the next one's number).
+    pub(crate) steps: u64,
 }
 
 impl Default for TrainState {
@@ -192,6 +250,7 @@ impl Default for TrainState {
             launch: LaunchState::default(),
             partials: GrowBuffer::storage("hotrow partial sums"),
             groups: Groups::default(),
+            steps: 0,
         }
     }
 }
@@ -218,6 +277,21 @@ pub(crate) struct Step<'a> {
     pub(crate) optimizer: Optimizer,
     pub(crate) stride: usize,
     pub(crate) state_at: usize,
+    /// Adam's step: this backward's number among the cache's (1 for the first).
+    pub(crate) t: u64,
+}
+
+/// Adam's betas and bias corrections `1 - beta^t` for step `t` (computed in f64; 1 for
+/// the other optimizers, whose kernels ignore them).
+pub(crate) fn adam_terms(optimizer: Optimizer, t: u64) -> (f32, f32, f32, f32) {
+    match optimizer {
+        Optimizer::Adam { beta1, beta2, .. } => {
+            let t = t.clamp(1, i32::MAX as u64) as i32;
+            let bias = |b: f32| (1.0 - f64::from(b).powi(t)) as f32;
+            (beta1, beta2, bias(beta1), bias(beta2))
+        }
+        _ => (0.0, 0.0, 1.0, 1.0),
+    }
 }
 
 /// Encodes `step`'s update of rows `first..first + n` of its distinct ids, whose slots are
@@ -244,6 +318,7 @@ pub(crate) fn encode(
         optimizer,
         stride,
         state_at,
+        t,
     } = *step;
     let TrainState {
         launch: state,
@@ -259,7 +334,9 @@ pub(crate) fn encode(
     let (code, lr, eps) = match optimizer {
         Optimizer::Sgd { lr } => (0, lr, 1.0),
         Optimizer::RowWiseAdagrad { lr, eps } => (1, lr, eps),
+        Optimizer::Adam { lr, eps, .. } => (2, lr, eps),
     };
+    let (beta1, beta2, bias1, bias2) = adam_terms(optimizer, t);
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let (gx, gy) = grid(n as u32, max);
     let update = UpdateParams {
@@ -271,6 +348,10 @@ pub(crate) fn encode(
         first: first as u32,
         lr,
         eps,
+        beta1,
+        beta2,
+        bias1,
+        bias2,
         ..groups.params
     };
     let threads = u64::from(update.n_bags) * u64::from(update.dim);
@@ -434,8 +515,16 @@ mod tests {
 
     #[test]
     fn rows_with_state_keep_room_after_their_values() {
-        for (dim, words) in [(3usize, 4usize), (8, 12), (1, 2), (4, 8)] {
-            let l = RowLayout::f32(dim).unwrap().with_state();
+        // (dim, state values, words per row): an accumulator, or Adam's two moments
+        for (dim, state, words) in [
+            (3usize, 1usize, 4usize),
+            (8, 1, 12),
+            (1, 1, 2),
+            (4, 1, 8),
+            (3, 6, 9),
+            (8, 16, 24),
+        ] {
+            let l = RowLayout::f32(dim).unwrap().with_state(state);
             assert_eq!(l.words_per_row(), words, "dim {dim}");
             let values: Vec<f32> = (0..2 * dim).map(|i| i as f32 + 0.5).collect();
             let mut out = vec![u32::MAX; 2 * words];
@@ -458,6 +547,18 @@ mod tests {
         assert!(Optimizer::Sgd { lr: -1.0 }.check().is_err());
         let eps = |eps| Optimizer::RowWiseAdagrad { lr: 0.1, eps }.check();
         assert!(eps(0.0).is_err() && eps(f32::INFINITY).is_err() && eps(1e-8).is_ok());
+        let adam = |beta1, beta2, eps| {
+            Optimizer::Adam {
+                lr: 0.1,
+                beta1,
+                beta2,
+                eps,
+            }
+            .check()
+        };
+        assert!(adam(0.9, 0.999, 1e-8).is_ok() && adam(0.0, 0.0, 1e-8).is_ok());
+        assert!(adam(1.0, 0.999, 1e-8).is_err() && adam(0.9, -0.1, 1e-8).is_err());
+        assert!(adam(f32::NAN, 0.9, 1e-8).is_err() && adam(0.9, 0.9, 0.0).is_err());
     }
 
     /// Several steps of each kind of gradient and each optimizer, on rows with their state
@@ -476,6 +577,12 @@ mod tests {
                     lr: 0.05,
                     eps: 1e-8,
                 },
+                Optimizer::Adam {
+                    lr: 0.05,
+                    beta1: 0.9,
+                    beta2: 0.99,
+                    eps: 1e-6,
+                },
             ] {
                 for kind in 0..4 {
                     run_steps(&ctx, &mut rng, dim, optimizer, kind);
@@ -489,7 +596,9 @@ mod tests {
         let table: Vec<f32> = (0..rows * dim)
             .map(|_| rng.unit() as f32 * 2.0 - 1.0)
             .collect();
-        let layout = RowLayout::f32(dim).unwrap().with_state();
+        let layout = RowLayout::f32(dim)
+            .unwrap()
+            .with_state(optimizer.state_per_row(dim));
         let (stride, state_at) = (layout.words_per_row(), dim);
         let mut words = vec![0u32; rows * stride];
         layout.encode_rows(&table, &mut words);
@@ -563,6 +672,7 @@ mod tests {
                 optimizer,
                 stride,
                 state_at,
+                t: reference.steps,
             };
             // As a cache runs it: max bags' argmax alone first; then the distinct rows in
             // one to three dispatches, the batch uploaded (and the partial sums made) once.
@@ -618,11 +728,13 @@ mod tests {
                         "{optimizer:?} kind {kind} dim {dim} step {step}: row {r} col {c}: GPU {g}, CPU {w}"
                     );
                 }
-                if optimizer.state_values() == 1 {
-                    let (g, w) = (f32::from_bits(row[state_at]) as f64, reference.state[r]);
+                let per_row = optimizer.state_per_row(dim);
+                for k in 0..per_row {
+                    let g = f32::from_bits(row[state_at + k]) as f64;
+                    let w = reference.state[r * per_row + k];
                     assert!(
                         (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{optimizer:?} kind {kind} step {step}: row {r} accumulator GPU {g}, CPU {w}"
+                        "{optimizer:?} kind {kind} step {step}: row {r} state {k}: GPU {g}, CPU {w}"
                     );
                 }
             }

@@ -94,6 +94,8 @@ pub struct TableBatchedCache<S: RowSource> {
     cols: Vec<usize>,
     width: usize,
     stats: Vec<TableStats>,
+    /// Training steps taken (Adam's step count, shared by every width).
+    steps: u64,
 }
 
 /// The tables of one row width and their cache.
@@ -238,6 +240,7 @@ impl<S: RowSource> TableBatchedCache<S> {
             place,
             cols,
             width,
+            steps: 0,
         })
     }
 

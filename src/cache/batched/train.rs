@@ -78,11 +78,14 @@ impl<S: RowSource> TableBatchedCache<S> {
                 });
             }
             let (cols, width) = (&self.cols, self.width);
+            // Every width's update is step `steps + 1` (Adam's t), whichever tables it has.
+            let steps = self.steps;
             for w in &mut self.widths {
                 let step = &w.step;
                 if step.ids.is_empty() {
                     continue;
                 }
+                w.cache.set_train_steps(steps)?;
                 let member_cols: Vec<u32> = w.members.iter().map(|&t| cols[t] as u32).collect();
                 let produced = Produced::Bags {
                     offsets: &step.offsets,
@@ -96,8 +99,24 @@ impl<S: RowSource> TableBatchedCache<S> {
                 };
                 w.cache.backward_checked_bags(&step.ids, produced, grad)?;
             }
+            self.steps += 1;
             Ok(())
         })
+    }
+
+    /// The training steps taken (each `backward_bags` call): Adam's step count, one for
+    /// every table whether or not a step read its rows. 0 for a new cache.
+    pub fn train_steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Sets [`TableBatchedCache::train_steps`] (resuming Adam: see
+    /// [`crate::EmbeddingCache::set_train_steps`]); [`HotrowError::InvalidArgument`] for a
+    /// cache that does not train.
+    pub fn set_train_steps(&mut self, steps: u64) -> Result<()> {
+        self.widths[0].cache.optimizer()?;
+        self.steps = steps;
+        Ok(())
     }
 }
 

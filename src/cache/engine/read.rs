@@ -73,10 +73,6 @@ fn encode_chunk<S: RowSource>(
     Ok(())
 }
 
-/// Optimizer state values a stored row carries (row-wise Adagrad's accumulator, the one
-/// optimizer with state), after its values.
-const STATE_VALUES: usize = 1;
-
 /// The rows' optimizer state from the source, where it keeps some, into their stored
 /// words (else they keep the zero state `encode_rows` gave them).
 fn read_state<S: RowSource>(
@@ -85,16 +81,14 @@ fn read_state<S: RowSource>(
     ids: &[u32],
     out: &mut [u32],
 ) -> Result<()> {
-    let mut state = vec![0f32; ids.len() * STATE_VALUES];
+    let per_row = layout.state_values();
+    let mut state = vec![0f32; ids.len() * per_row];
     if !caught(|| source.read_state(ids, &mut state))? {
         return Ok(());
     }
     let (dim, words) = (layout.dim(), layout.words_per_row());
-    for (row, s) in out
-        .chunks_exact_mut(words)
-        .zip(state.chunks_exact(STATE_VALUES))
-    {
-        for (w, v) in row[dim..dim + STATE_VALUES].iter_mut().zip(s) {
+    for (row, s) in out.chunks_exact_mut(words).zip(state.chunks_exact(per_row)) {
+        for (w, v) in row[dim..dim + per_row].iter_mut().zip(s) {
             *w = v.to_bits();
         }
     }
