@@ -195,6 +195,23 @@ fn row_gradient(begin: u32, end: u32, chunks: vec2<u32>, c: u32) -> f32 {
     return g;
 }
 
+// The sum of every thread's `x`, reduced over the workgroup in a fixed order; every thread
+// gets it. Called in uniform control flow only (it holds barriers).
+fn workgroup_sum(lid: u32, x: f32) -> f32 {
+    partial[lid] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            partial[lid] = partial[lid] + partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    // (before any thread writes `partial` again)
+    workgroupBarrier();
+    return total;
+}
+
 @compute @workgroup_size(64)
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = wid.x + wid.y * p.groups_x;
@@ -222,19 +239,12 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             sq = sq + g * g;
         }
     }
-    partial[lid] = sq;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            partial[lid] = partial[lid] + partial[lid + s];
-        }
-        workgroupBarrier();
-    }
+    let total_sq = workgroup_sum(lid, sq);
     // Thread 0 alone reads and writes the accumulator, then shares the step.
     if (live && lid == 0u) {
         var step = p.lr;
         if (p.optimizer == 1u) {
-            let acc = rows[base + p.state_at] + partial[0] / f32(p.dim);
+            let acc = rows[base + p.state_at] + total_sq / f32(p.dim);
             rows[base + p.state_at] = acc;
             step = p.lr / sqrt(acc + p.eps);
         }
@@ -252,15 +262,7 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 hits = hits + select(0.0, 1.0, picked(begin, end, c));
             }
         }
-        partial[lid] = hits;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s = s / 2u) {
-            if (lid < s) {
-                partial[lid] = partial[lid] + partial[lid + s];
-            }
-            workgroupBarrier();
-        }
-        if (partial[0] == 0.0) {
+        if (workgroup_sum(lid, hits) == 0.0) {
             return;
         }
     }

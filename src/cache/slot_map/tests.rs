@@ -169,6 +169,24 @@ fn passes_never_lose_pinned_rows() {
     }
 }
 
+/// The hit rate of a map of `cap` slots over `rows` rows on `stream` (distinct ids of each
+/// pass; a batch bigger than the map takes several), its invariants checked after each.
+fn hit_rate(stream: &[Vec<u32>], rows: usize, cap: usize, policy: EvictionPolicy) -> f64 {
+    let mut map = SlotMap::new(rows, cap, policy);
+    let mut plan = PassPlan::default();
+    let (mut hits, mut distinct) = (0, 0);
+    for ids in stream {
+        let mut at = 0;
+        while at < ids.len() {
+            at += map.resolve(&ids[at..], &mut plan);
+            hits += plan.hits;
+            distinct += plan.distinct();
+        }
+        map.check_invariants().unwrap();
+    }
+    hits as f64 / distinct as f64
+}
+
 /// CLOCK approximates LRU: on skewed (Zipf) streams its unique-row hit rate stays
 /// within 3 points of exact LRU's, both with a stable and with a moving hot set.
 #[test]
@@ -186,18 +204,7 @@ fn clock_hit_rate_close_to_lru() {
             zipf.batch(2_000, &mut rng)
         })
         .collect();
-    let rate = |policy| {
-        let mut map = SlotMap::new(rows, rows / 10, policy);
-        let mut plan = PassPlan::default();
-        let (mut hits, mut distinct) = (0, 0);
-        for ids in &stream {
-            assert_eq!(map.resolve(ids, &mut plan), ids.len());
-            hits += plan.hits;
-            distinct += plan.distinct();
-            map.check_invariants().unwrap();
-        }
-        hits as f64 / distinct as f64
-    };
+    let rate = |policy| hit_rate(&stream, rows, rows / 10, policy);
     let (clock, lru) = (rate(EvictionPolicy::Clock), rate(EvictionPolicy::Lru));
     eprintln!("hit rate: clock {clock:.4}, lru {lru:.4}");
     assert!(clock > lru - 0.03, "clock {clock} vs lru {lru} (seed {s})");
@@ -284,21 +291,7 @@ fn tinylfu_beats_lru_on_skew_and_keeps_up_when_the_hot_set_moves() {
     let w5: Vec<Vec<u32>> = (0..150u64)
         .map(|k| ZipfIds::new(rows, 1.05, base + k / 50).batch(4_096, &mut rng))
         .collect();
-    let rate = |stream: &[Vec<u32>], cap: usize, policy| {
-        let mut map = SlotMap::new(rows, cap, policy);
-        let mut plan = PassPlan::default();
-        let (mut hits, mut distinct) = (0, 0);
-        for ids in stream {
-            let mut at = 0;
-            while at < ids.len() {
-                at += map.resolve(&ids[at..], &mut plan);
-                hits += plan.hits;
-                distinct += plan.distinct();
-            }
-        }
-        map.check_invariants().unwrap();
-        hits as f64 / distinct as f64
-    };
+    let rate = |stream: &[Vec<u32>], cap: usize, policy| hit_rate(stream, rows, cap, policy);
     for (pct, gain) in [(5, 0.05), (10, 0.025)] {
         let cap = rows * pct / 100;
         let (lru, tiny) = (
