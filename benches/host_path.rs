@@ -28,7 +28,11 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
 
     let mut k = 0;
-    for policy in [EvictionPolicy::Clock, EvictionPolicy::Lru] {
+    for policy in [
+        EvictionPolicy::Clock,
+        EvictionPolicy::Lru,
+        EvictionPolicy::TinyLfu,
+    ] {
         let mut map = SlotMap::new(N, N / 10, policy);
         let mut plan = PassPlan::default();
         for ids in &batches {

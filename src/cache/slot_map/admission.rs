@@ -24,6 +24,7 @@ use lru::LruCache;
 
 use super::{PASS_MASK, REF};
 use crate::sizing::FrequencySketch;
+use crate::util::prefetch;
 
 /// A CLOCK ring over some of the slots.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +43,12 @@ impl Ring {
         for _ in 0..2 * n {
             let i = self.hand;
             self.hand = if i + 1 == n { 0 } else { i + 1 };
+            // (the ring's slots are in no order: fetch a stamp a few steps ahead)
+            prefetch(
+                stamp
+                    .as_ptr()
+                    .wrapping_add(self.slots[(i + 8) % n] as usize),
+            );
             let s = self.slots[i] as usize;
             let st = stamp[s];
             let p = st & PASS_MASK;
@@ -205,6 +212,12 @@ impl Admission {
         self.main_full = false;
     }
 
+    /// Fetches `id`'s sketch block ahead of [`Admission::seen`].
+    #[inline]
+    pub(super) fn prefetch(&self, id: u32) {
+        self.sketch.prefetch(id);
+    }
+
     /// One distinct id of a pass, a hit or not: counted in the sketch and, if sampled, in
     /// the comparison with the shadow LRU.
     #[inline]
@@ -257,6 +270,12 @@ impl Admission {
                 continue;
             }
             let i = self.probation.hand;
+            let n = self.probation.len();
+            prefetch(
+                stamp
+                    .as_ptr()
+                    .wrapping_add(self.probation.slots[(i + 8) % n] as usize),
+            );
             let s = self.probation.slots[i] as usize;
             let st = stamp[s];
             let p = st & PASS_MASK;

@@ -419,6 +419,9 @@ impl SlotMap {
             // latency, and this keeps several misses in flight.
             if let Some(&ahead) = ids.get(i + PREFETCH_AHEAD) {
                 prefetch(self.slot_of.as_ptr().wrapping_add(ahead as usize));
+                if let Some(a) = self.adm.as_deref() {
+                    a.prefetch(ahead);
+                }
             }
             if let Some(&half) = ids.get(i + PREFETCH_AHEAD / 2) {
                 let hs = self.slot_of[half as usize];
