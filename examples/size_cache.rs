@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use hotrow::sizing::{optimal_hits, CurveEstimator};
-use hotrow::{EvictionPolicy, PassPlan, SlotMap};
+use hotrow::{EvictionPolicy, PartitionedSlotMap, PassPlan};
 use hotrow_workloads::{Rng, ZipfIds};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
@@ -53,6 +53,10 @@ struct Args {
     /// Capacities to try, in percent of the table's rows.
     #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
     capacities: Vec<f64>,
+    /// Slot-map partitions of the replayed caches (a cache's default is 4 per host
+    /// thread, at most one per 1,024 slots): each evicts among its own share of the slots.
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
     /// Where the plot goes.
     #[arg(long, default_value = "size_cache.svg")]
     out: PathBuf,
@@ -150,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (4, EvictionPolicy::TinyLfu),
         ] {
             bar.set_message(format!("{policy:?} at {pct}%"));
-            let (hits, refs) = replay(&batches, rows, cap, policy, &bar);
+            let (hits, refs) = replay(&batches, rows, cap, policy, a.partitions, &bar);
             row[k] = (
                 hits as f64 / refs as f64,
                 mb(refs - hits, &batches, row_bytes),
@@ -218,9 +222,10 @@ fn replay(
     rows: usize,
     cap: usize,
     policy: EvictionPolicy,
+    partitions: usize,
     bar: &ProgressBar,
 ) -> (u64, u64) {
-    let mut map = SlotMap::new(rows, cap, policy);
+    let mut map = PartitionedSlotMap::new(rows, cap, policy, partitions);
     let mut plan = PassPlan::default();
     let mut seen = vec![u32::MAX; rows];
     let (mut hits, mut refs) = (0u64, 0u64);

@@ -106,8 +106,71 @@ pub(super) enum Place {
 /// Sampled ids: this many out of 2^24 (hash of the local id).
 const SAMPLE_SCALE: u64 = 1 << 24;
 /// The shadow LRU holds about this many sampled ids (fewer only for small maps, sampled
-/// whole): enough that one sample's hit counts are not noise.
-const SHADOW_IDS: usize = 2048;
+/// whole): enough that one sample's hit counts are not noise. A partitioned map shares
+/// them out among its partitions and tunes them together ([`Samples`]).
+pub(super) const SHADOW_IDS: usize = 2048;
+
+/// The sampled counts the window is tuned by: over the current sample and over its
+/// current quarter, [references, this map's hits, the shadow LRU's hits]; and the shadow
+/// LRU's capacity (a sample is a quarter of it). Summed over a partitioned map's
+/// partitions, they tune all of them as one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Samples {
+    pub(super) period: [u64; 3],
+    pub(super) quick: [u64; 3],
+    pub(super) shadow_cap: u64,
+}
+
+impl std::ops::AddAssign for Samples {
+    fn add_assign(&mut self, o: Samples) {
+        for k in 0..3 {
+            self.period[k] += o.period[k];
+            self.quick[k] += o.quick[k];
+        }
+        self.shadow_cap += o.shadow_cap;
+    }
+}
+
+/// What the samples say about the window ([`Samples::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tuning {
+    /// Not enough samples yet (`true`: the quarter is over, start the next).
+    Wait(bool),
+    /// The hot set moved: forget the counts, the window takes the whole map.
+    Moved,
+    /// Recency wins: the window doubles, the counts halve.
+    Grow,
+    /// Frequency wins: the window shrinks by a quarter.
+    Shrink,
+}
+
+impl Samples {
+    /// Once a sample's worth of sampled references came in, the window grows where the
+    /// shadow LRU hit more than the map and shrinks otherwise. A quarter of a sample in
+    /// which LRU hit a quarter more than the map (or a sample in which it hit an eighth
+    /// more) is a hot set that moved: the sketch forgets what was popular and the window
+    /// takes the whole map at once (recency rules until frequency wins again), without
+    /// waiting for the sample's end.
+    pub(super) fn decide(&self) -> Tuning {
+        let period = (self.shadow_cap / 4).max(1);
+        let quarter = (period / 4).max(1);
+        let [q_refs, q_ours, q_lru] = self.quick;
+        if q_refs >= quarter && q_lru > q_ours + q_lru / 4 {
+            return Tuning::Moved;
+        }
+        let [refs, ours, lru] = self.period;
+        if refs < period {
+            return Tuning::Wait(q_refs >= quarter);
+        }
+        if lru > ours + lru / 8 {
+            Tuning::Moved
+        } else if lru > ours {
+            Tuning::Grow
+        } else {
+            Tuning::Shrink
+        }
+    }
+}
 
 /// The policy's state beside a [`super::SlotMap`] of `capacity` slots.
 #[derive(Clone, Debug)]
@@ -130,14 +193,11 @@ pub(super) struct Admission {
     main_full: bool,
     /// Rows refused admission to the main region this pass.
     pub(super) refused: u64,
-    /// The window's tuning (module docs).
+    /// The window's tuning (module docs): which ids are sampled, the shadow LRU, the
+    /// counts.
     sample_below: u64,
     shadow: LruCache<u32, ()>,
-    sample_refs: u64,
-    sample_hits: u64,
-    shadow_hits: u64,
-    /// The same over a quarter of a sample, to see a moved hot set early.
-    quick: [u64; 3],
+    samples: Samples,
 }
 
 fn sample_hash(id: u32) -> u64 {
@@ -145,12 +205,13 @@ fn sample_hash(id: u32) -> u64 {
 }
 
 impl Admission {
-    /// The policy for `capacity` slots (>= 1), with `transient_slots` transient ones.
-    pub(super) fn new(capacity: usize, transient_slots: usize) -> Self {
+    /// The policy for `capacity` slots (>= 1), with `transient_slots` transient ones, its
+    /// shadow LRU holding up to `shadow_ids` sampled ids.
+    pub(super) fn new(capacity: usize, transient_slots: usize, shadow_ids: usize) -> Self {
         let window_target = Self::clamp_window(capacity, capacity / 10);
         let c = capacity as u32;
         let w = window_target as u32;
-        let shadow_cap = capacity.clamp(1, SHADOW_IDS);
+        let shadow_cap = capacity.clamp(1, shadow_ids.max(1));
         let sample_below = (SAMPLE_SCALE * shadow_cap as u64).div_ceil(capacity as u64);
         Self {
             capacity: c,
@@ -173,10 +234,10 @@ impl Admission {
             refused: 0,
             sample_below,
             shadow: LruCache::new(NonZeroUsize::new(shadow_cap).expect("at least 1")),
-            sample_refs: 0,
-            sample_hits: 0,
-            shadow_hits: 0,
-            quick: [0; 3],
+            samples: Samples {
+                shadow_cap: shadow_cap as u64,
+                ..Samples::default()
+            },
         }
     }
 
@@ -228,12 +289,11 @@ impl Admission {
             if !lru {
                 self.shadow.put(id, ());
             }
-            self.sample_refs += 1;
-            self.sample_hits += u64::from(hit);
-            self.shadow_hits += u64::from(lru);
-            self.quick[0] += 1;
-            self.quick[1] += u64::from(hit);
-            self.quick[2] += u64::from(lru);
+            let add = [1, u64::from(hit), u64::from(lru)];
+            for k in 0..3 {
+                self.samples.period[k] += add[k];
+                self.samples.quick[k] += add[k];
+            }
         }
     }
 
@@ -384,37 +444,41 @@ impl Admission {
         Place::Transient(t)
     }
 
-    /// Between passes: once a sample's worth of sampled references came in, the window
-    /// grows where the shadow LRU hit more than this map and shrinks otherwise. A quarter
-    /// of a sample in which LRU hit a quarter more than this map is a hot set that moved:
-    /// the sketch forgets what was popular and the window takes the whole map at once
-    /// (recency rules until frequency wins again), without waiting for the sample's end.
+    /// The counts the window is tuned by.
+    pub(super) fn samples(&self) -> Samples {
+        self.samples
+    }
+
+    /// Between passes, the window tuned by this map's own samples.
     pub(super) fn tune(&mut self) {
-        let period = (self.shadow.cap().get() as u64 / 4).max(1);
-        let [q_refs, q_ours, q_lru] = self.quick;
-        let moved = q_refs >= (period / 4).max(1) && q_lru > q_ours + q_lru / 4;
-        if q_refs >= (period / 4).max(1) {
-            self.quick = [0; 3];
-        }
-        if self.sample_refs < period && !moved {
-            return;
-        }
-        let (ours, lru) = (self.sample_hits, self.shadow_hits);
-        self.sample_refs = 0;
-        self.sample_hits = 0;
-        self.shadow_hits = 0;
+        self.apply(self.samples.decide());
+    }
+
+    /// Applies a tuning decision (this map's own, or a partitioned map's over all its
+    /// partitions): the counts it was taken on start again; rows stay where they are,
+    /// only which ring their slot is in changes.
+    pub(super) fn apply(&mut self, tuning: Tuning) {
         let w = self.window_target;
-        let target = if moved || lru > ours + lru / 8 {
-            self.sketch.clear();
-            self.capacity as usize
-        } else if lru > ours {
-            self.sketch.halve();
-            w * 2
-        } else {
-            w * 3 / 4
+        let target = match tuning {
+            Tuning::Wait(quarter_over) => {
+                if quarter_over {
+                    self.samples.quick = [0; 3];
+                }
+                return;
+            }
+            Tuning::Moved => {
+                self.sketch.clear();
+                self.capacity as usize
+            }
+            Tuning::Grow => {
+                self.sketch.halve();
+                w * 2
+            }
+            Tuning::Shrink => w * 3 / 4,
         };
+        self.samples.period = [0; 3];
+        self.samples.quick = [0; 3];
         self.window_target = Self::clamp_window(self.capacity as usize, target);
-        // Rows stay where they are; only which ring their slot is in changes.
         while self.window.len() > self.window_target {
             let Some(s) = self.window.pop() else { break };
             self.probation.slots.push(s);

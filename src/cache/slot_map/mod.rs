@@ -4,7 +4,7 @@
 mod admission;
 mod partitions;
 
-use admission::{Admission, Place};
+use admission::{Admission, Place, Samples, Tuning, SHADOW_IDS};
 
 pub(crate) use partitions::OnMisses;
 pub use partitions::PartitionedSlotMap;
@@ -80,6 +80,9 @@ pub struct SlotMap {
     hand: u32,
     /// TinyLFU only: the window and main rings, the sketch, the window's tuning.
     adm: Option<Box<Admission>>,
+    /// TinyLFU: the window tuned by this map's own samples after each pass (else by a
+    /// partitioned map, over all its partitions).
+    tunes_alone: bool,
     pass: u32,
     len: usize,
     /// A prefetch's hold: the pass whose rows no later pass may evict (0: none), how
@@ -157,8 +160,11 @@ impl SlotMap {
             prev,
             next,
             hand: 0,
-            adm: (policy == EvictionPolicy::TinyLfu)
-                .then(|| Box::new(Admission::new(capacity, policy.transient_slots(capacity)))),
+            adm: (policy == EvictionPolicy::TinyLfu).then(|| {
+                let transient = policy.transient_slots(capacity);
+                Box::new(Admission::new(capacity, transient, SHADOW_IDS))
+            }),
+            tunes_alone: true,
             pass: 0,
             len: 0,
             held: 0,
@@ -398,9 +404,36 @@ impl SlotMap {
                 self.slot_of[id as usize] = NONE;
             }
             plan.refused = a.refused;
-            a.tune();
+            if self.tunes_alone {
+                a.tune();
+            }
         }
         n
+    }
+
+    /// A partition of a [`PartitionedSlotMap`]: under TinyLFU its shadow LRU holds
+    /// `shadow_ids` of the partitioned map's sampled ids, and the partitioned map tunes
+    /// its window ([`SlotMap::admission_samples`], [`SlotMap::tune`]).
+    fn partition(rows: usize, capacity: usize, policy: EvictionPolicy, shadow_ids: usize) -> Self {
+        let mut map = Self::new(rows, capacity, policy);
+        if let Some(a) = map.adm.as_mut() {
+            let transient = policy.transient_slots(capacity);
+            **a = Admission::new(capacity, transient, shadow_ids);
+        }
+        map.tunes_alone = false;
+        map
+    }
+
+    /// TinyLFU: the counts its window is tuned by.
+    fn admission_samples(&self) -> Option<Samples> {
+        self.adm.as_ref().map(|a| a.samples())
+    }
+
+    /// TinyLFU: applies a tuning decision taken over several maps' samples.
+    fn tune(&mut self, tuning: Tuning) {
+        if let Some(a) = self.adm.as_mut() {
+            a.apply(tuning);
+        }
     }
 
     fn resolve_ids(&mut self, pass: u32, ids: &[u32], plan: &mut PassPlan) -> usize {

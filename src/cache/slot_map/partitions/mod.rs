@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 mod bits;
 
-use super::{EvictionPolicy, PassPlan, SlotMap};
+use super::{EvictionPolicy, PassPlan, Samples, SlotMap, SHADOW_IDS};
 use bits::{count_bits, set_bits};
 
 /// Ids with the same low bits share a partition; each partition owns its own range of
@@ -180,7 +180,12 @@ impl PartitionedSlotMap {
             });
             next += cap as u32;
             transient += policy.transient_slots(cap) as u32;
-            maps.push(SlotMap::new(local_rows.max(1), cap, policy));
+            maps.push(if p == 1 {
+                SlotMap::new(local_rows.max(1), cap, policy)
+            } else {
+                // (TinyLFU: the sampled ids shared out, the window tuned over them all)
+                SlotMap::partition(local_rows.max(1), cap, policy, (SHADOW_IDS / p).max(16))
+            });
         }
         Self {
             parts: maps,
@@ -328,7 +333,24 @@ impl PartitionedSlotMap {
         let n = stops.into_iter().min().unwrap_or(ids.len());
         plan.slots.truncate(n);
         self.merge_plans(plan);
+        self.tune();
         n
+    }
+
+    /// TinyLFU: the partitions' windows tuned as one, on all their samples (each alone has
+    /// too few to tell recency from frequency as soon).
+    fn tune(&mut self) {
+        let mut all = Samples::default();
+        for part in &self.parts {
+            match part.admission_samples() {
+                Some(s) => all += s,
+                None => return,
+            }
+        }
+        let tuning = all.decide();
+        for part in &mut self.parts {
+            part.tune(tuning);
+        }
     }
 
     /// Sums the partitions' plans into `plan` (global ids and slots), except slots.
@@ -448,6 +470,7 @@ impl PartitionedSlotMap {
         run_partitions(&mut self.parts, &mut self.plans, buckets, parallel, run);
         plan.slots.clear();
         self.merge_plans(plan);
+        self.tune();
         true
     }
 

@@ -15,14 +15,14 @@ fn partitions_serve_passes_consistently() {
         .unwrap_or(3);
     eprintln!("seed {s}");
     let mut rng = Rng::new(s);
-    for round in 0..8 {
+    for round in 0..12 {
         let rows = 20_000 + rng.below(30_000) as usize;
         let cap = 4096 + rng.below(8192) as usize;
-        let policy = if round % 2 == 0 {
-            EvictionPolicy::Clock
-        } else {
-            EvictionPolicy::Lru
-        };
+        let policy = [
+            EvictionPolicy::Clock,
+            EvictionPolicy::Lru,
+            EvictionPolicy::TinyLfu,
+        ][round % 3];
         let mut map = PartitionedSlotMap::new(rows, cap, policy, 1 << (round % 4));
         let want = (1usize << (round % 4)).min(cap / 1024);
         assert_eq!(
@@ -49,11 +49,16 @@ fn partitions_serve_passes_consistently() {
                 assert_eq!(plan.slots.len(), done);
                 for (k, &id) in ids[start..start + done].iter().enumerate() {
                     let slot = plan.slots[k];
-                    assert!((slot as usize) < cap);
+                    if slot as usize >= cap {
+                        // TinyLFU: a transient slot, past every partition's own
+                        assert!((slot as usize) < map.slots());
+                        assert_eq!(map.slot_of(id), None, "transient id {id} resident");
+                        continue;
+                    }
                     assert_eq!(
                         map.slot_of(id),
                         Some(slot),
-                        "id {id} not in its slot (seed {s})"
+                        "{policy:?}: id {id} not in its slot (seed {s})"
                     );
                 }
                 let mut ms: Vec<u32> = plan.misses.iter().map(|m| m.1).collect();
@@ -65,7 +70,8 @@ fn partitions_serve_passes_consistently() {
                     "a slot filled twice in one pass"
                 );
                 for &(id, slot) in &plan.misses {
-                    assert_eq!(map.slot_of(id), Some(slot));
+                    let transient = slot as usize >= cap;
+                    assert_eq!(map.slot_of(id), (!transient).then_some(slot));
                 }
                 map.check_invariants().unwrap();
                 start += done;
@@ -238,4 +244,32 @@ fn gpu_resolved_passes_on(rng: &mut Rng, cap: usize, most: u64) {
         &|_| {}
     ));
     assert_eq!(map.resident(), before);
+}
+
+/// TinyLFU over several partitions: their windows are tuned as one (every partition's
+/// window stays the same share of its slots), and a hot set that moves opens them.
+#[test]
+fn partitions_tune_their_windows_together() {
+    use hotrow_workloads::ZipfIds;
+    let mut rng = Rng::new(0x51DE);
+    let rows = 200_000;
+    let mut map = PartitionedSlotMap::new(rows, 16_384, EvictionPolicy::TinyLfu, 8);
+    assert_eq!(map.partitions(), 8);
+    let mut plan = PassPlan::default();
+    let shares =
+        |map: &PartitionedSlotMap| -> Vec<usize> { map.parts.iter().map(|p| p.window()).collect() };
+    let mut opened = false;
+    for k in 0..120u64 {
+        let ids = ZipfIds::new(rows, 1.05, 7 + k / 40).batch(4_096, &mut rng);
+        let mut at = 0;
+        while at < ids.len() {
+            at += map.resolve(&ids[at..], &mut plan);
+        }
+        let w = shares(&map);
+        let (lo, hi) = (w.iter().min().unwrap(), w.iter().max().unwrap());
+        assert!(hi - lo <= 1, "batch {k}: windows {w:?}");
+        opened |= k > 40 && map.window() > 16_384 / 2;
+    }
+    assert!(opened, "the windows never opened after the hot set moved");
+    map.check_invariants().unwrap();
 }
