@@ -290,9 +290,10 @@ impl Admission {
                 self.shadow.put(id, ());
             }
             let add = [1, u64::from(hit), u64::from(lru)];
-            for k in 0..3 {
-                self.samples.period[k] += add[k];
-                self.samples.quick[k] += add[k];
+            let s = &mut self.samples;
+            for ((p, q), a) in s.period.iter_mut().zip(&mut s.quick).zip(add) {
+                *p += a;
+                *q += a;
             }
         }
     }
