@@ -8,7 +8,7 @@
 /// Blocked, as Caffeine's: an id's four counters (one in each of four of the 8 words of
 /// its 64-byte block) share one cache line, found from one hash, so counting an id costs
 /// one memory access, not four; a cache counts every distinct id of every batch
-/// ([`FrequencySketch::prefetch`] lets it fetch the line ahead).
+/// (a cache prefetches its line a few ids ahead).
 #[derive(Clone, Debug)]
 pub struct FrequencySketch {
     table: Vec<u64>,
