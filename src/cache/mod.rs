@@ -296,9 +296,11 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// eviction) until the next batch has been resolved, so the current batch cannot push
     /// them out, unless it needs their room itself (it then wins). On the GPU-driven path
     /// they are not held: call it after the current batch's call. A batch with more
-    /// distinct rows than the cache keeps what fits (its last pass's rows). Ids are checked
-    /// first (nothing changes on an error); empty `ids` do nothing. Its uploads count in
-    /// [`EmbeddingCache::stats`] as a batch's.
+    /// distinct rows than the cache keeps what fits (its last pass's rows). Under
+    /// [`EvictionPolicy::TinyLfu`] a prefetched row is admitted as a missed row is: one
+    /// refused (`stats().refused`) is not kept, and the lookup uploads it again. Ids are
+    /// checked first (nothing changes on an error); empty `ids` do nothing. Its uploads
+    /// count in [`EmbeddingCache::stats`] as a batch's.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), hotrow::HotrowError> {
