@@ -12,7 +12,7 @@
 // Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
 // pass; [16, 32) kept across passes: the hand, then the 64-bit totals (lo, hi) of distinct
 // ids, hits, misses and evictions, and FAULT; then the eviction phase's block counts
-// (2 * blocks words), the miss ids (capacity words), their slots (capacity words) and the
+// (3 * blocks words: A, B and held slots), the miss ids (capacity words), their slots (capacity words) and the
 // id + 1 of the row each of those slots held (0: empty); then, when misses are counted by
 // id range (a table-batched width's tables), the `bins + 1` range boundaries and a 64-bit
 // count per range; then, for a training cache, one bit per table row written back to the
@@ -32,7 +32,7 @@ struct DrivenParams {
     bins: u32,        // id ranges whose misses find.wgsl counts (0: none)
     batch_epoch: u32, // the epoch of the batch's first pass
     written_at: u32,  // word of the written-rows bitmap (training caches)
-    _pad0: u32,
+    held: u32,        // a prefetch's epoch whose slots are victims only when no other is left (0: none)
     _pad1: u32,
     _pad2: u32,
 }
@@ -46,6 +46,7 @@ const HITS: u32 = 1u;
 const EVICTED: u32 = 2u;
 const VICTIMS: u32 = 3u;
 const TOTAL_A: u32 = 4u;
+const TOTAL_B: u32 = 5u;
 // kept across passes
 const HAND: u32 = 16u;
 const NEXT_HAND: u32 = 17u;
@@ -58,17 +59,17 @@ const FAULT: u32 = 26u;
 const LISTS: u32 = 32u;
 
 fn miss_ids_at() -> u32 {
-    return LISTS + 2u * p.blocks;
+    return LISTS + 3u * p.blocks;
 }
 
 fn miss_slots_at() -> u32 {
-    return LISTS + 2u * p.blocks + p.capacity;
+    return LISTS + 3u * p.blocks + p.capacity;
 }
 
 fn evicted_at() -> u32 {
-    return LISTS + 2u * p.blocks + 2u * p.capacity;
+    return LISTS + 3u * p.blocks + 2u * p.capacity;
 }
 
 fn bins_at() -> u32 {
-    return LISTS + 2u * p.blocks + 3u * p.capacity;
+    return LISTS + 3u * p.blocks + 3u * p.capacity;
 }

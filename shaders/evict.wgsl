@@ -3,9 +3,10 @@
 // (slot = (hand + position) mod capacity). A slot stamped with this pass's epoch is in use
 // by the pass and never chosen; the others are class A (reference bit clear: taken first,
 // in position order) or class B (bit set: CLOCK's second chance, taken in position order
-// only when the A slots do not suffice, as a hand going round a second time would). The
-// reference bits of the B slots the hand passed are cleared, and the hand stops after the
-// last victim. With at most `capacity` positions a pass (the host splits longer batches),
+// only when the A slots do not suffice, as a hand going round a second time would), or
+// class C: stamped by a held prefetch (`p.held`), taken last, only when A and B do not
+// suffice (the batch in hand wins over the one prefetched). The reference bits of the B
+// slots the hand passed are cleared, and the hand stops after the last victim. With at most `capacity` positions a pass (the host splits longer batches),
 // the misses never outnumber the slots not in use, so every miss gets a slot (FAULT counts
 // a shortfall, which would be a bug, and the tests check it stays 0).
 //
@@ -37,6 +38,7 @@ const NO_CUT: u32 = 0xffffffffu;
 
 var<workgroup> sa: array<u32, 256>;
 var<workgroup> sb: array<u32, 256>;
+var<workgroup> sc: array<u32, 256>;
 var<workgroup> cut: atomic<u32>;
 var<workgroup> group_evicted: atomic<u32>;
 
@@ -45,29 +47,36 @@ fn slot_at(pos: u32, hand: u32) -> u32 {
     return select(s, s - p.capacity, s >= p.capacity);
 }
 
-// 0: in use by this pass; 1: class A; 2: class B.
+// 0: in use by this pass; 1: class A; 2: class B; 3: class C (held).
 fn class_of(slot: u32) -> u32 {
     let w = atomicLoad(&state[p.capacity + slot]);
     if ((w & EPOCH) == p.epoch) {
         return 0u;
     }
+    if (p.held != 0u && (w & EPOCH) == p.held) {
+        return 3u;
+    }
     return select(1u, 2u, (w & REF) != 0u);
 }
 
-// Inclusive scan of sa and sb over the workgroup (each thread has written its own entry).
+// Inclusive scan of sa, sb and sc over the workgroup (each thread has written its own
+// entries).
 fn scan(lid: u32) {
     // Every entry written before any thread reads its neighbours'.
     workgroupBarrier();
     for (var d = 1u; d < 256u; d = d << 1u) {
         var a = 0u;
         var b = 0u;
+        var c = 0u;
         if (lid >= d) {
             a = sa[lid - d];
             b = sb[lid - d];
+            c = sc[lid - d];
         }
         workgroupBarrier();
         sa[lid] += a;
         sb[lid] += b;
+        sc[lid] += c;
         workgroupBarrier();
     }
 }
@@ -79,6 +88,7 @@ fn classes(b: u32, lid: u32, hand: u32) -> array<u32, 4> {
     var cls = array<u32, 4>(0u, 0u, 0u, 0u);
     var ca = 0u;
     var cb = 0u;
+    var cc = 0u;
     if (b < p.blocks) {
         for (var j = 0u; j < PER_THREAD; j++) {
             let pos = b * BLOCK + lid * PER_THREAD + j;
@@ -86,11 +96,13 @@ fn classes(b: u32, lid: u32, hand: u32) -> array<u32, 4> {
                 cls[j] = class_of(slot_at(pos, hand));
                 ca += u32(cls[j] == 1u);
                 cb += u32(cls[j] == 2u);
+                cc += u32(cls[j] == 3u);
             }
         }
     }
     sa[lid] = ca;
     sb[lid] = cb;
+    sc[lid] = cc;
     scan(lid);
     return cls;
 }
@@ -114,6 +126,7 @@ fn tally(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     if (b < p.blocks && lid == 255u) {
         atomicStore(&work[LISTS + b], sa[255]);
         atomicStore(&work[LISTS + p.blocks + b], sb[255]);
+        atomicStore(&work[LISTS + 2u * p.blocks + b], sc[255]);
     }
 }
 
@@ -121,36 +134,43 @@ fn tally(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
 fn plan(@builtin(local_invocation_index) lid: u32) {
     var run_a = 0u;
     var run_b = 0u;
+    var run_c = 0u;
     for (var base = 0u; base < p.blocks; base += 256u) {
         let b = base + lid;
         var ca = 0u;
         var cb = 0u;
+        var cc = 0u;
         if (b < p.blocks) {
             ca = atomicLoad(&work[LISTS + b]);
             cb = atomicLoad(&work[LISTS + p.blocks + b]);
+            cc = atomicLoad(&work[LISTS + 2u * p.blocks + b]);
         }
         sa[lid] = ca;
         sb[lid] = cb;
+        sc[lid] = cc;
         scan(lid);
         if (b < p.blocks) {
             atomicStore(&work[LISTS + b], run_a + sa[lid] - ca);
             atomicStore(&work[LISTS + p.blocks + b], run_b + sb[lid] - cb);
+            atomicStore(&work[LISTS + 2u * p.blocks + b], run_c + sc[lid] - cc);
         }
         run_a += sa[255];
         run_b += sb[255];
+        run_c += sc[255];
         workgroupBarrier();
     }
     if (lid != 0u) {
         return;
     }
     let m = atomicLoad(&work[MISSES]);
-    let avail = run_a + run_b;
+    let avail = run_a + run_b + run_c;
     let victims = min(m, avail);
     if (m > avail) {
         atomicAdd(&work[FAULT], m - avail);
     }
     atomicStore(&work[VICTIMS], victims);
     atomicStore(&work[TOTAL_A], run_a);
+    atomicStore(&work[TOTAL_B], run_b);
     atomicStore(&work[NEXT_HAND], atomicLoad(&work[HAND]));
     let hits = atomicLoad(&work[HITS]);
     add64(T_DISTINCT, hits + m);
@@ -164,6 +184,7 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let hand = atomicLoad(&work[HAND]);
     let victims = atomicLoad(&work[VICTIMS]);
     let total_a = atomicLoad(&work[TOTAL_A]);
+    let total_ab = total_a + atomicLoad(&work[TOTAL_B]);
     if (lid == 0u) {
         atomicStore(&cut, NO_CUT);
         atomicStore(&group_evicted, 0u);
@@ -171,16 +192,20 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     var cls = classes(b, lid, hand);
     let ca = u32(cls[0] == 1u) + u32(cls[1] == 1u) + u32(cls[2] == 1u) + u32(cls[3] == 1u);
     let cb = u32(cls[0] == 2u) + u32(cls[1] == 2u) + u32(cls[2] == 2u) + u32(cls[3] == 2u);
+    let cc = u32(cls[0] == 3u) + u32(cls[1] == 3u) + u32(cls[2] == 3u) + u32(cls[3] == 3u);
     let in_block = b < p.blocks;
     var pa = 0u;
     var pb = 0u;
+    var pc = 0u;
     if (in_block) {
         pa = atomicLoad(&work[LISTS + b]);
         pb = atomicLoad(&work[LISTS + p.blocks + b]);
+        pc = atomicLoad(&work[LISTS + 2u * p.blocks + b]);
     }
     let block_a = sa[255];
     var ra = pa + sa[lid] - ca;
     var rb = pb + sb[lid] - cb;
+    var rc = pc + sc[lid] - cc;
     var taken = array<bool, 4>(false, false, false, false);
     var evicted = 0u;
     for (var j = 0u; j < PER_THREAD; j++) {
@@ -191,11 +216,16 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         if (cls[j] == 1u) {
             v = ra;
             ra += 1u;
-        } else {
+        } else if (cls[j] == 2u) {
             if (victims > total_a) {
                 v = total_a + rb;
             }
             rb += 1u;
+        } else {
+            if (victims > total_ab) {
+                v = total_ab + rc;
+            }
+            rc += 1u;
         }
         if (v >= victims) {
             continue;

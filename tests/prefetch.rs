@@ -1,6 +1,6 @@
 //! Lookahead (`EmbeddingCache::prefetch`): the next batch's rows uploaded ahead, then its
-//! lookup all hits and right, on both paths; on the host path the prefetched rows held
-//! against the batch in between; bad ids refused with nothing changed.
+//! lookup all hits and right, on both paths; the prefetched rows held against the batch in
+//! between (both paths); bad ids refused with nothing changed.
 
 mod common;
 
@@ -51,21 +51,30 @@ fn a_prefetched_batch_is_all_hits_and_right() {
     }
 }
 
-/// On the host path the prefetch may come first: the current batch, looked up after it,
+/// On both paths the prefetch may come first: the current batch, looked up after it,
 /// cannot evict the prefetched rows while both fit, so the next lookup is all hits.
 #[test]
-fn on_the_host_path_a_prefetch_is_held_through_the_batch_before() {
+fn a_prefetch_is_held_through_the_batch_before() {
     let _serial = common::serial();
     let (rows, dim) = (4_000usize, 4usize);
     let data = random_values(rows * dim, seed("prefetch_hold_table"));
     let mut rng = Rng::new(seed("prefetch_hold_ids"));
-    for policy in [hotrow::EvictionPolicy::Clock, hotrow::EvictionPolicy::Lru] {
+    // Both host-path policies; CLOCK on the GPU-driven path too (its sweep takes a held
+    // prefetch's slots last).
+    let mut runs: Vec<_> = [hotrow::EvictionPolicy::Clock, hotrow::EvictionPolicy::Lru]
+        .map(|policy| (common::ctx(), BatchPath::Host, policy))
+        .to_vec();
+    if let Some(ctx) = common::host_storage_ctx() {
+        runs.push((ctx, BatchPath::Gpu, hotrow::EvictionPolicy::Clock));
+    }
+    for (ctx, path, policy) in runs {
         let config = CacheConfig::default()
             .capacity(Capacity::Rows(200))
             .policy(policy)
-            .path(BatchPath::Host);
+            .path(path);
         let table = HostTable::borrowed(&data, dim).unwrap();
-        let mut cache = EmbeddingCache::new(common::ctx(), table, config).unwrap();
+        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+        assert_eq!(cache.config().path, path);
         for k in 0..20 {
             // fresh rows each time: without the hold the current batch's 100 misses
             // would evict the prefetched ones (CLOCK and LRU take the oldest first)
@@ -76,7 +85,11 @@ fn on_the_host_path_a_prefetch_is_held_through_the_batch_before() {
             assert_eq!(out, gather(&data, dim, &cur));
             let before = cache.stats().misses;
             let out = cache.lookup(&next).unwrap().to_host().unwrap();
-            assert_eq!(cache.stats().misses, before, "{policy:?} step {k}: missed");
+            assert_eq!(
+                cache.stats().misses,
+                before,
+                "{path:?} {policy:?} step {k}: missed"
+            );
             assert_eq!(out, gather(&data, dim, &next));
         }
     }

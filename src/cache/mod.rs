@@ -292,10 +292,10 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// Lookahead: uploads the rows of `ids` (the next batch) that are not resident, and
     /// returns once that is submitted, so it runs while the GPU works on the batch before;
     /// the next `lookup(ids)` then finds them all resident. Call it after the current
-    /// batch's call, or before it: on the host path the prefetched rows are held (no
-    /// eviction) until the next batch has been resolved, so the current batch cannot push
-    /// them out, unless it needs their room itself (it then wins). On the GPU-driven path
-    /// they are not held: call it after the current batch's call. A batch with more
+    /// batch's call, or before it: the prefetched rows are held until the next batch has
+    /// been resolved, so the current batch cannot push them out, unless it needs their room
+    /// itself (it then wins): the host path's slot map does not evict them, the GPU-driven
+    /// path's sweep takes their slots only when no other is left. A batch with more
     /// distinct rows than the cache keeps what fits (its last pass's rows). Under
     /// [`EvictionPolicy::TinyLfu`] a prefetched row is admitted as a missed row is: one
     /// refused (`stats().refused`) is not kept, and the lookup uploads it again. Ids are

@@ -95,7 +95,7 @@ pub(crate) struct DrivenParams {
     pub(crate) bins: u32,
     pub(crate) batch_epoch: u32,
     pub(crate) written_at: u32,
-    pub(crate) _pad0: u32,
+    pub(crate) held: u32,
     pub(crate) _pad1: u32,
     pub(crate) _pad2: u32,
 }
@@ -115,7 +115,7 @@ params_layout!(
     bins,
     batch_epoch,
     written_at,
-    _pad0,
+    held,
     _pad1,
     _pad2
 );
@@ -138,7 +138,7 @@ pub(crate) fn work_words(capacity: usize, bins: usize, training_rows: Option<usi
 
 /// Where the id ranges' boundaries start in the work buffer (their counts follow them).
 pub(crate) fn bins_at(capacity: usize) -> usize {
-    HEADER_WORDS + 2 * blocks(capacity) + 3 * capacity
+    HEADER_WORDS + 3 * blocks(capacity) + 3 * capacity
 }
 
 /// Where a training cache's written-rows bitmap starts in the work buffer.
@@ -480,7 +480,7 @@ mod tests {
     fn the_work_buffer_holds_header_block_lists_and_miss_lists() {
         for (capacity, blocks_want) in [(1usize, 1usize), (1024, 1), (1025, 2), (838_861, 820)] {
             assert_eq!(blocks(capacity), blocks_want, "{capacity}");
-            let lists = HEADER_WORDS + 2 * blocks_want + 3 * capacity;
+            let lists = HEADER_WORDS + 3 * blocks_want + 3 * capacity;
             assert_eq!(work_words(capacity, 0, None), lists);
             // 26 ranges: 27 boundaries and 26 64-bit counts
             assert_eq!(work_words(capacity, 26, None), lists + 27 + 52);

@@ -317,19 +317,29 @@ impl PassEngine {
         let n = self.first_pass(source, ids, target(0))?;
         self.run_remaining_passes(source, ids, n, target)?;
         // (A prefetch's hold lasts until the next batch has been resolved.)
-        self.map.release();
+        self.release_hold();
         Ok(())
     }
 
     /// Makes checked, non-empty `ids` resident as [`PassEngine::serve`] does with no
-    /// output, then, on the host path, holds the rows of its last pass (all of them when
-    /// the batch fits one pass) until the next batch has been resolved.
+    /// output, then holds the rows of its last pass (all of them when the batch fits one
+    /// pass) until the next batch has been resolved: the slot map keeps them, or, on the
+    /// GPU-driven path, the sweep takes their slots last.
     pub(crate) fn prefetch<S: RowSource>(&mut self, source: &S, ids: &[u32]) -> Result<()> {
         self.serve(source, ids, None)?;
-        if self.driven.is_none() {
-            self.map.hold_last_pass();
+        match self.driven.as_mut() {
+            Some(d) => d.hold_last_pass(),
+            None => self.map.hold_last_pass(),
         }
         Ok(())
+    }
+
+    /// Ends a prefetch's hold (the batch after it has been resolved).
+    fn release_hold(&mut self) {
+        self.map.release();
+        if let Some(d) = self.driven.as_mut() {
+            d.release();
+        }
     }
 
     /// Most positions an op's batch may have and still be served in one pass over
@@ -378,7 +388,7 @@ impl PassEngine {
         }
         let (n, recorded) = self.resolve_and_record(source, ids, Target::SlotsOnly)?;
         if n == ids.len() {
-            self.map.release();
+            self.release_hold();
         }
         if n == ids.len() && !sharded {
             // Held for the op's submission; counted now, and back to `before` if taken back.
@@ -414,7 +424,7 @@ impl PassEngine {
         )?;
         self.submit([enc.finish()], None)?;
         self.run_remaining_passes(source, ids, n, |start| Target::Gather(&gathered, start))?;
-        self.map.release();
+        self.release_hold();
         Ok(OpRows::gathered(self, gathered_layout))
     }
 

@@ -53,6 +53,9 @@ pub(crate) struct Driven {
     /// The epoch of the last pass (1 ..= EPOCH; 0 before any), and of its batch's first.
     epoch: u32,
     batch_epoch: u32,
+    /// A prefetch's last epoch, whose slots the sweep takes only when no other is left
+    /// (0: none), until the next batch has been served.
+    held: u32,
     capacity: usize,
     /// Most positions a pass takes.
     max_positions: usize,
@@ -116,6 +119,7 @@ impl Driven {
             position: Launch::default(),
             epoch: 0,
             batch_epoch: 0,
+            held: 0,
             capacity,
             max_positions,
             bins: 0,
@@ -127,6 +131,17 @@ impl Driven {
             flush: Vec::new(),
             clean: Launch::default(),
         })
+    }
+
+    /// Holds the last pass's rows: later passes take their slots only when no other is
+    /// left ([`Driven::release`] ends it).
+    pub(crate) fn hold_last_pass(&mut self) {
+        self.held = self.epoch;
+    }
+
+    /// Ends the hold (if any).
+    pub(crate) fn release(&mut self) {
+        self.held = 0;
     }
 
     /// Bytes of GPU memory held (the table is in host memory: [`Driven::host_bytes`]).
@@ -276,6 +291,7 @@ impl PassEngine {
                 let stamps = d.capacity as u64 * 4;
                 enc.clear_buffer(&d.state, stamps, Some(stamps));
                 d.epoch = 0;
+                d.held = 0;
             }
             d.batch_epoch = d.epoch + 1;
         }
@@ -284,6 +300,7 @@ impl PassEngine {
         let row_words = self.layout.words_per_row();
         let base = DrivenParams {
             bins: d.bins as u32,
+            held: d.held,
             written_at: kernels::written_at(d.capacity, d.bins) as u32,
             ..kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words)
         };
