@@ -104,20 +104,33 @@ fn grad_row(b: u32) -> u32 {
     return (b % p.per_table) * p.grad_stride + batch[p.cols_at + b / p.per_table];
 }
 
+// A compensated (Kahan) sum: a hot row's gradient adds up thousands of terms, and a plain
+// f32 sum's rounding grows with their count (WGSL has no f64).
+struct Sum {
+    s: f32,
+    c: f32,
+}
+
+fn add(acc: Sum, x: f32) -> Sum {
+    let y = x - acc.c;
+    let t = acc.s + y;
+    return Sum(t, (t - acc.s) - y);
+}
+
 // Column c of the row's gradient: the contributions of positions order[begin..end].
 fn gradient(begin: u32, end: u32, c: u32) -> f32 {
-    var g = 0.0;
+    var g = Sum(0.0, 0.0);
     var b = 0u;
     for (var i = begin; i < end; i = i + 1u) {
         let j = batch[p.order_at + i];
         if (p.mode == 0u) {
-            g = g + grad[j * p.dim + c];
+            g = add(g, grad[j * p.dim + c]);
             continue;
         }
         b = bag_of(b, j);
         if (p.mode == 2u) {
             if (batch[p.argmax_at + b * p.dim + c] == j) {
-                g = g + grad[grad_row(b) + c];
+                g = add(g, grad[grad_row(b) + c]);
             }
             continue;
         }
@@ -128,9 +141,9 @@ fn gradient(begin: u32, end: u32, c: u32) -> f32 {
         if (p.mean != 0u) {
             s = s / f32(batch[p.offsets_at + b + 1u] - batch[p.offsets_at + b]);
         }
-        g = g + s * grad[grad_row(b) + c];
+        g = add(g, s * grad[grad_row(b) + c]);
     }
-    return g;
+    return g.s;
 }
 
 // partial_sums: chunk q's contributions, column by column, into partials[q * dim + c].
@@ -188,11 +201,11 @@ fn row_gradient(begin: u32, end: u32, chunks: vec2<u32>, c: u32) -> f32 {
     if (chunks.y == chunks.x) {
         return gradient(begin, end, c);
     }
-    var g = 0.0;
+    var g = Sum(0.0, 0.0);
     for (var q = chunks.x; q < chunks.y; q = q + 1u) {
-        g = g + partials[q * p.dim + c];
+        g = add(g, partials[q * p.dim + c]);
     }
-    return g;
+    return g.s;
 }
 
 // The sum of every thread's `x`, reduced over the workgroup in a fixed order; every thread
