@@ -133,8 +133,9 @@ fn a_stream_through_the_gpu_matches_the_cpu_and_the_model() {
 /// The host model of one GPU-driven pass (evict.wgsl's parallel CLOCK, serially): from
 /// the state before the pass and its ids (at most the slots), the state after, except
 /// which miss went to which victim slot (the GPU pairs them in the order its find phase
-/// listed them, which varies). Returns the victim slots, in sweep order.
-fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
+/// listed them, which varies). Slots stamped `held` (a held prefetch's epoch; 0: none)
+/// are taken last. Returns the victim slots, in sweep order.
+fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32, held: u32) -> Vec<usize> {
     const REF: u32 = 1 << 31;
     let cap = s.id_of.len();
     let mut misses = Vec::new();
@@ -149,7 +150,12 @@ fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
         }
     }
     let order: Vec<usize> = (0..cap).map(|p| (s.hand as usize + p) % cap).collect();
-    let free = |stamps: &[u32], slot: usize| stamps[slot] & !REF != epoch;
+    let is_held = |stamps: &[u32], slot: usize| {
+        held != 0 && stamps[slot] & !REF == held && held != epoch
+    };
+    let free = |stamps: &[u32], slot: usize| {
+        stamps[slot] & !REF != epoch && !is_held(stamps, slot)
+    };
     let a: Vec<usize> = order
         .iter()
         .copied()
@@ -160,9 +166,15 @@ fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
         .copied()
         .filter(|&x| free(&s.stamps, x) && s.stamps[x] & REF != 0)
         .collect();
+    let c: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&x| is_held(&s.stamps, x))
+        .collect();
     let m = misses.len();
     let mut victims: Vec<usize> = a.iter().copied().take(m).collect();
     victims.extend(b.iter().copied().take(m - victims.len()));
+    victims.extend(c.iter().copied().take(m - victims.len()));
     assert_eq!(victims.len(), m, "the model found too few slots");
     if let Some(&last) = victims.last() {
         let last_pos = order.iter().position(|&x| x == last).unwrap();
@@ -191,7 +203,8 @@ fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32) -> Vec<usize> {
 }
 
 /// The GPU's state after every pass equals the host model's (up to which miss went to which
-/// victim slot): the same victim slots, stamps, reference bits and hand.
+/// victim slot): the same victim slots, stamps, reference bits and hand; a third of the
+/// batches are prefetches, whose rows the next batch's sweep takes last.
 #[test]
 fn the_gpu_state_follows_the_host_model_of_clock() {
     let _serial = common::serial();
@@ -205,16 +218,24 @@ fn the_gpu_state_follows_the_host_model_of_clock() {
         let mut cache = gpu_cache(ctx, &data, dim, capacity, RowFormat::F32);
         let zipf = ZipfIds::new(rows, 1.1, rng.next_u64());
         let mut model = cache.driven_state().unwrap().unwrap();
-        for batch in 0..25 {
+        // a prefetch's epoch, held through the batch after it
+        let mut held = 0;
+        for batch in 0..40 {
             let n = 1 + rng.below(capacity as u64) as usize;
             let ids: Vec<u32> = if batch % 5 == 4 {
                 (0..n).map(|_| rng.below(rows as u64) as u32).collect()
             } else {
                 zipf.batch(n, &mut rng)
             };
-            cache.preload(&ids).unwrap();
+            let prefetch = rng.below(3) == 0;
+            if prefetch {
+                cache.prefetch(&ids).unwrap();
+            } else {
+                cache.preload(&ids).unwrap();
+            }
             let epoch = cache.stats().passes as u32;
-            let victims = model_pass(&mut model, &ids, epoch);
+            let victims = model_pass(&mut model, &ids, epoch, held);
+            held = if prefetch { epoch } else { 0 };
             let gpu = cache.driven_state().unwrap().unwrap();
             let what = format!(
                 "capacity {capacity} batch {batch} ({n} ids, {} misses)",
