@@ -150,12 +150,9 @@ fn model_pass(s: &mut DrivenState, ids: &[u32], epoch: u32, held: u32) -> Vec<us
         }
     }
     let order: Vec<usize> = (0..cap).map(|p| (s.hand as usize + p) % cap).collect();
-    let is_held = |stamps: &[u32], slot: usize| {
-        held != 0 && stamps[slot] & !REF == held && held != epoch
-    };
-    let free = |stamps: &[u32], slot: usize| {
-        stamps[slot] & !REF != epoch && !is_held(stamps, slot)
-    };
+    let is_held =
+        |stamps: &[u32], slot: usize| held != 0 && stamps[slot] & !REF == held && held != epoch;
+    let free = |stamps: &[u32], slot: usize| stamps[slot] & !REF != epoch && !is_held(stamps, slot);
     let a: Vec<usize> = order
         .iter()
         .copied()
