@@ -485,7 +485,8 @@ impl SlotMap {
                 plan.slots.push(s);
                 continue;
             }
-            if plan.distinct() - plan.transient + self.held_left as u64 == capacity {
+            // (`>=`: the hold's count is an upper bound; never evict a pinned row for it)
+            if plan.distinct() - plan.transient + self.held_left as u64 >= capacity {
                 if self.held_left > 0 {
                     // The pass needs room the hold keeps: the batch in hand wins over the
                     // one prefetched (which then misses what this evicts).
@@ -560,6 +561,14 @@ impl SlotMap {
     pub fn forget(&mut self, misses: &[(u32, u32)]) {
         for &(id, s) in misses {
             if self.slot_of[id as usize] == s {
+                // (a forgotten row is no longer the last pass's, nor held)
+                let st = self.stamp[s as usize];
+                if st & PASS_MASK == self.pass {
+                    self.last_distinct = self.last_distinct.saturating_sub(1);
+                }
+                if self.is_held(st) {
+                    self.held_left = self.held_left.saturating_sub(1);
+                }
                 self.slot_of[id as usize] = NONE;
                 self.id_of[s as usize] = NONE;
                 self.stamp[s as usize] = 0;
