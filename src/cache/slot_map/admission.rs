@@ -22,7 +22,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::{PASS_MASK, REF};
+use super::{pinned_or_held, PASS_MASK, REF};
 use crate::sizing::FrequencySketch;
 use crate::util::prefetch;
 
@@ -43,25 +43,27 @@ impl Ring {
         for _ in 0..2 * n {
             let i = self.hand;
             self.hand = if i + 1 == n { 0 } else { i + 1 };
-            // (the ring's slots are in no order: fetch a stamp a few steps ahead)
-            prefetch(
-                stamp
-                    .as_ptr()
-                    .wrapping_add(self.slots[(i + 8) % n] as usize),
-            );
+            self.prefetch_stamp(stamp, i);
             let s = self.slots[i] as usize;
             let st = stamp[s];
-            let p = st & PASS_MASK;
-            if p == pass || (held != 0 && p == held) {
+            if pinned_or_held(st, pass, held) {
                 continue;
             }
             if st & REF != 0 {
-                stamp[s] = p;
+                stamp[s] = st & PASS_MASK;
                 continue;
             }
             return Some(i);
         }
         None
+    }
+
+    /// The ring's slots are in no order: the stamp a few steps past ring index `i` is
+    /// fetched ahead of the hand (the ring is not empty).
+    #[inline]
+    fn prefetch_stamp(&self, stamp: &[u32], i: usize) {
+        let ahead = self.slots[(i + 8) % self.slots.len()] as usize;
+        prefetch(stamp.as_ptr().wrapping_add(ahead));
     }
 
     fn len(&self) -> usize {
@@ -177,7 +179,7 @@ impl Samples {
 pub(super) struct Admission {
     capacity: u32,
     sketch: FrequencySketch,
-    pub(super) window: Ring,
+    window: Ring,
     /// The main region, a segmented CLOCK: rows enter `probation`; one found referenced
     /// there by the hand moves to `protected` (at most 80% of the main region), whose own
     /// hand sends unreferenced rows back. Victims come from probation only.
@@ -187,7 +189,7 @@ pub(super) struct Admission {
     transient_slots: u32,
     /// This pass: transient slots handed out, the ids given them (marked in `slot_of`
     /// until the pass ends), and whether either ring had no victim left.
-    pub(super) transient_used: u32,
+    transient_used: u32,
     pub(super) transients: Vec<u32>,
     window_full: bool,
     main_full: bool,
@@ -331,16 +333,10 @@ impl Admission {
                 continue;
             }
             let i = self.probation.hand;
-            let n = self.probation.len();
-            prefetch(
-                stamp
-                    .as_ptr()
-                    .wrapping_add(self.probation.slots[(i + 8) % n] as usize),
-            );
+            self.probation.prefetch_stamp(stamp, i);
             let s = self.probation.slots[i] as usize;
             let st = stamp[s];
-            let p = st & PASS_MASK;
-            if p == pass || (held != 0 && p == held) {
+            if pinned_or_held(st, pass, held) {
                 self.probation.pass_by(i);
                 skipped += 1;
                 continue;
@@ -372,8 +368,7 @@ impl Admission {
         for _ in 0..2 * n {
             let i = self.protected.hand;
             let s = self.protected.slots[i] as usize;
-            let p = stamp[s] & PASS_MASK;
-            if p == pass || (held != 0 && p == held) {
+            if pinned_or_held(stamp[s], pass, held) {
                 self.protected.pass_by(i);
                 continue;
             }

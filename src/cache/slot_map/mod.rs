@@ -53,6 +53,14 @@ impl EvictionPolicy {
     }
 }
 
+/// Whether a slot stamped `st` may not be evicted by pass `pass`: the pass itself uses it,
+/// or a prefetch's hold (`held`, 0 for none) keeps it.
+#[inline]
+fn pinned_or_held(st: u32, pass: u32, held: u32) -> bool {
+    let p = st & PASS_MASK;
+    p == pass || (held != 0 && p == held)
+}
+
 /// id -> slot for a fixed number of GPU slots.
 ///
 /// * `slot_of` has one entry per table row (4 bytes a row), so a lookup is one array read;
@@ -138,6 +146,18 @@ impl PassPlan {
 impl SlotMap {
     /// A map for ids `0..rows` over `capacity` slots (`capacity >= 1`).
     pub fn new(rows: usize, capacity: usize, policy: EvictionPolicy) -> Self {
+        Self::with_shadow(rows, capacity, policy, SHADOW_IDS, true)
+    }
+
+    /// [`SlotMap::new`], with TinyLFU's shadow LRU holding up to `shadow_ids` sampled ids
+    /// and its window tuned by this map alone (`tunes_alone`) or by a partitioned map.
+    fn with_shadow(
+        rows: usize,
+        capacity: usize,
+        policy: EvictionPolicy,
+        shadow_ids: usize,
+        tunes_alone: bool,
+    ) -> Self {
         assert!(
             capacity >= 1 && capacity < NONE as usize / 2,
             "SlotMap capacity out of range"
@@ -162,9 +182,9 @@ impl SlotMap {
             hand: 0,
             adm: (policy == EvictionPolicy::TinyLfu).then(|| {
                 let transient = policy.transient_slots(capacity);
-                Box::new(Admission::new(capacity, transient, SHADOW_IDS))
+                Box::new(Admission::new(capacity, transient, shadow_ids))
             }),
-            tunes_alone: true,
+            tunes_alone,
             pass: 0,
             len: 0,
             held: 0,
@@ -317,7 +337,7 @@ impl SlotMap {
                     let s = self.hand;
                     self.hand = if s + 1 == c { 0 } else { s + 1 };
                     let st = self.stamp[s as usize];
-                    if st & PASS_MASK == self.pass || self.is_held(st) {
+                    if pinned_or_held(st, self.pass, self.held) {
                         continue; // pinned by this pass, or held
                     }
                     if st & REF != 0 {
@@ -415,13 +435,7 @@ impl SlotMap {
     /// `shadow_ids` of the partitioned map's sampled ids, and the partitioned map tunes
     /// its window ([`SlotMap::admission_samples`], [`SlotMap::tune`]).
     fn partition(rows: usize, capacity: usize, policy: EvictionPolicy, shadow_ids: usize) -> Self {
-        let mut map = Self::new(rows, capacity, policy);
-        if let Some(a) = map.adm.as_mut() {
-            let transient = policy.transient_slots(capacity);
-            **a = Admission::new(capacity, transient, shadow_ids);
-        }
-        map.tunes_alone = false;
-        map
+        Self::with_shadow(rows, capacity, policy, shadow_ids, false)
     }
 
     /// TinyLFU: the counts its window is tuned by.
@@ -498,15 +512,14 @@ impl SlotMap {
             let v = match self.adm.is_some() {
                 false => self.victim(),
                 true => match self.place(id, pass) {
-                    Some(Place::Slot(v)) => v,
-                    Some(_) => {
+                    Place::Slot(v) => v,
+                    Place::Transient(t) => {
                         plan.transient += 1;
-                        let t = self.slot_of[id as usize];
                         plan.misses.push((id, t));
                         plan.slots.push(t);
                         continue;
                     }
-                    None => return i, // every slot is pinned by this pass
+                    Place::Full => return i, // every slot is pinned by this pass
                 },
             };
             let old = self.id_of[v as usize];
@@ -532,28 +545,26 @@ impl SlotMap {
         ids.len()
     }
 
-    /// TinyLFU: where the missed `id` goes (a transient slot is marked in `slot_of` and
-    /// returned as `Some(Place::Transient)`); `None` when every slot is pinned by the pass
-    /// (a hold in the way is released first).
-    fn place(&mut self, id: u32, pass: u32) -> Option<Place> {
-        let a = self.adm.as_mut()?;
+    /// TinyLFU (the caller checked `adm`): where the missed `id` goes; a transient slot
+    /// is marked in `slot_of` for the rest of the pass. `Place::Full` when every slot is
+    /// pinned by the pass (a hold in the way is released first).
+    fn place(&mut self, id: u32, pass: u32) -> Place {
+        let Some(a) = self.adm.as_mut() else {
+            return Place::Full;
+        };
         a.seen(id, false);
         let mut place = a.place(id, &self.id_of, &mut self.stamp, pass, self.held, NONE);
         if place == Place::Full && self.held_left > 0 {
             self.release();
-            let a = self.adm.as_mut()?;
-            place = a.place(id, &self.id_of, &mut self.stamp, pass, 0, NONE);
-        }
-        let a = self.adm.as_mut()?;
-        match place {
-            Place::Full => None,
-            Place::Transient(t) => {
-                a.transients.push(id);
-                self.slot_of[id as usize] = t;
-                Some(place)
+            if let Some(a) = self.adm.as_mut() {
+                place = a.place(id, &self.id_of, &mut self.stamp, pass, 0, NONE);
             }
-            Place::Slot(_) => Some(place),
         }
+        if let (Place::Transient(t), Some(a)) = (place, self.adm.as_mut()) {
+            a.transients.push(id);
+            self.slot_of[id as usize] = t;
+        }
+        place
     }
 
     /// Forgets the misses of a pass whose rows could not be uploaded: their slots become
