@@ -33,8 +33,8 @@ struct DrivenParams {
     batch_epoch: u32, // the epoch of the batch's first pass
     written_at: u32,  // word of the written-rows bitmap (training caches)
     held: u32,        // a prefetch's epoch whose slots are victims only when no other is left (0: none)
-    _pad1: u32,
-    _pad2: u32,
+    shard_rows: u32,  // rows of every table shard but the last (fetch)
+    group_rows: u32,  // rows of the table shards fetch binds, from table_base (fetch)
 }
 
 const PENDING: u32 = 0xffffffffu;

@@ -375,6 +375,61 @@ fn the_choice_of_path_and_its_refusals() {
     assert_eq!(host.config().path, BatchPath::Host);
 }
 
+/// A device with host-visible storage but fewer storage buffers per shader stage than the
+/// fetch binds (6): Auto takes the host path and says why, Gpu is a typed error naming the
+/// limit, and the host path serves.
+#[test]
+fn too_few_storage_bindings_take_the_host_path() {
+    let _serial = common::serial();
+    let Some(ctx) = common::host_storage_ctx() else {
+        return;
+    };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapter = adapters
+        .into_iter()
+        .find(|a| {
+            a.get_info().name == ctx.adapter().name && a.get_info().backend == ctx.adapter().backend
+        })
+        .expect("same adapter visible");
+    let limits = wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 5,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: wgpu::Features::MAPPABLE_PRIMARY_BUFFERS,
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let small = GpuContext::from_device(&adapter, device, queue);
+    assert!(small.adapter().host_visible_storage);
+    let data: Vec<f32> = (0..100 * 4).map(|v| v as f32).collect();
+    let table = || HostTable::borrowed(&data, 4).unwrap();
+    let config = CacheConfig::default().capacity(Capacity::Rows(10));
+    let mut auto = EmbeddingCache::new(&small, table(), config.clone()).unwrap();
+    assert_eq!(auto.config().path, BatchPath::Host);
+    assert!(
+        auto.config().path_reason.contains("storage buffers"),
+        "{}",
+        auto.config().path_reason
+    );
+    let out = auto.lookup(&[3, 99, 3]).unwrap().to_host().unwrap();
+    assert_eq!(&out[4..8], &data[99 * 4..100 * 4]);
+    let err = EmbeddingCache::new(&small, table(), config.path(BatchPath::Gpu)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HotrowError::ExceedsLimit {
+                limit_name: "max_storage_buffers_per_shader_stage",
+                limit: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn bad_input_changes_nothing_on_the_gpu_path() {
     let _serial = common::serial();
@@ -485,6 +540,52 @@ fn a_sharded_table_and_a_large_cache() {
         );
     }
     common::resident(&cache);
+}
+
+/// A table in 14 shards (the fetch binds four at a time: groups of 4, 4, 4 and 2) and slots
+/// in 3: every batch of a stream with evictions equal to the CPU, every row format.
+#[test]
+fn a_table_in_many_shards_is_fetched_in_groups() {
+    let _serial = common::serial();
+    let Some(ctx) = common::host_storage_ctx() else {
+        return;
+    };
+    let mut rng = Rng::new(seed("driven_groups"));
+    let (rows, dim, capacity) = (2000, 12, 300);
+    let data = random_values(rows * dim, rng.next_u64());
+    for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
+        let layout = hotrow::RowLayout::new(dim, format).unwrap();
+        let shard = |n: usize| hotrow::RowBufferOptions {
+            max_shard_bytes: Some((n * layout.row_bytes() as usize) as u64),
+        };
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(capacity))
+            .row_format(format)
+            .path(BatchPath::Gpu)
+            .slot_buffer(shard(128))
+            .table_buffer(shard(150));
+        let table = HostTable::borrowed(&data, dim).unwrap();
+        let Ok(mut cache) = EmbeddingCache::new(ctx, table, config) else {
+            assert_ne!(format, RowFormat::F32, "f32 rows are always served");
+            continue;
+        };
+        let (back, _) = stored(&data, dim, format);
+        let zipf = ZipfIds::new(rows, 0.9, rng.next_u64());
+        for batch in 0..8 {
+            let ids = zipf.batch(if batch == 5 { 900 } else { 250 }, &mut rng);
+            let out = cache.lookup(&ids).unwrap().to_host().unwrap();
+            let want = hotrow::reference::gather(&back, dim, &ids);
+            assert_rows_decoded(
+                &out,
+                &want,
+                dim,
+                format,
+                &format!("{format:?} batch {batch}"),
+            );
+        }
+        let s = cache.stats();
+        assert!(s.evictions > 0 && s.hits > 0, "{s:?}");
+    }
 }
 
 /// The table in hotrow's own imported huge-page memory (the default where the adapter has

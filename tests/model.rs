@@ -239,9 +239,15 @@ fn run_setup(s: &Setup) -> Result<(), TestCaseError> {
         config = config.max_upload_bytes_per_pass((n * layout.row_bytes() as usize) as u64);
     }
     if let Some(n) = s.shard_rows {
-        config = config.slot_buffer(RowBufferOptions {
-            max_shard_bytes: Some((n * layout.row_bytes() as usize) as u64),
-        });
+        // The slots' shards, and the GPU-driven path's table in shards of 16n rows (the fetch
+        // binds them four at a time: tables of more than 64n rows take several groups).
+        config = config
+            .slot_buffer(RowBufferOptions {
+                max_shard_bytes: Some((n * layout.row_bytes() as usize) as u64),
+            })
+            .table_buffer(RowBufferOptions {
+                max_shard_bytes: Some((16 * n * layout.row_bytes() as usize) as u64),
+            });
     }
     let mut cache = EmbeddingCache::new(ctx(), table, config)
         .map_err(|e| TestCaseError::fail(format!("construction: {e}")))?;

@@ -57,6 +57,8 @@ pub struct Args {
     /// Slot-map partitions of W2's and W6's caches (`--partitions`; default 0: the
     /// library's default, one per host thread).
     pub partitions: usize,
+    /// Rows of the cached workloads' table (`--rows`; default W2's N).
+    pub rows: Option<usize>,
 }
 
 /// W2's table: host memory in f32 (the default), a `.npy` file written first and read
@@ -162,6 +164,7 @@ impl Args {
                 PolicyArg::Tinylfu => EvictionPolicy::TinyLfu,
             },
             capacity: c.capacity,
+            rows: c.rows,
         }
     }
 }
@@ -227,6 +230,10 @@ struct Cli {
     /// W2's and W5's cache, as a fraction of the table.
     #[arg(long, default_value_t = 0.1)]
     capacity: f64,
+    /// Rows of the cached workloads' table (W2-W5; default 8,388,608, N / 64 with --small):
+    /// an experiment's knob (e.g. a table within one storage binding), not the workloads.
+    #[arg(long)]
+    rows: Option<usize>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -269,7 +276,9 @@ enum TableArg {
 /// Shapes of the cached workloads (W2-W5): full, or the CI "small" scale (N / 64, B / 16);
 /// `--batch` sets B.
 pub fn cached_shapes(a: &Args) -> (usize, usize, usize) {
-    let n = if a.small { (8 << 20) / 64 } else { 8 << 20 };
+    let n = a
+        .rows
+        .unwrap_or(if a.small { (8 << 20) / 64 } else { 8 << 20 });
     (n, a.batch, 128)
 }
 

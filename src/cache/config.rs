@@ -97,6 +97,10 @@ pub struct CacheConfig {
     pub max_upload_bytes_per_pass: u64,
     /// Options of the slot buffer (e.g. a cap on shard size).
     pub slot_buffer: RowBufferOptions,
+    /// Options of the GPU-driven path's table in host memory (e.g. a cap on shard size,
+    /// to bound single allocations). Its shards are never larger than the adapter's
+    /// largest storage binding; the fetch binds four at a time.
+    pub table_buffer: RowBufferOptions,
     /// Which resident row makes room for a miss. Default: CLOCK.
     pub policy: EvictionPolicy,
     /// Partitions of the slot map, resolved in parallel (ids split by their low bits, each
@@ -145,6 +149,7 @@ impl Default for CacheConfig {
             staging_buffers: 3,
             max_upload_bytes_per_pass: 256 << 20,
             slot_buffer: RowBufferOptions::default(),
+            table_buffer: RowBufferOptions::default(),
             policy: EvictionPolicy::default(),
             partitions: 0,
             resolution: Resolution::default(),
@@ -180,6 +185,12 @@ impl CacheConfig {
     /// Sets [`CacheConfig::slot_buffer`].
     pub fn slot_buffer(mut self, options: RowBufferOptions) -> Self {
         self.slot_buffer = options;
+        self
+    }
+
+    /// Sets [`CacheConfig::table_buffer`].
+    pub fn table_buffer(mut self, options: RowBufferOptions) -> Self {
+        self.table_buffer = options;
         self
     }
 

@@ -212,7 +212,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             let index_rows = device.then_some(rows);
             let driven = match path {
                 BatchPath::Gpu => {
-                    let table = fill_host_table(ctx, &source, layout, progress)?;
+                    let options = config.table_buffer.clone();
+                    let table = fill_host_table(ctx, &source, (layout, options), progress)?;
                     Some(Driven::new(
                         ctx,
                         table,

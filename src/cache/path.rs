@@ -5,6 +5,7 @@ use super::config::{BatchPath, CacheConfig, Resolution};
 use super::slot_map::EvictionPolicy;
 use crate::error::{HotrowError, Result};
 use crate::gpu::GpuContext;
+use crate::ops::driven::FETCH_STORAGE;
 
 /// The path `config` asks for on `ctx` over a table of `rows` rows and `capacity` slots,
 /// and the reason; an explicit `Gpu` that cannot be served is an error.
@@ -31,6 +32,7 @@ pub(crate) fn choose_path(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Blocker {
     NoHostStorage,
+    FewStorageBindings,
     Lru,
     Admission,
     DeviceResolution,
@@ -46,6 +48,8 @@ fn gpu_blocker(
 ) -> Option<Blocker> {
     if !ctx.adapter().host_visible_storage {
         Some(Blocker::NoHostStorage)
+    } else if ctx.limits().max_storage_buffers_per_shader_stage < FETCH_STORAGE {
+        Some(Blocker::FewStorageBindings)
     } else if config.policy == EvictionPolicy::Lru {
         Some(Blocker::Lru)
     } else if config.policy == EvictionPolicy::TinyLfu {
@@ -65,6 +69,7 @@ impl Blocker {
     fn reason(self) -> &'static str {
         match self {
             Blocker::NoHostStorage => "no host-visible storage on this context (GpuOptions::host_visible_storage; GL and browsers have none)",
+            Blocker::FewStorageBindings => "the fetch binds 6 storage buffers, more than this device allows per shader stage",
             Blocker::Lru => "exact LRU asked for: the GPU-driven path evicts by CLOCK",
             Blocker::Admission => "EvictionPolicy::TinyLfu asked for: admission runs in the host path's slot map",
             Blocker::DeviceResolution => "Resolution::Device asked for: a host-path mode",
@@ -78,6 +83,12 @@ impl Blocker {
             Blocker::NoHostStorage => HotrowError::Unsupported {
                 what: "the GPU-driven path (BatchPath::Gpu: its table in host memory, GpuOptions::host_visible_storage)",
                 feature: "MAPPABLE_PRIMARY_BUFFERS",
+            },
+            Blocker::FewStorageBindings => HotrowError::ExceedsLimit {
+                what: "the GPU-driven path's fetch (storage buffers bound at once)",
+                bytes: FETCH_STORAGE as u64,
+                limit_name: "max_storage_buffers_per_shader_stage",
+                limit: ctx.limits().max_storage_buffers_per_shader_stage as u64,
             },
             Blocker::TooManyRows => HotrowError::ExceedsLimit {
                 what: "the GPU-driven path's id -> slot array (4 bytes per table row)",

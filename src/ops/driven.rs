@@ -96,8 +96,8 @@ pub(crate) struct DrivenParams {
     pub(crate) batch_epoch: u32,
     pub(crate) written_at: u32,
     pub(crate) held: u32,
-    pub(crate) _pad1: u32,
-    pub(crate) _pad2: u32,
+    pub(crate) shard_rows: u32,
+    pub(crate) group_rows: u32,
 }
 params_layout!(
     DrivenParams,
@@ -116,8 +116,8 @@ params_layout!(
     batch_epoch,
     written_at,
     held,
-    _pad1,
-    _pad2
+    shard_rows,
+    group_rows
 );
 
 /// Bytes of one [`DrivenParams`] block.
@@ -223,18 +223,38 @@ pub(crate) fn fetch_grid(ctx: &GpuContext, n: usize, words: u32) -> (u32, u32) {
     grid_for_threads(ctx, threads)
 }
 
-/// `base` for the fetch from table rows `table` (first, count) into slots `slots`, over a
-/// grid `groups_x` workgroups wide.
+/// Table shards one fetch dispatch binds (`table0..table3` in fetch.wgsl).
+pub(crate) const FETCH_TABLES: usize = 4;
+
+/// Storage buffers the fetch binds: the work buffer, a slot shard and [`FETCH_TABLES`]
+/// table shards (the most of any GPU-driven kernel; the path needs this many per stage).
+pub(crate) const FETCH_STORAGE: u32 = 2 + FETCH_TABLES as u32;
+
+/// Where table shard `k` of `table` lies: (first row, rows).
+pub(crate) fn shard_range(table: &RowBuffer, k: usize) -> (usize, usize) {
+    let per = table.shard_rows();
+    (k * per, per.min(table.rows() - k * per))
+}
+
+/// `base` for the dispatch that moves rows between table shard `t` of `table` and slots
+/// `slots` (first, count), over a grid `groups_x` workgroups wide. Write-back and flush
+/// bind shard `t` alone (`table_base`, `table_rows`); the fetch binds the group of up to
+/// [`FETCH_TABLES`] shards from `t` (`group_rows`, each shard `shard_rows` rows).
 pub(crate) fn fetch_params(
     base: DrivenParams,
     groups_x: u32,
-    table: (usize, usize),
+    (table, t): (&RowBuffer, usize),
     slots: (usize, usize),
 ) -> DrivenParams {
+    let (first, rows) = shard_range(table, t);
+    let last = (t + FETCH_TABLES).min(table.shards().len()) - 1;
+    let end = shard_range(table, last);
     DrivenParams {
         groups_x,
-        table_base: table.0 as u32,
-        table_rows: table.1 as u32,
+        table_base: first as u32,
+        table_rows: rows as u32,
+        shard_rows: table.shard_rows() as u32,
+        group_rows: (end.0 + end.1 - first) as u32,
         slot_base: slots.0 as u32,
         slot_rows: slots.1 as u32,
         ..base
@@ -442,9 +462,15 @@ pub(crate) fn encode(
     Ok(())
 }
 
-/// Encodes the fetch: one dispatch of `grid` per (table shard, slot shard) pair, each in a
-/// compute pass of its own (so nothing is collected per pass), with its params block at
-/// `staged.1 + k * PARAMS_BYTES` in pair order (table shard major).
+/// Dispatches of the fetch: one per (group of [`FETCH_TABLES`] table shards, slot shard).
+pub(crate) fn fetch_dispatches(table: &RowBuffer, slots: &RowBuffer) -> usize {
+    table.shards().len().div_ceil(FETCH_TABLES) * slots.shards().len()
+}
+
+/// Encodes the fetch: one dispatch of `grid` per (group of table shards, slot shard), each
+/// in a compute pass of its own (so nothing is collected per pass). Its params are the
+/// blocks of the pairs' layout (`staged.1 + k * PARAMS_BYTES`, table shard major, see
+/// [`fetch_params`]): the dispatch of a group takes its first shard's block.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_fetch(
     ctx: &GpuContext,
@@ -459,17 +485,23 @@ pub(crate) fn encode_fetch(
     let row_words = slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
     let params = ParamsSource::Staged(staged.0, staged.1);
-    let pairs = (table, slots, work);
-    encode_pairs(
-        ctx,
-        enc,
-        ("fetch", &pipeline),
-        pairs,
-        &[],
-        grid,
-        launches,
-        params,
-    )
+    let shards: Vec<&wgpu::Buffer> = table.shards().collect();
+    let slot_shards = slots.shards().len();
+    let dispatches = shards
+        .chunks(FETCH_TABLES)
+        .enumerate()
+        .flat_map(|(g, group)| slots.shards().enumerate().map(move |s| (g, group, s)));
+    for ((g, group, (s, slot)), launch) in dispatches.zip(launches.iter_mut()) {
+        let mut storage = vec![(1, work, work.size()), (3, slot, slot.size())];
+        for (k, binding) in [2, 4, 5, 6].into_iter().enumerate() {
+            let t = group[k.min(group.len() - 1)];
+            storage.push((binding, t, t.size()));
+        }
+        let from = params.block(&mut *enc, g * FETCH_TABLES * slot_shards + s);
+        let bound = launch.bind(ctx, &pipeline, from, &storage)?.clone();
+        encode_pass(ctx, enc, "fetch", &pipeline, [(&bound, grid)]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -502,22 +534,35 @@ mod tests {
     fn params_blocks_are_16_byte_multiples() {
         // (each is copied into a uniform buffer from a 16-byte aligned staging offset)
         assert_eq!(PARAMS_BYTES % 16, 0);
+    }
+
+    #[test]
+    fn a_fetch_binds_a_group_of_table_shards_and_writeback_one() {
+        let Ok(ctx) = GpuContext::new() else {
+            return;
+        };
+        // 10 rows of 4 floats in shards of 2 rows: 5 shards, the last 2 rows
+        let options = crate::RowBufferOptions {
+            max_shard_bytes: Some(2 * 16),
+        };
+        let table = RowBuffer::with_options(&ctx, 10, 4, options).unwrap();
+        let slots = RowBuffer::new(&ctx, 6, 4).unwrap();
+        assert_eq!(table.shards().len(), 5);
+        assert_eq!(fetch_dispatches(&table, &slots), 2);
+        let at = |t| fetch_params(DrivenParams::default(), 7, (&table, t), (0, 6));
+        let f = at(0);
+        let fields = |f: DrivenParams| (f.table_base, f.table_rows, f.shard_rows, f.group_rows);
+        assert_eq!(fields(f), (0, 2, 2, 8), "shards 0-3");
+        assert_eq!(fields(at(4)), (8, 2, 2, 2), "the short last group");
+        assert_eq!(fields(at(3)), (6, 2, 2, 4), "write-back's shard 3");
+        assert_eq!((f.groups_x, f.slot_base, f.slot_rows), (7, 0, 6));
         let base = DrivenParams {
             blocks: 3,
             words: 8,
             ..Default::default()
         };
-        let f = fetch_params(base, 7, (100, 50), (0, 20));
-        assert_eq!(
-            (
-                f.groups_x,
-                f.table_base,
-                f.table_rows,
-                f.slot_base,
-                f.slot_rows
-            ),
-            (7, 100, 50, 0, 20)
-        );
+        let f = fetch_params(base, 7, (&table, 1), (2, 4));
         assert_eq!((f.blocks, f.words), (3, 8), "the rest kept");
+        assert_eq!((f.slot_base, f.slot_rows), (2, 4));
     }
 }

@@ -21,7 +21,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub(crate) fn fill_host_table<S: RowSource>(
     ctx: &GpuContext,
     source: &S,
-    layout: RowLayout,
+    (layout, options): (RowLayout, RowBufferOptions),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RowBuffer> {
     if !ctx.adapter().host_visible_storage {
@@ -32,13 +32,7 @@ pub(crate) fn fill_host_table<S: RowSource>(
         });
     }
     let rows = source.rows();
-    let table = RowBuffer::with_layout(
-        ctx,
-        rows,
-        layout,
-        RowBufferOptions::default(),
-        Placement::Host,
-    )?;
+    let table = RowBuffer::with_layout(ctx, rows, layout, options, Placement::Host)?;
     let words = layout.words_per_row();
     if table.host_mapped() {
         // hotrow's own memory: rows read and encoded straight into it, chunk by chunk (no

@@ -380,8 +380,9 @@ impl PassEngine {
         for (phase, groups, launch, at) in steps {
             kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, (&staged, at))?;
         }
-        if d.fetch.len() < pairs {
-            d.fetch.resize_with(pairs, Launch::default);
+        let fetches = kernels::fetch_dispatches(&d.table, &self.slots);
+        if d.fetch.len() < fetches {
+            d.fetch.resize_with(fetches, Launch::default);
         }
         if d.training {
             // Dirty victims' rows go back to the table before the fetch overwrites them (the
@@ -425,7 +426,7 @@ impl PassEngine {
             &self.slots,
             &d.work,
             fetch_grid,
-            &mut d.fetch[..pairs],
+            &mut d.fetch[..fetches],
             (&staged, fetch_at),
         )?;
         if target.positions() {
@@ -486,14 +487,11 @@ fn pair_params<'a>(
     table: &'a RowBuffer,
     slots: &'a RowBuffer,
 ) -> impl Iterator<Item = DrivenParams> + 'a {
-    let range = |b: &RowBuffer, k: usize| {
-        let per = b.shard_rows();
-        (k * per, per.min(b.rows() - k * per))
-    };
     let slot_shards = slots.shards().len();
     (0..table.shards().len() * slot_shards).map(move |k| {
         let (t, s) = (k / slot_shards, k % slot_shards);
-        kernels::fetch_params(base, groups_x, range(table, t), range(slots, s))
+        let slot_range = kernels::shard_range(slots, s);
+        kernels::fetch_params(base, groups_x, (table, t), slot_range)
     })
 }
 
