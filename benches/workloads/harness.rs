@@ -356,6 +356,29 @@ pub fn gpu_sum(times: &[PassTiming], label: &str, per: f64) -> f64 {
         / per
 }
 
+/// The GPU's time per batch from the passes' timestamps, a batch being the passes from
+/// one labelled `first` to the next: (span, idle) in ms averaged over the batches, `span`
+/// from the batch's first pass's begin to its last pass's end (its passes and the GPU's
+/// gaps between them: copies, barriers), `idle` from that end to the next batch's begin
+/// (the GPU waiting for the host). (0, 0) without such passes.
+pub fn gpu_span(times: &[PassTiming], first: &str) -> (f64, f64) {
+    let starts: Vec<usize> = (0..times.len())
+        .filter(|&k| times[k].label == first)
+        .collect();
+    let (mut span, mut idle, mut n) = (0.0, 0.0, 0);
+    for w in starts.windows(2) {
+        let batch = &times[w[0]..w[1]];
+        let end = batch.iter().map(|t| t.start + t.nanos).fold(0.0, f64::max);
+        span += end - batch[0].start;
+        idle += times[w[1]].start - end;
+        n += 1;
+    }
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    (span / n as f64 / 1e6, idle / n as f64 / 1e6)
+}
+
 /// Warm-up before a timed loop: `a.warmup_secs` of GPU-bound work (the [`Heater`]), then
 /// `min_calls` calls of `op(k)`; waits for the GPU and drops the timings recorded meanwhile.
 pub fn warm_up(

@@ -226,6 +226,11 @@ fn run_on<T: RowSource + 'static>(
                 rep.insert(format!("W2_gpu_{phase}_ms"), ms);
             }
         }
+        let (span, idle) = harness::gpu_span(&times, "find");
+        if span > 0.0 {
+            rep.insert("W2_gpu_span_ms".into(), span);
+            rep.insert("W2_gpu_idle_ms".into(), idle);
+        }
         rep.insert(
             "W2_gpu_scatter_ms".into(),
             harness::gpu_sum(&times, "scatter_rows", per),

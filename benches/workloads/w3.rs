@@ -98,6 +98,11 @@ pub fn run(
                     rep.insert(format!("W3_hotrow_{name}_gpu_{phase}_ms"), ms);
                 }
             }
+            let (span, idle) = harness::gpu_span(&times, "find");
+            if span > 0.0 {
+                rep.insert(format!("W3_hotrow_{name}_gpu_span_ms"), span);
+                rep.insert(format!("W3_hotrow_{name}_gpu_idle_ms"), idle);
+            }
             let iso = harness::isolated_gpu_ms(ctx, "bag", 30, || op(1))?;
             rep.insert(format!("W3_hotrow_{name}_gpu_bag_isolated_ms"), iso);
         }

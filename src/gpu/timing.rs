@@ -14,6 +14,9 @@ pub struct PassTiming {
     pub label: &'static str,
     /// GPU time between the pass's begin and end timestamps, in nanoseconds.
     pub nanos: f64,
+    /// When the pass began: nanoseconds after the first pass of this
+    /// [`GpuContext::take_timings`] began (with `nanos`, where the GPU sat between passes).
+    pub start: f64,
 }
 
 pub(crate) struct PassTimer {
@@ -119,6 +122,7 @@ impl GpuContext {
             crate::gpu::readback::map_read_blocking(self, &t.read, 0, 2 * n as u64 * 8)
                 .map(|bytes| bytemuck::pod_collect_to_vec(&bytes))?;
         let period = self.queue().get_timestamp_period() as f64;
+        let first = raw[0];
         let out = t
             .labels
             .drain(..)
@@ -126,6 +130,7 @@ impl GpuContext {
             .map(|(i, label)| PassTiming {
                 label,
                 nanos: raw[2 * i + 1].saturating_sub(raw[2 * i]) as f64 * period,
+                start: raw[2 * i].saturating_sub(first) as f64 * period,
             })
             .collect();
         Ok((out, dropped))
@@ -146,5 +151,37 @@ pub(crate) fn pass_writes(
 impl From<wgpu::BufferAsyncError> for HotrowError {
     fn from(e: wgpu::BufferAsyncError) -> Self {
         HotrowError::Map(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{GpuContext, RowBuffer};
+
+    /// Three gathers, each its own pass: three timings under the op's label, in order,
+    /// each beginning no earlier than the one before ended; none once timing is off.
+    #[test]
+    fn passes_are_timed_in_order() {
+        let Ok(ctx) = GpuContext::new() else {
+            return;
+        };
+        if !ctx.enable_timing(16) {
+            return; // no timestamp queries on this adapter
+        }
+        let rows = RowBuffer::from_host(&ctx, &[1.0; 64 * 4], 4).unwrap();
+        for _ in 0..3 {
+            rows.gather(&[1, 5, 5, 63]).unwrap();
+        }
+        let (times, dropped) = ctx.take_timings().unwrap();
+        assert_eq!(dropped, 0);
+        let gathers: Vec<_> = times.iter().filter(|t| t.label == "gather").collect();
+        assert_eq!(gathers.len(), 3, "{times:?}");
+        assert_eq!(times[0].start, 0.0);
+        for w in gathers.windows(2) {
+            assert!(w[1].start >= w[0].start + w[0].nanos, "{times:?}");
+        }
+        ctx.disable_timing();
+        rows.gather(&[2]).unwrap();
+        assert!(ctx.take_timings().unwrap().0.is_empty());
     }
 }
