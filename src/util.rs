@@ -12,20 +12,47 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// Elements per task of [`copy_parallel`]: 64 KiB of u32s.
-const COPY_CHUNK: usize = 16 * 1024;
+/// Bytes per task of [`copy_parallel`].
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
-/// `dst.copy_from_slice(src)`, spread over the rayon pool when long (1 MiB or more). The destination is
-/// usually write-combined mapped staging memory, where one thread's stores reach a fraction
-/// of what several threads' reach (a step's ids or slot list is megabytes).
+/// `dst.copy_from_slice(src)`, spread over the rayon pool from 128 KiB on. The destination
+/// is usually write-combined mapped staging memory, where one thread's stores reach a
+/// fraction of what several threads' reach: on an H100 host, a batch's 256 KiB of ids took
+/// 0.054 ms from one thread (4.7 GB/s), where the host path's threads write 4.6 MB of rows
+/// in 0.064 ms.
 pub(crate) fn copy_parallel<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
     use rayon::prelude::*;
     assert_eq!(dst.len(), src.len(), "copy_parallel lengths");
-    if src.len() < 16 * COPY_CHUNK {
+    let chunk = (COPY_CHUNK_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+    if src.len() < 2 * chunk {
         dst.copy_from_slice(src);
     } else {
-        dst.par_chunks_mut(COPY_CHUNK)
-            .zip(src.par_chunks(COPY_CHUNK))
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
             .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_parallel;
+
+    /// Below, at and past the parallel threshold, in bytes and in words: every element
+    /// copied, nothing past the end touched.
+    #[test]
+    fn copy_parallel_copies_every_element() {
+        for n in [0usize, 1, 65_535, 131_071, 131_072, 300_001] {
+            let src: Vec<u8> = (0..n).map(|k| (k * 7 % 251) as u8).collect();
+            let mut dst = vec![0xAAu8; n + 3];
+            copy_parallel(&mut dst[..n], &src);
+            assert_eq!(&dst[..n], &src[..], "{n} bytes");
+            assert_eq!(&dst[n..], &[0xAA; 3], "{n} bytes: past the end");
+            let words: Vec<u32> = (0..n as u32)
+                .map(|k| k.wrapping_mul(2_654_435_761))
+                .collect();
+            let mut out = vec![0u32; n];
+            copy_parallel(&mut out, &words);
+            assert_eq!(out, words, "{n} words");
+        }
     }
 }

@@ -34,12 +34,13 @@ pub(crate) type Bound<'a> = (u32, &'a wgpu::Buffer, u64);
 #[derive(Default)]
 pub(crate) struct Launch {
     params: Option<TrackedBuffer>,
-    /// The bind group and the (pipeline, bindings) it was made for.
+    /// The bind group and the (pipeline, uniform, bindings) it was made for.
     bound: Option<BoundGroup>,
 }
 
 struct BoundGroup {
     pipeline: wgpu::ComputePipeline,
+    uniform: (wgpu::Buffer, u64),
     storage: Vec<(u32, wgpu::Buffer, u64)>,
     group: wgpu::BindGroup,
 }
@@ -55,12 +56,85 @@ pub(crate) enum ParamsFrom<'a, P> {
         src: &'a wgpu::Buffer,
         offset: u64,
     },
+    /// Already in a device buffer with `UNIFORM` usage at this offset (a multiple of
+    /// [`uniform_stride`]): bound where it is, with no copy. A GPU-driven pass copies all
+    /// its blocks up at once: a copy before each dispatch costs the GPU a transfer and two
+    /// barriers between kernels that run for microseconds.
+    Bound {
+        buffer: &'a wgpu::Buffer,
+        offset: u64,
+    },
+}
+
+/// Bytes between params blocks bound in place ([`ParamsFrom::Bound`]): the device's
+/// uniform offset alignment, and at least 64 (the largest params block).
+pub(crate) fn uniform_stride(ctx: &GpuContext) -> u64 {
+    (ctx.limits().min_uniform_buffer_offset_alignment as u64).max(64)
+}
+
+/// Where a call's params blocks lie, block `k` at `offset + k * stride`: in a staging
+/// buffer (each copied into its launch's uniform) or bound in place.
+#[derive(Clone, Copy)]
+pub(crate) struct ParamsAt<'a> {
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    stride: u64,
+    bound: bool,
+}
+
+impl<'a> ParamsAt<'a> {
+    /// Blocks in a mapped staging buffer ([`ParamsFrom::Staged`]).
+    pub(crate) fn staged(buffer: &'a wgpu::Buffer, offset: u64, stride: u64) -> Self {
+        Self {
+            buffer,
+            offset,
+            stride,
+            bound: false,
+        }
+    }
+
+    /// Blocks in a uniform buffer, [`uniform_stride`] apart ([`ParamsFrom::Bound`]).
+    pub(crate) fn bound(buffer: &'a wgpu::Buffer, offset: u64, stride: u64) -> Self {
+        Self {
+            buffer,
+            offset,
+            stride,
+            bound: true,
+        }
+    }
+
+    /// The blocks from block `k` on.
+    pub(crate) fn nth(self, k: usize) -> Self {
+        Self {
+            offset: self.offset + k as u64 * self.stride,
+            ..self
+        }
+    }
+
+    /// The first block, for a launch recorded into `enc`.
+    pub(crate) fn from<'e, P>(self, enc: &'e mut wgpu::CommandEncoder) -> ParamsFrom<'e, P>
+    where
+        'a: 'e,
+    {
+        if self.bound {
+            ParamsFrom::Bound {
+                buffer: self.buffer,
+                offset: self.offset,
+            }
+        } else {
+            ParamsFrom::Staged {
+                enc,
+                src: self.buffer,
+                offset: self.offset,
+            }
+        }
+    }
 }
 
 impl Launch {
-    /// Brings `params` into this call site's uniform buffer and returns a bind group for
-    /// `pipeline` with the uniform at binding 0 and `storage` after it (reused when the
-    /// same buffers are bound again).
+    /// Brings `params` into this call site's uniform buffer (or binds them where they are)
+    /// and returns a bind group for `pipeline` with the uniform at binding 0 and `storage`
+    /// after it (reused when the same buffers are bound again).
     pub(crate) fn bind<P: bytemuck::Pod>(
         &mut self,
         ctx: &GpuContext,
@@ -69,24 +143,32 @@ impl Launch {
         storage: &[Bound<'_>],
     ) -> Result<&wgpu::BindGroup> {
         let size = std::mem::size_of::<P>() as u64;
-        if self.params.as_ref().is_none_or(|b| b.size() < size) {
-            self.params = Some(ctx.create_buffer(
-                "hotrow params",
-                size,
-                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                false,
-            )?);
-            self.bound = None;
-        }
-        let ubuf = self.params.as_ref().expect("uniform buffer just made");
-        match params {
-            ParamsFrom::Host(p) => ctx.queue().write_buffer(ubuf, 0, bytemuck::bytes_of(p)),
-            ParamsFrom::Staged { enc, src, offset } => {
-                enc.copy_buffer_to_buffer(src, offset, ubuf, 0, size)
+        let uniform = match params {
+            ParamsFrom::Bound { buffer, offset } => (buffer.clone(), offset),
+            own => {
+                if self.params.as_ref().is_none_or(|b| b.size() < size) {
+                    self.params = Some(ctx.create_buffer(
+                        "hotrow params",
+                        size,
+                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        false,
+                    )?);
+                    self.bound = None;
+                }
+                let ubuf = self.params.as_ref().expect("uniform buffer just made");
+                match own {
+                    ParamsFrom::Host(p) => ctx.queue().write_buffer(ubuf, 0, bytemuck::bytes_of(p)),
+                    ParamsFrom::Staged { enc, src, offset } => {
+                        enc.copy_buffer_to_buffer(src, offset, ubuf, 0, size)
+                    }
+                    ParamsFrom::Bound { .. } => unreachable!("matched above"),
+                }
+                (ubuf.buffer.clone(), 0)
             }
-        }
+        };
         let same = self.bound.as_ref().is_some_and(|b| {
             &b.pipeline == pipeline
+                && b.uniform == uniform
                 && b.storage.len() == storage.len()
                 && b.storage
                     .iter()
@@ -96,7 +178,11 @@ impl Launch {
         if !same {
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
-                resource: ubuf.as_entire_binding(),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform.0,
+                    offset: uniform.1,
+                    size: std::num::NonZeroU64::new(size),
+                }),
             }];
             entries.extend(
                 storage
@@ -121,6 +207,7 @@ impl Launch {
                 .collect();
             self.bound = Some(BoundGroup {
                 pipeline: pipeline.clone(),
+                uniform,
                 storage: key,
                 group,
             });
@@ -130,10 +217,9 @@ impl Launch {
 }
 
 /// Reusable launch state of one op call site: its per-call input (ids, offsets, operands)
-/// staged in a host vector or a ring of mapped staging buffers and copied into a grow-only
+/// staged in a ring of mapped staging buffers and copied into a grow-only
 /// device buffer, and one [`Launch`] per dispatch (e.g. per shard of a table).
 pub(crate) struct LaunchState {
-    pub(crate) host: Vec<u32>,
     pub(crate) input: GrowBuffer,
     pub(crate) launches: Vec<Launch>,
     /// Mapped upload buffers (made on first use): a call writes its input and params here
@@ -147,7 +233,6 @@ const OP_STAGING_BUFFERS: usize = 4;
 impl Default for LaunchState {
     fn default() -> Self {
         Self {
-            host: Vec::new(),
             input: GrowBuffer::storage("hotrow op input"),
             launches: Vec::new(),
             ring: StagingRing::new(OP_STAGING_BUFFERS),
@@ -167,23 +252,28 @@ pub(crate) struct Staged {
 }
 
 impl LaunchState {
-    /// Writes `input` and then `params` into the next mapped ring entry and records in `enc`
-    /// the copy of `input` into the call site's grow-only device buffer: per-call data goes
-    /// up with no queue write and no allocation once sizes settle. Submit `enc` with the
-    /// returned entry.
+    /// Writes the `input` pieces one after another, then `params`, into the next mapped
+    /// ring entry (straight from the caller's slices, large ones by several threads) and
+    /// records in `enc` the copy of the input into the call site's grow-only device
+    /// buffer: per-call data goes up with no queue write and no allocation once sizes
+    /// settle. Submit `enc` with the returned entry.
     pub(crate) fn stage(
         &mut self,
         ctx: &GpuContext,
         enc: &mut wgpu::CommandEncoder,
-        input: &[u8],
+        input: &[&[u8]],
         params: &[u8],
     ) -> Result<Staged> {
-        let in_bytes = input.len() as u64;
+        let in_bytes = input.iter().map(|p| p.len() as u64).sum::<u64>();
         let params_at = in_bytes.next_multiple_of(16);
         let total = params_at + params.len() as u64;
         let mut entry = self.ring.acquire(ctx, total)?;
         entry.write(|bytes| {
-            bytes[..input.len()].copy_from_slice(input);
+            let mut at = 0;
+            for piece in input {
+                crate::util::copy_parallel(&mut bytes[at..at + piece.len()], piece);
+                at += piece.len();
+            }
             bytes[params_at as usize..total as usize].copy_from_slice(params);
         })?;
         let buf = self.input.get(ctx, in_bytes.max(4))?.clone();

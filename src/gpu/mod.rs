@@ -19,8 +19,8 @@ mod timing;
 pub use adapter::{AdapterSummary, GpuOptions};
 pub use context::GpuContext;
 pub(crate) use launch::{
-    encode, encoder, first_launches, grid, grid_for_threads, Bound, Launch, LaunchState,
-    ParamsFrom, Staged,
+    encode, encoder, first_launches, grid, grid_for_threads, uniform_stride, Bound, Launch,
+    LaunchState, ParamsAt, ParamsFrom, Staged,
 };
 pub(crate) use layout::{row_prefix, wgsl_rows, COPY_PREFIXES, RAW_WORDS, ROW_PREFIXES};
 pub use layout::{RowFormat, RowLayout};

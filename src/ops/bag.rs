@@ -173,26 +173,25 @@ pub(crate) fn encode(
     let layout = rows.layout;
     let width = layout.width();
     // The `bags` binding: offsets, the end of the last bag, the weights as bits, then the
-    // tables' output columns.
-    let host = &mut state.host;
-    host.clear();
-    host.extend_from_slice(offsets);
-    host.push(n_ids as u32);
-    let weights_at = host.len() as u32;
-    if let Some(w) = weights {
-        host.extend(w.iter().map(|x| x.to_bits()));
-    }
-    let cols_at = host.len() as u32;
-    if let Some(t) = &tables {
-        host.extend_from_slice(t.cols);
-    }
+    // tables' output columns (staged straight from the caller's slices).
+    let end = [n_ids as u32];
+    let weights = weights.unwrap_or_default();
+    let cols = tables.as_ref().map_or(&[][..], |t| t.cols);
+    let pieces: [&[u8]; 4] = [
+        bytemuck::cast_slice(offsets),
+        bytemuck::cast_slice(&end),
+        bytemuck::cast_slice(weights),
+        bytemuck::cast_slice(cols),
+    ];
+    let weights_at = (offsets.len() + 1) as u32;
+    let cols_at = weights_at + weights.len() as u32;
     let (gx, gy) = grid_for_threads(ctx, n_bags as u64 * width as u64);
     let params = BagParams {
         n_bags: n_bags as u32,
         width,
         groups_x: gx,
         mode: pooling.code(),
-        has_weights: u32::from(weights.is_some()),
+        has_weights: u32::from(!weights.is_empty()),
         identity: u32::from(rows.identity),
         weights_at,
         tables: tables.as_ref().map_or(0, |t| t.cols.len() as u32),
@@ -205,15 +204,7 @@ pub(crate) fn encode(
     };
     let pipeline = ctx.pipeline(&SHADER, "bag", layout.elem_prefix())?;
     let lanes = layout.vector_width();
-    let host = std::mem::take(&mut state.host);
-    let staged = state.stage(
-        ctx,
-        enc,
-        bytemuck::cast_slice(&host),
-        bytemuck::bytes_of(&params),
-    );
-    state.host = host;
-    let staged = staged?;
+    let staged = state.stage(ctx, enc, &pieces, bytemuck::bytes_of(&params))?;
     let bags = &staged.input;
     let bind_group = state.bind_staged::<BagParams>(
         ctx,

@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::gpu::submit;
 use crate::gpu::{
     encode as encode_pass, encoder, first_launches, grid_for_threads, Embeddings, GpuContext,
-    Launch, LaunchState, ParamsFrom, RowBuffer, RowFormat, RowLayout, Shader, COPY_PREFIXES,
-    RAW_WORDS,
+    Launch, LaunchState, ParamsAt, ParamsFrom, RowBuffer, RowFormat, RowLayout, Shader,
+    COPY_PREFIXES, RAW_WORDS,
 };
 use crate::ops::params_layout;
 
@@ -127,7 +127,7 @@ pub(crate) fn encode(
     plain: &wgpu::Buffer,
     offset: usize,
     launches: &mut Vec<Launch>,
-    staged: Option<(&wgpu::Buffer, u64)>,
+    staged: Option<ParamsAt<'_>>,
 ) -> Result<()> {
     if n == 0 {
         return Ok(());
@@ -149,11 +149,7 @@ pub(crate) fn encode(
             Direction::Scatter => (plain, shard),
         };
         let from = match staged {
-            Some((buffer, at)) => ParamsFrom::Staged {
-                enc: &mut *enc,
-                src: buffer,
-                offset: at + k as u64 * PARAMS_BYTES,
-            },
+            Some(at) => at.nth(k).from(&mut *enc),
             None => ParamsFrom::Host(&block),
         };
         let group = launch.bind(
@@ -247,7 +243,7 @@ impl RowBuffer {
                 out.buffer(),
                 0,
                 launches,
-                Some((entry.buffer(), params_off)),
+                Some(ParamsAt::staged(entry.buffer(), params_off, PARAMS_BYTES)),
             )?;
             submit(ctx, [enc.finish()], [entry]).map(drop)
         })

@@ -10,7 +10,7 @@
 
 use crate::error::Result;
 use crate::gpu::{
-    encode as encode_pass, grid, grid_for_threads, Bound, GpuContext, Launch, ParamsFrom,
+    encode as encode_pass, grid, grid_for_threads, Bound, GpuContext, Launch, ParamsAt, ParamsFrom,
     RowBuffer, Shader,
 };
 use crate::ops::params_layout;
@@ -316,8 +316,8 @@ pub(crate) fn encode_copy_out(
 /// Where a dispatch's params blocks come from.
 #[derive(Clone, Copy)]
 pub(crate) enum ParamsSource<'a> {
-    /// A staging buffer: block `k` at this offset plus `k` blocks.
-    Staged(&'a wgpu::Buffer, u64),
+    /// Blocks in a buffer (staged or bound in place).
+    At(ParamsAt<'a>),
     /// These blocks, written by queue writes.
     Host(&'a [DrivenParams]),
 }
@@ -329,11 +329,7 @@ impl<'a> ParamsSource<'a> {
         'a: 'e,
     {
         match *self {
-            ParamsSource::Staged(src, at) => ParamsFrom::Staged {
-                enc,
-                src,
-                offset: at + k as u64 * PARAMS_BYTES,
-            },
+            ParamsSource::At(at) => at.nth(k).from(enc),
             ParamsSource::Host(blocks) => ParamsFrom::Host(&blocks[k]),
         }
     }
@@ -409,14 +405,10 @@ pub(crate) fn encode(
     b: &DrivenBuffers<'_>,
     groups: (u32, u32),
     launch: &mut Launch,
-    staged: (&wgpu::Buffer, u64),
+    params: ParamsAt<'_>,
 ) -> Result<()> {
     let pipeline = ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
-    let from = ParamsFrom::Staged {
-        enc: &mut *enc,
-        src: staged.0,
-        offset: staged.1,
-    };
+    let from = params.from(&mut *enc);
     let whole = |n: u32, buf: &'_ wgpu::Buffer| (n, buf.clone(), buf.size());
     // (Each entry point's layout has only the bindings it uses; a fixed array, so a pass
     // allocates nothing for them.)
@@ -480,11 +472,11 @@ pub(crate) fn encode_fetch(
     work: &wgpu::Buffer,
     grid: (u32, u32),
     launches: &mut [Launch],
-    staged: (&wgpu::Buffer, u64),
+    params: ParamsAt<'_>,
 ) -> Result<()> {
     let row_words = slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
-    let params = ParamsSource::Staged(staged.0, staged.1);
+    let params = ParamsSource::At(params);
     let shards: Vec<&wgpu::Buffer> = table.shards().collect();
     let slot_shards = slots.shards().len();
     let dispatches = shards

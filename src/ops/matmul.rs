@@ -184,7 +184,7 @@ pub(crate) fn encode(
     let staged = state.stage(
         ctx,
         enc,
-        bytemuck::cast_slice(host),
+        &[bytemuck::cast_slice(host)],
         bytemuck::bytes_of(&params),
     )?;
     let a = match a {

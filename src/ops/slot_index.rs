@@ -7,7 +7,7 @@
 //! in a 2-D grid past `max_compute_workgroups_per_dimension`; one dispatch per call.
 
 use crate::error::Result;
-use crate::gpu::{encode as encode_pass, grid_for_threads, GpuContext, Launch, ParamsFrom, Shader};
+use crate::gpu::{encode as encode_pass, grid_for_threads, GpuContext, Launch, ParamsAt, Shader};
 use crate::ops::params_layout;
 
 pub(crate) const SHADER: Shader = Shader {
@@ -128,18 +128,14 @@ pub(crate) fn encode(
     slot_of: &wgpu::Buffer,
     out: &wgpu::Buffer,
     launch: &mut Launch,
-    staged: (&wgpu::Buffer, u64),
+    params: ParamsAt<'_>,
 ) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
     let pipeline = ctx.pipeline(&SHADER, kernel.entry(), "")?;
     let (gx, gy) = grid_for_threads(ctx, n as u64);
-    let from = ParamsFrom::Staged {
-        enc: &mut *enc,
-        src: staged.0,
-        offset: staged.1,
-    };
+    let from = params.from(&mut *enc);
     let mut storage = vec![(1, input, input.size()), (2, slot_of, slot_of.size())];
     if kernel != Kernel::Assign {
         storage.push((3, out, out.size()));

@@ -385,7 +385,7 @@ pub(crate) fn encode(
         _ => state.stage(
             ctx,
             enc,
-            bytemuck::cast_slice(&groups.meta),
+            &[bytemuck::cast_slice(&groups.meta)],
             bytemuck::cast_slice(&blocks),
         )?,
     };

@@ -13,7 +13,7 @@ use super::stage::{cast_mut, put_params, write_pairs, Room, StagingLayout};
 use super::{PassBuffers, PassEngine, PassTimes, RecordedPass, Target};
 use crate::cache::slot_map::PassPlan;
 use crate::error::Result;
-use crate::gpu::{encoder, GpuContext, RowBuffer, StagingCopier, StagingEntry};
+use crate::gpu::{encoder, GpuContext, ParamsAt, RowBuffer, StagingCopier, StagingEntry};
 use crate::ops::copy_rows::{self, CopyParams, Direction};
 use crate::ops::slot_index::{self as kernels, Kernel, MapParams, NOT_RESIDENT};
 use crate::table::RowSource;
@@ -278,7 +278,11 @@ impl Commands<'_> {
             rows_buf,
             0,
             &mut buffers.scatter,
-            Some((self.copier.buffer(), lay.params_off)),
+            Some(ParamsAt::staged(
+                self.copier.buffer(),
+                lay.params_off,
+                copy_rows::PARAMS_BYTES,
+            )),
         )
     }
 
@@ -314,7 +318,11 @@ impl Commands<'_> {
                 slot_of,
                 &pairs_buf,
                 launch,
-                (self.copier.buffer(), lay.index_params_off + k * block),
+                ParamsAt::staged(
+                    self.copier.buffer(),
+                    lay.index_params_off + k * block,
+                    block,
+                ),
             )?;
         }
         Ok(())
@@ -343,7 +351,11 @@ impl Commands<'_> {
                 index.slot_of,
                 &pos_buf,
                 index.position,
-                (staging, lay.index_params_off + 2 * kernels::PARAMS_BYTES),
+                ParamsAt::staged(
+                    staging,
+                    lay.index_params_off + 2 * kernels::PARAMS_BYTES,
+                    kernels::PARAMS_BYTES,
+                ),
             )?;
         } else {
             self.copier.copy_to(enc, 0, &pos_buf, 0, self.pos_bytes);
@@ -361,7 +373,11 @@ impl Commands<'_> {
             out,
             offset,
             &mut buffers.gather,
-            Some((staging, lay.params_off + lay.scatter_params)),
+            Some(ParamsAt::staged(
+                staging,
+                lay.params_off + lay.scatter_params,
+                copy_rows::PARAMS_BYTES,
+            )),
         )
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{HotrowError, Result};
 use crate::gpu::{
     encoder, map_read_with, GpuContext, GrowBuffer, Launch, StagingCopier, StagingEntry,
 };
-use crate::gpu::{StagingRing, TrackedBuffer};
+use crate::gpu::{ParamsAt, StagingRing, TrackedBuffer};
 use crate::ops::slot_index::{self as kernels, Kernel, MapParams, HEADER_WORDS, NOT_RESIDENT};
 
 pub(super) struct SlotIndex {
@@ -112,7 +112,11 @@ impl ProbeParts<'_> {
             let bytes = removals as u64 * 8;
             let pairs_dev = self.pairs.get(ctx, bytes)?.clone();
             copier.copy_to(&mut enc, lay.pairs_off, &pairs_dev, 0, bytes);
-            let params = (staging, lay.params_off + kernels::PARAMS_BYTES);
+            let params = ParamsAt::staged(
+                staging,
+                lay.params_off + kernels::PARAMS_BYTES,
+                kernels::PARAMS_BYTES,
+            );
             kernels::encode(
                 ctx,
                 &mut enc,
@@ -136,7 +140,7 @@ impl ProbeParts<'_> {
             self.slot_of,
             &out,
             self.probe,
-            (staging, lay.params_off),
+            ParamsAt::staged(staging, lay.params_off, kernels::PARAMS_BYTES),
         )?;
         let back = self.readback.get(ctx, lay.out_bytes)?.clone();
         enc.copy_buffer_to_buffer(&out, 0, &back, 0, lay.out_bytes);

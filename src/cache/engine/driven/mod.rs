@@ -28,7 +28,8 @@ use std::time::Instant;
 use super::{PassEngine, PassTimes, RecordedPass, Target};
 use crate::error::{HotrowError, Result};
 use crate::gpu::{
-    encoder, grid, grid_for_threads, GpuContext, GrowBuffer, Launch, RowBuffer, TrackedBuffer,
+    encoder, grid, grid_for_threads, uniform_stride, GpuContext, GrowBuffer, Launch, ParamsAt,
+    RowBuffer, TrackedBuffer,
 };
 use crate::ops::copy_rows::{self, Direction};
 use crate::ops::driven::{self as kernels, DrivenBuffers, DrivenParams, Phase};
@@ -47,6 +48,8 @@ pub(crate) struct Driven {
     work: TrackedBuffer,
     /// The ids of the pass.
     ids: GrowBuffer,
+    /// The params blocks of a pass, copied up from its staging entry in one copy.
+    params: GrowBuffer,
     phases: [Launch; 4],
     fetch: Vec<Launch>,
     position: Launch,
@@ -114,6 +117,10 @@ impl Driven {
             state,
             work,
             ids: GrowBuffer::storage("hotrow driven ids"),
+            params: GrowBuffer::new(
+                "hotrow driven params",
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
             phases: Default::default(),
             fetch: Vec::new(),
             position: Launch::default(),
@@ -318,28 +325,41 @@ impl PassEngine {
             .map(|offset| copy_rows::params(&ctx, Direction::Gather, &self.slots, n, offset))
             .into_iter()
             .flatten();
-        // Staging: the ids, then 16-byte aligned params blocks: base, sweep, fetch pairs,
-        // position, gather shards.
+        // Staging: the params blocks, `stride` apart (base, sweep, fetch pairs, position,
+        // gather shards), copied up in one copy and bound where they land; then the ids.
+        // (Blocks first: their offsets do not move with the batch's size, so the bind
+        // groups made for them are reused.)
+        let stride = uniform_stride(&ctx);
+        debug_assert!(
+            [
+                kernels::PARAMS_BYTES,
+                slot_index::PARAMS_BYTES,
+                copy_rows::PARAMS_BYTES
+            ]
+            .iter()
+            .all(|&b| b <= stride),
+            "a params block larger than the stride"
+        );
+        let fetch_at = 2 * stride;
+        let position_at = fetch_at + pairs as u64 * stride;
+        let gather_at = position_at + stride;
+        let params_bytes = gather_at + slot_shards as u64 * stride;
         let ids_bytes = n as u64 * 4;
-        let params_at = ids_bytes.next_multiple_of(16);
-        let pb = kernels::PARAMS_BYTES;
-        let fetch_at = params_at + 2 * pb;
-        let position_at = fetch_at + pairs as u64 * pb;
-        let gather_at = position_at + slot_index::PARAMS_BYTES;
-        let total = gather_at + slot_shards as u64 * copy_rows::PARAMS_BYTES;
+        let total = params_bytes + ids_bytes;
         let t0 = Instant::now();
         let mut entry = self.ring.acquire(&ctx, total)?;
         let t1 = Instant::now();
         let position = slot_index::params(&ctx, n, 0);
         entry.write(|bytes| {
+            let (blocks, tail) = bytes.split_at_mut(params_bytes as usize);
             crate::util::copy_parallel(
-                bytemuck::cast_slice_mut(&mut bytes[..ids_bytes as usize]),
+                bytemuck::cast_slice_mut(&mut tail[..ids_bytes as usize]),
                 ids,
             );
-            let mut at = params_at as usize;
+            let mut blocks = blocks.chunks_exact_mut(stride as usize);
             let mut put = |b: &[u8]| {
-                bytes[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
+                let block = blocks.next().expect("a block for every params block");
+                block[..b.len()].copy_from_slice(b);
             };
             put(bytemuck::bytes_of(&base));
             put(bytemuck::bytes_of(&sweep));
@@ -352,9 +372,11 @@ impl PassEngine {
             }
         })?;
         let copier = entry.copier();
-        let staged = copier.buffer().clone();
+        let staged = d.params.get(&ctx, params_bytes)?.clone();
+        copier.copy_to(&mut enc, 0, &staged, 0, params_bytes);
         let ids_buf = d.ids.get(&ctx, ids_bytes)?.clone();
-        copier.copy_to(&mut enc, 0, &ids_buf, 0, ids_bytes);
+        copier.copy_to(&mut enc, params_bytes, &ids_buf, 0, ids_bytes);
+        let at = |offset| ParamsAt::bound(&staged, offset, stride);
         // This pass's counters start at 0; the kept ones (from word 16) stay.
         enc.clear_buffer(&d.work, 0, Some(64));
         let bufs = DrivenBuffers {
@@ -367,18 +389,13 @@ impl PassEngine {
         let sweep_grid = grid(sweep.blocks, max);
         let [find, tally, plan, evict] = &mut d.phases;
         let steps: [(Phase, (u32, u32), &mut Launch, u64); 4] = [
-            (
-                Phase::Find,
-                grid_for_threads(&ctx, n as u64),
-                find,
-                params_at,
-            ),
-            (Phase::Tally, sweep_grid, tally, params_at + pb),
-            (Phase::Plan, (1, 1), plan, params_at + pb),
-            (Phase::Evict, sweep_grid, evict, params_at + pb),
+            (Phase::Find, grid_for_threads(&ctx, n as u64), find, 0),
+            (Phase::Tally, sweep_grid, tally, stride),
+            (Phase::Plan, (1, 1), plan, stride),
+            (Phase::Evict, sweep_grid, evict, stride),
         ];
-        for (phase, groups, launch, at) in steps {
-            kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, (&staged, at))?;
+        for (phase, groups, launch, offset) in steps {
+            kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, at(offset))?;
         }
         let fetches = kernels::fetch_dispatches(&d.table, &self.slots);
         if d.fetch.len() < fetches {
@@ -396,7 +413,7 @@ impl PassEngine {
                 work: &d.work,
                 state: &d.state,
             };
-            let params = kernels::ParamsSource::Staged(&staged, fetch_at);
+            let params = kernels::ParamsSource::At(at(fetch_at));
             let launches = &mut d.write_back[..pairs];
             kernels::encode_copy_out(
                 &ctx,
@@ -427,7 +444,7 @@ impl PassEngine {
             &d.work,
             fetch_grid,
             &mut d.fetch[..fetches],
-            (&staged, fetch_at),
+            at(fetch_at),
         )?;
         if target.positions() {
             let pos = self.buffers.pos_slots.get(&ctx, ids_bytes)?.clone();
@@ -440,7 +457,7 @@ impl PassEngine {
                 &d.slot_of,
                 &pos,
                 &mut d.position,
-                (&staged, position_at),
+                at(position_at),
             )?;
             if let Target::Gather(out, offset) = target {
                 copy_rows::encode(
@@ -453,7 +470,7 @@ impl PassEngine {
                     out,
                     offset,
                     &mut self.buffers.gather,
-                    Some((&staged, gather_at)),
+                    Some(at(gather_at)),
                 )?;
             }
         }
