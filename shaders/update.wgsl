@@ -63,6 +63,10 @@ struct UpdateParams {
     beta2: f32,
     bias1: f32,
     bias2: f32,
+    zero: u32,       // 0, read at run time (see `keep`)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: UpdateParams;
@@ -70,11 +74,11 @@ struct UpdateParams {
 @group(0) @binding(2) var<storage, read_write> batch: array<u32>;
 @group(0) @binding(3) var<storage, read> grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rows: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<vec2<f32>>;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
-var<workgroup> shared_step: f32;
+var<workgroup> partial: array<vec2<f32>, 64>;
+var<workgroup> shared_step: vec2<f32>;
 
 // The bag holding position j, at or after bag `start`: the last bag whose offset is <= j
 // (empty bags share their offset with the next one, and hold no position). A row's
@@ -104,46 +108,124 @@ fn grad_row(b: u32) -> u32 {
     return (b % p.per_table) * p.grad_stride + batch[p.cols_at + b / p.per_table];
 }
 
-// A compensated (Kahan) sum: a hot row's gradient adds up thousands of terms, and a plain
-// f32 sum's rounding grows with their count (WGSL has no f64).
-struct Sum {
-    s: f32,
-    c: f32,
+// Double-f32 ("df") arithmetic: a value hi + lo as vec2(hi, lo), |lo| <= ulp(hi) / 2, about
+// 48 bits (WGSL has no f64). The gradient (thousands of weighted terms for a hot row), the
+// mean square, Adagrad's step and the row's move are computed in it, and the row and the
+// accumulator are rounded to f32 once, as the f64 reference rounds them: with f32
+// arithmetic throughout (Kahan-compensated sums included), W7's rows ended 1.7e-5 (max
+// relative) from that reference after 200 steps, the rounding of each step's move growing
+// large against rows that had come close to 0.
+//
+// Compilers may rewrite float expressions by algebra, as if the arithmetic were exact
+// (SPIR-V without `NoContraction`, which WGSL cannot ask for: Mesa's drivers turn
+// `(a + b) - a` into `b`, the error terms below into 0), and may contract a product into
+// the addition that takes it (`s + a * b` computed unrounded is not the `s + p` the error
+// terms account for). `keep` passes a value through an integer XOR with a 0 the compiler
+// cannot see (a uniform): no float rule reaches across it, so the sum or product it wraps
+// is rounded and taken as computed. (A multiply by a uniform 1.0 was not enough:
+// lavapipe moved it, and fused the product inside into the next addition.)
+//
+// A product's rounding error is `fma(a, b, -p)` where `fma` is fused (NVIDIA); SPIR-V and
+// HLSL allow it not to be (llvmpipe and lavapipe compute it as a multiply and an add: it
+// comes out 0), and then Dekker's product gives it, exact where nothing is fused.
+fn keep(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ p.zero);
 }
 
-fn add(acc: Sum, x: f32) -> Sum {
-    let y = x - acc.c;
-    let t = acc.s + y;
-    return Sum(t, (t - acc.s) - y);
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = keep(a + b);
+    let v = keep(s - a);
+    return vec2<f32>(s, (a - keep(s - v)) + (b - v));
 }
 
-// Column c of the row's gradient: the contributions of positions order[begin..end].
-fn gradient(begin: u32, end: u32, c: u32) -> f32 {
-    var g = Sum(0.0, 0.0);
+// two_sum for |a| >= |b| (or a == 0).
+fn fast_two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = keep(a + b);
+    return vec2<f32>(s, b - keep(s - a));
+}
+
+// a = hi + lo, each half of a's significand (Veltkamp's split).
+fn split(a: f32) -> vec2<f32> {
+    let t = keep(4097.0 * a);
+    let hi = keep(t - keep(t - a));
+    return vec2<f32>(hi, a - hi);
+}
+
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = keep(a * b);
+    let fused = fma(a, b, -p);
+    if (fused != 0.0) {
+        return vec2<f32>(p, fused);
+    }
+    let x = split(a);
+    let y = split(b);
+    let e = keep(keep(keep(x.x * y.x - p) + x.x * y.y) + x.y * y.x) + x.y * y.y;
+    return vec2<f32>(p, e);
+}
+
+fn df_add(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    let s = two_sum(x.x, y.x);
+    let t = two_sum(x.y, y.y);
+    let u = fast_two_sum(s.x, s.y + t.x);
+    return fast_two_sum(u.x, u.y + t.y);
+}
+
+fn df_mul(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    let p = two_prod(x.x, y.x);
+    return fast_two_sum(p.x, p.y + (x.x * y.y + x.y * y.x));
+}
+
+// x / d: the f32 quotient, corrected by its remainder (formed exactly).
+fn df_div(x: vec2<f32>, d: vec2<f32>) -> vec2<f32> {
+    let q = x.x / d.x;
+    let r = df_add(x, -df_mul(vec2<f32>(q, 0.0), d));
+    let q2 = r.x / d.x;
+    let s = fast_two_sum(q, q2);
+    let r2 = df_add(x, -df_mul(s, d));
+    return df_add(s, vec2<f32>(r2.x / d.x, 0.0));
+}
+
+// sqrt(x) for x >= 0: the f32 root, corrected by its residual (Newton's step).
+fn df_sqrt(x: vec2<f32>) -> vec2<f32> {
+    if (x.x <= 0.0) {
+        return vec2<f32>(0.0, 0.0);
+    }
+    var y = vec2<f32>(sqrt(x.x), 0.0);
+    for (var i = 0u; i < 2u; i = i + 1u) {
+        let r = df_add(x, -df_mul(y, y));
+        y = df_add(y, vec2<f32>(r.x / (2.0 * y.x), 0.0));
+    }
+    return y;
+}
+
+// Column c of the row's gradient (df): the contributions of positions order[begin..end].
+fn gradient(begin: u32, end: u32, c: u32) -> vec2<f32> {
+    var g = vec2<f32>(0.0, 0.0);
     var b = 0u;
     for (var i = begin; i < end; i = i + 1u) {
         let j = batch[p.order_at + i];
         if (p.mode == 0u) {
-            g = add(g, grad[j * p.dim + c]);
+            g = df_add(g, vec2<f32>(grad[j * p.dim + c], 0.0));
             continue;
         }
         b = bag_of(b, j);
         if (p.mode == 2u) {
             if (batch[p.argmax_at + b * p.dim + c] == j) {
-                g = add(g, grad[grad_row(b) + c]);
+                g = df_add(g, vec2<f32>(grad[grad_row(b) + c], 0.0));
             }
             continue;
         }
-        var s = 1.0;
+        var s = vec2<f32>(1.0, 0.0);
         if (p.has_weights != 0u) {
-            s = bitcast<f32>(batch[p.weights_at + j]);
+            s.x = bitcast<f32>(batch[p.weights_at + j]);
         }
         if (p.mean != 0u) {
-            s = s / f32(batch[p.offsets_at + b + 1u] - batch[p.offsets_at + b]);
+            let len = f32(batch[p.offsets_at + b + 1u] - batch[p.offsets_at + b]);
+            s = df_div(s, vec2<f32>(len, 0.0));
         }
-        g = add(g, s * grad[grad_row(b) + c]);
+        g = df_add(g, df_mul(s, vec2<f32>(grad[grad_row(b) + c], 0.0)));
     }
-    return g.s;
+    return g;
 }
 
 // partial_sums: chunk q's contributions, column by column, into partials[q * dim + c].
@@ -197,25 +279,25 @@ fn chunks_of(k: u32) -> vec2<u32> {
 
 // Column c of row k's gradient: from its chunks' partial sums if it was split, else summed
 // over its positions.
-fn row_gradient(begin: u32, end: u32, chunks: vec2<u32>, c: u32) -> f32 {
+fn row_gradient(begin: u32, end: u32, chunks: vec2<u32>, c: u32) -> vec2<f32> {
     if (chunks.y == chunks.x) {
         return gradient(begin, end, c);
     }
-    var g = Sum(0.0, 0.0);
+    var g = vec2<f32>(0.0, 0.0);
     for (var q = chunks.x; q < chunks.y; q = q + 1u) {
-        g = add(g, partials[q * p.dim + c]);
+        g = df_add(g, partials[q * p.dim + c]);
     }
-    return g.s;
+    return g;
 }
 
-// The sum of every thread's `x`, reduced over the workgroup in a fixed order; every thread
-// gets it. Called in uniform control flow only (it holds barriers).
-fn workgroup_sum(lid: u32, x: f32) -> f32 {
+// The sum (df) of every thread's `x`, reduced over the workgroup in a fixed order; every
+// thread gets it. Called in uniform control flow only (it holds barriers).
+fn workgroup_sum(lid: u32, x: vec2<f32>) -> vec2<f32> {
     partial[lid] = x;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if (lid < s) {
-            partial[lid] = partial[lid] + partial[lid + s];
+            partial[lid] = df_add(partial[lid], partial[lid + s]);
         }
         workgroupBarrier();
     }
@@ -245,21 +327,24 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     // Row-wise Adagrad: the row's mean squared gradient, reduced over the workgroup in a
     // fixed order.
-    var sq = 0.0;
+    var sq = vec2<f32>(0.0, 0.0);
     if (live && p.optimizer == 1u) {
         for (var c = lid; c < p.dim; c = c + WG) {
             let g = row_gradient(begin, end, chunks, c);
-            sq = sq + g * g;
+            sq = df_add(sq, df_mul(g, g));
         }
     }
     let total_sq = workgroup_sum(lid, sq);
-    // Thread 0 alone reads and writes the accumulator, then shares the step.
+    // Thread 0 alone reads and writes the accumulator (rounded to f32 once), then shares
+    // the step (df).
     if (live && lid == 0u) {
-        var step = p.lr;
+        var step = vec2<f32>(p.lr, 0.0);
         if (p.optimizer == 1u) {
-            let acc = rows[base + p.state_at] + total_sq / f32(p.dim);
+            let mean_sq = df_div(total_sq, vec2<f32>(f32(p.dim), 0.0));
+            let acc = df_add(vec2<f32>(rows[base + p.state_at], 0.0), mean_sq).x;
             rows[base + p.state_at] = acc;
-            step = p.lr / sqrt(acc + p.eps);
+            let root = df_sqrt(two_sum(acc, p.eps));
+            step = df_div(vec2<f32>(p.lr, 0.0), root);
         }
         shared_step = step;
     }
@@ -275,7 +360,7 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 hits = hits + select(0.0, 1.0, picked(begin, end, c));
             }
         }
-        if (workgroup_sum(lid, hits) == 0.0) {
+        if (workgroup_sum(lid, vec2<f32>(hits, 0.0)).x == 0.0) {
             return;
         }
     }
@@ -285,19 +370,21 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (p.optimizer == 2u) {
         // Adam: each value's moments, then its step.
         for (var c = lid; c < p.dim; c = c + WG) {
-            let g = row_gradient(begin, end, chunks, c);
+            let g = row_gradient(begin, end, chunks, c).x;
             let at_m = base + p.state_at + c;
             let at_v = at_m + p.dim;
             let m = p.beta1 * rows[at_m] + (1.0 - p.beta1) * g;
             let v = p.beta2 * rows[at_v] + (1.0 - p.beta2) * g * g;
             rows[at_m] = m;
             rows[at_v] = v;
-            rows[base + c] = rows[base + c] - step * (m / p.bias1) / (sqrt(v / p.bias2) + p.eps);
+            rows[base + c] = rows[base + c] - step.x * (m / p.bias1) / (sqrt(v / p.bias2) + p.eps);
         }
         return;
     }
+    // The row moves by its exact step, rounded once.
     for (var c = lid; c < p.dim; c = c + WG) {
-        rows[base + c] = rows[base + c] - step * row_gradient(begin, end, chunks, c);
+        let moved = df_mul(step, row_gradient(begin, end, chunks, c));
+        rows[base + c] = df_add(vec2<f32>(rows[base + c], 0.0), -moved).x;
     }
 }
 

@@ -162,6 +162,11 @@ pub(crate) struct UpdateParams {
     pub(crate) beta2: f32,
     pub(crate) bias1: f32,
     pub(crate) bias2: f32,
+    /// 0, read at run time: update.wgsl's `keep`.
+    pub(crate) zero: u32,
+    pub(crate) _pad0: u32,
+    pub(crate) _pad1: u32,
+    pub(crate) _pad2: u32,
 }
 params_layout!(
     UpdateParams,
@@ -197,7 +202,11 @@ params_layout!(
     beta1,
     beta2,
     bias1,
-    bias2
+    bias2,
+    zero,
+    _pad0,
+    _pad1,
+    _pad2
 );
 
 /// What produced the output whose gradient comes back: a lookup (one output row per
@@ -264,7 +273,8 @@ impl TrainState {
 
 /// Bytes of `groups`' partial sums for rows of `dim` values.
 pub(crate) fn partials_bytes(groups: &Groups, dim: usize) -> u64 {
-    (groups.chunks() * dim * 4).max(4) as u64
+    // (each a df value: two f32)
+    (groups.chunks() * dim * 8).max(8) as u64
 }
 
 /// What every dispatch of one backward shares: the batch grouped, the gradient of the
