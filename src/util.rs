@@ -15,16 +15,20 @@ pub(crate) fn prefetch<T>(p: *const T) {
 /// Bytes per task of [`copy_parallel`].
 const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
-/// `dst.copy_from_slice(src)`, spread over the rayon pool from 128 KiB on. The destination
+/// Bytes from which [`copy_parallel`] spreads a copy.
+const PARALLEL_FROM_BYTES: usize = 1 << 20;
+
+/// `dst.copy_from_slice(src)`, spread over the rayon pool from 1 MiB on. The destination
 /// is usually write-combined mapped staging memory, where one thread's stores reach a
-/// fraction of what several threads' reach: on an H100 host, a batch's 256 KiB of ids took
-/// 0.054 ms from one thread (4.7 GB/s), where the host path's threads write 4.6 MB of rows
-/// in 0.064 ms.
+/// fraction of what several threads' reach (a step's ids or slot list is megabytes).
+/// Smaller copies stay on the calling thread: from 128 KiB on, waking the pool cost more
+/// than it saved (H100 host, session 15: W3's calls 0.44 -> 0.83 ms, the host path's W2
+/// 0.68 -> 0.91).
 pub(crate) fn copy_parallel<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
     use rayon::prelude::*;
     assert_eq!(dst.len(), src.len(), "copy_parallel lengths");
     let chunk = (COPY_CHUNK_BYTES / std::mem::size_of::<T>().max(1)).max(1);
-    if src.len() < 2 * chunk {
+    if std::mem::size_of_val(src) < PARALLEL_FROM_BYTES {
         dst.copy_from_slice(src);
     } else {
         dst.par_chunks_mut(chunk)
@@ -41,7 +45,7 @@ mod tests {
     /// copied, nothing past the end touched.
     #[test]
     fn copy_parallel_copies_every_element() {
-        for n in [0usize, 1, 65_535, 131_071, 131_072, 300_001] {
+        for n in [0usize, 1, 65_535, 1_048_575, 1_048_576, 1_300_001] {
             let src: Vec<u8> = (0..n).map(|k| (k * 7 % 251) as u8).collect();
             let mut dst = vec![0xAAu8; n + 3];
             copy_parallel(&mut dst[..n], &src);
