@@ -1085,13 +1085,7 @@ fn large_skewed_batches_train_like_the_reference() {
                 let ids = zipf.batch(bags_n * per_bag, &mut rng);
                 let w: Vec<f32> = (0..ids.len()).map(|_| rng.unit() as f32 + 0.5).collect();
                 let g = random_values(bags_n * dim, rng.next_u64());
-                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
-                cache
-                    .lookup_bags(&ids, &offsets, Pooling::Sum, Some(&w))
-                    .unwrap();
-                cache
-                    .backward_bags(&ids, &offsets, Pooling::Sum, Some(&w), &grad)
-                    .unwrap();
+                weighted_sum_step(ctx, &mut cache, (&ids, &offsets, &w), &g);
                 let grads = bags_grads(&reference.rows, dim, &ids, &offsets, 0, Some(&w), &g);
                 reference.apply(&grads);
                 let _ = step;
@@ -1103,6 +1097,23 @@ fn large_skewed_batches_train_like_the_reference() {
             eprintln!("{what}: max abs error {worst:e}");
         }
     }
+}
+
+/// One training step of weighted sum bags: the forward, then the backward of gradient `g`
+/// (one row per bag).
+fn weighted_sum_step(
+    ctx: &GpuContext,
+    cache: &mut EmbeddingCache<HostTable<'static>>,
+    (ids, offsets, w): (&[u32], &[u32], &[f32]),
+    g: &[f32],
+) {
+    let grad = Embeddings::from_host(ctx, g, cache.dim()).unwrap();
+    cache
+        .lookup_bags(ids, offsets, Pooling::Sum, Some(w))
+        .unwrap();
+    cache
+        .backward_bags(ids, offsets, Pooling::Sum, Some(w), &grad)
+        .unwrap();
 }
 
 /// Distance in f32 steps (units in the last place) between `a` and `b`.
@@ -1148,13 +1159,7 @@ fn adagrad_rounds_each_row_once_per_step() {
                 .collect();
             let w: Vec<f32> = (0..ids.len()).map(|_| rng.unit() as f32).collect();
             let g: Vec<f32> = (0..bags_n * dim).map(|_| rng.unit() as f32 - 0.5).collect();
-            let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
-            cache
-                .lookup_bags(&ids, &offsets, Pooling::Sum, Some(&w))
-                .unwrap();
-            cache
-                .backward_bags(&ids, &offsets, Pooling::Sum, Some(&w), &grad)
-                .unwrap();
+            weighted_sum_step(ctx, &mut cache, (&ids, &offsets, &w), &g);
             let mut sums = vec![0f64; rows * dim];
             let mut seen = vec![false; rows];
             for (j, &id) in ids.iter().enumerate() {
