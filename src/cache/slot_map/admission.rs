@@ -160,7 +160,7 @@ impl Samples {
     /// W5 at 20% lost 1.3 points to LRU, most of them in the batches after each move.)
     pub(super) fn decide(&self) -> Tuning {
         let period = (self.shadow_cap / 4).max(1);
-        let quarter = (period / 4).min(QUICK_REFS).max(1);
+        let quarter = (period / 4).clamp(1, QUICK_REFS);
         let [q_refs, q_ours, q_lru] = self.quick;
         if q_refs >= quarter && q_lru > q_ours + q_lru / 10 {
             return Tuning::Moved;
