@@ -7,10 +7,9 @@
 // The table and the slots may each be split into shards (one storage binding each). One
 // dispatch binds up to four table shards at once (a group; the host repeats the last
 // shard in bindings a short group leaves over) and one slot shard, and a thread copies its
-// word only when its row falls in the group and its slot in the shard. Binding the group
-// at once matters: dispatches that write the slots run one after another, and a 4 GiB
-// table in three shards fetched by three dispatches left the bus idle between them and
-// each dispatch too few rows to keep enough reads in flight.
+// word only when its row falls in the group and its slot in the shard. Every dispatch
+// writes the slots, so each is a pass of its own behind a barrier, and every dispatch
+// strides over all the misses: the fewer dispatches, the fewer of both.
 //
 // The host does not know how many rows missed (nothing is read back): it dispatches a grid
 // sized for the pass's positions (capped), and the threads stride over `VICTIMS x words`

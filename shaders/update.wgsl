@@ -111,10 +111,9 @@ fn grad_row(b: u32) -> u32 {
 // Double-f32 ("df") arithmetic: a value hi + lo as vec2(hi, lo), |lo| <= ulp(hi) / 2, about
 // 48 bits (WGSL has no f64). The gradient (thousands of weighted terms for a hot row), the
 // mean square, Adagrad's step and the row's move are computed in it, and the row and the
-// accumulator are rounded to f32 once, as the f64 reference rounds them: with f32
-// arithmetic throughout (Kahan-compensated sums included), W7's rows ended 1.7e-5 (max
-// relative) from that reference after 200 steps, the rounding of each step's move growing
-// large against rows that had come close to 0.
+// accumulator are rounded to f32 once, as the f64 reference rounds them. In f32
+// arithmetic each product, sum and the step itself would round too, errors the size of the
+// move's own rounding that grow large against a row that has come close to 0.
 //
 // Compilers may rewrite float expressions by algebra, as if the arithmetic were exact
 // (SPIR-V without `NoContraction`, which WGSL cannot ask for: Mesa's drivers turn
@@ -122,8 +121,8 @@ fn grad_row(b: u32) -> u32 {
 // the addition that takes it (`s + a * b` computed unrounded is not the `s + p` the error
 // terms account for). `keep` passes a value through an integer XOR with a 0 the compiler
 // cannot see (a uniform): no float rule reaches across it, so the sum or product it wraps
-// is rounded and taken as computed. (A multiply by a uniform 1.0 was not enough:
-// lavapipe moved it, and fused the product inside into the next addition.)
+// is rounded and taken as computed. (A multiply by a uniform 1.0 is not enough: a compiler
+// may move it, and fuse the product inside into the next addition.)
 //
 // A product's rounding error is `fma(a, b, -p)` where `fma` is fused (NVIDIA); SPIR-V and
 // HLSL allow it not to be (llvmpipe and lavapipe compute it as a multiply and an add: it

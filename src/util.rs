@@ -21,9 +21,8 @@ const PARALLEL_FROM_BYTES: usize = 1 << 20;
 /// `dst.copy_from_slice(src)`, spread over the rayon pool from 1 MiB on. The destination
 /// is usually write-combined mapped staging memory, where one thread's stores reach a
 /// fraction of what several threads' reach (a step's ids or slot list is megabytes).
-/// Smaller copies stay on the calling thread: from 128 KiB on, waking the pool cost more
-/// than it saved (H100 host, session 15: W3's calls 0.44 -> 0.83 ms, the host path's W2
-/// 0.68 -> 0.91).
+/// Smaller copies stay on the calling thread: below that, waking the pool costs more than
+/// the threads save (BENCHMARKS.md, the GPU-driven path's W3).
 pub(crate) fn copy_parallel<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
     use rayon::prelude::*;
     assert_eq!(dst.len(), src.len(), "copy_parallel lengths");

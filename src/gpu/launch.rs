@@ -145,25 +145,15 @@ impl Launch {
         let size = std::mem::size_of::<P>() as u64;
         let uniform = match params {
             ParamsFrom::Bound { buffer, offset } => (buffer.clone(), offset),
-            own => {
-                if self.params.as_ref().is_none_or(|b| b.size() < size) {
-                    self.params = Some(ctx.create_buffer(
-                        "hotrow params",
-                        size,
-                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                        false,
-                    )?);
-                    self.bound = None;
-                }
-                let ubuf = self.params.as_ref().expect("uniform buffer just made");
-                match own {
-                    ParamsFrom::Host(p) => ctx.queue().write_buffer(ubuf, 0, bytemuck::bytes_of(p)),
-                    ParamsFrom::Staged { enc, src, offset } => {
-                        enc.copy_buffer_to_buffer(src, offset, ubuf, 0, size)
-                    }
-                    ParamsFrom::Bound { .. } => unreachable!("matched above"),
-                }
-                (ubuf.buffer.clone(), 0)
+            ParamsFrom::Host(p) => {
+                let own = self.own_uniform(ctx, size)?;
+                ctx.queue().write_buffer(&own, 0, bytemuck::bytes_of(p));
+                (own, 0)
+            }
+            ParamsFrom::Staged { enc, src, offset } => {
+                let own = self.own_uniform(ctx, size)?;
+                enc.copy_buffer_to_buffer(src, offset, &own, 0, size);
+                (own, 0)
             }
         };
         let same = self.bound.as_ref().is_some_and(|b| {
@@ -214,6 +204,25 @@ impl Launch {
         }
         Ok(&self.bound.as_ref().expect("bind group just made").group)
     }
+
+    /// This call site's own uniform buffer, at least `size` bytes.
+    fn own_uniform(&mut self, ctx: &GpuContext, size: u64) -> Result<wgpu::Buffer> {
+        if self.params.as_ref().is_none_or(|b| b.size() < size) {
+            self.params = Some(ctx.create_buffer(
+                "hotrow params",
+                size,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                false,
+            )?);
+            self.bound = None;
+        }
+        Ok(self
+            .params
+            .as_ref()
+            .expect("uniform buffer just made")
+            .buffer
+            .clone())
+    }
 }
 
 /// Reusable launch state of one op call site: its per-call input (ids, offsets, operands)
@@ -253,7 +262,7 @@ pub(crate) struct Staged {
 
 impl LaunchState {
     /// Writes the `input` pieces one after another, then `params`, into the next mapped
-    /// ring entry (straight from the caller's slices, large ones by several threads) and
+    /// ring entry (straight from the caller's slices) and
     /// records in `enc` the copy of the input into the call site's grow-only device
     /// buffer: per-call data goes up with no queue write and no allocation once sizes
     /// settle. Submit `enc` with the returned entry.
@@ -271,7 +280,7 @@ impl LaunchState {
         entry.write(|bytes| {
             let mut at = 0;
             for piece in input {
-                crate::util::copy_parallel(&mut bytes[at..at + piece.len()], piece);
+                bytes[at..at + piece.len()].copy_from_slice(piece);
                 at += piece.len();
             }
             bytes[params_at as usize..total as usize].copy_from_slice(params);

@@ -460,9 +460,9 @@ pub(crate) fn fetch_dispatches(table: &RowBuffer, slots: &RowBuffer) -> usize {
 }
 
 /// Encodes the fetch: one dispatch of `grid` per (group of table shards, slot shard), each
-/// in a compute pass of its own (so nothing is collected per pass). Its params are the
-/// blocks of the pairs' layout (`staged.1 + k * PARAMS_BYTES`, table shard major, see
-/// [`fetch_params`]): the dispatch of a group takes its first shard's block.
+/// in a compute pass of its own (so nothing is collected per pass). `params` holds the
+/// blocks of every (table shard, slot shard) pair, table shard major ([`fetch_params`]):
+/// the dispatch of a group takes its first shard's block.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_fetch(
     ctx: &GpuContext,
@@ -476,20 +476,29 @@ pub(crate) fn encode_fetch(
 ) -> Result<()> {
     let row_words = slots.layout().words_per_row();
     let pipeline = ctx.pipeline(&FETCH, "fetch", fetch_word(row_words).0)?;
-    let params = ParamsSource::At(params);
-    let shards: Vec<&wgpu::Buffer> = table.shards().collect();
-    let slot_shards = slots.shards().len();
-    let dispatches = shards
-        .chunks(FETCH_TABLES)
-        .enumerate()
-        .flat_map(|(g, group)| slots.shards().enumerate().map(move |s| (g, group, s)));
-    for ((g, group, (s, slot)), launch) in dispatches.zip(launches.iter_mut()) {
-        let mut storage = vec![(1, work, work.size()), (3, slot, slot.size())];
-        for (k, binding) in [2, 4, 5, 6].into_iter().enumerate() {
-            let t = group[k.min(group.len() - 1)];
-            storage.push((binding, t, t.size()));
-        }
-        let from = params.block(&mut *enc, g * FETCH_TABLES * slot_shards + s);
+    let (table_shards, slot_shards) = (table.shards().len(), slots.shards().len());
+    let dispatches = (0..table_shards)
+        .step_by(FETCH_TABLES)
+        .flat_map(|first| slots.shards().enumerate().map(move |s| (first, s)));
+    for ((first, (s, slot)), launch) in dispatches.zip(launches.iter_mut()) {
+        // table0..table3 at bindings 2, 4, 5, 6; a short group repeats its last shard
+        let last = (first + FETCH_TABLES).min(table_shards) - 1;
+        let shard = |k: usize| {
+            let t = table.shards().nth((first + k).min(last)).expect("a shard");
+            (t, t.size())
+        };
+        let [t0, t1, t2, t3] = [0, 1, 2, 3].map(shard);
+        let storage = [
+            (1, work, work.size()),
+            (2, t0.0, t0.1),
+            (3, slot, slot.size()),
+            (4, t1.0, t1.1),
+            (5, t2.0, t2.1),
+            (6, t3.0, t3.1),
+        ];
+        let from = params
+            .nth(first * slot_shards + s)
+            .from::<DrivenParams>(&mut *enc);
         let bound = launch.bind(ctx, &pipeline, from, &storage)?.clone();
         encode_pass(ctx, enc, "fetch", &pipeline, [(&bound, grid)]);
     }

@@ -109,8 +109,9 @@ pub(super) enum Place {
 const SAMPLE_SCALE: u64 = 1 << 24;
 /// The shadow LRU holds about this many sampled ids (fewer only for small maps, sampled
 /// whole): enough that one sample's hit counts are not noise. A partitioned map shares
-/// them out among its partitions and tunes them together ([`Samples`]). (2,048 sampled a
-/// 20% cache of W5's table at 0.1% of its ids: a moved hot set was seen 16 batches late.)
+/// them out among its partitions and tunes them together ([`Samples`]). Fewer samples a
+/// large cache too thinly to see a moved hot set within a few batches (a 20% cache of
+/// W5's table samples 0.25% of its ids).
 pub(super) const SHADOW_IDS: usize = 4096;
 /// Sampled references between quick checks for a moved hot set (at most a quarter sample):
 /// a check every batch or two whatever the cache's size.
@@ -156,8 +157,8 @@ impl Samples {
     /// ([`QUICK_REFS`]) in which LRU hit a tenth more than the map (or a sample in which it
     /// hit a sixteenth more) is a hot set that moved: the sketch forgets what was popular
     /// and the window takes the whole map at once (recency rules until frequency wins
-    /// again), without waiting for the sample's end. (A quarter and an eighth, before:
-    /// W5 at 20% lost 1.3 points to LRU, most of them in the batches after each move.)
+    /// again), without waiting for the sample's end: until then the sketch's old counts
+    /// keep the new hot rows out, and those batches are where TinyLFU loses to LRU.
     pub(super) fn decide(&self) -> Tuning {
         let period = (self.shadow_cap / 4).max(1);
         let quarter = (period / 4).clamp(1, QUICK_REFS);
