@@ -78,6 +78,14 @@ fn main() {
     };
     println!("VK_EXT_external_memory_host import: {import}");
     let ts = feats.contains(wgpu::Features::TIMESTAMP_QUERY);
+    // Span test (ZC_SPAN=<page kind>): random rows over 1..=4 imported tables at once.
+    if let Some(kind) = std::env::var("ZC_SPAN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        span_test(&device, &queue, kind);
+        return;
+    }
     let rows: u64 = std::env::var("ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -119,7 +127,7 @@ fn main() {
         }
     };
     let imported: Vec<(&str, wgpu::Buffer)> = if import {
-        [("imp4k", false), ("imp2m", true)]
+        [("imp4k", 0u32), ("imp2m", 1)]
             .into_iter()
             .filter_map(|(name, huge)| {
                 let t = Instant::now();
@@ -220,6 +228,24 @@ fn main() {
         qrb.unmap();
         (v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64
     };
+    // Fetch-like variants (ZC_FETCH=1): the library's fetch reads each row's id from a list,
+    // writes it to a scattered slot of a large device buffer, over a capped grid whose
+    // threads stride over `count x words` (count read from the GPU): each step from the
+    // probe's kernel toward the fetch, to find which one halves the rate.
+    if std::env::var_os("ZC_FETCH").is_some() {
+        fetch_like(
+            &device,
+            &queue,
+            &host,
+            &imported,
+            rows,
+            qs.as_ref(),
+            &qb,
+            &qrb,
+            &read_ts,
+        );
+        return;
+    }
     let quick = std::env::var_os("ZC_QUICK").is_some();
     let sizes: &[u64] = if quick { &[2048] } else { &[8192, 32768] };
     let iters = if quick { 8u32 } else { 30 };
@@ -387,6 +413,180 @@ fn main() {
     }
 }
 
+const FETCH_SRC: &str = r#"
+struct F { rows: u32, n: u32, words: u32, slots: u32, scatter: u32, stride_grid: u32, groups_x: u32, seed: u32, hashed: u32 }
+@group(0) @binding(0) var<storage, read> table: array<vec4<f32>>;
+@group(0) @binding(1) var<uniform> p: F;
+@group(0) @binding(2) var<storage, read_write> slots: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> list: array<u32>;
+fn hash(x0: u32) -> u32 { var x = x0; x ^= x >> 16u; x *= 0x7feb352du; x ^= x >> 15u; x *= 0x846ca68bu; x ^= x >> 16u; return x; }
+@compute @workgroup_size(256) fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nw: vec3<u32>) {
+  let t0 = (wid.x + wid.y * p.groups_x) * 256u + lid;
+  var total = p.n * p.words;
+  var stride = 0xffffffffu;
+  if (p.stride_grid != 0u) { total = list[0] * p.words; stride = nw.x * nw.y * 256u; }
+  for (var t = t0; t < total; t += stride) {
+    let v = t / p.words; let w = t - v * p.words;
+    var id = list[1u + v];
+    if (p.hashed != 0u) { id = hash(p.seed * 2654435761u + v) % p.rows; }
+    var s = v;
+    if (p.scatter != 0u) { s = list[1u + p.n + v]; }
+    slots[s * p.words + w] = table[id * p.words + w];
+    if (stride == 0xffffffffu) { break; }
+  }
+}"#;
+
+/// The fetch-like variants (see the call): GPU time per batch of `n` random rows.
+#[allow(clippy::too_many_arguments)]
+fn fetch_like(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    host: &wgpu::Buffer,
+    imported: &[(&str, wgpu::Buffer)],
+    rows: u64,
+    qs: Option<&wgpu::QuerySet>,
+    qb: &wgpu::Buffer,
+    qrb: &wgpu::Buffer,
+    read_ts: &dyn Fn() -> f64,
+) {
+    let Some(qs) = qs else {
+        println!("FL: no timestamps");
+        return;
+    };
+    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(FETCH_SRC.into()),
+    });
+    let pipe = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &m,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    // W2's slots: 838,861 x 512 B (430 MB).
+    let slot_count: u32 = 838_861.min(device.limits().max_storage_buffer_binding_size / 512) as u32;
+    let slots = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: slot_count as u64 * 512,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let maxn = 32768u64;
+    let list = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (1 + 2 * maxn) * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let ub = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 48,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut tables: Vec<(&str, &wgpu::Buffer)> = vec![("host", host)];
+    for (name, b) in imported {
+        tables.push((name, b));
+    }
+    // (name, scatter, stride grid, id hashed as the probe's kernel does)
+    let variants = [
+        ("hash_contig_exact", 0u32, 0u32, 1u32),
+        ("list_contig_exact", 0, 0, 0),
+        ("list_scatter_exact", 1, 0, 0),
+        ("list_contig_capped", 0, 1, 0),
+        ("list_scatter_capped", 1, 1, 0),
+    ];
+    for (tname, table) in tables {
+        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipe.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: table.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: ub.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: slots.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: list.as_entire_binding(),
+                },
+            ],
+        });
+        for n in [9000u64, 32768] {
+            for (vname, scatter, capped, hashed) in variants {
+                let threads = if capped != 0 { 4096 * 256 } else { n * 32 };
+                let wgs = threads.div_ceil(256);
+                let gx = wgs.min(65535) as u32;
+                let mut gpu = vec![];
+                for i in 0..30 {
+                    // Fresh distinct-enough ids and slots each batch.
+                    let mut l = vec![n as u32];
+                    l.extend((0..n).map(|_| (rnd() % rows) as u32));
+                    l.extend((0..n).map(|_| (rnd() % slot_count as u64) as u32));
+                    queue.write_buffer(&list, 0, bytemuck::cast_slice(&l));
+                    let f = [
+                        rows as u32,
+                        n as u32,
+                        32,
+                        slot_count,
+                        scatter,
+                        capped,
+                        gx,
+                        1000 + i,
+                        hashed,
+                    ];
+                    queue.write_buffer(&ub, 0, bytemuck::cast_slice(&f));
+                    let mut enc = device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: qs,
+                                beginning_of_pass_write_index: Some(0),
+                                end_of_pass_write_index: Some(1),
+                            }),
+                        });
+                        pass.set_pipeline(&pipe);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(gx, wgs.div_ceil(65535) as u32, 1);
+                    }
+                    enc.resolve_query_set(qs, 0..2, qb, 0);
+                    enc.copy_buffer_to_buffer(qb, 0, qrb, 0, 16);
+                    queue.submit([enc.finish()]);
+                    let t = read_ts();
+                    if i >= 3 {
+                        gpu.push(t);
+                    }
+                }
+                gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let med = gpu[gpu.len() / 2];
+                println!(
+                    "FL table={tname:6} {vname:20} rows={n:6} gpu_median_us={:.1} Mrows/s={:.1} GB/s={:.1}",
+                    med / 1e3,
+                    n as f64 * 1e3 / med,
+                    (n * 512) as f64 / med
+                );
+            }
+        }
+    }
+}
+
 /// Host memory the probe allocates itself, imported into Vulkan (VK_EXT_external_memory_host).
 mod import {
     use ash::vk;
@@ -434,30 +634,46 @@ mod import {
     pub unsafe fn table(
         device: &wgpu::Device,
         bytes: u64,
-        huge: bool,
+        pages: u32,
         fill: &dyn Fn(&mut [f32]),
     ) -> Option<wgpu::Buffer> {
         unsafe {
-            let align = 2u64 << 20;
+            // pages: 0 = 4 KiB, 1 = transparent 2 MiB, 2 = hugetlb 1 GiB (reserved pages).
+            let align = if pages == 2 { 1u64 << 30 } else { 2u64 << 20 };
             let size = bytes.next_multiple_of(align);
+            let flags = if pages == 2 {
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_HUGETLB
+                    | (30 << libc::MAP_HUGE_SHIFT)
+            } else {
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+            };
+            let span = if pages == 2 { size } else { size + align };
             let raw = libc::mmap(
                 std::ptr::null_mut(),
-                (size + align) as usize,
+                span as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                flags,
                 -1,
                 0,
             );
             if raw == libc::MAP_FAILED {
+                println!(
+                    "mmap (pages {pages}) failed: {}",
+                    std::io::Error::last_os_error()
+                );
                 return None;
             }
             let ptr = (raw as usize).next_multiple_of(align as usize) as *mut u8;
-            let advice = if huge {
-                libc::MADV_HUGEPAGE
-            } else {
-                libc::MADV_NOHUGEPAGE
-            };
-            libc::madvise(ptr.cast(), size as usize, advice);
+            if pages != 2 {
+                let advice = if pages == 1 {
+                    libc::MADV_HUGEPAGE
+                } else {
+                    libc::MADV_NOHUGEPAGE
+                };
+                libc::madvise(ptr.cast(), size as usize, advice);
+            }
             fill(std::slice::from_raw_parts_mut(
                 ptr.cast::<f32>(),
                 (bytes / 4) as usize,
@@ -479,8 +695,10 @@ mod import {
             }
             let mut ext_info = vk::ExternalMemoryBufferCreateInfo::default()
                 .handle_types(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT);
+            // The buffer is the table's size (within the binding limit); the memory is whole
+            // pages.
             let info = vk::BufferCreateInfo::default()
-                .size(size)
+                .size(bytes)
                 .usage(
                     vk::BufferUsageFlags::STORAGE_BUFFER
                         | vk::BufferUsageFlags::TRANSFER_SRC
@@ -518,12 +736,12 @@ mod import {
             };
             dev.bind_buffer_memory(buffer, memory, 0).ok()?;
             drop(hal);
-            let hal_buffer = wgpu::hal::vulkan::Buffer::from_raw_managed(buffer, memory, 0, size);
+            let hal_buffer = wgpu::hal::vulkan::Buffer::from_raw_managed(buffer, memory, 0, bytes);
             Some(device.create_buffer_from_hal::<Vulkan>(
                 hal_buffer,
                 &wgpu::BufferDescriptor {
                     label: Some("imported table"),
-                    size,
+                    size: bytes,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
@@ -543,5 +761,191 @@ mod import {
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             })
             .map_or(0, |kb| kb / 1024)
+    }
+}
+
+const SPAN_SRC: &str = r#"
+struct S { rows: u32, n: u32, k: u32, seed: u32 }
+@group(0) @binding(0) var<uniform> p: S;
+@group(0) @binding(1) var<storage, read_write> slots: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> list: array<u32>;
+@group(0) @binding(3) var<storage, read> t0: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> t1: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> t2: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> t3: array<vec4<f32>>;
+@compute @workgroup_size(256) fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nw: vec3<u32>) {
+  let t = (wid.x + wid.y * nw.x) * 256u + lid;
+  if (t >= p.n * 32u) { return; }
+  let v = t / 32u; let w = t % 32u;
+  let id = list[v] % (p.rows * p.k);
+  let k = id / p.rows; let r = id - k * p.rows;
+  let s = list[p.n + v];
+  var x: vec4<f32>;
+  switch k {
+    case 0u: { x = t0[r * 32u + w]; }
+    case 1u: { x = t1[r * 32u + w]; }
+    case 2u: { x = t2[r * 32u + w]; }
+    default: { x = t3[r * 32u + w]; }
+  }
+  slots[s * 32u + w] = x;
+}"#;
+
+/// Random 512-byte rows read across 1..=4 imported tables of ROWS rows each (the span of
+/// host memory a batch's misses fall in), into scattered slots, as the library's fetch does.
+fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
+    let rows: u64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000_000);
+    let bytes = rows * D * 4;
+    let fill = |f: &mut [f32]| {
+        for (r, row) in f.chunks_mut(D as usize).enumerate() {
+            row.fill(r as f32);
+        }
+    };
+    let mut tables = Vec::new();
+    for i in 0..4 {
+        let t = Instant::now();
+        match unsafe { import::table(device, bytes, pages, &fill) } {
+            Some(b) => tables.push(b),
+            None => {
+                println!("SPAN table {i} (pages {pages}) refused");
+                break;
+            }
+        }
+        println!(
+            "SPAN table {i} pages {pages} in {:.2} s; AnonHugePages {} MiB; {}",
+            t.elapsed().as_secs_f64(),
+            import::anon_huge_mib(),
+            std::fs::read_to_string("/proc/meminfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("HugePages_Free") || l.starts_with("Hugetlb"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    if tables.is_empty() {
+        return;
+    }
+    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(SPAN_SRC.into()),
+    });
+    let pipe = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &m,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let slot_count: u32 = 838_861.min(device.limits().max_storage_buffer_binding_size / 512) as u32;
+    let slots = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: slot_count as u64 * 512,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let maxn = 32768u64;
+    let list = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 2 * maxn * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let ub = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let qs = device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: None,
+        ty: wgpu::QueryType::Timestamp,
+        count: 2,
+    });
+    let qb = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let qrb = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let last = tables.len() - 1;
+    let entries: Vec<wgpu::BindGroupEntry> = [
+        ub.as_entire_binding(),
+        slots.as_entire_binding(),
+        list.as_entire_binding(),
+    ]
+    .into_iter()
+    .chain((0..4).map(|i| tables[i.min(last)].as_entire_binding()))
+    .enumerate()
+    .map(|(i, resource)| wgpu::BindGroupEntry {
+        binding: i as u32,
+        resource,
+    })
+    .collect();
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipe.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    let mut x = 0x2545f4914f6cdd1du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for k in 1..=tables.len() as u32 {
+        for n in [9000u32, 32768] {
+            let mut gpu = vec![];
+            for i in 0..30u32 {
+                let mut l: Vec<u32> = (0..n).map(|_| rnd() as u32).collect();
+                l.extend((0..n).map(|_| (rnd() % slot_count as u64) as u32));
+                queue.write_buffer(&list, 0, bytemuck::cast_slice(&l));
+                queue.write_buffer(&ub, 0, bytemuck::cast_slice(&[rows as u32, n, k, i]));
+                let wgs = (n as u64 * 32).div_ceil(256) as u32;
+                let mut enc = device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &qs,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }),
+                    });
+                    pass.set_pipeline(&pipe);
+                    pass.set_bind_group(0, &bg, &[]);
+                    pass.dispatch_workgroups(wgs.min(65535), wgs.div_ceil(65535), 1);
+                }
+                enc.resolve_query_set(&qs, 0..2, &qb, 0);
+                enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
+                queue.submit([enc.finish()]);
+                qrb.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                let v: Vec<u64> =
+                    bytemuck::cast_slice(&qrb.slice(..).get_mapped_range().unwrap()).to_vec();
+                qrb.unmap();
+                if i >= 3 {
+                    gpu.push((v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64);
+                }
+            }
+            gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let med = gpu[gpu.len() / 2];
+            println!(
+                "SPAN pages={pages} tables={k} span_GiB={:.1} rows={n:6} gpu_median_us={:.1} Mrows/s={:.1}",
+                (bytes * k as u64) as f64 / (1u64 << 30) as f64,
+                med / 1e3,
+                n as f64 * 1e3 / med
+            );
+        }
     }
 }

@@ -16,6 +16,23 @@
 //   evict: per block, each A/B slot's rank; a slot whose rank falls among the victims
 //          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
 //          stamped (no reference bit: a new row earns it by a hit, as on the host).
+//   age:   (admission) halves every counter of the frequency sketch; the host runs it
+//          once every so many positions, so old popularity fades.
+//
+// Admission (`p.admit`, EvictionPolicy::TinyLfu): a miss whose victim slot holds a row
+// enters only if the sketch counts it more often than that row, except the first FREE
+// misses of the pass (the window: WINDOW per mille of the victims), which enter as under
+// CLOCK. A refused miss leaves the victim's row where it is (the hand passes it), takes a
+// transient slot past the capacity (served by this pass, never resident) and is noted in
+// the refused-rows table, and the row kept is marked SAVED; with no transient slot left
+// the miss enters after all. The window is tuned by weighing what refusing cost against
+// what it kept (counted by find.wgsl): misses of rows refused lately (GHOST: hits recency
+// would have had) against hits on rows kept by a refusal (SAVED_HITS: hits frequency won).
+// Over a sample of misses, the window doubles where the first are more, and shrinks by a
+// quarter otherwise; a pass in which an eighth of the misses are rows refused lately, and
+// twice the hits refusals kept (a hot set that moved: its new rows are refused for the old
+// rows' counts), gives the window every victim at once. (Thresholds chosen on W2's and
+// W5's small shapes: a quarter reacted a batch later and lost W5 to LRU.)
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
@@ -24,8 +41,10 @@
 //   1  slot_of  storage, read_write  array<atomic<u32>>
 //   2  state    storage, read_write  array<atomic<u32>>
 //   3  work     storage, read_write  array<atomic<u32>>
+//   4  adm      storage, read_write  array<atomic<u32>> (evict, age): sketch, refused rows
 //
-// Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one.
+// Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one; age
+// one thread per counter.
 
 const BLOCK: u32 = 1024u;
 const PER_THREAD: u32 = 4u;
@@ -35,12 +54,60 @@ const NO_CUT: u32 = 0xffffffffu;
 @group(0) @binding(1) var<storage, read_write> slot_of: array<atomic<u32>>;
 @group(0) @binding(2) var<storage, read_write> state: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> work: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read_write> adm: array<atomic<u32>>;
 
 var<workgroup> sa: array<u32, 256>;
 var<workgroup> sb: array<u32, 256>;
 var<workgroup> sc: array<u32, 256>;
 var<workgroup> cut: atomic<u32>;
 var<workgroup> group_evicted: atomic<u32>;
+var<workgroup> group_refused: atomic<u32>;
+
+// The count-min estimate of `id`'s uses.
+fn uses(id: u32) -> u32 {
+    var c = atomicLoad(&adm[sketch_at(id, 0u)]);
+    for (var r = 1u; r < 4u; r++) {
+        c = min(c, atomicLoad(&adm[sketch_at(id, r)]));
+    }
+    return c;
+}
+
+// The window's tuning: once per pass (plan's thread 0), from this pass's misses `m`;
+// returns the victims admitted without asking the sketch.
+fn tune_window(m: u32, victims: u32) -> u32 {
+    // A row admitted now stays about a CLOCK round: capacity / victims a pass (smoothed).
+    let round = p.capacity / max(victims, 1u);
+    let res = atomicLoad(&work[RESIDENCE]);
+    atomicStore(&work[RESIDENCE], res - res / 4u + round / 4u);
+    var window = atomicLoad(&work[WINDOW]);
+    let g = atomicLoad(&work[GHOST]);
+    let s = atomicLoad(&work[SAVED_HITS]);
+    var tm = atomicLoad(&work[TUNE_MISSES]) + m;
+    var tg = atomicLoad(&work[TUNE_GHOST]) + g;
+    var ts = atomicLoad(&work[TUNE_SAVED]) + s;
+    // A sample is an eighth of the capacity in misses (at least 1,024).
+    let sample = max(p.capacity / 8u, 1024u);
+    if (m >= 64u && g * 8u > m && g > 2u * s) {
+        window = 1000u;
+        tm = 0u;
+        tg = 0u;
+        ts = 0u;
+    } else if (tm >= sample) {
+        if (tg > ts) {
+            window = min(1000u, window * 2u);
+        } else {
+            window = max(10u, window - window / 4u);
+        }
+        tm = 0u;
+        tg = 0u;
+        ts = 0u;
+    }
+    atomicStore(&work[WINDOW], window);
+    atomicStore(&work[TUNE_MISSES], tm);
+    atomicStore(&work[TUNE_GHOST], tg);
+    atomicStore(&work[TUNE_SAVED], ts);
+    return (victims * window + 999u) / 1000u;
+}
 
 fn slot_at(pos: u32, hand: u32) -> u32 {
     let s = hand + pos;
@@ -169,6 +236,9 @@ fn plan(@builtin(local_invocation_index) lid: u32) {
         atomicAdd(&work[FAULT], m - avail);
     }
     atomicStore(&work[VICTIMS], victims);
+    if (p.admit != 0u) {
+        atomicStore(&work[FREE], tune_window(m, victims));
+    }
     atomicStore(&work[TOTAL_A], run_a);
     atomicStore(&work[TOTAL_B], run_b);
     atomicStore(&work[NEXT_HAND], atomicLoad(&work[HAND]));
@@ -185,9 +255,11 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let victims = atomicLoad(&work[VICTIMS]);
     let total_a = atomicLoad(&work[TOTAL_A]);
     let total_ab = total_a + atomicLoad(&work[TOTAL_B]);
+    let free = atomicLoad(&work[FREE]);
     if (lid == 0u) {
         atomicStore(&cut, NO_CUT);
         atomicStore(&group_evicted, 0u);
+        atomicStore(&group_refused, 0u);
     }
     var cls = classes(b, lid, hand);
     let ca = u32(cls[0] == 1u) + u32(cls[1] == 1u) + u32(cls[2] == 1u) + u32(cls[3] == 1u);
@@ -208,6 +280,7 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     var rc = pc + sc[lid] - cc;
     var taken = array<bool, 4>(false, false, false, false);
     var evicted = 0u;
+    var refused = 0u;
     for (var j = 0u; j < PER_THREAD; j++) {
         if (cls[j] == 0u) {
             continue;
@@ -235,6 +308,29 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         let slot = slot_at(b * BLOCK + local, hand);
         let id = atomicLoad(&work[miss_ids_at() + v]);
         let old = atomicLoad(&state[slot]);
+        if (v + 1u == victims) {
+            atomicStore(&work[NEXT_HAND], select(slot + 1u, 0u, slot + 1u == p.capacity));
+            if (cls[j] == 1u) {
+                atomicStore(&cut, local);
+            }
+        }
+        if (p.admit != 0u && v >= free && old != 0u && uses(id) <= uses(old - 1u)) {
+            let t = atomicAdd(&work[SPARE], 1u);
+            if (t < p.transient) {
+                // Refused: served from transient slot t; the victim's row stays (the hand
+                // passed it: no second chance left).
+                atomicStore(&slot_of[id], p.capacity + t + 1u);
+                atomicStore(&work[miss_slots_at() + v], p.capacity + t);
+                atomicStore(&work[evicted_at() + v], 0u);
+                let gh = ghost_at(id);
+                atomicStore(&adm[gh], id + 1u);
+                atomicStore(&adm[gh + 1u], p.epoch);
+                let stamp = atomicLoad(&state[p.capacity + slot]);
+                atomicStore(&state[p.capacity + slot], (stamp & EPOCH) | SAVED);
+                refused += 1u;
+                continue;
+            }
+        }
         if (old != 0u) {
             atomicStore(&slot_of[old - 1u], 0u);
             evicted += 1u;
@@ -244,15 +340,12 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
         atomicStore(&slot_of[id], slot + 1u);
         atomicStore(&work[miss_slots_at() + v], slot);
         atomicStore(&work[evicted_at() + v], old);
-        if (v + 1u == victims) {
-            atomicStore(&work[NEXT_HAND], select(slot + 1u, 0u, slot + 1u == p.capacity));
-            if (cls[j] == 1u) {
-                atomicStore(&cut, local);
-            }
-        }
     }
     if (evicted != 0u) {
         atomicAdd(&group_evicted, evicted);
+    }
+    if (refused != 0u) {
+        atomicAdd(&group_refused, refused);
     }
     workgroupBarrier();
     // Reference bits the hand passed: every B slot when the sweep went round (victims past
@@ -277,5 +370,24 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
             atomicAdd(&work[EVICTED], e);
             add64(T_EVICTIONS, e);
         }
+        let r = atomicLoad(&group_refused);
+        if (r != 0u) {
+            atomicAdd(&work[REFUSED], r);
+            add64(T_REFUSED, r);
+        }
+    }
+}
+
+// (Threads stride over the counters: any grid serves, so the pass's params block does.)
+@compute @workgroup_size(256)
+fn age(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let stride = groups.x * groups.y * 256u;
+    let counters = 4u * (p.sketch_mask + 1u);
+    for (var i = (wid.y * groups.x + wid.x) * 256u + lid; i < counters; i += stride) {
+        atomicStore(&adm[i], atomicLoad(&adm[i]) >> 1u);
     }
 }

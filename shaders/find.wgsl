@@ -6,6 +6,16 @@
 // once) and appended to the miss list. Hits are counted once per distinct slot and batch: the
 // stamp's exchange tells the first position of a slot from its repeats, and epochs grow,
 // so a stamp from an earlier pass of the same batch is at least the batch's first epoch.
+// A row in a transient slot (slot + 1 past the capacity: refused admission by an earlier
+// pass) is not resident: it is claimed as a miss, from that value.
+//
+// With admission (`p.admit`), every distinct id of the batch is counted once in the
+// frequency sketch (by the position that claims it, or that finds its slot first this
+// batch), a miss of a row refused within the last RESIDENCE passes (found in the
+// refused-rows table: admitted then, it would likely still be resident) counts in GHOST,
+// and a batch's
+// first hit on a row admission kept (SAVED) in SAVED_HITS (the window's tuning weighs the
+// two: evict.wgsl).
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
@@ -15,6 +25,8 @@
 //   2  slot_of  storage, read_write  array<atomic<u32>>
 //   3  state    storage, read_write  array<atomic<u32>>
 //   4  work     storage, read_write  array<atomic<u32>>
+//   5  adm      storage, read_write  array<atomic<u32>>: sketch, refused-rows table
+//                                    (driven_common.wgsl; a placeholder without admission)
 //
 // Dispatch: one thread per position, 256-thread workgroups in a (groups_x, y) grid.
 
@@ -23,8 +35,22 @@
 @group(0) @binding(2) var<storage, read_write> slot_of: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> state: array<atomic<u32>>;
 @group(0) @binding(4) var<storage, read_write> work: array<atomic<u32>>;
+@group(0) @binding(5) var<storage, read_write> adm: array<atomic<u32>>;
 
 var<workgroup> group_hits: atomic<u32>;
+var<workgroup> group_ghosts: atomic<u32>;
+var<workgroup> group_saved: atomic<u32>;
+
+// One more use of `id` in the sketch (each of its counters, up to COUNT_MAX; two threads
+// may both pass the check, a count one over is harmless).
+fn count_use(id: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        let at = sketch_at(id, r);
+        if (atomicLoad(&adm[at]) < COUNT_MAX) {
+            atomicAdd(&adm[at], 1u);
+        }
+    }
+}
 
 // One more miss in the id range (bin) holding `id`: the boundaries are sorted, bin j
 // holds ids in [bound[j], bound[j + 1]); its 64-bit count carries on a wrapping add.
@@ -58,27 +84,41 @@ fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (i < p.n) {
         let id = ids[i];
         let v = atomicLoad(&slot_of[id]);
-        if (v != 0u && v != PENDING) {
+        if (v != 0u && v != PENDING && v <= p.capacity) {
             let old = atomicExchange(&state[p.capacity + v - 1u], p.epoch | REF);
             // A hit counts once per batch: not if an earlier position of this pass, or an
             // earlier pass of this batch, used the slot.
             if ((old & EPOCH) < p.batch_epoch) {
                 atomicAdd(&group_hits, 1u);
+                if (p.admit != 0u) {
+                    count_use(id);
+                    if ((old & SAVED) != 0u) {
+                        atomicAdd(&group_saved, 1u);
+                    }
+                }
             }
-        } else if (v == 0u) {
+        } else if (v != PENDING) {
             loop {
                 // (weak: it may fail spuriously, so retry until it succeeds or another
                 // position has claimed the row)
-                let r = atomicCompareExchangeWeak(&slot_of[id], 0u, PENDING);
+                let r = atomicCompareExchangeWeak(&slot_of[id], v, PENDING);
                 if (r.exchanged) {
                     let k = atomicAdd(&work[MISSES], 1u);
                     atomicStore(&work[miss_ids_at() + k], id);
                     if (p.bins != 0u) {
                         count_in_bin(id);
                     }
+                    if (p.admit != 0u) {
+                        count_use(id);
+                        let gh = ghost_at(id);
+                        let recent = p.epoch - atomicLoad(&adm[gh + 1u]) <= atomicLoad(&work[RESIDENCE]);
+                        if (atomicLoad(&adm[gh]) == id + 1u && recent) {
+                            atomicAdd(&group_ghosts, 1u);
+                        }
+                    }
                     break;
                 }
-                if (r.old_value != 0u) {
+                if (r.old_value != v) {
                     break;
                 }
             }
@@ -89,6 +129,14 @@ fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let h = atomicLoad(&group_hits);
         if (h != 0u) {
             atomicAdd(&work[HITS], h);
+        }
+        let g = atomicLoad(&group_ghosts);
+        if (g != 0u) {
+            atomicAdd(&work[GHOST], g);
+        }
+        let s = atomicLoad(&group_saved);
+        if (s != 0u) {
+            atomicAdd(&work[SAVED_HITS], s);
         }
     }
 }

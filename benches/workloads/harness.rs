@@ -303,10 +303,9 @@ pub fn tenth_cache<S: RowSource>(
         .policy(policy)
         .resolution(a.resolution)
         .row_format(a.row_format)
-        // (The GPU-driven path evicts by CLOCK: W5's LRU and TinyLFU points stay on the
-        // host.)
+        // (The GPU-driven path has no exact LRU: W5's LRU point stays on the host.)
         .path(match (a.path, policy) {
-            (BatchPath::Gpu, EvictionPolicy::Lru | EvictionPolicy::TinyLfu) => BatchPath::Host,
+            (BatchPath::Gpu, EvictionPolicy::Lru) => BatchPath::Host,
             (path, _) => path,
         });
     let t = Instant::now();

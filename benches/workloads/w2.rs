@@ -193,6 +193,12 @@ fn run_on<T: RowSource + 'static>(
     rep.insert("W2_misses_per_batch".into(), st.misses as f64 / per);
     rep.insert("W2_refused_per_batch".into(), st.refused as f64 / per);
     rep.insert("W2_transient_per_batch".into(), st.transient as f64 / per);
+    if a.policy == hotrow::EvictionPolicy::TinyLfu {
+        if let Ok(Some(s)) = cache.driven_state() {
+            // (the GPU's admission window at the end of the run, per mille of victims)
+            rep.insert("W2_admission_window".into(), f64::from(s.window));
+        }
+    }
     rep.insert("W2_host_resolve_ms".into(), ms(st.resolve_time));
     rep.insert("W2_host_row_copy_ms".into(), ms(st.copy_time));
     rep.insert(

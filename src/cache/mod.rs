@@ -214,11 +214,13 @@ impl<S: RowSource> EmbeddingCache<S> {
                 BatchPath::Gpu => {
                     let options = config.table_buffer.clone();
                     let table = fill_host_table(ctx, &source, (layout, options), progress)?;
+                    // (The slots past the capacity, with admission, are its transient ones.)
                     Some(Driven::new(
                         ctx,
                         table,
                         capacity,
                         config.training.is_some(),
+                        slots.rows() - capacity,
                     )?)
                 }
                 _ => None,

@@ -34,7 +34,6 @@ enum Blocker {
     NoHostStorage,
     FewStorageBindings,
     Lru,
-    Admission,
     DeviceResolution,
     TooManyRows,
     TooManySlots,
@@ -52,8 +51,6 @@ fn gpu_blocker(
         Some(Blocker::FewStorageBindings)
     } else if config.policy == EvictionPolicy::Lru {
         Some(Blocker::Lru)
-    } else if config.policy == EvictionPolicy::TinyLfu {
-        Some(Blocker::Admission)
     } else if config.resolution == Resolution::Device {
         Some(Blocker::DeviceResolution)
     } else if rows as u64 * 4 > ctx.max_binding() {
@@ -71,7 +68,6 @@ impl Blocker {
             Blocker::NoHostStorage => "no host-visible storage on this context (GpuOptions::host_visible_storage; GL and browsers have none)",
             Blocker::FewStorageBindings => "the fetch binds 6 storage buffers, more than this device allows per shader stage",
             Blocker::Lru => "exact LRU asked for: the GPU-driven path evicts by CLOCK",
-            Blocker::Admission => "EvictionPolicy::TinyLfu asked for: admission runs in the host path's slot map",
             Blocker::DeviceResolution => "Resolution::Device asked for: a host-path mode",
             Blocker::TooManyRows => "the id -> slot array (4 bytes per row) exceeds one storage binding",
             Blocker::TooManySlots => "the slot state (8 bytes per slot) exceeds one storage binding",

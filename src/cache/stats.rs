@@ -36,9 +36,11 @@ pub struct CacheStats {
     pub rows_uploaded: u64,
     /// Resident rows dropped to make room.
     pub evictions: u64,
-    /// Rows refused admission to the cache's main region (`EvictionPolicy::TinyLfu`): a
-    /// row the window pushed out that lost to the main region's victim, or a missed row of
-    /// a pass whose window was full that lost and was served from a transient slot.
+    /// Rows refused admission to the cache's main region (`EvictionPolicy::TinyLfu`): on the
+    /// host path a row the window pushed out that lost to the main region's victim, or a
+    /// missed row of a pass whose window was full that lost and was served from a transient
+    /// slot; on the GPU-driven path a missed row that lost to its victim (each served from a
+    /// transient slot).
     pub refused: u64,
     /// Of the rows uploaded, those served from a transient slot (never resident): the
     /// batch got them, the cache kept the rows it had.

@@ -66,10 +66,11 @@ pub(crate) enum ParamsFrom<'a, P> {
     },
 }
 
-/// Bytes between params blocks bound in place ([`ParamsFrom::Bound`]): the device's
-/// uniform offset alignment, and at least 64 (the largest params block).
+/// Bytes between params blocks bound in place ([`ParamsFrom::Bound`]): room for the
+/// largest params block (128 bytes at most), at the device's uniform offset alignment.
 pub(crate) fn uniform_stride(ctx: &GpuContext) -> u64 {
-    (ctx.limits().min_uniform_buffer_offset_alignment as u64).max(64)
+    let align = u64::from(ctx.limits().min_uniform_buffer_offset_alignment).max(1);
+    128u64.next_multiple_of(align)
 }
 
 /// Where a call's params blocks lie, block `k` at `offset + k * stride`: in a staging

@@ -56,7 +56,7 @@ pub(crate) const WRITE_BACK: Shader = Shader {
 pub(crate) const BLOCK: usize = 1024;
 
 /// Words of the work buffer before its lists (see driven_common.wgsl).
-pub(crate) const HEADER_WORDS: usize = 32;
+pub(crate) const HEADER_WORDS: usize = 48;
 
 // The kept words sit past the 16 per-pass counters the host clears each pass, and before
 // the lists; four 64-bit totals come before the fault count.
@@ -64,7 +64,9 @@ const _: () = assert!(
     word::HAND >= 16
         && word::TOTALS > word::HAND
         && word::FAULT == word::TOTALS + 8
-        && word::FAULT < HEADER_WORDS
+        && word::REFUSED == word::FAULT + 1
+        && word::WINDOW == word::REFUSED + 2
+        && word::WINDOW + 2 < HEADER_WORDS
 );
 
 /// Where the kept counters sit in the work buffer (see driven_common.wgsl): the hand, then 64-bit
@@ -73,10 +75,17 @@ pub(crate) mod word {
     pub(crate) const HAND: usize = 16;
     pub(crate) const TOTALS: usize = 18;
     pub(crate) const FAULT: usize = 26;
+    /// 64-bit count of rows refused admission (admission caches).
+    pub(crate) const REFUSED: usize = 27;
+    /// The window's share of a pass's victims, per mille (admission caches).
+    pub(crate) const WINDOW: usize = 29;
 }
 
+/// The window's share a cache with admission starts with, per mille (evict.wgsl tunes it).
+pub(crate) const FIRST_WINDOW: u32 = 100;
+
 /// The reference bit of a slot's stamp, and the epoch bits beside it.
-pub(crate) const EPOCH: u32 = 0x7fff_ffff;
+pub(crate) const EPOCH: u32 = 0x3fff_ffff;
 
 /// Mirror of `DrivenParams` in driven_common.wgsl.
 #[repr(C)]
@@ -98,6 +107,10 @@ pub(crate) struct DrivenParams {
     pub(crate) held: u32,
     pub(crate) shard_rows: u32,
     pub(crate) group_rows: u32,
+    pub(crate) admit: u32,
+    pub(crate) transient: u32,
+    pub(crate) sketch_mask: u32,
+    pub(crate) ghost_mask: u32,
 }
 params_layout!(
     DrivenParams,
@@ -117,7 +130,11 @@ params_layout!(
     written_at,
     held,
     shard_rows,
-    group_rows
+    group_rows,
+    admit,
+    transient,
+    sketch_mask,
+    ghost_mask
 );
 
 /// Bytes of one [`DrivenParams`] block.
@@ -162,6 +179,9 @@ pub(crate) enum Phase {
     Tally,
     Plan,
     Evict,
+    /// Halves the frequency sketch's counters (admission caches; not a phase of every
+    /// pass).
+    Age,
 }
 
 impl Phase {
@@ -178,6 +198,7 @@ impl Phase {
             Phase::Tally => "tally",
             Phase::Plan => "plan",
             Phase::Evict => "evict",
+            Phase::Age => "age",
         }
     }
 }
@@ -394,59 +415,46 @@ pub(crate) struct DrivenBuffers<'a> {
     pub(crate) slot_of: &'a wgpu::Buffer,
     pub(crate) state: &'a wgpu::Buffer,
     pub(crate) work: &'a wgpu::Buffer,
+    /// The admission buffer (a placeholder without admission).
+    pub(crate) adm: &'a wgpu::Buffer,
 }
 
 /// Encodes one phase (its params block at `params_at` of staging buffer `staged`), with
 /// `groups` workgroups (a grid past the per-dimension limit).
-pub(crate) fn encode(
+pub(crate) fn encode<'a>(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
     phase: Phase,
-    b: &DrivenBuffers<'_>,
+    b: &DrivenBuffers<'a>,
     groups: (u32, u32),
     launch: &mut Launch,
     params: ParamsAt<'_>,
 ) -> Result<()> {
     let pipeline = ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
     let from = params.from(&mut *enc);
-    let whole = |n: u32, buf: &'_ wgpu::Buffer| (n, buf.clone(), buf.size());
-    // (Each entry point's layout has only the bindings it uses; a fixed array, so a pass
+    let whole = |n: u32, buf: &'a wgpu::Buffer| (n, buf, buf.size());
+    // (Each entry point's layout has only the bindings it uses; fixed arrays, so a pass
     // allocates nothing for them.)
-    let all = [
-        whole(
-            1,
-            if phase == Phase::Find {
-                b.ids
-            } else {
-                b.slot_of
-            },
-        ),
-        whole(
-            2,
-            if phase == Phase::Find {
-                b.slot_of
-            } else {
-                b.state
-            },
-        ),
-        whole(
-            3,
-            if phase == Phase::Find {
-                b.state
-            } else {
-                b.work
-            },
-        ),
+    let find = [
+        whole(1, b.ids),
+        whole(2, b.slot_of),
+        whole(3, b.state),
         whole(4, b.work),
+        whole(5, b.adm),
     ];
-    let used = match phase {
-        Phase::Find => 0..4,
-        Phase::Tally => 1..3,
-        Phase::Plan => 2..3,
-        Phase::Evict => 0..3,
+    let sweep = [
+        whole(1, b.slot_of),
+        whole(2, b.state),
+        whole(3, b.work),
+        whole(4, b.adm),
+    ];
+    let storage = match phase {
+        Phase::Find => &find[..],
+        Phase::Tally => &sweep[1..3],
+        Phase::Plan => &sweep[2..3],
+        Phase::Evict => &sweep[..],
+        Phase::Age => &sweep[3..],
     };
-    let bound = all.each_ref().map(|(n, buf, size)| (*n, buf, *size));
-    let storage = &bound[used];
     let group = launch
         .bind::<DrivenParams>(ctx, &pipeline, from, storage)?
         .clone();

@@ -256,7 +256,9 @@ pub fn resident<S: hotrow::RowSource>(cache: &hotrow::EmbeddingCache<S>) -> Vec<
 }
 
 /// The rows the GPU-driven path's state holds and their slots, sorted, checked: slot_of and
-/// id_of are inverse maps, no miss lacked a slot, the hand is within the slots.
+/// id_of are inverse maps over the slots (an entry past them names a transient slot a row
+/// refused admission was served from: not resident), no miss lacked a slot, the hand is
+/// within the slots.
 pub fn driven_resident(s: &hotrow::DrivenState) -> Vec<(u32, u32)> {
     assert_eq!(s.fault, 0, "a miss found no slot");
     assert!(
@@ -271,7 +273,8 @@ pub fn driven_resident(s: &hotrow::DrivenState) -> Vec<(u32, u32)> {
             v.push((id1 - 1, slot as u32));
         }
     }
-    let listed = s.slot_of.iter().filter(|&&x| x != 0).count();
+    let cap = s.id_of.len() as u32;
+    let listed = s.slot_of.iter().filter(|&&x| x != 0 && x <= cap).count();
     assert_eq!(listed, v.len(), "slot_of lists rows no slot holds");
     v.sort_unstable();
     v

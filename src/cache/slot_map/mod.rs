@@ -32,14 +32,19 @@ pub enum EvictionPolicy {
     /// Exact least-recently-used over passes, through an intrusive doubly linked list in
     /// flat arrays (every hit relinks its slot: more random memory traffic per id).
     Lru,
-    /// W-TinyLFU: CLOCK over a small recency window that takes every missed row and a main
-    /// region that a row enters only if a frequency sketch says it is used more often than
-    /// the row it would evict; the window's share tuned against LRU on the same traffic
-    /// (so a moving hot set does not lose to recency). A row refused admission is still
-    /// served to its batch, from one of `capacity / 8` transient slots (GPU memory beside
-    /// the cache, never counted as resident); `CacheStats::refused` counts them. Pays off
-    /// on skewed traffic with a small cache (1-10% of the table). Costs about 10 bytes a
-    /// slot on the host, nothing per table row.
+    /// TinyLFU admission: a missed row takes a slot only if a frequency sketch says it is
+    /// used more often than the row it would evict. On the host path (W-TinyLFU in the
+    /// slot map): CLOCK over a small recency window that takes every missed row and a main
+    /// region guarded by the sketch, the window's share tuned against LRU on the same
+    /// traffic (so a moving hot set does not lose to recency); about 10 bytes a slot on the
+    /// host. On the GPU-driven path (in the GPU's CLOCK sweep): a share of each pass's
+    /// misses enters freely (the window), the rest asks the sketch (u32 counters on the
+    /// GPU, 32-64 bytes a slot of GPU memory), the share tuned by weighing misses of rows
+    /// refused lately against hits on rows a refusal kept. Either way a row refused
+    /// admission is still served to its batch, from one of `capacity / 8` transient slots
+    /// (GPU memory beside the cache, never counted as resident); `CacheStats::refused`
+    /// counts them. Pays off on skewed traffic with a small cache (1-10% of the table);
+    /// nothing per table row. Not offered for training.
     TinyLfu,
 }
 

@@ -72,16 +72,67 @@ pub(crate) struct Driven {
     mark: Launch,
     flush: Vec<Launch>,
     clean: Launch,
+    /// The frequency sketch and refused-rows table of admission (a placeholder without).
+    adm: TrackedBuffer,
+    admission: Option<Admission>,
+}
+
+/// Admission on the GPU ([`crate::EvictionPolicy::TinyLfu`]; evict.wgsl): its shape, and
+/// the sketch's aging, which the host schedules by positions (it counts them exactly, and
+/// the GPU's counts are never read back).
+struct Admission {
+    /// Transient slots past the capacity.
+    transient: u32,
+    sketch_mask: u32,
+    ghost_mask: u32,
+    /// Positions between halvings of the sketch, and since the last.
+    age_every: u64,
+    since_age: u64,
+    age: Launch,
+}
+
+impl Admission {
+    /// For `capacity` slots and `transient` transient slots: a sketch of 4 rows of twice
+    /// the next power of two at or above the capacity (32-64 bytes a slot: each row at most
+    /// ~2 counts a counter by the time it ages, as Caffeine sizes its sketch), a
+    /// refused-rows table of a quarter of a row, aged every 10 x capacity positions
+    /// (Caffeine's sample); within one storage binding (`max_binding`).
+    fn new(capacity: usize, transient: usize, max_binding: u64) -> Self {
+        let mut width = (2 * capacity.next_power_of_two()).max(64);
+        while width > 64 && Self::words(width) * 4 > max_binding {
+            width /= 2;
+        }
+        Self {
+            transient: transient as u32,
+            sketch_mask: (width - 1) as u32,
+            ghost_mask: (width / 4 - 1) as u32,
+            age_every: 10 * capacity as u64,
+            since_age: 0,
+            age: Launch::default(),
+        }
+    }
+
+    /// Words of the admission buffer for a sketch `width` counters wide: the sketch's 4
+    /// rows, then (id + 1, epoch) for each of `width / 4` refused rows.
+    fn words(width: usize) -> u64 {
+        4 * width as u64 + 2 * (width as u64 / 4)
+    }
+
+    fn bytes(&self) -> u64 {
+        Self::words(self.sketch_mask as usize + 1) * 4
+    }
 }
 
 impl Driven {
     /// The GPU state over `table` (filled) for `capacity` slots, all empty; with
-    /// `training`, room for the slots' dirty marks and the written-rows bitmap.
+    /// `training`, room for the slots' dirty marks and the written-rows bitmap; with
+    /// `transient` slots past the capacity (> 0), admission (evict.wgsl).
     pub(crate) fn new(
         ctx: &GpuContext,
         table: RowBuffer,
         capacity: usize,
         training: bool,
+        transient: usize,
     ) -> Result<Self> {
         let rows = table.rows();
         let row_words = table.layout().words_per_row();
@@ -100,6 +151,16 @@ impl Driven {
             "the GPU-driven path's work lists (12 bytes per slot; training, a bit per row)",
             kernels::work_words(capacity, 0, training.then_some(rows)) as u64 * 4,
         )?;
+        let admission =
+            (transient > 0).then(|| Admission::new(capacity, transient, ctx.max_binding()));
+        let adm = zeroed_binding(
+            ctx,
+            "the GPU-driven path's admission sketch (32-64 bytes per slot)",
+            admission.as_ref().map_or(16, Admission::bytes),
+        )?;
+        if admission.is_some() {
+            start_window(ctx, &work);
+        }
         if training {
             kernels::prepare_write_back(ctx, row_words)?;
         }
@@ -137,6 +198,8 @@ impl Driven {
             mark: Launch::default(),
             flush: Vec::new(),
             clean: Launch::default(),
+            adm,
+            admission,
         })
     }
 
@@ -153,7 +216,11 @@ impl Driven {
 
     /// Bytes of GPU memory held (the table is in host memory: [`Driven::host_bytes`]).
     pub(crate) fn bytes(&self) -> u64 {
-        self.slot_of.size() + self.state.size() + self.work.size() + self.ids.bytes()
+        self.slot_of.size()
+            + self.state.size()
+            + self.work.size()
+            + self.ids.bytes()
+            + self.adm.size()
     }
 
     /// Bytes of the table in host memory.
@@ -193,6 +260,9 @@ impl Driven {
         let at = kernels::bins_at(self.capacity) as u64 * 4;
         ctx.queue()
             .write_buffer(&work, at, bytemuck::cast_slice(&words));
+        if self.admission.is_some() {
+            start_window(ctx, &work);
+        }
         self.work = work;
         self.bins = bins;
         Ok(())
@@ -233,8 +303,17 @@ impl Driven {
             stamps: stamps.to_vec(),
             hand: head[kernels::word::HAND + 1],
             fault: head[kernels::word::FAULT],
+            window: head[kernels::word::WINDOW],
         })
     }
+}
+
+/// Sets the admission window's first share in a fresh `work` buffer (a queue write, after
+/// the buffer's clear).
+fn start_window(ctx: &GpuContext, work: &wgpu::Buffer) {
+    let at = kernels::word::WINDOW as u64 * 4;
+    ctx.queue()
+        .write_buffer(work, at, bytemuck::bytes_of(&kernels::FIRST_WINDOW));
 }
 
 /// A storage buffer of the GPU-driven state (`what`, `bytes`), bound whole by its kernels,
@@ -272,6 +351,9 @@ pub struct DrivenState {
     pub hand: u32,
     /// Misses that found no slot (a bug if ever non-zero).
     pub fault: u32,
+    /// Admission's window: the share of a pass's victims whose misses enter without the
+    /// sketch's say, per mille (0 without admission).
+    pub window: u32,
 }
 
 impl PassEngine {
@@ -305,12 +387,24 @@ impl PassEngine {
         d.epoch += 1;
         let ids = &ids[..n];
         let row_words = self.layout.words_per_row();
-        let base = DrivenParams {
+        let mut base = DrivenParams {
             bins: d.bins as u32,
             held: d.held,
             written_at: kernels::written_at(d.capacity, d.bins) as u32,
             ..kernels::params(&ctx, n, (d.epoch, d.batch_epoch), d.capacity, row_words)
         };
+        let mut age = false;
+        if let Some(a) = d.admission.as_mut() {
+            base.admit = 1;
+            base.transient = a.transient;
+            base.sketch_mask = a.sketch_mask;
+            base.ghost_mask = a.ghost_mask;
+            a.since_age += n as u64;
+            if a.since_age >= a.age_every {
+                a.since_age = 0;
+                age = true;
+            }
+        }
         let sweep = kernels::sweep_params(&ctx, base);
         let table_shards = d.table.shards().len();
         let slot_shards = self.slots.shards().len();
@@ -384,8 +478,15 @@ impl PassEngine {
             slot_of: &d.slot_of,
             state: &d.state,
             work: &d.work,
+            adm: &d.adm,
         };
         let max = ctx.limits().max_compute_workgroups_per_dimension;
+        if let (true, Some(a)) = (age, d.admission.as_mut()) {
+            // Before this pass counts its own uses.
+            let counters = 4 * (u64::from(a.sketch_mask) + 1);
+            let groups = (counters.div_ceil(256).min(u64::from(max)) as u32, 1);
+            kernels::encode(&ctx, &mut enc, Phase::Age, &bufs, groups, &mut a.age, at(0))?;
+        }
         let sweep_grid = grid(sweep.blocks, max);
         let [find, tally, plan, evict] = &mut d.phases;
         let steps: [(Phase, (u32, u32), &mut Launch, u64); 4] = [
@@ -712,5 +813,27 @@ impl PassEngine {
             }
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admission;
+
+    #[test]
+    fn the_sketch_is_twice_the_capacity_and_fits_one_binding() {
+        // 838,860 slots (W2's 10%): rows of 2^21 counters, a table of 2^19 refused rows.
+        let a = Admission::new(838_860, 104_858, 2 << 30);
+        assert_eq!(a.sketch_mask + 1, 1 << 21);
+        assert_eq!(a.ghost_mask + 1, 1 << 19);
+        assert_eq!(a.bytes(), (4 * (1 << 21) + 2 * (1 << 19)) * 4);
+        assert_eq!((a.transient, a.age_every), (104_858, 8_388_600));
+        // a small binding halves the rows until the buffer fits
+        let small = Admission::new(838_860, 1, 16 << 20);
+        assert!(small.bytes() <= 16 << 20);
+        assert_eq!(small.sketch_mask + 1, 1 << 19);
+        // tiny caches keep 64 counters a row
+        let tiny = Admission::new(3, 1, 2 << 30);
+        assert_eq!((tiny.sketch_mask, tiny.ghost_mask), (63, 15));
     }
 }

@@ -1,5 +1,5 @@
 //! The GPU-driven path's counters: what the GPU decided (distinct ids, hits, misses,
-//! evictions) is summed on the GPU (64-bit, in the work buffer) and read only when the
+//! evictions, rows refused admission) is summed on the GPU (64-bit, in the work buffer) and read only when the
 //! counters are asked for, so the steady stream reads nothing back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use crate::ops::driven::word;
 /// The last totals read, and whether a pass ran since.
 #[derive(Default)]
 pub(crate) struct GpuTotals {
-    last: Mutex<[u64; 4]>,
+    last: Mutex<[u64; 5]>,
     stale: AtomicBool,
 }
 
@@ -43,8 +43,11 @@ impl GpuTotals {
                 }
             }
         }
-        let [distinct, hits, misses, evictions] = *last;
+        let [distinct, hits, misses, evictions, refused] = *last;
         stats.distinct += distinct;
+        // (Every row refused admission on the GPU is served from a transient slot.)
+        stats.refused += refused;
+        stats.transient += refused;
         stats.hits += hits;
         stats.misses += misses;
         stats.rows_uploaded += misses;
@@ -56,14 +59,23 @@ impl GpuTotals {
     pub(crate) fn reset(&self, ctx: &GpuContext, work: &wgpu::Buffer) {
         ctx.queue()
             .write_buffer(work, word::TOTALS as u64 * 4, &[0u8; 32]);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = [0; 4];
+        ctx.queue()
+            .write_buffer(work, word::REFUSED as u64 * 4, &[0u8; 8]);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = [0; 5];
         self.stale.store(false, Ordering::Release);
     }
 }
 
-fn read(ctx: &GpuContext, work: &wgpu::Buffer) -> Result<[u64; 4]> {
-    let t = read_u64s(ctx, work, word::TOTALS, 4)?;
-    Ok([t[0], t[1], t[2], t[3]])
+fn read(ctx: &GpuContext, work: &wgpu::Buffer) -> Result<[u64; 5]> {
+    // The four totals, the fault count, then the refused rows: one read.
+    let w = crate::gpu::read_u32(
+        ctx,
+        work,
+        word::TOTALS as u64 * 4,
+        word::WINDOW - word::TOTALS,
+    )?;
+    let at = |k: usize| u64::from(w[k]) | (u64::from(w[k + 1]) << 32);
+    Ok([at(0), at(2), at(4), at(6), at(word::REFUSED - word::TOTALS)])
 }
 
 /// `n` 64-bit counters, each a (lo, hi) pair of u32 words, from word `at` of `work`
