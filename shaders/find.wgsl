@@ -28,6 +28,11 @@
 //   5  adm      storage, read_write  array<atomic<u32>>: sketch, refused-rows table
 //                                    (driven_common.wgsl; a placeholder without admission)
 //
+// touch: the lookup of a batch just prefetched, served through the prefetch's slot list
+// (bound as `ids`: a slot per position; every row resident, nothing having run since):
+// each slot stamped as a hit is, and the batch's hits (each of its distinct rows) added to
+// the totals.
+//
 // Dispatch: one thread per position, 256-thread workgroups in a (groups_x, y) grid.
 
 @group(0) @binding(0) var<uniform> p: DrivenParams;
@@ -40,6 +45,14 @@
 var<workgroup> group_hits: atomic<u32>;
 var<workgroup> group_ghosts: atomic<u32>;
 var<workgroup> group_saved: atomic<u32>;
+
+// 64-bit total at (lo, lo + 1): the add that wraps the low word carries.
+fn add_total(at: u32, x: u32) {
+    let old = atomicAdd(&work[at], x);
+    if (old + x < old) {
+        atomicAdd(&work[at + 1u], 1u);
+    }
+}
 
 // One more use of `id` in the sketch (each of its counters, up to COUNT_MAX; two threads
 // may both pass the check, a count one over is harmless).
@@ -137,6 +150,28 @@ fn find(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let s = atomicLoad(&group_saved);
         if (s != 0u) {
             atomicAdd(&work[SAVED_HITS], s);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn touch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = grid_thread(wid, lid, p.groups_x);
+    if (i < p.n) {
+        let s = ids[i];
+        if (s < p.capacity) {
+            let old = atomicExchange(&state[p.capacity + s], p.epoch | REF);
+            if ((old & EPOCH) < p.batch_epoch) {
+                atomicAdd(&group_hits, 1u);
+            }
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let h = atomicLoad(&group_hits);
+        if (h != 0u) {
+            add_total(T_DISTINCT, h);
+            add_total(T_HITS, h);
         }
     }
 }

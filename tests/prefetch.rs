@@ -94,3 +94,84 @@ fn a_prefetch_is_held_through_the_batch_before() {
         }
     }
 }
+
+/// On both paths the lookup of the ids just prefetched is served through the prefetch's
+/// slot list: no second pass (the counters say so; on the GPU-driven path the GPU still
+/// counts its hits), every output right; any call in between (another lookup, a preload,
+/// a bag op, a batch bigger than the cache) makes the lookup resolve again, still right.
+#[test]
+fn a_prefetched_lookup_is_not_resolved_again() {
+    let _serial = common::serial();
+    let (rows, dim) = (3_000usize, 3usize);
+    let data = random_values(rows * dim, seed("prefetch_reuse_table"));
+    let zipf = ZipfIds::new(rows, 1.05, seed("prefetch_reuse_zipf"));
+    let mut rng = Rng::new(seed("prefetch_reuse_ids"));
+    let mut runs = vec![(common::ctx(), BatchPath::Host)];
+    if let Some(ctx) = common::host_storage_ctx() {
+        runs.push((ctx, BatchPath::Gpu));
+    }
+    for (ctx, path) in runs {
+        reuse_run(ctx, path, &data, dim, &zipf, &mut rng);
+    }
+}
+
+fn reuse_run(
+    ctx: &hotrow::GpuContext,
+    path: BatchPath,
+    data: &[f32],
+    dim: usize,
+    zipf: &ZipfIds,
+    rng: &mut Rng,
+) {
+    let rows = data.len() / dim;
+    let config = CacheConfig::default()
+        .capacity(Capacity::Rows(400))
+        .path(path);
+    let table = HostTable::borrowed(data, dim).unwrap();
+    let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+    assert_eq!(cache.config().path, path);
+    for k in 0..24 {
+        let ids = zipf.batch(200, rng);
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+        cache.prefetch(&ids).unwrap();
+        let before = cache.stats();
+        match k % 6 {
+            1 => {
+                let other = zipf.batch(150, rng);
+                let out = cache.lookup(&other).unwrap().to_host().unwrap();
+                assert_eq!(out, gather(data, dim, &other));
+            }
+            2 => cache.preload(&zipf.batch(100, rng)).unwrap(),
+            3 => {
+                let bag_ids = zipf.batch(40, rng);
+                cache
+                    .lookup_bags(&bag_ids, &[0, 10, 25], hotrow::Pooling::Sum, None)
+                    .unwrap();
+            }
+            4 => {
+                // more distinct rows than the cache: the prefetched rows' room is needed
+                let big: Vec<u32> = (0..900).map(|_| rng.below(rows as u64) as u32).collect();
+                let out = cache.lookup(&big).unwrap().to_host().unwrap();
+                assert_eq!(out, gather(data, dim, &big));
+            }
+            _ => {}
+        }
+        let between = cache.stats();
+        let mut out = common::poisoned(ctx, ids.len(), dim);
+        cache.lookup_into(&ids, &mut out).unwrap();
+        let what = format!("{path:?} step {k}");
+        assert_eq!(out.to_host().unwrap(), gather(data, dim, &ids), "{what}");
+        let after = cache.stats();
+        assert_eq!(after.batches, between.batches + 1, "{what}");
+        if k % 6 == 0 || k % 6 == 5 {
+            // served through the kept list: no pass, every distinct row a hit
+            assert_eq!(after.passes, before.passes, "{what}: resolved again");
+            assert_eq!(after.hits - before.hits, distinct, "{what}");
+            assert_eq!(after.distinct - before.distinct, distinct, "{what}");
+            assert_eq!(after.rows_uploaded, before.rows_uploaded, "{what}");
+        } else {
+            assert!(after.passes > between.passes, "{what}: not resolved again");
+        }
+        assert_eq!(after.hits + after.misses, after.distinct, "{what}");
+    }
+}

@@ -182,12 +182,15 @@ pub(crate) enum Phase {
     /// Halves the frequency sketch's counters (admission caches; not a phase of every
     /// pass).
     Age,
+    /// Stamps a prefetched batch's slots and counts its hits (find.wgsl's `touch`: the
+    /// lookup served through the prefetch's slot list, no pass).
+    Touch,
 }
 
 impl Phase {
     fn shader(self) -> &'static Shader {
         match self {
-            Phase::Find => &FIND,
+            Phase::Find | Phase::Touch => &FIND,
             _ => &EVICT,
         }
     }
@@ -199,6 +202,7 @@ impl Phase {
             Phase::Plan => "plan",
             Phase::Evict => "evict",
             Phase::Age => "age",
+            Phase::Touch => "touch",
         }
     }
 }
@@ -428,10 +432,10 @@ pub(crate) fn encode<'a>(
     b: &DrivenBuffers<'a>,
     groups: (u32, u32),
     launch: &mut Launch,
-    params: ParamsAt<'_>,
+    params: ParamsSource<'_>,
 ) -> Result<()> {
     let pipeline = ctx.pipeline(phase.shader(), phase.entry(), COMMON)?;
-    let from = params.from(&mut *enc);
+    let from = params.block(&mut *enc, 0);
     let whole = |n: u32, buf: &'a wgpu::Buffer| (n, buf, buf.size());
     // (Each entry point's layout has only the bindings it uses; fixed arrays, so a pass
     // allocates nothing for them.)
@@ -448,8 +452,11 @@ pub(crate) fn encode<'a>(
         whole(3, b.work),
         whole(4, b.adm),
     ];
+    // (`ids` holds the slot list here)
+    let touch = [whole(1, b.ids), whole(3, b.state), whole(4, b.work)];
     let storage = match phase {
         Phase::Find => &find[..],
+        Phase::Touch => &touch[..],
         Phase::Tally => &sweep[1..3],
         Phase::Plan => &sweep[2..3],
         Phase::Evict => &sweep[..],

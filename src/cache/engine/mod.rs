@@ -29,6 +29,7 @@ mod gpu_pass;
 mod held;
 mod host_pass;
 mod overlap;
+mod prefetched;
 mod read;
 mod record;
 mod slot_index;
@@ -146,6 +147,8 @@ pub(crate) struct PassEngine {
     miss_estimate: usize,
     stats: CacheStats,
     upload_log: Option<Box<dyn UploadLog>>,
+    /// The last prefetch's slot list, kept for the lookup of its ids ([`prefetched`]).
+    prefetched: Option<prefetched::Prefetched>,
 }
 
 impl PassEngine {
@@ -200,6 +203,7 @@ impl PassEngine {
             miss_estimate: 0,
             stats: CacheStats::default(),
             upload_log: None,
+            prefetched: None,
         })
     }
 
@@ -310,6 +314,11 @@ impl PassEngine {
         out: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         self.ctx.check()?;
+        if let Some(out) = out {
+            if self.serve_prefetched(ids, out)? {
+                return Ok(());
+            }
+        }
         let target = |start| match out {
             Some(out) => Target::Gather(out, start),
             None => Target::Resident,
@@ -318,19 +327,6 @@ impl PassEngine {
         self.run_remaining_passes(source, ids, n, target)?;
         // (A prefetch's hold lasts until the next batch has been resolved.)
         self.release_hold();
-        Ok(())
-    }
-
-    /// Makes checked, non-empty `ids` resident as [`PassEngine::serve`] does with no
-    /// output, then holds the rows of its last pass (all of them when the batch fits one
-    /// pass) until the next batch has been resolved: the slot map keeps them, or, on the
-    /// GPU-driven path, the sweep takes their slots last.
-    pub(crate) fn prefetch<S: RowSource>(&mut self, source: &S, ids: &[u32]) -> Result<()> {
-        self.serve(source, ids, None)?;
-        match self.driven.as_mut() {
-            Some(d) => d.hold_last_pass(),
-            None => self.map.hold_last_pass(),
-        }
         Ok(())
     }
 
@@ -452,6 +448,7 @@ impl PassEngine {
         ids: &[u32],
         target: Target<'_>,
     ) -> Result<(usize, Option<RecordedPass>)> {
+        self.forget_prefetched();
         if self.driven.is_some() {
             let (n, pass) = self.driven_pass(ids, target, true)?;
             return Ok((n, Some(pass)));

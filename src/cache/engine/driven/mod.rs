@@ -75,6 +75,7 @@ pub(crate) struct Driven {
     /// The frequency sketch and refused-rows table of admission (a placeholder without).
     adm: TrackedBuffer,
     admission: Option<Admission>,
+    touch: Launch,
 }
 
 /// Admission on the GPU ([`crate::EvictionPolicy::TinyLfu`]; evict.wgsl): its shape, and
@@ -200,6 +201,7 @@ impl Driven {
             clean: Launch::default(),
             adm,
             admission,
+            touch: Launch::default(),
         })
     }
 
@@ -485,7 +487,15 @@ impl PassEngine {
             // Before this pass counts its own uses.
             let counters = 4 * (u64::from(a.sketch_mask) + 1);
             let groups = (counters.div_ceil(256).min(u64::from(max)) as u32, 1);
-            kernels::encode(&ctx, &mut enc, Phase::Age, &bufs, groups, &mut a.age, at(0))?;
+            kernels::encode(
+                &ctx,
+                &mut enc,
+                Phase::Age,
+                &bufs,
+                groups,
+                &mut a.age,
+                kernels::ParamsSource::At(at(0)),
+            )?;
         }
         let sweep_grid = grid(sweep.blocks, max);
         let [find, tally, plan, evict] = &mut d.phases;
@@ -496,7 +506,15 @@ impl PassEngine {
             (Phase::Evict, sweep_grid, evict, stride),
         ];
         for (phase, groups, launch, offset) in steps {
-            kernels::encode(&ctx, &mut enc, phase, &bufs, groups, launch, at(offset))?;
+            kernels::encode(
+                &ctx,
+                &mut enc,
+                phase,
+                &bufs,
+                groups,
+                launch,
+                kernels::ParamsSource::At(at(offset)),
+            )?;
         }
         let fetches = kernels::fetch_dispatches(&d.table, &self.slots);
         if d.fetch.len() < fetches {
@@ -593,6 +611,47 @@ impl PassEngine {
                 on_gpu: true,
             },
         ))
+    }
+}
+
+impl PassEngine {
+    /// Records in `enc` the `touch` of a prefetched batch of `n` positions whose slot list
+    /// is `pos` (prefetched.rs): its slots stamped by a new batch's epoch, its hits
+    /// counted. `false` (nothing recorded) on a cache with admission (a refused row's
+    /// transient slot is not resident) or when the epochs would wrap: a pass serves it.
+    pub(super) fn encode_touch(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        pos: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<bool> {
+        let ctx = self.ctx.clone();
+        let d = self.driven.as_mut().expect("a GPU-driven engine");
+        if d.admission.is_some() || d.epoch + 1 >= kernels::EPOCH {
+            return Ok(false);
+        }
+        d.epoch += 1;
+        d.batch_epoch = d.epoch;
+        let grid = grid_for_threads(&ctx, n as u64);
+        let p = DrivenParams {
+            n: n as u32,
+            groups_x: grid.0,
+            epoch: d.epoch,
+            batch_epoch: d.epoch,
+            capacity: d.capacity as u32,
+            ..Default::default()
+        };
+        let bufs = DrivenBuffers {
+            ids: pos,
+            slot_of: &d.slot_of,
+            state: &d.state,
+            work: &d.work,
+            adm: &d.adm,
+        };
+        let params = kernels::ParamsSource::Host(std::slice::from_ref(&p));
+        kernels::encode(&ctx, enc, Phase::Touch, &bufs, grid, &mut d.touch, params)?;
+        d.totals.changed();
+        Ok(true)
     }
 }
 
