@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use hotrow::sizing::{optimal_hits, CurveEstimator};
+use hotrow::sizing::{optimal_hits, CurveEstimator, GpuSweep};
 use hotrow::{EvictionPolicy, PartitionedSlotMap, PassPlan};
 use hotrow_workloads::{Rng, ZipfIds};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -123,7 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|&pct| (pct, ((rows as f64 * pct / 100.0) as usize).clamp(1, rows)))
         .collect();
-    let bar = ProgressBar::new((batches.len() * (3 * caps.len() + 1)) as u64);
+    let bar = ProgressBar::new((batches.len() * (5 * caps.len() + 1)) as u64);
     bar.set_style(ProgressStyle::with_template(
         "{msg:>22} [{bar:40}] {pos}/{len} batches, {eta} left",
     )?);
@@ -145,9 +145,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (What a cache with `miss_ratio_curve` on pays per batch, on this machine's core.)
     let curve_ms = spent.as_secs_f64() * 1e3 / (batches.len() - batches.len() / 2).max(1) as f64;
     // Each policy at each capacity: (hit rate, MB uploaded per batch).
-    let mut table: Vec<[(f64, f64); 5]> = Vec::new();
+    let mut table: Vec<[(f64, f64); 7]> = Vec::new();
     for &(pct, cap) in &caps {
-        let mut row = [(0.0, 0.0); 5];
+        let mut row = [(0.0, 0.0); 7];
         for (k, policy) in [
             (0, EvictionPolicy::Clock),
             (1, EvictionPolicy::Lru),
@@ -155,6 +155,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ] {
             bar.set_message(format!("{policy:?} at {pct}%"));
             let (hits, refs) = replay(&batches, rows, cap, policy, a.partitions, &bar);
+            row[k] = (
+                hits as f64 / refs as f64,
+                mb(refs - hits, &batches, row_bytes),
+            );
+        }
+        // The GPU-driven path's CLOCK and TinyLFU, replayed by their CPU twin.
+        for (k, admission) in [(5, false), (6, true)] {
+            bar.set_message(format!(
+                "GPU path {} at {pct}%",
+                ["CLOCK", "TinyLFU"][k - 5]
+            ));
+            let mut twin = GpuSweep::new(rows, cap, admission);
+            for ids in &batches {
+                twin.batch(ids);
+                bar.inc(1);
+            }
+            let (refs, hits, _) = twin.counts();
             row[k] = (
                 hits as f64 / refs as f64,
                 mb(refs - hits, &batches, row_bytes),
@@ -177,28 +194,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     bar.finish_and_clear();
 
     println!(
-        "\n{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
+        "\n{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
         "capacity",
         "rows",
         "CLOCK (default)",
         "LRU",
         "W-TinyLFU",
+        "GPU path CLOCK",
+        "GPU path TinyLFU",
         "optimum (Belady)",
         "online curve"
     );
     println!(
-        "{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
-        "", "", "hit / MB per batch", "", "", "", "hit rate"
+        "{:>9} {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>12}",
+        "", "", "hit / MB per batch", "", "", "", "", "", "hit rate"
     );
     for ((pct, cap), row) in caps.iter().zip(&table) {
         let cell = |(h, m): (f64, f64)| format!("{:>6.1}% / {:>8.2} MB", h * 100.0, m);
         println!(
-            "{:>8}% {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>11.1}%",
+            "{:>8}% {:>9} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>22} | {:>11.1}%",
             pct,
             cap,
             cell(row[0]),
             cell(row[1]),
             cell(row[4]),
+            cell(row[5]),
+            cell(row[6]),
             cell(row[2]),
             row[3].0 * 100.0
         );
@@ -348,7 +369,7 @@ fn write_ids(path: &Path, ids: &[u32], batch: usize) -> std::io::Result<()> {
 fn plot(
     out: &Path,
     caps: &[(f64, usize)],
-    table: &[[(f64, f64); 5]],
+    table: &[[(f64, f64); 7]],
     curve: &hotrow::sizing::MissRatioCurve,
     rows: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -356,11 +377,14 @@ fn plot(
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(450);
     let max_pct = caps.iter().map(|c| c.0).fold(1.0, f64::max);
-    // (columns of `table`: CLOCK, LRU, optimum, curve, admission)
+    // (columns of `table`: CLOCK, LRU, optimum, curve, admission, the GPU path's CLOCK and
+    // TinyLFU)
     let lines = [
         (0, "CLOCK (default)", BLUE),
         (1, "LRU", GREEN),
         (4, "W-TinyLFU (EvictionPolicy::TinyLfu)", MAGENTA),
+        (5, "GPU path: CLOCK", CYAN),
+        (6, "GPU path: TinyLFU", RGBColor(230, 140, 0)),
         (2, "optimum (Belady)", RED),
     ];
     let mut hit = ChartBuilder::on(&top)

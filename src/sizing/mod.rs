@@ -27,10 +27,12 @@
 //! ```
 
 mod belady;
+mod gpu_sweep;
 mod shards;
 mod sketch;
 
 pub use belady::optimal_hits;
+pub use gpu_sweep::GpuSweep;
 pub use shards::MissRatioCurve;
 pub(crate) use shards::Shards;
 pub use sketch::FrequencySketch;
