@@ -233,17 +233,7 @@ fn main() {
     // threads stride over `count x words` (count read from the GPU): each step from the
     // probe's kernel toward the fetch, to find which one halves the rate.
     if std::env::var_os("ZC_FETCH").is_some() {
-        fetch_like(
-            &device,
-            &queue,
-            &host,
-            &imported,
-            rows,
-            qs.as_ref(),
-            &qb,
-            &qrb,
-            &read_ts,
-        );
+        fetch_like(&device, &queue, &host, &imported, rows);
         return;
     }
     let quick = std::env::var_os("ZC_QUICK").is_some();
@@ -436,43 +426,122 @@ fn hash(x0: u32) -> u32 { var x = x0; x ^= x >> 16u; x *= 0x7feb352du; x ^= x >>
   }
 }"#;
 
-/// The fetch-like variants (see the call): GPU time per batch of `n` random rows.
-#[allow(clippy::too_many_arguments)]
-fn fetch_like(
-    device: &wgpu::Device,
-    queue: &wgpu::Queue,
-    host: &wgpu::Buffer,
-    imported: &[(&str, wgpu::Buffer)],
-    rows: u64,
-    qs: Option<&wgpu::QuerySet>,
-    qb: &wgpu::Buffer,
-    qrb: &wgpu::Buffer,
-    read_ts: &dyn Fn() -> f64,
-) {
-    let Some(qs) = qs else {
-        println!("FL: no timestamps");
-        return;
-    };
+/// A compute pipeline of `src`'s `main` (its layout from the shader).
+fn pipeline(device: &wgpu::Device, src: &str) -> wgpu::ComputePipeline {
     let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: None,
-        source: wgpu::ShaderSource::Wgsl(FETCH_SRC.into()),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
     });
-    let pipe = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: None,
         layout: None,
         module: &m,
         entry_point: Some("main"),
         compilation_options: Default::default(),
         cache: None,
-    });
-    // W2's slots: 838,861 x 512 B (430 MB).
-    let slot_count: u32 = 838_861.min(device.limits().max_storage_buffer_binding_size / 512) as u32;
-    let slots = device.create_buffer(&wgpu::BufferDescriptor {
+    })
+}
+
+/// W2's slots (838,861 x 512 B, 430 MB; fewer where the binding limit is lower), written
+/// by the fetch-like kernels: (the buffer, its slots).
+fn slot_buffer(device: &wgpu::Device) -> (wgpu::Buffer, u32) {
+    let count = 838_861.min(device.limits().max_storage_buffer_binding_size / 512) as u32;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
-        size: slot_count as u64 * 512,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        size: count as u64 * 512,
+        usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
+    (buffer, count)
+}
+
+/// One dispatch timed by timestamps (the GPU time of its pass).
+struct Timer {
+    qs: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+}
+
+impl Timer {
+    fn new(device: &wgpu::Device) -> Self {
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Self {
+            qs: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: None,
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            read: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+        }
+    }
+
+    /// Runs `pipe` over `groups` workgroups (a grid past 65,535 folds into y) with `bg`,
+    /// waits, and returns its GPU time in ns.
+    fn time(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        pipe: &wgpu::ComputePipeline,
+        bg: &wgpu::BindGroup,
+        groups: u64,
+    ) -> f64 {
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &self.qs,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(groups.min(65535) as u32, groups.div_ceil(65535) as u32, 1);
+        }
+        enc.resolve_query_set(&self.qs, 0..2, &self.resolve, 0);
+        enc.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
+        queue.submit([enc.finish()]);
+        self.read
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        let v: Vec<u64> =
+            bytemuck::cast_slice(&self.read.slice(..).get_mapped_range().unwrap()).to_vec();
+        self.read.unmap();
+        (v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64
+    }
+}
+
+/// The median of `times` (not empty).
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+/// The fetch-like variants (see the call): GPU time per batch of `n` random rows.
+fn fetch_like(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    host: &wgpu::Buffer,
+    imported: &[(&str, wgpu::Buffer)],
+    rows: u64,
+) {
+    if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        println!("FL: no timestamps");
+        return;
+    }
+    let timer = Timer::new(device);
+    let pipe = pipeline(device, FETCH_SRC);
+    let (slots, slot_count) = slot_buffer(device);
     let maxn = 32768u64;
     let list = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
@@ -552,30 +621,12 @@ fn fetch_like(
                         hashed,
                     ];
                     queue.write_buffer(&ub, 0, bytemuck::cast_slice(&f));
-                    let mut enc = device.create_command_encoder(&Default::default());
-                    {
-                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: None,
-                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                                query_set: qs,
-                                beginning_of_pass_write_index: Some(0),
-                                end_of_pass_write_index: Some(1),
-                            }),
-                        });
-                        pass.set_pipeline(&pipe);
-                        pass.set_bind_group(0, &bg, &[]);
-                        pass.dispatch_workgroups(gx, wgs.div_ceil(65535) as u32, 1);
-                    }
-                    enc.resolve_query_set(qs, 0..2, qb, 0);
-                    enc.copy_buffer_to_buffer(qb, 0, qrb, 0, 16);
-                    queue.submit([enc.finish()]);
-                    let t = read_ts();
+                    let t = timer.time(device, queue, &pipe, &bg, wgs);
                     if i >= 3 {
                         gpu.push(t);
                     }
                 }
-                gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                let med = gpu[gpu.len() / 2];
+                let med = median(gpu);
                 println!(
                     "FL table={tname:6} {vname:20} rows={n:6} gpu_median_us={:.1} Mrows/s={:.1} GB/s={:.1}",
                     med / 1e3,
@@ -828,25 +879,9 @@ fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
     if tables.is_empty() {
         return;
     }
-    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: None,
-        source: wgpu::ShaderSource::Wgsl(SPAN_SRC.into()),
-    });
-    let pipe = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: None,
-        layout: None,
-        module: &m,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let slot_count: u32 = 838_861.min(device.limits().max_storage_buffer_binding_size / 512) as u32;
-    let slots = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: slot_count as u64 * 512,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
+    let timer = Timer::new(device);
+    let pipe = pipeline(device, SPAN_SRC);
+    let (slots, slot_count) = slot_buffer(device);
     let maxn = 32768u64;
     let list = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
@@ -858,23 +893,6 @@ fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
         label: None,
         size: 16,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let qs = device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: None,
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    let qb = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let qrb = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     let last = tables.len() - 1;
@@ -911,35 +929,12 @@ fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
                 l.extend((0..n).map(|_| (rnd() % slot_count as u64) as u32));
                 queue.write_buffer(&list, 0, bytemuck::cast_slice(&l));
                 queue.write_buffer(&ub, 0, bytemuck::cast_slice(&[rows as u32, n, k, i]));
-                let wgs = (n as u64 * 32).div_ceil(256) as u32;
-                let mut enc = device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: &qs,
-                            beginning_of_pass_write_index: Some(0),
-                            end_of_pass_write_index: Some(1),
-                        }),
-                    });
-                    pass.set_pipeline(&pipe);
-                    pass.set_bind_group(0, &bg, &[]);
-                    pass.dispatch_workgroups(wgs.min(65535), wgs.div_ceil(65535), 1);
-                }
-                enc.resolve_query_set(&qs, 0..2, &qb, 0);
-                enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
-                queue.submit([enc.finish()]);
-                qrb.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
-                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-                let v: Vec<u64> =
-                    bytemuck::cast_slice(&qrb.slice(..).get_mapped_range().unwrap()).to_vec();
-                qrb.unmap();
+                let t = timer.time(device, queue, &pipe, &bg, (n as u64 * 32).div_ceil(256));
                 if i >= 3 {
-                    gpu.push((v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64);
+                    gpu.push(t);
                 }
             }
-            gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let med = gpu[gpu.len() / 2];
+            let med = median(gpu);
             println!(
                 "SPAN pages={pages} tables={k} span_GiB={:.1} rows={n:6} gpu_median_us={:.1} Mrows/s={:.1}",
                 (bytes * k as u64) as f64 / (1u64 << 30) as f64,

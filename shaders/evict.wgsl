@@ -17,7 +17,8 @@
 //          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
 //          stamped (no reference bit: a new row earns it by a hit, as on the host).
 //   age:   (admission) halves every counter of the frequency sketch; the host runs it
-//          once every so many positions, so old popularity fades.
+//          once every 25 x capacity positions, so old popularity fades (every 4 x capacity
+//          lost W2 3 points at 5%; 10 x, 0.9; 50 x was no better than 25 x).
 //
 // Admission (`p.admit`, EvictionPolicy::TinyLfu): a miss whose victim slot holds a row
 // enters only if the sketch counts it more often than that row, except the first FREE
@@ -29,10 +30,11 @@
 // what it kept (counted by find.wgsl): misses of rows refused lately (GHOST: hits recency
 // would have had) against hits on rows kept by a refusal (SAVED_HITS: hits frequency won).
 // Over a sample of misses, the window doubles where the first are more, and shrinks by a
-// quarter otherwise; a pass in which an eighth of the misses are rows refused lately, and
-// twice the hits refusals kept (a hot set that moved: its new rows are refused for the old
-// rows' counts), gives the window every victim at once. (Thresholds chosen on W2's and
-// W5's small shapes: a quarter reacted a batch later and lost W5 to LRU.)
+// quarter otherwise; a pass in which a sixteenth of the misses are rows refused lately,
+// and twice the hits refusals kept (a hot set that moved: its new rows are refused for the
+// old rows' counts), gives the window every victim at once. (Thresholds chosen with the
+// CPU twin, `sizing::GpuSweep`, on W2's and W5's traces: a quarter reacted a batch later
+// and lost W5 to LRU; an eighth lost 0.2 points more of W5 at 10%.)
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
@@ -87,7 +89,7 @@ fn tune_window(m: u32, victims: u32) -> u32 {
     var ts = atomicLoad(&work[TUNE_SAVED]) + s;
     // A sample is an eighth of the capacity in misses (at least 1,024).
     let sample = max(p.capacity / 8u, 1024u);
-    if (m >= 64u && g * 8u > m && g > 2u * s) {
+    if (m >= 64u && g * 16u > m && g > 2u * s) {
         window = 1000u;
         tm = 0u;
         tg = 0u;

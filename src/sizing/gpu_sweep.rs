@@ -16,8 +16,10 @@ const REF: u32 = 0x8000_0000;
 const SAVED: u32 = 0x4000_0000;
 const EPOCH: u32 = 0x3fff_ffff;
 const COUNT_MAX: u32 = 15;
-/// The window's first share and bounds, per mille of a pass's victims (evict.wgsl).
+/// The window's first share, per mille of a pass's victims (evict.wgsl).
 const FIRST_WINDOW: u32 = 100;
+/// Positions between halvings of the sketch, per slot (the library's `Admission`).
+const AGE_EVERY: u64 = 25;
 
 fn mix(x0: u32) -> u32 {
     let mut x = x0;
@@ -80,7 +82,7 @@ impl Admit {
         *tg += ghost;
         *ts += saved;
         let sample = (capacity / 8).max(1024);
-        if m >= 64 && ghost * 8 > m && ghost > 2 * saved {
+        if m >= 64 && ghost * 16 > m && ghost > 2 * saved {
             self.window = 1000;
             self.tune = [0; 3];
         } else if *tm >= sample {
@@ -123,7 +125,7 @@ impl GpuSweep {
                 width,
                 ghost: vec![(0, 0); width / 4],
                 transient: capacity.div_ceil(8) as u32,
-                age_every: 10 * capacity as u64,
+                age_every: AGE_EVERY * capacity as u64,
                 since_age: 0,
                 window: FIRST_WINDOW,
                 residence: 0,

@@ -96,8 +96,9 @@ impl Admission {
     /// For `capacity` slots and `transient` transient slots: a sketch of 4 rows of twice
     /// the next power of two at or above the capacity (32-64 bytes a slot: each row at most
     /// ~2 counts a counter by the time it ages, as Caffeine sizes its sketch), a
-    /// refused-rows table of a quarter of a row, aged every 10 x capacity positions
-    /// (Caffeine's sample); within one storage binding (`max_binding`).
+    /// refused-rows table of a quarter of a row, aged every 25 x capacity positions (about
+    /// 10 x capacity distinct uses at W2's repeats, Caffeine's sample; chosen with the
+    /// CPU twin, evict.wgsl); within one storage binding (`max_binding`).
     fn new(capacity: usize, transient: usize, max_binding: u64) -> Self {
         let mut width = (2 * capacity.next_power_of_two()).max(64);
         while width > 64 && Self::words(width) * 4 > max_binding {
@@ -107,7 +108,7 @@ impl Admission {
             transient: transient as u32,
             sketch_mask: (width - 1) as u32,
             ghost_mask: (width / 4 - 1) as u32,
-            age_every: 10 * capacity as u64,
+            age_every: 25 * capacity as u64,
             since_age: 0,
             age: Launch::default(),
         }
@@ -886,7 +887,7 @@ mod tests {
         assert_eq!(a.sketch_mask + 1, 1 << 21);
         assert_eq!(a.ghost_mask + 1, 1 << 19);
         assert_eq!(a.bytes(), (4 * (1 << 21) + 2 * (1 << 19)) * 4);
-        assert_eq!((a.transient, a.age_every), (104_858, 8_388_600));
+        assert_eq!((a.transient, a.age_every), (104_858, 20_971_500));
         // a small binding halves the rows until the buffer fits
         let small = Admission::new(838_860, 1, 16 << 20);
         assert!(small.bytes() <= 16 << 20);
