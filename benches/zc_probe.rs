@@ -184,25 +184,7 @@ fn main() {
             | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let qs = ts.then(|| {
-        device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: None,
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        })
-    });
-    let qb = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let qrb = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let timer = ts.then(|| Timer::new(&device));
     let ub = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 32,
@@ -220,13 +202,6 @@ fn main() {
         x = x.wrapping_mul(0x846ca68b);
         x ^= x >> 16;
         x
-    };
-    let read_ts = || -> f64 {
-        qrb.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
-        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-        let v: Vec<u64> = bytemuck::cast_slice(&qrb.slice(..).get_mapped_range().unwrap()).to_vec();
-        qrb.unmap();
-        (v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64
     };
     // Fetch-like variants (ZC_FETCH=1): the library's fetch reads each row's id from a list,
     // writes it to a scattered slot of a large device buffer, over a capped grid whose
@@ -269,24 +244,7 @@ fn main() {
                 }
             }
             for (name, table, mode, per, window) in cases {
-                let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &p.get_bind_group_layout(0),
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: table.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: ub.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: cache.as_entire_binding(),
-                        },
-                    ],
-                });
+                let bg = bind_group(&device, &p, &[table, &ub, &cache]);
                 let wgs = (n * (v / per) as u64).div_ceil(256);
                 let mut gpu = vec![];
                 let mut seed = 1u32;
@@ -297,43 +255,12 @@ fn main() {
                         0,
                         bytemuck::cast_slice(&[seed, n as u32, mode, v, trows, per, window, 0]),
                     );
-                    let mut enc = device.create_command_encoder(&Default::default());
-                    {
-                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: None,
-                            timestamp_writes: qs.as_ref().map(|q| {
-                                wgpu::ComputePassTimestampWrites {
-                                    query_set: q,
-                                    beginning_of_pass_write_index: Some(0),
-                                    end_of_pass_write_index: Some(1),
-                                }
-                            }),
-                        });
-                        pass.set_pipeline(&p);
-                        pass.set_bind_group(0, &bg, &[]);
-                        pass.dispatch_workgroups(
-                            wgs.min(65535) as u32,
-                            wgs.div_ceil(65535) as u32,
-                            1,
-                        );
-                    }
-                    if let Some(q) = &qs {
-                        enc.resolve_query_set(q, 0..2, &qb, 0);
-                        enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
-                    }
-                    queue.submit([enc.finish()]);
-                    let t = if ts {
-                        read_ts()
-                    } else {
-                        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-                        1.0
-                    };
+                    let t = run(&device, &queue, &p, &bg, wgs, timer.as_ref());
                     if i >= 3 {
                         gpu.push(t);
                     }
                 }
-                gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                let med = gpu[gpu.len() / 2];
+                let med = median(gpu);
                 // check the last iteration's rows
                 let rb = device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
@@ -368,7 +295,7 @@ fn main() {
         }
     }
     // Copy engine: contiguous host -> device copies of the same sizes, fresh offsets.
-    if enc_ts {
+    if let (true, Some(timer)) = (enc_ts, &timer) {
         for mb in [2u64, 4, 8, 16, 32] {
             let len = mb << 20;
             if len * 2 > bytes {
@@ -377,21 +304,18 @@ fn main() {
             let mut t = vec![];
             for i in 0..30u64 {
                 let off = ((i * 97) % ((bytes - len) >> 20)) << 20;
-                let q = qs.as_ref().unwrap();
                 let mut enc = device.create_command_encoder(&Default::default());
-                enc.write_timestamp(q, 0);
+                enc.write_timestamp(&timer.qs, 0);
                 enc.copy_buffer_to_buffer(&host, off, &cache, 0, len);
-                enc.write_timestamp(q, 1);
-                enc.resolve_query_set(q, 0..2, &qb, 0);
-                enc.copy_buffer_to_buffer(&qb, 0, &qrb, 0, 16);
+                enc.write_timestamp(&timer.qs, 1);
+                timer.resolve(&mut enc);
                 queue.submit([enc.finish()]);
-                let x = read_ts();
+                let x = timer.read(&device, &queue);
                 if i >= 5 {
                     t.push(x);
                 }
             }
-            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let med = t[t.len() / 2];
+            let med = median(t);
             println!(
                 "CE host->device MB={mb} gpu_median_us={:.1} GB/s={:.1}",
                 med / 1e3,
@@ -425,6 +349,48 @@ fn hash(x0: u32) -> u32 { var x = x0; x ^= x >> 16u; x *= 0x7feb352du; x ^= x >>
     if (stride == 0xffffffffu) { break; }
   }
 }"#;
+
+/// A buffer of `size` bytes the queue writes, bound as `usage`.
+fn written(device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size,
+        usage: usage | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Random u64s (xorshift64) from a non-zero `seed`.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// A bind group of `pipe`'s group 0 binding `buffers[i]` whole at binding `i`.
+fn bind_group(
+    device: &wgpu::Device,
+    pipe: &wgpu::ComputePipeline,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipe.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
 
 /// A compute pipeline of `src`'s `main` (its layout from the shader).
 fn pipeline(device: &wgpu::Device, src: &str) -> wgpu::ComputePipeline {
@@ -483,33 +449,15 @@ impl Timer {
         }
     }
 
-    /// Runs `pipe` over `groups` workgroups (a grid past 65,535 folds into y) with `bg`,
-    /// waits, and returns its GPU time in ns.
-    fn time(
-        &self,
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        pipe: &wgpu::ComputePipeline,
-        bg: &wgpu::BindGroup,
-        groups: u64,
-    ) -> f64 {
-        let mut enc = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &self.qs,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            pass.set_pipeline(pipe);
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(groups.min(65535) as u32, groups.div_ceil(65535) as u32, 1);
-        }
+    /// Records the copy of the two timestamps to where [`Timer::read`] maps them.
+    fn resolve(&self, enc: &mut wgpu::CommandEncoder) {
         enc.resolve_query_set(&self.qs, 0..2, &self.resolve, 0);
         enc.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
-        queue.submit([enc.finish()]);
+    }
+
+    /// Waits for the submissions so far and returns the time between the two
+    /// timestamps, in ns.
+    fn read(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> f64 {
         self.read
             .slice(..)
             .map_async(wgpu::MapMode::Read, |r| r.unwrap());
@@ -518,6 +466,43 @@ impl Timer {
             bytemuck::cast_slice(&self.read.slice(..).get_mapped_range().unwrap()).to_vec();
         self.read.unmap();
         (v[1] - v[0]) as f64 * queue.get_timestamp_period() as f64
+    }
+}
+
+/// Runs `pipe` over `groups` workgroups (a grid past 65,535 folds into y) with `bg` and
+/// waits: its GPU time in ns by `timer`'s timestamps, or 1.0 without a timer.
+fn run(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    pipe: &wgpu::ComputePipeline,
+    bg: &wgpu::BindGroup,
+    groups: u64,
+    timer: Option<&Timer>,
+) -> f64 {
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.qs,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            }),
+        });
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(groups.min(65535) as u32, groups.div_ceil(65535) as u32, 1);
+    }
+    if let Some(t) = timer {
+        t.resolve(&mut enc);
+    }
+    queue.submit([enc.finish()]);
+    match timer {
+        Some(t) => t.read(device, queue),
+        None => {
+            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+            1.0
+        }
     }
 }
 
@@ -543,25 +528,9 @@ fn fetch_like(
     let pipe = pipeline(device, FETCH_SRC);
     let (slots, slot_count) = slot_buffer(device);
     let maxn = 32768u64;
-    let list = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: (1 + 2 * maxn) * 4,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let ub = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 48,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let list = written(device, (1 + 2 * maxn) * 4, wgpu::BufferUsages::STORAGE);
+    let ub = written(device, 48, wgpu::BufferUsages::UNIFORM);
+    let mut rnd = xorshift(0x9e3779b97f4a7c15);
     let mut tables: Vec<(&str, &wgpu::Buffer)> = vec![("host", host)];
     for (name, b) in imported {
         tables.push((name, b));
@@ -575,28 +544,7 @@ fn fetch_like(
         ("list_scatter_capped", 1, 1, 0),
     ];
     for (tname, table) in tables {
-        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipe.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: table.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: ub.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: slots.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: list.as_entire_binding(),
-                },
-            ],
-        });
+        let bg = bind_group(device, &pipe, &[table, &ub, &slots, &list]);
         for n in [9000u64, 32768] {
             for (vname, scatter, capped, hashed) in variants {
                 let threads = if capped != 0 { 4096 * 256 } else { n * 32 };
@@ -621,7 +569,7 @@ fn fetch_like(
                         hashed,
                     ];
                     queue.write_buffer(&ub, 0, bytemuck::cast_slice(&f));
-                    let t = timer.time(device, queue, &pipe, &bg, wgs);
+                    let t = run(device, queue, &pipe, &bg, wgs, Some(&timer));
                     if i >= 3 {
                         gpu.push(t);
                     }
@@ -883,44 +831,16 @@ fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
     let pipe = pipeline(device, SPAN_SRC);
     let (slots, slot_count) = slot_buffer(device);
     let maxn = 32768u64;
-    let list = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 2 * maxn * 4,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let ub = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let list = written(device, 2 * maxn * 4, wgpu::BufferUsages::STORAGE);
+    let ub = written(device, 16, wgpu::BufferUsages::UNIFORM);
     let last = tables.len() - 1;
-    let entries: Vec<wgpu::BindGroupEntry> = [
-        ub.as_entire_binding(),
-        slots.as_entire_binding(),
-        list.as_entire_binding(),
-    ]
-    .into_iter()
-    .chain((0..4).map(|i| tables[i.min(last)].as_entire_binding()))
-    .enumerate()
-    .map(|(i, resource)| wgpu::BindGroupEntry {
-        binding: i as u32,
-        resource,
-    })
-    .collect();
-    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipe.get_bind_group_layout(0),
-        entries: &entries,
-    });
-    let mut x = 0x2545f4914f6cdd1du64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let shard = |i: usize| &tables[i.min(last)];
+    let bg = bind_group(
+        device,
+        &pipe,
+        &[&ub, &slots, &list, shard(0), shard(1), shard(2), shard(3)],
+    );
+    let mut rnd = xorshift(0x2545f4914f6cdd1d);
     for k in 1..=tables.len() as u32 {
         for n in [9000u32, 32768] {
             let mut gpu = vec![];
@@ -929,7 +849,8 @@ fn span_test(device: &wgpu::Device, queue: &wgpu::Queue, pages: u32) {
                 l.extend((0..n).map(|_| (rnd() % slot_count as u64) as u32));
                 queue.write_buffer(&list, 0, bytemuck::cast_slice(&l));
                 queue.write_buffer(&ub, 0, bytemuck::cast_slice(&[rows as u32, n, k, i]));
-                let t = timer.time(device, queue, &pipe, &bg, (n as u64 * 32).div_ceil(256));
+                let groups = (n as u64 * 32).div_ceil(256);
+                let t = run(device, queue, &pipe, &bg, groups, Some(&timer));
                 if i >= 3 {
                     gpu.push(t);
                 }
