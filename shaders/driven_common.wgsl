@@ -14,9 +14,10 @@
 //
 // Work layout (u32 words): [0, 16) this pass's counters, cleared by the host before the
 // pass; [16, 48) kept across passes: the hand, then the 64-bit totals (lo, hi) of distinct
-// ids, hits, misses and evictions, FAULT, then admission's refused total and tuning; then the eviction phase's block counts
-// (3 * blocks words: A, B and held slots), the miss ids (capacity words), their slots (capacity words) and the
-// id + 1 of the row each of those slots held (0: empty, or nothing evicted: the row was
+// ids, hits, misses and evictions, FAULT, then admission's refused total and tuning; then
+// the eviction phase's block counts (3 * blocks words: A, B and held slots), the miss ids
+// (capacity words), their slots (capacity words) and the id + 1 of the row each of those
+// slots held (0: empty, or nothing evicted: the row was
 // refused admission and took a transient slot); then, when misses are counted by
 // id range (a table-batched width's tables), the `bins + 1` range boundaries and a 64-bit
 // count per range; then, for a training cache, one bit per table row written back to the

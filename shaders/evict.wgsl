@@ -17,8 +17,9 @@
 //          takes miss `rank`: its old row leaves slot_of, the miss enters, and the slot is
 //          stamped (no reference bit: a new row earns it by a hit, as on the host).
 //   age:   (admission) halves every counter of the frequency sketch; the host runs it
-//          once every 25 x capacity positions, so old popularity fades (every 4 x capacity
-//          lost W2 3 points at 5%; 10 x, 0.9; 50 x was no better than 25 x).
+//          once every 25 x capacity positions, so old popularity fades (the period, like
+//          the thresholds below, chosen with the CPU twin on W2's and W5's traces:
+//          benches/HISTORY.md, session 16).
 //
 // Admission (`p.admit`, EvictionPolicy::TinyLfu): a miss whose victim slot holds a row
 // enters only if the sketch counts it more often than that row, except the first FREE
@@ -32,9 +33,8 @@
 // Over a sample of misses, the window doubles where the first are more, and shrinks by a
 // quarter otherwise; a pass in which a sixteenth of the misses are rows refused lately,
 // and twice the hits refusals kept (a hot set that moved: its new rows are refused for the
-// old rows' counts), gives the window every victim at once. (Thresholds chosen with the
-// CPU twin, `sizing::GpuSweep`, on W2's and W5's traces: a quarter reacted a batch later
-// and lost W5 to LRU; an eighth lost 0.2 points more of W5 at 10%.)
+// old rows' counts), gives the window every victim at once. `sizing::GpuSweep` replays
+// this policy on the CPU with the same constants: a change here is a change there.
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //

@@ -13,9 +13,8 @@
 // frequency sketch (by the position that claims it, or that finds its slot first this
 // batch), a miss of a row refused within the last RESIDENCE passes (found in the
 // refused-rows table: admitted then, it would likely still be resident) counts in GHOST,
-// and a batch's
-// first hit on a row admission kept (SAVED) in SAVED_HITS (the window's tuning weighs the
-// two: evict.wgsl).
+// and a batch's first hit on a row admission kept (SAVED) in SAVED_HITS (the window's
+// tuning weighs the two: evict.wgsl).
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
@@ -46,8 +45,9 @@ var<workgroup> group_hits: atomic<u32>;
 var<workgroup> group_ghosts: atomic<u32>;
 var<workgroup> group_saved: atomic<u32>;
 
-// 64-bit total at (lo, lo + 1): the add that wraps the low word carries.
-fn add_total(at: u32, x: u32) {
+// 64-bit counter at (lo, lo + 1): the add that wraps the low word carries (evict.wgsl's
+// add64; each shader declares its own `work`, so the two cannot share one function).
+fn add64(at: u32, x: u32) {
     let old = atomicAdd(&work[at], x);
     if (old + x < old) {
         atomicAdd(&work[at + 1u], 1u);
@@ -170,8 +170,8 @@ fn touch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     if (lid == 0u) {
         let h = atomicLoad(&group_hits);
         if (h != 0u) {
-            add_total(T_DISTINCT, h);
-            add_total(T_HITS, h);
+            add64(T_DISTINCT, h);
+            add64(T_HITS, h);
         }
     }
 }

@@ -69,8 +69,9 @@ const _: () = assert!(
         && word::WINDOW + 2 < HEADER_WORDS
 );
 
-/// Where the kept counters sit in the work buffer (see driven_common.wgsl): the hand, then 64-bit
-/// totals (lo, hi) of distinct ids, hits, misses and evictions, then the fault count.
+/// Where the kept counters sit in the work buffer (see driven_common.wgsl): the hand, then
+/// 64-bit totals (lo, hi) of distinct ids, hits, misses and evictions, the fault count,
+/// then admission's 64-bit refused count and its window.
 pub(crate) mod word {
     pub(crate) const HAND: usize = 16;
     pub(crate) const TOTALS: usize = 18;
@@ -84,7 +85,8 @@ pub(crate) mod word {
 /// The window's share a cache with admission starts with, per mille (evict.wgsl tunes it).
 pub(crate) const FIRST_WINDOW: u32 = 100;
 
-/// The reference bit of a slot's stamp, and the epoch bits beside it.
+/// The epoch bits of a slot's stamp (beside its reference bit, bit 31, and admission's
+/// SAVED mark, bit 30).
 pub(crate) const EPOCH: u32 = 0x3fff_ffff;
 
 /// Mirror of `DrivenParams` in driven_common.wgsl.
@@ -423,8 +425,8 @@ pub(crate) struct DrivenBuffers<'a> {
     pub(crate) adm: &'a wgpu::Buffer,
 }
 
-/// Encodes one phase (its params block at `params_at` of staging buffer `staged`), with
-/// `groups` workgroups (a grid past the per-dimension limit).
+/// Encodes one phase (its params block the first of `params`), with `groups` workgroups (a
+/// grid past the per-dimension limit).
 pub(crate) fn encode<'a>(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,

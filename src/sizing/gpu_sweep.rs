@@ -221,7 +221,7 @@ impl GpuSweep {
                 continue;
             }
             if st & REF == 0 {
-                a_slots.push(slot);
+                a_slots.push((pos, slot));
             } else {
                 b_slots.push((pos, slot));
             }
@@ -239,7 +239,7 @@ impl GpuSweep {
         let mut last_pos = None;
         for (v, &id) in misses.iter().enumerate().take(victims) {
             let (pos, slot) = match a_slots.get(v) {
-                Some(&slot) => ((slot + cap - self.hand) % cap, slot),
+                Some(&a) => a,
                 None => b_slots[v - a_slots.len()],
             };
             if v + 1 == victims {

@@ -1,8 +1,9 @@
 //! Sizing a cache from its traffic: the online miss-ratio curve ([`MissRatioCurve`],
 //! SHARDS sampling), the hit rate an LRU cache of every size would have had on the
 //! batches a cache served, kept in fixed memory while the cache runs; and, over a whole
-//! trace, the offline optimum ([`optimal_hits`]); and the [`FrequencySketch`] that
-//! frequency-aware admission (`EvictionPolicy::TinyLfu`) asks.
+//! trace, the offline optimum ([`optimal_hits`]); the [`FrequencySketch`] that
+//! frequency-aware admission (`EvictionPolicy::TinyLfu`) asks on the host path; and
+//! [`GpuSweep`], the GPU-driven path's eviction and admission replayed on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), hotrow::HotrowError> {

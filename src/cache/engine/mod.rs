@@ -148,7 +148,7 @@ pub(crate) struct PassEngine {
     stats: CacheStats,
     upload_log: Option<Box<dyn UploadLog>>,
     /// The last prefetch's slot list, kept for the lookup of its ids ([`prefetched`]).
-    prefetched: Option<prefetched::Prefetched>,
+    prefetched: prefetched::Prefetched,
 }
 
 impl PassEngine {
@@ -203,7 +203,7 @@ impl PassEngine {
             miss_estimate: 0,
             stats: CacheStats::default(),
             upload_log: None,
-            prefetched: None,
+            prefetched: Default::default(),
         })
     }
 

@@ -18,11 +18,13 @@ use crate::gpu::encoder;
 use crate::ops::copy_rows::{self, Direction};
 use crate::table::RowSource;
 
-/// A prefetched batch resolved in one pass: its ids, its slot list on the GPU (one slot
-/// per position), and its distinct rows (all resident now).
+/// The last prefetch's batch, when it was resolved in one pass: its ids, its slot list on
+/// the GPU (one slot per position; `None` once forgotten), and its distinct rows (all
+/// resident then). The ids' vector is reused from prefetch to prefetch.
+#[derive(Default)]
 pub(super) struct Prefetched {
     ids: Vec<u32>,
-    pos: wgpu::Buffer,
+    pos: Option<wgpu::Buffer>,
     distinct: u64,
 }
 
@@ -30,27 +32,26 @@ impl PassEngine {
     /// Makes checked, non-empty `ids` resident as [`PassEngine::serve`] does with no
     /// output, then holds the rows of its last pass (all of them when the batch fits one
     /// pass) until the next batch has been resolved: the slot map keeps them, or, on the
-    /// GPU-driven path, the sweep takes their slots last. On the host path, a batch served
-    /// in one pass keeps its slot list for the lookup of the same ids (module docs).
+    /// GPU-driven path, the sweep takes their slots last. A batch served in one pass keeps
+    /// its slot list for the lookup of the same ids (module docs).
     pub(crate) fn prefetch<S: RowSource>(&mut self, source: &S, ids: &[u32]) -> Result<()> {
         self.ctx.check()?;
-        // (Resolution on the GPU's slot index keeps its own lists; not kept there.)
-        let keep = self.index.is_none();
+        // Not kept with resolution on the GPU's slot index (it keeps its own lists), nor
+        // with admission on the GPU-driven path (a refused row's transient slot is not
+        // resident, and the host cannot see which were refused).
+        let keep = self.index.is_none() && !self.driven.as_ref().is_some_and(|d| d.admits());
         let target = if keep {
             Target::SlotsOnly
         } else {
             Target::Resident
         };
         let n = self.first_pass(source, ids, target)?;
-        // (Rows refused admission sit in transient slots: not kept, the lookup resolves.)
-        let kept = (keep && n == ids.len() && self.plan.transient == 0).then(|| {
-            let pos = self.buffers.pos_slots.current().cloned();
-            pos.map(|pos| Prefetched {
-                ids: ids.to_vec(),
-                pos,
-                distinct: self.plan.distinct(),
-            })
-        });
+        // (Rows the host path refused admission sit in transient slots: not kept.)
+        let kept = keep && n == ids.len() && self.plan.transient == 0;
+        let pos = kept
+            .then(|| self.buffers.pos_slots.current().cloned())
+            .flatten();
+        let distinct = self.plan.distinct();
         self.run_remaining_passes(source, ids, n, |_| Target::Resident)?;
         // (The hold of an earlier prefetch ends: this batch has been resolved.)
         self.release_hold();
@@ -58,27 +59,33 @@ impl PassEngine {
             Some(d) => d.hold_last_pass(),
             None => self.map.hold_last_pass(),
         }
-        self.prefetched = kept.flatten();
+        if pos.is_some() {
+            let p = &mut self.prefetched;
+            p.ids.clear();
+            p.ids.extend_from_slice(ids);
+            p.pos = pos;
+            p.distinct = distinct;
+        }
         Ok(())
     }
 
     /// Forgets a kept slot list: a pass is about to run.
     pub(super) fn forget_prefetched(&mut self) {
-        self.prefetched = None;
+        self.prefetched.pos = None;
     }
 
     /// Serves checked, non-empty `ids` into `out` through the kept slot list, when the last
     /// call was the prefetch of these ids; returns whether it did. Counted as a batch whose
     /// distinct rows all hit (no pass: nothing was resolved or uploaded).
     pub(super) fn serve_prefetched(&mut self, ids: &[u32], out: &wgpu::Buffer) -> Result<bool> {
-        let Some(p) = self.prefetched.take() else {
+        let Some(pos) = self.prefetched.pos.take() else {
             return Ok(false);
         };
-        if p.ids != ids {
+        if self.prefetched.ids != ids {
             return Ok(false);
         }
         let mut enc = encoder(&self.ctx, "hotrow prefetched gather");
-        if self.driven.is_some() && !self.encode_touch(&mut enc, &p.pos, ids.len())? {
+        if self.driven.is_some() && !self.encode_touch(&mut enc, &pos, ids.len())? {
             return Ok(false);
         }
         copy_rows::encode(
@@ -86,7 +93,7 @@ impl PassEngine {
             &mut enc,
             Direction::Gather,
             &self.slots,
-            &p.pos,
+            &pos,
             ids.len(),
             out,
             0,
@@ -104,8 +111,8 @@ impl PassEngine {
             let s = &mut self.stats;
             s.batches += 1;
             s.requests += ids.len() as u64;
-            s.distinct += p.distinct;
-            s.hits += p.distinct;
+            s.distinct += self.prefetched.distinct;
+            s.hits += self.prefetched.distinct;
         }
         self.release_hold();
         Ok(true)

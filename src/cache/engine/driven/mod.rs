@@ -217,6 +217,11 @@ impl Driven {
         self.held = 0;
     }
 
+    /// Whether the cache admits rows by frequency (`EvictionPolicy::TinyLfu`).
+    pub(crate) fn admits(&self) -> bool {
+        self.admission.is_some()
+    }
+
     /// Bytes of GPU memory held (the table is in host memory: [`Driven::host_bytes`]).
     pub(crate) fn bytes(&self) -> u64 {
         self.slot_of.size()
@@ -618,8 +623,7 @@ impl PassEngine {
 impl PassEngine {
     /// Records in `enc` the `touch` of a prefetched batch of `n` positions whose slot list
     /// is `pos` (prefetched.rs): its slots stamped by a new batch's epoch, its hits
-    /// counted. `false` (nothing recorded) on a cache with admission (a refused row's
-    /// transient slot is not resident) or when the epochs would wrap: a pass serves it.
+    /// counted. `false` (nothing recorded) when the epochs would wrap: a pass serves it.
     pub(super) fn encode_touch(
         &mut self,
         enc: &mut wgpu::CommandEncoder,
@@ -628,7 +632,7 @@ impl PassEngine {
     ) -> Result<bool> {
         let ctx = self.ctx.clone();
         let d = self.driven.as_mut().expect("a GPU-driven engine");
-        if d.admission.is_some() || d.epoch + 1 >= kernels::EPOCH {
+        if d.epoch + 1 >= kernels::EPOCH {
             return Ok(false);
         }
         d.epoch += 1;

@@ -1,6 +1,6 @@
 //! The GPU-driven path's counters: what the GPU decided (distinct ids, hits, misses,
-//! evictions, rows refused admission) is summed on the GPU (64-bit, in the work buffer) and read only when the
-//! counters are asked for, so the steady stream reads nothing back.
+//! evictions, rows refused admission) is summed on the GPU (64-bit, in the work buffer)
+//! and read only when the counters are asked for, so the steady stream reads nothing back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -74,8 +74,13 @@ fn read(ctx: &GpuContext, work: &wgpu::Buffer) -> Result<[u64; 5]> {
         word::TOTALS as u64 * 4,
         word::WINDOW - word::TOTALS,
     )?;
-    let at = |k: usize| u64::from(w[k]) | (u64::from(w[k + 1]) << 32);
+    let at = |k: usize| u64_at(&w, k);
     Ok([at(0), at(2), at(4), at(6), at(word::REFUSED - word::TOTALS)])
+}
+
+/// The 64-bit counter whose (lo, hi) words are `w[k]`, `w[k + 1]`.
+fn u64_at(w: &[u32], k: usize) -> u64 {
+    u64::from(w[k]) | (u64::from(w[k + 1]) << 32)
 }
 
 /// `n` 64-bit counters, each a (lo, hi) pair of u32 words, from word `at` of `work`
@@ -87,7 +92,5 @@ pub(super) fn read_u64s(
     n: usize,
 ) -> Result<Vec<u64>> {
     let w = crate::gpu::read_u32(ctx, work, at as u64 * 4, 2 * n)?;
-    Ok(w.chunks_exact(2)
-        .map(|c| u64::from(c[0]) | (u64::from(c[1]) << 32))
-        .collect())
+    Ok((0..n).map(|k| u64_at(&w, 2 * k)).collect())
 }
