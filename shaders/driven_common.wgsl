@@ -76,6 +76,7 @@ const TUNE_MISSES: u32 = 30u;
 const TUNE_GHOST: u32 = 31u;
 const TUNE_SAVED: u32 = 32u;
 const RESIDENCE: u32 = 33u; // passes a row admitted now stays, about (a CLOCK round)
+const VICTIMS16: u32 = 34u; // victims a pass, smoothed, x16 (RESIDENCE's source)
 // the lists
 const LISTS: u32 = 48u;
 

@@ -31,10 +31,12 @@
 // what it kept (counted by find.wgsl): misses of rows refused lately (GHOST: hits recency
 // would have had) against hits on rows kept by a refusal (SAVED_HITS: hits frequency won).
 // Over a sample of misses, the window doubles where the first are more, and shrinks by a
-// quarter otherwise; a pass in which a sixteenth of the misses are rows refused lately,
-// and twice the hits refusals kept (a hot set that moved: its new rows are refused for the
-// old rows' counts), gives the window every victim at once. `sizing::GpuSweep` replays
-// this policy on the CPU with the same constants: a change here is a change there.
+// quarter otherwise. A quarter of a sample in which a sixteenth of the misses are rows
+// refused lately, and three times the hits refusals kept (a hot set that moved: its new
+// rows are refused for the old rows' counts), gives the window every victim at once. The
+// test spans passes, not one: a pass's counts are a few dozen, and one noisy pass of a
+// steady skewed stream would open the window for good. `sizing::GpuSweep` replays this
+// policy on the CPU with the same constants: a change here is a change there.
 //
 // Encodings and the work layout: driven_common.wgsl (prepended by the host).
 //
@@ -77,10 +79,13 @@ fn uses(id: u32) -> u32 {
 // The window's tuning: once per pass (plan's thread 0), from this pass's misses `m`;
 // returns the victims admitted without asking the sketch.
 fn tune_window(m: u32, victims: u32) -> u32 {
-    // A row admitted now stays about a CLOCK round: capacity / victims a pass (smoothed).
-    let round = p.capacity / max(victims, 1u);
-    let res = atomicLoad(&work[RESIDENCE]);
-    atomicStore(&work[RESIDENCE], res - res / 4u + round / 4u);
+    // A row admitted now stays about a CLOCK round: the capacity over the victims a pass,
+    // smoothed (x16 for precision; a short pass, e.g. the tail of a split batch, moves
+    // the mean a little, not the round).
+    let v16 = atomicLoad(&work[VICTIMS16]);
+    let v = v16 - v16 / 4u + min(victims, 1u << 26u) * 4u;
+    atomicStore(&work[VICTIMS16], v);
+    atomicStore(&work[RESIDENCE], p.capacity / max(v / 16u, 1u));
     var window = atomicLoad(&work[WINDOW]);
     let g = atomicLoad(&work[GHOST]);
     let s = atomicLoad(&work[SAVED_HITS]);
@@ -89,7 +94,7 @@ fn tune_window(m: u32, victims: u32) -> u32 {
     var ts = atomicLoad(&work[TUNE_SAVED]) + s;
     // A sample is an eighth of the capacity in misses (at least 1,024).
     let sample = max(p.capacity / 8u, 1024u);
-    if (m >= 64u && g * 16u > m && g > 2u * s) {
+    if (tm >= sample / 4u && tg * 16u > tm && tg > 3u * ts) {
         window = 1000u;
         tm = 0u;
         tg = 0u;

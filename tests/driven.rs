@@ -671,7 +671,8 @@ fn both_kinds_of_host_memory_serve_the_stream() {
 /// The GPU-driven path's eviction against its CPU twin (`hotrow::sizing::GpuSweep`) on the
 /// same stream: the GPU pairs a pass's misses with its victims in its threads' order (the
 /// twin in batch order), so rows land in other slots and later sweeps part ways; the hit
-/// rates agree within a point under CLOCK and a few under TinyLFU.
+/// rates agree within a point under CLOCK and a point and a half under TinyLFU, whose
+/// refusals agree within 2%.
 #[test]
 fn the_gpu_path_matches_its_cpu_twin() {
     let _serial = common::serial();
@@ -720,11 +721,16 @@ fn the_gpu_path_matches_its_cpu_twin() {
         let within = if policy == EvictionPolicy::Clock {
             0.01
         } else {
-            0.03
+            0.015
         };
         assert!(
             (gpu - cpu).abs() < within,
             "{policy:?}: GPU {gpu} vs twin {cpu}"
+        );
+        assert!(
+            s.refused.abs_diff(refused) <= refused / 50 + 10,
+            "{policy:?}: refused {} on the GPU, {refused} by the twin",
+            s.refused
         );
     }
 }

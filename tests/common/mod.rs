@@ -80,19 +80,24 @@ pub fn on_gpu_path() -> bool {
     ctx().adapter().host_visible_storage
 }
 
-/// A seed that differs per run (time and process), printed so a failure can be replayed
-/// with HOTROW_SEED.
+/// A seed that differs per run (time and process) and per tag, printed so a failure can
+/// be replayed with HOTROW_SEED.
 pub fn seed(tag: &str) -> u64 {
-    let s = std::env::var("HOTROW_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            t ^ ((std::process::id() as u64) << 32)
-        });
+    // One base a process, so every tag of a failing test replays from the one number
+    // printed.
+    static BASE: OnceLock<u64> = OnceLock::new();
+    let s = *BASE.get_or_init(|| {
+        std::env::var("HOTROW_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                t ^ ((std::process::id() as u64) << 32)
+            })
+    });
     eprintln!("{tag}: seed {s} (replay with HOTROW_SEED={s})");
     s ^ tag
         .bytes()
