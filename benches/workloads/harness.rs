@@ -411,6 +411,44 @@ pub fn minor_faults() -> i64 {
     0
 }
 
+/// CPU time of the calling thread so far (Linux; zero elsewhere): around a call, the host
+/// work the call itself did, without the time it spent blocked (a wait for the GPU or for
+/// a staging entry). Beside a stream's wall time, it tells a host-bound stream from one
+/// that waits.
+pub fn thread_cpu() -> std::time::Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        }
+    }
+    std::time::Duration::ZERO
+}
+
+/// With `HOTROW_BENCH_TIMELINE=1`: prints 24 of a stream's pass timings from its middle
+/// (label, start relative to the first, duration), where the gaps between a batch's
+/// kernels show whether the GPU waited for the host.
+pub fn print_timeline(what: &str, times: &[PassTiming]) {
+    if std::env::var("HOTROW_BENCH_TIMELINE").map_or(true, |v| v != "1") || times.is_empty() {
+        return;
+    }
+    let mid = times.len() / 2;
+    let t0 = times[mid].start;
+    for t in &times[mid..(mid + 24).min(times.len())] {
+        eprintln!(
+            "{what} timeline: {:>10} at {:8.1} us for {:7.1} us",
+            t.label,
+            (t.start - t0) / 1e3,
+            t.nanos / 1e3
+        );
+    }
+}
+
 /// MiB of this process's anonymous memory in transparent huge pages (Linux; 0 elsewhere):
 /// read beside a table's figures, it says whether the table's pages are huge
 /// (`HOTROW_HUGEPAGES=1` asks; the kernel decides).

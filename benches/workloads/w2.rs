@@ -1,7 +1,7 @@
 //! W2: cached stream, table in host memory (or, with `--table npy`, a `.npy` file read
 //! through the page cache), 10% of rows cached on the GPU.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hotrow::half::f16;
 use hotrow::{
@@ -93,7 +93,7 @@ fn run_on<T: RowSource + 'static>(
         if cold_ms.len() == 1 {
             // Where the first batch's time goes (host stages of the call, then the wait).
             let st = cache.stats();
-            let mut f = |name: &str, d: std::time::Duration| {
+            let mut f = |name: &str, d: Duration| {
                 rep.insert(format!("W2_cold_first_{name}_ms"), d.as_secs_f64() * 1e3)
             };
             f("resolve", st.resolve_time);
@@ -118,13 +118,20 @@ fn run_on<T: RowSource + 'static>(
     if let Some(first) = steady.first().filter(|_| a.prefetch) {
         cache.prefetch(first)?;
     }
+    // (the calling thread's CPU time in each kind of call: the host work of the stream)
+    let (mut lookup_cpu, mut prefetch_cpu) = (Duration::ZERO, Duration::ZERO);
     let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
+        let t = harness::thread_cpu();
         cache.lookup_into(&steady[k], &mut out)?;
-        match steady.get(k + 1) {
-            Some(next) if a.prefetch => cache.prefetch(next),
-            _ => Ok(()),
+        lookup_cpu += harness::thread_cpu() - t;
+        if let Some(next) = steady.get(k + 1).filter(|_| a.prefetch) {
+            let t = harness::thread_cpu();
+            cache.prefetch(next)?;
+            prefetch_cpu += harness::thread_cpu() - t;
         }
+        Ok(())
     })?;
+    harness::print_timeline("W2", &times);
     rep.insert(
         "W2_minor_page_faults_per_batch".into(),
         (harness::minor_faults() - faults) as f64 / steady.len() as f64,
@@ -140,8 +147,12 @@ fn run_on<T: RowSource + 'static>(
         ctx.wait_idle()?;
         sync_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / per;
+    let ms = |x: Duration| x.as_secs_f64() * 1e3 / per;
     rep.insert("W2_hotrow_stream_ms_per_batch".into(), stream_ms);
+    rep.insert("W2_host_lookup_cpu_ms".into(), ms(lookup_cpu));
+    if a.prefetch {
+        rep.insert("W2_host_prefetch_cpu_ms".into(), ms(prefetch_cpu));
+    }
     if a.prefetch {
         // Untimed: the rows the lookups themselves missed, over a few more batches.
         let mut missed = 0;
@@ -226,7 +237,9 @@ fn run_on<T: RowSource + 'static>(
     );
     rep.insert("W2_evictions_per_batch".into(), st.evictions as f64 / per);
     if timing {
-        for phase in ["find", "tally", "plan", "evict", "fetch", "position"] {
+        for phase in [
+            "find", "tally", "plan", "evict", "fetch", "position", "touch",
+        ] {
             let ms = harness::gpu_sum(&times, phase, per);
             if ms > 0.0 {
                 rep.insert(format!("W2_gpu_{phase}_ms"), ms);
