@@ -57,6 +57,9 @@ pub struct Args {
     /// Slot-map partitions of W2's and W6's caches (`--partitions`; default 0: the
     /// library's default, one per host thread).
     pub partitions: usize,
+    /// Staging buffers of W2's, W6's and W7's caches (`--staging-buffers`; default 0: the
+    /// library's default).
+    pub staging_buffers: usize,
     /// Rows of the cached workloads' table (`--rows`; default W2's N).
     pub rows: Option<usize>,
 }
@@ -112,11 +115,16 @@ impl Heater {
 }
 
 impl Args {
-    /// `config` with `--partitions` applied (unchanged without it).
-    pub fn with_partitions(&self, config: CacheConfig) -> CacheConfig {
-        match self.partitions {
+    /// `config` with `--partitions` and `--staging-buffers` applied (unchanged without
+    /// them).
+    pub fn with_knobs(&self, config: CacheConfig) -> CacheConfig {
+        let config = match self.partitions {
             0 => config,
             p => config.partitions(p),
+        };
+        match self.staging_buffers {
+            0 => config,
+            n => config.staging_buffers(n),
         }
     }
 
@@ -156,6 +164,7 @@ impl Args {
             devices: c.devices,
             cache_frac: c.cache_frac,
             partitions: c.partitions,
+            staging_buffers: c.staging_buffers,
             host_import: c.host_import,
             prefetch: c.prefetch,
             policy: match c.policy {
@@ -215,6 +224,10 @@ struct Cli {
     /// Slot-map partitions of W2's and W6's caches (0: the library's default).
     #[arg(long, default_value_t = 0)]
     partitions: usize,
+    /// Staging buffers of W2's, W6's and W7's caches (0: the library's default): how many
+    /// passes the host may run ahead of the GPU.
+    #[arg(long, default_value_t = 0)]
+    staging_buffers: usize,
     /// Host-memory tables (the GPU-driven path, w2zc) in hotrow's own huge-page memory
     /// imported into the device instead of wgpu's mappable buffers
     /// (GpuOptions::host_memory_import).
@@ -309,15 +322,14 @@ pub fn tenth_cache<S: RowSource>(
             (path, _) => path,
         });
     let t = Instant::now();
-    let cache =
-        EmbeddingCache::with_progress(ctx, table, a.with_partitions(config), |done, all| {
-            if done == all && all > 0 && t.elapsed().as_secs_f64() > 1.0 {
-                eprintln!(
-                    "table in host memory: {all} rows in {:.1} s",
-                    t.elapsed().as_secs_f64()
-                );
-            }
-        })?;
+    let cache = EmbeddingCache::with_progress(ctx, table, a.with_knobs(config), |done, all| {
+        if done == all && all > 0 && t.elapsed().as_secs_f64() > 1.0 {
+            eprintln!(
+                "table in host memory: {all} rows in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    })?;
     eprintln!(
         "cache path: {:?} ({})",
         cache.config().path,

@@ -112,7 +112,7 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
         .resolution(a.resolution)
         .row_format(a.row_format)
         .path(a.path);
-    let mut cache = TableBatchedCache::new(ctx, tables, a.with_partitions(config))?;
+    let mut cache = TableBatchedCache::new(ctx, tables, a.with_knobs(config))?;
     let zipf = id_streams(&rows);
     let mut rng = Rng::new(61);
     let steps = if a.small { 30 } else { 80 };

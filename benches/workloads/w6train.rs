@@ -39,7 +39,7 @@ pub fn run(ctx: &GpuContext, a: &Args, rep: &mut Report) -> Result<()> {
         .path(a.path)
         .training(optimizer);
     let t = Instant::now();
-    let mut cache = TableBatchedCache::new(ctx, tables, a.with_partitions(config))?;
+    let mut cache = TableBatchedCache::new(ctx, tables, a.with_knobs(config))?;
     rep.insert("W6T_cache_build_s".into(), t.elapsed().as_secs_f64());
     let width = cache.width();
     let zipf = id_streams(&rows);

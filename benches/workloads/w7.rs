@@ -11,7 +11,7 @@
 //! steps (a table no one holds: that gap is the f32 storage's own rounding, not hotrow's).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hotrow::{
     BatchPath, CacheConfig, Capacity, EmbeddingCache, Embeddings, GpuContext, HostTable, Optimizer,
@@ -34,10 +34,12 @@ pub fn run(
     let (bags, l) = if a.small { (256, 32) } else { (4096, 32) };
     let optimizer = Optimizer::RowWiseAdagrad { lr: LR, eps: EPS };
     let start = table.data().expect("W2's f32 table").to_vec();
-    let config = CacheConfig::default()
-        .capacity(Capacity::Rows(n / 10))
-        .path(a.path)
-        .training(optimizer);
+    let config = a.with_knobs(
+        CacheConfig::default()
+            .capacity(Capacity::Rows(n / 10))
+            .path(a.path)
+            .training(optimizer),
+    );
     let t = Instant::now();
     let mut cache = match EmbeddingCache::new(ctx, table, config) {
         Ok(c) => c,
@@ -87,20 +89,29 @@ pub fn run(
         .collect();
     // The steps run, in order: the CPU reference follows them after the timing (its hash
     // lookups over every id of a step would otherwise be timed with the step).
-    // Beside them, the host time inside the forward and the backward calls (ms, summed).
+    // Beside them, the host time inside the forward and the backward calls (ms, summed),
+    // wall and the calling thread's CPU (the difference: time blocked, e.g. waiting for a
+    // staging buffer the GPU still reads).
     let mut done: Vec<usize> = Vec::new();
     let mut in_calls = [0f64; 2];
+    let mut cpu_in_calls = [Duration::ZERO; 2];
     let mut step = |cache: &mut EmbeddingCache<HostTable<'static>>,
                     out: &mut Embeddings,
                     k: usize|
-     -> Result<[f64; 2]> {
+     -> Result<([f64; 2], [Duration; 2])> {
         let (ids, w) = (&ids[k % steps], &weights[k % steps]);
         let t = Instant::now();
+        let c0 = harness::thread_cpu();
         cache.lookup_bags_into(ids, &offsets, Pooling::Sum, Some(w), out)?;
         let forward = t.elapsed().as_secs_f64() * 1e3;
+        let c1 = harness::thread_cpu();
         cache.backward_bags(ids, &offsets, Pooling::Sum, Some(w), &grad)?;
+        let c2 = harness::thread_cpu();
         done.push(k % steps);
-        Ok([forward, t.elapsed().as_secs_f64() * 1e3 - forward])
+        Ok((
+            [forward, t.elapsed().as_secs_f64() * 1e3 - forward],
+            [c1 - c0, c2 - c1],
+        ))
     };
     // the reference: each sampled row's gradient over its positions, then Adagrad
     let mut reference_step = |k: usize| {
@@ -142,20 +153,38 @@ pub fn run(
         ctx.wait_idle()?;
         sync_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    cache.reset_stats();
     let t = Instant::now();
     for k in timed / 2..timed {
-        let [f, b] = step(&mut cache, &mut out, warm + k)?;
+        let ([f, b], [cf, cb]) = step(&mut cache, &mut out, warm + k)?;
         in_calls[0] += f;
         in_calls[1] += b;
+        cpu_in_calls[0] += cf;
+        cpu_in_calls[1] += cb;
     }
     ctx.wait_idle()?;
-    let stream_ms = t.elapsed().as_secs_f64() * 1e3 / (timed - timed / 2) as f64;
-    for (name, ms) in ["forward", "backward"].iter().zip(in_calls) {
+    let per = (timed - timed / 2) as f64;
+    let stream_ms = t.elapsed().as_secs_f64() * 1e3 / per;
+    for k in 0..2 {
+        let name = ["forward", "backward"][k];
+        rep.insert(format!("W7_hotrow_{name}_in_call_ms"), in_calls[k] / per);
         rep.insert(
-            format!("W7_hotrow_{name}_in_call_ms"),
-            ms / (timed - timed / 2) as f64,
+            format!("W7_hotrow_{name}_cpu_ms"),
+            cpu_in_calls[k].as_secs_f64() * 1e3 / per,
         );
     }
+    // The stream's cache statistics a step (both calls): the waits for a staging buffer,
+    // the submissions, the passes.
+    let st = cache.stats();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / per;
+    rep.insert("W7_host_staging_wait_ms".into(), ms(st.staging_wait_time));
+    rep.insert("W7_host_submit_ms".into(), ms(st.submit_time));
+    rep.insert("W7_host_resolve_ms".into(), ms(st.resolve_time));
+    rep.insert("W7_passes_per_step".into(), st.passes as f64 / per);
+    rep.insert(
+        "W7_staging_buffers".into(),
+        cache.config().staging_buffers as f64,
+    );
     rep.insert("W7_supported".into(), 1.0);
     rep.insert(
         "W7_hotrow_step_sync_median_ms".into(),
