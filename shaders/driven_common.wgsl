@@ -77,6 +77,8 @@ const TUNE_GHOST: u32 = 31u;
 const TUNE_SAVED: u32 = 32u;
 const RESIDENCE: u32 = 33u; // passes a row admitted now stays, about (a CLOCK round)
 const VICTIMS16: u32 = 34u; // victims a pass, smoothed, x16 (RESIDENCE's source)
+const RATIO: u32 = 35u;     // hits per mille of a pass's distinct ids, smoothed
+const MOVED: u32 = 36u;     // the last pass whose hits fell below a quarter of RATIO (0: none)
 // the lists
 const LISTS: u32 = 48u;
 

@@ -20,6 +20,8 @@
 //          once every 25 x capacity positions, so old popularity fades (the period, like
 //          the thresholds below, chosen with the CPU twin on W2's and W5's traces:
 //          benches/HISTORY.md, session 16).
+//   forget: (admission) zeroes the sketch at the start of the pass after one that saw
+//          the hot set move at once (its share of hits below a quarter of the mean).
 //
 // Admission (`p.admit`, EvictionPolicy::TinyLfu): a miss whose victim slot holds a row
 // enters only if the sketch counts it more often than that row, except the first FREE
@@ -48,7 +50,7 @@
 //   4  adm      storage, read_write  array<atomic<u32>> (evict, age): sketch, refused rows
 //
 // Dispatch: tally and evict one workgroup per block (a (groups_x, y) grid); plan one; age
-// one thread per counter.
+// and forget any grid (they stride over the counters).
 
 const BLOCK: u32 = 1024u;
 const PER_THREAD: u32 = 4u;
@@ -86,6 +88,28 @@ fn tune_window(m: u32, victims: u32) -> u32 {
     let v = v16 - v16 / 4u + min(victims, 1u << 26u) * 4u;
     atomicStore(&work[VICTIMS16], v);
     atomicStore(&work[RESIDENCE], p.capacity / max(v / 16u, 1u));
+    // A batch whose first pass's share of hits falls below a quarter of its smoothed share:
+    // the hot set moved at once. Every victim enters, and the next pass first forgets the
+    // sketch (`forget`): the old rows' counts would keep the new rows out until they aged.
+    // (A batch's later passes hold the rows its first pass did not: their share is lower
+    // by nature, so they are not counted.)
+    let hits = atomicLoad(&work[HITS]);
+    let t = hits + m;
+    if (t >= 64u && p.epoch == p.batch_epoch) {
+        // (scaled down past 4 million so the product stays within 32 bits)
+        let sh = select(0u, 10u, t >= 4000000u);
+        let r = (hits >> sh) * 1000u / max(t >> sh, 1u);
+        let avg = atomicLoad(&work[RATIO]);
+        atomicStore(&work[RATIO], avg - avg / 4u + r / 4u);
+        if (r * 4u < avg) {
+            atomicStore(&work[WINDOW], 1000u);
+            atomicStore(&work[TUNE_MISSES], 0u);
+            atomicStore(&work[TUNE_GHOST], 0u);
+            atomicStore(&work[TUNE_SAVED], 0u);
+            atomicStore(&work[MOVED], p.epoch);
+            return victims;
+        }
+    }
     var window = atomicLoad(&work[WINDOW]);
     let g = atomicLoad(&work[GHOST]);
     let s = atomicLoad(&work[SAVED_HITS]);
@@ -385,7 +409,28 @@ fn evict(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
-// (Threads stride over the counters: any grid serves, so the pass's params block does.)
+// Zeroes the sketch when the last pass saw the hot set move (MOVED); dispatched before
+// every pass of an admission cache (the host cannot see the GPU's decision), it returns at
+// once otherwise. (Threads stride over the counters, here and in `age`: any grid serves,
+// so the pass's params block does.)
+@compute @workgroup_size(256)
+fn forget(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let moved = atomicLoad(&work[MOVED]);
+    if (moved == 0u || moved + 1u != p.epoch) {
+        return;
+    }
+    let stride = groups.x * groups.y * 256u;
+    let counters = 4u * (p.sketch_mask + 1u);
+    for (var i = (wid.y * groups.x + wid.x) * 256u + lid; i < counters; i += stride) {
+        atomicStore(&adm[i], 0u);
+    }
+}
+
+// Halves every counter of the sketch (the host schedules it every 25 x capacity positions).
 @compute @workgroup_size(256)
 fn age(
     @builtin(workgroup_id) wid: vec3<u32>,

@@ -54,13 +54,15 @@ fn add64(at: u32, x: u32) {
     }
 }
 
-// One more use of `id` in the sketch (each of its counters, up to COUNT_MAX; two threads
-// may both pass the check, a count one over is harmless).
+// One more use of `id` in the sketch: each of its counters, saturating at COUNT_MAX. An
+// add undone past the cap (nothing reads the counters during find) keeps the counts
+// exactly the CPU twin's whatever the threads' order; a load and then an add let two
+// threads take a counter one past it.
 fn count_use(id: u32) {
     for (var r = 0u; r < 4u; r++) {
         let at = sketch_at(id, r);
-        if (atomicLoad(&adm[at]) < COUNT_MAX) {
-            atomicAdd(&adm[at], 1u);
+        if (atomicAdd(&adm[at], 1u) >= COUNT_MAX) {
+            atomicSub(&adm[at], 1u);
         }
     }
 }

@@ -211,10 +211,11 @@ fn admission_keeps_more_of_a_skewed_stream() {
 
 /// A hot set that moves every 15 batches (W5's shape, small): TinyLFU's window grows when
 /// frequency keeps the new hot rows out, so it loses little to CLOCK's pure recency, on
-/// each path. (Little, not nothing: a move is seen only in the batch after it, whose new
-/// rows the old counts kept out; with a move every 15 batches that costs the host path
-/// 1-2 points and the GPU path about 1, by draw; without the adaptation, frequency would
-/// keep each new hot set out until the old counts aged.)
+/// each path. (On the host path little, not nothing: a move is seen only in the batch
+/// after it, whose new rows the old counts kept out; with a move every 15 batches that
+/// costs 1-2 points, by draw. The GPU path sees it in the batch itself, from its share of
+/// hits, and forgets the sketch: within half a point. Without the adaptation, frequency
+/// would keep each new hot set out until the old counts aged.)
 #[test]
 fn admission_follows_a_moving_hot_set() {
     let _serial = common::serial();
@@ -233,6 +234,11 @@ fn admission_follows_a_moving_hot_set() {
             "{:?} moving hit rate: clock {clock:.4}, tinylfu {tiny:.4}",
             path.0
         );
-        assert!(tiny > clock - 0.03, "{:?}: {tiny} vs {clock}", path.0);
+        let loss = if path.0 == BatchPath::Host {
+            0.03
+        } else {
+            0.005
+        };
+        assert!(tiny > clock - loss, "{:?}: {tiny} vs {clock}", path.0);
     }
 }

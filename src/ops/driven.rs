@@ -184,6 +184,9 @@ pub(crate) enum Phase {
     /// Halves the frequency sketch's counters (admission caches; not a phase of every
     /// pass).
     Age,
+    /// Zeroes the sketch if the last pass saw the hot set move (admission caches: before
+    /// every pass; it returns at once otherwise).
+    Forget,
     /// Stamps a prefetched batch's slots and counts its hits (find.wgsl's `touch`: the
     /// lookup served through the prefetch's slot list, no pass).
     Touch,
@@ -204,6 +207,7 @@ impl Phase {
             Phase::Plan => "plan",
             Phase::Evict => "evict",
             Phase::Age => "age",
+            Phase::Forget => "forget",
             Phase::Touch => "touch",
         }
     }
@@ -463,6 +467,7 @@ pub(crate) fn encode<'a>(
         Phase::Plan => &sweep[2..3],
         Phase::Evict => &sweep[..],
         Phase::Age => &sweep[3..],
+        Phase::Forget => &sweep[2..],
     };
     let group = launch
         .bind::<DrivenParams>(ctx, &pipeline, from, storage)?

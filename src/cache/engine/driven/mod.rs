@@ -90,6 +90,7 @@ struct Admission {
     age_every: u64,
     since_age: u64,
     age: Launch,
+    forget: Launch,
 }
 
 impl Admission {
@@ -111,6 +112,7 @@ impl Admission {
             age_every: 25 * capacity as u64,
             since_age: 0,
             age: Launch::default(),
+            forget: Launch::default(),
         }
     }
 
@@ -297,15 +299,19 @@ impl Driven {
             .collect())
     }
 
-    /// The GPU's state for the tests: (slot + 1 of each row, id + 1 of each slot, each
-    /// slot's stamp, the hand, the fault count).
+    /// The GPU's state for the tests ([`DrivenState`]).
     pub(crate) fn read_state(&self, ctx: &GpuContext) -> Result<DrivenState> {
         let rows = self.table.rows();
         let slot_of = crate::gpu::read_u32(ctx, &self.slot_of, 0, rows)?;
         let state = crate::gpu::read_u32(ctx, &self.state, 0, 2 * self.capacity)?;
         let head = crate::gpu::read_u32(ctx, &self.work, 0, kernels::HEADER_WORDS)?;
         let (ids, stamps) = state.split_at(self.capacity);
+        let sketch = match &self.admission {
+            Some(a) => crate::gpu::read_u32(ctx, &self.adm, 0, 4 * (a.sketch_mask as usize + 1))?,
+            None => Vec::new(),
+        };
         Ok(DrivenState {
+            sketch,
             slot_of,
             id_of: ids.to_vec(),
             stamps: stamps.to_vec(),
@@ -362,6 +368,8 @@ pub struct DrivenState {
     /// Admission's window: the share of a pass's victims whose misses enter without the
     /// sketch's say, per mille (0 without admission).
     pub window: u32,
+    /// Admission's frequency sketch: 4 rows of counters (empty without admission).
+    pub sketch: Vec<u32>,
 }
 
 impl PassEngine {
@@ -489,19 +497,25 @@ impl PassEngine {
             adm: &d.adm,
         };
         let max = ctx.limits().max_compute_workgroups_per_dimension;
-        if let (true, Some(a)) = (age, d.admission.as_mut()) {
-            // Before this pass counts its own uses.
+        if let Some(a) = d.admission.as_mut() {
+            // Before this pass counts its own uses: the sketch forgotten if the last pass
+            // saw the hot set move (the GPU decided; 1,024 groups at most, so the usual
+            // early return costs microseconds), then halved when its period is up.
             let counters = 4 * (u64::from(a.sketch_mask) + 1);
-            let groups = (counters.div_ceil(256).min(u64::from(max)) as u32, 1);
-            kernels::encode(
-                &ctx,
-                &mut enc,
-                Phase::Age,
-                &bufs,
-                groups,
-                &mut a.age,
-                kernels::ParamsSource::At(at(0)),
-            )?;
+            let groups = counters.div_ceil(256).min(u64::from(max));
+            let phases = [(Phase::Forget, groups.min(1024), &mut a.forget)];
+            let halve = age.then_some((Phase::Age, groups, &mut a.age));
+            for (phase, groups, launch) in phases.into_iter().chain(halve) {
+                kernels::encode(
+                    &ctx,
+                    &mut enc,
+                    phase,
+                    &bufs,
+                    (groups as u32, 1),
+                    launch,
+                    kernels::ParamsSource::At(at(0)),
+                )?;
+            }
         }
         let sweep_grid = grid(sweep.blocks, max);
         let [find, tally, plan, evict] = &mut d.phases;
