@@ -211,10 +211,9 @@ fn admission_keeps_more_of_a_skewed_stream() {
 
 /// A hot set that moves every 15 batches (W5's shape, small): TinyLFU's window grows when
 /// frequency keeps the new hot rows out, so it loses little to CLOCK's pure recency, on
-/// each path. (On the host path little, not nothing: a move is seen only in the batch
-/// after it, whose new rows the old counts kept out; with a move every 15 batches that
-/// costs 1-2 points, by draw. The GPU path sees it in the batch itself, from its share of
-/// hits, and forgets the sketch: within half a point. Without the adaptation, frequency
+/// each path. (Both see a move in the batch itself, from its share of hits, and forget the
+/// sketch; the host path still loses about a point here (its window and segments take a
+/// few batches to settle after each move), the GPU path under half a point. Without the adaptation, frequency
 /// would keep each new hot set out until the old counts aged.)
 #[test]
 fn admission_follows_a_moving_hot_set() {
@@ -235,7 +234,7 @@ fn admission_follows_a_moving_hot_set() {
             path.0
         );
         let loss = if path.0 == BatchPath::Host {
-            0.03
+            0.02
         } else {
             0.005
         };

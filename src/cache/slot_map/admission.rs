@@ -15,6 +15,9 @@
 //! idea: a sample of rate R behaves as an LRU of R x capacity), compared with this map's
 //! own hits on the same sampled ids. Where LRU wins (a hot set on the move favours recency)
 //! the window doubles toward the whole map; where frequency wins it shrinks by a quarter.
+//! A pass whose share of hits (over all its distinct ids) falls under a quarter of the
+//! usual is a hot set that moved at once: the sketch is forgotten and the window takes
+//! the whole map, a batch before the shadow LRU could tell.
 //! The sketch's counters are 4 bits, so the whole policy costs about 10 bytes a slot and
 //! nothing per table row.
 
@@ -119,13 +122,17 @@ const QUICK_REFS: u64 = 128;
 
 /// The sampled counts the window is tuned by: over the current sample and over its
 /// current quarter, [references, this map's hits, the shadow LRU's hits]; and the shadow
-/// LRU's capacity (a sample is a quarter of it). Summed over a partitioned map's
-/// partitions, they tune all of them as one.
+/// LRU's capacity (a sample is a quarter of it). Beside them, every distinct id of the
+/// last pass, [ids, hits], and the share of hits a pass had lately (per mille, smoothed;
+/// the same in every partition). Summed over a partitioned map's partitions, they tune all
+/// of them as one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Samples {
     pub(super) period: [u64; 3],
     pub(super) quick: [u64; 3],
     pub(super) shadow_cap: u64,
+    pub(super) pass: [u64; 2],
+    pub(super) share: u64,
 }
 
 impl std::ops::AddAssign for Samples {
@@ -135,6 +142,9 @@ impl std::ops::AddAssign for Samples {
             self.quick[k] += o.quick[k];
         }
         self.shadow_cap += o.shadow_cap;
+        self.pass[0] += o.pass[0];
+        self.pass[1] += o.pass[1];
+        self.share = self.share.max(o.share);
     }
 }
 
@@ -152,6 +162,21 @@ pub(super) enum Tuning {
 }
 
 impl Samples {
+    /// The last pass's share of hits, per mille (`None` under 64 distinct ids: too few
+    /// to tell).
+    fn pass_share(&self) -> Option<u64> {
+        let [ids, hits] = self.pass;
+        (ids >= 64).then(|| hits * 1000 / ids)
+    }
+
+    /// The smoothed share once the last pass is counted in.
+    pub(super) fn next_share(&self) -> u64 {
+        match self.pass_share() {
+            Some(s) => self.share - self.share / 4 + s / 4,
+            None => self.share,
+        }
+    }
+
     /// Once a sample's worth of sampled references came in, the window grows where the
     /// shadow LRU hit more than the map and shrinks otherwise. A quick check
     /// ([`QUICK_REFS`]) in which LRU hit a tenth more than the map (or a sample in which it
@@ -160,6 +185,12 @@ impl Samples {
     /// again), without waiting for the sample's end: until then the sketch's old counts
     /// keep the new hot rows out, and those batches are where TinyLFU loses to LRU.
     pub(super) fn decide(&self) -> Tuning {
+        // A pass whose share of hits fell under a quarter of the usual: the hot set moved
+        // at once, seen in the pass itself (the shadow LRU sees it a batch later, once
+        // the new rows it took hit there and the map had refused them).
+        if self.pass_share().is_some_and(|s| s * 4 < self.share) {
+            return Tuning::Moved;
+        }
         let period = (self.shadow_cap / 4).max(1);
         let quarter = (period / 4).clamp(1, QUICK_REFS);
         let [q_refs, q_ours, q_lru] = self.quick;
@@ -292,6 +323,8 @@ impl Admission {
     #[inline]
     pub(super) fn seen(&mut self, id: u32, hit: bool) {
         self.sketch.increment(id);
+        self.samples.pass[0] += 1;
+        self.samples.pass[1] += u64::from(hit);
         if sample_hash(id) < self.sample_below {
             let lru = self.shadow.get(&id).is_some();
             if !lru {
@@ -453,13 +486,16 @@ impl Admission {
 
     /// Between passes, the window tuned by this map's own samples.
     pub(super) fn tune(&mut self) {
-        self.apply(self.samples.decide());
+        self.apply(self.samples.decide(), self.samples.next_share());
     }
 
     /// Applies a tuning decision (this map's own, or a partitioned map's over all its
     /// partitions): the counts it was taken on start again; rows stay where they are,
     /// only which ring their slot is in changes.
-    pub(super) fn apply(&mut self, tuning: Tuning) {
+    pub(super) fn apply(&mut self, tuning: Tuning, share: u64) {
+        // (the pass's counts go into the share of hits, whatever the decision)
+        self.samples.share = share;
+        self.samples.pass = [0; 2];
         let w = self.window_target;
         let target = match tuning {
             Tuning::Wait(quarter_over) => {

@@ -448,10 +448,11 @@ impl SlotMap {
         self.adm.as_ref().map(|a| a.samples())
     }
 
-    /// TinyLFU: applies a tuning decision taken over several maps' samples.
-    fn tune(&mut self, tuning: Tuning) {
+    /// TinyLFU: applies a tuning decision taken over several maps' samples, and their
+    /// share of hits.
+    fn tune(&mut self, tuning: Tuning, share: u64) {
         if let Some(a) = self.adm.as_mut() {
-            a.apply(tuning);
+            a.apply(tuning, share);
         }
     }
 

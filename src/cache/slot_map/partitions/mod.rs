@@ -347,9 +347,9 @@ impl PartitionedSlotMap {
                 None => return,
             }
         }
-        let tuning = all.decide();
+        let (tuning, share) = (all.decide(), all.next_share());
         for part in &mut self.parts {
-            part.tune(tuning);
+            part.tune(tuning, share);
         }
     }
 
