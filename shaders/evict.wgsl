@@ -19,7 +19,7 @@
 //   age:   (admission) halves every counter of the frequency sketch; the host runs it
 //          once every 25 x capacity positions, so old popularity fades (the period, like
 //          the thresholds below, chosen with the CPU twin on W2's and W5's traces:
-//          benches/HISTORY.md, session 16).
+//          benches/HISTORY.md).
 //   forget: (admission) zeroes the sketch at the start of the pass after one that saw
 //          the hot set move at once (its share of hits below a quarter of the mean).
 //
@@ -95,19 +95,16 @@ fn tune_window(m: u32, victims: u32) -> u32 {
     // by nature, so they are not counted.)
     let hits = atomicLoad(&work[HITS]);
     let t = hits + m;
+    var moved = false;
     if (t >= 64u && p.epoch == p.batch_epoch) {
         // (scaled down past 4 million so the product stays within 32 bits)
         let sh = select(0u, 10u, t >= 4000000u);
         let r = (hits >> sh) * 1000u / max(t >> sh, 1u);
         let avg = atomicLoad(&work[RATIO]);
         atomicStore(&work[RATIO], avg - avg / 4u + r / 4u);
-        if (r * 4u < avg) {
-            atomicStore(&work[WINDOW], 1000u);
-            atomicStore(&work[TUNE_MISSES], 0u);
-            atomicStore(&work[TUNE_GHOST], 0u);
-            atomicStore(&work[TUNE_SAVED], 0u);
+        moved = r * 4u < avg;
+        if (moved) {
             atomicStore(&work[MOVED], p.epoch);
-            return victims;
         }
     }
     var window = atomicLoad(&work[WINDOW]);
@@ -118,7 +115,7 @@ fn tune_window(m: u32, victims: u32) -> u32 {
     var ts = atomicLoad(&work[TUNE_SAVED]) + s;
     // A sample is an eighth of the capacity in misses (at least 1,024).
     let sample = max(p.capacity / 8u, 1024u);
-    if (tm >= sample / 4u && tg * 16u > tm && tg > 3u * ts) {
+    if (moved || (tm >= sample / 4u && tg * 16u > tm && tg > 3u * ts)) {
         window = 1000u;
         tm = 0u;
         tg = 0u;

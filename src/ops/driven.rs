@@ -85,6 +85,10 @@ pub(crate) mod word {
 /// The window's share a cache with admission starts with, per mille (evict.wgsl tunes it).
 pub(crate) const FIRST_WINDOW: u32 = 100;
 
+/// Positions between halvings of a cache's frequency sketch, per slot (the host schedules
+/// `age`; chosen with the CPU twin on W2's and W5's traces).
+pub(crate) const AGE_EVERY: u64 = 25;
+
 /// The epoch bits of a slot's stamp (beside its reference bit, bit 31, and admission's
 /// SAVED mark, bit 30).
 pub(crate) const EPOCH: u32 = 0x3fff_ffff;

@@ -11,15 +11,12 @@
 //! and, with admission, which misses the window admits freely: the twin's hit rates match
 //! the GPU's in distribution (within a point under CLOCK in the tests), not batch by batch.
 
+use crate::ops::driven::{AGE_EVERY, EPOCH, FIRST_WINDOW};
+
 const PENDING: u32 = u32::MAX;
 const REF: u32 = 0x8000_0000;
 const SAVED: u32 = 0x4000_0000;
-const EPOCH: u32 = 0x3fff_ffff;
 const COUNT_MAX: u32 = 15;
-/// The window's first share, per mille of a pass's victims (evict.wgsl).
-const FIRST_WINDOW: u32 = 100;
-/// Positions between halvings of the sketch, per slot (the library's `Admission`).
-const AGE_EVERY: u64 = 25;
 
 fn mix(x0: u32) -> u32 {
     let mut x = x0;
@@ -88,7 +85,7 @@ impl Admit {
     }
 
     /// evict.wgsl's `tune_window`: the victims admitted freely this pass (pass `epoch`,
-    /// `hits` and `m` misses).
+    /// `first` of its batch, with counts `c`).
     fn tune(
         &mut self,
         capacity: u32,
@@ -106,16 +103,15 @@ impl Admit {
         self.victims16 = v;
         self.residence = capacity / (v / 16).max(1);
         let t = hits + m;
+        let mut moved = false;
         if t >= 64 && first {
             let sh = if t >= 4_000_000 { 10 } else { 0 };
             let r = (hits >> sh) * 1000 / (t >> sh).max(1);
             let avg = self.ratio;
             self.ratio = avg - avg / 4 + r / 4;
-            if r * 4 < avg {
-                self.window = 1000;
-                self.tune = [0; 3];
+            moved = r * 4 < avg;
+            if moved {
                 self.moved = epoch;
-                return victims;
             }
         }
         let [tm, tg, ts] = &mut self.tune;
@@ -123,7 +119,7 @@ impl Admit {
         *tg += ghost;
         *ts += saved;
         let sample = (capacity / 8).max(1024);
-        if *tm >= sample / 4 && *tg * 16 > *tm && *tg > 3 * *ts {
+        if moved || (*tm >= sample / 4 && *tg * 16 > *tm && *tg > 3 * *ts) {
             self.window = 1000;
             self.tune = [0; 3];
         } else if *tm >= sample {

@@ -4,8 +4,8 @@
 //! instead of resolving the batch again (the rows are resident: the prefetch's hold kept
 //! them). On the host path resolving 65,536 ids is most of a batch's time; on the
 //! GPU-driven path a second pass is a second chain of kernels (find, the sweep, fetch,
-//! position): a stream that prefetched each batch used to do either twice. On the
-//! GPU-driven path the lookup still stamps its slots and counts its hits on the GPU
+//! position): without the kept list, a stream that prefetches each batch would do either
+//! twice. On the GPU-driven path the lookup still stamps its slots and counts its hits on the GPU
 //! (`touch`), so the counters and CLOCK see it as a batch.
 //!
 //! The kept list is good only until the next pass of any kind (its buffer is the passes'

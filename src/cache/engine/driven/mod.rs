@@ -109,7 +109,7 @@ impl Admission {
             transient: transient as u32,
             sketch_mask: (width - 1) as u32,
             ghost_mask: (width / 4 - 1) as u32,
-            age_every: 25 * capacity as u64,
+            age_every: kernels::AGE_EVERY * capacity as u64,
             since_age: 0,
             age: Launch::default(),
             forget: Launch::default(),
