@@ -423,11 +423,13 @@ pub fn minor_faults() -> i64 {
     0
 }
 
-/// CPU time of the calling thread so far (Linux; zero elsewhere): around a call, the host
-/// work the call itself did, without the time it spent blocked (a wait for the GPU or for
-/// a staging entry). Beside a stream's wall time, it tells a host-bound stream from one
-/// that waits.
-pub fn thread_cpu() -> std::time::Duration {
+/// CPU time of every thread of the process so far (Linux; zero elsewhere): around a call,
+/// the host work it did on any thread, without the time it spent blocked (a wait for the
+/// GPU or for a staging entry). Beside a stream's wall time, it tells a host-bound stream
+/// from one that waits. (Not the calling thread's alone: a cache call's host work runs on
+/// a thread of the rayon pool while the caller sleeps. It counts the pool's idle spinning
+/// and, on a software adapter, the GPU's emulation too.)
+pub fn process_cpu() -> std::time::Duration {
     #[cfg(target_os = "linux")]
     {
         let mut t = libc::timespec {
@@ -435,7 +437,7 @@ pub fn thread_cpu() -> std::time::Duration {
             tv_nsec: 0,
         };
         // SAFETY: clock_gettime writes one timespec we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0 {
             return std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
         }
     }

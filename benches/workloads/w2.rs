@@ -118,16 +118,16 @@ fn run_on<T: RowSource + 'static>(
     if let Some(first) = steady.first().filter(|_| a.prefetch) {
         cache.prefetch(first)?;
     }
-    // (the calling thread's CPU time in each kind of call: the host work of the stream)
+    // (the process's CPU time in each kind of call: the host work of the stream, on any thread)
     let (mut lookup_cpu, mut prefetch_cpu) = (Duration::ZERO, Duration::ZERO);
     let (stream_ms, times) = harness::stream(ctx, steady.len(), |k| {
-        let t = harness::thread_cpu();
+        let t = harness::process_cpu();
         cache.lookup_into(&steady[k], &mut out)?;
-        lookup_cpu += harness::thread_cpu() - t;
+        lookup_cpu += harness::process_cpu() - t;
         if let Some(next) = steady.get(k + 1).filter(|_| a.prefetch) {
-            let t = harness::thread_cpu();
+            let t = harness::process_cpu();
             cache.prefetch(next)?;
-            prefetch_cpu += harness::thread_cpu() - t;
+            prefetch_cpu += harness::process_cpu() - t;
         }
         Ok(())
     })?;

@@ -90,7 +90,7 @@ pub fn run(
     // The steps run, in order: the CPU reference follows them after the timing (its hash
     // lookups over every id of a step would otherwise be timed with the step).
     // Beside them, the host time inside the forward and the backward calls (ms, summed),
-    // wall and the calling thread's CPU (the difference: time blocked, e.g. waiting for a
+    // wall and the process's CPU on any thread (the difference: time blocked, e.g. waiting for a
     // staging buffer the GPU still reads).
     let mut done: Vec<usize> = Vec::new();
     let mut in_calls = [0f64; 2];
@@ -101,12 +101,12 @@ pub fn run(
      -> Result<([f64; 2], [Duration; 2])> {
         let (ids, w) = (&ids[k % steps], &weights[k % steps]);
         let t = Instant::now();
-        let c0 = harness::thread_cpu();
+        let c0 = harness::process_cpu();
         cache.lookup_bags_into(ids, &offsets, Pooling::Sum, Some(w), out)?;
         let forward = t.elapsed().as_secs_f64() * 1e3;
-        let c1 = harness::thread_cpu();
+        let c1 = harness::process_cpu();
         cache.backward_bags(ids, &offsets, Pooling::Sum, Some(w), &grad)?;
-        let c2 = harness::thread_cpu();
+        let c2 = harness::process_cpu();
         done.push(k % steps);
         Ok((
             [forward, t.elapsed().as_secs_f64() * 1e3 - forward],
