@@ -1206,3 +1206,100 @@ fn adagrad_rounds_each_row_once_per_step() {
         );
     }
 }
+
+/// A training cache's forward groups its batch for the backward (beside its own work); a
+/// backward of any other batch must group its own. Each step here runs a forward, then a
+/// backward of a batch that differs from it in one thing (an id, an offset, a weight, the
+/// pooling, weights or none, a lookup's batch for bags), or of the same batch twice, or a
+/// backward with no forward before it: the flushed table against the f64 trainer.
+#[test]
+fn a_backward_of_another_batch_than_the_forwards_groups_its_own() {
+    let _serial = common::serial();
+    for (ctx, path) in common::paths() {
+        let mut rng = Rng::new(seed("grouped_ahead"));
+        let (rows, dim) = (200usize, 4usize);
+        let optimizer = Optimizer::RowWiseAdagrad { lr: 0.1, eps: 1e-8 };
+        let data = random_values(rows * dim, rng.next_u64());
+        let mut reference = Trainer::new(&data, dim, optimizer);
+        let table = HostTable::owned(data, dim).unwrap();
+        let config = CacheConfig::default()
+            .capacity(Capacity::Rows(64))
+            .training(optimizer)
+            .path(path);
+        let mut cache = EmbeddingCache::new(ctx, table, config).unwrap();
+        for step in 0..48 {
+            let what = format!("{path:?} step {step}");
+            let (ids, offsets) = loop {
+                let b = random_bags(&mut rng, rows, 8, 30);
+                if b.0.len() >= 2 && b.1.len() >= 2 {
+                    break b;
+                }
+            };
+            let w: Vec<f32> = (0..ids.len()).map(|_| rng.unit() as f32 + 0.5).collect();
+            let (mut b_ids, mut b_offsets, mut b_w) = (ids.clone(), offsets.clone(), w.clone());
+            let (mut pooling, mut b_pooling) = (Pooling::Sum, Pooling::Sum);
+            let (mut weighted, mut b_weighted) = (true, true);
+            let mut lookup_first = false;
+            let mut twice = false;
+            let mut forward = true;
+            match step % 8 {
+                0 => b_ids[rng.below(ids.len() as u64) as usize] ^= 1,
+                1 => {
+                    // (offsets stay ascending, the last at most the batch's length)
+                    let last = b_offsets.len() - 1;
+                    if b_offsets[last] > b_offsets[last - 1] {
+                        b_offsets[last] -= 1;
+                    } else if (b_offsets[last] as usize) < ids.len() {
+                        b_offsets[last] += 1;
+                    } else {
+                        b_ids[0] ^= 1;
+                    }
+                }
+                2 => b_w[rng.below(ids.len() as u64) as usize] += 0.25,
+                3 => b_pooling = Pooling::Mean,
+                4 => b_weighted = false,
+                5 => lookup_first = true,
+                6 => twice = true,
+                _ => forward = false,
+            }
+            if step % 16 >= 8 {
+                // the same changes, with a max forward (its argmax room in the grouping)
+                pooling = Pooling::Max;
+                weighted = false;
+                if b_pooling == Pooling::Sum {
+                    b_pooling = Pooling::Max;
+                    b_weighted = false;
+                }
+            }
+            if forward && lookup_first {
+                cache.lookup(&ids).unwrap();
+            } else if forward {
+                let weights = weighted.then_some(&w[..]);
+                cache.lookup_bags(&ids, &offsets, pooling, weights).unwrap();
+            }
+            for _ in 0..1 + usize::from(twice) {
+                let g = random_values(b_offsets.len() * dim, rng.next_u64());
+                let grad = Embeddings::from_host(ctx, &g, dim).unwrap();
+                let weights = b_weighted.then_some(&b_w[..]);
+                cache
+                    .backward_bags(&b_ids, &b_offsets, b_pooling, weights, &grad)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let mode = match b_pooling {
+                    Pooling::Sum => 0,
+                    Pooling::Mean => 1,
+                    Pooling::Max => 2,
+                };
+                let grads = bags_grads(&reference.rows, dim, &b_ids, &b_offsets, mode, weights, &g);
+                reference.apply(&grads);
+            }
+        }
+        cache.flush().unwrap();
+        let table = cache.source().data().unwrap();
+        assert_rows_near(
+            table,
+            &reference.rows,
+            2e-5,
+            &format!("{path:?}: flushed table"),
+        );
+    }
+}

@@ -13,6 +13,7 @@ mod batched;
 mod caught;
 mod config;
 mod engine;
+mod group_ahead;
 mod host_pool;
 mod multi_gpu;
 mod path;
@@ -32,6 +33,7 @@ pub use stats::CacheStats;
 use crate::batch::check_ids;
 use crate::error::{HotrowError, Result};
 use crate::gpu::{Embeddings, GpuContext, LaunchState, Placement, RowBuffer, RowLayout};
+use crate::ops::update::Produced;
 use crate::table::RowSource;
 use engine::{fill_host_table, CopyBack, Driven, PassEngine};
 use host_pool::guarded_on_host_pool;
@@ -283,7 +285,10 @@ impl<S: RowSource> EmbeddingCache<S> {
             if ids.is_empty() {
                 return self.ctx.check();
             }
-            self.engine.serve(&self.source, ids, Some(out.buffer()))
+            let out = out.buffer();
+            self.forward_grouping_ahead(ids, Produced::Lookup, |c| {
+                c.engine.serve(&c.source, ids, Some(out))
+            })
         })
     }
 

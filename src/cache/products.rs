@@ -10,6 +10,7 @@ use crate::error::{HotrowError, Result};
 use crate::gpu::{encoder, Embeddings, StagingEntry};
 use crate::ops::bag::{self, check_bags, Pooling, TableOutput};
 use crate::ops::matmul::{self, Left, Product};
+use crate::ops::update::Produced;
 use crate::table::RowSource;
 
 /// Queries for [`EmbeddingCache::scores`]: rows of the table's width, on the host or
@@ -165,8 +166,17 @@ impl<S: RowSource> EmbeddingCache<S> {
             }
             // Submitted with the pass that loaded the rows; if the bags fail to record (a
             // limit, the memory budget), the pass is taken back and the call changes nothing.
-            self.record_bags(ids, offsets, pooling, weights, out.buffer(), None)?
-                .submit()
+            let produced = Produced::Bags {
+                offsets,
+                pooling,
+                weights,
+                tables: None,
+            };
+            let out = out.buffer();
+            self.forward_grouping_ahead(ids, produced, |c| {
+                c.record_bags(ids, offsets, pooling, weights, out, None)?
+                    .submit()
+            })
         })
     }
 

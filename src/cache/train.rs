@@ -323,7 +323,10 @@ impl<S: RowSource> EmbeddingCache<S> {
     ) -> Result<()> {
         // (The grouping's buffers are kept from call to call.)
         let mut groups = std::mem::take(&mut self.train_launch.groups);
-        groups.build(ids, produced, self.dim());
+        // (grouped already where the forward of this very batch came just before)
+        if !groups.is_of(ids, produced, self.dim()) {
+            groups.build(ids, produced, self.dim());
+        }
         let result = self.backward_grouped(ids, &groups, produced, grad, optimizer);
         self.train_launch.groups = groups;
         if result.is_ok() {

@@ -127,6 +127,76 @@ pub(crate) struct Groups {
     /// `(position, id)` by shard.
     shard_of_position: Vec<u8>,
     by_shard: Vec<(u32, u32)>,
+    /// A copy of the batch this grouping is of, kept when it was built ahead of its
+    /// backward ([`Groups::build_ahead`]); its buffers are reused.
+    kept: Batch,
+    /// Whether `kept` is this grouping's batch (not after a plain [`Groups::build`]).
+    ahead: bool,
+}
+
+/// The inputs of a grouping built ahead, compared whole before a backward takes it (a
+/// grouping of other ids would update other rows): ids, bag offsets and pooling, the
+/// weights' bits, the row width.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Batch {
+    ids: Vec<u32>,
+    /// `None` for a lookup's batch
+    bags: Option<(Vec<u32>, Pooling)>,
+    weight_bits: Option<Vec<u32>>,
+    dim: usize,
+}
+
+impl Batch {
+    /// `false` for a table-batched width's bags (they are never grouped ahead).
+    fn is(&self, ids: &[u32], produced: Produced<'_>, dim: usize) -> bool {
+        let bags = match produced {
+            Produced::Lookup => None,
+            Produced::Bags {
+                tables: Some(_), ..
+            } => return false,
+            Produced::Bags {
+                offsets, pooling, ..
+            } => Some((offsets, pooling)),
+        };
+        let weights = match produced {
+            Produced::Bags {
+                weights: Some(w), ..
+            } => Some(bytemuck::cast_slice::<f32, u32>(w)),
+            _ => None,
+        };
+        self.dim == dim
+            && self.ids == ids
+            && self.bags.as_ref().map(|(o, p)| (&o[..], *p)) == bags
+            && self.weight_bits.as_deref() == weights
+    }
+
+    /// Keeps a copy of the inputs (reusing this value's buffers).
+    fn keep(&mut self, ids: &[u32], produced: Produced<'_>, dim: usize) {
+        self.dim = dim;
+        self.ids.clear();
+        self.ids.extend_from_slice(ids);
+        let (bags, weights) = match produced {
+            Produced::Lookup => (None, None),
+            Produced::Bags {
+                offsets,
+                pooling,
+                weights,
+                ..
+            } => (Some((offsets, pooling)), weights),
+        };
+        self.bags = bags.map(|(offsets, pooling)| {
+            let mut kept = self.bags.take().map(|(o, _)| o).unwrap_or_default();
+            kept.clear();
+            kept.extend_from_slice(offsets);
+            (kept, pooling)
+        });
+        self.weight_bits = weights.map(|w| {
+            let mut kept = self.weight_bits.take().unwrap_or_default();
+            kept.clear();
+            kept.extend_from_slice(bytemuck::cast_slice(w));
+            kept
+        });
+    }
 }
 
 impl Groups {
@@ -139,8 +209,32 @@ impl Groups {
         g
     }
 
+    /// [`Groups::build`], keeping a copy of the batch so that a backward of exactly this
+    /// batch can take the grouping as it is ([`Groups::is_of`]): a training cache's forward
+    /// groups its batch beside its own work, for the backward that usually follows. A
+    /// table-batched width's bags are grouped and not kept.
+    pub(crate) fn build_ahead(&mut self, ids: &[u32], produced: Produced<'_>, dim: usize) {
+        self.build(ids, produced, dim);
+        if !matches!(
+            produced,
+            Produced::Bags {
+                tables: Some(_),
+                ..
+            }
+        ) {
+            self.kept.keep(ids, produced, dim);
+            self.ahead = true;
+        }
+    }
+
+    /// Whether this is a grouping built ahead of exactly this batch.
+    pub(crate) fn is_of(&self, ids: &[u32], produced: Produced<'_>, dim: usize) -> bool {
+        self.ahead && self.kept.is(ids, produced, dim)
+    }
+
     /// [`Groups::new`] into this value, reusing its buffers.
     pub(crate) fn build(&mut self, ids: &[u32], produced: Produced<'_>, dim: usize) {
+        self.ahead = false;
         let shards = if ids.len() >= PARALLEL_FROM {
             SHARDS
         } else {
@@ -318,6 +412,64 @@ mod tests {
     use super::*;
     use crate::ops::bag::TableOutput;
     use hotrow_workloads::{Rng, ZipfIds};
+
+    #[test]
+    fn a_grouping_built_ahead_is_of_its_batch_alone() {
+        let ids = [5u32, 1, 5, 9, 1];
+        let offsets = [0u32, 2];
+        let w = [0.5f32, 1.0, 1.5, 2.0, 2.5];
+        let bags = |offsets, pooling, weights| Produced::Bags {
+            offsets,
+            pooling,
+            weights,
+            tables: None,
+        };
+        let mut g = Groups::default();
+        let produced = bags(&offsets[..], Pooling::Sum, Some(&w[..]));
+        assert!(!g.is_of(&ids, produced, 4), "nothing grouped yet");
+        g.build_ahead(&ids, produced, 4);
+        assert!(g.is_of(&ids, produced, 4));
+        let other_ids = [5u32, 1, 5, 9, 2];
+        let other_w = [0.5f32, 1.0, 1.5, 2.0, -2.5];
+        let others = [
+            (&other_ids[..], produced, 4),
+            (&ids[..3], produced, 4),
+            (&ids[..], produced, 8),
+            (&ids[..], bags(&[0, 3], Pooling::Sum, Some(&w[..])), 4),
+            (&ids[..], bags(&offsets, Pooling::Mean, Some(&w[..])), 4),
+            (
+                &ids[..],
+                bags(&offsets, Pooling::Sum, Some(&other_w[..])),
+                4,
+            ),
+            (&ids[..], bags(&offsets, Pooling::Sum, None), 4),
+            (&ids[..], Produced::Lookup, 4),
+        ];
+        for (k, &(i, p, d)) in others.iter().enumerate() {
+            assert!(!g.is_of(i, p, d), "case {k}: another batch");
+        }
+        // the same batch's bags for a table-batched width: never kept
+        let cols = [0u32];
+        let tables = TableOutput {
+            per_table: 2,
+            out_stride: 4,
+            cols: &cols,
+        };
+        let batched = Produced::Bags {
+            offsets: &offsets,
+            pooling: Pooling::Sum,
+            weights: Some(&w),
+            tables: Some(tables),
+        };
+        assert!(!g.is_of(&ids, batched, 4));
+        g.build_ahead(&ids, batched, 4);
+        assert!(!g.is_of(&ids, batched, 4) && !g.is_of(&ids, produced, 4));
+        // a lookup's batch; then a plain build forgets it
+        g.build_ahead(&ids, Produced::Lookup, 4);
+        assert!(g.is_of(&ids, Produced::Lookup, 4) && !g.is_of(&ids, produced, 4));
+        g.build(&ids, Produced::Lookup, 4);
+        assert!(!g.is_of(&ids, Produced::Lookup, 4));
+    }
 
     #[test]
     fn groups_list_each_ids_positions_in_order() {

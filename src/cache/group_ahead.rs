@@ -1,0 +1,34 @@
+//! A training cache's forward groups its batch for the backward, beside its own work.
+//!
+//! A backward first groups its batch by distinct id on the host (`ops/groups.rs`): most of
+//! its host time (W7: 131,072 ids, ~1.7 ms on one core). The forward of the same batch
+//! comes just before it, host work on one pool thread while the others idle, so the
+//! grouping runs beside it (`rayon::join`) with a copy of the batch kept; a backward of
+//! exactly that batch takes the grouping as it is, any other groups its own. A training
+//! cache that also serves lookups it will not train on pays for their grouping on another
+//! thread: such a forward takes the longer of the two.
+
+use super::EmbeddingCache;
+use crate::ops::update::Produced;
+use crate::table::RowSource;
+
+impl<S: RowSource> EmbeddingCache<S> {
+    /// Runs `forward` (a lookup or bags of `ids`, `produced` saying which) on this thread
+    /// and, on a training cache, groups the batch for its backward on another.
+    pub(super) fn forward_grouping_ahead<R: Send>(
+        &mut self,
+        ids: &[u32],
+        produced: Produced<'_>,
+        forward: impl FnOnce(&mut Self) -> R + Send,
+    ) -> R {
+        if self.config.training.is_none() || ids.is_empty() {
+            return forward(self);
+        }
+        let dim = self.dim();
+        let mut groups = std::mem::take(&mut self.train_launch.groups);
+        // (`forward` stays on this thread: wgpu's error scopes are per thread)
+        let (done, ()) = rayon::join(|| forward(self), || groups.build_ahead(ids, produced, dim));
+        self.train_launch.groups = groups;
+        done
+    }
+}
