@@ -1301,5 +1301,11 @@ fn a_backward_of_another_batch_than_the_forwards_groups_its_own() {
             2e-5,
             &format!("{path:?}: flushed table"),
         );
+        let s = cache.stats();
+        assert!(
+            s.group_time > std::time::Duration::ZERO,
+            "{path:?}: no grouping counted"
+        );
+        assert!(s.group_wait_time <= s.group_time, "{path:?}: {s:?}");
     }
 }

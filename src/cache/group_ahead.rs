@@ -8,6 +8,8 @@
 //! cache that also serves lookups it will not train on pays for their grouping on another
 //! thread: such a forward takes the longer of the two.
 
+use std::time::Instant;
+
 use super::EmbeddingCache;
 use crate::ops::update::Produced;
 use crate::table::RowSource;
@@ -27,8 +29,17 @@ impl<S: RowSource> EmbeddingCache<S> {
         let dim = self.dim();
         let mut groups = std::mem::take(&mut self.train_launch.groups);
         // (`forward` stays on this thread: wgpu's error scopes are per thread)
-        let (done, ()) = rayon::join(|| forward(self), || groups.build_ahead(ids, produced, dim));
+        let ((done, forward_end), grouping) = rayon::join(
+            || (forward(self), Instant::now()),
+            || {
+                let t = Instant::now();
+                groups.build_ahead(ids, produced, dim);
+                t.elapsed()
+            },
+        );
         self.train_launch.groups = groups;
+        self.engine
+            .count_grouping(grouping, forward_end.elapsed().min(grouping));
         done
     }
 }

@@ -73,6 +73,13 @@ pub struct CacheStats {
     /// Host time of the first submission of resolution on the GPU: uploading the ids, the GPU's
     /// probe and reading back its misses and touched slots (one round trip per batch).
     pub probe_time: Duration,
+    /// Host time grouping a training cache's batches by distinct row for their backward:
+    /// in the backward's call, or beside the forward that grouped its batch ahead (on
+    /// another thread: then only `group_wait_time` of it is on the forward's path).
+    pub group_time: Duration,
+    /// The part of `group_time` a forward waited for, its own work done: the grouping
+    /// ahead that outlasted it.
+    pub group_wait_time: Duration,
     /// The hit rate an LRU cache of any size would have had on the batches counted here,
     /// estimated online from a hashed sample of their ids ([`crate::sizing`]), when
     /// [`crate::CacheConfig::miss_ratio_curve`] is on (else `None`). One cache's own:
@@ -116,6 +123,8 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
             submit_time,
             submissions,
             probe_time,
+            group_time,
+            group_wait_time,
             miss_ratio_curve: _,
         } = o;
         self.miss_ratio_curve = None;
@@ -138,5 +147,7 @@ impl std::ops::AddAssign<&CacheStats> for CacheStats {
         self.submit_time += *submit_time;
         self.submissions += submissions;
         self.probe_time += *probe_time;
+        self.group_time += *group_time;
+        self.group_wait_time += *group_wait_time;
     }
 }

@@ -4,11 +4,13 @@
 //! [`EmbeddingCache::flush`].
 //!
 //! A backward call groups the batch by distinct id on the host ([`Groups`], a counting
-//! sort), then serves the distinct ids in passes of at most a pass's positions: each pass
+//! sort; unless the forward grouped this very batch ahead: `group_ahead.rs`), then serves the distinct ids in passes of at most a pass's positions: each pass
 //! makes its rows resident (a row evicted since the forward comes back from the table)
 //! and, in the same submission, `update` sums each row's gradient over its positions and
 //! applies the optimizer in the slot, and `mark` flags the slot dirty. For max bags an
 //! `argmax` over the batch's rows, as they are before the update, goes first.
+
+use std::time::{Duration, Instant};
 
 use super::host_pool::guarded_on_host_pool;
 use super::{CacheConfig, EmbeddingCache, EvictionPolicy};
@@ -325,7 +327,9 @@ impl<S: RowSource> EmbeddingCache<S> {
         let mut groups = std::mem::take(&mut self.train_launch.groups);
         // (grouped already where the forward of this very batch came just before)
         if !groups.is_of(ids, produced, self.dim()) {
+            let t = Instant::now();
             groups.build(ids, produced, self.dim());
+            self.engine.count_grouping(t.elapsed(), Duration::ZERO);
         }
         let result = self.backward_grouped(ids, &groups, produced, grad, optimizer);
         self.train_launch.groups = groups;

@@ -23,6 +23,13 @@ impl PassEngine {
         );
     }
 
+    /// Counts the grouping of a backward's batch: `time` grouping, `waited` of it by a
+    /// forward that grouped ahead.
+    pub(crate) fn count_grouping(&mut self, time: Duration, waited: Duration) {
+        self.stats.group_time += time;
+        self.stats.group_wait_time += waited;
+    }
+
     /// Counts a pass that found every row resident and writes no output (nothing to send).
     pub(super) fn count_resident_pass(&mut self, resolve: Duration) {
         self.stats.passes += 1;
