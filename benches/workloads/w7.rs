@@ -180,6 +180,8 @@ pub fn run(
     rep.insert("W7_host_staging_wait_ms".into(), ms(st.staging_wait_time));
     rep.insert("W7_host_submit_ms".into(), ms(st.submit_time));
     rep.insert("W7_host_resolve_ms".into(), ms(st.resolve_time));
+    // (the passes' staging and recording, both calls)
+    rep.insert("W7_host_copy_ms".into(), ms(st.copy_time));
     // (grouping each batch by distinct row for the backward; with the forward's grouping
     // ahead, the part the forward waited for is what the step pays)
     rep.insert("W7_host_group_ms".into(), ms(st.group_time));
