@@ -25,7 +25,9 @@
 // its row: row-wise Adagrad's accumulator; Adam's first moments (dim), then its second
 // moments (dim).
 //
-// Bindings (group 0): 0 p uniform; 1 slots (slot of each distinct row of the dispatch);
+// Bindings (group 0): 0 p uniform; 1 slots (slot of each distinct row of the dispatch, or
+// with `by_position` of each position of the batch: the forward's slot list, a row's slot
+// the one at its first position);
 // 2 batch (the batch's groups, order, offsets, weights, argmax; read_write for `argmax`);
 // 3 grad; 4 rows (read_write); 6 partials (read_write). `argmax` binds 0, 1, 2 and 4;
 // `partial_sums` 0, 2, 3 and 6.
@@ -64,7 +66,7 @@ struct UpdateParams {
     bias1: f32,
     bias2: f32,
     zero: u32,       // 0, read at run time (see `keep`)
-    _pad0: u32,
+    by_position: u32, // 1: `slots` is a slot per position (the forward's): a row's is its first position's
     _pad1: u32,
     _pad2: u32,
 }
@@ -319,7 +321,8 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let d = p.first + k;
         begin = batch[p.starts_at + d];
         end = batch[p.starts_at + d + 1u];
-        base = slots[k] * p.stride;
+        let at = select(k, batch[p.order_at + begin], p.by_position != 0u);
+        base = slots[at] * p.stride;
         if (end - begin > p.split_over) {
             chunks = chunks_of(d);
         }

@@ -1211,9 +1211,11 @@ fn adagrad_rounds_each_row_once_per_step() {
 /// backward of any other batch must group its own. Each step here runs a forward, then a
 /// backward of a batch that differs from it in one thing (an id, an offset, a weight, the
 /// pooling, weights or none, a lookup's batch for bags), or of the same batch twice, or a
-/// backward with no forward before it: the flushed table against the f64 trainer.
+/// backward with no forward before it; in a third of the rounds another pass runs between
+/// the forward and the backward (the forward's slot list is stale then): the flushed table
+/// against the f64 trainer.
 #[test]
-fn a_backward_of_another_batch_than_the_forwards_groups_its_own() {
+fn a_backward_takes_the_forwards_grouping_and_slots_for_its_batch_alone() {
     let _serial = common::serial();
     for (ctx, path) in common::paths() {
         let mut rng = Rng::new(seed("grouped_ahead"));
@@ -1276,6 +1278,12 @@ fn a_backward_of_another_batch_than_the_forwards_groups_its_own() {
             } else if forward {
                 let weights = weighted.then_some(&w[..]);
                 cache.lookup_bags(&ids, &offsets, pooling, weights).unwrap();
+            }
+            if (step / 8) % 3 == 2 {
+                // another pass between them: the forward's slots are stale, its rows
+                // mostly evicted (a cache of 64 rows)
+                let other: Vec<u32> = (0..64).map(|_| rng.below(rows as u64) as u32).collect();
+                cache.preload(&other).unwrap();
             }
             for _ in 0..1 + usize::from(twice) {
                 let g = random_values(b_offsets.len() * dim, rng.next_u64());

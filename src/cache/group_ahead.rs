@@ -4,7 +4,9 @@
 //! its host time (W7: 131,072 ids, ~1.7 ms on one core). The forward of the same batch
 //! comes just before it, host work on one pool thread while the others idle, so the
 //! grouping runs beside it (`rayon::join`) with a copy of the batch kept; a backward of
-//! exactly that batch takes the grouping as it is, any other groups its own. A training
+//! exactly that batch takes the grouping as it is, any other groups its own; and where the
+//! forward's pass kept its slot list (`engine/op_slots.rs`) and nothing ran since, the
+//! backward reads its rows through that list instead of a pass of its own. A training
 //! cache that also serves lookups it will not train on pays for their grouping on another
 //! thread: such a forward takes the longer of the two.
 
@@ -27,6 +29,7 @@ impl<S: RowSource> EmbeddingCache<S> {
             return forward(self);
         }
         let dim = self.dim();
+        let before = self.engine.op_serial();
         let mut groups = std::mem::take(&mut self.train_launch.groups);
         // (`forward` stays on this thread: wgpu's error scopes are per thread)
         let ((done, forward_end), grouping) = rayon::join(
@@ -38,6 +41,9 @@ impl<S: RowSource> EmbeddingCache<S> {
             },
         );
         self.train_launch.groups = groups;
+        // (a slot list kept during this forward is its batch's; one kept before it is not)
+        let kept = self.engine.op_serial();
+        self.train_launch.ahead_op = kept.filter(|_| kept != before);
         self.engine
             .count_grouping(grouping, forward_end.elapsed().min(grouping));
         done

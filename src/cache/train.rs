@@ -4,10 +4,13 @@
 //! [`EmbeddingCache::flush`].
 //!
 //! A backward call groups the batch by distinct id on the host ([`Groups`], a counting
-//! sort; unless the forward grouped this very batch ahead: `group_ahead.rs`), then serves the distinct ids in passes of at most a pass's positions: each pass
-//! makes its rows resident (a row evicted since the forward comes back from the table)
-//! and, in the same submission, `update` sums each row's gradient over its positions and
-//! applies the optimizer in the slot, and `mark` flags the slot dirty. For max bags an
+//! sort; unless the forward grouped this very batch ahead: `group_ahead.rs`). If the
+//! forward's slot list is still kept for this batch (`engine/op_slots.rs`), one update
+//! reads every distinct row through it (the slot at the row's first position). Else it
+//! serves the distinct ids in passes of at most a pass's positions: each pass makes its
+//! rows resident (a row evicted since the forward comes back from the table) and, in the
+//! same submission, `update` sums each row's gradient over its positions and applies the
+//! optimizer in the slot, and `mark` flags the slot dirty. For max bags an
 //! `argmax` over the batch's rows, as they are before the update, goes first.
 
 use std::time::{Duration, Instant};
@@ -325,13 +328,19 @@ impl<S: RowSource> EmbeddingCache<S> {
     ) -> Result<()> {
         // (The grouping's buffers are kept from call to call.)
         let mut groups = std::mem::take(&mut self.train_launch.groups);
-        // (grouped already where the forward of this very batch came just before)
-        if !groups.is_of(ids, produced, self.dim()) {
+        // (grouped already where the forward of this very batch came just before, and
+        // its rows' slots kept with the forward's slot list if nothing ran since)
+        let ahead = groups.is_of(ids, produced, self.dim());
+        let op = self
+            .train_launch
+            .ahead_op
+            .filter(|&serial| ahead && self.engine.has_op_slots(serial, ids.len()));
+        if !ahead {
             let t = Instant::now();
             groups.build(ids, produced, self.dim());
             self.engine.count_grouping(t.elapsed(), Duration::ZERO);
         }
-        let result = self.backward_grouped(ids, &groups, produced, grad, optimizer);
+        let result = self.backward_grouped(ids, &groups, produced, grad, optimizer, op.is_some());
         self.train_launch.groups = groups;
         if result.is_ok() {
             self.train_launch.steps += 1;
@@ -339,6 +348,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         result
     }
 
+    /// `forward_slots`: the forward's slot list is kept for this very batch
+    /// (`engine/op_slots.rs`): the rows are read through it, no pass of the backward's own.
     fn backward_grouped(
         &mut self,
         ids: &[u32],
@@ -346,6 +357,7 @@ impl<S: RowSource> EmbeddingCache<S> {
         produced: Produced<'_>,
         grad: &Embeddings,
         optimizer: Optimizer,
+        forward_slots: bool,
     ) -> Result<()> {
         let dim = self.dim();
         let bytes = groups.meta.len() as u64 * 4;
@@ -369,11 +381,16 @@ impl<S: RowSource> EmbeddingCache<S> {
             stride,
             state_at: dim,
             t: self.train_launch.steps + 1,
+            by_position: forward_slots,
         };
         // The batch's words go up once: with the argmax (whose results they then hold), or
         // with the first chunk's update.
         if max {
-            let rows = self.engine.rows_for_op(&self.source, ids)?;
+            let rows = if forward_slots {
+                self.engine.rows_of_op()
+            } else {
+                self.engine.rows_for_op(&self.source, ids)?
+            };
             let view = rows.view();
             let over = ArgmaxRows {
                 slots: view.slots,
@@ -396,6 +413,29 @@ impl<S: RowSource> EmbeddingCache<S> {
                 true,
             )?;
             rows.submit(enc.finish(), staged.entry)?;
+        }
+        if forward_slots {
+            // Every distinct row in one update, its slot at its first position.
+            let mut rows = self.engine.rows_of_op();
+            let view = rows.view();
+            let (slots, table) = (view.slots.clone(), view.rows.clone());
+            let mut enc = encoder(&ctx, "hotrow update");
+            let launch = &mut self.train_launch;
+            let all = (0, groups.distinct.len());
+            let staged = update::encode(
+                &ctx,
+                &mut enc,
+                launch,
+                &step,
+                all,
+                (&slots, &table),
+                None,
+                !max,
+            )?;
+            rows.mark_changed_at_positions(&mut enc, &groups.distinct, ids.len())?;
+            rows.submit(enc.finish(), staged.entry)?;
+            self.unflushed.0 = true;
+            return Ok(());
         }
         for (c, chunk) in groups.distinct.chunks(per_pass).enumerate() {
             let mut rows = self.engine.rows_for_op(&self.source, chunk)?;

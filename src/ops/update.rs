@@ -164,7 +164,9 @@ pub(crate) struct UpdateParams {
     pub(crate) bias2: f32,
     /// 0, read at run time: update.wgsl's `keep`.
     pub(crate) zero: u32,
-    pub(crate) _pad0: u32,
+    /// 1: `slots` has a slot per position of the batch (the forward's slot list), and a
+    /// distinct row's slot is its first position's; 0: a slot per distinct row.
+    pub(crate) by_position: u32,
     pub(crate) _pad1: u32,
     pub(crate) _pad2: u32,
 }
@@ -204,7 +206,7 @@ params_layout!(
     bias1,
     bias2,
     zero,
-    _pad0,
+    by_position,
     _pad1,
     _pad2
 );
@@ -249,6 +251,9 @@ pub(crate) struct TrainState {
     partials: GrowBuffer,
     /// The last backward's grouping, its buffers reused.
     pub(crate) groups: Groups,
+    /// When `groups` was built ahead by a forward whose pass kept its slot list: that op's
+    /// serial in the cache's engine (`engine/op_slots.rs`).
+    pub(crate) ahead_op: Option<u64>,
     /// Backward calls that updated rows so far (Adam's `t` is the next one's number).
     pub(crate) steps: u64,
 }
@@ -259,6 +264,7 @@ impl Default for TrainState {
             launch: LaunchState::default(),
             partials: GrowBuffer::storage("hotrow partial sums"),
             groups: Groups::default(),
+            ahead_op: None,
             steps: 0,
         }
     }
@@ -289,6 +295,8 @@ pub(crate) struct Step<'a> {
     pub(crate) state_at: usize,
     /// Adam's step: this backward's number among the cache's (1 for the first).
     pub(crate) t: u64,
+    /// The rows' slots are the forward's, a slot per position (`UpdateParams::by_position`).
+    pub(crate) by_position: bool,
 }
 
 /// Adam's betas and bias corrections `1 - beta^t` for step `t` (computed in f64; 1 for
@@ -329,6 +337,7 @@ pub(crate) fn encode(
         stride,
         state_at,
         t,
+        by_position,
     } = *step;
     let TrainState {
         launch: state,
@@ -362,6 +371,7 @@ pub(crate) fn encode(
         beta2,
         bias1,
         bias2,
+        by_position: u32::from(by_position),
         ..groups.params
     };
     let threads = u64::from(update.n_bags) * u64::from(update.dim);
@@ -676,6 +686,9 @@ mod tests {
             assert_eq!(most > 32, groups.chunks() > 0, "rows read often are split");
             let positions = upload(ctx, bytemuck::cast_slice(&ids));
             let grad_buf = upload(ctx, bytemuck::cast_slice(&grad));
+            // Every other step the rows' slots are a slot per position (the forward's
+            // list, `by_position`): all distinct rows in one dispatch.
+            let by_position = step % 2 == 1;
             let batch = Step {
                 groups: &groups,
                 grad: &grad_buf,
@@ -683,6 +696,7 @@ mod tests {
                 stride,
                 state_at,
                 t: reference.steps,
+                by_position,
             };
             // As a cache runs it: max bags' argmax alone first; then the distinct rows in
             // one to three dispatches, the batch uploaded (and the partial sums made) once.
@@ -692,11 +706,17 @@ mod tests {
             if kind == 3 {
                 calls.push((0, 0));
             }
-            let per = d.div_ceil(parts);
+            let per = if by_position {
+                d.max(1)
+            } else {
+                d.div_ceil(parts)
+            };
             calls.extend((0..d).step_by(per).map(|first| (first, per.min(d - first))));
             for (c, &(first, len)) in calls.iter().enumerate() {
                 let slot_ids = if len == 0 {
                     vec![0u32]
+                } else if by_position {
+                    ids.clone()
                 } else {
                     groups.distinct[first..first + len].to_vec()
                 };

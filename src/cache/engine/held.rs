@@ -92,6 +92,29 @@ impl<'e> OpRows<'e> {
         e.mark_changed(enc, &list, ids.len())
     }
 
+    /// Marks the rows of `ids` (distinct) as changed by an update whose slots are an op's
+    /// slot list of `positions` (a slot per position: `op_slots.rs`).
+    pub(crate) fn mark_changed_at_positions(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        ids: &[u32],
+        positions: usize,
+    ) -> Result<()> {
+        let e = self.engine.as_deref_mut().expect("the op's engine");
+        if let Some(copy_back) = e.copy_back.as_mut() {
+            copy_back.mark(&e.map, ids);
+            return Ok(());
+        }
+        let list = e
+            .buffers
+            .pos_slots
+            .current()
+            .expect("slot list of the op")
+            .clone();
+        // (a row at several positions is marked once per position: the same mark)
+        e.mark_changed(enc, &list, positions)
+    }
+
     /// Submits the held pass (if any) and then the op's `commands` reading `staged`, in one
     /// submission. If it fails, the pass's misses leave the map.
     pub(crate) fn submit(

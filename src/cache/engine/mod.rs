@@ -28,6 +28,7 @@ mod driven;
 mod gpu_pass;
 mod held;
 mod host_pass;
+mod op_slots;
 mod overlap;
 mod prefetched;
 mod read;
@@ -149,6 +150,7 @@ pub(crate) struct PassEngine {
     upload_log: Option<Box<dyn UploadLog>>,
     /// The last prefetch's slot list, kept for the lookup of its ids ([`prefetched`]).
     prefetched: prefetched::Prefetched,
+    op_slots: op_slots::OpSlots,
 }
 
 impl PassEngine {
@@ -204,6 +206,7 @@ impl PassEngine {
             stats: CacheStats::default(),
             upload_log: None,
             prefetched: Default::default(),
+            op_slots: Default::default(),
         })
     }
 
@@ -324,6 +327,11 @@ impl PassEngine {
             None => Target::Resident,
         };
         let n = self.first_pass(source, ids, target(0))?;
+        // (a lookup's slot list, kept for its backward as an op's: `op_slots.rs`)
+        if out.is_some() && n == ids.len() && self.slots.shards().len() == 1 && self.index.is_none()
+        {
+            self.keep_op_slots(ids.len());
+        }
         self.run_remaining_passes(source, ids, n, target)?;
         // (A prefetch's hold lasts until the next batch has been resolved.)
         self.release_hold();
@@ -392,6 +400,7 @@ impl PassEngine {
                 self.count_pass(pass.times, pass.on_gpu);
             }
             self.count_batch(ids, None);
+            self.keep_op_slots(ids.len());
             let held = recorded.map(|pass| held::Held { pass, before });
             return Ok(OpRows::direct(self, held));
         }
@@ -449,6 +458,7 @@ impl PassEngine {
         target: Target<'_>,
     ) -> Result<(usize, Option<RecordedPass>)> {
         self.forget_prefetched();
+        self.forget_op_slots();
         if self.driven.is_some() {
             let (n, pass) = self.driven_pass(ids, target, true)?;
             return Ok((n, Some(pass)));

@@ -33,6 +33,7 @@ pub(super) fn undo(map: &mut PartitionedSlotMap, plan: &PassPlan, reached: Reach
 impl PassEngine {
     /// Takes back the last pass, which failed having got to `reached`.
     pub(super) fn take_back(&mut self, reached: Reached) {
+        self.forget_op_slots();
         let back = undo(&mut self.map, &self.plan, reached);
         if let Some(copy_back) = self.copy_back.as_mut() {
             copy_back.taken_back(&self.ctx, reached == Reached::Host);
@@ -56,6 +57,7 @@ impl PassEngine {
     pub(super) fn take_back_held(&mut self, held: Held) {
         let Held { pass, before } = held;
         drop(pass);
+        self.forget_op_slots();
         if let Some(log) = self.upload_log.as_mut() {
             log.taken_back(self.plan.misses.len());
         }
