@@ -15,7 +15,9 @@ use std::time::Duration;
 /// counts as a distinct id and a miss each time it is fetched.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheStats {
-    /// Batches served (`lookup`, `preload` and op calls with at least one id).
+    /// Batches served (`lookup`, `preload` and op calls with at least one id). A training
+    /// backward counts one only when it runs a pass of its own: right after the forward of
+    /// its batch it reads the forward's slots and counts nothing here.
     pub batches: u64,
     /// Passes run (a batch with more distinct ids than slots takes several).
     pub passes: u64,
