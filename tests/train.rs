@@ -1211,9 +1211,10 @@ fn adagrad_rounds_each_row_once_per_step() {
 /// backward of any other batch must group its own. Each step here runs a forward, then a
 /// backward of a batch that differs from it in one thing (an id, an offset, a weight, the
 /// pooling, weights or none, a lookup's batch for bags), or of the same batch twice, or a
-/// backward with no forward before it; in a third of the rounds another pass runs between
-/// the forward and the backward (the forward's slot list is stale then): the flushed table
-/// against the f64 trainer.
+/// backward with no forward before it; in a third of the rounds another call runs between
+/// the forward and the backward (a preload, prefetch, scores or lookup of as many other
+/// ids: the forward's slot list is stale then): the flushed table against the f64
+/// trainer.
 #[test]
 fn a_backward_takes_the_forwards_grouping_and_slots_for_its_batch_alone() {
     let _serial = common::serial();
@@ -1281,9 +1282,23 @@ fn a_backward_takes_the_forwards_grouping_and_slots_for_its_batch_alone() {
             }
             if (step / 8) % 3 == 2 {
                 // another pass between them: the forward's slots are stale, its rows
-                // mostly evicted (a cache of 64 rows)
-                let other: Vec<u32> = (0..64).map(|_| rng.below(rows as u64) as u32).collect();
-                cache.preload(&other).unwrap();
+                // mostly evicted (a cache of 64 rows); as long as the batch, so that only
+                // the op's serial tells the slot lists apart
+                let other: Vec<u32> = (0..ids.len())
+                    .map(|_| rng.below(rows as u64) as u32)
+                    .collect();
+                match step % 4 {
+                    0 => cache.preload(&other).unwrap(),
+                    1 => cache.prefetch(&other).unwrap(),
+                    2 => {
+                        let q = random_values(2 * dim, rng.next_u64());
+                        let queries = hotrow::Queries::Host { data: &q, dim };
+                        cache.scores(queries, &other).unwrap();
+                    }
+                    _ => {
+                        cache.lookup(&other).unwrap();
+                    }
+                }
             }
             for _ in 0..1 + usize::from(twice) {
                 let g = random_values(b_offsets.len() * dim, rng.next_u64());
