@@ -78,22 +78,12 @@ impl<'e> OpRows<'e> {
         enc: &mut wgpu::CommandEncoder,
         ids: &[u32],
     ) -> Result<()> {
-        let e = self.engine.as_deref_mut().expect("the op's engine");
-        if let Some(copy_back) = e.copy_back.as_mut() {
-            copy_back.mark(&e.map, ids);
-            return Ok(());
-        }
-        let list = e
-            .buffers
-            .pos_slots
-            .current()
-            .expect("slot list of the pass")
-            .clone();
-        e.mark_changed(enc, &list, ids.len())
+        self.mark_changed_at_positions(enc, ids, ids.len())
     }
 
-    /// Marks the rows of `ids` (distinct) as changed by an update whose slots are an op's
-    /// slot list of `positions` (a slot per position: `op_slots.rs`).
+    /// Marks the rows of `ids` (distinct) as changed by an update whose slots are the first
+    /// `positions` of the slot list: the distinct rows' own, or an op's list with a slot
+    /// per position (`op_slots.rs`).
     pub(crate) fn mark_changed_at_positions(
         &mut self,
         enc: &mut wgpu::CommandEncoder,
