@@ -103,13 +103,17 @@ impl<S: RowSource> EmbeddingCache<S> {
     /// ```
     pub fn backward_lookup(&mut self, ids: &[u32], grad: &Embeddings) -> Result<()> {
         let optimizer = self.optimizer()?;
-        check_ids(ids, self.rows())?;
+        // (a batch its forward grouped ahead passed this very check)
+        let ahead = self.grouped_ahead(ids, Produced::Lookup);
+        if !ahead {
+            check_ids(ids, self.rows())?;
+        }
         let what = "a lookup's gradient (one row per id)";
         self.check_grad(grad, (ids.len(), self.dim()), what)?;
         if ids.is_empty() {
             return Ok(());
         }
-        self.backward(ids, Produced::Lookup, grad, optimizer)
+        self.backward(ids, Produced::Lookup, grad, optimizer, ahead)
     }
 
     /// The backward of [`EmbeddingCache::lookup_bags`] fused with the optimizer of a training
@@ -131,19 +135,23 @@ impl<S: RowSource> EmbeddingCache<S> {
         grad: &Embeddings,
     ) -> Result<()> {
         let optimizer = self.optimizer()?;
-        self.check_bags(ids, offsets, pooling, weights)?;
-        let what = "a bags' gradient (one row per bag)";
-        self.check_grad(grad, (offsets.len(), self.dim()), what)?;
-        if ids.is_empty() || offsets.is_empty() {
-            return Ok(());
-        }
         let produced = Produced::Bags {
             offsets,
             pooling,
             weights,
             tables: None,
         };
-        self.backward(ids, produced, grad, optimizer)
+        // (a batch its forward grouped ahead passed these very checks)
+        let ahead = self.grouped_ahead(ids, produced);
+        if !ahead {
+            self.check_bags(ids, offsets, pooling, weights)?;
+        }
+        let what = "a bags' gradient (one row per bag)";
+        self.check_grad(grad, (offsets.len(), self.dim()), what)?;
+        if ids.is_empty() || offsets.is_empty() {
+            return Ok(());
+        }
+        self.backward(ids, produced, grad, optimizer, ahead)
     }
 
     /// The backward of bags checked by the caller (a table-batched step's width: its
@@ -159,7 +167,8 @@ impl<S: RowSource> EmbeddingCache<S> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.backward(ids, produced, grad, optimizer)
+        // (a table-batched width's bags are never grouped ahead)
+        self.backward(ids, produced, grad, optimizer, false)
     }
 
     /// The backward calls that updated rows so far: Adam's step count (`t` of the last
@@ -276,7 +285,8 @@ impl<S: RowSource> EmbeddingCache<S> {
             dim,
         )?;
         crate::gpu::submit_encoder(&ctx, enc)?;
-        self.backward(ids, Produced::Lookup, &per_position, optimizer)
+        let ahead = self.grouped_ahead(ids, Produced::Lookup);
+        self.backward(ids, Produced::Lookup, &per_position, optimizer, ahead)
     }
 
     /// `grad` is of this context, `rows x cols`.
@@ -306,17 +316,25 @@ impl<S: RowSource> EmbeddingCache<S> {
 
     /// Checked, non-empty input: the argmax pass (max bags), then a pass per chunk of the
     /// distinct ids with the update and the dirty marks in its submission.
+    /// `ahead`: the grouping kept is of this very batch ([`EmbeddingCache::grouped_ahead`]).
     fn backward(
         &mut self,
         ids: &[u32],
         produced: Produced<'_>,
         grad: &Embeddings,
         optimizer: Optimizer,
+        ahead: bool,
     ) -> Result<()> {
         let ctx = self.ctx.clone();
         guarded_on_host_pool(&ctx, || {
-            self.backward_checked(ids, produced, grad, optimizer)
+            self.backward_checked(ids, produced, grad, optimizer, ahead)
         })
+    }
+
+    /// Whether the forward of this very batch grouped it ahead (`group_ahead.rs`): then it
+    /// also passed the forward's checks of these inputs.
+    fn grouped_ahead(&self, ids: &[u32], produced: Produced<'_>) -> bool {
+        self.train_launch.groups.is_of(ids, produced, self.dim())
     }
 
     fn backward_checked(
@@ -325,12 +343,12 @@ impl<S: RowSource> EmbeddingCache<S> {
         produced: Produced<'_>,
         grad: &Embeddings,
         optimizer: Optimizer,
+        ahead: bool,
     ) -> Result<()> {
         // (The grouping's buffers are kept from call to call.)
         let mut groups = std::mem::take(&mut self.train_launch.groups);
         // (grouped already where the forward of this very batch came just before, and
         // its rows' slots kept with the forward's slot list if nothing ran since)
-        let ahead = groups.is_of(ids, produced, self.dim());
         let op = self
             .train_launch
             .ahead_op
