@@ -746,9 +746,12 @@ fn the_gpu_path_matches_its_cpu_twin() {
         );
         // (After a move the window's tuning turns on counts a pass or two apart, which the
         // pairing shifts: there the refusals part ways by up to a third while the hit
-        // rates stay together.)
+        // rates stay together. On the steady stream they agree within ~10 on most seeds;
+        // on some the window's tuning steps once apart for a sample (seed
+        // 1796785397684241978: 5,362 against 5,246, 2.2%). A window opened for good, the
+        // bug this guards against, refuses ~1,000 against ~5,370.)
         assert!(
-            name == "moving" || s.refused.abs_diff(refused) <= refused / 50 + 10,
+            name == "moving" || s.refused.abs_diff(refused) <= refused / 20 + 10,
             "{policy:?} {name}: refused {} on the GPU, {refused} by the twin",
             s.refused
         );
