@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::engine::OpRows;
 use super::host_pool::guarded_on_host_pool;
 use super::{CacheConfig, EmbeddingCache, EvictionPolicy};
 use crate::batch::check_ids;
@@ -434,46 +435,55 @@ impl<S: RowSource> EmbeddingCache<S> {
         }
         if forward_slots {
             // Every distinct row in one update, its slot at its first position.
-            let mut rows = self.engine.rows_of_op();
-            let view = rows.view();
-            let (slots, table) = (view.slots.clone(), view.rows.clone());
-            let mut enc = encoder(&ctx, "hotrow update");
-            let launch = &mut self.train_launch;
+            let rows = self.engine.rows_of_op();
             let all = (0, groups.distinct.len());
-            let staged = update::encode(
-                &ctx,
-                &mut enc,
-                launch,
-                &step,
-                all,
-                (&slots, &table),
-                None,
-                !max,
-            )?;
-            rows.mark_changed_at_positions(&mut enc, &groups.distinct, ids.len())?;
-            rows.submit(enc.finish(), staged.entry)?;
+            let marks = (&groups.distinct[..], ids.len());
+            update_through(&ctx, rows, &mut self.train_launch, &step, all, !max, marks)?;
             self.unflushed.0 = true;
             return Ok(());
         }
         for (c, chunk) in groups.distinct.chunks(per_pass).enumerate() {
-            let mut rows = self.engine.rows_for_op(&self.source, chunk)?;
-            let view = rows.view();
-            debug_assert!(!view.identity, "a chunk is one pass over unsharded slots");
-            let (slots, table) = (view.slots.clone(), view.rows.clone());
-            let mut enc = encoder(&ctx, "hotrow update");
+            let rows = self.engine.rows_for_op(&self.source, chunk)?;
             let chunk_rows = (c * per_pass, chunk.len());
-            let launch = &mut self.train_launch;
-            let buffers = (&slots, &table);
             let upload = c == 0 && !max;
-            let staged = update::encode(
-                &ctx, &mut enc, launch, &step, chunk_rows, buffers, None, upload,
+            let marks = (chunk, chunk.len());
+            update_through(
+                &ctx,
+                rows,
+                &mut self.train_launch,
+                &step,
+                chunk_rows,
+                upload,
+                marks,
             )?;
-            rows.mark_changed(&mut enc, chunk)?;
-            rows.submit(enc.finish(), staged.entry)?;
             self.unflushed.0 = true;
         }
         Ok(())
     }
+}
+
+/// Records and submits one update of `step`'s distinct rows `range` (first, count), read
+/// through the slot list of `rows`, with the batch's words uploaded when `upload`; the
+/// rows of `marks.0` are marked changed through the list's first `marks.1` entries (the
+/// distinct rows' own slots, or the forward's, a slot per position).
+fn update_through(
+    ctx: &GpuContext,
+    mut rows: OpRows<'_>,
+    train: &mut update::TrainState,
+    step: &update::Step<'_>,
+    range: (usize, usize),
+    upload: bool,
+    (marked, positions): (&[u32], usize),
+) -> Result<()> {
+    let view = rows.view();
+    debug_assert!(!view.identity, "an update reads one pass's unsharded slots");
+    let (slots, table) = (view.slots.clone(), view.rows.clone());
+    let mut enc = encoder(ctx, "hotrow update");
+    let buffers = (&slots, &table);
+    let staged = update::encode(ctx, &mut enc, train, step, range, buffers, None, upload)?;
+    rows.mark_changed(&mut enc, marked, positions)?;
+    rows.submit(enc.finish(), staged.entry)?;
+    Ok(())
 }
 
 impl<S: WritableRowSource> EmbeddingCache<S> {

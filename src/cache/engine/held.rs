@@ -71,20 +71,11 @@ impl<'e> OpRows<'e> {
         }
     }
 
-    /// Marks the rows of `ids` (the first positions of the slot list, distinct) as changed
-    /// by an update: recorded in `enc` on the GPU-driven path, on the host on the host path.
-    pub(crate) fn mark_changed(
-        &mut self,
-        enc: &mut wgpu::CommandEncoder,
-        ids: &[u32],
-    ) -> Result<()> {
-        self.mark_changed_at_positions(enc, ids, ids.len())
-    }
-
     /// Marks the rows of `ids` (distinct) as changed by an update whose slots are the first
-    /// `positions` of the slot list: the distinct rows' own, or an op's list with a slot
-    /// per position (`op_slots.rs`).
-    pub(crate) fn mark_changed_at_positions(
+    /// `positions` of the slot list (the distinct rows' own, or an op's list with a slot
+    /// per position: `op_slots.rs`): recorded in `enc` on the GPU-driven path, on the host
+    /// on the host path.
+    pub(crate) fn mark_changed(
         &mut self,
         enc: &mut wgpu::CommandEncoder,
         ids: &[u32],
