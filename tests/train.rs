@@ -334,6 +334,31 @@ fn training_refusals() {
         let err = cache.backward_lookup(&[1, 2], &foreign).unwrap_err();
         assert!(matches!(err, HotrowError::ForeignContext { .. }), "{err:?}");
     }
+    // after a forward whose batch was grouped ahead (and checked), a backward whose input
+    // differs from it by one bad value is still refused: its checks are skipped only for
+    // the very batch the forward checked
+    let w = [1.0f32, 1.0];
+    cache
+        .lookup_bags(&[1, 2], &[0, 1], Pooling::Sum, Some(&w))
+        .unwrap();
+    let bad = [
+        cache.backward_bags(&[1, 50], &[0, 1], Pooling::Sum, Some(&w), &two),
+        cache.backward_bags(&[1, 2], &[0, 3], Pooling::Sum, Some(&w), &two),
+        cache.backward_bags(&[1, 2], &[0, 1], Pooling::Sum, Some(&[1.0, f32::NAN]), &two),
+    ];
+    let [id, offsets, weight] = bad.map(|r| r.unwrap_err());
+    assert!(
+        matches!(id, HotrowError::IdOutOfRange { position: 1, .. }),
+        "{id:?}"
+    );
+    assert!(
+        matches!(offsets, HotrowError::BadOffsets { .. }),
+        "{offsets:?}"
+    );
+    assert!(
+        matches!(weight, HotrowError::NonFinite { position: 1, .. }),
+        "{weight:?}"
+    );
     assert_eq!(cache.flush().unwrap(), 0, "a refused call changed rows");
     assert_eq!(cache.source().data().unwrap(), &data[..]);
     // empty input is served: nothing to do
