@@ -1,7 +1,7 @@
 //! A training cache's forward groups its batch for the backward, beside its own work.
 //!
-//! A backward first groups its batch by distinct id on the host (`ops/groups.rs`): most of
-//! its host time (W7: 131,072 ids, ~1.7 ms on one core). The forward of the same batch
+//! A backward first groups its batch by distinct id on the host (`ops/groups.rs`): much of
+//! its host time on a large batch (BENCHMARKS.md, W7). The forward of the same batch
 //! comes just before it, host work on one pool thread while the others idle, so the
 //! grouping runs beside it (`rayon::join`) with a copy of the batch kept; a backward of
 //! exactly that batch takes the grouping as it is, any other groups its own; and where the
