@@ -33,7 +33,7 @@
 // batch's hits (each of its distinct rows) added to the totals. (The prefetch and its
 // lookup are one use of the batch: a row the prefetch loaded has not earned its bit, as
 // a row a plain pass loads has not, and a row it found has it already. Setting the bit
-// here gave every row loaded once a second chance: ~3-5% more misses in W2's stream.)
+// here would give every row loaded once a second chance: ~5% more misses in W2's stream.)
 //
 // Dispatch: one thread per position, 256-thread workgroups in a (groups_x, y) grid.
 

@@ -178,8 +178,8 @@ fn reuse_run(
 
 /// A prefetch one batch ahead uploads what the plain stream would: the prefetch and its
 /// lookup are one use of the batch, so the rows the prefetch loaded get no reference bit
-/// from the lookup (on the GPU path the `touch` kernel once gave them one: a second
-/// chance for every row loaded once, ~3-5% more misses). Both paths, CLOCK; the plain and
+/// from the lookup (were `touch` to set it on the GPU path, every row loaded once would
+/// get a second chance: ~5% more uploads here). Both paths, CLOCK; the plain and
 /// the prefetched stream's uploads within 1% (the GPU's slot order varies run to run).
 #[test]
 fn a_prefetched_stream_misses_what_a_plain_one_does() {
